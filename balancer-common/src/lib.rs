@@ -1,0 +1,14 @@
+//! Types and logic shared by the kernel side (`balancer-ebpf`), the controller (`balancer-user`)
+//! and the worker shim (`balancer-shim`).
+//!
+//! Every map layout and constant is defined here once, so the three sides cannot drift apart.
+//! The selection policy lives here too, as plain functions: the eBPF program runs exactly the code
+//! that the host unit tests exercise.
+#![no_std]
+
+pub mod layout;
+pub mod policy;
+pub mod protocol;
+
+pub use layout::*;
+pub use policy::{choose, Draw, LoadSource, Policy, Scan};

@@ -1,0 +1,262 @@
+//! The selection policy: which slot gets the next connection.
+//!
+//! Written for both worlds: the eBPF program calls [`choose`] with loads read from its maps, the
+//! host tests call it with plain arrays. Everything is `#[inline(always)]` and loops are bounded
+//! by [`MAX_SLOTS`] so the verifier accepts it.
+
+use crate::layout::{Config, Event, MAX_SLOTS, NO_SLOT};
+
+/// How the program picks a slot. The id is what the `CONFIG` map stores.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Policy {
+    /// Exact scan of the active slots for the fewest connections in flight (per weight).
+    #[default]
+    LeastLoaded = 0,
+    /// Power of two choices: the lighter of two random active slots. O(1) for many workers.
+    PowerOfTwo = 1,
+    /// Each CPU walks the active slots in turn.
+    RoundRobin = 2,
+    /// The connection's 4-tuple hash picks the slot, as the kernel itself would.
+    Hash = 3,
+}
+
+impl Policy {
+    pub const ALL: [Policy; 4] =
+        [Policy::LeastLoaded, Policy::PowerOfTwo, Policy::RoundRobin, Policy::Hash];
+
+    pub const fn from_id(id: u32) -> Option<Policy> {
+        match id {
+            0 => Some(Policy::LeastLoaded),
+            1 => Some(Policy::PowerOfTwo),
+            2 => Some(Policy::RoundRobin),
+            3 => Some(Policy::Hash),
+            _ => None,
+        }
+    }
+
+    /// The name used on the command line, in config files and in metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Policy::LeastLoaded => "least-loaded",
+            Policy::PowerOfTwo => "p2c",
+            Policy::RoundRobin => "round-robin",
+            Policy::Hash => "hash",
+        }
+    }
+}
+
+/// Error of parsing a policy name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnknownPolicy;
+
+impl core::fmt::Display for UnknownPolicy {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("unknown policy: expected one of least-loaded, p2c, round-robin, hash")
+    }
+}
+
+impl core::str::FromStr for Policy {
+    type Err = UnknownPolicy;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "least-loaded" | "least_loaded" | "ll" => Ok(Policy::LeastLoaded),
+            "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Policy::PowerOfTwo),
+            "round-robin" | "round_robin" | "rr" => Ok(Policy::RoundRobin),
+            "hash" => Ok(Policy::Hash),
+            _ => Err(UnknownPolicy),
+        }
+    }
+}
+
+/// The per-connection inputs that are not in the maps.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Draw {
+    /// A fresh random number: tie-break start for least-loaded, the two picks for p2c.
+    pub random: u32,
+    /// The connection's 4-tuple hash (the kernel's own `reuseport` hash).
+    pub hash: u32,
+    /// This CPU's round-robin position.
+    pub tick: u32,
+}
+
+/// Where [`choose`] reads each slot's load, and how it drives the least-loaded scan.
+pub trait LoadSource: Sized {
+    /// `(connections in flight, weight)` of a slot, or `None` if it cannot be read.
+    fn load(&self, slot: u32) -> Option<(u64, u32)>;
+
+    /// Calls [`Scan::visit`] for each dense index `0..scan.n`. The default is a plain loop; the
+    /// eBPF program overrides it with `bpf_loop`, so the verifier checks the body once instead of
+    /// walking every iteration of every path.
+    #[inline(always)]
+    fn run_scan(&self, cfg: &Config, scan: &mut Scan) {
+        for k in 0..MAX_SLOTS {
+            if k >= scan.n {
+                break;
+            }
+            scan.visit(cfg, k, self);
+        }
+    }
+}
+
+/// True if load `a` (with weight `wa`) is strictly lighter than `b` (with weight `wb`).
+/// Compares `a/wa < b/wb` without dividing; a weight of 0 counts as 1.
+#[inline(always)]
+pub fn lighter(a: u64, wa: u32, b: u64, wb: u32) -> bool {
+    let wa = if wa == 0 { 1 } else { wa as u64 };
+    let wb = if wb == 0 { 1 } else { wb as u64 };
+    // Loads are clamped to 32 bits so the products fit in 64 (no 128-bit multiply on BPF).
+    let a = if a > u32::MAX as u64 { u32::MAX as u64 } else { a };
+    let b = if b > u32::MAX as u64 { u32::MAX as u64 } else { b };
+    a * wb < b * wa
+}
+
+/// Picks the slot for one connection, never `exclude` (pass [`NO_SLOT`] to allow every slot).
+///
+/// Returns the fallback [`Event`] when there is nothing to choose: the caller then leaves the
+/// connection to the kernel's hash.
+#[inline(always)]
+pub fn choose<L: LoadSource>(cfg: &Config, draw: &Draw, exclude: u32, loads: &L) -> Result<u32, Event> {
+    let n = cfg.n_active;
+    if n == 0 {
+        return Err(Event::FallbackNoActive);
+    }
+    if n > MAX_SLOTS {
+        return Err(Event::FallbackBadConfig);
+    }
+    let policy = match Policy::from_id(cfg.policy) {
+        Some(p) => p,
+        None => return Err(Event::FallbackBadConfig),
+    };
+    match policy {
+        Policy::LeastLoaded => {
+            let mut scan = Scan::new(n, draw.random % n, exclude);
+            loads.run_scan(cfg, &mut scan);
+            scan.result()
+        }
+        Policy::PowerOfTwo => power_of_two(cfg, n, draw.random, exclude, loads),
+        Policy::RoundRobin => nth_usable(cfg, n, draw.tick % n, exclude),
+        Policy::Hash => nth_usable(cfg, n, draw.hash % n, exclude),
+    }
+}
+
+/// The active slot at dense index `i` (< `n`), or [`NO_SLOT`] if the record is out of range.
+///
+/// Plain `u32` with a sentinel rather than `Option`: LLVM may read the payload of a `None`, which
+/// the verifier rejects as an uninitialized register.
+#[inline(always)]
+fn active_at(cfg: &Config, i: u32) -> u32 {
+    // The verifier cannot bound `x % n`, while LLVM can, and would drop the bounds check below as
+    // redundant: the volatile read hides `i` from LLVM so the check stays for the verifier.
+    let i = unsafe { core::ptr::read_volatile(&i) };
+    if i >= MAX_SLOTS {
+        return NO_SLOT;
+    }
+    let slot = cfg.active[i as usize];
+    if slot < MAX_SLOTS {
+        slot
+    } else {
+        NO_SLOT
+    }
+}
+
+/// State of the least-loaded scan: an exact pass over the active slots starting at dense index
+/// `start` and wrapping around, keeping the first strict minimum. With equal loads the winner is
+/// whichever comes first after a random start, so ties spread instead of piling on slot 0.
+#[derive(Clone, Copy, Debug)]
+pub struct Scan {
+    pub n: u32,
+    pub start: u32,
+    pub exclude: u32,
+    pub best: u32,
+    pub best_weight: u32,
+    pub best_load: u64,
+}
+
+impl Scan {
+    pub fn new(n: u32, start: u32, exclude: u32) -> Self {
+        Self { n, start, exclude, best: NO_SLOT, best_weight: 1, best_load: 0 }
+    }
+
+    /// Looks at the `k`-th slot of the pass (`k < n`).
+    #[inline(always)]
+    pub fn visit<L: LoadSource>(&mut self, cfg: &Config, k: u32, loads: &L) {
+        let i = self.start.wrapping_add(k);
+        let i = if i >= self.n { i.wrapping_sub(self.n) } else { i };
+        let slot = active_at(cfg, i);
+        if slot == NO_SLOT || slot == self.exclude {
+            return;
+        }
+        let Some((load, weight)) = loads.load(slot) else { return };
+        if self.best == NO_SLOT || lighter(load, weight, self.best_load, self.best_weight) {
+            self.best = slot;
+            self.best_load = load;
+            self.best_weight = weight;
+        }
+    }
+
+    pub fn result(&self) -> Result<u32, Event> {
+        if self.best == NO_SLOT {
+            Err(Event::FallbackSelectFailed)
+        } else {
+            Ok(self.best)
+        }
+    }
+}
+
+/// Two distinct random active slots; the lighter one wins, the first on a tie (it is random too).
+#[inline(always)]
+fn power_of_two<L: LoadSource>(cfg: &Config, n: u32, random: u32, exclude: u32, loads: &L) -> Result<u32, Event> {
+    let a = (random & 0xffff) % n;
+    if n == 1 {
+        return nth_usable(cfg, n, a, exclude);
+    }
+    // Offset in 1..n, so b != a.
+    let b = (a + 1 + (random >> 16) % (n - 1)) % n;
+    let x = usable(active_at(cfg, a), exclude);
+    let y = usable(active_at(cfg, b), exclude);
+    if x == NO_SLOT && y == NO_SLOT {
+        return Err(Event::FallbackSelectFailed);
+    }
+    if x == NO_SLOT {
+        return Ok(y);
+    }
+    if y == NO_SLOT {
+        return Ok(x);
+    }
+    let (lx, wx) = match loads.load(x) {
+        Some(l) => l,
+        None => return Ok(y),
+    };
+    let (ly, wy) = match loads.load(y) {
+        Some(l) => l,
+        None => return Ok(x),
+    };
+    Ok(if lighter(ly, wy, lx, wx) { y } else { x })
+}
+
+/// `slot`, or [`NO_SLOT`] if it is the excluded one.
+#[inline(always)]
+fn usable(slot: u32, exclude: u32) -> u32 {
+    if slot == exclude {
+        NO_SLOT
+    } else {
+        slot
+    }
+}
+
+/// The active slot at dense index `i`, or the next one if that one is excluded.
+#[inline(always)]
+fn nth_usable(cfg: &Config, n: u32, i: u32, exclude: u32) -> Result<u32, Event> {
+    let slot = usable(active_at(cfg, i), exclude);
+    if slot != NO_SLOT {
+        return Ok(slot);
+    }
+    let next = if n > 1 { usable(active_at(cfg, (i + 1) % n), exclude) } else { NO_SLOT };
+    if next != NO_SLOT {
+        Ok(next)
+    } else {
+        Err(Event::FallbackSelectFailed)
+    }
+}

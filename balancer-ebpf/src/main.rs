@@ -1,0 +1,179 @@
+//! The SK_REUSEPORT programs of reuselb.
+//!
+//! For every new connection to a balanced port the kernel runs one of these with the group's
+//! listening sockets; the program picks the slot of the least-busy worker (see
+//! `balancer_common::policy`) and selects that slot's socket. Anything unexpected returns SK_PASS
+//! without a selection, which lets the kernel's own hash decide: reuselb must never be the reason
+//! a connection fails.
+#![no_std]
+#![no_main]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
+
+use core::{
+    ffi::c_void,
+    intrinsics::{atomic_xadd, AtomicOrdering},
+    ptr::{addr_of, addr_of_mut, read_volatile},
+};
+
+use aya_ebpf::{
+    bindings::sk_action::SK_PASS,
+    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
+    macros::{map, sk_reuseport},
+    maps::{Array, PerCpuArray, ReusePortSockArray},
+    programs::SkReuseportContext,
+};
+use aya_log_ebpf::debug;
+use balancer_common::{
+    choose, config_flags, Config, Draw, Event, LoadSource, Policy, Scan, SlotLoad, BPF_F_MMAPABLE,
+    MAX_SLOTS, NO_SLOT,
+};
+
+// Map names must match `balancer_common::maps`; the loader looks each one up by that name.
+#[map]
+static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static LOADS: Array<SlotLoad> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
+#[map]
+static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+#[map]
+static SELECTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
+#[map]
+static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
+#[map]
+static RR_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+
+/// Selection for new connections only.
+#[sk_reuseport]
+pub fn select(ctx: SkReuseportContext) -> u32 {
+    run(&ctx, false)
+}
+
+/// Selection for new connections, and placement of the connections of a closing listener
+/// (its accept queue and its half-open handshakes), never back onto the closing one.
+#[sk_reuseport(migrate)]
+pub fn select_or_migrate(ctx: SkReuseportContext) -> u32 {
+    run(&ctx, true)
+}
+
+/// Attempts per connection: when the chosen slot has no socket (its worker just went away), the
+/// next best is tried once before giving up to the kernel's hash. A migration needs this too: the
+/// kernel takes the closing listener out of the socket array before asking where its queue goes.
+const ATTEMPTS: u32 = 2;
+
+#[inline(always)]
+fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
+    let migrating = may_migrate && ctx.migrating_sk().is_some();
+    let Some(cfg) = CONFIG.get(0) else {
+        return fall_back(Event::FallbackNoConfig, migrating);
+    };
+    let draw = Draw {
+        random: unsafe { bpf_get_prandom_u32() },
+        hash: ctx.hash(),
+        tick: if cfg.policy == Policy::RoundRobin as u32 { next_tick() } else { 0 },
+    };
+    let mut exclude = NO_SLOT;
+    for _ in 0..ATTEMPTS {
+        match choose(cfg, &draw, exclude, &MapLoads) {
+            Ok(slot) => {
+                if SOCKETS.select_reuseport(ctx, slot).is_ok() {
+                    account(slot, migrating);
+                    if cfg.flags & config_flags::LOG_SELECTIONS != 0 {
+                        debug!(ctx, "slot {} selected (migrating: {})", slot, migrating as u32);
+                    }
+                    return SK_PASS;
+                }
+                exclude = slot;
+            }
+            Err(event) => return fall_back(event, migrating),
+        }
+    }
+    fall_back(Event::FallbackSelectFailed, migrating)
+}
+
+/// Loads as the program sees them: plain reads of the shared records, which the workers and the
+/// controller update concurrently (a slightly stale value only skews one choice).
+struct MapLoads;
+
+impl LoadSource for MapLoads {
+    #[inline(always)]
+    fn load(&self, slot: u32) -> Option<(u64, u32)> {
+        let rec = LOADS.get_ptr(slot)?;
+        unsafe {
+            let assigned = read_volatile(addr_of!((*rec).assigned));
+            let completed = read_volatile(addr_of!((*rec).completed));
+            let adjust = read_volatile(addr_of!((*rec).adjust));
+            let weight = read_volatile(addr_of!((*rec).weight));
+            Some((SlotLoad::inflight_of(assigned, completed, adjust), weight))
+        }
+    }
+
+    /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over
+    /// up to 256 slots would exhaust its instruction budget.
+    #[inline(always)]
+    fn run_scan(&self, _cfg: &Config, scan: &mut Scan) {
+        unsafe { bpf_loop(scan.n, scan_step as *mut c_void, (scan as *mut Scan).cast(), 0) };
+    }
+}
+
+/// One `bpf_loop` iteration of the least-loaded scan. Reads the config itself: a pointer to map
+/// memory cannot travel through the loop context.
+extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
+    let scan = unsafe { &mut *ctx.cast::<Scan>() };
+    match CONFIG.get(0) {
+        Some(cfg) => {
+            scan.visit(cfg, index as u32, &MapLoads);
+            0
+        }
+        None => 1,
+    }
+}
+
+/// Counts the connection against its slot right away, so a burst of connections arriving before
+/// any worker accepts does not all land on the same "least loaded" worker.
+#[inline(always)]
+fn account(slot: u32, migrating: bool) {
+    if let Some(rec) = LOADS.get_ptr_mut(slot) {
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(addr_of_mut!((*rec).assigned), 1) };
+    }
+    bump(&SELECTED, slot);
+    if migrating {
+        bump(&EVENTS, Event::MigrateSelected as u32);
+    }
+}
+
+#[inline(always)]
+fn fall_back(event: Event, migrating: bool) -> u32 {
+    bump(&EVENTS, if migrating { Event::MigrateFallback } else { event } as u32);
+    SK_PASS
+}
+
+#[inline(always)]
+fn bump(counters: &PerCpuArray<u64>, index: u32) {
+    if let Some(c) = counters.get_ptr_mut(index) {
+        unsafe { *c += 1 };
+    }
+}
+
+/// This CPU's round-robin position (per CPU, so no shared cache line and no atomics).
+#[inline(always)]
+fn next_tick() -> u32 {
+    match RR_TICK.get_ptr_mut(0) {
+        Some(t) => unsafe {
+            let now = *t;
+            *t = now.wrapping_add(1);
+            now
+        },
+        None => 0,
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";

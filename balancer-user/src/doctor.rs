@@ -1,0 +1,151 @@
+//! `reuselb doctor`: is this kernel and this process able to run reuselb, and if not, what to do.
+//!
+//! Every check does the real thing where it can (load the program, attach it to a socket) rather
+//! than guess from version numbers.
+use std::{fs, net::SocketAddr};
+
+use crate::{
+    group::{Group, GroupOptions, Mode},
+    listener::bind_reuseport,
+    loader::{self, Program},
+};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Ok,
+    /// Works, with something lost.
+    Warn,
+    /// reuselb cannot run.
+    Fail,
+}
+
+#[derive(Clone, Debug)]
+pub struct Check {
+    pub name: &'static str,
+    pub level: Level,
+    pub detail: String,
+    /// What to do about it, if anything.
+    pub fix: Option<String>,
+}
+
+impl Check {
+    fn new(name: &'static str, level: Level, detail: impl Into<String>, fix: Option<&str>) -> Self {
+        Self { name, level, detail: detail.into(), fix: fix.map(str::to_owned) }
+    }
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+/// Capability numbers from linux/capability.h.
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+const CAP_BPF: u32 = 39;
+
+/// Runs every check, in order.
+pub fn run() -> Vec<Check> {
+    vec![kernel(), capabilities(), bpffs(), select_program(), migrate_program(), attach(), migrate_sysctl()]
+}
+
+fn kernel() -> Check {
+    match fs::read_to_string("/proc/sys/kernel/osrelease") {
+        Ok(release) => Check::new("kernel", Level::Ok, format!("Linux {}", release.trim()), None),
+        Err(e) => Check::new("kernel", Level::Warn, format!("cannot read the kernel release: {e}"), None),
+    }
+}
+
+fn effective_caps() -> Option<u64> {
+    let status = fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
+    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
+}
+
+fn capabilities() -> Check {
+    let Some(caps) = effective_caps() else {
+        return Check::new("capabilities", Level::Warn, "cannot read CapEff from /proc/self/status", None);
+    };
+    let has = |cap: u32| caps & (1 << cap) != 0;
+    let bpf = has(CAP_BPF) || has(CAP_SYS_ADMIN);
+    let net = has(CAP_NET_ADMIN);
+    if bpf && net {
+        Check::new("capabilities", Level::Ok, "CAP_BPF (or CAP_SYS_ADMIN) and CAP_NET_ADMIN", None)
+    } else {
+        let missing: Vec<&str> =
+            [(!bpf).then_some("CAP_BPF"), (!net).then_some("CAP_NET_ADMIN")].into_iter().flatten().collect();
+        Check::new(
+            "capabilities",
+            Level::Fail,
+            format!("missing {}", missing.join(" and ")),
+            Some("run as root, or grant CAP_BPF and CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_BPF CAP_NET_ADMIN)"),
+        )
+    }
+}
+
+fn bpffs() -> Check {
+    let path = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
+    // SAFETY: zeroed statfs filled in by the kernel.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
+    if ret == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+        Check::new("bpffs", Level::Ok, "mounted at /sys/fs/bpf", None)
+    } else {
+        Check::new(
+            "bpffs",
+            Level::Warn,
+            "/sys/fs/bpf is not a BPF filesystem: state cannot be pinned to survive a restart",
+            Some("mount -t bpf bpf /sys/fs/bpf"),
+        )
+    }
+}
+
+fn select_program() -> Check {
+    match loader::load(Program::Select) {
+        Ok(_) => Check::new(
+            "sk_reuseport program",
+            Level::Ok,
+            "BPF syscall, SK_REUSEPORT programs, REUSEPORT_SOCKARRAY and mmap-able arrays work",
+            None,
+        ),
+        Err(e) => Check::new(
+            "sk_reuseport program",
+            Level::Fail,
+            format!("cannot load the select program: {e}"),
+            Some("needs Linux 5.5+ (mmap-able arrays) with CONFIG_BPF_SYSCALL, run with CAP_BPF and CAP_NET_ADMIN"),
+        ),
+    }
+}
+
+fn migrate_program() -> Check {
+    match loader::load(Program::SelectOrMigrate) {
+        Ok(_) => Check::new("migrate attach type", Level::Ok, "select-or-migrate works: queues of exiting workers move to others", None),
+        Err(e) => Check::new(
+            "migrate attach type",
+            Level::Warn,
+            format!("select-or-migrate not accepted ({e}): reuselb runs select-only, and connections queued on a worker that exits are reset"),
+            Some("upgrade to Linux 5.14 or later"),
+        ),
+    }
+}
+
+fn attach() -> Check {
+    let result = (|| -> Result<(), String> {
+        let group = Group::new(GroupOptions { mode: Mode::Auto, ..Default::default() }).map_err(|e| e.to_string())?;
+        let listener = bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0)), 16).map_err(|e| format!("binding a test socket: {e}"))?;
+        group.attach(&listener).map_err(|e| e.to_string())?;
+        Group::detach(&listener).map_err(|e| e.to_string())
+    })();
+    match result {
+        Ok(()) => Check::new("attach", Level::Ok, "attached to and detached from a loopback listener", None),
+        Err(e) => Check::new("attach", Level::Fail, format!("SO_ATTACH_REUSEPORT_EBPF failed: {e}"), None),
+    }
+}
+
+fn migrate_sysctl() -> Check {
+    match fs::read_to_string("/proc/sys/net/ipv4/tcp_migrate_req") {
+        Ok(v) => Check::new(
+            "net.ipv4.tcp_migrate_req",
+            Level::Ok,
+            format!("{} (not needed: the select-or-migrate program migrates by itself)", v.trim()),
+            None,
+        ),
+        Err(_) => Check::new("net.ipv4.tcp_migrate_req", Level::Warn, "absent: this kernel cannot migrate requests", Some("upgrade to Linux 5.14 or later")),
+    }
+}
