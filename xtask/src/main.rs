@@ -1,0 +1,75 @@
+//! `cargo xtask`: the project's own commands, so that a fresh machine (or CI) needs nothing but
+//! `cargo xtask test`. Every task runs `setup` first, which only installs what is missing.
+
+mod bench;
+mod build;
+mod command;
+mod privilege;
+mod run;
+mod setup;
+mod test;
+mod workspace;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::workspace::Workspace;
+
+#[derive(Parser)]
+#[command(about = "Set up, build, test, run and benchmark reuselb")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Check the toolchain, bpf-linker, Debian packages and bpffs; install only what is missing.
+    Setup,
+    /// Build reuselb and libbalancer_shim.so (release), eBPF programs included.
+    Build,
+    /// Build, then run every test of the workspace (as root).
+    Test {
+        /// Extra arguments for `cargo test` (use a second `--` for the test binaries).
+        #[arg(last = true)]
+        cargo_args: Vec<String>,
+    },
+    /// Build, then start the demo.
+    Run {
+        /// Extra arguments for the demo.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+    /// Build, then run the benchmarks.
+    Bench {
+        /// Which benchmark to run.
+        #[arg(default_value = "all")]
+        what: String,
+        /// Extra arguments for the bench binary.
+        #[arg(last = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Prints an error as one line with its causes (not anyhow's Debug form with a backtrace).
+fn main() -> ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("xtask: error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
+    let ws = Workspace::locate();
+    match cli.task {
+        Task::Setup => setup::run(&ws),
+        Task::Build => build::run(&ws).map(drop),
+        Task::Test { cargo_args } => test::run(&ws, &cargo_args),
+        Task::Run { args } => run::run(&ws, &args),
+        Task::Bench { what, args } => bench::run(&ws, &what, &args),
+    }
+}

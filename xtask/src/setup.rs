@@ -1,0 +1,44 @@
+//! `cargo xtask setup`: everything the build, the tests and the demo need on the machine.
+//!
+//! Every other task runs it first, so each step checks before it acts and installs only what is
+//! missing: on a ready machine it only looks, and then it is quick. Each step prints one line
+//! saying what it found or did. Steps that have nothing to do need no root, so a ready machine
+//! passes as any user.
+
+mod bpf_linker;
+mod bpffs;
+mod debian;
+mod toolchain;
+
+use std::fmt::Display;
+
+use anyhow::{anyhow, Result};
+
+use crate::{privilege, workspace::Workspace};
+
+pub fn run(ws: &Workspace) -> Result<()> {
+    let root = privilege::is_root()?;
+    toolchain::ensure_nightly()?;
+    toolchain::ensure_rust_src()?;
+    bpf_linker::ensure(ws)?;
+    debian::ensure(root)?;
+    bpffs::ensure(root)?;
+    if !root {
+        report(
+            "warning",
+            "not running as root: setup found all it needs, but loading BPF programs \
+             (`cargo xtask test`, `run`, `bench`) needs root",
+        );
+    }
+    Ok(())
+}
+
+/// Prints the one line of a step.
+fn report(step: &str, outcome: impl Display) {
+    println!("setup: {step}: {outcome}");
+}
+
+/// The error of a step that has work to do but needs root for it.
+fn needs_root(work: impl Display) -> anyhow::Error {
+    anyhow!("{work} needs root: run `cargo xtask setup` as root")
+}

@@ -1,0 +1,55 @@
+//! The Debian packages of the real components the tests and the demo start (application servers,
+//! proxies, load generators) and of the tools they use (bpftool, ip netns).
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use super::{needs_root, report};
+use crate::command;
+
+const PACKAGES: &[&str] = &[
+    "uwsgi",
+    "uwsgi-plugin-python3",
+    "nginx",
+    "wrk",
+    "bpftool",
+    "iproute2",
+    "gunicorn",
+    "python3-django",
+];
+
+pub fn ensure(root: bool) -> Result<()> {
+    let step = "Debian packages";
+    let mut missing = Vec::new();
+    for &package in PACKAGES {
+        if !installed(package)? {
+            missing.push(package);
+        }
+    }
+    if missing.is_empty() {
+        report(step, format!("all {} present", PACKAGES.len()));
+        return Ok(());
+    }
+    if !root {
+        return Err(needs_root(format!(
+            "installing the missing Debian packages ({}) with apt",
+            missing.join(" ")
+        )));
+    }
+    command::run(Command::new("apt-get").arg("update"))?;
+    command::run(
+        Command::new("apt-get")
+            .args(["install", "-y", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )?;
+    report(step, format!("installed {}", missing.join(" ")));
+    Ok(())
+}
+
+/// dpkg's view; a package it has never heard of makes dpkg-query fail, which is "not installed".
+fn installed(package: &str) -> Result<bool> {
+    let out = command::probe(Command::new("dpkg-query").args(["-W", "-f=${Status}", package]))?;
+    Ok(out.status.success() && out.stdout == b"install ok installed")
+}

@@ -1,0 +1,64 @@
+//! The `nightly` rustup toolchain and its `rust-src`: aya-build builds the eBPF crate with
+//! `rustup run nightly cargo build -Z build-std=core`, because `bpfel-unknown-none` has no
+//! prebuilt core. Explicit installs only: these machines set RUSTUP_AUTO_INSTALL=0.
+
+use std::process::Command;
+
+use anyhow::Result;
+
+use super::report;
+use crate::command;
+
+pub const NIGHTLY: &str = "nightly";
+
+pub fn ensure_nightly() -> Result<()> {
+    let step = "nightly toolchain";
+    let list = command::stdout_of(Command::new("rustup").args(["toolchain", "list"]))?;
+    if list.lines().any(is_plain_nightly) {
+        report(step, "present");
+        return Ok(());
+    }
+    command::run(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        NIGHTLY,
+        "--profile",
+        "minimal",
+    ]))?;
+    report(step, "installed");
+    Ok(())
+}
+
+pub fn ensure_rust_src() -> Result<()> {
+    let step = "rust-src for nightly";
+    let installed = command::stdout_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        NIGHTLY,
+        "--installed",
+    ]))?;
+    if installed.lines().any(|line| line.trim() == "rust-src") {
+        report(step, "present");
+        return Ok(());
+    }
+    command::run(Command::new("rustup").args([
+        "component",
+        "add",
+        "rust-src",
+        "--toolchain",
+        NIGHTLY,
+    ]))?;
+    report(step, "installed");
+    Ok(())
+}
+
+/// True for a `rustup toolchain list` line naming the plain `nightly` toolchain
+/// (`nightly-x86_64-unknown-linux-gnu (default)`), not a dated one (`nightly-2024-05-01-...`).
+fn is_plain_nightly(line: &str) -> bool {
+    let name = line.split_whitespace().next().unwrap_or_default();
+    name == NIGHTLY
+        || name
+            .strip_prefix("nightly-")
+            .is_some_and(|host| !host.starts_with(|c: char| c.is_ascii_digit()))
+}
