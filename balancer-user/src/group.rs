@@ -1,6 +1,9 @@
 //! One balanced group: the listening sockets of one service address, the program that picks
 //! among them, and the maps they share.
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::{
+    os::fd::{AsFd, AsRawFd, BorrowedFd},
+    sync::Arc,
+};
 
 use aya::{
     maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
@@ -75,7 +78,7 @@ pub struct Group {
     selected: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
     loads_map: MapData,
-    loads: SharedLoads,
+    loads: Arc<SharedLoads>,
     config: Config,
     occupied: [bool; MAX_SLOTS as usize],
     _log: Option<LogForwarder>,
@@ -121,7 +124,7 @@ impl Group {
             aya::maps::Map::Array(data) => data,
             _ => return Err(Error::MissingMap(maps::LOADS)),
         };
-        let loads = SharedLoads::map(loads_map.fd().as_fd())?;
+        let loads = Arc::new(SharedLoads::map(loads_map.fd().as_fd())?);
         let mut group = Self {
             ebpf,
             program,
@@ -226,8 +229,9 @@ impl Group {
         Ok(())
     }
 
-    /// The shared load records (for tests, and for the controller's reconciliation).
-    pub fn loads(&self) -> &SharedLoads {
+    /// The shared load records. The mapping keeps the map alive, so the handle stays valid after
+    /// the group is gone.
+    pub fn loads(&self) -> &Arc<SharedLoads> {
         &self.loads
     }
 

@@ -1,0 +1,14 @@
+//! Shared fixtures of the integration tests: private network namespaces, and pools of
+//! SO_REUSEPORT listeners balanced by a real [`Group`] in the real kernel.
+//!
+//! Every test runs in a network namespace of its own, so tests run in parallel without sharing
+//! ports, and nothing outlives a test: the namespace goes away with its last socket and handle.
+
+pub mod netns;
+pub mod pool;
+
+pub use netns::NetNs;
+pub use pool::Pool;
+
+/// The loopback addresses the tests run on: every test runs for IPv4 and IPv6.
+pub const LOOPBACKS: [&str; 2] = ["127.0.0.1", "::1"];

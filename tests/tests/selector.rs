@@ -1,0 +1,289 @@
+//! The SK_REUSEPORT programs in the real kernel: real listeners, real connections, each test in a
+//! private network namespace, over IPv4 and IPv6. The tests write the load map as workers would.
+use std::{
+    io::{ErrorKind, Read, Write},
+    net::{TcpListener, TcpStream},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
+        Arc,
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Result};
+use balancer_common::{Event, Policy};
+use balancer_user::{loader::Program, shared_loads::SharedLoads, Group, Mode};
+use integration_tests::{pool::pin_to_cpu0, NetNs, Pool, LOOPBACKS};
+
+/// Runs `test` for each loopback family in a fresh namespace; the error names the family.
+fn each_family(test: impl Fn(&NetNs, &str) -> Result<()> + Sync) {
+    for ip in LOOPBACKS {
+        let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
+        ns.run(|| test(&ns, ip)).unwrap_or_else(|e| panic!("[{ip}] {e:#}"));
+    }
+}
+
+#[test]
+fn least_loaded_picks_the_minimum() {
+    each_family(|_, ip| {
+        let pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;
+        let loads = pool.group.loads();
+        for (slot, load) in pool.slots.iter().zip([5, 3, 7, 4]) {
+            loads.add_assigned(*slot, load);
+        }
+        let _c = pool.connect_many(1)?;
+        ensure!(pool.which()? == 1, "the connection did not go to the least-loaded listener");
+        // The program counted it: slot 1 now has 4, tied with slot 3, and slot 0 with 5 is heavier.
+        ensure!(loads.read(pool.slots[1]).assigned == 4);
+        // Weights: slot 2 with 8 in flight and weight 8 (load 1.0) beats 4 in flight at weight 1.
+        loads.set_weight(pool.slots[2], 8);
+        loads.add_assigned(pool.slots[2], 1);
+        let _d = pool.connect_many(1)?;
+        ensure!(pool.which()? == 2, "weights were not applied");
+        Ok(())
+    });
+}
+
+#[test]
+fn equal_loads_spread_evenly_and_back_to_back_connections_do_not_herd() {
+    each_family(|_, ip| {
+        let pool = Pool::new(ip, 8, Policy::LeastLoaded, Mode::Auto)?;
+        // Nobody accepts: each connection is counted in the program, so the next one sees it.
+        let conns = pool.connect_many(803)?;
+        let counts = pool.drain()?;
+        let (min, max) = (*counts.iter().min().unwrap(), *counts.iter().max().unwrap());
+        ensure!(max - min <= 1, "uneven spread {counts:?}");
+        ensure!(counts.iter().sum::<usize>() == conns.len());
+        for (i, slot) in pool.slots.iter().enumerate() {
+            let rec = pool.group.loads().read(*slot);
+            ensure!(rec.assigned as usize == counts[i], "slot {slot}: assigned {} but queued {}", rec.assigned, counts[i]);
+            ensure!(pool.group.selected_total(*slot)? == rec.assigned);
+        }
+        ensure!(pool.group.stats()?.fallbacks() == 0);
+        Ok(())
+    });
+}
+
+#[test]
+fn ties_do_not_always_fall_on_the_lowest_slot() {
+    each_family(|_, ip| {
+        let pool = Pool::new(ip, 8, Policy::LeastLoaded, Mode::Auto)?;
+        let mut seen = [0usize; 8];
+        for _ in 0..400 {
+            let _c = pool.connect_many(1)?;
+            let i = pool.which()?;
+            seen[i] += 1;
+            // The worker completes it at once: every slot is back at 0, all tied.
+            pool.group.loads().add_completed(pool.slots[i], 1);
+        }
+        ensure!(seen.iter().all(|&c| c > 0), "some tied slot never chosen: {seen:?}");
+        ensure!(*seen.iter().max().unwrap() < 400 * 30 / 100, "ties favour one slot: {seen:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn power_of_two_choices_balances_and_avoids_the_busy_worker() {
+    each_family(|_, ip| {
+        let pool = Pool::new(ip, 8, Policy::PowerOfTwo, Mode::Auto)?;
+        pool.group.loads().add_assigned(pool.slots[0], 1_000_000);
+        let _c = pool.connect_many(700)?;
+        let counts = pool.drain()?;
+        ensure!(counts[0] == 0, "p2c chose the busiest worker: {counts:?}");
+        let rest = &counts[1..];
+        let (min, max) = (*rest.iter().min().unwrap(), *rest.iter().max().unwrap());
+        // 700 over 7: 100 each; p2c keeps the gap small (O(log log n)).
+        ensure!(max - min <= 6, "p2c spread too wide: {counts:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn round_robin_cycles_through_the_workers() {
+    each_family(|_, ip| {
+        pin_to_cpu0()?;
+        let pool = Pool::new(ip, 5, Policy::RoundRobin, Mode::Auto)?;
+        let mut order = Vec::new();
+        for _ in 0..20 {
+            let _c = pool.connect_many(1)?;
+            order.push(pool.which()?);
+        }
+        // One CPU, one sequence: a rotation of 0..5, four times over.
+        let first = order[0];
+        let expected: Vec<usize> = (0..20).map(|k| (first + k) % 5).collect();
+        ensure!(order == expected, "not round robin: {order:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn hash_policy_spreads_by_connection() {
+    each_family(|_, ip| {
+        let pool = Pool::new(ip, 4, Policy::Hash, Mode::Auto)?;
+        // Even a heavily loaded slot gets its share: hashing ignores load.
+        pool.group.loads().add_assigned(pool.slots[0], 1_000_000);
+        let _c = pool.connect_many(400)?;
+        let counts = pool.drain()?;
+        ensure!(counts.iter().all(|&c| c >= 50), "hash spread {counts:?}");
+        Ok(())
+    });
+}
+
+#[test]
+fn a_policy_switch_takes_effect_on_the_next_connection() {
+    each_family(|_, ip| {
+        pin_to_cpu0()?;
+        let mut pool = Pool::new(ip, 2, Policy::LeastLoaded, Mode::Auto)?;
+        pool.group.loads().add_assigned(pool.slots[1], 1000);
+        for _ in 0..10 {
+            let _c = pool.connect_many(1)?;
+            ensure!(pool.which()? == 0, "least-loaded chose the busy slot");
+        }
+        pool.group.set_policy(Policy::RoundRobin)?;
+        let mut rr = Vec::new();
+        for _ in 0..2 {
+            let _c = pool.connect_many(1)?;
+            rr.push(pool.which()?);
+        }
+        ensure!(rr.contains(&1), "round robin did not reach the busy slot: {rr:?}");
+        pool.group.set_policy(Policy::LeastLoaded)?;
+        let _c = pool.connect_many(1)?;
+        ensure!(pool.which()? == 0, "switching back to least-loaded did not take effect");
+        Ok(())
+    });
+}
+
+#[test]
+fn detach_gives_back_kernel_hashing() {
+    each_family(|_, ip| {
+        let pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;
+        for slot in &pool.slots[1..] {
+            pool.group.loads().add_assigned(*slot, 1_000_000);
+        }
+        let _c = pool.connect_many(50)?;
+        ensure!(pool.drain()? == vec![50, 0, 0, 0], "least-loaded did not steer everything to slot 0");
+        let before: u64 = pool.slots.iter().map(|s| pool.group.selected_total(*s).unwrap()).sum();
+        Group::detach(&pool.listeners[0])?;
+        let _d = pool.connect_many(200)?;
+        let counts = pool.drain()?;
+        ensure!(counts.iter().filter(|&&c| c > 0).count() >= 3, "kernel hashing not restored: {counts:?}");
+        let after: u64 = pool.slots.iter().map(|s| pool.group.selected_total(*s).unwrap()).sum();
+        ensure!(before == after, "the program still ran after detach");
+        Ok(())
+    });
+}
+
+#[test]
+fn errors_return_sk_pass_and_count_the_reason() {
+    each_family(|_, ip| {
+        // Listener 0 is in slot 0; listeners 1 and 2 are in the group but in no slot, like
+        // sockets the balancer does not manage. Only the kernel's hash can reach them.
+        let mut pool = Pool::new(ip, 3, Policy::LeastLoaded, Mode::Auto)?;
+        pool.group.remove(pool.slots[1])?;
+        pool.group.remove(pool.slots[2])?;
+
+        // Slot 0 listed but its socket closed: the selection fails, the kernel's hash decides.
+        let closed = pool.listeners.remove(0);
+        drop(closed);
+        let _a = pool.connect_many(20)?;
+        let stats = pool.group.stats()?;
+        ensure!(stats.get(Event::FallbackSelectFailed) == 20, "select_failed not counted: {stats:?}");
+        ensure!(pool.drain()?.iter().sum::<usize>() == 20, "connections lost on the error path");
+
+        // No active slot at all.
+        pool.group.remove(pool.slots[0])?;
+        let _b = pool.connect_many(20)?;
+        ensure!(pool.group.stats()?.get(Event::FallbackNoActive) == 20);
+        ensure!(pool.drain()?.iter().sum::<usize>() == 20, "connections lost with no active slot");
+        Ok(())
+    });
+}
+
+/// Serves one listener until told to stop or to close it: accept, read a byte, answer, close,
+/// and count the completion in the load map as the worker shim does.
+fn serve(listener: TcpListener, slot: u32, loads: Arc<SharedLoads>, close: &AtomicBool, stop: &AtomicBool, served: &AtomicUsize) {
+    while !stop.load(Ordering::Relaxed) && !close.load(Ordering::Relaxed) {
+        match listener.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                let mut b = [0u8; 1];
+                if s.read_exact(&mut b).is_ok() {
+                    let _ = s.write_all(&b);
+                }
+                drop(s);
+                loads.add_completed(slot, 1);
+                served.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_micros(200)),
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+#[test]
+fn emptying_a_slot_or_closing_its_socket_mid_traffic_loses_no_connection() {
+    const TOTAL: u64 = 10_000;
+    const CLIENTS: u64 = 4;
+    each_family(|ns, ip| {
+        let mut pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;
+        ensure!(pool.group.program() == Program::SelectOrMigrate, "this kernel cannot migrate");
+        let addr = pool.addr;
+        let listeners: Vec<TcpListener> = pool.listeners.drain(..).collect();
+        let close: Vec<AtomicBool> = (0..4).map(|_| AtomicBool::new(false)).collect();
+        let stop = AtomicBool::new(false);
+        let served = AtomicUsize::new(0);
+        let (done, failed) = (AtomicU64::new(0), AtomicU64::new(0));
+        thread::scope(|s| -> Result<()> {
+            for (i, l) in listeners.into_iter().enumerate() {
+                let (loads, slot, close, stop, served) = (pool.group.loads().clone(), pool.slots[i], &close[i], &stop, &served);
+                s.spawn(move || serve(l, slot, loads, close, stop, served));
+            }
+            let clients: Vec<_> = (0..CLIENTS)
+                .map(|_| {
+                    let (done, failed) = (&done, &failed);
+                    ns.spawn(s, move || {
+                        for _ in 0..TOTAL / CLIENTS {
+                            let ok = TcpStream::connect(addr).and_then(|mut c| {
+                                c.set_read_timeout(Some(Duration::from_secs(5)))?;
+                                c.write_all(b"x")?;
+                                let mut b = [0u8; 1];
+                                c.read_exact(&mut b)
+                            });
+                            if ok.is_err() {
+                                failed.fetch_add(1, Ordering::Relaxed);
+                            }
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                    })
+                })
+                .collect();
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let wait_for = |n: u64| {
+                while done.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+                    thread::sleep(Duration::from_millis(1));
+                }
+            };
+            // A third of the way: slot 1 leaves the selection (its socket still serves).
+            wait_for(TOTAL / 3);
+            pool.group.remove(pool.slots[1])?;
+            // Two thirds: slot 2's socket closes with connections queued; the slot is cleared
+            // only later, as a controller noticing a worker's exit would.
+            wait_for(2 * TOTAL / 3);
+            close[2].store(true, Ordering::Relaxed);
+            thread::sleep(Duration::from_millis(50));
+            pool.group.remove(pool.slots[2])?;
+            for c in clients {
+                c.join().expect("client thread");
+            }
+            stop.store(true, Ordering::Relaxed);
+            Ok(())
+        })?;
+        ensure!(done.load(Ordering::Relaxed) == TOTAL);
+        ensure!(failed.load(Ordering::Relaxed) == 0, "{} of {TOTAL} connections failed", failed.load(Ordering::Relaxed));
+        ensure!(served.load(Ordering::Relaxed) as u64 == TOTAL);
+        let stats = pool.group.stats()?;
+        println!("[{ip}] {TOTAL} connections, 0 failed; migrated {}, fallbacks {}", stats.get(Event::MigrateSelected), stats.fallbacks());
+        Ok(())
+    });
+}
