@@ -11,6 +11,7 @@ pub mod group;
 pub mod listener;
 pub mod loader;
 pub mod shared_loads;
+pub mod view;
 
 pub use error::Error;
 pub use group::{Group, GroupOptions, Mode, SlotView, Stats};
