@@ -3,7 +3,11 @@
 use std::{
     fs::File,
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::{
+        fd::{AsRawFd, OwnedFd},
+        unix::process::CommandExt,
+    },
+    process::Command,
     thread,
 };
 
@@ -62,9 +66,29 @@ impl NetNs {
         })
     }
 
-    /// Path of the namespace for `setns` in a child process (`/proc/<pid>/fd/<n>` of ours).
-    pub fn proc_path(&self) -> String {
-        format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd())
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &str) -> Command {
+        let fd = self.fd.as_raw_fd();
+        let mut cmd = Command::new(program);
+        // SAFETY: setns is async-signal-safe; fd stays open in the parent until spawn returns.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            })
+        };
+        cmd
+    }
+
+    /// Runs `program args...` inside the namespace; fails with its stderr if it fails.
+    pub fn exec(&self, program: &str, args: &[&str]) -> Result<()> {
+        let out = self.command(program).args(args).output().with_context(|| format!("running {program}"))?;
+        if !out.status.success() {
+            bail!("{program} {}: {}: {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(())
     }
 }
 

@@ -1,5 +1,6 @@
 //! The Debian packages of the real components the tests and the demo start (application servers,
-//! proxies, load generators) and of the tools they use (bpftool, ip netns).
+//! proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
+//! handshakes half-open in the migration tests).
 
 use std::process::Command;
 
@@ -15,6 +16,7 @@ const PACKAGES: &[&str] = &[
     "wrk",
     "bpftool",
     "iproute2",
+    "nftables",
     "gunicorn",
     "python3-django",
 ];
