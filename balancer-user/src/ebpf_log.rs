@@ -24,7 +24,11 @@ pub struct LogForwarder {
 
 impl LogForwarder {
     pub fn start(ebpf: &mut Ebpf) -> Result<Self, aya_log::Error> {
-        let mut logger = EbpfLogger::init(ebpf)?;
+        Ok(Self::from_logger(EbpfLogger::init(ebpf)?))
+    }
+
+    /// Forwards from a logger found otherwise (for an adopted, pinned program: by its id).
+    pub fn from_logger(mut logger: EbpfLogger<&'static dyn log::Log>) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stop_thread = stop.clone();
         let thread = std::thread::Builder::new()
@@ -41,7 +45,7 @@ impl LogForwarder {
                 logger.flush();
             })
             .expect("spawning the eBPF log thread");
-        Ok(Self { stop, thread: Some(thread) })
+        Self { stop, thread: Some(thread) }
     }
 }
 

@@ -21,6 +21,8 @@ pub enum Error {
     SlotFree(u32),
     #[error("all {} slots are taken", balancer_common::MAX_SLOTS)]
     NoFreeSlot,
+    #[error("pinning at {}: {source}", path.display())]
+    Pin { path: std::path::PathBuf, source: io::Error },
     #[error("socket operation `{op}` failed: {source}")]
     Socket { op: &'static str, source: io::Error },
 }

@@ -1,13 +1,15 @@
 //! One balanced group: the listening sockets of one service address, the program that picks
 //! among them, and the maps they share.
 use std::{
+    fs,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
+    path::{Path, PathBuf},
     sync::Arc,
 };
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, ReusePortSockArray},
-    programs::{ProgramInfo, SkReuseport},
+    maps::{Array, Map, MapData, PerCpuArray, ReusePortSockArray},
+    programs::{ProgramInfo, SkReuseport, SkReuseportAttachType},
     Ebpf,
 };
 use balancer_common::{config_flags, maps, Config, Event, Policy, MAX_SLOTS};
@@ -29,12 +31,15 @@ pub enum Mode {
     SelectOrMigrate,
 }
 
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct GroupOptions {
     pub policy: Policy,
     pub mode: Mode,
     /// Log every selection (costly: debugging only).
     pub log_selections: bool,
+    /// A bpffs directory for this group's program and maps. If it holds a pinned group, that group
+    /// is adopted (a controller restarting after a crash); if not, the new one is pinned there.
+    pub pin_dir: Option<PathBuf>,
 }
 
 /// One occupied slot, as read from the maps.
@@ -70,9 +75,20 @@ impl Stats {
     }
 }
 
+/// Where the group's program lives: in an object this process loaded, or pinned by an earlier one.
+enum Source {
+    Loaded(Ebpf),
+    Adopted(SkReuseport),
+}
+
+/// The maps the controller uses; the program keeps the others (round-robin ticks, logs) alive.
+const PINNED_MAPS: [&str; 5] = [maps::SOCKETS, maps::LOADS, maps::CONFIG, maps::SELECTED, maps::EVENTS];
+
 pub struct Group {
-    ebpf: Ebpf,
+    source: Source,
     program: Program,
+    pin_dir: Option<PathBuf>,
+    adopted: bool,
     sockets: ReusePortSockArray<MapData>,
     config_map: Array<MapData, Config>,
     selected: PerCpuArray<MapData, u64>,
@@ -84,8 +100,30 @@ pub struct Group {
     _log: Option<LogForwarder>,
 }
 
-fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<aya::maps::Map> {
+fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
     ebpf.take_map(name).ok_or(Error::MissingMap(name))
+}
+
+/// Which program is pinned in `dir`, if a complete group is.
+fn pinned_program(dir: &Path) -> Option<Program> {
+    let complete = PINNED_MAPS.iter().all(|m| dir.join(m).exists());
+    [Program::SelectOrMigrate, Program::Select].into_iter().find(|p| complete && dir.join(p.name()).exists())
+}
+
+/// Pins the program and the controller's maps under `dir` (created if missing).
+fn pin_all(ebpf: &mut Ebpf, program: Program, dir: &Path) -> Result<()> {
+    let pin_err = |path: PathBuf| move |e: aya::pin::PinError| Error::Pin { path, source: std::io::Error::other(e) };
+    fs::create_dir_all(dir).map_err(|source| Error::Pin { path: dir.to_owned(), source })?;
+    for name in PINNED_MAPS {
+        let path = dir.join(name);
+        ebpf.map(name).ok_or(Error::MissingMap(name))?.pin(&path).map_err(pin_err(path))?;
+    }
+    let path = dir.join(program.name());
+    let prog: &mut SkReuseport = ebpf
+        .program_mut(program.name())
+        .and_then(|p| p.try_into().ok())
+        .expect("the loaded program is in the object");
+    prog.pin(&path).map_err(pin_err(path))
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
@@ -93,8 +131,14 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
 }
 
 impl Group {
-    /// Loads the programs and creates the group's maps. Nothing is attached yet.
+    /// Loads the program and creates the group's maps (nothing attached yet), or adopts the group
+    /// pinned in `options.pin_dir`.
     pub fn new(options: GroupOptions) -> Result<Self> {
+        if let Some(dir) = &options.pin_dir {
+            if let Some(program) = pinned_program(dir) {
+                return Self::adopt(dir, program, &options);
+            }
+        }
         let (mut ebpf, program) = match options.mode {
             Mode::Select => (loader::load(Program::Select)?, Program::Select),
             Mode::SelectOrMigrate => (loader::load(Program::SelectOrMigrate)?, Program::SelectOrMigrate),
@@ -109,6 +153,9 @@ impl Group {
                 }
             },
         };
+        if let Some(dir) = &options.pin_dir {
+            pin_all(&mut ebpf, program, dir)?;
+        }
         let log = match LogForwarder::start(&mut ebpf) {
             Ok(f) => Some(f),
             Err(err) => {
@@ -116,38 +163,115 @@ impl Group {
                 None
             }
         };
-        let sockets = ReusePortSockArray::try_from(take_map(&mut ebpf, maps::SOCKETS)?).map_err(map_err(maps::SOCKETS))?;
-        let config_map = Array::try_from(take_map(&mut ebpf, maps::CONFIG)?).map_err(map_err(maps::CONFIG))?;
-        let selected = PerCpuArray::try_from(take_map(&mut ebpf, maps::SELECTED)?).map_err(map_err(maps::SELECTED))?;
-        let events = PerCpuArray::try_from(take_map(&mut ebpf, maps::EVENTS)?).map_err(map_err(maps::EVENTS))?;
-        let loads_map = match take_map(&mut ebpf, maps::LOADS)? {
-            aya::maps::Map::Array(data) => data,
+        let [sockets, loads, config, selected, events] = PINNED_MAPS.map(|name| take_map(&mut ebpf, name));
+        let mut group = Self::assemble(Source::Loaded(ebpf), program, [sockets?, loads?, config?, selected?, events?], log, &options, None)?;
+        group.config.flags = if options.log_selections { config_flags::LOG_SELECTIONS } else { 0 };
+        group.write_config()?;
+        Ok(group)
+    }
+
+    /// Takes over a group pinned by an earlier controller: the program, still attached, has kept
+    /// balancing meanwhile. Slots and loads are as it left them; the registry matches workers
+    /// that register again to their slots by pid.
+    fn adopt(dir: &Path, program: Program, options: &GroupOptions) -> Result<Self> {
+        let attach_type = match program {
+            Program::Select => SkReuseportAttachType::Select,
+            Program::SelectOrMigrate => SkReuseportAttachType::SelectOrMigrate,
+        };
+        let prog = SkReuseport::from_pin(dir.join(program.name()), attach_type)
+            .map_err(|source| Error::Program { name: program.name(), source })?;
+        let log = prog
+            .info()
+            .ok()
+            .and_then(|info| aya_log::EbpfLogger::init_from_id(info.id()).ok())
+            .map(LogForwarder::from_logger);
+        let maps = PINNED_MAPS.map(|name| {
+            MapData::from_pin(dir.join(name)).and_then(Map::from_map_data).map_err(map_err(name))
+        });
+        let [sockets, loads, config, selected, events] = maps;
+        let config = config?;
+        let pinned_config = Array::<&MapData, Config>::try_from(&config)
+            .and_then(|a| a.get(&0, 0))
+            .map_err(map_err(maps::CONFIG))?;
+        let mut group = Self::assemble(
+            Source::Adopted(prog),
+            program,
+            [sockets?, loads?, config, selected?, events?],
+            log,
+            options,
+            Some(pinned_config),
+        )?;
+        group.config.policy = options.policy as u32;
+        group.write_config()?;
+        log::info!("adopted the group pinned at {} ({} workers)", dir.display(), group.occupied_slots().count());
+        Ok(group)
+    }
+
+    fn assemble(
+        source: Source,
+        program: Program,
+        [sockets, loads, config, selected, events]: [Map; 5],
+        log: Option<LogForwarder>,
+        options: &GroupOptions,
+        pinned_config: Option<Config>,
+    ) -> Result<Self> {
+        let sockets = ReusePortSockArray::try_from(sockets).map_err(map_err(maps::SOCKETS))?;
+        let config_map = Array::try_from(config).map_err(map_err(maps::CONFIG))?;
+        let selected = PerCpuArray::try_from(selected).map_err(map_err(maps::SELECTED))?;
+        let events = PerCpuArray::try_from(events).map_err(map_err(maps::EVENTS))?;
+        let loads_map = match loads {
+            Map::Array(data) => data,
             _ => return Err(Error::MissingMap(maps::LOADS)),
         };
         let loads = Arc::new(SharedLoads::map(loads_map.fd().as_fd())?);
-        let mut group = Self {
-            ebpf,
+        let mut occupied = [false; MAX_SLOTS as usize];
+        if let Some(cfg) = &pinned_config {
+            for &slot in cfg.active_slots() {
+                if slot < MAX_SLOTS {
+                    occupied[slot as usize] = true;
+                }
+            }
+        }
+        Ok(Self {
+            source,
             program,
+            pin_dir: options.pin_dir.clone(),
+            adopted: pinned_config.is_some(),
             sockets,
             config_map,
             selected,
             events,
             loads_map,
             loads,
-            config: Config::empty(options.policy as u32),
-            occupied: [false; MAX_SLOTS as usize],
+            config: pinned_config.unwrap_or(Config::empty(options.policy as u32)),
+            occupied,
             _log: log,
-        };
-        group.config.flags = if options.log_selections { config_flags::LOG_SELECTIONS } else { 0 };
-        group.write_config()?;
-        Ok(group)
+        })
+    }
+
+    /// True if this group was adopted from pins rather than created.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    /// Removes the group's pins: once its sockets close, the kernel frees the program and maps.
+    pub fn unpin(&self) -> Result<()> {
+        let Some(dir) = &self.pin_dir else { return Ok(()) };
+        match fs::remove_dir_all(dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::Pin { path: dir.clone(), source }),
+        }
     }
 
     fn prog(&self) -> &SkReuseport {
-        self.ebpf
-            .program(self.program.name())
-            .and_then(|p| <&SkReuseport>::try_from(p).ok())
-            .expect("the loaded program is in the object")
+        match &self.source {
+            Source::Loaded(ebpf) => ebpf
+                .program(self.program.name())
+                .and_then(|p| <&SkReuseport>::try_from(p).ok())
+                .expect("the loaded program is in the object"),
+            Source::Adopted(prog) => prog,
+        }
     }
 
     /// Which program runs (select-only, or select-or-migrate).

@@ -23,9 +23,13 @@ impl Pool {
     /// `n` non-blocking listeners on an ephemeral port of `ip`, each in a slot, program attached.
     /// Call it inside the test's namespace.
     pub fn new(ip: &str, n: usize, policy: Policy, mode: Mode) -> Result<Self> {
+        Self::with_options(ip, n, GroupOptions { policy, mode, ..Default::default() })
+    }
+
+    /// As [`Pool::new`], with every group option.
+    pub fn with_options(ip: &str, n: usize, options: GroupOptions) -> Result<Self> {
         let ip: IpAddr = ip.parse().context("test address")?;
-        let mut group = Group::new(GroupOptions { policy, mode, log_selections: false })
-            .context("loading the program (needs root and a BPF-capable kernel)")?;
+        let mut group = Group::new(options).context("loading the program (needs root and a BPF-capable kernel)")?;
         let first = bind_reuseport(SocketAddr::new(ip, 0), BACKLOG).context("binding the first listener")?;
         let addr = first.local_addr()?;
         let mut listeners = vec![first];
