@@ -86,16 +86,16 @@ pub trait LoadSource: Sized {
     /// `(connections in flight, weight)` of a slot, or `None` if it cannot be read.
     fn load(&self, slot: u32) -> Option<(u64, u32)>;
 
-    /// Calls [`Scan::visit`] for each dense index `0..scan.n`. The default is a plain loop; the
-    /// eBPF program overrides it with `bpf_loop`, so the verifier checks the body once instead of
-    /// walking every iteration of every path.
+    /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
+    /// the eBPF program overrides it with `bpf_loop`, so the verifier checks the chunk once instead
+    /// of walking every iteration of every path.
     #[inline(always)]
     fn run_scan(&self, cfg: &Config, scan: &mut Scan) {
-        for k in 0..MAX_SLOTS {
-            if k >= scan.n {
+        for chunk in 0..Scan::chunks(MAX_SLOTS) {
+            if chunk >= Scan::chunks(scan.n) {
                 break;
             }
-            scan.visit(cfg, k, self);
+            scan.visit_chunk(cfg, chunk, self);
         }
     }
 }
@@ -175,8 +175,38 @@ pub struct Scan {
 }
 
 impl Scan {
+    /// Slots visited per [`Scan::visit_chunk`]: a straight run of code with no call or map
+    /// lookup in between, where one call per slot would cost more than the slot itself.
+    pub const CHUNK: u32 = 4;
+
+    /// Loads are capped here, so that [`Scan::NONE_YET`] is heavier than any real one.
+    const LOAD_CAP: u64 = (1 << 31) - 1;
+    /// The load of "no slot chosen yet". A sentinel rather than a test of `best == NO_SLOT`:
+    /// comparing `best` with a constant makes the verifier track it exactly, and then it cannot
+    /// merge the paths of a chunk, which multiply.
+    const NONE_YET: u64 = Self::LOAD_CAP + 1;
+
     pub fn new(n: u32, start: u32, exclude: u32) -> Self {
-        Self { n, start, exclude, best: NO_SLOT, best_weight: 1, best_load: 0 }
+        Self { n, start, exclude, best: NO_SLOT, best_weight: 1, best_load: Self::NONE_YET }
+    }
+
+    /// Number of chunks that cover `n` slots.
+    #[inline(always)]
+    pub const fn chunks(n: u32) -> u32 {
+        n.div_ceil(Self::CHUNK)
+    }
+
+    /// Looks at the slots `chunk * CHUNK ..` of the pass, up to `n`.
+    #[inline(always)]
+    pub fn visit_chunk<L: LoadSource>(&mut self, cfg: &Config, chunk: u32, loads: &L) {
+        let base = chunk.wrapping_mul(Self::CHUNK);
+        for j in 0..Self::CHUNK {
+            let k = base.wrapping_add(j);
+            if k >= self.n {
+                return;
+            }
+            self.visit(cfg, k, loads);
+        }
     }
 
     /// Looks at the `k`-th slot of the pass (`k < n`).
@@ -189,7 +219,8 @@ impl Scan {
             return;
         }
         let Some((load, weight)) = loads.load(slot) else { return };
-        if self.best == NO_SLOT || lighter(load, weight, self.best_load, self.best_weight) {
+        let load = if load > Self::LOAD_CAP { Self::LOAD_CAP } else { load };
+        if lighter(load, weight, self.best_load, self.best_weight) {
             self.best = slot;
             self.best_load = load;
             self.best_weight = weight;

@@ -112,17 +112,17 @@ impl LoadSource for MapLoads {
     /// up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
     fn run_scan(&self, _cfg: &Config, scan: &mut Scan) {
-        unsafe { bpf_loop(scan.n, scan_step as *mut c_void, (scan as *mut Scan).cast(), 0) };
+        unsafe { bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0) };
     }
 }
 
-/// One `bpf_loop` iteration of the least-loaded scan. Reads the config itself: a pointer to map
-/// memory cannot travel through the loop context.
+/// One `bpf_loop` iteration of the least-loaded scan: one chunk of slots. Reads the config itself:
+/// a pointer to map memory cannot travel through the loop context.
 extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
     match CONFIG.get(0) {
         Some(cfg) => {
-            scan.visit(cfg, index as u32, &MapLoads);
+            scan.visit_chunk(cfg, index as u32, &MapLoads);
             0
         }
         None => 1,
