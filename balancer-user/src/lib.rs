@@ -4,12 +4,14 @@
 //! The binary (`reuselb`, in `main.rs`) is a thin CLI over this library; the integration tests and
 //! benchmarks drive the same library against the real kernel.
 
+pub mod config;
 pub mod doctor;
 pub mod ebpf_log;
 pub mod error;
 pub mod group;
 pub mod listener;
 pub mod loader;
+pub mod metrics;
 pub mod shared_loads;
 pub mod view;
 

@@ -1,0 +1,109 @@
+//! Benchmarks of reuselb, run by `cargo xtask bench <name>` (see `src/bin/bench.rs`).
+pub mod rig;
+pub mod selector;
+pub mod sk_pass;
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context, Result};
+
+/// The benches there are: name and what it measures.
+pub const BENCHES: &[(&str, &str)] = &[(
+    "selector",
+    "ns per selection (kernel BPF run-time stats) for 1/8/64/256 workers vs an SK_PASS-only program, \
+     and connection rate with vs without the program",
+)];
+
+/// Runs the bench `name` with its arguments; returns its markdown report.
+pub fn run(name: &str, args: &[String]) -> Result<String> {
+    match name {
+        "selector" => selector::run(&selector::Options::parse(args)?),
+        _ => bail!("unknown bench `{name}`; valid: {}, all", names().join(", ")),
+    }
+}
+
+pub fn names() -> Vec<&'static str> {
+    BENCHES.iter().map(|(n, _)| *n).collect()
+}
+
+/// Median, min and max of a sample.
+#[derive(Clone, Copy, Debug)]
+pub struct Summary {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+pub fn summarize(values: &[f64]) -> Summary {
+    assert!(!values.is_empty(), "summary of an empty sample");
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN in bench samples"));
+    let n = v.len();
+    let median = if n % 2 == 1 { v[n / 2] } else { (v[n / 2 - 1] + v[n / 2]) / 2.0 };
+    Summary { median, min: v[0], max: v[n - 1], n }
+}
+
+/// Cargo's target directory: `CARGO_TARGET_DIR` if set (relative to the workspace root), else
+/// `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => root.join(dir),
+        None => root.join("target"),
+    }
+}
+
+/// Writes a report to `<target>/bench/<name>.md`; returns the path.
+pub fn write_report(name: &str, markdown: &str) -> Result<PathBuf> {
+    let dir = target_dir().join("bench");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join(format!("{name}.md"));
+    fs::write(&path, markdown).with_context(|| format!("writing {}", path.display()))?;
+    Ok(path)
+}
+
+/// Moves this thread (the main thread, before any other is started) into a new network namespace
+/// with its loopback up, so the bench neither meets nor disturbs other traffic on the machine.
+/// Threads started afterwards inherit it; the namespace goes away with the process.
+pub fn enter_private_netns() -> Result<()> {
+    // SAFETY: plain unshare(2) of the calling thread's network namespace.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
+    }
+    // SAFETY: a throwaway datagram socket for the interface ioctls, owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket for SIOCSIFFLAGS");
+    }
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
+    // SAFETY: zeroed ifreq is valid; name "lo" fits IFNAMSIZ; ioctls on our socket.
+    unsafe {
+        let mut ifr: libc::ifreq = std::mem::zeroed();
+        for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
+            *d = *s as libc::c_char;
+        }
+        if libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
+            return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS lo");
+        }
+        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+        if libc::ioctl(raw, libc::SIOCSIFFLAGS, &ifr) < 0 {
+            return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS lo up");
+        }
+    }
+    Ok(())
+}
+
+/// `kernel.bpf_stats_enabled` as /proc shows it right now.
+pub fn bpf_stats_sysctl() -> String {
+    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map(|s| s.trim().to_string()).unwrap_or_else(|e| format!("unreadable ({e})"))
+}
+
+/// Kernel release, for the report header.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
+}

@@ -1,0 +1,401 @@
+//! `bench selector`: what one selection costs in the kernel, and what the program costs the
+//! connection rate.
+//!
+//! 1. ns per selection from the kernel's BPF run-time statistics (Δrun_time_ns / Δrun_cnt over a
+//!    run of connections), for groups of 1, 8, 64 and 256 listeners with least-loaded (and p2c at
+//!    64 and 256), beside an SK_REUSEPORT program that only returns SK_PASS.
+//! 2. Closed-loop connection rate of an 8-worker group with the least-loaded program attached
+//!    and with no program at all (the kernel's reuseport hash).
+//!
+//! Every configuration runs several times, interleaved, and the report gives medians.
+use std::{fmt::Write as _, time::Instant};
+
+use anyhow::{bail, Context, Result};
+use balancer_common::Policy;
+
+use super::{
+    bpf_stats_sysctl, enter_private_netns, kernel_release,
+    rig::{drive, drive_burst, Acceptors, Bed, BedKind},
+    sk_pass, summarize, Summary,
+};
+
+/// Target of the issue: at most this many ns per selection at 64 workers (least-loaded).
+const TARGET_NS_AT_64: f64 = 150.0;
+/// Target of the issue: connection rate with the program at least this share of the rate without.
+const TARGET_RATE_RATIO: f64 = 0.97;
+const ACCEPT_THREADS: usize = 2;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// Connections per run in part 1.
+    pub conns: u64,
+    /// Runs per configuration in part 1.
+    pub reps: usize,
+    /// Connections per run in part 2.
+    pub rate_conns: u64,
+    /// Runs per configuration in part 2.
+    pub rate_reps: usize,
+    /// Part 2: connections per slice; the two configurations alternate slice by slice.
+    pub slice: u64,
+    /// Unrecorded connections per configuration before the measured runs.
+    pub warmup: u64,
+    /// Part 1 only: open this many connections back to back before waiting for them (0: one at a
+    /// time, the default).
+    pub burst: usize,
+    /// Stay in the current network namespace.
+    pub no_netns: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { conns: 5000, reps: 7, rate_conns: 20_000, rate_reps: 11, slice: 1000, warmup: 1000, burst: 0, no_netns: false }
+    }
+}
+
+const USAGE: &str = "bench selector [--conns N] [--reps N] [--rate-conns N] [--rate-reps N] [--slice N] [--warmup N] [--burst N] [--no-netns]";
+
+impl Options {
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Options::default();
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut num = |name: &str| -> Result<u64> {
+                let v = it.next().with_context(|| format!("{name} needs a value; usage: {USAGE}"))?;
+                v.parse::<u64>().with_context(|| format!("{name} {v}: not a number"))
+            };
+            match arg.as_str() {
+                "--conns" => o.conns = num("--conns")?,
+                "--reps" => o.reps = num("--reps")? as usize,
+                "--rate-conns" => o.rate_conns = num("--rate-conns")?,
+                "--rate-reps" => o.rate_reps = num("--rate-reps")? as usize,
+                "--slice" => o.slice = num("--slice")?,
+                "--warmup" => o.warmup = num("--warmup")?,
+                "--burst" => o.burst = num("--burst")? as usize,
+                "--no-netns" => o.no_netns = true,
+                "-h" | "--help" => bail!("usage: {USAGE}"),
+                other => bail!("unknown argument `{other}`; usage: {USAGE}"),
+            }
+        }
+        if o.conns == 0 || o.reps == 0 || o.rate_conns == 0 || o.rate_reps == 0 {
+            bail!("counts must be at least 1; usage: {USAGE}");
+        }
+        Ok(o)
+    }
+}
+
+/// The beds, and the acceptors draining them. Drops the acceptors first, then detaches and
+/// closes every bed.
+struct Rig {
+    acceptors: Option<Acceptors>,
+    beds: Vec<Bed>,
+}
+
+impl Rig {
+    fn acceptors(&self) -> &Acceptors {
+        self.acceptors.as_ref().expect("acceptors run while the rig lives")
+    }
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        self.acceptors.take();
+        self.beds.clear();
+    }
+}
+
+// Bed indices.
+const PASS64: usize = 0;
+const G1: usize = 1;
+const G8: usize = 2;
+const G64: usize = 3;
+const G256: usize = 4;
+const PLAIN8: usize = 5;
+
+struct Config {
+    bed: usize,
+    policy: Option<Policy>,
+}
+
+const CONFIGS: [Config; 7] = [
+    Config { bed: PASS64, policy: None },
+    Config { bed: G1, policy: Some(Policy::LeastLoaded) },
+    Config { bed: G8, policy: Some(Policy::LeastLoaded) },
+    Config { bed: G64, policy: Some(Policy::LeastLoaded) },
+    Config { bed: G256, policy: Some(Policy::LeastLoaded) },
+    Config { bed: G64, policy: Some(Policy::PowerOfTwo) },
+    Config { bed: G256, policy: Some(Policy::PowerOfTwo) },
+];
+
+/// What one run of part 1 measured.
+#[derive(Default)]
+struct SelTotals {
+    ns: Vec<f64>,
+    runs: u64,
+    conns: u64,
+    selected: u64,
+    fallbacks: u64,
+}
+
+fn measure_selection(rig: &mut Rig, cfg: &Config, n: u64, burst: usize, totals: Option<&mut SelTotals>) -> Result<()> {
+    let bed = &mut rig.beds[cfg.bed];
+    if let Some(p) = cfg.policy {
+        bed.set_policy(p)?;
+    }
+    let bed = &rig.beds[cfg.bed];
+    let (t0, c0) = bed.prog_counters()?.context("no program attached")?;
+    let (a0, f0) = (bed.assigned_total(), bed.fallbacks()?);
+    if burst > 0 {
+        drive_burst(bed, rig.acceptors(), n, burst)?;
+    } else {
+        drive(bed, rig.acceptors(), n)?;
+    }
+    let (t1, c1) = bed.prog_counters()?.context("no program attached")?;
+    let (a1, f1) = (bed.assigned_total(), bed.fallbacks()?);
+    let runs = c1.wrapping_sub(c0);
+    let ns = t1.wrapping_sub(t0);
+    if runs == 0 || ns == 0 {
+        bail!("the kernel counted no program runs (run_cnt {c0}->{c1}, run_time_ns {t0}->{t1}) for {n} connections: BPF run-time statistics are not on");
+    }
+    if runs < n {
+        bail!("the program ran {runs} times for {n} connections: some connections bypassed it");
+    }
+    if let Some(t) = totals {
+        t.ns.push(ns as f64 / runs as f64);
+        t.runs += runs;
+        t.conns += n;
+        t.selected += a1 - a0;
+        t.fallbacks += f1 - f0;
+    }
+    Ok(())
+}
+
+pub fn run(o: &Options) -> Result<String> {
+    let started = Instant::now();
+    let netns = if o.no_netns {
+        "the current network namespace (--no-netns)".to_string()
+    } else {
+        match enter_private_netns() {
+            Ok(()) => "a private network namespace (created by the bench, gone with it)".to_string(),
+            Err(e) => {
+                eprintln!("warning: running in the current network namespace: {e:#}");
+                format!("the current network namespace (a private one failed: {e:#})")
+            }
+        }
+    };
+    let sysctl_before = bpf_stats_sysctl();
+
+    eprintln!("bench selector: binding the listeners on 127.0.0.1, loading the programs");
+    let beds = vec![
+        Bed::new(BedKind::SkPass, 64)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded), 1)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded), 8)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded), 64)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded), 256)?,
+        Bed::new(BedKind::KernelHash, 8)?,
+    ];
+    let acceptors = Acceptors::start(&beds, ACCEPT_THREADS)?;
+    let mut rig = Rig { acceptors: Some(acceptors), beds };
+    let program_name = rig.beds[G8].group().expect("group bed").program().name();
+
+    // ---- Part 1: ns per selection, BPF run-time stats on while the fd is held.
+    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
+    let sysctl_during = bpf_stats_sysctl();
+    for cfg in &CONFIGS {
+        measure_selection(&mut rig, cfg, o.warmup.max(1), o.burst, None).context("warm-up")?;
+    }
+    let mut sel: Vec<SelTotals> = CONFIGS.iter().map(|_| SelTotals::default()).collect();
+    for rep in 0..o.reps {
+        eprintln!("part 1 (ns per selection): round {}/{}", rep + 1, o.reps);
+        for (i, cfg) in CONFIGS.iter().enumerate() {
+            if let Err(e) = measure_selection(&mut rig, cfg, o.conns, o.burst, Some(&mut sel[i])) {
+                return Err(e.context(format!("part 1, {}", config_label(&rig, cfg, program_name))));
+            }
+        }
+    }
+    if let super::rig::Selector::SkPass(p) = &rig.beds[PASS64].selector {
+        sk_pass::cross_check_with_aya(p)?;
+    }
+    drop(stats_fd);
+    let sysctl_after = bpf_stats_sysctl();
+
+    // ---- Part 2: connection rate, 8 workers, least-loaded program vs no program.
+    rig.beds[G8].set_policy(Policy::LeastLoaded)?;
+    let rate_beds = [G8, PLAIN8];
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut paired = Vec::new();
+    for &b in &rate_beds {
+        drive(&rig.beds[b], rig.acceptors(), o.warmup.max(1)).context("warm-up")?;
+    }
+    let (a0, f0) = (rig.beds[G8].assigned_total(), rig.beds[G8].fallbacks()?);
+    let slice = o.slice.clamp(1, o.rate_conns);
+    for rep in 0..o.rate_reps {
+        eprintln!("part 2 (connection rate): round {}/{}", rep + 1, o.rate_reps);
+        // A round makes `rate_conns` connections with each configuration, in slices that
+        // alternate between the two (A B B A A B ...), so both see the same machine even when
+        // its load changes within seconds; a run's rate is its connections over the sum of its
+        // slices' times.
+        let mut secs = [0.0f64; 2];
+        let mut done = 0u64;
+        let mut flip = rep % 2 == 1;
+        while done < o.rate_conns {
+            let k = slice.min(o.rate_conns - done);
+            let order: [usize; 2] = if flip { [1, 0] } else { [0, 1] };
+            for c in order {
+                let d = drive(&rig.beds[rate_beds[c]], rig.acceptors(), k).with_context(|| format!("part 2, round {}", rep + 1))?;
+                secs[c] += d.as_secs_f64();
+            }
+            flip = !flip;
+            done += k;
+        }
+        let round = [o.rate_conns as f64 / secs[0], o.rate_conns as f64 / secs[1]];
+        rates[0].push(round[0]);
+        rates[1].push(round[1]);
+        paired.push(round[0] / round[1]);
+    }
+    let rate_selected = rig.beds[G8].assigned_total() - a0;
+    let rate_fallbacks = rig.beds[G8].fallbacks()? - f0;
+    rig.acceptors().check()?;
+    let workers: Vec<usize> = rig.beds.iter().map(Bed::workers).collect();
+    drop(rig);
+    let elapsed = started.elapsed();
+
+    // ---- Report.
+    let mut md = String::new();
+    let w = &mut md;
+    writeln!(w, "# reuselb bench: selector\n")?;
+    writeln!(
+        w,
+        "Kernel {}, {} CPUs, in {netns}, listeners on 127.0.0.1. reuselb program: `{program_name}` \
+         (the policy is switched at run time between runs, no reload).\n",
+        kernel_release(),
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+    )?;
+    writeln!(
+        w,
+        "Each connection: connect, accept, close (closed loop, one client). The acceptor ({ACCEPT_THREADS} threads, \
+         epoll + nonblocking accept4) closes first with SO_LINGER 0 (RST) and the client waits for it, so no socket \
+         is left in TIME_WAIT and no ephemeral port runs out; each accepted and closed connection is marked completed \
+         in the load map, as a worker's shim would.\n"
+    )?;
+
+    writeln!(w, "## 1. Cost of one selection (kernel BPF run-time statistics)\n")?;
+    writeln!(
+        w,
+        "ns per selection = Δrun_time_ns / Δrun_cnt of the program over a run of {} connections ({}); {} runs per \
+         configuration, interleaved (A B C ... A B C ...), after {} warm-up connections each. The statistics were \
+         switched on with BPF_ENABLE_STATS (aya `enable_stats`), the equivalent of `kernel.bpf_stats_enabled=1`, \
+         for part 1 only, and switched back off when that fd was closed: the previous state is restored. \
+         (`/proc/sys/kernel/bpf_stats_enabled` shows only what was written to the sysctl, not the fd's reference: \
+         before {sysctl_before}, during {sysctl_during}, after {sysctl_after}.) Every figure includes the \
+         statistics' own two clock reads per run, which is most of what the SK_PASS-only program shows; \
+         \"median − SK_PASS\" is the program's own cost.\n",
+        o.conns,
+        if o.burst > 0 { format!("opened {} at a time, back to back", o.burst) } else { "one at a time".to_string() },
+        o.reps,
+        o.warmup.max(1)
+    )?;
+    writeln!(w, "| program | policy | workers | ns/selection (median) | min | max | median − SK_PASS | runs/conn | target | result |")?;
+    writeln!(w, "|---|---|---:|---:|---:|---:|---:|---:|---|---|")?;
+    let base = summarize(&sel[0].ns).median;
+    let mut ns_target_pass = true;
+    for (cfg, t) in CONFIGS.iter().zip(&sel) {
+        let s = summarize(&t.ns);
+        let (prog, policy) = match cfg.policy {
+            None => ("SK_PASS only (`r0 = 1; exit`)".to_string(), "—".to_string()),
+            Some(p) => (format!("reuselb `{program_name}`"), p.name().to_string()),
+        };
+        let workers = workers[cfg.bed];
+        let over = if cfg.policy.is_none() { "—".to_string() } else { format!("{:+.1}", s.median - base) };
+        let (target, result) = if cfg.bed == G64 && cfg.policy == Some(Policy::LeastLoaded) {
+            let ok = s.median <= TARGET_NS_AT_64;
+            ns_target_pass = ok;
+            (format!("≤ {TARGET_NS_AT_64:.0} ns"), if ok { "PASS" } else { "MISS" }.to_string())
+        } else {
+            (String::new(), String::new())
+        };
+        writeln!(
+            w,
+            "| {prog} | {policy} | {workers} | {:.1} | {:.1} | {:.1} | {over} | {:.2} | {target} | {result} |",
+            s.median,
+            s.min,
+            s.max,
+            t.runs as f64 / t.conns as f64
+        )?;
+    }
+    let (sel_selected, sel_conns, sel_fallbacks): (u64, u64, u64) = sel[1..].iter().fold((0, 0, 0), |acc, t| (acc.0 + t.selected, acc.1 + t.conns, acc.2 + t.fallbacks));
+    writeln!(
+        w,
+        "\nreuselb's program picked a slot for {sel_selected} of {sel_conns} measured connections ({sel_fallbacks} fallbacks to the kernel's hash).\n"
+    )?;
+
+    writeln!(w, "## 2. Connection rate, 8 workers\n")?;
+    writeln!(
+        w,
+        "{} connections per run, {} runs each (closed loop: connect, accept, close), after {} warm-up connections \
+         each. Interleaved finely: within a round the two configurations alternate every {} connections \
+         (A B B A A B ...), so both see the same machine while other load comes and goes; a run's rate is its \
+         connections over the sum of its slices' times. BPF statistics off again (sysctl: {sysctl_after}).\n",
+        o.rate_conns,
+        o.rate_reps,
+        o.warmup.max(1),
+        o.slice.clamp(1, o.rate_conns)
+    )?;
+    let with = summarize(&rates[0]);
+    let without = summarize(&rates[1]);
+    let ratio = with.median / without.median;
+    let pr: Summary = summarize(&paired);
+    writeln!(w, "| selection | conn/s (median) | min | max |")?;
+    writeln!(w, "|---|---:|---:|---:|")?;
+    writeln!(w, "| least-loaded program attached | {:.0} | {:.0} | {:.0} |", with.median, with.min, with.max)?;
+    writeln!(w, "| no program (kernel hash) | {:.0} | {:.0} | {:.0} |", without.median, without.min, without.max)?;
+    writeln!(w)?;
+    writeln!(w, "| ratio with/without | value | target | result |")?;
+    writeln!(w, "|---|---:|---|---|")?;
+    writeln!(
+        w,
+        "| of the medians | {ratio:.3} | ≥ {TARGET_RATE_RATIO} | {} |",
+        if ratio >= TARGET_RATE_RATIO { "PASS" } else { "MISS" }
+    )?;
+    writeln!(w, "| per round (median [min, max] of {} rounds) | {:.3} [{:.3}, {:.3}] | | |", pr.n, pr.median, pr.min, pr.max)?;
+    writeln!(
+        w,
+        "\nWith the program: it picked a slot for {rate_selected} of {} connections ({rate_fallbacks} fallbacks).\n",
+        o.rate_conns * o.rate_reps as u64
+    )?;
+    writeln!(w, "## Raw runs\n")?;
+    for (cfg, t) in CONFIGS.iter().zip(&sel) {
+        let runs: Vec<String> = t.ns.iter().map(|v| format!("{v:.0}")).collect();
+        let name = match cfg.policy {
+            None => "SK_PASS only".to_string(),
+            Some(p) => p.name().to_string(),
+        };
+        writeln!(w, "- ns/selection, {name}, {} workers: {}", workers[cfg.bed], runs.join(" "))?;
+    }
+    for (k, label) in ["conn/s with the program", "conn/s without"].iter().enumerate() {
+        let runs: Vec<String> = rates[k].iter().map(|v| format!("{v:.0}")).collect();
+        writeln!(w, "- {label}: {}", runs.join(" "))?;
+    }
+    writeln!(w)?;
+    writeln!(w, "## Summary\n")?;
+    writeln!(
+        w,
+        "- least-loaded at 64 workers: {:.1} ns per selection (target ≤ {TARGET_NS_AT_64:.0}): {}",
+        summarize(&sel[3].ns).median,
+        if ns_target_pass { "PASS" } else { "MISS" }
+    )?;
+    writeln!(
+        w,
+        "- connection rate with/without the program: {ratio:.3} (target ≥ {TARGET_RATE_RATIO}): {}",
+        if ratio >= TARGET_RATE_RATIO { "PASS" } else { "MISS" }
+    )?;
+    writeln!(w, "- bench run time: {:.1} s", elapsed.as_secs_f64())?;
+    Ok(md)
+}
+
+fn config_label(rig: &Rig, cfg: &Config, program: &str) -> String {
+    let n = rig.beds[cfg.bed].workers();
+    match cfg.policy {
+        None => format!("SK_PASS-only program, {n} workers"),
+        Some(p) => format!("`{program}` {} with {n} workers", p.name()),
+    }
+}
