@@ -12,6 +12,7 @@ pub mod group;
 pub mod listener;
 pub mod loader;
 pub mod metrics;
+pub mod registry;
 pub mod shared_loads;
 pub mod view;
 

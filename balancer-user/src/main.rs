@@ -3,6 +3,8 @@ use anyhow::Result;
 use balancer_user::doctor::{self, Level};
 use clap::{Parser, Subcommand};
 
+mod run;
+
 #[derive(Parser)]
 #[command(name = "reuselb", version, about = "In-kernel least-busy balancing for prefork app servers (SO_REUSEPORT + eBPF)")]
 struct Cli {
@@ -17,6 +19,9 @@ struct Cli {
 enum Command {
     /// Check that this kernel and this process can run reuselb, and say how to fix what is missing.
     Doctor,
+    /// Run an app server (uWSGI, gunicorn, ...) with its workers balanced: the controller runs
+    /// in-process, COMMAND starts with the reuselb shim preloaded.
+    Run(run::RunArgs),
 }
 
 fn main() {
@@ -37,6 +42,7 @@ fn main() {
 fn run(command: Command) -> Result<i32> {
     match command {
         Command::Doctor => Ok(print_doctor()),
+        Command::Run(args) => run::run(args),
     }
 }
 

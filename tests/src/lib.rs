@@ -4,6 +4,7 @@
 //! Every test runs in a network namespace of its own, so tests run in parallel without sharing
 //! ports, and nothing outlives a test: the namespace goes away with its last socket and handle.
 
+pub mod apps;
 pub mod netns;
 pub mod pool;
 

@@ -1,0 +1,528 @@
+//! Real app servers for the end-to-end tests: uWSGI, gunicorn and nginx processes, started with or
+//! without the reuselb shim, killed with their whole process group when dropped (panics included);
+//! a bounded HTTP/1.0 load generator; uWSGI's stats server.
+use std::{
+    collections::HashMap,
+    io::{Read, Write},
+    net::{SocketAddr, TcpListener, TcpStream},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+/// The workspace root (the tests crate's parent).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// The demo WSGI apps' directory (`tests/apps`).
+pub fn apps_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("apps")
+}
+
+fn artifact(env: &str, default: &str) -> PathBuf {
+    let path = std::env::var_os(env)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release").join(default));
+    assert!(
+        path.is_file(),
+        "{} not found ({env} unset or wrong): build it with `cargo build --release -p balancer-user -p balancer-shim` \
+         or run the tests through `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+/// The `reuselb` binary (`REUSELB_BIN`, else `target/release/reuselb`). Panics if missing.
+pub fn reuselb_bin() -> PathBuf {
+    artifact("REUSELB_BIN", "reuselb")
+}
+
+/// The shim (`REUSELB_SHIM`, else `target/release/libbalancer_shim.so`). Panics if missing.
+pub fn shim_lib() -> PathBuf {
+    artifact("REUSELB_SHIM", "libbalancer_shim.so")
+}
+
+/// Panics unless `program` can be run (`program --version`, or `-v` for nginx, succeeds).
+pub fn require(program: &str) {
+    let flag = if program == "nginx" { "-v" } else { "--version" };
+    let ok = Command::new(program).arg(flag).stdout(Stdio::null()).stderr(Stdio::null()).status();
+    assert!(
+        ok.map(|s| s.success()).unwrap_or(false),
+        "{program} is required by this test and is not installed (run `cargo xtask setup`)"
+    );
+}
+
+/// A free loopback port (the kernel picks one; a race with another process is unlikely).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
+}
+
+/// A fresh private directory under the system temp dir, removed when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(tag: &str) -> Self {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "reuselb-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create temp dir");
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A process started in a process group of its own. Dropping it SIGKILLs that group, and the
+/// group of any child it started in its own group (`reuselb run` does that for the app).
+pub struct Proc {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+    extra_groups: Vec<i32>,
+}
+
+impl Proc {
+    /// Starts `cmd` with stdout and stderr appended to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Self {
+        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let err = out.try_clone().expect("dup log");
+        cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
+        let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
+        Self { name: name.into(), child, log: log.into(), extra_groups: Vec::new() }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The direct children's pids.
+    pub fn children(&self) -> Vec<u32> {
+        children_of(self.pid())
+    }
+
+    /// Remembers the process group of each current child (for `reuselb run`, the app server's).
+    pub fn adopt_child_groups(&mut self) {
+        for c in self.children() {
+            if !self.extra_groups.contains(&(c as i32)) {
+                self.extra_groups.push(c as i32);
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sig` to the process (not the group).
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.pid() as i32, sig) };
+    }
+
+    /// Waits up to `timeout` for the process to exit; its exit status, if it did.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The last `n` lines of the log, for failure messages.
+    pub fn log_tail(&self, n: usize) -> String {
+        let text = self.log_text();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        for g in &self.extra_groups {
+            unsafe { libc::kill(-*g, libc::SIGKILL) };
+        }
+        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
+        let _ = self.child.wait();
+        // Give the kernel a moment to reap grandchildren (they are re-parented to init).
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+pub fn alive(pid: u32) -> bool {
+    unsafe { libc::kill(pid as i32, 0) == 0 }
+}
+
+/// Polls `f` every 50 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// uWSGI
+
+/// How uWSGI talks on its balanced socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UwsgiProto {
+    /// `http-socket`: plain HTTP.
+    Http,
+    /// `socket`: the uwsgi protocol (behind nginx `uwsgi_pass`).
+    Uwsgi,
+}
+
+/// A uWSGI configuration with the seed's settings.
+#[derive(Clone, Debug)]
+pub struct UwsgiConfig {
+    pub addr: SocketAddr,
+    pub proto: UwsgiProto,
+    pub stats_port: u16,
+    pub processes: u32,
+    pub threads: u32,
+    pub max_requests: Option<u32>,
+    pub app: PathBuf,
+    /// More uWSGI options.
+    pub extra: Vec<String>,
+}
+
+impl UwsgiConfig {
+    pub fn new(addr: SocketAddr, proto: UwsgiProto) -> Self {
+        Self {
+            addr,
+            proto,
+            stats_port: free_port(),
+            processes: 8,
+            threads: 20,
+            max_requests: None,
+            app: apps_dir().join("gil_app.py"),
+            extra: Vec::new(),
+        }
+    }
+
+    /// `uwsgi` and its arguments.
+    pub fn command_line(&self) -> Vec<String> {
+        let mut v: Vec<String> = vec![
+            "uwsgi".into(),
+            "--plugin".into(),
+            "python3".into(),
+            "--master".into(),
+            "--processes".into(),
+            self.processes.to_string(),
+            "--threads".into(),
+            self.threads.to_string(),
+            "--enable-threads".into(),
+            "--lazy-apps".into(),
+            "--die-on-term".into(),
+            "--disable-logging".into(),
+            "--stats".into(),
+            format!("127.0.0.1:{}", self.stats_port),
+            "--wsgi-file".into(),
+            self.app.display().to_string(),
+            match self.proto {
+                UwsgiProto::Http => "--http-socket".into(),
+                UwsgiProto::Uwsgi => "--socket".into(),
+            },
+            self.addr.to_string(),
+        ];
+        if let Some(n) = self.max_requests {
+            v.push("--max-requests".into());
+            v.push(n.to_string());
+        }
+        v.extend(self.extra.iter().cloned());
+        v
+    }
+
+    /// Per-worker figures from the stats server (`(pid, requests)`), or None if it does not answer.
+    pub fn stats(&self) -> Option<Vec<(u32, u64)>> {
+        uwsgi_stats(self.stats_port)
+    }
+
+    /// Waits until the stats server answers with every worker up (`ready`: accepting requests).
+    pub fn wait_ready(&self, timeout: Duration) -> bool {
+        wait_until(timeout, || {
+            self.stats().map(|w| w.len() == self.processes as usize && w.iter().all(|(pid, _)| *pid != 0)).unwrap_or(false)
+        })
+    }
+}
+
+/// Reads uWSGI's stats server (raw JSON over TCP): `(pid, requests)` per worker.
+pub fn uwsgi_stats(port: u16) -> Option<Vec<(u32, u64)>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    let workers = v.get("workers")?.as_array()?;
+    Some(
+        workers
+            .iter()
+            .map(|w| (w["pid"].as_u64().unwrap_or(0) as u32, w["requests"].as_u64().unwrap_or(0)))
+            .collect(),
+    )
+}
+
+/// Starts uWSGI with no reuselb at all.
+pub fn spawn_plain(cmdline: &[String], log: &Path) -> Proc {
+    let mut cmd = Command::new(&cmdline[0]);
+    cmd.args(&cmdline[1..]);
+    Proc::spawn(&cmdline[0], cmd, log)
+}
+
+/// Starts an app server with the shim preloaded by hand (the controller may be elsewhere, or not
+/// running yet).
+pub fn spawn_with_shim(cmdline: &[String], listen: SocketAddr, socket: &Path, log: &Path) -> Proc {
+    let mut cmd = Command::new(&cmdline[0]);
+    cmd.args(&cmdline[1..])
+        .env("LD_PRELOAD", shim_lib())
+        .env(balancer_common::protocol::ENV_LISTEN, listen.to_string())
+        .env(balancer_common::protocol::ENV_SOCKET, socket);
+    Proc::spawn(&cmdline[0], cmd, log)
+}
+
+/// Starts `reuselb run --listen ADDR --socket PATH -- cmdline...`.
+pub fn spawn_reuselb_run(cmdline: &[String], listen: SocketAddr, socket: &Path, log: &Path, extra: &[&str]) -> Proc {
+    let mut cmd = Command::new(reuselb_bin());
+    cmd.arg("run").arg("--listen").arg(listen.to_string()).arg("--socket").arg(socket);
+    cmd.args(extra);
+    cmd.arg("--").args(cmdline);
+    let mut p = Proc::spawn("reuselb run", cmd, log);
+    // The app server runs in a process group of its own: remember it for the cleanup.
+    wait_until(Duration::from_secs(5), || !p.children().is_empty());
+    p.adopt_child_groups();
+    p
+}
+
+/// Number of TCP sockets in LISTEN state on loopback IPv4 `port` (from /proc/net/tcp).
+pub fn listening_sockets(port: u16) -> usize {
+    let want = format!("0100007F:{port:04X}");
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1] == want && f[3] == "0A"
+        })
+        .count()
+}
+
+/// Lines of `text` that say a worker registered (from the shim or the controller).
+pub fn registered_count(text: &str) -> usize {
+    text.lines().filter(|l| l.contains("reuselb-shim") && l.contains(": registered ")).count()
+}
+
+// ---------------------------------------------------------------------------------------------
+// gunicorn and nginx
+
+/// gunicorn with `workers` sync workers serving the demo app on `addr`.
+pub fn gunicorn_command_line(addr: SocketAddr, workers: u32) -> Vec<String> {
+    vec![
+        "gunicorn".into(),
+        "--chdir".into(),
+        apps_dir().display().to_string(),
+        "--workers".into(),
+        workers.to_string(),
+        "--worker-class".into(),
+        "sync".into(),
+        "--bind".into(),
+        addr.to_string(),
+        "--backlog".into(),
+        "256".into(),
+        "--timeout".into(),
+        "30".into(),
+        "gil_app:application".into(),
+    ]
+}
+
+/// nginx in the foreground, one process, listening on `port` and passing every request to the
+/// uwsgi-protocol socket `upstream`. Its files live in `dir`.
+pub fn spawn_nginx(dir: &Path, port: u16, upstream: SocketAddr) -> Proc {
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+             events {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream app {{ server {upstream}; }}\n\
+             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{\n      include /etc/nginx/uwsgi_params;\n\
+             uwsgi_pass app;\n    }}\n  }}\n}}\n"
+        ),
+    )
+    .expect("write nginx.conf");
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p").arg(dir).arg("-c").arg(&conf);
+    let p = Proc::spawn("nginx", cmd, &dir.join("nginx.log"));
+    assert!(
+        wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+        "nginx did not start: {}\n{}",
+        p.log_tail(20),
+        std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+    );
+    p
+}
+
+// ---------------------------------------------------------------------------------------------
+// Load
+
+/// Outcome of a load run.
+#[derive(Clone, Debug, Default)]
+pub struct LoadReport {
+    pub ok: u64,
+    pub failed: u64,
+    /// Requests answered, per worker pid (from the app's `pid=` body).
+    pub by_pid: HashMap<u32, u64>,
+    /// A few failure messages.
+    pub errors: Vec<String>,
+    /// When each failure happened, relative to the start.
+    pub failure_times: Vec<Duration>,
+    pub elapsed: Duration,
+}
+
+impl LoadReport {
+    /// busiest / ideal over the given per-worker counts.
+    pub fn imbalance(counts: &[u64]) -> f64 {
+        let total: u64 = counts.iter().sum();
+        if counts.is_empty() || total == 0 {
+            return f64::INFINITY;
+        }
+        let ideal = total as f64 / counts.len() as f64;
+        *counts.iter().max().unwrap() as f64 / ideal
+    }
+}
+
+/// A load generator running in the background: `concurrency` threads, each doing HTTP/1.0
+/// requests (a fresh connection each) to `addr` until stopped or `max` passes.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+    report: Arc<Mutex<LoadReport>>,
+    started: Instant,
+}
+
+impl Load {
+    pub fn start(addr: SocketAddr, concurrency: usize, path: &str, max: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let report = Arc::new(Mutex::new(LoadReport::default()));
+        let started = Instant::now();
+        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+        let threads = (0..concurrency)
+            .map(|_| {
+                let stop = stop.clone();
+                let report = report.clone();
+                let request = request.clone();
+                std::thread::spawn(move || {
+                    let mut local = LoadReport::default();
+                    while !stop.load(Ordering::Relaxed) && started.elapsed() < max {
+                        match one_request(addr, &request) {
+                            Ok(pid) => {
+                                local.ok += 1;
+                                *local.by_pid.entry(pid).or_default() += 1;
+                            }
+                            Err(e) => {
+                                local.failed += 1;
+                                local.failure_times.push(started.elapsed());
+                                if local.errors.len() < 5 {
+                                    local.errors.push(e);
+                                }
+                                std::thread::sleep(Duration::from_millis(10));
+                            }
+                        }
+                    }
+                    let mut r = report.lock().unwrap();
+                    r.ok += local.ok;
+                    r.failed += local.failed;
+                    for (pid, n) in local.by_pid {
+                        *r.by_pid.entry(pid).or_default() += n;
+                    }
+                    r.failure_times.extend(local.failure_times);
+                    for e in local.errors {
+                        if r.errors.len() < 10 {
+                            r.errors.push(e);
+                        }
+                    }
+                })
+            })
+            .collect();
+        Self { stop, threads, report, started }
+    }
+
+    /// Stops the load and returns what happened.
+    pub fn finish(self) -> LoadReport {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads {
+            let _ = t.join();
+        }
+        let mut r = self.report.lock().unwrap().clone();
+        r.elapsed = self.started.elapsed();
+        r.failure_times.sort();
+        r
+    }
+
+    /// Runs a load for `duration` and returns the report.
+    pub fn run(addr: SocketAddr, concurrency: usize, path: &str, duration: Duration) -> LoadReport {
+        let load = Self::start(addr, concurrency, path, duration);
+        std::thread::sleep(duration);
+        load.finish()
+    }
+}
+
+/// One HTTP/1.0 request; the serving worker's pid on a 200 answer.
+pub fn one_request(addr: SocketAddr, request: &str) -> Result<u32, String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(request.as_bytes()).map_err(|e| format!("write: {e}"))?;
+    let mut resp = Vec::with_capacity(256);
+    s.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
+    let text = String::from_utf8_lossy(&resp);
+    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+        return Err(format!("bad answer: {:?}", text.chars().take(80).collect::<String>()));
+    }
+    let pid = text
+        .split("pid=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no pid in answer: {:?}", text.chars().take(120).collect::<String>()))?;
+    Ok(pid)
+}
