@@ -1,6 +1,7 @@
 //! `reuselb run`: the controller in-process, around an app server started with the shim preloaded.
 use std::{
     ffi::OsString,
+    io::IsTerminal,
     net::SocketAddr,
     os::unix::process::{CommandExt, ExitStatusExt},
     path::PathBuf,
@@ -16,6 +17,7 @@ use anyhow::{bail, Context, Result};
 use balancer_common::{protocol, Policy};
 use balancer_user::{
     registry::{Registry, RegistryOptions},
+    view,
     Group, GroupOptions,
 };
 
@@ -36,6 +38,9 @@ pub struct RunArgs {
     /// Seconds between per-worker status lines (0: none).
     #[arg(long, value_name = "SECONDS", default_value_t = 5)]
     status_every: u64,
+    /// Redraw a live per-worker table every second instead of the status lines.
+    #[arg(long)]
+    view: bool,
     /// The app server and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -132,16 +137,21 @@ pub fn run(args: RunArgs) -> Result<i32> {
 
     let registry = Arc::new(registry);
     let stop = Arc::new(AtomicBool::new(false));
-    let status = (args.status_every > 0).then(|| {
+    let view = args.view;
+    let status = (view || args.status_every > 0).then(|| {
         let registry = registry.clone();
         let stop = stop.clone();
-        let every = Duration::from_secs(args.status_every);
+        let every = Duration::from_secs(if view { 1 } else { args.status_every });
         std::thread::spawn(move || {
             let mut next = Instant::now() + every;
             while !stop.load(Ordering::Relaxed) {
                 std::thread::sleep(Duration::from_millis(100));
                 if Instant::now() >= next {
-                    print_status(&registry);
+                    if view {
+                        print_view(&registry);
+                    } else {
+                        print_status(&registry);
+                    }
                     next = Instant::now() + every;
                 }
             }
@@ -165,6 +175,26 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     log::info!("app server exited ({status_code}); exiting with {code}");
     Ok(code)
+}
+
+/// The live per-worker tables of every service. On a terminal each frame replaces the last, so
+/// the last frame with workers stays on screen after the app exits.
+fn print_view(registry: &Registry) {
+    let mut out = String::new();
+    if std::io::stdout().is_terminal() {
+        out.push_str("\x1b[H\x1b[2J");
+    }
+    for svc in registry.services() {
+        let group = svc.group();
+        match (group.slots(), group.stats()) {
+            (Ok(slots), Ok(stats)) => {
+                out.push_str(&view::render(&svc.addr.to_string(), group.policy(), group.program(), &slots, &stats));
+                out.push('\n');
+            }
+            (Err(e), _) | (_, Err(e)) => log::warn!("{}: reading the maps: {e}", svc.addr),
+        }
+    }
+    print!("{out}");
 }
 
 fn print_status(registry: &Registry) {

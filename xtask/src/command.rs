@@ -6,7 +6,6 @@
 
 use std::{
     ffi::OsStr,
-    os::unix::process::CommandExt as _,
     process::{Command, Output, Stdio},
 };
 
@@ -20,13 +19,6 @@ pub fn run(cmd: &mut Command) -> Result<()> {
         .with_context(|| format!("starting `{shown}`"))?;
     ensure!(status.success(), "`{shown}` failed: {status}");
     Ok(())
-}
-
-/// Echoes `cmd` and replaces this process with it, so the exit status and signals (Ctrl-C) are
-/// the command's own. Returns only if the exec failed.
-pub fn exec(cmd: &mut Command) -> anyhow::Error {
-    let shown = echo(cmd);
-    anyhow::Error::new(cmd.exec()).context(format!("starting `{shown}`"))
 }
 
 /// Runs a probe quietly (no stdin) and returns what it printed and how it exited.

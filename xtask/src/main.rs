@@ -35,12 +35,9 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Build, then start the demo.
-    Run {
-        /// Extra arguments for the demo.
-        #[arg(last = true)]
-        args: Vec<String>,
-    },
+    /// Build, then the demo: uWSGI (8 processes x 20 threads) balanced by reuselb under a
+    /// bounded wrk load, with reuselb's live per-worker view.
+    Run(run::DemoArgs),
     /// Build, then run the benchmarks.
     Bench {
         /// Which benchmark to run.
@@ -69,7 +66,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Setup => setup::run(&ws),
         Task::Build => build::run(&ws).map(drop),
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
-        Task::Run { args } => run::run(&ws, &args),
+        Task::Run(args) => run::run(&ws, &args),
         Task::Bench { what, args } => bench::run(&ws, &what, &args),
     }
 }

@@ -1,26 +1,106 @@
-//! `cargo xtask run`: builds, then becomes the demo.
+//! `cargo xtask run`: the product doing its job. uWSGI with the seed's settings (8 processes x 20
+//! threads, GIL-bound requests) runs under `reuselb run`, whose live per-worker view fills the
+//! terminal while wrk sends a bounded load; then everything stops by itself.
 
-use std::process::Command;
-
-use anyhow::Result;
-
-use crate::{
-    build::{self, Artifacts},
-    command,
-    workspace::Workspace,
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    process::{Child, Command, Stdio},
+    thread,
+    time::{Duration, Instant},
 };
 
-/// The demo `cargo xtask run` starts: the one place to change when it becomes the uWSGI demo.
-fn demo(artifacts: &Artifacts) -> Command {
-    let mut cmd = Command::new(&artifacts.reuselb);
-    cmd.arg("demo");
-    artifacts.export_to(&mut cmd);
-    cmd
+use anyhow::{bail, ensure, Context as _, Result};
+use clap::Args;
+
+use crate::{build, command, workspace::Workspace};
+
+/// The address in deploy/examples/demo/uwsgi.ini.
+const DEMO_ADDR: &str = "127.0.0.1:8000";
+
+#[derive(Args, Clone, Debug)]
+pub struct DemoArgs {
+    /// How long wrk sends load, in seconds.
+    #[arg(long, default_value_t = 30)]
+    seconds: u64,
+    /// Concurrent wrk connections.
+    #[arg(long, default_value_t = 64)]
+    connections: u32,
+    /// Selection policy: least-loaded, p2c, round-robin or hash.
+    #[arg(long, default_value = "least-loaded")]
+    policy: String,
 }
 
-pub fn run(ws: &Workspace, args: &[String]) -> Result<()> {
+pub fn run(ws: &Workspace, args: &DemoArgs) -> Result<()> {
     let artifacts = build::run(ws)?;
-    let mut cmd = demo(&artifacts);
-    cmd.args(args).current_dir(&ws.root);
-    Err(command::exec(&mut cmd))
+    let addr: SocketAddr = DEMO_ADDR.parse().expect("valid demo address");
+    TcpListener::bind(addr).with_context(|| format!("the demo needs {addr} free"))?;
+    let ini = ws.root.join("deploy/examples/demo/uwsgi.ini");
+    let mut reuselb = Command::new(&artifacts.reuselb);
+    reuselb
+        .args(["run", "--listen", DEMO_ADDR, "--policy", &args.policy, "--view"])
+        .arg("--shim")
+        .arg(&artifacts.shim)
+        .args(["--socket", "/run/reuselb/demo.sock", "--", "uwsgi", "--ini"])
+        .arg(&ini);
+    println!("xtask: $ {reuselb:?}");
+    let mut server = Stopper(reuselb.spawn().context("starting reuselb run")?);
+    wait_until_serving(addr, &mut server.0)?;
+    let mut wrk = Command::new("wrk");
+    // A new connection per request, as nginx's uwsgi_pass makes them: that is what gets balanced.
+    wrk.args(["-t2", &format!("-c{}", args.connections), &format!("-d{}s", args.seconds), "--latency"])
+        .args(["-H", "Connection: close"])
+        .arg(format!("http://{DEMO_ADDR}/"))
+        .stdout(Stdio::piped());
+    println!("xtask: $ {wrk:?}   (bounded load; its report follows the view)");
+    let report = command::probe(&mut wrk)?;
+    ensure!(report.status.success(), "wrk failed: {}", String::from_utf8_lossy(&report.stderr));
+    server.stop()?;
+    println!("\nxtask: wrk report\n{}", String::from_utf8_lossy(&report.stdout));
+    Ok(())
+}
+
+/// Waits until the app answers on `addr`, or fails if `child` exits first.
+fn wait_until_serving(addr: SocketAddr, child: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if let Some(status) = child.try_wait()? {
+            bail!("reuselb run exited before the app served: {status}");
+        }
+        if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
+            return Ok(());
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    bail!("the demo app did not answer on {addr} within 60 s")
+}
+
+/// Stops `reuselb run` (and with it uWSGI) with SIGINT, as Ctrl-C would; also on early return.
+struct Stopper(Child);
+
+impl Stopper {
+    fn stop(&mut self) -> Result<()> {
+        signal(&self.0, "INT")?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if self.0.try_wait()?.is_some() {
+                return Ok(());
+            }
+            thread::sleep(Duration::from_millis(100));
+        }
+        self.0.kill().context("killing reuselb run")?;
+        bail!("reuselb run did not stop within 30 s of SIGINT")
+    }
+}
+
+impl Drop for Stopper {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            let _ = self.stop();
+        }
+    }
+}
+
+/// Sends a signal by name with kill(1): xtask keeps to std.
+fn signal(child: &Child, name: &str) -> Result<()> {
+    command::stdout_of(Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string())).map(drop)
 }
