@@ -15,7 +15,7 @@ pub const BPF_F_MMAPABLE: u32 = 1 << 10;
 pub mod maps {
     /// `REUSEPORT_SOCKARRAY`: slot -> listening socket.
     pub const SOCKETS: &str = "SOCKETS";
-    /// mmap-able `ARRAY` of [`super::SlotLoad`], one per slot.
+    /// mmap-able `ARRAY` with one [`super::LoadTable`].
     pub const LOADS: &str = "LOADS";
     /// `ARRAY` with one [`super::Config`].
     pub const CONFIG: &str = "CONFIG";
@@ -35,64 +35,83 @@ pub mod programs {
     pub const SELECT_OR_MIGRATE: &str = "select_or_migrate";
 }
 
-/// Load record of one slot, shared by the program (atomic add to `assigned`), the worker shim
-/// (atomic adds to `accepted` and `completed`) and the controller (everything else).
+/// The load table, the only entry of the mmap-able `LOADS` array: shared by the program, the
+/// worker shims and the controller as plain memory, with no system call per update.
 ///
-/// Each counter has one kind of writer, so nobody needs a lock:
-/// in flight = `assigned - completed - adjust`. One record per cache line, so that workers on
-/// different CPUs do not share lines.
+/// What the program reads for every connection is dense (`inflight` and `weight`, 8 slots to a
+/// cache line), so the least-loaded scan walks a few lines instead of one per slot. Each counter
+/// is only ever changed by atomic adds, so nobody needs a lock.
 #[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadTable {
+    /// Connections in flight per slot, two's complement: +1 by the program when it selects the
+    /// slot (or migrates a connection to it), -1 by the worker's shim when it closes one, and the
+    /// controller's reconciliation corrections. Read it through [`LoadTable::inflight_of`].
+    pub inflight: [u64; MAX_SLOTS as usize],
+    /// Relative capacity per slot; 0 counts as 1.
+    pub weight: [u32; MAX_SLOTS as usize],
+    /// Per-slot bookkeeping the program never reads.
+    pub slots: [SlotRecord; MAX_SLOTS as usize],
+}
+
+/// Bookkeeping of one slot, beside its load.
+#[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct SlotLoad {
-    /// Connections the program sent to this slot (and migrations into it).
-    pub assigned: u64,
+pub struct SlotRecord {
     /// Connections the worker accepted (shim).
     pub accepted: u64,
     /// Connections the worker closed (shim).
     pub completed: u64,
-    /// Relative capacity of the worker; 0 is treated as 1.
-    pub weight: u32,
-    /// Process that owns the slot, 0 if none.
-    pub pid: u32,
     /// Bumped each time the slot is given to a new owner.
     pub epoch: u64,
-    /// The controller's reconciliation correction (two's complement: may be "negative"):
-    /// assignments that will never complete, such as handshakes that were never finished.
-    pub adjust: u64,
-    pub _reserved: [u64; 2],
+    /// Process that owns the slot, 0 if none.
+    pub pid: u32,
+    pub _reserved: u32,
 }
 
-/// Byte offsets inside [`SlotLoad`], for code that works on the shared mapping with atomics.
-pub mod slot_offsets {
-    use super::SlotLoad;
-    use core::mem::offset_of;
-    pub const ASSIGNED: usize = offset_of!(SlotLoad, assigned);
-    pub const ACCEPTED: usize = offset_of!(SlotLoad, accepted);
-    pub const COMPLETED: usize = offset_of!(SlotLoad, completed);
-    pub const WEIGHT: usize = offset_of!(SlotLoad, weight);
-    pub const PID: usize = offset_of!(SlotLoad, pid);
-    pub const EPOCH: usize = offset_of!(SlotLoad, epoch);
-    pub const ADJUST: usize = offset_of!(SlotLoad, adjust);
+/// Byte offsets of a slot's fields inside the [`LoadTable`] mapping, for code that works on the
+/// shared memory with atomics.
+pub mod table_offsets {
+    use super::{LoadTable, SlotRecord};
+    use core::mem::{offset_of, size_of};
+
+    pub const fn inflight(slot: usize) -> usize {
+        offset_of!(LoadTable, inflight) + slot * 8
+    }
+    pub const fn weight(slot: usize) -> usize {
+        offset_of!(LoadTable, weight) + slot * 4
+    }
+    const fn record(slot: usize) -> usize {
+        offset_of!(LoadTable, slots) + slot * size_of::<SlotRecord>()
+    }
+    pub const fn accepted(slot: usize) -> usize {
+        record(slot) + offset_of!(SlotRecord, accepted)
+    }
+    pub const fn completed(slot: usize) -> usize {
+        record(slot) + offset_of!(SlotRecord, completed)
+    }
+    pub const fn epoch(slot: usize) -> usize {
+        record(slot) + offset_of!(SlotRecord, epoch)
+    }
+    pub const fn pid(slot: usize) -> usize {
+        record(slot) + offset_of!(SlotRecord, pid)
+    }
 }
 
-/// Size of the mmap of the load array: the kernel lays array values out back to back.
-pub const LOADS_MMAP_LEN: usize = MAX_SLOTS as usize * core::mem::size_of::<SlotLoad>();
+/// Size of the mmap of the load table.
+pub const LOADS_MMAP_LEN: usize = core::mem::size_of::<LoadTable>();
 
-impl SlotLoad {
-    /// Connections assigned and not yet completed. Completions can briefly run ahead of
-    /// assignments (a reconciliation racing an assignment): that reads as 0, never as a huge number.
+impl LoadTable {
+    /// A raw `inflight` counter as a load. Completions can briefly run ahead of assignments (a
+    /// reconciliation racing an assignment): that reads as 0, never as a huge number.
     #[inline(always)]
-    pub fn inflight_of(assigned: u64, completed: u64, adjust: u64) -> u64 {
-        let diff = assigned.wrapping_sub(completed).wrapping_sub(adjust) as i64;
-        if diff < 0 {
+    pub fn inflight_of(raw: u64) -> u64 {
+        let v = raw as i64;
+        if v < 0 {
             0
         } else {
-            diff as u64
+            v as u64
         }
-    }
-
-    pub fn inflight(&self) -> u64 {
-        Self::inflight_of(self.assigned, self.completed, self.adjust)
     }
 }
 
@@ -140,7 +159,7 @@ impl Config {
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Event {
-    /// The config record could not be read.
+    /// The config record or the load table could not be read.
     FallbackNoConfig = 0,
     /// No active slot.
     FallbackNoActive = 1,
@@ -184,10 +203,10 @@ impl Event {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: plain old data, repr(C), no implicit padding (explicit reserved fields).
-    unsafe impl aya::Pod for super::SlotLoad {}
+    // SAFETY: plain old data, repr(C), no padding.
     unsafe impl aya::Pod for super::Config {}
 }
 
-const _: () = assert!(core::mem::size_of::<SlotLoad>() == 64);
+const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 32));
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 4 * MAX_SLOTS as usize);

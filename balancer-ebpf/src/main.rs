@@ -13,7 +13,7 @@
 use core::{
     ffi::c_void,
     intrinsics::{atomic_xadd, AtomicOrdering},
-    ptr::{addr_of, addr_of_mut, read_volatile},
+    ptr::{addr_of, read_volatile},
 };
 
 use aya_ebpf::{
@@ -25,7 +25,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    choose, config_flags, Config, Draw, Event, LoadSource, Policy, Scan, SlotLoad, BPF_F_MMAPABLE,
+    choose, config_flags, Config, Draw, Event, LoadSource, LoadTable, Policy, Scan, BPF_F_MMAPABLE,
     MAX_SLOTS, NO_SLOT,
 };
 
@@ -33,7 +33,7 @@ use balancer_common::{
 #[map]
 static SOCKETS: ReusePortSockArray = ReusePortSockArray::with_max_entries(MAX_SLOTS, 0);
 #[map]
-static LOADS: Array<SlotLoad> = Array::with_max_entries(MAX_SLOTS, BPF_F_MMAPABLE);
+static LOADS: Array<LoadTable> = Array::with_max_entries(1, BPF_F_MMAPABLE);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 #[map]
@@ -74,10 +74,13 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
     };
     let mut exclude = NO_SLOT;
     for _ in 0..ATTEMPTS {
-        match choose(cfg, &draw, exclude, &MapLoads) {
+        let Some(table) = LOADS.get_ptr(0) else {
+            return fall_back(Event::FallbackNoConfig, migrating);
+        };
+        match choose(cfg, &draw, exclude, &MapLoads(table)) {
             Ok(slot) => {
                 if SOCKETS.select_reuseport(ctx, slot).is_ok() {
-                    account(slot, migrating);
+                    account(table, slot, migrating);
                     if cfg.flags & config_flags::LOG_SELECTIONS != 0 {
                         debug!(ctx, "slot {} selected (migrating: {})", slot, migrating as u32);
                     }
@@ -91,20 +94,21 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
     fall_back(Event::FallbackSelectFailed, migrating)
 }
 
-/// Loads as the program sees them: plain reads of the shared records, which the workers and the
+/// Loads as the program sees them: plain reads of the shared table, which the workers and the
 /// controller update concurrently (a slightly stale value only skews one choice).
-struct MapLoads;
+struct MapLoads(*const LoadTable);
 
 impl LoadSource for MapLoads {
     #[inline(always)]
     fn load(&self, slot: u32) -> Option<(u64, u32)> {
-        let rec = LOADS.get_ptr(slot)?;
+        if slot >= MAX_SLOTS {
+            return None;
+        }
+        let i = slot as usize;
         unsafe {
-            let assigned = read_volatile(addr_of!((*rec).assigned));
-            let completed = read_volatile(addr_of!((*rec).completed));
-            let adjust = read_volatile(addr_of!((*rec).adjust));
-            let weight = read_volatile(addr_of!((*rec).weight));
-            Some((SlotLoad::inflight_of(assigned, completed, adjust), weight))
+            let raw = read_volatile(addr_of!((*self.0).inflight).cast::<u64>().add(i));
+            let weight = read_volatile(addr_of!((*self.0).weight).cast::<u32>().add(i));
+            Some((LoadTable::inflight_of(raw), weight))
         }
     }
 
@@ -116,25 +120,26 @@ impl LoadSource for MapLoads {
     }
 }
 
-/// One `bpf_loop` iteration of the least-loaded scan: one chunk of slots. Reads the config itself:
-/// a pointer to map memory cannot travel through the loop context.
+/// One `bpf_loop` iteration of the least-loaded scan: one chunk of slots. Looks up the config and
+/// the table itself: a pointer to map memory cannot travel through the loop context.
 extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
-    match CONFIG.get(0) {
-        Some(cfg) => {
-            scan.visit_chunk(cfg, index as u32, &MapLoads);
+    match (CONFIG.get(0), LOADS.get_ptr(0)) {
+        (Some(cfg), Some(table)) => {
+            scan.visit_chunk(cfg, index as u32, &MapLoads(table));
             0
         }
-        None => 1,
+        _ => 1,
     }
 }
 
 /// Counts the connection against its slot right away, so a burst of connections arriving before
 /// any worker accepts does not all land on the same "least loaded" worker.
 #[inline(always)]
-fn account(slot: u32, migrating: bool) {
-    if let Some(rec) = LOADS.get_ptr_mut(slot) {
-        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(addr_of_mut!((*rec).assigned), 1) };
+fn account(table: *const LoadTable, slot: u32, migrating: bool) {
+    if slot < MAX_SLOTS {
+        let counter = unsafe { addr_of!((*table).inflight).cast::<u64>().cast_mut().add(slot as usize) };
+        unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
     }
     bump(&SELECTED, slot);
     if migrating {

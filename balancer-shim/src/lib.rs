@@ -36,7 +36,7 @@ use std::cell::UnsafeCell;
 
 use balancer_common::{
     protocol::{self, Register, Reply, Status},
-    slot_offsets, SlotLoad, LOADS_MMAP_LEN,
+    table_offsets, LOADS_MMAP_LEN,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -195,7 +195,7 @@ impl Registration {
     #[inline(always)]
     /// Returns the registration's sequence number (24 bits, as stored in connection marks) too;
     /// `want_seq` restricts to that registration.
-    fn counter(&self, want_seq: Option<u32>, offset: usize) -> Option<(u32, &'static AtomicU64)> {
+    fn counter(&self, want_seq: Option<u32>, field: fn(usize) -> usize) -> Option<(u32, &'static AtomicU64)> {
         let s = self.state.load(Ordering::Acquire);
         let seq = (s >> 1) & 0xff_ffff;
         if s & 1 == 0 || want_seq.is_some_and(|w| w != seq) {
@@ -209,14 +209,13 @@ impl Registration {
         if slot >= balancer_common::MAX_SLOTS as usize {
             return None;
         }
-        // SAFETY: the mapping covers every slot and is never unmapped while the process lives;
-        // fields are 8-aligned and only accessed atomically.
-        let rec = unsafe { base.add(slot * size_of::<SlotLoad>()) };
-        let epoch = unsafe { AtomicU64::from_ptr(rec.add(slot_offsets::EPOCH).cast()) };
+        // SAFETY: the mapping covers the whole table and is never unmapped while the process
+        // lives; the counters are 8-aligned and only accessed atomically.
+        let epoch = unsafe { AtomicU64::from_ptr(base.add(table_offsets::epoch(slot)).cast()) };
         if epoch.load(Ordering::Relaxed) != self.epoch.load(Ordering::Relaxed) {
             return None;
         }
-        Some((seq, unsafe { AtomicU64::from_ptr(rec.add(offset).cast()) }))
+        Some((seq, unsafe { AtomicU64::from_ptr(base.add(field(slot)).cast()) }))
     }
 }
 
@@ -532,7 +531,7 @@ fn on_accepted(listener: c_int, conn: c_int) {
     }
     let idx = (e & 0xff) as usize;
     let Some(reg) = REGS.get(idx) else { return };
-    if let Some((seq, c)) = reg.counter(None, slot_offsets::ACCEPTED) {
+    if let Some((seq, c)) = reg.counter(None, table_offsets::accepted) {
         c.fetch_add(1, Ordering::Relaxed);
         CONNS[conn as usize].store((seq << 8) | (idx as u32 + 1), Ordering::Relaxed);
     }
@@ -555,8 +554,12 @@ fn forget_fd(fd: c_int) {
             let idx = ((m & 0xff) as usize).wrapping_sub(1);
             if let Some(reg) = REGS.get(idx) {
                 // Only count if the registration that counted the accept is still the current one.
-                if let Some((_, c)) = reg.counter(Some(m >> 8), slot_offsets::COMPLETED) {
+                let seq = Some(m >> 8);
+                if let Some((_, c)) = reg.counter(seq, table_offsets::completed) {
                     c.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some((_, c)) = reg.counter(seq, table_offsets::inflight) {
+                    c.fetch_sub(1, Ordering::Relaxed);
                 }
             }
         }

@@ -51,7 +51,6 @@ pub struct SlotView {
     pub epoch: u64,
     /// Connections assigned and not yet completed.
     pub inflight: u64,
-    pub assigned: u64,
     pub accepted: u64,
     pub completed: u64,
     /// Selections of this slot since the group was created (survives slot reuse).
@@ -374,8 +373,7 @@ impl Group {
                 pid: rec.pid,
                 weight: rec.weight,
                 epoch: rec.epoch,
-                inflight: rec.inflight(),
-                assigned: rec.assigned,
+                inflight: rec.inflight,
                 accepted: rec.accepted,
                 completed: rec.completed,
                 selected_total: self.selected_total(slot)?,

@@ -536,11 +536,11 @@ impl Loop {
             }
             let open = (rec.accepted.wrapping_sub(rec.completed) as i64).max(0);
             let target = open + queued as i64;
-            let current = rec.assigned.wrapping_sub(rec.completed).wrapping_sub(rec.adjust) as i64;
+            let current = rec.raw_inflight;
             let diff = current - target;
             if diff != 0 && w.prev_diff != 0 && diff.signum() == w.prev_diff.signum() {
                 let delta = if diff.abs() < w.prev_diff.abs() { diff } else { w.prev_diff };
-                loads.add_adjust(slot, delta);
+                loads.add_inflight(slot, -delta);
                 self.shared.counters.adjustments.fetch_add(1, Ordering::Relaxed);
                 log::debug!("slot {slot}: in flight {current}, kernel and worker say {target}: adjust by {delta}");
                 w.prev_diff = 0;

@@ -1,29 +1,43 @@
-//! The load array as shared memory.
+//! The load table as shared memory.
 //!
 //! The `LOADS` map is created mmap-able, so the controller (here) and the worker shims read and
-//! update the per-slot records directly, with atomics and no system call. The program updates the
-//! same memory with BPF atomic adds.
+//! update it directly, with atomics and no system call. The program updates the same memory with
+//! BPF atomic adds.
 use std::{
     os::fd::{AsRawFd, BorrowedFd},
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
 
-use balancer_common::{slot_offsets, SlotLoad, LOADS_MMAP_LEN, MAX_SLOTS};
+use balancer_common::{table_offsets, LoadTable, LOADS_MMAP_LEN, MAX_SLOTS};
 
 use crate::error::{Error, Result};
 
-/// A mapping of the whole load array.
+/// A mapping of the whole load table.
 pub struct SharedLoads {
-    base: NonNull<SlotLoad>,
+    base: NonNull<u8>,
 }
 
 // SAFETY: the mapping is shared memory accessed only through atomics.
 unsafe impl Send for SharedLoads {}
 unsafe impl Sync for SharedLoads {}
 
+/// One slot's figures, each read atomically.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotSnapshot {
+    /// Connections in flight, clamped at 0.
+    pub inflight: u64,
+    /// The raw signed counter (negative while completions run ahead of a correction).
+    pub raw_inflight: i64,
+    pub weight: u32,
+    pub accepted: u64,
+    pub completed: u64,
+    pub epoch: u64,
+    pub pid: u32,
+}
+
 impl SharedLoads {
-    /// Maps the load array behind `map_fd` read-write.
+    /// Maps the load table behind `map_fd` read-write.
     pub fn map(map_fd: BorrowedFd<'_>) -> Result<Self> {
         // SAFETY: a fresh shared mapping of a file descriptor; the kernel checks the length.
         let ptr = unsafe {
@@ -42,65 +56,61 @@ impl SharedLoads {
         Ok(Self { base: NonNull::new(ptr.cast()).expect("mmap returned NULL without MAP_FAILED") })
     }
 
-    fn field_u64(&self, slot: u32, offset: usize) -> &AtomicU64 {
+    fn u64_at(&self, slot: u32, offset: fn(usize) -> usize) -> &AtomicU64 {
         assert!(slot < MAX_SLOTS, "slot {slot} out of range");
-        // SAFETY: in bounds of the mapping, 8-aligned (records are 64-aligned, offsets multiples
-        // of 8), and only ever accessed atomically.
-        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(slot as usize).cast::<u8>().add(offset).cast()) }
+        // SAFETY: in bounds of the mapping, 8-aligned (the table is 64-aligned and these fields
+        // are u64), and only ever accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.base.as_ptr().add(offset(slot as usize)).cast()) }
     }
 
-    fn field_u32(&self, slot: u32, offset: usize) -> &AtomicU32 {
+    fn u32_at(&self, slot: u32, offset: fn(usize) -> usize) -> &AtomicU32 {
         assert!(slot < MAX_SLOTS, "slot {slot} out of range");
-        // SAFETY: as above, 4-aligned.
-        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(slot as usize).cast::<u8>().add(offset).cast()) }
+        // SAFETY: as above, for 4-aligned u32 fields.
+        unsafe { AtomicU32::from_ptr(self.base.as_ptr().add(offset(slot as usize)).cast()) }
     }
 
-    /// A consistent-enough copy of one record (each field read atomically).
-    pub fn read(&self, slot: u32) -> SlotLoad {
-        SlotLoad {
-            assigned: self.field_u64(slot, slot_offsets::ASSIGNED).load(Ordering::Relaxed),
-            accepted: self.field_u64(slot, slot_offsets::ACCEPTED).load(Ordering::Relaxed),
-            completed: self.field_u64(slot, slot_offsets::COMPLETED).load(Ordering::Relaxed),
-            weight: self.field_u32(slot, slot_offsets::WEIGHT).load(Ordering::Relaxed),
-            pid: self.field_u32(slot, slot_offsets::PID).load(Ordering::Relaxed),
-            epoch: self.field_u64(slot, slot_offsets::EPOCH).load(Ordering::Relaxed),
-            adjust: self.field_u64(slot, slot_offsets::ADJUST).load(Ordering::Relaxed),
-            _reserved: [0; 2],
+    pub fn read(&self, slot: u32) -> SlotSnapshot {
+        let raw = self.u64_at(slot, table_offsets::inflight).load(Ordering::Relaxed);
+        SlotSnapshot {
+            inflight: LoadTable::inflight_of(raw),
+            raw_inflight: raw as i64,
+            weight: self.u32_at(slot, table_offsets::weight).load(Ordering::Relaxed),
+            accepted: self.u64_at(slot, table_offsets::accepted).load(Ordering::Relaxed),
+            completed: self.u64_at(slot, table_offsets::completed).load(Ordering::Relaxed),
+            epoch: self.u64_at(slot, table_offsets::epoch).load(Ordering::Relaxed),
+            pid: self.u32_at(slot, table_offsets::pid).load(Ordering::Relaxed),
         }
     }
 
     /// Gives the slot to a new owner: counters to zero, then weight, pid, and a new epoch.
     pub fn reset(&self, slot: u32, pid: u32, weight: u32) -> u64 {
-        for off in [slot_offsets::ASSIGNED, slot_offsets::ACCEPTED, slot_offsets::COMPLETED, slot_offsets::ADJUST] {
-            self.field_u64(slot, off).store(0, Ordering::Relaxed);
+        for field in [table_offsets::inflight, table_offsets::accepted, table_offsets::completed] {
+            self.u64_at(slot, field).store(0, Ordering::Relaxed);
         }
         self.set_weight(slot, weight);
-        self.field_u32(slot, slot_offsets::PID).store(pid, Ordering::Relaxed);
-        self.field_u64(slot, slot_offsets::EPOCH).fetch_add(1, Ordering::Release) + 1
+        self.u32_at(slot, table_offsets::pid).store(pid, Ordering::Relaxed);
+        self.u64_at(slot, table_offsets::epoch).fetch_add(1, Ordering::Release) + 1
     }
 
     pub fn set_weight(&self, slot: u32, weight: u32) {
-        self.field_u32(slot, slot_offsets::WEIGHT).store(weight.max(1), Ordering::Relaxed);
+        self.u32_at(slot, table_offsets::weight).store(weight.max(1), Ordering::Relaxed);
     }
 
-    /// Adds `delta` (wrapping: may be "negative") to the slot's reconciliation correction.
-    pub fn add_adjust(&self, slot: u32, delta: i64) {
-        self.field_u64(slot, slot_offsets::ADJUST).fetch_add(delta as u64, Ordering::Relaxed);
+    /// Adds `delta` to the slot's in-flight count: the controller's reconciliation, and tests
+    /// standing for connections in flight.
+    pub fn add_inflight(&self, slot: u32, delta: i64) {
+        self.u64_at(slot, table_offsets::inflight).fetch_add(delta as u64, Ordering::Relaxed);
     }
 
-    /// Adds to the slot's `completed` counter, as a worker does when it closes a connection.
-    pub fn add_completed(&self, slot: u32, n: u64) {
-        self.field_u64(slot, slot_offsets::COMPLETED).fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Adds to the slot's `assigned` counter (tests use this to stand for connections in flight).
-    pub fn add_assigned(&self, slot: u32, n: u64) {
-        self.field_u64(slot, slot_offsets::ASSIGNED).fetch_add(n, Ordering::Relaxed);
-    }
-
-    /// Adds to the slot's `accepted` counter, as a worker does on accept.
+    /// Counts `n` connections accepted by the worker, as its shim does.
     pub fn add_accepted(&self, slot: u32, n: u64) {
-        self.field_u64(slot, slot_offsets::ACCEPTED).fetch_add(n, Ordering::Relaxed);
+        self.u64_at(slot, table_offsets::accepted).fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// Counts `n` connections closed by the worker, as its shim does: no longer in flight.
+    pub fn add_completed(&self, slot: u32, n: u64) {
+        self.u64_at(slot, table_offsets::completed).fetch_add(n, Ordering::Relaxed);
+        self.add_inflight(slot, -(n as i64));
     }
 }
 

@@ -59,7 +59,7 @@ mod tests {
     use super::*;
 
     fn slot(slot: u32, selected_total: u64, inflight: u64) -> SlotView {
-        SlotView { slot, pid: 100 + slot, weight: 1, epoch: 1, inflight, assigned: 0, accepted: 0, completed: 0, selected_total }
+        SlotView { slot, pid: 100 + slot, weight: 1, epoch: 1, inflight, accepted: 0, completed: 0, selected_total }
     }
 
     #[test]

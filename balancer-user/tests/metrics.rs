@@ -18,7 +18,7 @@ use balancer_user::{
 };
 
 fn worker(slot: u32, pid: u32, inflight: u64, selected_total: u64, completed: u64) -> SlotView {
-    SlotView { slot, pid, weight: 2, epoch: 1, inflight, assigned: selected_total, accepted: completed + inflight, completed, selected_total }
+    SlotView { slot, pid, weight: 2, epoch: 1, inflight, accepted: completed + inflight, completed, selected_total }
 }
 
 fn snapshot() -> Snapshot {

@@ -80,7 +80,7 @@ fn clients_served(clients: &mut [TcpStream]) -> usize {
 fn close_a_listener_with_queued_connections(ns: &NetNs, ip: &str, mode: Mode) -> Result<(usize, u64)> {
     let mut pool = Pool::new(ip, 3, Policy::LeastLoaded, mode)?;
     for slot in &pool.slots[1..] {
-        pool.group.loads().add_assigned(*slot, 1_000_000);
+        pool.group.loads().add_inflight(*slot, 1_000_000);
     }
     let mut clients = pool.connect_many(ESTABLISHED)?;
     {

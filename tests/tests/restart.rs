@@ -34,14 +34,14 @@ fn balancing_survives_the_controller_and_the_next_one_adopts_it() {
             let pool = Pool::with_options(ip, 2, options(&pin, Policy::LeastLoaded))?;
             ensure!(!pool.group.adopted());
             let loads = pool.group.loads().clone();
-            loads.add_assigned(pool.slots[1], 100);
+            loads.add_inflight(pool.slots[1], 100);
             let _a = pool.connect_many(3)?;
             ensure!(pool.drain()? == vec![3, 0]);
 
             // The controller dies; the workers' sockets and the shared loads live on.
             let Pool { listeners, slots, group, addr } = pool;
             drop(group);
-            loads.add_assigned(slots[0], 1000);
+            loads.add_inflight(slots[0], 1000);
             let _b: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(addr)).collect::<Result<_, _>>()?;
             let survivors = Pool { listeners, slots, addr, group: Group::new(options(&pin, Policy::PowerOfTwo))? };
             ensure!(survivors.drain()? == vec![0, 3], "balancing stopped while the controller was away");

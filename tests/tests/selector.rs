@@ -30,15 +30,15 @@ fn least_loaded_picks_the_minimum() {
         let pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;
         let loads = pool.group.loads();
         for (slot, load) in pool.slots.iter().zip([5, 3, 7, 4]) {
-            loads.add_assigned(*slot, load);
+            loads.add_inflight(*slot, load);
         }
         let _c = pool.connect_many(1)?;
         ensure!(pool.which()? == 1, "the connection did not go to the least-loaded listener");
         // The program counted it: slot 1 now has 4, tied with slot 3, and slot 0 with 5 is heavier.
-        ensure!(loads.read(pool.slots[1]).assigned == 4);
+        ensure!(loads.read(pool.slots[1]).inflight == 4);
         // Weights: slot 2 with 8 in flight and weight 8 (load 1.0) beats 4 in flight at weight 1.
         loads.set_weight(pool.slots[2], 8);
-        loads.add_assigned(pool.slots[2], 1);
+        loads.add_inflight(pool.slots[2], 1);
         let _d = pool.connect_many(1)?;
         ensure!(pool.which()? == 2, "weights were not applied");
         Ok(())
@@ -57,8 +57,8 @@ fn equal_loads_spread_evenly_and_back_to_back_connections_do_not_herd() {
         ensure!(counts.iter().sum::<usize>() == conns.len());
         for (i, slot) in pool.slots.iter().enumerate() {
             let rec = pool.group.loads().read(*slot);
-            ensure!(rec.assigned as usize == counts[i], "slot {slot}: assigned {} but queued {}", rec.assigned, counts[i]);
-            ensure!(pool.group.selected_total(*slot)? == rec.assigned);
+            ensure!(rec.inflight as usize == counts[i], "slot {slot}: {} in flight but {} queued", rec.inflight, counts[i]);
+            ensure!(pool.group.selected_total(*slot)? == rec.inflight);
         }
         ensure!(pool.group.stats()?.fallbacks() == 0);
         Ok(())
@@ -87,7 +87,7 @@ fn ties_do_not_always_fall_on_the_lowest_slot() {
 fn power_of_two_choices_balances_and_avoids_the_busy_worker() {
     each_family(|_, ip| {
         let pool = Pool::new(ip, 8, Policy::PowerOfTwo, Mode::Auto)?;
-        pool.group.loads().add_assigned(pool.slots[0], 1_000_000);
+        pool.group.loads().add_inflight(pool.slots[0], 1_000_000);
         let _c = pool.connect_many(700)?;
         let counts = pool.drain()?;
         ensure!(counts[0] == 0, "p2c chose the busiest worker: {counts:?}");
@@ -122,7 +122,7 @@ fn hash_policy_spreads_by_connection() {
     each_family(|_, ip| {
         let pool = Pool::new(ip, 4, Policy::Hash, Mode::Auto)?;
         // Even a heavily loaded slot gets its share: hashing ignores load.
-        pool.group.loads().add_assigned(pool.slots[0], 1_000_000);
+        pool.group.loads().add_inflight(pool.slots[0], 1_000_000);
         let _c = pool.connect_many(400)?;
         let counts = pool.drain()?;
         ensure!(counts.iter().all(|&c| c >= 50), "hash spread {counts:?}");
@@ -135,7 +135,7 @@ fn a_policy_switch_takes_effect_on_the_next_connection() {
     each_family(|_, ip| {
         pin_to_cpu0()?;
         let mut pool = Pool::new(ip, 2, Policy::LeastLoaded, Mode::Auto)?;
-        pool.group.loads().add_assigned(pool.slots[1], 1000);
+        pool.group.loads().add_inflight(pool.slots[1], 1000);
         for _ in 0..10 {
             let _c = pool.connect_many(1)?;
             ensure!(pool.which()? == 0, "least-loaded chose the busy slot");
@@ -159,7 +159,7 @@ fn detach_gives_back_kernel_hashing() {
     each_family(|_, ip| {
         let pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;
         for slot in &pool.slots[1..] {
-            pool.group.loads().add_assigned(*slot, 1_000_000);
+            pool.group.loads().add_inflight(*slot, 1_000_000);
         }
         let _c = pool.connect_many(50)?;
         ensure!(pool.drain()? == vec![50, 0, 0, 0], "least-loaded did not steer everything to slot 0");

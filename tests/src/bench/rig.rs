@@ -95,10 +95,10 @@ impl Bed {
         })
     }
 
-    /// Sum of `assigned` over the group's slots (connections the program selected a slot for).
+    /// Selections summed over the group's slots (connections the program selected a slot for).
     pub fn assigned_total(&self) -> u64 {
         match self.group() {
-            Some(g) => self.slots.iter().map(|&s| g.loads().read(s).assigned).sum(),
+            Some(g) => self.slots.iter().map(|&s| g.selected_total(s).unwrap_or(0)).sum(),
             None => 0,
         }
     }
