@@ -23,8 +23,19 @@ impl Artifacts {
     }
 }
 
+/// Full setup, then the build.
 pub fn run(ws: &Workspace) -> Result<Artifacts> {
     setup::run(ws)?;
+    build(ws)
+}
+
+/// Toolchain setup only, then the build (`cargo xtask build --toolchain-only`).
+pub fn toolchain_only(ws: &Workspace) -> Result<Artifacts> {
+    setup::toolchain(ws)?;
+    build(ws)
+}
+
+fn build(ws: &Workspace) -> Result<Artifacts> {
     command::run(ws.cargo().args([
         "build",
         "--release",

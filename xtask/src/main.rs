@@ -28,7 +28,12 @@ enum Task {
     /// Check the toolchain, bpf-linker, Debian packages and bpffs; install only what is missing.
     Setup,
     /// Build reuselb and libbalancer_shim.so (release), eBPF programs included.
-    Build,
+    Build {
+        /// Set up only the toolchain (nightly rust-src, bpf-linker), not the test packages or
+        /// bpffs: for a container image's build stage.
+        #[arg(long)]
+        toolchain_only: bool,
+    },
     /// Build, then run every test of the workspace (as root).
     Test {
         /// Extra arguments for `cargo test` (use a second `--` for the test binaries).
@@ -64,7 +69,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let ws = Workspace::locate();
     match cli.task {
         Task::Setup => setup::run(&ws),
-        Task::Build => build::run(&ws).map(drop),
+        Task::Build { toolchain_only: false } => build::run(&ws).map(drop),
+        Task::Build { toolchain_only: true } => build::toolchain_only(&ws).map(drop),
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
         Task::Run(args) => run::run(&ws, &args),
         Task::Bench { what, args } => bench::run(&ws, &what, &args),

@@ -8,6 +8,7 @@
 mod bpf_linker;
 mod bpffs;
 mod debian;
+mod pypi;
 mod toolchain;
 
 use std::fmt::Display;
@@ -18,10 +19,9 @@ use crate::{privilege, workspace::Workspace};
 
 pub fn run(ws: &Workspace) -> Result<()> {
     let root = privilege::is_root()?;
-    toolchain::ensure_nightly()?;
-    toolchain::ensure_rust_src()?;
-    bpf_linker::ensure(ws)?;
+    toolchain(ws)?;
     debian::ensure(root)?;
+    pypi::ensure()?;
     bpffs::ensure(root)?;
     if !root {
         report(
@@ -31,6 +31,14 @@ pub fn run(ws: &Workspace) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Only what building needs (nightly rust-src, bpf-linker): for a container image's build stage,
+/// which can neither mount bpffs nor wants the test packages.
+pub fn toolchain(ws: &Workspace) -> Result<()> {
+    toolchain::ensure_nightly()?;
+    toolchain::ensure_rust_src()?;
+    bpf_linker::ensure(ws)
 }
 
 /// Prints the one line of a step.

@@ -1,6 +1,7 @@
 //! The Debian packages of the real components the tests and the demo start (application servers,
 //! proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
-//! handshakes half-open in the migration tests).
+//! handshakes half-open in the migration tests, kubectl to render the Kubernetes manifests
+//! with its built-in kustomize; apt serves it on these machines).
 
 use std::process::Command;
 
@@ -17,6 +18,7 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "iproute2",
     "nftables",
+    "kubectl",
     "gunicorn",
     "python3-django",
 ];
