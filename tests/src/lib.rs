@@ -7,6 +7,7 @@
 pub mod apps;
 pub mod netns;
 pub mod pool;
+pub mod shim_client;
 
 pub use netns::NetNs;
 pub use pool::Pool;

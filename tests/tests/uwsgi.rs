@@ -15,6 +15,7 @@ use balancer_user::{
     registry::{Registry, RegistryOptions, Service},
     Group, GroupOptions,
 };
+use integration_tests::shim_client::register_raw;
 use integration_tests::apps::{
     self, free_port, require, spawn_nginx, spawn_plain, spawn_reuselb_run, spawn_with_shim, uwsgi_stats, wait_until,
     Load, LoadReport, TempDir, UwsgiConfig, UwsgiProto,
@@ -471,44 +472,6 @@ fn loads_return_to_zero_after_resets_and_timeouts() {
     assert_eq!(report.failed, 0, "background requests failed: {:?}", report.errors);
 }
 
-/// Sends one registration datagram (with `fd` attached, if any) and returns the reply.
-fn register_raw(socket: &std::path::Path, msg: &[u8], fd: Option<std::os::fd::RawFd>) -> balancer_common::protocol::Reply {
-    use std::os::unix::ffi::OsStrExt;
-    unsafe {
-        let s = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
-        assert!(s >= 0);
-        let mut addr: libc::sockaddr_un = std::mem::zeroed();
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        for (d, c) in addr.sun_path.iter_mut().zip(socket.as_os_str().as_bytes()) {
-            *d = *c as libc::c_char;
-        }
-        let len = (std::mem::size_of::<libc::sa_family_t>() + socket.as_os_str().len() + 1) as libc::socklen_t;
-        assert_eq!(libc::connect(s, (&addr as *const libc::sockaddr_un).cast(), len), 0, "connect to the registry");
-        let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
-        #[repr(C, align(8))]
-        struct Buf([u8; 64]);
-        let mut cbuf = Buf([0; 64]);
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        if let Some(fd) = fd {
-            hdr.msg_control = cbuf.0.as_mut_ptr().cast();
-            hdr.msg_controllen = libc::CMSG_SPACE(4) as usize;
-            let c = libc::CMSG_FIRSTHDR(&hdr);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd);
-        }
-        assert!(libc::sendmsg(s, &hdr, 0) >= 0);
-        let mut buf = [0u8; 512];
-        let n = libc::recv(s, buf.as_mut_ptr().cast(), buf.len(), 0);
-        libc::close(s);
-        assert!(n > 0, "no reply");
-        balancer_common::protocol::Reply::decode(&buf[..n as usize]).expect("a valid reply")
-    }
-}
-
 #[test]
 fn registry_rejects_what_is_not_a_worker_socket() {
     use balancer_common::protocol::{Register, Status};
@@ -521,24 +484,24 @@ fn registry_rejects_what_is_not_a_worker_socket() {
     let me = std::process::id();
     let msg = Register::new(me, 1).encode();
 
-    let r = register_raw(&path, b"hello", None);
+    let r = register_raw(&path, b"hello", &[]);
     assert_eq!(r.status(), Status::BadMessage, "{}", r.reason());
-    let r = register_raw(&path, &msg, None);
+    let r = register_raw(&path, &msg, &[]);
     assert_eq!(r.status(), Status::NoDescriptor, "{}", r.reason());
     let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let r = register_raw(&path, &msg, Some(udp.as_raw_fd()));
+    let r = register_raw(&path, &msg, &[udp.as_raw_fd()]);
     assert_eq!(r.status(), Status::NotAListener, "{}", r.reason());
     // A TCP listener without SO_REUSEPORT, then one with it on another address.
     let plain = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let r = register_raw(&path, &msg, Some(plain.as_raw_fd()));
+    let r = register_raw(&path, &msg, &[plain.as_raw_fd()]);
     assert_eq!(r.status(), Status::NotAListener, "{}", r.reason());
     let other = balancer_user::listener::bind_reuseport(loopback(free_port()), 16).unwrap();
-    let r = register_raw(&path, &msg, Some(other.as_raw_fd()));
+    let r = register_raw(&path, &msg, &[other.as_raw_fd()]);
     assert_eq!(r.status(), Status::NotAListener, "{}", r.reason());
     println!("rejected other address: {}", r.reason());
     // The service's own address: accepted, with the load map.
     let good = balancer_user::listener::bind_reuseport(addr, 16).unwrap();
-    let r = register_raw(&path, &msg, Some(good.as_raw_fd()));
+    let r = register_raw(&path, &msg, &[good.as_raw_fd()]);
     assert_eq!(r.status(), Status::Ok, "{}", r.reason());
     let rejected: u64 = registry.counters().rejections().iter().map(|(_, n)| n).sum();
     assert_eq!(rejected, 5, "{:?}", registry.counters().rejections());

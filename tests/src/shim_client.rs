@@ -1,0 +1,88 @@
+//! The worker side of the registration protocol, raw: any bytes, any descriptors, so tests can
+//! send the controller what a real shim would and what a hostile process might.
+use std::{
+    io,
+    os::{
+        fd::{AsRawFd, FromRawFd, OwnedFd, RawFd},
+        unix::ffi::OsStrExt,
+    },
+    path::Path,
+};
+
+use balancer_common::protocol::Reply;
+
+/// A SOCK_SEQPACKET connection to the registration socket at `socket`, as the shim opens.
+pub fn connect(socket: &Path) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket calls; the descriptor is owned right away.
+    unsafe {
+        let s = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        if s < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let owned = OwnedFd::from_raw_fd(s);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, c) in addr.sun_path.iter_mut().zip(socket.as_os_str().as_bytes()) {
+            *d = *c as libc::c_char;
+        }
+        let len = (std::mem::size_of::<libc::sa_family_t>() + socket.as_os_str().len() + 1) as libc::socklen_t;
+        if libc::connect(s, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(owned)
+    }
+}
+
+/// Sends one datagram on `conn` with `fds` attached, and returns the raw reply (empty if the
+/// controller closed the connection without answering).
+fn send_and_receive(conn: &OwnedFd, msg: &[u8], fds: &[RawFd]) -> io::Result<Vec<u8>> {
+    // SAFETY: msghdr, iovec and control buffer all outlive the sendmsg call that reads them.
+    unsafe {
+        let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
+        let space = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
+        let mut cbuf = vec![0u64; space.div_ceil(8)];
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        if !fds.is_empty() {
+            hdr.msg_control = cbuf.as_mut_ptr().cast();
+            hdr.msg_controllen = space;
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN((fds.len() * 4) as u32) as usize;
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>().add(i), *fd);
+            }
+        }
+        if libc::sendmsg(conn.as_raw_fd(), &hdr, 0) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let mut buf = [0u8; 512];
+        let n = libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(buf[..n as usize].to_vec())
+    }
+}
+
+fn decode(reply: &[u8]) -> Reply {
+    assert!(!reply.is_empty(), "no reply");
+    Reply::decode(reply).expect("a valid reply")
+}
+
+/// Sends one registration datagram, decodes the reply and closes the connection (which, for an
+/// accepted registration, is the worker leaving again).
+pub fn register_raw(socket: &Path, msg: &[u8], fds: &[RawFd]) -> Reply {
+    let conn = connect(socket).expect("connecting to the registry");
+    decode(&send_and_receive(&conn, msg, fds).expect("talking to the registry"))
+}
+
+/// Registers like a live worker: the connection stays open (closing it is how a worker leaves)
+/// and is returned with the reply.
+pub fn register_and_hold(socket: &Path, msg: &[u8], fd: RawFd) -> (Reply, OwnedFd) {
+    let conn = connect(socket).expect("connecting to the registry");
+    let reply = decode(&send_and_receive(&conn, msg, &[fd]).expect("talking to the registry"));
+    (reply, conn)
+}
