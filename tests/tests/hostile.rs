@@ -65,6 +65,13 @@ fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
     let registry = start(&dir, addr);
     let path = registry.socket_path().to_path_buf();
     let listener = bind_reuseport(addr, 16).unwrap();
+    // A message claiming another pid: the kernel's credentials decide, not the message.
+    let (r, conn) = register_and_hold(&path, &Register::new(1, 1).encode(), listener.as_raw_fd());
+    assert_eq!(r.status(), Status::Ok, "{}", r.reason());
+    let pids: Vec<u32> = registry.service(addr).unwrap().group().slots().unwrap().iter().map(|s| s.pid).collect();
+    assert_eq!(pids, vec![std::process::id()], "a worker registered under a pid it claimed");
+    drop(conn);
+    // Its socket stays parked in the registry (the last worker's), so count from here.
     let fds_before = open_fds();
 
     // Truncated, oversized, garbage.
@@ -76,12 +83,6 @@ fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
     let many = vec![listener.as_raw_fd(); 200];
     let r = register_raw(&path, &msg(), &many);
     assert_eq!(r.status(), Status::NoDescriptor, "{}", r.reason());
-    // A message claiming another pid: the kernel's credentials decide, not the message.
-    let (r, conn) = register_and_hold(&path, &Register::new(1, 1).encode(), listener.as_raw_fd());
-    assert_eq!(r.status(), Status::Ok, "{}", r.reason());
-    let pids: Vec<u32> = registry.service(addr).unwrap().group().slots().unwrap().iter().map(|s| s.pid).collect();
-    assert_eq!(pids, vec![std::process::id()], "a worker registered under a pid it claimed");
-    drop(conn);
 
     assert_eq!(registry.counters().replies(Status::BadMessage), 3);
     assert_eq!(registry.counters().replies(Status::NoDescriptor), 1);
