@@ -66,7 +66,8 @@ static CONFIG: ConfigCell = ConfigCell(UnsafeCell::new(Config {
     n_addrs: 0,
     socket_path: [0; 108],
     socket_path_len: 0,
-    weight: 1,
+    // 0: not asked (REUSELB_WEIGHT unset): the controller gives the service's default weight.
+    weight: 0,
 }));
 
 fn config() -> &'static Config {
@@ -170,6 +171,9 @@ struct Registration {
     base: AtomicPtr<u8>,
     slot: AtomicU32,
     epoch: AtomicU64,
+    /// Kernel id of the load map (0: unknown), to tell a re-registration into the same slot of
+    /// the same map (a restarted controller that adopted the pinned map) from a new one.
+    map_id: AtomicU32,
 }
 
 static REGS: [Registration; MAX_ADDRS] = [const {
@@ -178,6 +182,7 @@ static REGS: [Registration; MAX_ADDRS] = [const {
         base: AtomicPtr::new(ptr::null_mut()),
         slot: AtomicU32::new(0),
         epoch: AtomicU64::new(0),
+        map_id: AtomicU32::new(0),
     }
 }; MAX_ADDRS];
 
@@ -873,6 +878,7 @@ fn register(idx: usize, listener: c_int, pid: u32) -> Result<(), RegisterError> 
     let base = unsafe {
         libc::mmap(ptr::null_mut(), LOADS_MMAP_LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map_fd, 0)
     };
+    let map_id = bpf_map_id(map_fd);
     unsafe { Real::CLOSE()(map_fd) };
     if base == libc::MAP_FAILED {
         shim_log!("mmap of the load map failed: {}", errno());
@@ -880,16 +886,51 @@ fn register(idx: usize, listener: c_int, pid: u32) -> Result<(), RegisterError> 
         return Err(RegisterError::Rejected);
     }
     let reg = &REGS[idx];
+    let s_old = reg.state.load(Ordering::Relaxed);
+    // The same slot of the same map, with the same epoch (a restarted controller that adopted the
+    // pinned group gave our slot back): keep the sequence number, so that the connections
+    // accepted before still count their completion when they close.
+    let same = s_old & 1 == 1
+        && map_id != 0
+        && reg.map_id.load(Ordering::Relaxed) == map_id
+        && reg.slot.load(Ordering::Relaxed) == reply.slot
+        && reg.epoch.load(Ordering::Relaxed) == reply.epoch;
+    if !same {
+        // Old marks stop counting before the new slot is published.
+        reg.deactivate();
+    }
     // Old mappings are never unmapped: a hook may still be reading through one.
     reg.base.store(base.cast(), Ordering::Relaxed);
     reg.slot.store(reply.slot, Ordering::Relaxed);
     reg.epoch.store(reply.epoch, Ordering::Relaxed);
-    let s_old = reg.state.load(Ordering::Relaxed);
-    reg.state.store((((s_old >> 1).wrapping_add(1)) << 1) | 1, Ordering::Release);
+    reg.map_id.store(map_id, Ordering::Relaxed);
+    let s_now = reg.state.load(Ordering::Relaxed);
+    let new_state = if same { s_now } else { (((s_now >> 1).wrapping_add(1)) << 1) | 1 };
+    reg.state.store(new_state, Ordering::Release);
     CONN_FDS[idx].store(s, Ordering::Release);
     SAID_UNREACHABLE.store(false, Ordering::Relaxed);
     shim_log!("registered {} as slot {} (epoch {})", DisplayAddr(addr), reply.slot, reply.epoch);
     Ok(())
+}
+
+/// The kernel id of the BPF map behind `fd` (BPF_OBJ_GET_INFO_BY_FD), 0 if unknown.
+fn bpf_map_id(fd: c_int) -> u32 {
+    // struct bpf_map_info begins with `__u32 type; __u32 id;`: the kernel fills what fits.
+    let mut info = [0u32; 2];
+    #[repr(C)]
+    struct InfoAttr {
+        bpf_fd: u32,
+        info_len: u32,
+        info: u64,
+    }
+    let mut attr = InfoAttr { bpf_fd: fd as u32, info_len: size_of::<[u32; 2]>() as u32, info: info.as_mut_ptr() as u64 };
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &mut attr as *mut InfoAttr, size_of::<InfoAttr>() as u32) };
+    if r < 0 {
+        0
+    } else {
+        info[1]
+    }
 }
 
 struct DisplayAddr(Option<SocketAddr>);

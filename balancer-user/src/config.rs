@@ -43,8 +43,8 @@ pub struct Config {
     /// Directory of the per-service registration sockets (`<dir>/<name>.sock` by default).
     #[serde(default = "default_shim_socket_dir", deserialize_with = "de_abs_path")]
     pub shim_socket_dir: PathBuf,
-    /// Where `/metrics` and `/healthz` are served; `None`: not served (`--metrics-addr` may still
-    /// turn them on).
+    /// Where `/metrics`, `/healthz` and `/status` are served; `None`: `--metrics-addr`, else
+    /// 127.0.0.1:9464.
     #[serde(default, deserialize_with = "de_opt_metrics_addr")]
     pub metrics_addr: Option<SocketAddr>,
     /// bpffs directory under which each service's programs and maps are pinned.

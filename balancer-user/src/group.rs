@@ -315,6 +315,25 @@ impl Group {
         Ok(epoch)
     }
 
+    /// Gives an occupied `slot` back to its owner `pid`, registering again (after a controller
+    /// restart adopted the group): the record, counters and epoch are kept, the socket array entry
+    /// is set to `socket` if it does not hold it already. Returns the slot's (unchanged) epoch.
+    pub fn reuse(&mut self, slot: u32, socket: &impl AsRawFd, pid: u32, weight: u32) -> Result<u64> {
+        let index = self.check_slot(slot)?;
+        let rec = self.loads.read(slot);
+        if !self.occupied[index] || rec.pid != pid {
+            return Err(Error::SlotFree(slot));
+        }
+        match self.sockets.set(slot, socket, 0) {
+            Ok(()) => {}
+            // The socket is in the array already (the kernel refuses a socket twice).
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) => return Err(map_err(maps::SOCKETS)(e)),
+        }
+        self.loads.set_weight(slot, weight);
+        Ok(rec.epoch)
+    }
+
     /// Takes `slot` out of the selection and out of the socket array. The socket itself stays
     /// open (it is the caller's); its counters stay readable until the slot is reused.
     pub fn remove(&mut self, slot: u32) -> Result<()> {

@@ -14,6 +14,7 @@ pub mod loader;
 pub mod metrics;
 pub mod registry;
 pub mod shared_loads;
+pub mod status;
 pub mod view;
 
 pub use error::Error;

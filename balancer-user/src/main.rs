@@ -1,14 +1,22 @@
 //! `reuselb`: the command line over the balancer-user library.
+use std::{io::Write as _, path::PathBuf};
+
 use anyhow::Result;
-use balancer_user::doctor::{self, Level};
+use balancer_user::{
+    config::Config,
+    doctor::{self, Level},
+};
 use clap::{Parser, Subcommand};
 
+mod daemon;
 mod run;
+mod watch;
 
 #[derive(Parser)]
 #[command(name = "reuselb", version, about = "In-kernel least-busy balancing for prefork app servers (SO_REUSEPORT + eBPF)")]
 struct Cli {
-    /// Log level (error, warn, info, debug, trace); RUST_LOG overrides it.
+    /// Log level (error, warn, info, debug, trace); RUST_LOG, when set, overrides it (and may
+    /// set levels per module: RUST_LOG=info,balancer_user::registry=debug).
     #[arg(long, global = true, default_value = "info")]
     log_level: String,
     #[command(subcommand)]
@@ -22,13 +30,25 @@ enum Command {
     /// Run an app server (uWSGI, gunicorn, ...) with its workers balanced: the controller runs
     /// in-process, COMMAND starts with the reuselb shim preloaded.
     Run(run::RunArgs),
+    /// Balance every service of a config file; SIGHUP reloads it, SIGTERM stops the daemon and
+    /// leaves the services serving (a daemon started again adopts them).
+    Daemon(daemon::DaemonArgs),
+    /// Parse and check a config file without running it: prints OK, or the error as
+    /// FILE:LINE:COLUMN: message (exit status 1).
+    CheckConfig {
+        /// The YAML config file.
+        file: PathBuf,
+    },
+    /// Print the per-worker tables of a running daemon or `reuselb run` (from its /status).
+    Status(watch::StatusArgs),
+    /// Live per-worker view of a running daemon or `reuselb run`, redrawn every interval; q or
+    /// Ctrl-C quits; exits (status 1) when the daemon goes away.
+    Top(watch::TopArgs),
 }
 
 fn main() {
     let cli = Cli::parse();
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(&cli.log_level))
-        .format_timestamp_millis()
-        .init();
+    init_logging(&cli.log_level);
     let code = match run(cli.command) {
         Ok(code) => code,
         Err(err) => {
@@ -43,6 +63,61 @@ fn run(command: Command) -> Result<i32> {
     match command {
         Command::Doctor => Ok(print_doctor()),
         Command::Run(args) => run::run(args),
+        Command::Daemon(args) => daemon::run(args),
+        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::Status(args) => watch::status(args),
+        Command::Top(args) => watch::top(args),
+    }
+}
+
+/// Logs to stderr, one record per line: `LEVEL target: message`. Under systemd (JOURNAL_STREAM
+/// set) each line starts with its syslog priority (`<3>` error ... `<7>` debug), which journald
+/// turns into the entry's priority, and carries no timestamp (journald stamps it); elsewhere with
+/// a timestamp. Colors only on a terminal. The programs' aya-log records come through the same
+/// `log` stream.
+fn init_logging(level: &str) {
+    use env_logger::fmt::WriteStyle;
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    builder.write_style(WriteStyle::Auto);
+    if journald {
+        builder.format(|buf, record| {
+            let priority = match record.level() {
+                log::Level::Error => 3,
+                log::Level::Warn => 4,
+                log::Level::Info => 6,
+                log::Level::Debug | log::Level::Trace => 7,
+            };
+            writeln!(buf, "<{priority}>{} {}: {}", record.level(), record.target(), record.args())
+        });
+    } else {
+        builder.format(|buf, record| {
+            let style = buf.default_level_style(record.level());
+            writeln!(
+                buf,
+                "{} {style}{:<5}{style:#} {}: {}",
+                buf.timestamp_millis(),
+                record.level(),
+                record.target(),
+                record.args()
+            )
+        });
+    }
+    builder.init();
+}
+
+/// `reuselb check-config FILE`: 0 and `FILE: OK` if it is good, 1 and the error if not.
+fn check_config(file: &std::path::Path) -> i32 {
+    match Config::load(file) {
+        Ok(config) => {
+            println!("{}: OK, {} services", file.display(), config.services.len());
+            println!("{}", daemon::summary(&config));
+            0
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            1
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Prometheus metrics of the balanced services, and the small HTTP server for `/metrics` and
-//! `/healthz`.
+//! Prometheus metrics of the balanced services, and the small HTTP server for `/metrics`,
+//! `/healthz` and `/status` (the JSON [`crate::status::Report`] that `reuselb status` and
+//! `reuselb top` read).
 //!
 //! The figures come from a [`Snapshot`]: plain data that the daemon (or `reuselb run`) fills from
 //! its groups ([`crate::Group::slots`], [`crate::Group::stats`]) and its registration counts.
@@ -100,12 +101,14 @@ pub struct Snapshot {
 }
 
 type Source = Box<dyn Fn() -> Snapshot + Send + Sync>;
+type StatusSource = Box<dyn Fn() -> crate::status::Report + Send + Sync>;
 
 /// The latest snapshot, or where to get one.
 #[derive(Default)]
 struct Shared {
     latest: Mutex<Snapshot>,
     source: Mutex<Option<Arc<Source>>>,
+    status: Mutex<Option<Arc<StatusSource>>>,
 }
 
 impl Shared {
@@ -176,6 +179,24 @@ impl Metrics {
     /// thread, so it may take locks).
     pub fn set_source(&self, source: impl Fn() -> Snapshot + Send + Sync + 'static) {
         *self.shared.source.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Box::new(source)));
+    }
+
+    /// Serves `GET /status`: `source`'s report as JSON, read at each request (on a blocking
+    /// thread). Without it, `/status` answers 404.
+    pub fn set_status_source(&self, source: impl Fn() -> crate::status::Report + Send + Sync + 'static) {
+        *self.shared.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Box::new(source)));
+    }
+
+    /// The `/status` report as JSON, if a status source is set.
+    pub fn status_json(&self) -> Option<String> {
+        let source = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
+        match serde_json::to_string_pretty(&source()) {
+            Ok(text) => Some(text + "\n"),
+            Err(err) => {
+                log::warn!("encoding the status failed: {err}");
+                None
+            }
+        }
     }
 
     /// Counts a configuration reload (SIGHUP).
@@ -362,6 +383,7 @@ impl Drop for MetricsServer {
 /// Binds `addr` and serves, on the current tokio runtime:
 /// `GET /metrics` (also HEAD): [`Metrics::encode_text`] as [`CONTENT_TYPE`];
 /// `GET /healthz`: 200 `ok`, or 503 with the reason [`Health::check`] gives;
+/// `GET /status`: [`Metrics::status_json`] as `application/json` (404 without a status source);
 /// 404 for other paths, 405 for other methods, 400 for what is not an HTTP request,
 /// 431 for a request head over [`MAX_REQUEST`] bytes. One request per connection.
 pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: impl Health) -> io::Result<MetricsServer> {
@@ -477,8 +499,8 @@ async fn route(head: &str, metrics: Arc<Metrics>, health: Arc<dyn Health>) -> (R
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
     let head_only = method == "HEAD";
-    if path != "/metrics" && path != "/healthz" {
-        return (Response::text("404 Not Found", "not found: try /metrics or /healthz\n"), head_only);
+    if path != "/metrics" && path != "/healthz" && path != "/status" {
+        return (Response::text("404 Not Found", "not found: try /metrics, /healthz or /status\n"), head_only);
     }
     if method != "GET" && method != "HEAD" {
         let mut r = Response::text("405 Method Not Allowed", "method not allowed\n");
@@ -489,6 +511,12 @@ async fn route(head: &str, metrics: Arc<Metrics>, health: Arc<dyn Health>) -> (R
         match tokio::task::spawn_blocking(move || metrics.encode_text()).await {
             Ok(body) => Response { status: "200 OK", content_type: CONTENT_TYPE, extra: "", body },
             Err(_) => Response::text("500 Internal Server Error", "collecting metrics failed\n"),
+        }
+    } else if path == "/status" {
+        match tokio::task::spawn_blocking(move || metrics.status_json()).await {
+            Ok(Some(body)) => Response { status: "200 OK", content_type: "application/json", extra: "", body },
+            Ok(None) => Response::text("404 Not Found", "no status here\n"),
+            Err(_) => Response::text("500 Internal Server Error", "collecting the status failed\n"),
         }
     } else {
         match tokio::task::spawn_blocking(move || health.check()).await {

@@ -35,7 +35,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_common::protocol::{Register, Reply, Status};
+use balancer_common::{
+    protocol::{Register, Reply, Status},
+    MAX_SLOTS,
+};
 
 use crate::{listener, Group};
 
@@ -72,6 +75,16 @@ pub struct RegistryOptions {
     pub netns_cookie: Option<u64>,
     /// How often loads are reconciled against the kernel's figures.
     pub reconcile_interval: Duration,
+    /// Most workers per address (group); registrations beyond it get `Status::NoFreeSlot`.
+    /// Changeable while running ([`Registry::set_max_workers`]).
+    pub max_workers: u32,
+    /// Weight of a worker that registers without asking for one (weight 0 in its message).
+    /// Changeable while running ([`Registry::set_default_weight`]).
+    pub default_weight: u32,
+    /// How long a worker that owned a slot of an adopted group (pinned by an earlier controller)
+    /// has to register again before its slot is freed. Workers that exited meanwhile are freed at
+    /// once, and a worker that exits before registering again is freed when it exits.
+    pub adoption_grace: Duration,
 }
 
 impl RegistryOptions {
@@ -82,6 +95,9 @@ impl RegistryOptions {
             socket_mode: 0o660,
             netns_cookie: None,
             reconcile_interval: Duration::from_millis(250),
+            max_workers: MAX_SLOTS,
+            default_weight: 1,
+            adoption_grace: Duration::from_secs(15),
         }
     }
 }
@@ -126,6 +142,28 @@ struct Shared {
     services: Vec<Service>,
     counters: Counters,
     stop: AtomicBool,
+    /// At stop, leave every slot as it is (the program keeps balancing the workers, with the
+    /// counts their shims keep making, and the next controller adopts the pinned group).
+    keep_slots: AtomicBool,
+    /// At stop, detach the program from the services' reuseport groups (a service removed).
+    detach: AtomicBool,
+    settings: Mutex<Settings>,
+}
+
+/// What registrations must satisfy; changed by a configuration reload.
+#[derive(Clone, Debug)]
+struct Settings {
+    allowed_uids: Vec<u32>,
+    max_workers: u32,
+    default_weight: u32,
+    /// Bumped at each change, so the loop applies a new default weight once.
+    generation: u64,
+}
+
+impl Shared {
+    fn settings(&self) -> MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// The running registry. Stops (and removes its socket file) when dropped.
@@ -150,10 +188,7 @@ impl Registry {
             Some(c) => c,
             None => own_netns_cookie().map_err(Error::Netns)?,
         };
-        let mut allowed = options.allowed_uids.clone();
-        if allowed.is_empty() {
-            allowed.push(unsafe { libc::geteuid() });
-        }
+        let allowed = allowed_or_own(&options.allowed_uids);
         let listener = bind_seqpacket(&options.socket_path, options.socket_mode)?;
         let wake = Arc::new(eventfd().map_err(|source| Error::Socket {
             path: options.socket_path.clone(),
@@ -164,17 +199,27 @@ impl Registry {
             services: services.into_iter().map(|(addr, group)| Service { addr, group: Mutex::new(group) }).collect(),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
+            keep_slots: AtomicBool::new(false),
+            detach: AtomicBool::new(false),
+            settings: Mutex::new(Settings {
+                allowed_uids: allowed,
+                max_workers: options.max_workers.clamp(1, MAX_SLOTS),
+                default_weight: options.default_weight.max(1),
+                generation: 0,
+            }),
         });
+        let adopted = adopted_slots(&shared, options.adoption_grace);
         let mut event_loop = Loop {
             shared: shared.clone(),
             listener,
             wake: wake.clone(),
-            allowed,
             netns,
             interval: options.reconcile_interval,
             conns: HashMap::new(),
             workers: HashMap::new(),
             parked: HashMap::new(),
+            adopted,
+            settings_generation: 0,
         };
         let thread = std::thread::Builder::new()
             .name("reuselb-registry".into())
@@ -204,6 +249,50 @@ impl Registry {
     /// to the workers' sockets (with the loads as the workers keep counting them).
     pub fn stop(mut self) {
         self.shutdown();
+    }
+
+    /// Stops serving and removes the socket file, but leaves every slot as it is: the program
+    /// keeps balancing the registered workers (their shims keep counting), and a controller that
+    /// adopts the pinned groups later matches the workers to their slots when they register
+    /// again. What a daemon does when it is stopped.
+    pub fn stop_keeping_slots(mut self) {
+        self.shared.keep_slots.store(true, Ordering::Release);
+        self.shutdown();
+    }
+
+    /// Stops serving, frees every slot and detaches the program from each service's reuseport
+    /// group: the kernel's own hash spreads the connections again. For a service that is removed.
+    pub fn stop_and_detach(mut self) {
+        self.shared.detach.store(true, Ordering::Release);
+        self.shutdown();
+    }
+
+    /// True while the registration thread runs.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Replaces the uids whose workers may register (empty: the controller's own uid). Applies to
+    /// the next registrations; registered workers stay.
+    pub fn set_allowed_uids(&self, uids: &[u32]) {
+        let mut s = self.shared.settings();
+        s.allowed_uids = allowed_or_own(uids);
+        s.generation += 1;
+    }
+
+    /// Changes the most workers per address. Lowering it below the number registered frees no
+    /// slot: the next registrations are refused until enough workers left.
+    pub fn set_max_workers(&self, max: u32) {
+        let mut s = self.shared.settings();
+        s.max_workers = max.clamp(1, MAX_SLOTS);
+        s.generation += 1;
+    }
+
+    /// Changes the weight of workers that did not ask for one, registered ones included.
+    pub fn set_default_weight(&self, weight: u32) {
+        let mut s = self.shared.settings();
+        s.default_weight = weight.max(1);
+        s.generation += 1;
     }
 
     fn shutdown(&mut self) {
@@ -242,13 +331,21 @@ struct Worker {
     prev_diff: i64,
     /// `accepted` at the previous reconciliation.
     last_accepted: u64,
+    /// The weight the worker asked for; 0: the service's default.
+    asked_weight: u32,
+}
+
+/// A slot of an adopted group whose worker has not registered again yet.
+struct Adopted {
+    pid: u32,
+    pidfd: OwnedFd,
+    deadline: Instant,
 }
 
 struct Loop {
     shared: Arc<Shared>,
     listener: OwnedFd,
     wake: Arc<OwnedFd>,
-    allowed: Vec<u32>,
     netns: u64,
     interval: Duration,
     conns: HashMap<RawFd, Conn>,
@@ -257,6 +354,10 @@ struct Loop {
     /// no worker at all (every worker recycled at once, say), so that connections wait in its
     /// queue instead of being refused. Closed when a worker registers: its queue then migrates.
     parked: HashMap<usize, OwnedFd>,
+    /// Slots of adopted groups kept for their workers until they register again.
+    adopted: HashMap<(usize, u32), Adopted>,
+    /// Generation of the settings last applied to registered workers.
+    settings_generation: u64,
 }
 
 #[derive(Clone, Copy)]
@@ -265,6 +366,7 @@ enum Source {
     Wake,
     Conn(RawFd),
     Pidfd((usize, u32)),
+    AdoptedPidfd((usize, u32)),
 }
 
 impl Loop {
@@ -283,6 +385,10 @@ impl Loop {
             for (key, w) in &self.workers {
                 pfds.push(libc::pollfd { fd: w.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
                 sources.push(Source::Pidfd(*key));
+            }
+            for (key, a) in &self.adopted {
+                pfds.push(libc::pollfd { fd: a.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                sources.push(Source::AdoptedPidfd(*key));
             }
             let timeout = next_tick.saturating_duration_since(Instant::now()).as_millis() as i32;
             let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, timeout) };
@@ -313,17 +419,79 @@ impl Loop {
                             }
                             self.remove_worker(key);
                         }
+                        Source::AdoptedPidfd(key) => self.free_adopted(key, "exited before registering again"),
                     }
                 }
             }
             if Instant::now() >= next_tick {
                 self.reconcile();
+                self.apply_settings();
+                self.expire_adopted();
                 next_tick = Instant::now() + self.interval;
             }
+        }
+        if self.shared.detach.load(Ordering::Acquire) {
+            for (svc, service) in self.shared.services.iter().enumerate() {
+                let socket = self.workers.iter().find(|((s, _), _)| *s == svc).map(|(_, w)| &w.listener).or(self.parked.get(&svc));
+                if let Some(socket) = socket {
+                    match Group::detach(socket) {
+                        Ok(()) => log::info!("{}: program detached; the kernel's hash spreads connections again", service.addr),
+                        Err(e) => log::warn!("{}: detaching the program: {e}", service.addr),
+                    }
+                }
+            }
+        }
+        if self.shared.keep_slots.load(Ordering::Acquire) {
+            let n = self.workers.len() + self.adopted.len();
+            log::info!("leaving {n} workers in their slots: the program keeps balancing them");
+            self.workers.clear();
+            self.adopted.clear();
+            return;
         }
         let keys: Vec<_> = self.workers.keys().copied().collect();
         for key in keys {
             self.remove_worker(key);
+        }
+        let keys: Vec<_> = self.adopted.keys().copied().collect();
+        for key in keys {
+            self.free_adopted(key, "the controller stops");
+        }
+    }
+
+    /// Frees the slot of an adopted group kept for a worker that did not register again.
+    fn free_adopted(&mut self, key: (usize, u32), why: &str) {
+        let Some(a) = self.adopted.remove(&key) else { return };
+        let service = &self.shared.services[key.0];
+        log::info!("{}: worker {} of adopted slot {} {why}: slot freed", service.addr, a.pid, key.1);
+        if let Err(e) = service.group().remove(key.1) {
+            log::warn!("freeing slot {}: {e}", key.1);
+        }
+    }
+
+    fn expire_adopted(&mut self) {
+        let now = Instant::now();
+        let late: Vec<_> = self.adopted.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| *k).collect();
+        for key in late {
+            self.free_adopted(key, "did not register again in time");
+        }
+    }
+
+    /// Applies a changed default weight to the registered workers that did not ask for one.
+    fn apply_settings(&mut self) {
+        let (generation, weight) = {
+            let s = self.shared.settings();
+            (s.generation, s.default_weight)
+        };
+        if generation == self.settings_generation {
+            return;
+        }
+        self.settings_generation = generation;
+        for (&(svc, slot), w) in &self.workers {
+            if w.asked_weight == 0 {
+                if let Err(e) = self.shared.services[svc].group().set_weight(slot, weight) {
+                    log::warn!("setting the weight of slot {slot}: {e}");
+                }
+            }
         }
     }
 
@@ -435,7 +603,11 @@ impl Loop {
             Ok(c) => c,
             Err(e) => return self.reject(conn_fd, Status::Internal, &format!("SO_PEERCRED: {e}")),
         };
-        if cred.uid != 0 && !self.allowed.contains(&cred.uid) {
+        let (allowed, max_workers, default_weight) = {
+            let s = self.shared.settings();
+            (s.allowed_uids.contains(&cred.uid), s.max_workers, s.default_weight)
+        };
+        if cred.uid != 0 && !allowed {
             return self.reject(conn_fd, Status::UidNotAllowed, &format!("uid {} may not register here", cred.uid));
         }
         let facts = match listener::socket_facts(socket.as_fd()) {
@@ -473,6 +645,13 @@ impl Loop {
             Err(e) => return self.reject(conn_fd, Status::Internal, &format!("pidfd_open({}): {e}", cred.pid)),
         };
         let service = &self.shared.services[svc];
+        // A worker that owned a slot of the adopted group gets it back, counters and all.
+        let adopted = self.adopted.iter().find(|((s, _), a)| *s == svc && a.pid == cred.pid).map(|(k, _)| *k);
+        let held = self.workers.keys().filter(|(s, _)| *s == svc).count() + self.adopted.keys().filter(|(s, _)| *s == svc).count();
+        if adopted.is_none() && held >= max_workers as usize {
+            return self.reject(conn_fd, Status::NoFreeSlot, &format!("max_workers ({max_workers}) reached"));
+        }
+        let weight = if request.weight == 0 { default_weight } else { request.weight };
         let (slot, epoch) = {
             let mut group = service.group();
             // Attaching on every registration is idempotent and also covers a reuseport group
@@ -481,7 +660,10 @@ impl Loop {
                 drop(group);
                 return self.reject(conn_fd, Status::Internal, &format!("attaching the program: {e}"));
             }
-            let inserted = group.insert(&socket, cred.pid, request.weight);
+            let inserted = match adopted {
+                Some((_, slot)) => group.reuse(slot, &socket, cred.pid, weight).map(|epoch| (slot, epoch)),
+                None => group.insert(&socket, cred.pid, weight),
+            };
             match inserted {
                 Ok(x) => {
                     let reply = Reply::new(Status::Ok, x.0, x.1, "registered").encode();
@@ -505,12 +687,19 @@ impl Loop {
             }
         };
         self.shared.counters.replies[Status::Ok as usize].fetch_add(1, Ordering::Relaxed);
-        log::info!("worker {} registered on {} as slot {slot} (epoch {epoch})", cred.pid, service.addr);
         let key = (svc, slot);
+        if self.adopted.remove(&key).is_some() {
+            log::info!("worker {} registered again on {}: back in its slot {slot} (epoch {epoch}), counters kept", cred.pid, service.addr);
+        } else {
+            log::info!("worker {} registered on {} as slot {slot} (epoch {epoch})", cred.pid, service.addr);
+        }
         if let Some(c) = self.conns.get_mut(&raw) {
             c.worker = Some(key);
         }
-        self.workers.insert(key, Worker { pid: cred.pid, pidfd, listener: socket, conn: raw, prev_diff: 0, last_accepted: 0 });
+        self.workers.insert(
+            key,
+            Worker { pid: cred.pid, pidfd, listener: socket, conn: raw, prev_diff: 0, last_accepted: 0, asked_weight: request.weight },
+        );
         if let Some(parked) = self.parked.remove(&svc) {
             // Its queue migrates to the new worker.
             drop(parked);
@@ -557,6 +746,56 @@ impl Loop {
             self.remove_worker_and(key, true);
         }
     }
+}
+
+/// `uids`, or the controller's own uid when empty.
+fn allowed_or_own(uids: &[u32]) -> Vec<u32> {
+    if uids.is_empty() {
+        vec![unsafe { libc::geteuid() }]
+    } else {
+        uids.to_vec()
+    }
+}
+
+/// The occupied slots of adopted groups, each kept for its worker until it registers again. The
+/// slots of workers that exited while no controller ran are freed here.
+fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize, u32), Adopted> {
+    let mut out = HashMap::new();
+    for (svc, service) in shared.services.iter().enumerate() {
+        let mut group = service.group();
+        if !group.adopted() {
+            continue;
+        }
+        let slots = match group.slots() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("{}: reading the adopted slots: {e}", service.addr);
+                continue;
+            }
+        };
+        for view in slots {
+            match pidfd_open(view.pid) {
+                Ok(pidfd) => {
+                    log::info!(
+                        "{}: adopted slot {} of worker {} ({} selected so far): kept until it registers again",
+                        service.addr,
+                        view.slot,
+                        view.pid,
+                        view.selected_total
+                    );
+                    out.insert((svc, view.slot), Adopted { pid: view.pid, pidfd, deadline: Instant::now() + grace });
+                }
+                Err(e) => {
+                    let why = if e.raw_os_error() == Some(libc::ESRCH) { "exited while no controller ran".to_owned() } else { format!("cannot be watched ({e})") };
+                    log::info!("{}: worker {} of adopted slot {} {why}: slot freed", service.addr, view.pid, view.slot);
+                    if let Err(e) = group.remove(view.slot) {
+                        log::warn!("freeing slot {}: {e}", view.slot);
+                    }
+                }
+            }
+        }
+    }
+    out
 }
 
 // ---------------------------------------------------------------------------------------------

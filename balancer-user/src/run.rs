@@ -16,9 +16,9 @@ use std::{
 use anyhow::{bail, Context, Result};
 use balancer_common::{protocol, Policy};
 use balancer_user::{
+    metrics,
     registry::{Registry, RegistryOptions},
-    view,
-    Group, GroupOptions,
+    status, view, Group, GroupOptions,
 };
 
 #[derive(clap::Args, Debug)]
@@ -41,6 +41,16 @@ pub struct RunArgs {
     /// Redraw a live per-worker table every second instead of the status lines.
     #[arg(long)]
     view: bool,
+    /// Serve /metrics, /healthz and /status here (`reuselb status` and `reuselb top` read it).
+    /// If the address is taken, the app runs anyway, without them.
+    #[arg(long, value_name = "ADDR:PORT", default_value = crate::daemon::DEFAULT_METRICS_ADDR)]
+    metrics_addr: SocketAddr,
+    /// Serve no metrics at all.
+    #[arg(long, conflicts_with = "metrics_addr")]
+    no_metrics: bool,
+    /// Service name in the metrics and the status (default: the command's file name).
+    #[arg(long, value_name = "NAME")]
+    name: Option<String>,
     /// The app server and its arguments.
     #[arg(last = true, required = true, value_name = "COMMAND")]
     command: Vec<OsString>,
@@ -136,6 +146,10 @@ pub fn run(args: RunArgs) -> Result<i32> {
     log::info!("started {:?} (pid {}) with the shim preloaded, balancing {listen}", args.command[0], child.id());
 
     let registry = Arc::new(registry);
+    let name = args.name.clone().unwrap_or_else(|| {
+        std::path::Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "app".into())
+    });
+    let metrics = (!args.no_metrics).then(|| start_metrics(args.metrics_addr, &registry, name)).flatten();
     let stop = Arc::new(AtomicBool::new(false));
     let view = args.view;
     let status = (view || args.status_every > 0).then(|| {
@@ -164,6 +178,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
     if let Some(t) = status {
         let _ = t.join();
     }
+    // The metrics hold only a weak reference to the registry; stop them first anyway.
+    drop(metrics);
     match Arc::try_unwrap(registry) {
         Ok(r) => r.stop(),
         Err(_) => log::warn!("registry still in use at exit"),
@@ -175,6 +191,52 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     log::info!("app server exited ({status_code}); exiting with {code}");
     Ok(code)
+}
+
+/// The metrics server and the runtime it runs on; both stop when dropped (the server first: its
+/// task is aborted, then the runtime's thread ends).
+struct MetricsRunning {
+    _server: metrics::MetricsServer,
+    _runtime: tokio::runtime::Runtime,
+}
+
+/// Serves /metrics, /healthz and /status for `registry`, named `name`. `None` (with a warning)
+/// if that fails: the app runs anyway.
+fn start_metrics(addr: SocketAddr, registry: &Arc<Registry>, name: String) -> Option<MetricsRunning> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("reuselb-metrics").enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            log::warn!("no metrics: cannot start the async runtime: {e}");
+            return None;
+        }
+    };
+    let started = Instant::now();
+    let weak = Arc::downgrade(registry);
+    let report = move || status::Report {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        mode: "run".to_owned(),
+        uptime_seconds: started.elapsed().as_secs(),
+        services: weak.upgrade().map(|r| status::collect(&name, &r)).unwrap_or_default(),
+    };
+    let m = Arc::new(metrics::Metrics::new());
+    let for_metrics = report.clone();
+    m.set_source(move || for_metrics().to_metrics());
+    m.set_status_source(report);
+    let weak = Arc::downgrade(registry);
+    let health = move || match weak.upgrade() {
+        Some(r) if r.is_running() => Ok(()),
+        _ => Err("the registration thread stopped".to_owned()),
+    };
+    match runtime.block_on(metrics::serve(addr, m, health)) {
+        Ok(server) => {
+            log::info!("metrics on http://{}/metrics, status on /status (reuselb status --addr {})", server.local_addr(), server.local_addr());
+            Some(MetricsRunning { _server: server, _runtime: runtime })
+        }
+        Err(e) => {
+            log::warn!("no metrics: cannot serve on {addr}: {e} (choose another with --metrics-addr, or --no-metrics)");
+            None
+        }
+    }
 }
 
 /// The live per-worker tables of every service. On a terminal each frame replaces the last, so

@@ -1,0 +1,451 @@
+//! `reuselb daemon` as it runs on a host: the real binary with a config file, real uWSGI workers
+//! with the shim, metrics and `/status` scraped over HTTP, signals (SIGHUP, SIGKILL) sent to it.
+//!
+//! Every test has its own loopback ports, a temp dir (config, shim sockets, logs) and its own pin
+//! path `/sys/fs/bpf/reuselb-test-<pid>-<name>`, removed when the test ends however it ends; every
+//! process it starts is killed with its process group. The load tests run one at a time.
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Command,
+    sync::{Mutex, MutexGuard},
+    time::{Duration, Instant},
+};
+
+use balancer_user::status::{Report, ServiceReport};
+use integration_tests::apps::{
+    self, free_port, require, reuselb_bin, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig,
+    UwsgiProto,
+};
+
+const CONCURRENCY: usize = 48;
+const PATH: &str = "/?ms=5";
+const MAX_IMBALANCE: f64 = 1.25;
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// The test's pin path in bpffs, removed when dropped.
+struct PinPath(PathBuf);
+
+impl PinPath {
+    fn new(name: &str) -> Self {
+        let p = PathBuf::from(format!("/sys/fs/bpf/reuselb-test-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        Self(p)
+    }
+}
+
+impl Drop for PinPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// One service of a test config: name, listen address, more YAML lines (indented 4).
+struct Svc<'a> {
+    name: &'a str,
+    addr: SocketAddr,
+    extra: &'a str,
+}
+
+fn write_config(dir: &TempDir, file: &str, pin: &PinPath, services: &[Svc]) -> PathBuf {
+    let mut text = format!("shim_socket_dir: {}\npin_path: {}\nservices:\n", dir.path().join("sock").display(), pin.0.display());
+    for s in services {
+        text.push_str(&format!("  - name: {}\n    listen: \"{}\"\n", s.name, s.addr));
+        for line in s.extra.lines().filter(|l| !l.trim().is_empty()) {
+            text.push_str(&format!("    {}\n", line.trim()));
+        }
+    }
+    let path = dir.path().join(file);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn shim_socket(dir: &TempDir, name: &str) -> PathBuf {
+    dir.path().join("sock").join(format!("{name}.sock"))
+}
+
+/// `reuselb daemon --config FILE --metrics-addr ADDR`, logging to `log`; waits until /healthz
+/// answers 200.
+fn spawn_daemon(config: &Path, metrics: SocketAddr, log: &Path) -> Proc {
+    let mut cmd = Command::new(reuselb_bin());
+    cmd.arg("daemon").arg("--config").arg(config).arg("--metrics-addr").arg(metrics.to_string());
+    let p = Proc::spawn("reuselb daemon", cmd, log);
+    assert!(
+        wait_until(Duration::from_secs(30), || http_get(metrics, "/healthz").is_some_and(|(code, _)| code == 200)),
+        "the daemon did not come up: {}",
+        p.log_tail(30)
+    );
+    p
+}
+
+/// GET over HTTP/1.0: status code and body.
+fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).ok()?;
+    let mut text = String::new();
+    s.read_to_string(&mut text).ok()?;
+    let (head, body) = text.split_once("\r\n\r\n")?;
+    let code = head.split(' ').nth(1)?.parse().ok()?;
+    Some((code, body.to_owned()))
+}
+
+fn status(metrics: SocketAddr) -> Report {
+    let (code, body) = http_get(metrics, "/status").expect("/status answers");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /status JSON ({e}): {body}"))
+}
+
+fn service<'a>(report: &'a Report, name: &str) -> Option<&'a ServiceReport> {
+    report.services.iter().find(|s| s.name == name)
+}
+
+/// `(pid, slot)` of each worker of `name`, sorted by slot.
+fn workers(metrics: SocketAddr, name: &str) -> Vec<(u32, u32)> {
+    let r = status(metrics);
+    let mut v: Vec<(u32, u32)> = service(&r, name).map(|s| s.workers.iter().map(|w| (w.pid, w.slot)).collect()).unwrap_or_default();
+    v.sort_by_key(|w| w.1);
+    v
+}
+
+fn scrape(metrics: SocketAddr) -> String {
+    let (code, body) = http_get(metrics, "/metrics").expect("/metrics answers");
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
+/// Samples of `metric` whose labels include `service="name"`: (labels, value).
+fn samples(text: &str, metric: &str, name: &str) -> Vec<(String, f64)> {
+    let svc = format!("service=\"{name}\"");
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{metric}{{")) && l.contains(&svc))
+        .filter_map(|l| {
+            let (labels, value) = l.rsplit_once(' ')?;
+            Some((labels.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn label(labels: &str, key: &str) -> Option<String> {
+    labels.split(&format!("{key}=\"")).nth(1)?.split('"').next().map(str::to_owned)
+}
+
+/// uWSGI with the shim, registering on the daemon's socket of service `name`.
+fn spawn_uwsgi(dir: &TempDir, name: &str, cfg: &UwsgiConfig) -> Proc {
+    let app = spawn_with_shim(&cfg.command_line(), cfg.addr, &shim_socket(dir, name), &dir.path().join(format!("uwsgi-{name}.log")));
+    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI {name} did not start: {}", app.log_tail(30));
+    app
+}
+
+fn wait_registered(metrics: SocketAddr, name: &str, n: usize, daemon: &Proc) {
+    assert!(
+        wait_until(Duration::from_secs(20), || workers(metrics, name).len() == n),
+        "service {name}: {:?} registered, expected {n}\n{}",
+        workers(metrics, name),
+        daemon.log_tail(40)
+    );
+}
+
+fn wait_serving(addr: SocketAddr) {
+    let request = format!("GET /?ms=0 HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    assert!(wait_until(Duration::from_secs(20), || apps::one_request(addr, &request).is_ok()), "{addr} does not serve");
+}
+
+fn stats_delta(before: &[(u32, u64)], after: &[(u32, u64)]) -> Vec<u64> {
+    after.iter().map(|(pid, n)| n - before.iter().find(|(p, _)| p == pid).map(|(_, b)| *b).unwrap_or(0)).collect()
+}
+
+/// Sum of `reuselb_worker_selected_total` of a service.
+fn selected_sum(metrics: SocketAddr, name: &str) -> f64 {
+    samples(&scrape(metrics), "reuselb_worker_selected_total", name).iter().map(|(_, v)| v).sum()
+}
+
+/// Waits until every worker of `name` reads 0 in flight; how long it took.
+fn wait_idle(metrics: SocketAddr, name: &str, timeout: Duration) -> Option<Duration> {
+    let start = Instant::now();
+    wait_until(timeout, || status(metrics).services.iter().filter(|s| s.name == name).all(|s| s.workers.iter().all(|w| w.inflight == 0)))
+        .then(|| start.elapsed())
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn check_config_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
+    let dir = TempDir::new("daemon-check");
+    let pin = PinPath::new("check");
+    let good = write_config(&dir, "good.yaml", &pin, &[Svc { name: "web", addr: loopback(8000), extra: "policy: p2c" }]);
+    let out = Command::new(reuselb_bin()).arg("check-config").arg(&good).output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "good file refused: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("OK"), "{stdout}");
+
+    // (file text, what stderr must say)
+    let bad: &[(&str, &str)] = &[
+        ("services:\n  - name: web\n    listen: 127.0.0.1:8000\n    policy: fastest\n", "bad0.yaml:4:13: services[0].policy: unknown policy `fastest`"),
+        ("services:\n  - name: web\n    listen: 127.0.0.1:8000\n    colour: blue\n", "bad1.yaml:4:5: services[0]: unknown field `colour`"),
+        (
+            "services:\n  - name: web\n    listen: 127.0.0.1:8000\n  - name: web\n    listen: 127.0.0.1:8001\n",
+            "bad2.yaml:4:11: services[1].name: duplicate service name `web`",
+        ),
+        ("services:\n  - name: web\n    listen: 127.0.0.1:0\n", "bad3.yaml:3:13: services[0].listen: invalid listen address `127.0.0.1:0`"),
+    ];
+    for (i, (text, expected)) in bad.iter().enumerate() {
+        let path = dir.path().join(format!("bad{i}.yaml"));
+        std::fs::write(&path, text).unwrap();
+        let out = Command::new(reuselb_bin()).arg("check-config").arg(&path).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        println!("bad{i}.yaml: exit {:?}: {}", out.status.code(), stderr.trim());
+        assert_eq!(out.status.code(), Some(1), "bad{i}.yaml accepted: {stderr}");
+        assert!(stderr.contains(expected), "bad{i}.yaml: expected `{expected}` in: {stderr}");
+    }
+}
+
+#[test]
+fn two_services_in_one_daemon_are_balanced_and_counted() {
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("daemon-two");
+    let pin = PinPath::new("two");
+    let (a, b) = (UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http), UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http));
+    let metrics = loopback(free_port());
+    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "alpha", addr: a.addr, extra: "" }, Svc { name: "beta", addr: b.addr, extra: "policy: p2c" }]);
+    let daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon.log"));
+    let _app_a = spawn_uwsgi(&dir, "alpha", &a);
+    let _app_b = spawn_uwsgi(&dir, "beta", &b);
+    for (name, cfg) in [("alpha", &a), ("beta", &b)] {
+        wait_registered(metrics, name, cfg.processes as usize, &daemon);
+        wait_serving(cfg.addr);
+    }
+
+    for (name, cfg) in [("alpha", &a), ("beta", &b)] {
+        // Let the last warm-up connection close, then count what the load alone makes.
+        std::thread::sleep(Duration::from_millis(300));
+        let selected_before = selected_sum(metrics, name);
+        let before = cfg.stats().unwrap();
+        let report = Load::run(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(6));
+        std::thread::sleep(Duration::from_millis(300));
+        let after = cfg.stats().unwrap();
+        let counts = stats_delta(&before, &after);
+        let ratio = LoadReport::imbalance(&counts);
+        let text = scrape(metrics);
+        let selected: f64 = samples(&text, "reuselb_worker_selected_total", name).iter().map(|(_, v)| v).sum::<f64>() - selected_before;
+        let fallbacks: f64 = samples(&text, "reuselb_fallbacks_total", name).iter().map(|(_, v)| v).sum();
+        let served: u64 = counts.iter().sum();
+        println!(
+            "{name}: busiest/ideal {ratio:.3}, per worker {counts:?}; ok {}, failed {}; uWSGI served {served}, program selected {selected}, fallbacks {fallbacks}",
+            report.ok, report.failed
+        );
+        assert_eq!(report.failed, 0, "{name}: requests failed: {:?}", report.errors);
+        assert!(counts.iter().all(|&n| n > 0), "{name}: a worker served nothing: {counts:?}");
+        assert!(ratio <= MAX_IMBALANCE, "{name}: busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}");
+        // Each request is one connection, selected once.
+        let requests = (report.ok + report.failed) as f64;
+        assert!((selected - requests).abs() <= 2.0 + requests * 0.002, "{name}: selected {selected} for {requests} requests");
+        assert!((served as f64 - requests).abs() <= 2.0 + requests * 0.002, "{name}: uWSGI served {served} for {requests} requests");
+        assert_eq!(fallbacks, 0.0, "{name}: fallbacks: {:?}", samples(&text, "reuselb_fallbacks_total", name));
+
+        // Eight workers, one series each, with uWSGI's own pids.
+        let n = samples(&text, "reuselb_workers", name);
+        assert_eq!(n.len(), 1, "{name}: {n:?}");
+        assert_eq!(n[0].1, cfg.processes as f64, "{name}: reuselb_workers");
+        let mut metric_pids: Vec<u32> =
+            samples(&text, "reuselb_worker_inflight", name).iter().filter_map(|(l, _)| label(l, "pid")?.parse().ok()).collect();
+        let mut uwsgi_pids: Vec<u32> = after.iter().map(|w| w.0).collect();
+        metric_pids.sort();
+        uwsgi_pids.sort();
+        assert_eq!(metric_pids, uwsgi_pids, "{name}: per-worker series");
+    }
+    let text = scrape(metrics);
+    let info = samples(&text, "reuselb_service_info", "beta");
+    assert!(info.len() == 1 && info[0].0.contains("policy=\"p2c\""), "{info:?}");
+    let idle = wait_idle(metrics, "alpha", Duration::from_secs(2)).and(wait_idle(metrics, "beta", Duration::from_secs(2)));
+    assert!(idle.is_some(), "loads did not return to 0: {:?}", status(metrics));
+}
+
+#[test]
+fn daemon_killed_under_load_is_adopted_by_the_next_one() {
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("daemon-kill");
+    let pin = PinPath::new("kill");
+    let cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+    let metrics = loopback(free_port());
+    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "" }]);
+    let mut daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon-1.log"));
+    let app = spawn_uwsgi(&dir, "web", &cfg);
+    wait_registered(metrics, "web", cfg.processes as usize, &daemon);
+    wait_serving(cfg.addr);
+    let before = workers(metrics, "web");
+
+    let load = Load::start(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(40));
+    std::thread::sleep(Duration::from_secs(3));
+    let selected_at_kill: Vec<(u32, u64)> = status(metrics).services[0].workers.iter().map(|w| (w.pid, w.selected)).collect();
+    daemon.signal(libc::SIGKILL);
+    assert!(daemon.wait_timeout(Duration::from_secs(5)).is_some(), "the daemon survived SIGKILL");
+    // No daemon: the attached program keeps balancing.
+    let down_before = cfg.stats().unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let down_after = cfg.stats().unwrap();
+    let down = stats_delta(&down_before, &down_after);
+    let down_ratio = LoadReport::imbalance(&down);
+
+    let restarted_at = Instant::now();
+    let daemon2 = spawn_daemon(&config, metrics, &dir.path().join("daemon-2.log"));
+    // The adopted slots show at once; wait for every worker to have registered again.
+    let log2 = dir.path().join("daemon-2.log");
+    let back = wait_until(Duration::from_secs(15), || {
+        std::fs::read_to_string(&log2).unwrap_or_default().matches("registered again").count() == cfg.processes as usize
+            && workers(metrics, "web") == before
+    });
+    let took = restarted_at.elapsed();
+    std::thread::sleep(Duration::from_secs(3));
+    let report = load.finish();
+    let after = status(metrics);
+    let web = service(&after, "web").unwrap();
+    println!(
+        "kill -9 under load: while down busiest/ideal {down_ratio:.3} {down:?}; every worker back in its slot after {took:?}; ok {}, failed {} {:?}",
+        report.ok, report.failed, report.errors
+    );
+    assert!(back, "workers not back in their slots: before {before:?}, now {:?}\n{}", workers(metrics, "web"), daemon2.log_tail(40));
+    assert!(web.adopted, "the group was not adopted");
+    assert_eq!(report.failed, 0, "requests failed across the daemon's death and restart: {:?}", report.errors);
+    assert!(down.iter().all(|&n| n > 0) && down_ratio <= MAX_IMBALANCE, "not balanced while the daemon was down: {down:?}");
+    // Counters kept: each worker's selections went on from where they were.
+    for (pid, at_kill) in &selected_at_kill {
+        let now = web.workers.iter().find(|w| w.pid == *pid).map(|w| w.selected).unwrap_or(0);
+        assert!(now > *at_kill, "worker {pid}: selected {now} after the restart, {at_kill} before: counters reset?");
+    }
+    let log = std::fs::read_to_string(&log2).unwrap();
+    assert_eq!(log.matches("registered again").count(), cfg.processes as usize, "{log}");
+    let idle = wait_idle(metrics, "web", Duration::from_secs(2));
+    println!("loads back to 0 after {idle:?}");
+    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}\n{}", status(metrics), app.log_tail(10));
+}
+
+#[test]
+fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("daemon-dead");
+    let pin = PinPath::new("dead");
+    let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+    cfg.processes = 4;
+    cfg.threads = 4;
+    let metrics = loopback(free_port());
+    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "" }]);
+    let mut daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon-1.log"));
+    let app = spawn_uwsgi(&dir, "web", &cfg);
+    wait_registered(metrics, "web", 4, &daemon);
+    let before = workers(metrics, "web");
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_timeout(Duration::from_secs(5));
+    let (victim, victim_slot) = before[1];
+    unsafe { libc::kill(victim as i32, libc::SIGKILL) };
+    // uWSGI's master starts a new worker, which cannot register yet.
+    assert!(
+        wait_until(Duration::from_secs(15), || cfg.stats().is_some_and(|w| w.len() == 4 && w.iter().all(|(p, _)| *p != 0 && *p != victim))),
+        "uWSGI did not replace worker {victim}: {:?}",
+        cfg.stats()
+    );
+    let daemon2 = spawn_daemon(&config, metrics, &dir.path().join("daemon-2.log"));
+    let uwsgi_pids = || {
+        let mut p: Vec<u32> = cfg.stats().unwrap_or_default().iter().map(|w| w.0).collect();
+        p.sort();
+        p
+    };
+    let settled = wait_until(Duration::from_secs(15), || {
+        let mut now: Vec<u32> = workers(metrics, "web").iter().map(|w| w.0).collect();
+        now.sort();
+        now == uwsgi_pids()
+    });
+    let now = workers(metrics, "web");
+    println!("before {before:?}; killed {victim} while the daemon was down; after the restart {now:?}");
+    assert!(settled, "slots {now:?} != uWSGI workers {:?}\n{}\n{}", uwsgi_pids(), daemon2.log_tail(30), app.log_tail(10));
+    for w in &before {
+        if w.0 != victim {
+            assert!(now.contains(w), "worker {w:?} lost its slot: {now:?}");
+        }
+    }
+    let log = std::fs::read_to_string(dir.path().join("daemon-2.log")).unwrap();
+    assert!(log.contains(&format!("worker {victim} of adopted slot {victim_slot} exited while no controller ran")), "{log}");
+}
+
+#[test]
+fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("daemon-hup");
+    let pin = PinPath::new("hup");
+    let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+    cfg.processes = 4;
+    cfg.threads = 4;
+    let metrics = loopback(free_port());
+    let extra_addr = loopback(free_port());
+    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "policy: least-loaded" }]);
+    let daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon.log"));
+    let _app = spawn_uwsgi(&dir, "web", &cfg);
+    wait_registered(metrics, "web", 4, &daemon);
+    let pids = workers(metrics, "web");
+
+    // A good file: web's policy changes in place, a service is added.
+    write_config(
+        &dir,
+        "reuselb.yaml",
+        &pin,
+        &[Svc { name: "web", addr: cfg.addr, extra: "policy: round-robin\nmax_workers: 4" }, Svc { name: "extra", addr: extra_addr, extra: "" }],
+    );
+    daemon.signal(libc::SIGHUP);
+    let applied = wait_until(Duration::from_secs(20), || {
+        let r = status(metrics);
+        service(&r, "web").is_some_and(|s| s.policy == "round-robin") && service(&r, "extra").is_some()
+    });
+    assert!(applied, "the good file was not applied: {:?}\n{}", status(metrics), daemon.log_tail(20));
+    assert_eq!(workers(metrics, "web"), pids, "a live update moved workers");
+    assert!(shim_socket(&dir, "extra").exists(), "the added service has no registration socket");
+    // max_workers is now 4, and 4 are registered: a fifth is refused, and counted.
+    {
+        use std::os::fd::AsRawFd;
+        let fifth = balancer_user::listener::bind_reuseport(cfg.addr, 16).unwrap();
+        let msg = balancer_common::protocol::Register::new(std::process::id(), 0).encode();
+        let reply = integration_tests::shim_client::register_raw(&shim_socket(&dir, "web"), &msg, &[fifth.as_raw_fd()]);
+        assert_eq!(reply.status(), balancer_common::protocol::Status::NoFreeSlot, "{}", reply.reason());
+        println!("fifth worker: {}", reply.reason());
+        let rejected = samples(&scrape(metrics), "reuselb_registrations_rejected_total", "web");
+        assert!(rejected.iter().any(|(l, v)| l.contains("reason=\"no_free_slot\"") && *v == 1.0), "{rejected:?}");
+    }
+
+    // A bad file: refused, logged with its position, and the running config stays.
+    std::fs::write(&config, "services:\n  - name: web\n    listen: 127.0.0.1:1\n    policy: fastest\n").unwrap();
+    daemon.signal(libc::SIGHUP);
+    let logged = wait_until(Duration::from_secs(10), || daemon.log_text().contains("reload refused"));
+    let log = daemon.log_text();
+    let line = log.lines().find(|l| l.contains("reload refused")).unwrap_or("").to_owned();
+    println!("bad reload: {line}");
+    assert!(logged, "no refusal logged: {}", daemon.log_tail(20));
+    assert!(line.contains("reuselb.yaml:4:13: services[0].policy: unknown policy `fastest`"), "{line}");
+    let r = status(metrics);
+    assert!(service(&r, "web").is_some_and(|s| s.policy == "round-robin") && service(&r, "extra").is_some(), "{r:?}");
+    assert_eq!(workers(metrics, "web"), pids);
+    wait_serving(cfg.addr);
+    let text = scrape(metrics);
+    assert!(text.contains("reuselb_config_reloads_total{outcome=\"success\"} 1"), "{text}");
+    assert!(text.contains("reuselb_config_reloads_total{outcome=\"failure\"} 1"), "{text}");
+
+    // Removing a service stops it and removes its pins.
+    write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "policy: round-robin" }]);
+    daemon.signal(libc::SIGHUP);
+    assert!(wait_until(Duration::from_secs(10), || service(&status(metrics), "extra").is_none()), "{}", daemon.log_tail(20));
+    // (It leaves /status first, then stops.)
+    let gone = wait_until(Duration::from_secs(5), || !pin.0.join("extra").exists() && !shim_socket(&dir, "extra").exists());
+    assert!(gone, "the removed service's pins or socket are still there: {}", daemon.log_tail(10));
+    assert_eq!(workers(metrics, "web"), pids);
+}
