@@ -7,6 +7,7 @@ use std::{
         fd::{AsRawFd, OwnedFd},
         unix::process::CommandExt,
     },
+    path::PathBuf,
     process::Command,
     thread,
 };
@@ -64,6 +65,12 @@ impl NetNs {
             self.enter().expect("entering the test namespace");
             f()
         })
+    }
+
+    /// A path to the namespace that other processes (run as root) can open: `/proc/<pid>/fd/<n>`
+    /// of this process.
+    pub fn proc_path(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/fd/{}", std::process::id(), self.fd.as_raw_fd()))
     }
 
     /// A command that runs inside the namespace.

@@ -12,11 +12,13 @@ use std::{
     time::{Duration, Instant},
 };
 
+use balancer_common::protocol;
 use balancer_user::status::{Report, ServiceReport};
 use integration_tests::apps::{
     self, free_port, require, reuselb_bin, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig,
     UwsgiProto,
 };
+use integration_tests::NetNs;
 
 const CONCURRENCY: usize = 48;
 const PATH: &str = "/?ms=5";
@@ -448,4 +450,65 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     let gone = wait_until(Duration::from_secs(5), || !pin.0.join("extra").exists() && !shim_socket(&dir, "extra").exists());
     assert!(gone, "the removed service's pins or socket are still there: {}", daemon.log_tail(10));
     assert_eq!(workers(metrics, "web"), pids);
+}
+
+/// Two "pods": two network namespaces, each running uWSGI with the shim on the same address and
+/// port, registered with one daemon as two services (`netns:`). Each gets its own program and
+/// maps; load on one never selects, or reaches, the other's workers.
+#[test]
+fn two_pods_in_two_network_namespaces_are_balanced_apart() {
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("daemon-pods");
+    let pin = PinPath::new("pods");
+    let pods = [NetNs::new().expect("creating a network namespace"), NetNs::new().expect("creating a network namespace")];
+    // The same address and port inside both namespaces.
+    let cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+    let names = ["pod-a", "pod-b"];
+    let extras: Vec<String> = pods.iter().map(|ns| format!("netns: {}", ns.proc_path().display())).collect();
+    let svcs: Vec<Svc> = names.iter().zip(&extras).map(|(name, extra)| Svc { name, addr: cfg.addr, extra }).collect();
+    let config = write_config(&dir, "reuselb.yaml", &pin, &svcs);
+    let metrics = loopback(free_port());
+    let daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon.log"));
+
+    let mut apps = Vec::new();
+    for (ns, name) in pods.iter().zip(names) {
+        let cmdline = cfg.command_line();
+        let mut cmd = ns.command(&cmdline[0]);
+        cmd.args(&cmdline[1..])
+            .env("LD_PRELOAD", apps::shim_lib())
+            .env(protocol::ENV_LISTEN, cfg.addr.to_string())
+            .env(protocol::ENV_SOCKET, shim_socket(&dir, name));
+        apps.push(Proc::spawn(name, cmd, &dir.path().join(format!("uwsgi-{name}.log"))));
+        assert!(ns.run(|| cfg.wait_ready(Duration::from_secs(30))), "uWSGI in {name} did not start");
+        wait_registered(metrics, name, cfg.processes as usize, &daemon);
+    }
+    let pids = |ns: &NetNs| -> Vec<u32> { ns.run(|| cfg.stats().unwrap()).iter().map(|w| w.0).collect() };
+    let pod_pids = [pids(&pods[0]), pids(&pods[1])];
+    for (i, name) in names.iter().enumerate() {
+        let mut registered: Vec<u32> = workers(metrics, name).iter().map(|w| w.0).collect();
+        let mut expected = pod_pids[i].clone();
+        registered.sort();
+        expected.sort();
+        assert_eq!(registered, expected, "{name}'s slots hold other workers than its own");
+    }
+
+    for (i, (ns, name)) in pods.iter().zip(names).enumerate() {
+        let other = names[1 - i];
+        let (selected_before, other_before) = (selected_sum(metrics, name), selected_sum(metrics, other));
+        let before = ns.run(|| cfg.stats().unwrap());
+        let report = ns.run(|| Load::run(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(5)));
+        std::thread::sleep(Duration::from_millis(300));
+        let after = ns.run(|| cfg.stats().unwrap());
+        let counts = stats_delta(&before, &after);
+        let ratio = LoadReport::imbalance(&counts);
+        let (selected, other_selected) = (selected_sum(metrics, name) - selected_before, selected_sum(metrics, other) - other_before);
+        println!("{name}: busiest/ideal {ratio:.3}, per worker {counts:?}; ok {}, failed {}; selected {selected}, {other} selected {other_selected}", report.ok, report.failed);
+        assert_eq!(report.failed, 0, "{name}: requests failed: {:?}", report.errors);
+        assert!(counts.iter().all(|&n| n > 0), "{name}: a worker served nothing: {counts:?}");
+        assert!(ratio <= MAX_IMBALANCE, "{name}: busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}");
+        assert!(selected >= report.ok as f64, "{name}: its program selected {selected} for {} requests", report.ok);
+        assert_eq!(other_selected, 0.0, "load on {name} selected {other}'s workers");
+    }
+    drop(apps);
 }
