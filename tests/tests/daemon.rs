@@ -512,3 +512,83 @@ fn two_pods_in_two_network_namespaces_are_balanced_apart() {
     }
     drop(apps);
 }
+
+/// Resident memory (kB) and open descriptors of a process.
+fn footprint(pid: u32) -> (u64, usize) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0);
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
+    (rss, fds)
+}
+
+/// The soak: steady load while workers recycle (max-requests), a worker is SIGKILLed every few
+/// seconds, and the daemon is killed with -9 and started again halfway. Bounded by SOAK_SECONDS
+/// (default 120; `cargo xtask soak --minutes N` sets it). Passes when no request fails beyond those
+/// in flight on killed workers, the daemon's memory and descriptors stay flat, and every load
+/// reads 0 once idle.
+#[test]
+fn soak_under_worker_churn_kills_and_daemon_restarts() {
+    let _serial = serial();
+    require("uwsgi");
+    let seconds: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let dir = TempDir::new("daemon-soak");
+    let pin = PinPath::new("soak");
+    let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+    cfg.max_requests = Some(200);
+    cfg.extra.extend(["--worker-reload-mercy".into(), "5".into()]);
+    let metrics = loopback(free_port());
+    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "soak", addr: cfg.addr, extra: "" }]);
+    let log = dir.path().join("daemon.log");
+    let mut daemon = spawn_daemon(&config, metrics, &log);
+    let _app = spawn_uwsgi(&dir, "soak", &cfg);
+    wait_registered(metrics, "soak", cfg.processes as usize, &daemon);
+    wait_serving(cfg.addr);
+
+    let duration = Duration::from_secs(seconds);
+    let start = Instant::now();
+    let mut kills = 0u64;
+    let mut footprints = Vec::new();
+    let report = std::thread::scope(|s| {
+        let load = s.spawn(|| Load::run(cfg.addr, 16, PATH, duration));
+        let mut restarted = false;
+        let mut next_kill = start + Duration::from_secs(5);
+        while start.elapsed() < duration {
+            std::thread::sleep(Duration::from_millis(200));
+            if !restarted && start.elapsed() >= duration / 2 {
+                footprints.push(("before restart", footprint(daemon.pid())));
+                daemon.signal(libc::SIGKILL);
+                daemon.wait_timeout(Duration::from_secs(5));
+                std::thread::sleep(Duration::from_secs(1));
+                daemon = spawn_daemon(&config, metrics, &log);
+                restarted = true;
+                std::thread::sleep(Duration::from_secs(3));
+                footprints.push(("after restart", footprint(daemon.pid())));
+            }
+            if Instant::now() >= next_kill {
+                if let Some(&(pid, _)) = cfg.stats().and_then(|w| w.get(kills as usize % w.len()).copied()).as_ref() {
+                    if pid != 0 {
+                        // SAFETY: a signal to one of uWSGI's workers.
+                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                        kills += 1;
+                    }
+                }
+                next_kill = Instant::now() + Duration::from_secs(5);
+            }
+        }
+        load.join().expect("load thread")
+    });
+    footprints.push(("end", footprint(daemon.pid())));
+    let idle = wait_idle(metrics, "soak", Duration::from_secs(2));
+    println!(
+        "soak {seconds} s: ok {}, failed {}, workers killed {kills}, daemon restarted once; daemon (rss kB, fds): {footprints:?}; idle after {idle:?}",
+        report.ok, report.failed
+    );
+    // A killed worker loses what it had in flight: at most its threads' requests.
+    let allowed = kills * cfg.threads as u64;
+    assert!(report.failed <= allowed, "{} requests failed, more than the {allowed} in flight on {kills} killed workers: {:?}", report.failed, report.errors);
+    assert!(report.ok > 0);
+    let (after, end) = (footprints[1].1, footprints[2].1);
+    assert!(end.0 <= after.0 + after.0 / 2 + 4096, "daemon memory grew: {footprints:?}");
+    assert!(end.1 <= after.1 + 16, "daemon descriptors grew: {footprints:?}");
+    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", status(metrics));
+}

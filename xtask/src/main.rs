@@ -7,6 +7,7 @@ mod command;
 mod privilege;
 mod run;
 mod setup;
+mod soak;
 mod test;
 mod workspace;
 
@@ -43,6 +44,12 @@ enum Task {
     /// Build, then the demo: uWSGI (8 processes x 20 threads) balanced by reuselb under a
     /// bounded wrk load, with reuselb's live per-worker view.
     Run(run::DemoArgs),
+    /// Build, then soak: steady load with worker churn and kills and a daemon restart (bounded).
+    Soak {
+        /// How long, in minutes (every `cargo xtask test` runs two).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+    },
     /// Build, then run the benchmarks.
     Bench {
         /// Which benchmark to run.
@@ -74,5 +81,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
         Task::Run(args) => run::run(&ws, &args),
         Task::Bench { what, args } => bench::run(&ws, &what, &args),
+        Task::Soak { minutes } => soak::run(&ws, minutes),
     }
 }
