@@ -1,4 +1,7 @@
 //! Benchmarks of reuselb, run by `cargo xtask bench <name>` (see `src/bin/bench.rs`).
+pub mod chart;
+pub mod compare;
+pub mod loadgen;
 pub mod rig;
 pub mod selector;
 pub mod sk_pass;
@@ -11,16 +14,24 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 /// The benches there are: name and what it measures.
-pub const BENCHES: &[(&str, &str)] = &[(
-    "selector",
-    "ns per selection (kernel BPF run-time stats) for 1/8/64/256 workers vs an SK_PASS-only program, \
-     and connection rate with vs without the program",
-)];
+pub const BENCHES: &[(&str, &str)] = &[
+    (
+        "selector",
+        "ns per selection (kernel BPF run-time stats) for 1/8/64/256 workers vs an SK_PASS-only program, \
+         and connection rate with vs without the program",
+    ),
+    (
+        "compare",
+        "nginx -> uWSGI: shared socket, thunder-lock, kernel hash, fastrouter, nginx least_conn, reuselb \
+         least-loaded and p2c; throughput, latency at fixed rates, balance, wake-ups, CPU (--full: longer)",
+    ),
+];
 
 /// Runs the bench `name` with its arguments; returns its markdown report.
 pub fn run(name: &str, args: &[String]) -> Result<String> {
     match name {
         "selector" => selector::run(&selector::Options::parse(args)?),
+        "compare" => compare::run(&compare::Options::parse(args)?),
         _ => bail!("unknown bench `{name}`; valid: {}, all", names().join(", ")),
     }
 }

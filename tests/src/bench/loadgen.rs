@@ -1,0 +1,507 @@
+//! A small HTTP/1.0 load generator on one thread (epoll, non-blocking sockets), open or closed loop.
+//!
+//! Every request is a fresh connection (`GET path HTTP/1.0`, the server closes), as a browser or a
+//! proxy without keep-alive makes them: the balancers under test place connections.
+//!
+//! - **Open loop** at a fixed offered rate: requests are *scheduled* as a Poisson process (seeded,
+//!   so every configuration sees the same arrival times and the same request mix), and each one's
+//!   latency runs from its **scheduled** send time, not from when the generator got round to it.
+//!   A slow answer therefore never delays the next request, and a server that stalls is charged for
+//!   every request that should have been sent meanwhile: no coordinated omission.
+//! - **Closed loop** with `clients` connections in flight: each completion starts the next request;
+//!   throughput is what completed within the window.
+//!
+//! Everything is bounded: the run's length, the requests in flight (open loop), each request's
+//! time, and the drain after the window. A request that fails, times out or could not be sent
+//! counts as failed and as an infinitely slow one in the percentiles.
+use std::{
+    collections::HashMap,
+    io,
+    mem::size_of,
+    net::{SocketAddr, SocketAddrV4},
+    os::fd::RawFd,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Result};
+
+/// Set by SIGINT/SIGTERM (see [`install_interrupt_handler`]): the generator stops with an error, so
+/// the caller unwinds and its guards kill every server.
+pub static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Routes SIGINT, SIGTERM and SIGHUP to [`INTERRUPTED`] instead of killing the process outright
+/// (which would skip the Drop guards and leave servers running).
+pub fn install_interrupt_handler() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t) };
+    }
+}
+
+pub fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::SeqCst) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// xorshift64*: a deterministic, seedable generator (the request mix and the arrival times).
+#[derive(Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Exponential with the given mean.
+    pub fn exp(&mut self, mean: f64) -> f64 {
+        -mean * (1.0 - self.unit()).ln()
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+pub enum Mode {
+    /// `clients` requests always in flight.
+    Closed { clients: usize },
+    /// Poisson arrivals at `rate` requests per second.
+    Open { rate: f64 },
+}
+
+/// One run of the generator.
+pub struct Spec<'a> {
+    pub addr: SocketAddr,
+    /// The request paths there are, and for each request which one to send (given the mix RNG).
+    pub paths: &'a [String],
+    pub pick: &'a dyn Fn(&mut Rng) -> usize,
+    pub mode: Mode,
+    /// Requests are started during this window.
+    pub duration: Duration,
+    pub seed: u64,
+    /// A request not answered within this time fails.
+    pub timeout: Duration,
+    /// Open loop: at most this many requests in flight; one more scheduled counts as failed.
+    pub max_inflight: usize,
+    /// After the window, wait at most this long for the requests still in flight.
+    pub drain: Duration,
+}
+
+/// What a run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Outcome {
+    /// Requests scheduled (open loop) or started (closed loop) within the window.
+    pub started: u64,
+    pub ok: u64,
+    pub failed: u64,
+    /// Closed loop: requests answered within the window (the throughput's numerator).
+    pub ok_in_window: u64,
+    /// Latency in µs of every request started in the window; failures are `u32::MAX`.
+    pub latencies_us: Vec<u32>,
+    /// Answers per serving worker (the `pid=` of the body).
+    pub by_pid: HashMap<u32, u64>,
+    pub window: Duration,
+    /// Largest number of requests in flight at once.
+    pub peak_inflight: usize,
+    pub errors: Vec<String>,
+}
+
+impl Outcome {
+    pub fn throughput(&self) -> f64 {
+        self.ok_in_window as f64 / self.window.as_secs_f64()
+    }
+
+    /// Latency percentile in ms (`q` in [0, 1]); infinite if it falls on a failed request.
+    pub fn percentile_ms(&self, q: f64) -> f64 {
+        percentile_ms(&self.latencies_us, q)
+    }
+}
+
+/// `q`-quantile (nearest rank) of latencies in µs, in ms; `u32::MAX` (a failure) is infinite.
+pub fn percentile_ms(lat: &[u32], q: f64) -> f64 {
+    if lat.is_empty() {
+        return f64::NAN;
+    }
+    let mut v = lat.to_vec();
+    v.sort_unstable();
+    let rank = ((q * v.len() as f64).ceil() as usize).clamp(1, v.len()) - 1;
+    match v[rank] {
+        u32::MAX => f64::INFINITY,
+        us => us as f64 / 1000.0,
+    }
+}
+
+enum State {
+    Connecting,
+    Reading,
+}
+
+struct Conn {
+    fd: RawFd,
+    state: State,
+    /// When the request was scheduled (open loop) or started (closed loop).
+    intended: Instant,
+    path: usize,
+    buf: Vec<u8>,
+    in_window: bool,
+}
+
+const TIMER: u64 = u64::MAX;
+
+/// Runs the load described by `spec` and returns what it measured. Fails only on a local error
+/// (epoll, timerfd, an interrupt); a failed request is a measurement.
+pub fn run(spec: &Spec) -> Result<Outcome> {
+    let SocketAddr::V4(v4) = spec.addr else { bail!("the load generator speaks IPv4 only") };
+    let requests: Vec<Vec<u8>> = spec
+        .paths
+        .iter()
+        .map(|p| format!("GET {p} HTTP/1.0\r\nHost: {}\r\nUser-Agent: reuselb-bench\r\n\r\n", spec.addr).into_bytes())
+        .collect();
+    let mut gen = Gen::new(v4, requests)?;
+    gen.run(spec)
+}
+
+struct Gen {
+    addr: libc::sockaddr_in,
+    requests: Vec<Vec<u8>>,
+    epfd: RawFd,
+    timerfd: RawFd,
+    conns: Vec<Option<Conn>>,
+    free: Vec<usize>,
+    inflight: usize,
+    out: Outcome,
+}
+
+impl Drop for Gen {
+    fn drop(&mut self) {
+        for c in self.conns.iter_mut().flatten() {
+            // SAFETY: our own descriptors, closed once.
+            unsafe { libc::close(c.fd) };
+        }
+        unsafe {
+            libc::close(self.timerfd);
+            libc::close(self.epfd);
+        }
+    }
+}
+
+fn os_err(what: &str) -> anyhow::Error {
+    anyhow::anyhow!("{what}: {}", io::Error::last_os_error())
+}
+
+impl Gen {
+    fn new(v4: SocketAddrV4, requests: Vec<Vec<u8>>) -> Result<Self> {
+        // SAFETY: plain descriptor-creating calls; each result is checked and owned by Gen.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        if epfd < 0 {
+            return Err(os_err("epoll_create1"));
+        }
+        let timerfd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        if timerfd < 0 {
+            unsafe { libc::close(epfd) };
+            return Err(os_err("timerfd_create"));
+        }
+        let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: TIMER };
+        if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, timerfd, &mut ev) } < 0 {
+            unsafe {
+                libc::close(timerfd);
+                libc::close(epfd);
+            }
+            return Err(os_err("epoll_ctl timerfd"));
+        }
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: v4.port().to_be(),
+            sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
+            sin_zero: [0; 8],
+        };
+        Ok(Self { addr, requests, epfd, timerfd, conns: Vec::new(), free: Vec::new(), inflight: 0, out: Outcome::default() })
+    }
+
+    fn arm(&self, after: Duration) {
+        let after = after.max(Duration::from_micros(20));
+        let spec = libc::itimerspec {
+            it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
+            it_value: libc::timespec { tv_sec: after.as_secs() as libc::time_t, tv_nsec: after.subsec_nanos() as libc::c_long },
+        };
+        // SAFETY: our timerfd, a valid itimerspec.
+        unsafe { libc::timerfd_settime(self.timerfd, 0, &spec, std::ptr::null_mut()) };
+    }
+
+    fn fail(&mut self, intended: Instant, in_window: bool, msg: String) {
+        let _ = intended;
+        if in_window {
+            self.out.failed += 1;
+            self.out.latencies_us.push(u32::MAX);
+        }
+        if self.out.errors.len() < 8 {
+            self.out.errors.push(msg);
+        }
+    }
+
+    /// Starts one request scheduled at `intended`.
+    fn launch(&mut self, intended: Instant, path: usize, in_window: bool) {
+        if in_window {
+            self.out.started += 1;
+        }
+        // SAFETY: socket/connect/epoll_ctl on a descriptor we own; the address is a valid sockaddr_in.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            return self.fail(intended, in_window, format!("socket: {e}"));
+        }
+        let rc = unsafe {
+            libc::connect(fd, (&self.addr as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
+        };
+        if rc < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                unsafe { libc::close(fd) };
+                return self.fail(intended, in_window, format!("connect: {e}"));
+            }
+        }
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.conns.push(None);
+                self.conns.len() - 1
+            }
+        };
+        let mut ev = libc::epoll_event { events: libc::EPOLLOUT as u32, u64: slot as u64 };
+        if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
+            let e = io::Error::last_os_error();
+            unsafe { libc::close(fd) };
+            self.free.push(slot);
+            return self.fail(intended, in_window, format!("epoll_ctl: {e}"));
+        }
+        self.conns[slot] = Some(Conn { fd, state: State::Connecting, intended, path, buf: Vec::with_capacity(512), in_window });
+        self.inflight += 1;
+        self.out.peak_inflight = self.out.peak_inflight.max(self.inflight);
+    }
+
+    /// Closes the request in `slot`; `Ok(pid)` if it was answered.
+    fn finish(&mut self, slot: usize, result: Result<u32, String>, now: Instant, window_end: Instant) {
+        let c = self.conns[slot].take().expect("live slot");
+        // SAFETY: our descriptor; closing also removes it from the epoll set.
+        unsafe { libc::close(c.fd) };
+        self.free.push(slot);
+        self.inflight -= 1;
+        match result {
+            Ok(pid) => {
+                if c.in_window {
+                    self.out.ok += 1;
+                    let us = now.saturating_duration_since(c.intended).as_micros().min(u32::MAX as u128 - 1) as u32;
+                    self.out.latencies_us.push(us);
+                    *self.out.by_pid.entry(pid).or_default() += 1;
+                    if now <= window_end {
+                        self.out.ok_in_window += 1;
+                    }
+                }
+            }
+            Err(msg) => self.fail(c.intended, c.in_window, msg),
+        }
+    }
+
+    /// Handles readiness of `slot`; returns the outcome when the request is over.
+    fn progress(&mut self, slot: usize, events: u32) -> Option<Result<u32, String>> {
+        let req_len;
+        let c = self.conns[slot].as_mut()?;
+        match c.state {
+            State::Connecting => {
+                let mut err: libc::c_int = 0;
+                let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+                // SAFETY: SO_ERROR into an int on our socket.
+                unsafe { libc::getsockopt(c.fd, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut libc::c_int).cast(), &mut len) };
+                if err != 0 {
+                    return Some(Err(format!("connect: {}", io::Error::from_raw_os_error(err))));
+                }
+                if events & (libc::EPOLLOUT as u32) == 0 {
+                    return Some(Err("connect: hang-up".into()));
+                }
+                let req = &self.requests[c.path];
+                req_len = req.len();
+                // SAFETY: writing our buffer to our socket.
+                let n = unsafe { libc::send(c.fd, req.as_ptr().cast(), req_len, libc::MSG_NOSIGNAL) };
+                if n != req_len as isize {
+                    return Some(Err(format!("send: {}", io::Error::last_os_error())));
+                }
+                c.state = State::Reading;
+                let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: slot as u64 };
+                if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, c.fd, &mut ev) } < 0 {
+                    return Some(Err(format!("epoll_ctl: {}", io::Error::last_os_error())));
+                }
+                None
+            }
+            State::Reading => {
+                let mut chunk = [0u8; 4096];
+                loop {
+                    // SAFETY: reading into a local buffer from our socket.
+                    let n = unsafe { libc::recv(c.fd, chunk.as_mut_ptr().cast(), chunk.len(), 0) };
+                    if n > 0 {
+                        c.buf.extend_from_slice(&chunk[..n as usize]);
+                        if c.buf.len() > 1 << 20 {
+                            return Some(Err("answer longer than 1 MiB".into()));
+                        }
+                        continue;
+                    }
+                    if n == 0 {
+                        return Some(parse_answer(&c.buf));
+                    }
+                    let e = io::Error::last_os_error();
+                    return match e.kind() {
+                        io::ErrorKind::WouldBlock => None,
+                        io::ErrorKind::Interrupted => continue,
+                        _ => Some(Err(format!("recv: {e}"))),
+                    };
+                }
+            }
+        }
+    }
+
+    fn run(&mut self, spec: &Spec) -> Result<Outcome> {
+        let mut mix = Rng::new(spec.seed);
+        let mut arrivals = Rng::new(spec.seed ^ 0xA5A5_5A5A_DEAD_BEEF);
+        let start = Instant::now();
+        let window_end = start + spec.duration;
+        let hard_end = window_end + spec.drain;
+        let mut next_send = start;
+        let mut sending = true;
+        let mut last_sweep = start;
+        if let Mode::Closed { clients } = spec.mode {
+            for _ in 0..clients {
+                let p = (spec.pick)(&mut mix);
+                self.launch(start, p, true);
+            }
+        }
+        let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        loop {
+            check_interrupted()?;
+            let now = Instant::now();
+            if sending && now >= window_end {
+                sending = false;
+            }
+            if let (true, Mode::Open { rate }) = (sending, spec.mode) {
+                while next_send <= now && next_send < window_end {
+                    let p = (spec.pick)(&mut mix);
+                    if self.inflight >= spec.max_inflight {
+                        self.out.started += 1;
+                        self.fail(next_send, true, format!("over {} requests in flight", spec.max_inflight));
+                    } else {
+                        self.launch(next_send, p, true);
+                    }
+                    next_send += Duration::from_secs_f64(arrivals.exp(1.0 / rate));
+                }
+            }
+            if !sending && self.inflight == 0 {
+                break;
+            }
+            if now >= hard_end {
+                let live: Vec<usize> = (0..self.conns.len()).filter(|&i| self.conns[i].is_some()).collect();
+                for slot in live {
+                    self.finish(slot, Err(format!("still unanswered {:?} after the window", spec.drain)), now, window_end);
+                }
+                break;
+            }
+            // Time-outs: a sweep every 50 ms.
+            if now.duration_since(last_sweep) >= Duration::from_millis(50) {
+                last_sweep = now;
+                let late: Vec<usize> = (0..self.conns.len())
+                    .filter(|&i| self.conns[i].as_ref().is_some_and(|c| now.duration_since(c.intended) > spec.timeout))
+                    .collect();
+                for slot in late {
+                    self.finish(slot, Err(format!("no answer within {:?}", spec.timeout)), now, window_end);
+                }
+            }
+            let mut wake = now + Duration::from_millis(50);
+            if sending {
+                if let Mode::Open { .. } = spec.mode {
+                    wake = wake.min(next_send);
+                }
+                wake = wake.min(window_end);
+            }
+            self.arm(wake.saturating_duration_since(now));
+            // SAFETY: epoll_wait into our event buffer.
+            let n = unsafe { libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as libc::c_int, 1000) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                bail!("epoll_wait: {e}");
+            }
+            for ev in &events[..n as usize] {
+                let (token, flags) = (ev.u64, ev.events);
+                if token == TIMER {
+                    let mut buf = [0u8; 8];
+                    // SAFETY: draining the timerfd's expiry count.
+                    unsafe { libc::read(self.timerfd, buf.as_mut_ptr().cast(), 8) };
+                    continue;
+                }
+                let slot = token as usize;
+                if let Some(result) = self.progress(slot, flags) {
+                    let done = Instant::now();
+                    self.finish(slot, result, done, window_end);
+                    if let Mode::Closed { .. } = spec.mode {
+                        if done < window_end {
+                            let p = (spec.pick)(&mut mix);
+                            self.launch(done, p, true);
+                        }
+                    }
+                }
+            }
+        }
+        self.out.window = spec.duration;
+        Ok(std::mem::take(&mut self.out))
+    }
+}
+
+/// A 200 answer with `pid=N` in its body: N.
+fn parse_answer(buf: &[u8]) -> Result<u32, String> {
+    let text = String::from_utf8_lossy(buf);
+    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
+        return Err(format!("bad answer: {:?}", text.chars().take(60).collect::<String>()));
+    }
+    text.split("pid=")
+        .nth(1)
+        .and_then(|t| t.split_whitespace().next())
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| format!("no pid in answer: {:?}", text.chars().take(100).collect::<String>()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_count_failures_as_infinite() {
+        let mut v: Vec<u32> = (1..=1000).map(|i| i * 1000).collect();
+        assert_eq!(percentile_ms(&v, 0.5), 500.0);
+        assert_eq!(percentile_ms(&v, 0.99), 990.0);
+        v[0] = u32::MAX;
+        assert_eq!(percentile_ms(&v, 1.0), f64::INFINITY);
+    }
+
+    #[test]
+    fn parses_pid() {
+        assert_eq!(parse_answer(b"HTTP/1.1 200 OK\r\n\r\npid=42 cpu=1\n"), Ok(42));
+        assert!(parse_answer(b"HTTP/1.1 502 Bad Gateway\r\n\r\n").is_err());
+    }
+}
