@@ -4,6 +4,7 @@
 mod bench;
 mod build;
 mod command;
+mod fuzz;
 mod privilege;
 mod run;
 mod setup;
@@ -35,7 +36,7 @@ enum Task {
         #[arg(long)]
         toolchain_only: bool,
     },
-    /// Build, then run every test of the workspace (as root).
+    /// Build, then run every test of the workspace (as root), then each fuzz target briefly.
     Test {
         /// Extra arguments for `cargo test` (use a second `--` for the test binaries).
         #[arg(last = true)]
@@ -59,6 +60,14 @@ enum Task {
         #[arg(last = true)]
         args: Vec<String>,
     },
+    /// Run the cargo-fuzz targets of fuzz/ (protocol, config, policy) for a bounded time each.
+    Fuzz {
+        /// One target; all of them if omitted.
+        target: Option<String>,
+        /// How long to fuzz each target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
+    },
 }
 
 /// Prints an error as one line with its causes (not anyhow's Debug form with a backtrace).
@@ -81,6 +90,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
         Task::Run(args) => run::run(&ws, &args),
         Task::Bench { what, args } => bench::run(&ws, &what, &args),
+        Task::Fuzz { target, seconds } => fuzz::run(&ws, target.as_deref(), seconds),
         Task::Soak { minutes } => soak::run(&ws, minutes),
     }
 }

@@ -7,6 +7,7 @@
 
 mod bpf_linker;
 mod bpffs;
+mod cargo_fuzz;
 mod debian;
 mod pypi;
 mod toolchain;
@@ -23,6 +24,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
     debian::ensure(root)?;
     pypi::ensure()?;
     bpffs::ensure(root)?;
+    cargo_fuzz::ensure()?;
     if !root {
         report(
             "warning",
@@ -39,6 +41,13 @@ pub fn toolchain(ws: &Workspace) -> Result<()> {
     toolchain::ensure_nightly()?;
     toolchain::ensure_rust_src()?;
     bpf_linker::ensure(ws)
+}
+
+/// What `cargo xtask fuzz` needs: the nightly toolchain (the fuzz targets build on it) and
+/// cargo-fuzz. No root, no bpffs: fuzzing loads no BPF.
+pub fn fuzzing() -> Result<()> {
+    toolchain::ensure_nightly()?;
+    cargo_fuzz::ensure()
 }
 
 /// Prints the one line of a step.

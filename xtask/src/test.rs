@@ -1,8 +1,9 @@
-//! `cargo xtask test`: every test of the workspace, against the freshly built release binaries.
+//! `cargo xtask test`: every test of the workspace, against the freshly built release binaries;
+//! then each fuzz target for a short while (`cargo xtask fuzz` runs them longer).
 
 use anyhow::{ensure, Result};
 
-use crate::{build, command, privilege, workspace::Workspace};
+use crate::{build, command, fuzz, privilege, workspace::Workspace};
 
 pub fn run(ws: &Workspace, cargo_args: &[String]) -> Result<()> {
     // Checked before the long build, so a non-root run fails at once.
@@ -23,5 +24,6 @@ pub fn run(ws: &Workspace, cargo_args: &[String]) -> Result<()> {
             "balancer-ebpf",
         ])
         .args(cargo_args);
-    command::run(artifacts.export_to(&mut cargo))
+    command::run(artifacts.export_to(&mut cargo))?;
+    fuzz::run(ws, None, fuzz::CI_SECONDS)
 }

@@ -1,0 +1,140 @@
+//! The selection policy on arbitrary configs, draws and loads: `choose` never panics, never
+//! returns a slot that is not in the active list (or not a slot at all), never the excluded
+//! slot; its errors are the documented ones; least-loaded returns a lightest readable slot and
+//! fails only when there is none; round robin and hash take the drawn slot or the next usable.
+#![no_main]
+
+use arbitrary::Arbitrary;
+use balancer_common::{choose, policy::lighter, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT};
+use libfuzzer_sys::fuzz_target;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// Mostly a known policy; sometimes a raw id.
+    policy: u8,
+    raw_policy: u32,
+    /// Mostly the length of `active`; sometimes a raw count (beyond the list, or > MAX_SLOTS).
+    n_mode: u8,
+    raw_n: u32,
+    /// Entries: in or near the slot range when the top bit is clear, raw otherwise.
+    active: Vec<u32>,
+    /// Per slot: Some((in flight, weight)), or unreadable.
+    loads: Vec<Option<(u64, u32)>>,
+    /// Load of every slot beyond `loads`.
+    rest: Option<(u64, u32)>,
+    random: u32,
+    hash: u32,
+    tick: u32,
+    /// Index into the active list, or a raw slot, or none.
+    exclude_mode: u8,
+    raw_exclude: u32,
+}
+
+struct Loads<'a> {
+    loads: &'a [Option<(u64, u32)>],
+    rest: Option<(u64, u32)>,
+}
+
+impl LoadSource for Loads<'_> {
+    fn load(&self, slot: u32) -> Option<(u64, u32)> {
+        match self.loads.get(slot as usize) {
+            Some(l) => *l,
+            None => self.rest,
+        }
+    }
+}
+
+/// What the scan compares: loads capped at 2^31 - 1, weight 0 counted as 1.
+fn weighted(load: u64, weight: u32) -> (u128, u128) {
+    (load.min((1 << 31) - 1) as u128, weight.max(1) as u128)
+}
+
+fn lighter_or_equal(a: (u64, u32), b: (u64, u32)) -> bool {
+    let ((la, wa), (lb, wb)) = (weighted(a.0, a.1), weighted(b.0, b.1));
+    la * wb <= lb * wa
+}
+
+fuzz_target!(|input: Input| {
+    let policy = if input.policy < 240 { (input.policy % 4) as u32 } else { input.raw_policy };
+    let mut cfg = Config::empty(policy);
+    for (dst, &e) in cfg.active.iter_mut().zip(&input.active) {
+        *dst = if e & 0x8000_0000 == 0 { e & 0x1ff } else { e };
+    }
+    cfg.n_active = if input.n_mode < 200 { input.active.len().min(MAX_SLOTS as usize) as u32 } else { input.raw_n };
+    let n = cfg.active_slots().len();
+    let exclude = match input.exclude_mode % 3 {
+        0 => NO_SLOT,
+        1 if n > 0 => cfg.active[input.raw_exclude as usize % n],
+        _ => input.raw_exclude,
+    };
+    let draw = Draw { random: input.random, hash: input.hash, tick: input.tick };
+    let loads = Loads { loads: &input.loads, rest: input.rest };
+    let result = choose(&cfg, &draw, exclude, &loads);
+
+    // Errors: exactly the documented ones.
+    if cfg.n_active == 0 {
+        assert_eq!(result, Err(Event::FallbackNoActive));
+        return;
+    }
+    if cfg.n_active > MAX_SLOTS || Policy::from_id(policy).is_none() {
+        assert_eq!(result, Err(Event::FallbackBadConfig));
+        return;
+    }
+    let usable = |s: u32| s < MAX_SLOTS && s != exclude;
+    match result {
+        Ok(slot) => {
+            assert!(slot < MAX_SLOTS, "slot {slot} out of range");
+            assert_ne!(slot, exclude, "the excluded slot");
+            assert!(cfg.active_slots().contains(&slot), "slot {slot} is not active: {:?}", cfg.active_slots());
+        }
+        Err(e) => assert_eq!(e, Event::FallbackSelectFailed),
+    }
+    let active = cfg.active_slots();
+    match Policy::from_id(policy).unwrap() {
+        Policy::LeastLoaded => {
+            let candidates: Vec<(u32, (u64, u32))> =
+                active.iter().filter(|&&s| usable(s)).filter_map(|&s| loads.load(s).map(|l| (s, l))).collect();
+            match result {
+                Ok(slot) => {
+                    let own = loads.load(slot).expect("least-loaded chose an unreadable slot");
+                    for &(other, l) in &candidates {
+                        assert!(lighter_or_equal(own, l), "slot {slot} {own:?} is heavier than slot {other} {l:?}");
+                    }
+                }
+                Err(_) => assert!(candidates.is_empty(), "no slot chosen among {candidates:?}"),
+            }
+        }
+        Policy::RoundRobin | Policy::Hash => {
+            let i = if policy == Policy::RoundRobin as u32 { draw.tick } else { draw.hash } as usize % n;
+            let first = active[i];
+            let next = active[(i + 1) % n];
+            let expected = if usable(first) {
+                Ok(first)
+            } else if n > 1 && usable(next) {
+                Ok(next)
+            } else {
+                Err(Event::FallbackSelectFailed)
+            };
+            assert_eq!(result, expected);
+        }
+        Policy::PowerOfTwo => {
+            // With every active slot usable and readable, p2c finds one.
+            if active.iter().all(|&s| usable(s) && loads.load(s).is_some()) {
+                assert!(result.is_ok(), "p2c failed with every slot usable: {result:?}");
+            }
+            // It never picks a slot heavier than every other active one (two distinct picks).
+            // Heavier as p2c compares: `lighter`, which clamps loads at u32::MAX (the scan of
+            // least-loaded caps them lower, at 2^31 - 1: loads that high only come from a
+            // corrupted table, and both orders are safe).
+            if let Ok(slot) = result {
+                let own = loads.load(slot);
+                let others: Vec<_> = active.iter().filter(|&&s| s != slot).collect();
+                if let (true, Some((lo, wo))) = (n >= 2 && others.len() == n - 1, own) {
+                    let all_lighter =
+                        others.iter().all(|&&s| usable(s) && loads.load(s).is_some_and(|(l, w)| lighter(l, w, lo, wo)));
+                    assert!(!all_lighter, "p2c chose slot {slot}, heavier than every other active slot");
+                }
+            }
+        }
+    }
+});
