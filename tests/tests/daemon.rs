@@ -8,14 +8,13 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     process::Command,
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
 use balancer_common::protocol;
 use balancer_user::status::{Report, ServiceReport};
 use integration_tests::apps::{
-    self, free_port, require, reuselb_bin, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig,
+    self, free_port, loopback, serial, require, reuselb_bin, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig,
     UwsgiProto,
 };
 use integration_tests::NetNs;
@@ -24,14 +23,7 @@ const CONCURRENCY: usize = 48;
 const PATH: &str = "/?ms=5";
 const MAX_IMBALANCE: f64 = 1.25;
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// The test's pin path in bpffs, removed when dropped.
 struct PinPath(PathBuf);

@@ -4,7 +4,6 @@ use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
     path::PathBuf,
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -18,16 +17,11 @@ use balancer_user::{
     Error, Group, GroupOptions,
 };
 use integration_tests::{
-    apps::{free_port, TempDir},
+    apps::{free_port, serial, TempDir},
     shim_client::{connect, register_and_hold, register_raw},
     NetNs,
 };
 
-/// One test at a time: the leak check counts this process's descriptors.
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
     let mut options = RegistryOptions::new(dir.path().join("shim.sock"));

@@ -6,7 +6,6 @@
 //! missing.
 use std::{
     net::SocketAddr,
-    sync::{Mutex, MutexGuard},
     time::{Duration, Instant},
 };
 
@@ -17,7 +16,7 @@ use balancer_user::{
 };
 use integration_tests::shim_client::register_raw;
 use integration_tests::apps::{
-    self, free_port, require, spawn_nginx, spawn_plain, spawn_reuselb_run, spawn_with_shim, uwsgi_stats, wait_until,
+    self, free_port, loopback, serial, require, spawn_nginx, spawn_plain, spawn_reuselb_run, spawn_with_shim, uwsgi_stats, wait_until,
     Load, LoadReport, TempDir, UwsgiConfig, UwsgiProto,
 };
 
@@ -27,14 +26,7 @@ const CONCURRENCY: usize = 48;
 const PATH: &str = "/?ms=5";
 const MAX_IMBALANCE: f64 = 1.25;
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
-fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], port))
-}
 
 /// A group for `addr`; panics (never skips) if BPF is not available.
 fn new_group() -> Group {

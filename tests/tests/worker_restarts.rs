@@ -2,12 +2,7 @@
 //! reload (SIGHUP, chain reload) lose no connection, because the select-or-migrate program moves
 //! a closing worker's queue to the least-loaded other worker. Each test measures the comparison
 //! beside it: the select-only program, or plain uWSGI.
-use std::{
-    net::SocketAddr,
-    path::Path,
-    sync::{Mutex, MutexGuard},
-    time::Duration,
-};
+use std::{path::Path, time::Duration};
 
 use balancer_common::Policy;
 use balancer_user::{
@@ -15,15 +10,11 @@ use balancer_user::{
     registry::{Registry, RegistryOptions},
     Group, GroupOptions, Mode,
 };
-use integration_tests::apps::{free_port, require, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto};
+use integration_tests::apps::{free_port, loopback, require, serial, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto};
 
 const CONCURRENCY: usize = 32;
 const PATH: &str = "/?ms=2";
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// uWSGI with the shim, registered with an in-process registry running `mode`.
 fn start(dir: &TempDir, cfg: &UwsgiConfig, mode: Mode) -> (Registry, Proc) {
@@ -43,12 +34,9 @@ fn start(dir: &TempDir, cfg: &UwsgiConfig, mode: Mode) -> (Registry, Proc) {
     (registry, app)
 }
 
-fn loopback() -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], free_port()))
-}
 
 fn recycling(dir: &TempDir, mode: Mode, seconds: u64) -> LoadReport {
-    let mut cfg = UwsgiConfig::new(loopback(), UwsgiProto::Http);
+    let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     cfg.max_requests = Some(20);
     // uWSGI 2.0.21's threaded workers can hang after "Seeya" until this mercy (unbit/uwsgi#2615).
     cfg.extra.extend(["--worker-reload-mercy".into(), "5".into()]);
@@ -97,7 +85,7 @@ const EMPTY_ANSWER: &str = "bad answer: \"\"";
 /// uWSGI with a master FIFO, under load for `seconds`; `reload` runs `after` seconds in.
 fn reload_under_load(dir: &TempDir, mode: Option<Mode>, seconds: u64, after: u64, reload: impl FnOnce(&Proc, &Path)) -> LoadReport {
     let fifo = dir.path().join("master.fifo");
-    let mut cfg = UwsgiConfig::new(loopback(), UwsgiProto::Http);
+    let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     cfg.extra.extend(["--master-fifo".into(), fifo.display().to_string(), "--worker-reload-mercy".into(), "5".into()]);
     let (registry, app) = match mode {
         Some(mode) => {

@@ -47,7 +47,7 @@ use integration_tests::apps::{self, free_port, require, wait_until, Proc, TempDi
 
 use super::{
     chart::{self, Panel},
-    enter_private_netns, kernel_release,
+    choose_netns, kernel_release,
     loadgen::{self, check_interrupted, Mode, Outcome, Rng, Spec},
     summarize, target_dir,
 };
@@ -827,17 +827,7 @@ pub fn run(o: &Options) -> Result<String> {
     loadgen::install_interrupt_handler();
     require("uwsgi");
     require("nginx");
-    let netns = if o.no_netns {
-        "the current network namespace (--no-netns)".to_string()
-    } else {
-        match enter_private_netns() {
-            Ok(()) => "a private network namespace (created by the bench, gone with it)".to_string(),
-            Err(e) => {
-                eprintln!("warning: running in the current network namespace: {e:#}");
-                format!("the current network namespace (a private one failed: {e:#})")
-            }
-        }
-    };
+    let netns = choose_netns(o.no_netns);
     raise_nofile();
     let bins = snapshot_binaries()?;
     let load_before = loadavg();

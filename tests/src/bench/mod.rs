@@ -80,6 +80,21 @@ pub fn write_report(name: &str, markdown: &str) -> Result<PathBuf> {
 /// Moves this thread (the main thread, before any other is started) into a new network namespace
 /// with its loopback up, so the bench neither meets nor disturbs other traffic on the machine.
 /// Threads started afterwards inherit it; the namespace goes away with the process.
+/// Enters a private network namespace unless `no_netns`; says where the bench runs, for its report.
+/// Falls back to the current namespace (with a warning) rather than not measuring at all.
+pub fn choose_netns(no_netns: bool) -> String {
+    if no_netns {
+        return "the current network namespace (--no-netns)".to_string();
+    }
+    match enter_private_netns() {
+        Ok(()) => "a private network namespace (created by the bench, gone with it)".to_string(),
+        Err(e) => {
+            eprintln!("warning: running in the current network namespace: {e:#}");
+            format!("the current network namespace (a private one failed: {e:#})")
+        }
+    }
+}
+
 pub fn enter_private_netns() -> Result<()> {
     // SAFETY: plain unshare(2) of the calling thread's network namespace.
     if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use balancer_common::Policy;
 
 use super::{
-    bpf_stats_sysctl, enter_private_netns, kernel_release,
+    bpf_stats_sysctl, choose_netns, kernel_release,
     rig::{drive, drive_burst, Acceptors, Bed, BedKind},
     sk_pass, summarize, Summary,
 };
@@ -171,17 +171,7 @@ fn measure_selection(rig: &mut Rig, cfg: &Config, n: u64, burst: usize, totals: 
 
 pub fn run(o: &Options) -> Result<String> {
     let started = Instant::now();
-    let netns = if o.no_netns {
-        "the current network namespace (--no-netns)".to_string()
-    } else {
-        match enter_private_netns() {
-            Ok(()) => "a private network namespace (created by the bench, gone with it)".to_string(),
-            Err(e) => {
-                eprintln!("warning: running in the current network namespace: {e:#}");
-                format!("the current network namespace (a private one failed: {e:#})")
-            }
-        }
-    };
+    let netns = choose_netns(o.no_netns);
     let sysctl_before = bpf_stats_sysctl();
 
     eprintln!("bench selector: binding the listeners on 127.0.0.1, loading the programs");
