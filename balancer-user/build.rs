@@ -9,5 +9,8 @@ fn main() -> anyhow::Result<()> {
     let root_dir = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     let common = root.join("../balancer-common");
     println!("cargo:rerun-if-changed={}", common.display());
-    aya_build::build_ebpf([Package { name: "balancer-ebpf", root_dir, ..Default::default() }], Toolchain::default())
+    aya_build::build_ebpf(
+        [Package { name: "balancer-ebpf", root_dir, ..Default::default() }],
+        Toolchain::default(),
+    )
 }

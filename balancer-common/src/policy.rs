@@ -117,7 +117,12 @@ pub fn lighter(a: u64, wa: u32, b: u64, wb: u32) -> bool {
 /// Returns the fallback [`Event`] when there is nothing to choose: the caller then leaves the
 /// connection to the kernel's hash.
 #[inline(always)]
-pub fn choose<L: LoadSource>(cfg: &Config, draw: &Draw, exclude: u32, loads: &L) -> Result<u32, Event> {
+pub fn choose<L: LoadSource>(
+    cfg: &Config,
+    draw: &Draw,
+    exclude: u32,
+    loads: &L,
+) -> Result<u32, Event> {
     let n = cfg.n_active;
     if n == 0 {
         return Err(Event::FallbackNoActive);
@@ -238,7 +243,13 @@ impl Scan {
 
 /// Two distinct random active slots; the lighter one wins, the first on a tie (it is random too).
 #[inline(always)]
-fn power_of_two<L: LoadSource>(cfg: &Config, n: u32, random: u32, exclude: u32, loads: &L) -> Result<u32, Event> {
+fn power_of_two<L: LoadSource>(
+    cfg: &Config,
+    n: u32,
+    random: u32,
+    exclude: u32,
+    loads: &L,
+) -> Result<u32, Event> {
     let a = (random & 0xffff) % n;
     if n == 1 {
         return nth_usable(cfg, n, a, exclude);

@@ -117,7 +117,9 @@ impl core::fmt::Display for DecodeError {
         match self {
             DecodeError::Size(n) => write!(f, "message of {n} bytes, expected a fixed-size record"),
             DecodeError::BadMagic => f.write_str("bad magic: not a reuselb message"),
-            DecodeError::Version(v) => write!(f, "protocol version {v}, this side speaks {VERSION}"),
+            DecodeError::Version(v) => {
+                write!(f, "protocol version {v}, this side speaks {VERSION}")
+            }
             DecodeError::Status(s) => write!(f, "unknown status {s}"),
         }
     }
@@ -182,7 +184,15 @@ impl Reply {
             end -= 1;
         }
         text[..end].copy_from_slice(&reason.as_bytes()[..end]);
-        Self { magic: MAGIC, version: VERSION, status: status as u16, slot, _reserved: 0, epoch, reason: text }
+        Self {
+            magic: MAGIC,
+            version: VERSION,
+            status: status as u16,
+            slot,
+            _reserved: 0,
+            epoch,
+            reason: text,
+        }
     }
 
     pub fn status(&self) -> Status {
@@ -215,6 +225,14 @@ impl Reply {
         Status::from_id(status).ok_or(DecodeError::Status(status))?;
         let mut reason = [0u8; REASON_LEN];
         reason.copy_from_slice(&b[24..]);
-        Ok(Self { magic: MAGIC, version: VERSION, status, slot: u32_at(b, 8), _reserved: 0, epoch: u64_at(b, 16), reason })
+        Ok(Self {
+            magic: MAGIC,
+            version: VERSION,
+            status,
+            slot: u32_at(b, 8),
+            _reserved: 0,
+            epoch: u64_at(b, 16),
+            reason,
+        })
     }
 }

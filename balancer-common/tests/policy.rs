@@ -56,7 +56,11 @@ fn least_loaded_ties_spread_over_all_tied_slots() {
     }
     assert_eq!((seen[0], seen[3]), (0, 0), "never a heavier slot: {seen:?}");
     for slot in [1, 2, 4, 5, 6, 7] {
-        assert!(seen[slot] >= 100, "tied slot {slot} chosen only {} times of 800: {seen:?}", seen[slot]);
+        assert!(
+            seen[slot] >= 100,
+            "tied slot {slot} chosen only {} times of 800: {seen:?}",
+            seen[slot]
+        );
     }
 }
 
@@ -112,8 +116,9 @@ fn p2c_with_one_slot() {
 fn round_robin_cycles_through_active_slots() {
     let cfg = config(Policy::RoundRobin, &[2, 4, 6]);
     let loads = Loads(vec![(0, 1); 8]);
-    let order: Vec<u32> =
-        (0..6).map(|tick| choose(&cfg, &Draw { random: 0, hash: 0, tick }, NO_SLOT, &loads).unwrap()).collect();
+    let order: Vec<u32> = (0..6)
+        .map(|tick| choose(&cfg, &Draw { random: 0, hash: 0, tick }, NO_SLOT, &loads).unwrap())
+        .collect();
     assert_eq!(order, [2, 4, 6, 2, 4, 6]);
 }
 
@@ -128,7 +133,10 @@ fn hash_maps_the_connection_hash_onto_active_slots() {
 #[test]
 fn errors_name_their_reason() {
     let loads = Loads(vec![(0, 1); 4]);
-    assert_eq!(choose(&config(Policy::LeastLoaded, &[]), &draw(0), NO_SLOT, &loads), Err(Event::FallbackNoActive));
+    assert_eq!(
+        choose(&config(Policy::LeastLoaded, &[]), &draw(0), NO_SLOT, &loads),
+        Err(Event::FallbackNoActive)
+    );
     let mut too_many = config(Policy::LeastLoaded, &[0]);
     too_many.n_active = MAX_SLOTS + 1;
     assert_eq!(choose(&too_many, &draw(0), NO_SLOT, &loads), Err(Event::FallbackBadConfig));
@@ -140,7 +148,10 @@ fn errors_name_their_reason() {
     garbage.active[0] = 4096;
     assert_eq!(choose(&garbage, &draw(0), NO_SLOT, &loads), Err(Event::FallbackSelectFailed));
     // Unreadable loads are skipped too.
-    assert_eq!(choose(&config(Policy::LeastLoaded, &[7]), &draw(0), NO_SLOT, &loads), Err(Event::FallbackSelectFailed));
+    assert_eq!(
+        choose(&config(Policy::LeastLoaded, &[7]), &draw(0), NO_SLOT, &loads),
+        Err(Event::FallbackSelectFailed)
+    );
 }
 
 #[test]

@@ -12,7 +12,9 @@
 //!   widens the spread and closes it again; p2c stays within a few connections over 10,000
 //!   choices on 64 slots (fixed seeds, bounds measured against an ideal two-choice process);
 //!   round robin is exact.
-use balancer_common::{choose, policy::lighter, Config, Draw, Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT};
+use balancer_common::{
+    choose, policy::lighter, Config, Draw, Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT,
+};
 use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRng};
 
 // ---------------------------------------------------------------------------------------------
@@ -62,7 +64,11 @@ fn one_load() -> impl Strategy<Value = Option<(u64, u32)>> {
 }
 
 fn config() -> impl Strategy<Value = Config> {
-    (policy_id(), prop_oneof![6 => 0u32..=MAX_SLOTS, 1 => MAX_SLOTS + 1..=300], vec(active_entry(), MAX_SLOTS as usize))
+    (
+        policy_id(),
+        prop_oneof![6 => 0u32..=MAX_SLOTS, 1 => MAX_SLOTS + 1..=300],
+        vec(active_entry(), MAX_SLOTS as usize),
+    )
         .prop_map(|(policy, n_active, entries)| {
             let mut cfg = Config::empty(policy);
             cfg.n_active = n_active;
@@ -72,7 +78,11 @@ fn config() -> impl Strategy<Value = Config> {
 }
 
 fn draw() -> impl Strategy<Value = Draw> {
-    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(random, hash, tick)| Draw { random, hash, tick })
+    (any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(random, hash, tick)| Draw {
+        random,
+        hash,
+        tick,
+    })
 }
 
 /// Nothing excluded, an active slot, or any number.

@@ -116,7 +116,9 @@ impl LoadSource for MapLoads {
     /// up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
     fn run_scan(&self, _cfg: &Config, scan: &mut Scan) {
-        unsafe { bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0) };
+        unsafe {
+            bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0)
+        };
     }
 }
 
@@ -138,7 +140,8 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn account(table: *const LoadTable, slot: u32, migrating: bool) {
     if slot < MAX_SLOTS {
-        let counter = unsafe { addr_of!((*table).inflight).cast::<u64>().cast_mut().add(slot as usize) };
+        let counter =
+            unsafe { addr_of!((*table).inflight).cast::<u64>().cast_mut().add(slot as usize) };
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
     }
     bump(&SELECTED, slot);

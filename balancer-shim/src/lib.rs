@@ -88,7 +88,9 @@ macro_rules! real {
                 let mut p = $slot.load(Ordering::Relaxed);
                 if p.is_null() {
                     // SAFETY: dlsym with a NUL-terminated name.
-                    p = unsafe { libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast()) };
+                    p = unsafe {
+                        libc::dlsym(libc::RTLD_NEXT, concat!($name, "\0").as_ptr().cast())
+                    };
                     if p.is_null() {
                         // Without the real function nothing can work; make the failure obvious.
                         unsafe { libc::abort() };
@@ -106,11 +108,33 @@ struct Real;
 real!(SOCKET, "socket", unsafe extern "C" fn(c_int, c_int, c_int) -> c_int);
 real!(BIND, "bind", unsafe extern "C" fn(c_int, *const libc::sockaddr, libc::socklen_t) -> c_int);
 real!(LISTEN, "listen", unsafe extern "C" fn(c_int, c_int) -> c_int);
-real!(ACCEPT, "accept", unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> c_int);
-real!(ACCEPT4, "accept4", unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t, c_int) -> c_int);
-real!(EPOLL_CTL, "epoll_ctl", unsafe extern "C" fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int);
+real!(
+    ACCEPT,
+    "accept",
+    unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> c_int
+);
+real!(
+    ACCEPT4,
+    "accept4",
+    unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t, c_int) -> c_int
+);
+real!(
+    EPOLL_CTL,
+    "epoll_ctl",
+    unsafe extern "C" fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int
+);
 real!(POLL, "poll", unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int);
-real!(SELECT, "select", unsafe extern "C" fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
+real!(
+    SELECT,
+    "select",
+    unsafe extern "C" fn(
+        c_int,
+        *mut libc::fd_set,
+        *mut libc::fd_set,
+        *mut libc::fd_set,
+        *mut libc::timeval,
+    ) -> c_int
+);
 real!(CLOSE, "close", unsafe extern "C" fn(c_int) -> c_int);
 real!(DUP2, "dup2", unsafe extern "C" fn(c_int, c_int) -> c_int);
 real!(DUP3, "dup3", unsafe extern "C" fn(c_int, c_int, c_int) -> c_int);
@@ -200,7 +224,11 @@ impl Registration {
     #[inline(always)]
     /// Returns the registration's sequence number (24 bits, as stored in connection marks) too;
     /// `want_seq` restricts to that registration.
-    fn counter(&self, want_seq: Option<u32>, field: fn(usize) -> usize) -> Option<(u32, &'static AtomicU64)> {
+    fn counter(
+        &self,
+        want_seq: Option<u32>,
+        field: fn(usize) -> usize,
+    ) -> Option<(u32, &'static AtomicU64)> {
         let s = self.state.load(Ordering::Acquire);
         let seq = (s >> 1) & 0xff_ffff;
         if s & 1 == 0 || want_seq.is_some_and(|w| w != seq) {
@@ -280,7 +308,9 @@ extern "C" fn init() {
             }
         }
     }
-    let path = env_str(protocol::ENV_SOCKET).filter(|p| !p.is_empty()).unwrap_or(protocol::DEFAULT_SOCKET_PATH);
+    let path = env_str(protocol::ENV_SOCKET)
+        .filter(|p| !p.is_empty())
+        .unwrap_or(protocol::DEFAULT_SOCKET_PATH);
     if path.len() < cfg.socket_path.len() {
         cfg.socket_path[..path.len()].copy_from_slice(path.as_bytes());
         cfg.socket_path_len = path.len();
@@ -292,7 +322,14 @@ extern "C" fn init() {
     }
     // Resolve the real functions now, while nothing else runs (dlsym may allocate).
     let _ = (Real::SOCKET(), Real::BIND(), Real::LISTEN(), Real::ACCEPT(), Real::ACCEPT4());
-    let _ = (Real::EPOLL_CTL(), Real::POLL(), Real::SELECT(), Real::CLOSE(), Real::DUP2(), Real::DUP3());
+    let _ = (
+        Real::EPOLL_CTL(),
+        Real::POLL(),
+        Real::SELECT(),
+        Real::CLOSE(),
+        Real::DUP2(),
+        Real::DUP3(),
+    );
     unsafe {
         let p = libc::dlsym(libc::RTLD_NEXT, c"close_range".as_ptr());
         CLOSE_RANGE.store(p, Ordering::Relaxed);
@@ -336,7 +373,9 @@ extern "C" fn after_fork_child() {
 fn sockname(fd: c_int) -> Option<SocketAddr> {
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    if unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+    if unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) }
+        != 0
+    {
         return None;
     }
     from_storage(&ss)
@@ -345,11 +384,13 @@ fn sockname(fd: c_int) -> Option<SocketAddr> {
 fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match ss.ss_family as c_int {
         libc::AF_INET => {
-            let sin = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(SocketAddr::from((sin.sin_addr.s_addr.to_ne_bytes(), u16::from_be(sin.sin_port))))
         }
         libc::AF_INET6 => {
-            let sin6 = unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
             Some(SocketAddr::from((sin6.sin6_addr.s6_addr, u16::from_be(sin6.sin6_port))))
         }
         _ => None,
@@ -374,7 +415,15 @@ fn int_opt(fd: c_int, level: c_int, opt: c_int) -> Option<c_int> {
 }
 
 fn set_int_opt(fd: c_int, level: c_int, opt: c_int, v: c_int) -> bool {
-    unsafe { libc::setsockopt(fd, level, opt, (&v as *const c_int).cast(), size_of::<c_int>() as libc::socklen_t) == 0 }
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const c_int).cast(),
+            size_of::<c_int>() as libc::socklen_t,
+        ) == 0
+    }
 }
 
 /// The balanced address index of `fd` if it is a (possibly shut down) listening TCP socket on a
@@ -389,7 +438,9 @@ fn classify(fd: c_int) -> Option<usize> {
     }
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    if unsafe { libc::getpeername(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) } == 0 {
+    if unsafe { libc::getpeername(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) }
+        == 0
+    {
         return None;
     }
     Some(idx)
@@ -424,10 +475,18 @@ fn ensure_split_slow(fd: c_int) {
             return;
         }
         let Some(idx) = classify(fd) else {
-            let _ = slot.compare_exchange(e, entry(pid, ST_NOT_BALANCED, 0), Ordering::AcqRel, Ordering::Relaxed);
+            let _ = slot.compare_exchange(
+                e,
+                entry(pid, ST_NOT_BALANCED, 0),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
             return;
         };
-        if slot.compare_exchange(e, entry(pid, ST_SPLITTING, idx), Ordering::AcqRel, Ordering::Relaxed).is_err() {
+        if slot
+            .compare_exchange(e, entry(pid, ST_SPLITTING, idx), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
             continue;
         }
         let ok = split(fd, idx);
@@ -444,7 +503,9 @@ fn ensure_split_slow(fd: c_int) {
 fn split(fd: c_int, idx: usize) -> bool {
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    if unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) } != 0 {
+    if unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) }
+        != 0
+    {
         return false;
     }
     let family = ss.ss_family as c_int;
@@ -493,7 +554,9 @@ fn split(fd: c_int, idx: usize) -> bool {
     if unsafe { Real::LISTEN()(new, backlog) } != 0 {
         return fail("listen");
     }
-    if fl & libc::O_NONBLOCK != 0 && unsafe { libc::fcntl(new, libc::F_SETFL, libc::O_NONBLOCK) } != 0 {
+    if fl & libc::O_NONBLOCK != 0
+        && unsafe { libc::fcntl(new, libc::F_SETFL, libc::O_NONBLOCK) } != 0
+    {
         return fail("O_NONBLOCK");
     }
     // Take the shared original out of the reuseport group (in every process: the open file is
@@ -582,7 +645,11 @@ pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn bind(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) -> c_int {
+pub unsafe extern "C" fn bind(
+    fd: c_int,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> c_int {
     if !addr.is_null() && config().n_addrs > 0 {
         let _ = std::panic::catch_unwind(|| prepare_bind(fd, addr, len));
     }
@@ -592,9 +659,17 @@ pub unsafe extern "C" fn bind(fd: c_int, addr: *const libc::sockaddr, len: libc:
 fn prepare_bind(fd: c_int, addr: *const libc::sockaddr, len: libc::socklen_t) {
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let n = (len as usize).min(size_of::<libc::sockaddr_storage>());
-    unsafe { ptr::copy_nonoverlapping(addr.cast::<u8>(), (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(), n) };
+    unsafe {
+        ptr::copy_nonoverlapping(
+            addr.cast::<u8>(),
+            (&mut ss as *mut libc::sockaddr_storage).cast::<u8>(),
+            n,
+        )
+    };
     let Some(a) = from_storage(&ss) else { return };
-    if addr_index(&a).is_none() || int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM) {
+    if addr_index(&a).is_none()
+        || int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE) != Some(libc::SOCK_STREAM)
+    {
         return;
     }
     set_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
@@ -614,7 +689,11 @@ pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn accept(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t) -> c_int {
+pub unsafe extern "C" fn accept(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+) -> c_int {
     ensure_split(fd);
     let c = Real::ACCEPT()(fd, addr, len);
     if c >= 0 {
@@ -624,7 +703,12 @@ pub unsafe extern "C" fn accept(fd: c_int, addr: *mut libc::sockaddr, len: *mut 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int) -> c_int {
+pub unsafe extern "C" fn accept4(
+    fd: c_int,
+    addr: *mut libc::sockaddr,
+    len: *mut libc::socklen_t,
+    flags: c_int,
+) -> c_int {
     ensure_split(fd);
     let c = Real::ACCEPT4()(fd, addr, len, flags);
     if c >= 0 {
@@ -634,7 +718,12 @@ pub unsafe extern "C" fn accept4(fd: c_int, addr: *mut libc::sockaddr, len: *mut
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn epoll_ctl(epfd: c_int, op: c_int, fd: c_int, event: *mut libc::epoll_event) -> c_int {
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: c_int,
+    op: c_int,
+    fd: c_int,
+    event: *mut libc::epoll_event,
+) -> c_int {
     if op == libc::EPOLL_CTL_ADD {
         ensure_split(fd);
     }
@@ -788,7 +877,9 @@ fn registration_loop(pid: u32) {
             }
             let idx = which[k];
             let mut b = [0u8; 64];
-            let got = unsafe { libc::recv(pfds[k].fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT) };
+            let got = unsafe {
+                libc::recv(pfds[k].fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT)
+            };
             if got > 0 || (got < 0 && errno().raw_os_error() == Some(libc::EAGAIN)) {
                 continue; // nothing is expected on this connection; ignore
             }
@@ -833,8 +924,20 @@ fn register(idx: usize, listener: c_int, pid: u32) -> Result<(), RegisterError> 
     }
     let tv = libc::timeval { tv_sec: 5, tv_usec: 0 };
     unsafe {
-        libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_RCVTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as libc::socklen_t);
-        libc::setsockopt(s, libc::SOL_SOCKET, libc::SO_SNDTIMEO, (&tv as *const libc::timeval).cast(), size_of::<libc::timeval>() as libc::socklen_t);
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_RCVTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            libc::SO_SNDTIMEO,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        );
     }
     let msg = Register::new(pid, cfg.weight).encode();
     if send_with_fd(s, &msg, listener) < 0 {
@@ -867,7 +970,11 @@ fn register(idx: usize, listener: c_int, pid: u32) -> Result<(), RegisterError> 
             "registration of {} rejected ({}): {}",
             DisplayAddr(addr),
             reply.status().name(),
-            if map_fd < 0 && reply.status() == Status::Ok { "no load map attached" } else { reply.reason() }
+            if map_fd < 0 && reply.status() == Status::Ok {
+                "no load map attached"
+            } else {
+                reply.reason()
+            }
         );
         if map_fd >= 0 {
             unsafe { Real::CLOSE()(map_fd) };
@@ -876,7 +983,14 @@ fn register(idx: usize, listener: c_int, pid: u32) -> Result<(), RegisterError> 
         return Err(RegisterError::Rejected);
     }
     let base = unsafe {
-        libc::mmap(ptr::null_mut(), LOADS_MMAP_LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, map_fd, 0)
+        libc::mmap(
+            ptr::null_mut(),
+            LOADS_MMAP_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map_fd,
+            0,
+        )
     };
     let map_id = bpf_map_id(map_fd);
     unsafe { Real::CLOSE()(map_fd) };
@@ -923,9 +1037,20 @@ fn bpf_map_id(fd: c_int) -> u32 {
         info_len: u32,
         info: u64,
     }
-    let mut attr = InfoAttr { bpf_fd: fd as u32, info_len: size_of::<[u32; 2]>() as u32, info: info.as_mut_ptr() as u64 };
+    let mut attr = InfoAttr {
+        bpf_fd: fd as u32,
+        info_len: size_of::<[u32; 2]>() as u32,
+        info: info.as_mut_ptr() as u64,
+    };
     const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
-    let r = unsafe { libc::syscall(libc::SYS_bpf, BPF_OBJ_GET_INFO_BY_FD, &mut attr as *mut InfoAttr, size_of::<InfoAttr>() as u32) };
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_OBJ_GET_INFO_BY_FD,
+            &mut attr as *mut InfoAttr,
+            size_of::<InfoAttr>() as u32,
+        )
+    };
     if r < 0 {
         0
     } else {

@@ -201,17 +201,15 @@ impl Config {
     /// Reads and checks `path`.
     pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Config::parse(&text, &path.display().to_string())
     }
 
     /// Parses and checks `text`; `file` names it in error messages.
     pub fn parse(text: &str, file: &str) -> Result<Config, ConfigError> {
-        let invalid = |line: Option<usize>, column: Option<usize>, message: String| ConfigError::Invalid {
-            file: file.to_owned(),
-            line,
-            column,
-            message,
+        let invalid = |line: Option<usize>, column: Option<usize>, message: String| {
+            ConfigError::Invalid { file: file.to_owned(), line, column, message }
         };
         if text.lines().all(|l| {
             let t = l.trim();
@@ -238,7 +236,9 @@ impl Config {
             if let Some(l) = line {
                 let bad_line = text.lines().nth(l.saturating_sub(1)).unwrap_or("");
                 if bad_line.chars().take_while(|c| c.is_whitespace()).any(|c| c == '\t') {
-                    message.push_str(" (a tab is indenting this line: YAML indentation must be spaces)");
+                    message.push_str(
+                        " (a tab is indenting this line: YAML indentation must be spaces)",
+                    );
                 }
             }
             invalid(line, column, message)
@@ -259,7 +259,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let mut filled = self.clone();
         filled.fill_defaults();
-        filled.check().map_err(|p| ConfigError::Invalid { file: "<config>".to_owned(), line: None, column: None, message: p.message })
+        filled.check().map_err(|p| ConfigError::Invalid {
+            file: "<config>".to_owned(),
+            line: None,
+            column: None,
+            message: p.message,
+        })
     }
 
     /// The service called `name`.
@@ -280,7 +285,11 @@ impl Config {
                 None => d.added.push(s.name.clone()),
                 Some(old) if old == s => {}
                 Some(old) => {
-                    if old.listen != s.listen || old.netns != s.netns || old.mode != s.mode || old.shim_socket() != s.shim_socket() {
+                    if old.listen != s.listen
+                        || old.netns != s.netns
+                        || old.mode != s.mode
+                        || old.shim_socket() != s.shim_socket()
+                    {
                         d.recreated.push(s.name.clone());
                     } else {
                         d.updated.push(s.name.clone());
@@ -307,9 +316,14 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), Problem> {
-        let svc = |i: usize, field: &'static str| vec![Seg::Key("services"), Seg::Index(i), Seg::Key(field)];
+        let svc = |i: usize, field: &'static str| {
+            vec![Seg::Key("services"), Seg::Index(i), Seg::Key(field)]
+        };
         if self.services.is_empty() {
-            return Err(Problem::new(vec![Seg::Key("services")], "no services: expected at least one".to_owned()));
+            return Err(Problem::new(
+                vec![Seg::Key("services")],
+                "no services: expected at least one".to_owned(),
+            ));
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut sockets: HashMap<&Path, usize> = HashMap::new();
@@ -327,7 +341,10 @@ impl Config {
             }
             names.insert(&s.name, i);
             if s.listen.is_empty() {
-                return Err(Problem::new(svc(i, "listen"), "no listen address: expected at least one IP:PORT".to_owned()));
+                return Err(Problem::new(
+                    svc(i, "listen"),
+                    "no listen address: expected at least one IP:PORT".to_owned(),
+                ));
             }
             for (k, addr) in s.listen.iter().enumerate() {
                 let mut at = svc(i, "listen");
@@ -337,8 +354,16 @@ impl Config {
                 }
                 for &(netns, other, j) in &addrs {
                     if netns == s.netns.as_deref() && overlaps(addr, &other) {
-                        let whose = if j == i { "this service".to_owned() } else { format!("service `{}`", self.services[j].name) };
-                        let same = if *addr == other { "is already".to_owned() } else { format!("overlaps {other}, which is") };
+                        let whose = if j == i {
+                            "this service".to_owned()
+                        } else {
+                            format!("service `{}`", self.services[j].name)
+                        };
+                        let same = if *addr == other {
+                            "is already".to_owned()
+                        } else {
+                            format!("overlaps {other}, which is")
+                        };
                         return Err(Problem::new(
                             at,
                             format!(
@@ -354,10 +379,16 @@ impl Config {
                 addrs.push((s.netns.as_deref(), *addr, i));
             }
             if !(1..=MAX_SLOTS).contains(&s.max_workers) {
-                return Err(Problem::new(svc(i, "max_workers"), format!("max_workers must be 1..={MAX_SLOTS}, got {}", s.max_workers)));
+                return Err(Problem::new(
+                    svc(i, "max_workers"),
+                    format!("max_workers must be 1..={MAX_SLOTS}, got {}", s.max_workers),
+                ));
             }
             if !(1..=MAX_WEIGHT).contains(&s.weight) {
-                return Err(Problem::new(svc(i, "weight"), format!("weight must be 1..={MAX_WEIGHT}, got {}", s.weight)));
+                return Err(Problem::new(
+                    svc(i, "weight"),
+                    format!("weight must be 1..={MAX_WEIGHT}, got {}", s.weight),
+                ));
             }
             if let Some(uids) = &s.allowed_uids {
                 if uids.is_empty() {
@@ -415,7 +446,9 @@ fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
 fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= MAX_NAME_LEN
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
 fn name_message(name: &str) -> String {
@@ -459,7 +492,11 @@ fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
             f.write_str("one of least-loaded, p2c, round-robin, hash")
         }
         fn visit_str<E: de::Error>(self, v: &str) -> Result<Policy, E> {
-            v.parse().map_err(|_| E::custom(format!("unknown policy `{v}`: expected one of least-loaded, p2c, round-robin, hash")))
+            v.parse().map_err(|_| {
+                E::custom(format!(
+                    "unknown policy `{v}`: expected one of least-loaded, p2c, round-robin, hash"
+                ))
+            })
         }
     }
     d.deserialize_str(V)
@@ -477,7 +514,9 @@ fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
                 "auto" => Ok(Mode::Auto),
                 "select" => Ok(Mode::Select),
                 "select-or-migrate" => Ok(Mode::SelectOrMigrate),
-                _ => Err(E::custom(format!("unknown mode `{v}`: expected one of auto, select, select-or-migrate"))),
+                _ => Err(E::custom(format!(
+                    "unknown mode `{v}`: expected one of auto, select, select-or-migrate"
+                ))),
             }
         }
     }
@@ -525,7 +564,9 @@ fn de_listen<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Erro
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<SocketAddr>, A::Error> {
             let mut out = Vec::new();
-            while let Some(a) = seq.next_element_seed(AddrV { what: "listen address", port_zero_ok: false })? {
+            while let Some(a) =
+                seq.next_element_seed(AddrV { what: "listen address", port_zero_ok: false })?
+            {
                 out.push(a);
             }
             if out.is_empty() {
@@ -541,7 +582,12 @@ fn de_opt_metrics_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketA
     d.deserialize_str(AddrV { what: "metrics address", port_zero_ok: true }).map(Some)
 }
 
-fn ranged<'de, D: Deserializer<'de>>(d: D, field: &'static str, min: u64, max: u64) -> Result<u32, D::Error> {
+fn ranged<'de, D: Deserializer<'de>>(
+    d: D,
+    field: &'static str,
+    min: u64,
+    max: u64,
+) -> Result<u32, D::Error> {
     struct V {
         field: &'static str,
         min: u64,
@@ -666,7 +712,9 @@ pub fn locate(text: &str, path: &[Seg]) -> Option<(usize, usize)> {
     const MARK: &str = "\u{0}reuselb-probe";
     let de = serde_yaml::Deserializer::from_str(text);
     match (Probe { path }).deserialize(de) {
-        Err(err) if err.to_string().contains(MARK) => err.location().map(|l| (l.line(), l.column())),
+        Err(err) if err.to_string().contains(MARK) => {
+            err.location().map(|l| (l.line(), l.column()))
+        }
         _ => None,
     }
 }

@@ -102,7 +102,8 @@ async fn main_loop(args: DaemonArgs, config: Config) -> Result<i32> {
     let pin_path = prepare_pin_path(&config.pin_path);
     let services: Services = Arc::new(Mutex::new(Vec::new()));
     for svc in &config.services {
-        let running = start_service(svc, pin_path.as_deref()).with_context(|| format!("starting service `{}`", svc.name))?;
+        let running = start_service(svc, pin_path.as_deref())
+            .with_context(|| format!("starting service `{}`", svc.name))?;
         lock(&services).push(running);
     }
 
@@ -113,7 +114,10 @@ async fn main_loop(args: DaemonArgs, config: Config) -> Result<i32> {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             mode: "daemon".to_owned(),
             uptime_seconds: started.elapsed().as_secs(),
-            services: lock(&services).iter().flat_map(|r| status::collect(&r.config.name, &r.registry)).collect(),
+            services: lock(&services)
+                .iter()
+                .flat_map(|r| status::collect(&r.config.name, &r.registry))
+                .collect(),
         }
     };
     let for_metrics = report.clone();
@@ -122,8 +126,19 @@ async fn main_loop(args: DaemonArgs, config: Config) -> Result<i32> {
     let metrics_addr = metrics_addr(args.metrics_addr, &config);
     let server = serve_metrics(metrics_addr, &metrics, &services).await?;
 
-    let mut daemon = Daemon { config_path: args.config, config, pin_path, services, metrics, server, metrics_flag: args.metrics_addr };
-    log::info!("running; SIGHUP reloads {}, SIGTERM stops (services keep serving)", daemon.config_path.display());
+    let mut daemon = Daemon {
+        config_path: args.config,
+        config,
+        pin_path,
+        services,
+        metrics,
+        server,
+        metrics_flag: args.metrics_addr,
+    };
+    log::info!(
+        "running; SIGHUP reloads {}, SIGTERM stops (services keep serving)",
+        daemon.config_path.display()
+    );
     let signal_name = loop {
         tokio::select! {
             _ = hup.recv() => daemon.reload().await,
@@ -136,10 +151,15 @@ async fn main_loop(args: DaemonArgs, config: Config) -> Result<i32> {
 }
 
 fn metrics_addr(flag: Option<SocketAddr>, config: &Config) -> SocketAddr {
-    flag.or(config.metrics_addr).unwrap_or_else(|| DEFAULT_METRICS_ADDR.parse().expect("valid default"))
+    flag.or(config.metrics_addr)
+        .unwrap_or_else(|| DEFAULT_METRICS_ADDR.parse().expect("valid default"))
 }
 
-async fn serve_metrics(addr: SocketAddr, metrics: &Arc<Metrics>, services: &Services) -> Result<MetricsServer> {
+async fn serve_metrics(
+    addr: SocketAddr,
+    metrics: &Arc<Metrics>,
+    services: &Services,
+) -> Result<MetricsServer> {
     let health_services = services.clone();
     let health = move || -> Result<(), String> {
         let services = lock(&health_services);
@@ -148,10 +168,13 @@ async fn serve_metrics(addr: SocketAddr, metrics: &Arc<Metrics>, services: &Serv
             None => Ok(()),
         }
     };
-    let server = metrics::serve(addr, metrics.clone(), health)
-        .await
-        .with_context(|| format!("serving metrics on {addr} (set metrics_addr in the config or --metrics-addr)"))?;
-    log::info!("metrics on http://{}/metrics, health on /healthz, status on /status", server.local_addr());
+    let server = metrics::serve(addr, metrics.clone(), health).await.with_context(|| {
+        format!("serving metrics on {addr} (set metrics_addr in the config or --metrics-addr)")
+    })?;
+    log::info!(
+        "metrics on http://{}/metrics, health on /healthz, status on /status",
+        server.local_addr()
+    );
     Ok(server)
 }
 
@@ -325,14 +348,22 @@ pub fn sanitize(addr: &SocketAddr) -> String {
 
 fn start_service(svc: &config::Service, pin_path: Option<&Path>) -> Result<Running> {
     let netns_cookie = match &svc.netns {
-        Some(path) => Some(netns_cookie_of(path).with_context(|| format!("network namespace {}", path.display()))?),
+        Some(path) => Some(
+            netns_cookie_of(path)
+                .with_context(|| format!("network namespace {}", path.display()))?,
+        ),
         None => None,
     };
     let mut groups = Vec::new();
     for addr in &svc.listen {
         let pin_dir = pin_path.map(|p| p.join(&svc.name).join(sanitize(addr)));
-        let group = Group::new(GroupOptions { policy: svc.policy, mode: svc.mode, pin_dir: pin_dir.clone(), ..Default::default() })
-            .with_context(|| format!("creating the balanced group of {addr}"))?;
+        let group = Group::new(GroupOptions {
+            policy: svc.policy,
+            mode: svc.mode,
+            pin_dir: pin_dir.clone(),
+            ..Default::default()
+        })
+        .with_context(|| format!("creating the balanced group of {addr}"))?;
         let pinned = match &pin_dir {
             Some(d) => format!(", pinned at {}", d.display()),
             None => ", not pinned".to_owned(),
@@ -345,7 +376,12 @@ fn start_service(svc: &config::Service, pin_path: Option<&Path>) -> Result<Runni
                 group.occupied_slots().count()
             );
         } else {
-            log::info!("{} {addr}: {} program loaded, policy {}{pinned}", svc.name, group.program().name(), svc.policy.name());
+            log::info!(
+                "{} {addr}: {} program loaded, policy {}{pinned}",
+                svc.name,
+                group.program().name(),
+                svc.policy.name()
+            );
         }
         groups.push((*addr, group));
     }
@@ -402,7 +438,15 @@ fn prepare_pin_path(pin_path: &Path) -> Option<PathBuf> {
     if pin_path.starts_with(bpffs) && !is_bpffs(bpffs) {
         let _ = fs::create_dir_all(bpffs);
         // SAFETY: mount(2) with NUL-terminated strings.
-        let r = unsafe { libc::mount(c"bpf".as_ptr(), c"/sys/fs/bpf".as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null()) };
+        let r = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
         if r == 0 {
             log::info!("the BPF filesystem was not mounted: mounted it at /sys/fs/bpf");
         } else {

@@ -42,13 +42,23 @@ const CAP_BPF: u32 = 39;
 
 /// Runs every check, in order.
 pub fn run() -> Vec<Check> {
-    vec![kernel(), capabilities(), bpffs(), select_program(), migrate_program(), attach(), migrate_sysctl()]
+    vec![
+        kernel(),
+        capabilities(),
+        bpffs(),
+        select_program(),
+        migrate_program(),
+        attach(),
+        migrate_sysctl(),
+    ]
 }
 
 fn kernel() -> Check {
     match fs::read_to_string("/proc/sys/kernel/osrelease") {
         Ok(release) => Check::new("kernel", Level::Ok, format!("Linux {}", release.trim()), None),
-        Err(e) => Check::new("kernel", Level::Warn, format!("cannot read the kernel release: {e}"), None),
+        Err(e) => {
+            Check::new("kernel", Level::Warn, format!("cannot read the kernel release: {e}"), None)
+        }
     }
 }
 
@@ -60,7 +70,12 @@ fn effective_caps() -> Option<u64> {
 
 fn capabilities() -> Check {
     let Some(caps) = effective_caps() else {
-        return Check::new("capabilities", Level::Warn, "cannot read CapEff from /proc/self/status", None);
+        return Check::new(
+            "capabilities",
+            Level::Warn,
+            "cannot read CapEff from /proc/self/status",
+            None,
+        );
     };
     let has = |cap: u32| caps & (1 << cap) != 0;
     // CAP_BPF loads SK_REUSEPORT programs. Without CAP_PERFMON the verifier also walks the
@@ -70,8 +85,10 @@ fn capabilities() -> Check {
     if bpf && perfmon {
         Check::new("capabilities", Level::Ok, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)", None)
     } else {
-        let missing: Vec<&str> =
-            [(!bpf).then_some("CAP_BPF"), (!perfmon).then_some("CAP_PERFMON")].into_iter().flatten().collect();
+        let missing: Vec<&str> = [(!bpf).then_some("CAP_BPF"), (!perfmon).then_some("CAP_PERFMON")]
+            .into_iter()
+            .flatten()
+            .collect();
         Check::new(
             "capabilities",
             Level::Fail,
@@ -129,14 +146,23 @@ fn migrate_program() -> Check {
 
 fn attach() -> Check {
     let result = (|| -> Result<(), String> {
-        let group = Group::new(GroupOptions { mode: Mode::Auto, ..Default::default() }).map_err(|e| e.to_string())?;
-        let listener = bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0)), 16).map_err(|e| format!("binding a test socket: {e}"))?;
+        let group = Group::new(GroupOptions { mode: Mode::Auto, ..Default::default() })
+            .map_err(|e| e.to_string())?;
+        let listener = bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0)), 16)
+            .map_err(|e| format!("binding a test socket: {e}"))?;
         group.attach(&listener).map_err(|e| e.to_string())?;
         Group::detach(&listener).map_err(|e| e.to_string())
     })();
     match result {
-        Ok(()) => Check::new("attach", Level::Ok, "attached to and detached from a loopback listener", None),
-        Err(e) => Check::new("attach", Level::Fail, format!("SO_ATTACH_REUSEPORT_EBPF failed: {e}"), None),
+        Ok(()) => Check::new(
+            "attach",
+            Level::Ok,
+            "attached to and detached from a loopback listener",
+            None,
+        ),
+        Err(e) => {
+            Check::new("attach", Level::Fail, format!("SO_ATTACH_REUSEPORT_EBPF failed: {e}"), None)
+        }
     }
 }
 
@@ -148,6 +174,11 @@ fn migrate_sysctl() -> Check {
             format!("{} (not needed: the select-or-migrate program migrates by itself)", v.trim()),
             None,
         ),
-        Err(_) => Check::new("net.ipv4.tcp_migrate_req", Level::Warn, "absent: this kernel cannot migrate requests", Some("upgrade to Linux 5.14 or later")),
+        Err(_) => Check::new(
+            "net.ipv4.tcp_migrate_req",
+            Level::Warn,
+            "absent: this kernel cannot migrate requests",
+            Some("upgrade to Linux 5.14 or later"),
+        ),
     }
 }

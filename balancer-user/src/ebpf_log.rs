@@ -34,7 +34,8 @@ impl LogForwarder {
         let thread = std::thread::Builder::new()
             .name("reuselb-ebpf-log".into())
             .spawn(move || {
-                let mut pfd = libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+                let mut pfd =
+                    libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
                 while !stop_thread.load(Ordering::Relaxed) {
                     // SAFETY: one valid pollfd.
                     let ready = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };

@@ -81,7 +81,8 @@ enum Source {
 }
 
 /// The maps the controller uses; the program keeps the others (round-robin ticks, logs) alive.
-const PINNED_MAPS: [&str; 5] = [maps::SOCKETS, maps::LOADS, maps::CONFIG, maps::SELECTED, maps::EVENTS];
+const PINNED_MAPS: [&str; 5] =
+    [maps::SOCKETS, maps::LOADS, maps::CONFIG, maps::SELECTED, maps::EVENTS];
 
 pub struct Group {
     source: Source,
@@ -106,12 +107,16 @@ fn take_map(ebpf: &mut Ebpf, name: &'static str) -> Result<Map> {
 /// Which program is pinned in `dir`, if a complete group is.
 fn pinned_program(dir: &Path) -> Option<Program> {
     let complete = PINNED_MAPS.iter().all(|m| dir.join(m).exists());
-    [Program::SelectOrMigrate, Program::Select].into_iter().find(|p| complete && dir.join(p.name()).exists())
+    [Program::SelectOrMigrate, Program::Select]
+        .into_iter()
+        .find(|p| complete && dir.join(p.name()).exists())
 }
 
 /// Pins the program and the controller's maps under `dir` (created if missing).
 fn pin_all(ebpf: &mut Ebpf, program: Program, dir: &Path) -> Result<()> {
-    let pin_err = |path: PathBuf| move |e: aya::pin::PinError| Error::Pin { path, source: std::io::Error::other(e) };
+    let pin_err = |path: PathBuf| {
+        move |e: aya::pin::PinError| Error::Pin { path, source: std::io::Error::other(e) }
+    };
     fs::create_dir_all(dir).map_err(|source| Error::Pin { path: dir.to_owned(), source })?;
     for name in PINNED_MAPS {
         let path = dir.join(name);
@@ -140,7 +145,9 @@ impl Group {
         }
         let (mut ebpf, program) = match options.mode {
             Mode::Select => (loader::load(Program::Select)?, Program::Select),
-            Mode::SelectOrMigrate => (loader::load(Program::SelectOrMigrate)?, Program::SelectOrMigrate),
+            Mode::SelectOrMigrate => {
+                (loader::load(Program::SelectOrMigrate)?, Program::SelectOrMigrate)
+            }
             Mode::Auto => match loader::load(Program::SelectOrMigrate) {
                 Ok(ebpf) => (ebpf, Program::SelectOrMigrate),
                 Err(err) => {
@@ -162,8 +169,16 @@ impl Group {
                 None
             }
         };
-        let [sockets, loads, config, selected, events] = PINNED_MAPS.map(|name| take_map(&mut ebpf, name));
-        let mut group = Self::assemble(Source::Loaded(ebpf), program, [sockets?, loads?, config?, selected?, events?], log, &options, None)?;
+        let [sockets, loads, config, selected, events] =
+            PINNED_MAPS.map(|name| take_map(&mut ebpf, name));
+        let mut group = Self::assemble(
+            Source::Loaded(ebpf),
+            program,
+            [sockets?, loads?, config?, selected?, events?],
+            log,
+            &options,
+            None,
+        )?;
         group.config.flags = if options.log_selections { config_flags::LOG_SELECTIONS } else { 0 };
         group.write_config()?;
         Ok(group)
@@ -202,7 +217,11 @@ impl Group {
         )?;
         group.config.policy = options.policy as u32;
         group.write_config()?;
-        log::info!("adopted the group pinned at {} ({} workers)", dir.display(), group.occupied_slots().count());
+        log::info!(
+            "adopted the group pinned at {} ({} workers)",
+            dir.display(),
+            group.occupied_slots().count()
+        );
         Ok(group)
     }
 
@@ -280,7 +299,9 @@ impl Group {
 
     /// Attaches the program to the reuseport group `socket` belongs to.
     pub fn attach(&self, socket: impl AsFd) -> Result<()> {
-        self.prog().attach(socket).map_err(|source| Error::Program { name: self.program.name(), source })
+        self.prog()
+            .attach(socket)
+            .map_err(|source| Error::Program { name: self.program.name(), source })
     }
 
     /// Detaches whatever program runs on `socket`'s reuseport group: the kernel's hash decides again.
@@ -302,7 +323,13 @@ impl Group {
 
     /// Puts a listening socket into `slot`. The socket must be listening, with SO_REUSEPORT, in
     /// the same reuseport group as the others. Returns the slot's new epoch.
-    pub fn insert_at(&mut self, slot: u32, socket: &impl AsRawFd, pid: u32, weight: u32) -> Result<u64> {
+    pub fn insert_at(
+        &mut self,
+        slot: u32,
+        socket: &impl AsRawFd,
+        pid: u32,
+        weight: u32,
+    ) -> Result<u64> {
         let index = self.check_slot(slot)?;
         if self.occupied[index] {
             return Err(Error::SlotTaken(slot));
@@ -318,7 +345,13 @@ impl Group {
     /// Gives an occupied `slot` back to its owner `pid`, registering again (after a controller
     /// restart adopted the group): the record, counters and epoch are kept, the socket array entry
     /// is set to `socket` if it does not hold it already. Returns the slot's (unchanged) epoch.
-    pub fn reuse(&mut self, slot: u32, socket: &impl AsRawFd, pid: u32, weight: u32) -> Result<u64> {
+    pub fn reuse(
+        &mut self,
+        slot: u32,
+        socket: &impl AsRawFd,
+        pid: u32,
+        weight: u32,
+    ) -> Result<u64> {
         let index = self.check_slot(slot)?;
         let rec = self.loads.read(slot);
         if !self.occupied[index] || rec.pid != pid {
@@ -327,7 +360,8 @@ impl Group {
         match self.sockets.set(slot, socket, 0) {
             Ok(()) => {}
             // The socket is in the array already (the kernel refuses a socket twice).
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(map_err(maps::SOCKETS)(e)),
         }
         self.loads.set_weight(slot, weight);
@@ -346,7 +380,11 @@ impl Group {
         match self.sockets.clear_index(&slot) {
             // The kernel already removed a socket that was closed.
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e))
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
+            {
+                Ok(())
+            }
             Err(e) => Err(map_err(maps::SOCKETS)(e)),
         }
     }
@@ -361,7 +399,11 @@ impl Group {
     }
 
     pub fn set_log_selections(&mut self, on: bool) -> Result<()> {
-        self.config.flags = if on { self.config.flags | config_flags::LOG_SELECTIONS } else { self.config.flags & !config_flags::LOG_SELECTIONS };
+        self.config.flags = if on {
+            self.config.flags | config_flags::LOG_SELECTIONS
+        } else {
+            self.config.flags & !config_flags::LOG_SELECTIONS
+        };
         self.write_config()
     }
 

@@ -65,20 +65,41 @@ pub fn from_sockaddr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     }
 }
 
-fn set_int_opt(fd: libc::c_int, level: libc::c_int, opt: libc::c_int, value: libc::c_int) -> io::Result<()> {
+fn set_int_opt(
+    fd: libc::c_int,
+    level: libc::c_int,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
     // SAFETY: passes a valid c_int of the stated size.
     let ret = unsafe {
-        libc::setsockopt(fd, level, opt, &value as *const _ as *const libc::c_void, size_of::<libc::c_int>() as libc::socklen_t)
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            &value as *const _ as *const libc::c_void,
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
     };
     cvt(ret).map(drop)
 }
 
-fn get_int_opt(fd: BorrowedFd<'_>, level: libc::c_int, opt: libc::c_int) -> io::Result<libc::c_int> {
+fn get_int_opt(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    opt: libc::c_int,
+) -> io::Result<libc::c_int> {
     let mut value: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: value and len describe a valid c_int buffer.
     let ret = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), level, opt, &mut value as *mut _ as *mut libc::c_void, &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            &mut value as *mut _ as *mut libc::c_void,
+            &mut len,
+        )
     };
     cvt(ret).map(|_| value)
 }
@@ -123,7 +144,9 @@ pub fn socket_facts(fd: BorrowedFd<'_>) -> io::Result<SocketFacts> {
     // SAFETY: zeroed storage and its size, filled by the kernel.
     let mut storage: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    let ret = unsafe { libc::getsockname(fd.as_raw_fd(), &mut storage as *mut _ as *mut libc::sockaddr, &mut len) };
+    let ret = unsafe {
+        libc::getsockname(fd.as_raw_fd(), &mut storage as *mut _ as *mut libc::sockaddr, &mut len)
+    };
     cvt(ret)?;
     Ok(SocketFacts {
         local: from_sockaddr(&storage),

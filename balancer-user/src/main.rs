@@ -13,7 +13,11 @@ mod run;
 mod watch;
 
 #[derive(Parser)]
-#[command(name = "reuselb", version, about = "In-kernel least-busy balancing for prefork app servers (SO_REUSEPORT + eBPF)")]
+#[command(
+    name = "reuselb",
+    version,
+    about = "In-kernel least-busy balancing for prefork app servers (SO_REUSEPORT + eBPF)"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG, when set, overrides it (and may
     /// set levels per module: RUST_LOG=info,balancer_user::registry=debug).
@@ -78,7 +82,8 @@ fn run(command: Command) -> Result<i32> {
 fn init_logging(level: &str) {
     use env_logger::fmt::WriteStyle;
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let mut builder = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
+    let mut builder =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
     builder.write_style(WriteStyle::Auto);
     if journald {
         builder.format(|buf, record| {

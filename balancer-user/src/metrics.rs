@@ -152,9 +152,14 @@ impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let shared = Arc::new(Shared::default());
-        let build_info = gauge_vec("reuselb_build_info", "reuselb build information; always 1.", &["version"]);
+        let build_info =
+            gauge_vec("reuselb_build_info", "reuselb build information; always 1.", &["version"]);
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let reloads = counter_vec("reuselb_config_reloads_total", "Configuration reloads, by outcome.", &["outcome"]);
+        let reloads = counter_vec(
+            "reuselb_config_reloads_total",
+            "Configuration reloads, by outcome.",
+            &["outcome"],
+        );
         for outcome in ["success", "failure"] {
             reloads.with_label_values(&[outcome]);
         }
@@ -178,13 +183,18 @@ impl Metrics {
     /// Reads a fresh snapshot from `source` at every scrape instead (it runs on a blocking
     /// thread, so it may take locks).
     pub fn set_source(&self, source: impl Fn() -> Snapshot + Send + Sync + 'static) {
-        *self.shared.source.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Box::new(source)));
+        *self.shared.source.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Arc::new(Box::new(source)));
     }
 
     /// Serves `GET /status`: `source`'s report as JSON, read at each request (on a blocking
     /// thread). Without it, `/status` answers 404.
-    pub fn set_status_source(&self, source: impl Fn() -> crate::status::Report + Send + Sync + 'static) {
-        *self.shared.status.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(Box::new(source)));
+    pub fn set_status_source(
+        &self,
+        source: impl Fn() -> crate::status::Report + Send + Sync + 'static,
+    ) {
+        *self.shared.status.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Arc::new(Box::new(source)));
     }
 
     /// The `/status` report as JSON, if a status source is set.
@@ -211,7 +221,8 @@ impl Metrics {
         if let Err(err) = TextEncoder::new().encode(&families, &mut out) {
             log::warn!("encoding metrics failed: {err}");
         }
-        String::from_utf8(out).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+        String::from_utf8(out)
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
     }
 }
 
@@ -271,7 +282,15 @@ impl SnapshotCollector {
     }
 
     fn counters(&self) -> [&IntCounterVec; 7] {
-        [&self.selected, &self.accepted, &self.completed, &self.fallbacks, &self.migrations, &self.registrations, &self.rejected]
+        [
+            &self.selected,
+            &self.accepted,
+            &self.completed,
+            &self.fallbacks,
+            &self.migrations,
+            &self.registrations,
+            &self.rejected,
+        ]
     }
 
     fn fill(&self, snapshot: &Snapshot) {
@@ -291,8 +310,12 @@ impl SnapshotCollector {
             for event in Event::ALL {
                 let n = s.stats.get(event);
                 match event {
-                    Event::MigrateSelected => self.migrations.with_label_values(&[service, "migrated"]).inc_by(n),
-                    Event::MigrateFallback => self.migrations.with_label_values(&[service, "kernel_hash"]).inc_by(n),
+                    Event::MigrateSelected => {
+                        self.migrations.with_label_values(&[service, "migrated"]).inc_by(n)
+                    }
+                    Event::MigrateFallback => {
+                        self.migrations.with_label_values(&[service, "kernel_hash"]).inc_by(n)
+                    }
                     e => self.fallbacks.with_label_values(&[service, e.name()]).inc_by(n),
                 }
             }
@@ -386,7 +409,11 @@ impl Drop for MetricsServer {
 /// `GET /status`: [`Metrics::status_json`] as `application/json` (404 without a status source);
 /// 404 for other paths, 405 for other methods, 400 for what is not an HTTP request,
 /// 431 for a request head over [`MAX_REQUEST`] bytes. One request per connection.
-pub async fn serve(addr: SocketAddr, metrics: Arc<Metrics>, health: impl Health) -> io::Result<MetricsServer> {
+pub async fn serve(
+    addr: SocketAddr,
+    metrics: Arc<Metrics>,
+    health: impl Health,
+) -> io::Result<MetricsServer> {
     let listener = TcpListener::bind(addr).await?;
     let local_addr = listener.local_addr()?;
     let health: Arc<dyn Health> = Arc::new(health);
@@ -410,7 +437,8 @@ async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<d
         let (metrics, health) = (metrics.clone(), health.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            if tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, metrics, health)).await.is_err() {
+            if tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, metrics, health)).await.is_err()
+            {
                 log::debug!("metrics server: a client timed out");
             }
         });
@@ -440,7 +468,10 @@ async fn read_head(stream: &mut TcpStream) -> Result<Option<String>, Response> {
             break;
         }
         if buf.len() > MAX_REQUEST {
-            return Err(Response::text("431 Request Header Fields Too Large", "request too large\n"));
+            return Err(Response::text(
+                "431 Request Header Fields Too Large",
+                "request too large\n",
+            ));
         }
         match stream.read(&mut chunk).await {
             Ok(0) if buf.is_empty() => return Ok(None),
@@ -490,17 +521,25 @@ async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>, health: Arc<dyn He
 async fn route(head: &str, metrics: Arc<Metrics>, health: Arc<dyn Health>) -> (Response, bool) {
     let line = head.lines().next().unwrap_or("");
     let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+    let (Some(method), Some(target), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
         return (Response::text("400 Bad Request", "bad request\n"), false);
     };
     let valid_method = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
-    if !valid_method || !target.starts_with('/') || !(version == "HTTP/1.0" || version == "HTTP/1.1") {
+    if !valid_method
+        || !target.starts_with('/')
+        || !(version == "HTTP/1.0" || version == "HTTP/1.1")
+    {
         return (Response::text("400 Bad Request", "bad request\n"), false);
     }
     let path = target.split(['?', '#']).next().unwrap_or(target);
     let head_only = method == "HEAD";
     if path != "/metrics" && path != "/healthz" && path != "/status" {
-        return (Response::text("404 Not Found", "not found: try /metrics, /healthz or /status\n"), head_only);
+        return (
+            Response::text("404 Not Found", "not found: try /metrics, /healthz or /status\n"),
+            head_only,
+        );
     }
     if method != "GET" && method != "HEAD" {
         let mut r = Response::text("405 Method Not Allowed", "method not allowed\n");
@@ -514,7 +553,9 @@ async fn route(head: &str, metrics: Arc<Metrics>, health: Arc<dyn Health>) -> (R
         }
     } else if path == "/status" {
         match tokio::task::spawn_blocking(move || metrics.status_json()).await {
-            Ok(Some(body)) => Response { status: "200 OK", content_type: "application/json", extra: "", body },
+            Ok(Some(body)) => {
+                Response { status: "200 OK", content_type: "application/json", extra: "", body }
+            }
             Ok(None) => Response::text("404 Not Found", "no status here\n"),
             Err(_) => Response::text("500 Internal Server Error", "collecting the status failed\n"),
         }

@@ -196,7 +196,10 @@ impl Registry {
             source,
         })?);
         let shared = Arc::new(Shared {
-            services: services.into_iter().map(|(addr, group)| Service { addr, group: Mutex::new(group) }).collect(),
+            services: services
+                .into_iter()
+                .map(|(addr, group)| Service { addr, group: Mutex::new(group) })
+                .collect(),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             keep_slots: AtomicBool::new(false),
@@ -383,11 +386,19 @@ impl Loop {
                 sources.push(Source::Conn(*fd));
             }
             for (key, w) in &self.workers {
-                pfds.push(libc::pollfd { fd: w.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd: w.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 sources.push(Source::Pidfd(*key));
             }
             for (key, a) in &self.adopted {
-                pfds.push(libc::pollfd { fd: a.pidfd.as_raw_fd(), events: libc::POLLIN, revents: 0 });
+                pfds.push(libc::pollfd {
+                    fd: a.pidfd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
                 sources.push(Source::AdoptedPidfd(*key));
             }
             let timeout = next_tick.saturating_duration_since(Instant::now()).as_millis() as i32;
@@ -405,7 +416,9 @@ impl Loop {
                         Source::Listener => self.accept_all(),
                         Source::Wake => {
                             let mut v = 0u64;
-                            unsafe { libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+                            unsafe {
+                                libc::read(self.wake.as_raw_fd(), (&mut v as *mut u64).cast(), 8)
+                            };
                         }
                         Source::Conn(fd) => self.on_conn(fd),
                         Source::Pidfd(key) => {
@@ -419,7 +432,9 @@ impl Loop {
                             }
                             self.remove_worker(key);
                         }
-                        Source::AdoptedPidfd(key) => self.free_adopted(key, "exited before registering again"),
+                        Source::AdoptedPidfd(key) => {
+                            self.free_adopted(key, "exited before registering again")
+                        }
                     }
                 }
             }
@@ -432,10 +447,18 @@ impl Loop {
         }
         if self.shared.detach.load(Ordering::Acquire) {
             for (svc, service) in self.shared.services.iter().enumerate() {
-                let socket = self.workers.iter().find(|((s, _), _)| *s == svc).map(|(_, w)| &w.listener).or(self.parked.get(&svc));
+                let socket = self
+                    .workers
+                    .iter()
+                    .find(|((s, _), _)| *s == svc)
+                    .map(|(_, w)| &w.listener)
+                    .or(self.parked.get(&svc));
                 if let Some(socket) = socket {
                     match Group::detach(socket) {
-                        Ok(()) => log::info!("{}: program detached; the kernel's hash spreads connections again", service.addr),
+                        Ok(()) => log::info!(
+                            "{}: program detached; the kernel's hash spreads connections again",
+                            service.addr
+                        ),
                         Err(e) => log::warn!("{}: detaching the program: {e}", service.addr),
                     }
                 }
@@ -462,7 +485,12 @@ impl Loop {
     fn free_adopted(&mut self, key: (usize, u32), why: &str) {
         let Some(a) = self.adopted.remove(&key) else { return };
         let service = &self.shared.services[key.0];
-        log::info!("{}: worker {} of adopted slot {} {why}: slot freed", service.addr, a.pid, key.1);
+        log::info!(
+            "{}: worker {} of adopted slot {} {why}: slot freed",
+            service.addr,
+            a.pid,
+            key.1
+        );
         if let Err(e) = service.group().remove(key.1) {
             log::warn!("freeing slot {}: {e}", key.1);
         }
@@ -470,7 +498,8 @@ impl Loop {
 
     fn expire_adopted(&mut self) {
         let now = Instant::now();
-        let late: Vec<_> = self.adopted.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| *k).collect();
+        let late: Vec<_> =
+            self.adopted.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| *k).collect();
         for key in late {
             self.free_adopted(key, "did not register again in time");
         }
@@ -522,7 +551,9 @@ impl Loop {
         let mut buf = [0u8; 256];
         let received = recv_with_fds(conn.fd.as_fd(), &mut buf);
         match received {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted => {}
             Err(_) | Ok(Received { len: 0, .. }) => self.close_conn(raw),
             Ok(msg) => {
                 if conn.worker.is_some() {
@@ -574,7 +605,10 @@ impl Loop {
         }
         let last = !self.workers.keys().any(|(svc, _)| *svc == key.0);
         if last && !self.shared.stop.load(Ordering::Relaxed) && is_listening(w.listener.as_fd()) {
-            log::info!("{}: no worker left; keeping the last socket listening until one registers", self.shared.services[key.0].addr);
+            log::info!(
+                "{}: no worker left; keeping the last socket listening until one registers",
+                self.shared.services[key.0].addr
+            );
             self.parked.insert(key.0, w.listener);
         }
         // Otherwise `w.listener` closes here: if the worker is gone, so is its socket, and the
@@ -595,7 +629,10 @@ impl Loop {
             Err(e) => return self.reject(conn_fd, Status::BadMessage, &e.to_string()),
         };
         if msg.truncated || msg.fds.len() != 1 {
-            let reason = format!("expected exactly one descriptor, got {}", if msg.truncated { "too many".into() } else { msg.fds.len().to_string() });
+            let reason = format!(
+                "expected exactly one descriptor, got {}",
+                if msg.truncated { "too many".into() } else { msg.fds.len().to_string() }
+            );
             return self.reject(conn_fd, Status::NoDescriptor, &reason);
         }
         let socket = msg.fds.into_iter().next().expect("one fd");
@@ -608,11 +645,17 @@ impl Loop {
             (s.allowed_uids.contains(&cred.uid), s.max_workers, s.default_weight)
         };
         if cred.uid != 0 && !allowed {
-            return self.reject(conn_fd, Status::UidNotAllowed, &format!("uid {} may not register here", cred.uid));
+            return self.reject(
+                conn_fd,
+                Status::UidNotAllowed,
+                &format!("uid {} may not register here", cred.uid),
+            );
         }
         let facts = match listener::socket_facts(socket.as_fd()) {
             Ok(f) => f,
-            Err(e) => return self.reject(conn_fd, Status::NotAListener, &format!("not a socket: {e}")),
+            Err(e) => {
+                return self.reject(conn_fd, Status::NotAListener, &format!("not a socket: {e}"))
+            }
         };
         let problem = if !facts.tcp {
             Some("not a TCP socket".to_string())
@@ -626,30 +669,58 @@ impl Loop {
         if let Some(p) = problem {
             return self.reject(conn_fd, Status::NotAListener, &p);
         }
-        let Some(svc) = facts.local.and_then(|a| self.shared.services.iter().position(|s| s.addr == a)) else {
+        let Some(svc) =
+            facts.local.and_then(|a| self.shared.services.iter().position(|s| s.addr == a))
+        else {
             let local = facts.local.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-            return self.reject(conn_fd, Status::NotAListener, &format!("{local} is not balanced by this controller"));
+            return self.reject(
+                conn_fd,
+                Status::NotAListener,
+                &format!("{local} is not balanced by this controller"),
+            );
         };
         match netns_cookie(socket.as_fd()) {
             Ok(c) if c == self.netns => {}
             Ok(_) => {
-                return self.reject(conn_fd, Status::WrongNamespace, "the socket is in another network namespace than the service")
+                return self.reject(
+                    conn_fd,
+                    Status::WrongNamespace,
+                    "the socket is in another network namespace than the service",
+                )
             }
-            Err(e) => return self.reject(conn_fd, Status::Internal, &format!("SO_NETNS_COOKIE: {e}")),
+            Err(e) => {
+                return self.reject(conn_fd, Status::Internal, &format!("SO_NETNS_COOKIE: {e}"))
+            }
         }
         if request.pid != cred.pid {
-            log::debug!("worker says pid {}, the kernel says {} (pid namespaces?): using the kernel's", request.pid, cred.pid);
+            log::debug!(
+                "worker says pid {}, the kernel says {} (pid namespaces?): using the kernel's",
+                request.pid,
+                cred.pid
+            );
         }
         let pidfd = match pidfd_open(cred.pid) {
             Ok(p) => p,
-            Err(e) => return self.reject(conn_fd, Status::Internal, &format!("pidfd_open({}): {e}", cred.pid)),
+            Err(e) => {
+                return self.reject(
+                    conn_fd,
+                    Status::Internal,
+                    &format!("pidfd_open({}): {e}", cred.pid),
+                )
+            }
         };
         let service = &self.shared.services[svc];
         // A worker that owned a slot of the adopted group gets it back, counters and all.
-        let adopted = self.adopted.iter().find(|((s, _), a)| *s == svc && a.pid == cred.pid).map(|(k, _)| *k);
-        let held = self.workers.keys().filter(|(s, _)| *s == svc).count() + self.adopted.keys().filter(|(s, _)| *s == svc).count();
+        let adopted =
+            self.adopted.iter().find(|((s, _), a)| *s == svc && a.pid == cred.pid).map(|(k, _)| *k);
+        let held = self.workers.keys().filter(|(s, _)| *s == svc).count()
+            + self.adopted.keys().filter(|(s, _)| *s == svc).count();
         if adopted.is_none() && held >= max_workers as usize {
-            return self.reject(conn_fd, Status::NoFreeSlot, &format!("max_workers ({max_workers}) reached"));
+            return self.reject(
+                conn_fd,
+                Status::NoFreeSlot,
+                &format!("max_workers ({max_workers}) reached"),
+            );
         }
         let weight = if request.weight == 0 { default_weight } else { request.weight };
         let (slot, epoch) = {
@@ -658,10 +729,16 @@ impl Loop {
             // that the kernel recreated after all its sockets were closed.
             if let Err(e) = group.attach(&socket) {
                 drop(group);
-                return self.reject(conn_fd, Status::Internal, &format!("attaching the program: {e}"));
+                return self.reject(
+                    conn_fd,
+                    Status::Internal,
+                    &format!("attaching the program: {e}"),
+                );
             }
             let inserted = match adopted {
-                Some((_, slot)) => group.reuse(slot, &socket, cred.pid, weight).map(|epoch| (slot, epoch)),
+                Some((_, slot)) => {
+                    group.reuse(slot, &socket, cred.pid, weight).map(|epoch| (slot, epoch))
+                }
                 None => group.insert(&socket, cred.pid, weight),
             };
             match inserted {
@@ -691,14 +768,26 @@ impl Loop {
         if self.adopted.remove(&key).is_some() {
             log::info!("worker {} registered again on {}: back in its slot {slot} (epoch {epoch}), counters kept", cred.pid, service.addr);
         } else {
-            log::info!("worker {} registered on {} as slot {slot} (epoch {epoch})", cred.pid, service.addr);
+            log::info!(
+                "worker {} registered on {} as slot {slot} (epoch {epoch})",
+                cred.pid,
+                service.addr
+            );
         }
         if let Some(c) = self.conns.get_mut(&raw) {
             c.worker = Some(key);
         }
         self.workers.insert(
             key,
-            Worker { pid: cred.pid, pidfd, listener: socket, conn: raw, prev_diff: 0, last_accepted: 0, asked_weight: request.weight },
+            Worker {
+                pid: cred.pid,
+                pidfd,
+                listener: socket,
+                conn: raw,
+                prev_diff: 0,
+                last_accepted: 0,
+                asked_weight: request.weight,
+            },
         );
         if let Some(parked) = self.parked.remove(&svc) {
             // Its queue migrates to the new worker.
@@ -783,11 +872,23 @@ fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize, u32), Adop
                         view.pid,
                         view.selected_total
                     );
-                    out.insert((svc, view.slot), Adopted { pid: view.pid, pidfd, deadline: Instant::now() + grace });
+                    out.insert(
+                        (svc, view.slot),
+                        Adopted { pid: view.pid, pidfd, deadline: Instant::now() + grace },
+                    );
                 }
                 Err(e) => {
-                    let why = if e.raw_os_error() == Some(libc::ESRCH) { "exited while no controller ran".to_owned() } else { format!("cannot be watched ({e})") };
-                    log::info!("{}: worker {} of adopted slot {} {why}: slot freed", service.addr, view.pid, view.slot);
+                    let why = if e.raw_os_error() == Some(libc::ESRCH) {
+                        "exited while no controller ran".to_owned()
+                    } else {
+                        format!("cannot be watched ({e})")
+                    };
+                    log::info!(
+                        "{}: worker {} of adopted slot {} {why}: slot freed",
+                        service.addr,
+                        view.pid,
+                        view.slot
+                    );
                     if let Err(e) = group.remove(view.slot) {
                         log::warn!("freeing slot {}: {e}", view.slot);
                     }
@@ -817,23 +918,39 @@ fn bind_seqpacket(path: &Path, mode: u32) -> Result<OwnedFd> {
     let (addr, len) = sockaddr_un(path)?;
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() {
-            std::fs::create_dir_all(dir).map_err(|source| Error::Socket { path: path.into(), op: "create_dir_all", source })?;
+            std::fs::create_dir_all(dir).map_err(|source| Error::Socket {
+                path: path.into(),
+                op: "create_dir_all",
+                source,
+            })?;
         }
     }
-    let fd = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) })
-        .map_err(|source| Error::Socket { path: path.into(), op: "socket", source })?;
+    let fd = cvt(unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    })
+    .map_err(|source| Error::Socket { path: path.into(), op: "socket", source })?;
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     if path.exists() {
         // A live controller answers; a stale file from a crash does not.
-        let probe = cvt(unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) })
-            .map_err(|source| Error::Socket { path: path.into(), op: "socket", source })?;
+        let probe = cvt(unsafe {
+            libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0)
+        })
+        .map_err(|source| Error::Socket { path: path.into(), op: "socket", source })?;
         let probe = unsafe { OwnedFd::from_raw_fd(probe) };
-        if unsafe { libc::connect(probe.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) } == 0 {
+        if unsafe {
+            libc::connect(probe.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len)
+        } == 0
+        {
             return Err(Error::InUse(path.into()));
         }
         let _ = std::fs::remove_file(path);
     }
-    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) }).map_err(err("bind"))?;
+    cvt(unsafe { libc::bind(fd.as_raw_fd(), (&addr as *const libc::sockaddr_un).cast(), len) })
+        .map_err(err("bind"))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
         .map_err(|source| Error::Socket { path: path.into(), op: "chmod", source })?;
     cvt(unsafe { libc::listen(fd.as_raw_fd(), 256) }).map_err(err("listen"))?;
@@ -877,7 +994,13 @@ fn peer_cred(fd: BorrowedFd<'_>) -> io::Result<Cred> {
     let mut cred: libc::ucred = unsafe { zeroed() };
     let mut len = size_of::<libc::ucred>() as libc::socklen_t;
     cvt(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_PEERCRED, (&mut cred as *mut libc::ucred).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
     })?;
     Ok(Cred { pid: cred.pid as u32, uid: cred.uid })
 }
@@ -887,7 +1010,13 @@ pub fn netns_cookie(fd: BorrowedFd<'_>) -> io::Result<u64> {
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
     cvt(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
     })?;
     Ok(cookie)
 }
@@ -903,7 +1032,9 @@ pub fn own_netns_cookie() -> io::Result<u64> {
 fn leader_exited(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return false };
     // "pid (comm) S ...": the state follows the last ')'.
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|c| c == 'Z' || c == 'X')
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.trim_start().chars().next())
+        .is_some_and(|c| c == 'Z' || c == 'X')
 }
 
 fn is_listening(fd: BorrowedFd<'_>) -> bool {
@@ -915,9 +1046,17 @@ pub fn accept_queue_len(fd: BorrowedFd<'_>) -> io::Result<u32> {
     let mut info: libc::tcp_info = unsafe { zeroed() };
     let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
     cvt(unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::IPPROTO_TCP, libc::TCP_INFO, (&mut info as *mut libc::tcp_info).cast(), &mut len)
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
     })?;
-    if info.tcpi_state != 10 /* TCP_LISTEN */ {
+    if info.tcpi_state != 10
+    /* TCP_LISTEN */
+    {
         return Ok(0);
     }
     Ok(info.tcpi_unacked)
@@ -940,7 +1079,9 @@ fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
     msg.msg_iovlen = 1;
     msg.msg_control = cbuf.0.as_mut_ptr().cast();
     msg.msg_controllen = cbuf.0.len();
-    let n = unsafe { libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT) };
+    let n = unsafe {
+        libc::recvmsg(fd.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC | libc::MSG_DONTWAIT)
+    };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -950,7 +1091,8 @@ fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c);
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize) / size_of::<libc::c_int>();
+                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / size_of::<libc::c_int>();
                 for k in 0..count {
                     let f = std::ptr::read_unaligned(data.cast::<libc::c_int>().add(k));
                     fds.push(OwnedFd::from_raw_fd(f));
@@ -959,7 +1101,11 @@ fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<Received> {
             c = libc::CMSG_NXTHDR(&msg, c);
         }
     }
-    Ok(Received { len: n as usize, fds, truncated: msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0 })
+    Ok(Received {
+        len: n as usize,
+        fds,
+        truncated: msg.msg_flags & (libc::MSG_CTRUNC | libc::MSG_TRUNC) != 0,
+    })
 }
 
 fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -> io::Result<()> {
@@ -981,7 +1127,8 @@ fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd.as_raw_fd());
         }
     }
-    let n = unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
+    let n =
+        unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }

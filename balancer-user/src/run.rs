@@ -90,7 +90,9 @@ fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf> {
         Some(p) => p,
         None => {
             let exe = std::env::current_exe().context("locating this binary")?;
-            exe.parent().map(|d| d.join("libbalancer_shim.so")).context("this binary has no directory")?
+            exe.parent()
+                .map(|d| d.join("libbalancer_shim.so"))
+                .context("this binary has no directory")?
         }
     };
     if !path.is_file() {
@@ -110,7 +112,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     for addr in &args.listen {
         let group = Group::new(GroupOptions { policy: args.policy, ..Default::default() })
             .with_context(|| format!("creating the balanced group of {addr}"))?;
-        log::info!("{addr}: {} program loaded, policy {}", group.program().name(), args.policy.name());
+        log::info!(
+            "{addr}: {} program loaded, policy {}",
+            group.program().name(),
+            args.policy.name()
+        );
         services.push((*addr, group));
     }
     let registry = Registry::start(RegistryOptions::new(&args.socket), services)
@@ -143,13 +149,21 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     };
     CHILD.store(child.id() as i32, Ordering::Relaxed);
-    log::info!("started {:?} (pid {}) with the shim preloaded, balancing {listen}", args.command[0], child.id());
+    log::info!(
+        "started {:?} (pid {}) with the shim preloaded, balancing {listen}",
+        args.command[0],
+        child.id()
+    );
 
     let registry = Arc::new(registry);
     let name = args.name.clone().unwrap_or_else(|| {
-        std::path::Path::new(&args.command[0]).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "app".into())
+        std::path::Path::new(&args.command[0])
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "app".into())
     });
-    let metrics = (!args.no_metrics).then(|| start_metrics(args.metrics_addr, &registry, name)).flatten();
+    let metrics =
+        (!args.no_metrics).then(|| start_metrics(args.metrics_addr, &registry, name)).flatten();
     let stop = Arc::new(AtomicBool::new(false));
     let view = args.view;
     let status = (view || args.status_every > 0).then(|| {
@@ -202,8 +216,17 @@ struct MetricsRunning {
 
 /// Serves /metrics, /healthz and /status for `registry`, named `name`. `None` (with a warning)
 /// if that fails: the app runs anyway.
-fn start_metrics(addr: SocketAddr, registry: &Arc<Registry>, name: String) -> Option<MetricsRunning> {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("reuselb-metrics").enable_all().build() {
+fn start_metrics(
+    addr: SocketAddr,
+    registry: &Arc<Registry>,
+    name: String,
+) -> Option<MetricsRunning> {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("reuselb-metrics")
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             log::warn!("no metrics: cannot start the async runtime: {e}");
@@ -229,7 +252,11 @@ fn start_metrics(addr: SocketAddr, registry: &Arc<Registry>, name: String) -> Op
     };
     match runtime.block_on(metrics::serve(addr, m, health)) {
         Ok(server) => {
-            log::info!("metrics on http://{}/metrics, status on /status (reuselb status --addr {})", server.local_addr(), server.local_addr());
+            log::info!(
+                "metrics on http://{}/metrics, status on /status (reuselb status --addr {})",
+                server.local_addr(),
+                server.local_addr()
+            );
             Some(MetricsRunning { _server: server, _runtime: runtime })
         }
         Err(e) => {
@@ -250,7 +277,13 @@ fn print_view(registry: &Registry) {
         let group = svc.group();
         match (group.slots(), group.stats()) {
             (Ok(slots), Ok(stats)) => {
-                out.push_str(&view::render(&svc.addr.to_string(), group.policy(), group.program(), &slots, &stats));
+                out.push_str(&view::render(
+                    &svc.addr.to_string(),
+                    group.policy(),
+                    group.program(),
+                    &slots,
+                    &stats,
+                ));
                 out.push('\n');
             }
             (Err(e), _) | (_, Err(e)) => log::warn!("{}: reading the maps: {e}", svc.addr),
@@ -270,7 +303,13 @@ fn print_status(registry: &Registry) {
             }
         };
         let total: u64 = slots.iter().map(|s| s.inflight).sum();
-        let mut line = format!("{} {}: {} workers, {} in flight |", svc.addr, group.policy().name(), slots.len(), total);
+        let mut line = format!(
+            "{} {}: {} workers, {} in flight |",
+            svc.addr,
+            group.policy().name(),
+            slots.len(),
+            total
+        );
         for s in &slots {
             line.push_str(&format!(" {}:{} {}/{}", s.slot, s.pid, s.inflight, s.selected_total));
         }

@@ -136,14 +136,21 @@ impl ServiceReport {
 
     /// The per-worker table of [`crate::view::render`], titled with the name and address.
     pub fn render(&self) -> String {
-        crate::view::render(&format!("{} {}", self.name, self.addr), self.policy(), self.program(), &self.slots(), &self.stats())
+        crate::view::render(
+            &format!("{} {}", self.name, self.addr),
+            self.policy(),
+            self.program(),
+            &self.slots(),
+            &self.stats(),
+        )
     }
 }
 
 /// The reports of every address a registry serves, under the service name `name`.
 pub fn collect(name: &str, registry: &Registry) -> Vec<ServiceReport> {
     let counters = registry.counters();
-    let rejections: BTreeMap<String, u64> = counters.rejections().into_iter().map(|(s, n)| (s.name().to_owned(), n)).collect();
+    let rejections: BTreeMap<String, u64> =
+        counters.rejections().into_iter().map(|(s, n)| (s.name().to_owned(), n)).collect();
     let registrations = counters.replies(protocol::Status::Ok);
     let mut out = Vec::new();
     for svc in registry.services() {
@@ -160,8 +167,12 @@ pub fn collect(name: &str, registry: &Registry) -> Vec<ServiceReport> {
         let mut migrations = BTreeMap::new();
         for event in Event::ALL {
             match event {
-                Event::MigrateSelected => migrations.insert("migrated".to_owned(), stats.get(event)),
-                Event::MigrateFallback => migrations.insert("kernel_hash".to_owned(), stats.get(event)),
+                Event::MigrateSelected => {
+                    migrations.insert("migrated".to_owned(), stats.get(event))
+                }
+                Event::MigrateFallback => {
+                    migrations.insert("kernel_hash".to_owned(), stats.get(event))
+                }
                 e => fallbacks.insert(e.name().to_owned(), stats.get(e)),
             };
         }
@@ -238,7 +249,16 @@ mod tests {
             adopted: false,
             workers: workers
                 .iter()
-                .map(|&(slot, pid, selected)| WorkerReport { slot, pid, weight: 1, epoch: 1, inflight: 1, selected, accepted: selected, completed: selected - 1 })
+                .map(|&(slot, pid, selected)| WorkerReport {
+                    slot,
+                    pid,
+                    weight: 1,
+                    epoch: 1,
+                    inflight: 1,
+                    selected,
+                    accepted: selected,
+                    completed: selected - 1,
+                })
                 .collect(),
             fallbacks,
             migrations: BTreeMap::new(),
@@ -270,7 +290,15 @@ mod tests {
         assert_eq!(web.service, "web");
         assert_eq!(web.policy, Policy::PowerOfTwo);
         assert_eq!(web.slots.len(), 2);
-        assert_eq!((web.slots[0].slot, web.slots[0].pid, web.slots[0].selected_total, web.slots[0].inflight), (0, 10, 6, 2));
+        assert_eq!(
+            (
+                web.slots[0].slot,
+                web.slots[0].pid,
+                web.slots[0].selected_total,
+                web.slots[0].inflight
+            ),
+            (0, 10, 6, 2)
+        );
         assert_eq!((web.slots[1].slot, web.slots[1].pid, web.slots[1].selected_total), (1, 11, 9));
         assert_eq!(web.stats.get(Event::FallbackSelectFailed), 4);
         assert_eq!(web.registrations[protocol::Status::Ok as usize], 4);

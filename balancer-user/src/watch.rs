@@ -38,14 +38,16 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
         .with_context(|| format!("resolving {addr}"))?
         .next()
         .ok_or_else(|| anyhow!("{addr} resolves to nothing"))?;
-    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3)).with_context(|| format!("connecting to {target}"))?;
+    let mut s = TcpStream::connect_timeout(&target, Duration::from_secs(3))
+        .with_context(|| format!("connecting to {target}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     s.set_write_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).with_context(|| format!("reading the answer of {target}"))?;
     let text = String::from_utf8(raw).context("the answer is not UTF-8")?;
-    let (head, body) = text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("{target} did not answer in HTTP"))?;
+    let (head, body) =
+        text.split_once("\r\n\r\n").ok_or_else(|| anyhow!("{target} did not answer in HTTP"))?;
     let status = head.lines().next().unwrap_or("");
     if !status.contains(" 200 ") {
         bail!("{target}{path} answered `{status}`: {}", body.trim());
@@ -55,7 +57,8 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
 
 fn fetch(addr: &str) -> Result<(Report, String)> {
     let body = http_get(addr, "/status")?;
-    let report = serde_json::from_str(&body).context("the /status answer is not a reuselb status report")?;
+    let report =
+        serde_json::from_str(&body).context("the /status answer is not a reuselb status report")?;
     Ok((report, body))
 }
 
@@ -70,7 +73,11 @@ fn render(report: &Report) -> String {
     for s in &report.services {
         out.push_str(&s.render());
         let rejected: u64 = s.rejections.values().sum();
-        out.push_str(&format!("registrations: {} accepted, {rejected} refused{}\n\n", s.registrations, if s.adopted { "  (adopted after a restart)" } else { "" }));
+        out.push_str(&format!(
+            "registrations: {} accepted, {rejected} refused{}\n\n",
+            s.registrations,
+            if s.adopted { "  (adopted after a restart)" } else { "" }
+        ));
     }
     out
 }

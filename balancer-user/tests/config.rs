@@ -215,13 +215,23 @@ fn bad_configs_name_file_line_column_and_what_was_expected() {
                     }
                 }
                 if !wrong.is_empty() {
-                    failures.push(format!("{}: got {msg:?}, missing {}", bad.what, wrong.join(", ")));
+                    failures.push(format!(
+                        "{}: got {msg:?}, missing {}",
+                        bad.what,
+                        wrong.join(", ")
+                    ));
                 }
             }
         }
     }
     assert!(BAD.len() >= 12);
-    assert!(failures.is_empty(), "{} of {} bad configs:\n{}", failures.len(), BAD.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} bad configs:\n{}",
+        failures.len(),
+        BAD.len(),
+        failures.join("\n")
+    );
 }
 
 #[test]
@@ -251,7 +261,10 @@ fn example_file_parses() {
     assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
     assert_eq!(c.services.len(), 2);
     let web = c.service("web").unwrap();
-    assert_eq!(web.listen, vec!["127.0.0.1:8000".parse::<SocketAddr>().unwrap(), "[::1]:8000".parse().unwrap()]);
+    assert_eq!(
+        web.listen,
+        vec!["127.0.0.1:8000".parse::<SocketAddr>().unwrap(), "[::1]:8000".parse().unwrap()]
+    );
     assert_eq!(web.max_workers, 64);
     assert_eq!(web.allowed_uids, Some(vec![33, 1000]));
     let api = c.service("api").unwrap();
@@ -264,7 +277,10 @@ fn example_file_parses() {
 fn fixture_files_load() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/configs");
     let good = Config::load(dir.join("two-services.yaml")).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(good.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(), ["web", "web-v6"]);
+    assert_eq!(
+        good.services.iter().map(|s| s.name.as_str()).collect::<Vec<_>>(),
+        ["web", "web-v6"]
+    );
     let err = Config::load(dir.join("bad-policy.yaml")).unwrap_err().to_string();
     assert!(err.ends_with("tests/configs/bad-policy.yaml:6:13: services[0].policy: unknown policy `least_busy`: expected one of least-loaded, p2c, round-robin, hash"), "{err}");
     let err = Config::load(dir.join("does-not-exist.yaml")).unwrap_err();
@@ -309,7 +325,8 @@ fn diff_sorts_reload_changes() {
 
 #[test]
 fn validate_checks_a_config_built_in_code() {
-    let mut c = Config::parse("services:\n  - name: web\n    listen: 127.0.0.1:8000\n", FILE).unwrap();
+    let mut c =
+        Config::parse("services:\n  - name: web\n    listen: 127.0.0.1:8000\n", FILE).unwrap();
     let mut twin = c.services[0].clone();
     twin.shim_socket = None;
     c.services.push(twin);

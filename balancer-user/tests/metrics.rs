@@ -18,7 +18,16 @@ use balancer_user::{
 };
 
 fn worker(slot: u32, pid: u32, inflight: u64, selected_total: u64, completed: u64) -> SlotView {
-    SlotView { slot, pid, weight: 2, epoch: 1, inflight, accepted: completed + inflight, completed, selected_total }
+    SlotView {
+        slot,
+        pid,
+        weight: 2,
+        epoch: 1,
+        inflight,
+        accepted: completed + inflight,
+        completed,
+        selected_total,
+    }
 }
 
 fn snapshot() -> Snapshot {
@@ -81,7 +90,13 @@ fn snapshot_becomes_exact_samples() {
     assert_lines(&text, EXPECTED);
     assert_lines(&text, &[&build_info(), r#"reuselb_config_reloads_total{outcome="success"} 1"#]);
     // Every rejection reason is there from the start (zeros), but "ok" is not a rejection.
-    assert_eq!(text.lines().filter(|l| l.starts_with("reuselb_registrations_rejected_total{") && l.contains(r#"service="web""#)).count(), 7);
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("reuselb_registrations_rejected_total{")
+                && l.contains(r#"service="web""#))
+            .count(),
+        7
+    );
     assert!(!text.contains(r#"reason="ok""#), "{text}");
 }
 
@@ -109,8 +124,14 @@ fn source_is_read_at_each_scrape() {
         s.services[0].slots[0].inflight = n;
         s
     });
-    assert_lines(&m.encode_text(), &[r#"reuselb_worker_inflight{pid="42",service="web",slot="3"} 1"#]);
-    assert_lines(&m.encode_text(), &[r#"reuselb_worker_inflight{pid="42",service="web",slot="3"} 2"#]);
+    assert_lines(
+        &m.encode_text(),
+        &[r#"reuselb_worker_inflight{pid="42",service="web",slot="3"} 1"#],
+    );
+    assert_lines(
+        &m.encode_text(),
+        &[r#"reuselb_worker_inflight{pid="42",service="web",slot="3"} 2"#],
+    );
 }
 
 /// One request over a fresh connection; the whole answer (head and body).
@@ -169,11 +190,21 @@ async fn http_metrics_healthz_404_and_bad_requests() {
         let resp = get(addr, "/nope");
         assert!(resp.starts_with("HTTP/1.1 404 Not Found\r\n"), "{resp}");
         let resp = request(addr, b"POST /metrics HTTP/1.0\r\n\r\n");
-        assert!(resp.starts_with("HTTP/1.1 405 Method Not Allowed\r\n") && resp.contains("Allow: GET, HEAD\r\n"), "{resp}");
+        assert!(
+            resp.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
+                && resp.contains("Allow: GET, HEAD\r\n"),
+            "{resp}"
+        );
         let resp = request(addr, b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
         assert!(resp.starts_with("HTTP/1.1 200 OK\r\n") && split(&resp).1.is_empty(), "{resp}");
 
-        for garbage in [&b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..], b"hello\r\n\r\n", b"GET metrics HTTP/1.0\r\n\r\n", b"GET /metrics SPDY/3\r\n\r\n", b"GET  /metrics HTTP/1.0\r\n\r\n"] {
+        for garbage in [
+            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
+            b"hello\r\n\r\n",
+            b"GET metrics HTTP/1.0\r\n\r\n",
+            b"GET /metrics SPDY/3\r\n\r\n",
+            b"GET  /metrics HTTP/1.0\r\n\r\n",
+        ] {
             let resp = request(addr, garbage);
             assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{garbage:?} -> {resp}");
         }
@@ -203,6 +234,8 @@ async fn http_metrics_healthz_404_and_bad_requests() {
 #[tokio::test]
 async fn address_in_use_is_an_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let err = metrics::serve(taken.local_addr().unwrap(), Arc::new(Metrics::new()), || Ok(())).await.unwrap_err();
+    let err = metrics::serve(taken.local_addr().unwrap(), Arc::new(Metrics::new()), || Ok(()))
+        .await
+        .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
 }

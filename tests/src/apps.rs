@@ -114,7 +114,8 @@ pub struct Proc {
 impl Proc {
     /// Starts `cmd` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Self {
-        let out = std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
+        let out =
+            std::fs::OpenOptions::new().create(true).append(true).open(log).expect("open log");
         let err = out.try_clone().expect("dup log");
         cmd.stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
         let child = cmd.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"));
@@ -289,7 +290,9 @@ impl UwsgiConfig {
     /// Waits until the stats server answers with every worker up (`ready`: accepting requests).
     pub fn wait_ready(&self, timeout: Duration) -> bool {
         wait_until(timeout, || {
-            self.stats().map(|w| w.len() == self.processes as usize && w.iter().all(|(pid, _)| *pid != 0)).unwrap_or(false)
+            self.stats()
+                .map(|w| w.len() == self.processes as usize && w.iter().all(|(pid, _)| *pid != 0))
+                .unwrap_or(false)
         })
     }
 }
@@ -329,7 +332,13 @@ pub fn spawn_with_shim(cmdline: &[String], listen: SocketAddr, socket: &Path, lo
 }
 
 /// Starts `reuselb run --listen ADDR --socket PATH -- cmdline...`.
-pub fn spawn_reuselb_run(cmdline: &[String], listen: SocketAddr, socket: &Path, log: &Path, extra: &[&str]) -> Proc {
+pub fn spawn_reuselb_run(
+    cmdline: &[String],
+    listen: SocketAddr,
+    socket: &Path,
+    log: &Path,
+    extra: &[&str],
+) -> Proc {
     let mut cmd = Command::new(reuselb_bin());
     cmd.arg("run").arg("--listen").arg(listen.to_string()).arg("--socket").arg(socket);
     cmd.args(extra);
@@ -520,7 +529,8 @@ impl Load {
 
 /// One HTTP/1.0 request; the serving worker's pid on a 200 answer.
 pub fn one_request(addr: SocketAddr, request: &str) -> Result<u32, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).map_err(|e| format!("connect: {e}"))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok();
     s.set_write_timeout(Some(Duration::from_secs(5))).ok();
     s.write_all(request.as_bytes()).map_err(|e| format!("write: {e}"))?;
@@ -535,6 +545,8 @@ pub fn one_request(addr: SocketAddr, request: &str) -> Result<u32, String> {
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
         .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("no pid in answer: {:?}", text.chars().take(120).collect::<String>()))?;
+        .ok_or_else(|| {
+            format!("no pid in answer: {:?}", text.chars().take(120).collect::<String>())
+        })?;
     Ok(pid)
 }

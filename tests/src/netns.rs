@@ -24,10 +24,14 @@ impl NetNs {
         thread::spawn(|| -> Result<Self> {
             // SAFETY: unshare on this thread only; CLONE_NEWNET is allowed in threaded processes.
             if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                bail!("unshare(CLONE_NEWNET) failed (tests must run as root): {}", io::Error::last_os_error());
+                bail!(
+                    "unshare(CLONE_NEWNET) failed (tests must run as root): {}",
+                    io::Error::last_os_error()
+                );
             }
             set_loopback_up().context("bringing lo up in the test namespace")?;
-            let file = File::open("/proc/thread-self/ns/net").context("opening the new namespace")?;
+            let file =
+                File::open("/proc/thread-self/ns/net").context("opening the new namespace")?;
             Ok(Self { fd: file.into() })
         })
         .join()
@@ -91,9 +95,18 @@ impl NetNs {
 
     /// Runs `program args...` inside the namespace; fails with its stderr if it fails.
     pub fn exec(&self, program: &str, args: &[&str]) -> Result<()> {
-        let out = self.command(program).args(args).output().with_context(|| format!("running {program}"))?;
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program}"))?;
         if !out.status.success() {
-            bail!("{program} {}: {}: {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
+            bail!(
+                "{program} {}: {}: {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
         }
         Ok(())
     }

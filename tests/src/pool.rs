@@ -29,12 +29,16 @@ impl Pool {
     /// As [`Pool::new`], with every group option.
     pub fn with_options(ip: &str, n: usize, options: GroupOptions) -> Result<Self> {
         let ip: IpAddr = ip.parse().context("test address")?;
-        let mut group = Group::new(options).context("loading the program (needs root and a BPF-capable kernel)")?;
-        let first = bind_reuseport(SocketAddr::new(ip, 0), BACKLOG).context("binding the first listener")?;
+        let mut group = Group::new(options)
+            .context("loading the program (needs root and a BPF-capable kernel)")?;
+        let first = bind_reuseport(SocketAddr::new(ip, 0), BACKLOG)
+            .context("binding the first listener")?;
         let addr = first.local_addr()?;
         let mut listeners = vec![first];
         for _ in 1..n {
-            listeners.push(bind_reuseport(addr, BACKLOG).context("binding a listener on the shared port")?);
+            listeners.push(
+                bind_reuseport(addr, BACKLOG).context("binding a listener on the shared port")?,
+            );
         }
         let mut slots = Vec::new();
         for l in &listeners {
@@ -47,7 +51,12 @@ impl Pool {
 
     /// Opens `count` connections one after the other and leaves them unaccepted.
     pub fn connect_many(&self, count: usize) -> Result<Vec<TcpStream>> {
-        (0..count).map(|i| TcpStream::connect(self.addr).with_context(|| format!("connection {i} to {}", self.addr))).collect()
+        (0..count)
+            .map(|i| {
+                TcpStream::connect(self.addr)
+                    .with_context(|| format!("connection {i} to {}", self.addr))
+            })
+            .collect()
     }
 
     /// Accepts everything queued and returns how many connections each listener had.
@@ -58,8 +67,12 @@ impl Pool {
     /// Index of the single listener that has a queued connection (accepting it).
     pub fn which(&self) -> Result<usize> {
         let counts = self.drain()?;
-        let hit: Vec<usize> = counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, _)| i).collect();
-        anyhow::ensure!(hit.len() == 1 && counts[hit[0]] == 1, "expected one queued connection, found {counts:?}");
+        let hit: Vec<usize> =
+            counts.iter().enumerate().filter(|(_, c)| **c > 0).map(|(i, _)| i).collect();
+        anyhow::ensure!(
+            hit.len() == 1 && counts[hit[0]] == 1,
+            "expected one queued connection, found {counts:?}"
+        );
         Ok(hit[0])
     }
 }

@@ -25,7 +25,8 @@ pub fn connect(socket: &Path) -> io::Result<OwnedFd> {
         for (d, c) in addr.sun_path.iter_mut().zip(socket.as_os_str().as_bytes()) {
             *d = *c as libc::c_char;
         }
-        let len = (std::mem::size_of::<libc::sa_family_t>() + socket.as_os_str().len() + 1) as libc::socklen_t;
+        let len = (std::mem::size_of::<libc::sa_family_t>() + socket.as_os_str().len() + 1)
+            as libc::socklen_t;
         if libc::connect(s, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
             return Err(io::Error::last_os_error());
         }
@@ -38,7 +39,8 @@ pub fn connect(socket: &Path) -> io::Result<OwnedFd> {
 fn send_and_receive(conn: &OwnedFd, msg: &[u8], fds: &[RawFd]) -> io::Result<Vec<u8>> {
     // SAFETY: msghdr, iovec and control buffer all outlive the sendmsg call that reads them.
     unsafe {
-        let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
+        let mut iov =
+            libc::iovec { iov_base: msg.as_ptr() as *mut libc::c_void, iov_len: msg.len() };
         let space = libc::CMSG_SPACE((fds.len() * 4) as u32) as usize;
         let mut cbuf = vec![0u64; space.div_ceil(8)];
         let mut hdr: libc::msghdr = std::mem::zeroed();

@@ -14,16 +14,14 @@ use std::{
 use balancer_common::protocol;
 use balancer_user::status::{Report, ServiceReport};
 use integration_tests::apps::{
-    self, free_port, loopback, serial, require, reuselb_bin, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig,
-    UwsgiProto,
+    self, free_port, loopback, require, reuselb_bin, serial, spawn_with_shim, wait_until, Load,
+    LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto,
 };
 use integration_tests::NetNs;
 
 const CONCURRENCY: usize = 48;
 const PATH: &str = "/?ms=5";
 const MAX_IMBALANCE: f64 = 1.25;
-
-
 
 /// The test's pin path in bpffs, removed when dropped.
 struct PinPath(PathBuf);
@@ -50,7 +48,11 @@ struct Svc<'a> {
 }
 
 fn write_config(dir: &TempDir, file: &str, pin: &PinPath, services: &[Svc]) -> PathBuf {
-    let mut text = format!("shim_socket_dir: {}\npin_path: {}\nservices:\n", dir.path().join("sock").display(), pin.0.display());
+    let mut text = format!(
+        "shim_socket_dir: {}\npin_path: {}\nservices:\n",
+        dir.path().join("sock").display(),
+        pin.0.display()
+    );
     for s in services {
         text.push_str(&format!("  - name: {}\n    listen: \"{}\"\n", s.name, s.addr));
         for line in s.extra.lines().filter(|l| !l.trim().is_empty()) {
@@ -73,7 +75,8 @@ fn spawn_daemon(config: &Path, metrics: SocketAddr, log: &Path) -> Proc {
     cmd.arg("daemon").arg("--config").arg(config).arg("--metrics-addr").arg(metrics.to_string());
     let p = Proc::spawn("reuselb daemon", cmd, log);
     assert!(
-        wait_until(Duration::from_secs(30), || http_get(metrics, "/healthz").is_some_and(|(code, _)| code == 200)),
+        wait_until(Duration::from_secs(30), || http_get(metrics, "/healthz")
+            .is_some_and(|(code, _)| code == 200)),
         "the daemon did not come up: {}",
         p.log_tail(30)
     );
@@ -106,7 +109,9 @@ fn service<'a>(report: &'a Report, name: &str) -> Option<&'a ServiceReport> {
 /// `(pid, slot)` of each worker of `name`, sorted by slot.
 fn workers(metrics: SocketAddr, name: &str) -> Vec<(u32, u32)> {
     let r = status(metrics);
-    let mut v: Vec<(u32, u32)> = service(&r, name).map(|s| s.workers.iter().map(|w| (w.pid, w.slot)).collect()).unwrap_or_default();
+    let mut v: Vec<(u32, u32)> = service(&r, name)
+        .map(|s| s.workers.iter().map(|w| (w.pid, w.slot)).collect())
+        .unwrap_or_default();
     v.sort_by_key(|w| w.1);
     v
 }
@@ -135,8 +140,17 @@ fn label(labels: &str, key: &str) -> Option<String> {
 
 /// uWSGI with the shim, registering on the daemon's socket of service `name`.
 fn spawn_uwsgi(dir: &TempDir, name: &str, cfg: &UwsgiConfig) -> Proc {
-    let app = spawn_with_shim(&cfg.command_line(), cfg.addr, &shim_socket(dir, name), &dir.path().join(format!("uwsgi-{name}.log")));
-    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI {name} did not start: {}", app.log_tail(30));
+    let app = spawn_with_shim(
+        &cfg.command_line(),
+        cfg.addr,
+        &shim_socket(dir, name),
+        &dir.path().join(format!("uwsgi-{name}.log")),
+    );
+    assert!(
+        cfg.wait_ready(Duration::from_secs(30)),
+        "uWSGI {name} did not start: {}",
+        app.log_tail(30)
+    );
     app
 }
 
@@ -151,11 +165,17 @@ fn wait_registered(metrics: SocketAddr, name: &str, n: usize, daemon: &Proc) {
 
 fn wait_serving(addr: SocketAddr) {
     let request = format!("GET /?ms=0 HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    assert!(wait_until(Duration::from_secs(20), || apps::one_request(addr, &request).is_ok()), "{addr} does not serve");
+    assert!(
+        wait_until(Duration::from_secs(20), || apps::one_request(addr, &request).is_ok()),
+        "{addr} does not serve"
+    );
 }
 
 fn stats_delta(before: &[(u32, u64)], after: &[(u32, u64)]) -> Vec<u64> {
-    after.iter().map(|(pid, n)| n - before.iter().find(|(p, _)| p == pid).map(|(_, b)| *b).unwrap_or(0)).collect()
+    after
+        .iter()
+        .map(|(pid, n)| n - before.iter().find(|(p, _)| p == pid).map(|(_, b)| *b).unwrap_or(0))
+        .collect()
 }
 
 /// Sum of `reuselb_worker_selected_total` of a service.
@@ -166,8 +186,14 @@ fn selected_sum(metrics: SocketAddr, name: &str) -> f64 {
 /// Waits until every worker of `name` reads 0 in flight; how long it took.
 fn wait_idle(metrics: SocketAddr, name: &str, timeout: Duration) -> Option<Duration> {
     let start = Instant::now();
-    wait_until(timeout, || status(metrics).services.iter().filter(|s| s.name == name).all(|s| s.workers.iter().all(|w| w.inflight == 0)))
-        .then(|| start.elapsed())
+    wait_until(timeout, || {
+        status(metrics)
+            .services
+            .iter()
+            .filter(|s| s.name == name)
+            .all(|s| s.workers.iter().all(|w| w.inflight == 0))
+    })
+    .then(|| start.elapsed())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -176,10 +202,19 @@ fn wait_idle(metrics: SocketAddr, name: &str, timeout: Duration) -> Option<Durat
 fn check_config_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
     let dir = TempDir::new("daemon-check");
     let pin = PinPath::new("check");
-    let good = write_config(&dir, "good.yaml", &pin, &[Svc { name: "web", addr: loopback(8000), extra: "policy: p2c" }]);
+    let good = write_config(
+        &dir,
+        "good.yaml",
+        &pin,
+        &[Svc { name: "web", addr: loopback(8000), extra: "policy: p2c" }],
+    );
     let out = Command::new(reuselb_bin()).arg("check-config").arg(&good).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "good file refused: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "good file refused: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("OK"), "{stdout}");
 
     // (file text, what stderr must say)
@@ -209,9 +244,20 @@ fn two_services_in_one_daemon_are_balanced_and_counted() {
     require("uwsgi");
     let dir = TempDir::new("daemon-two");
     let pin = PinPath::new("two");
-    let (a, b) = (UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http), UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http));
+    let (a, b) = (
+        UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http),
+        UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http),
+    );
     let metrics = loopback(free_port());
-    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "alpha", addr: a.addr, extra: "" }, Svc { name: "beta", addr: b.addr, extra: "policy: p2c" }]);
+    let config = write_config(
+        &dir,
+        "reuselb.yaml",
+        &pin,
+        &[
+            Svc { name: "alpha", addr: a.addr, extra: "" },
+            Svc { name: "beta", addr: b.addr, extra: "policy: p2c" },
+        ],
+    );
     let daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon.log"));
     let _app_a = spawn_uwsgi(&dir, "alpha", &a);
     let _app_b = spawn_uwsgi(&dir, "beta", &b);
@@ -231,8 +277,13 @@ fn two_services_in_one_daemon_are_balanced_and_counted() {
         let counts = stats_delta(&before, &after);
         let ratio = LoadReport::imbalance(&counts);
         let text = scrape(metrics);
-        let selected: f64 = samples(&text, "reuselb_worker_selected_total", name).iter().map(|(_, v)| v).sum::<f64>() - selected_before;
-        let fallbacks: f64 = samples(&text, "reuselb_fallbacks_total", name).iter().map(|(_, v)| v).sum();
+        let selected: f64 = samples(&text, "reuselb_worker_selected_total", name)
+            .iter()
+            .map(|(_, v)| v)
+            .sum::<f64>()
+            - selected_before;
+        let fallbacks: f64 =
+            samples(&text, "reuselb_fallbacks_total", name).iter().map(|(_, v)| v).sum();
         let served: u64 = counts.iter().sum();
         println!(
             "{name}: busiest/ideal {ratio:.3}, per worker {counts:?}; ok {}, failed {}; uWSGI served {served}, program selected {selected}, fallbacks {fallbacks}",
@@ -240,19 +291,35 @@ fn two_services_in_one_daemon_are_balanced_and_counted() {
         );
         assert_eq!(report.failed, 0, "{name}: requests failed: {:?}", report.errors);
         assert!(counts.iter().all(|&n| n > 0), "{name}: a worker served nothing: {counts:?}");
-        assert!(ratio <= MAX_IMBALANCE, "{name}: busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}");
+        assert!(
+            ratio <= MAX_IMBALANCE,
+            "{name}: busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}"
+        );
         // Each request is one connection, selected once.
         let requests = (report.ok + report.failed) as f64;
-        assert!((selected - requests).abs() <= 2.0 + requests * 0.002, "{name}: selected {selected} for {requests} requests");
-        assert!((served as f64 - requests).abs() <= 2.0 + requests * 0.002, "{name}: uWSGI served {served} for {requests} requests");
-        assert_eq!(fallbacks, 0.0, "{name}: fallbacks: {:?}", samples(&text, "reuselb_fallbacks_total", name));
+        assert!(
+            (selected - requests).abs() <= 2.0 + requests * 0.002,
+            "{name}: selected {selected} for {requests} requests"
+        );
+        assert!(
+            (served as f64 - requests).abs() <= 2.0 + requests * 0.002,
+            "{name}: uWSGI served {served} for {requests} requests"
+        );
+        assert_eq!(
+            fallbacks,
+            0.0,
+            "{name}: fallbacks: {:?}",
+            samples(&text, "reuselb_fallbacks_total", name)
+        );
 
         // Eight workers, one series each, with uWSGI's own pids.
         let n = samples(&text, "reuselb_workers", name);
         assert_eq!(n.len(), 1, "{name}: {n:?}");
         assert_eq!(n[0].1, cfg.processes as f64, "{name}: reuselb_workers");
-        let mut metric_pids: Vec<u32> =
-            samples(&text, "reuselb_worker_inflight", name).iter().filter_map(|(l, _)| label(l, "pid")?.parse().ok()).collect();
+        let mut metric_pids: Vec<u32> = samples(&text, "reuselb_worker_inflight", name)
+            .iter()
+            .filter_map(|(l, _)| label(l, "pid")?.parse().ok())
+            .collect();
         let mut uwsgi_pids: Vec<u32> = after.iter().map(|w| w.0).collect();
         metric_pids.sort();
         uwsgi_pids.sort();
@@ -261,7 +328,11 @@ fn two_services_in_one_daemon_are_balanced_and_counted() {
     let text = scrape(metrics);
     let info = samples(&text, "reuselb_service_info", "beta");
     assert!(info.len() == 1 && info[0].0.contains("policy=\"p2c\""), "{info:?}");
-    let idle = wait_idle(metrics, "alpha", Duration::from_secs(2)).and(wait_idle(metrics, "beta", Duration::from_secs(2)));
+    let idle = wait_idle(metrics, "alpha", Duration::from_secs(2)).and(wait_idle(
+        metrics,
+        "beta",
+        Duration::from_secs(2),
+    ));
     assert!(idle.is_some(), "loads did not return to 0: {:?}", status(metrics));
 }
 
@@ -273,7 +344,8 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
     let pin = PinPath::new("kill");
     let cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     let metrics = loopback(free_port());
-    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "" }]);
+    let config =
+        write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "" }]);
     let mut daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon-1.log"));
     let app = spawn_uwsgi(&dir, "web", &cfg);
     wait_registered(metrics, "web", cfg.processes as usize, &daemon);
@@ -282,7 +354,8 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
 
     let load = Load::start(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(40));
     std::thread::sleep(Duration::from_secs(3));
-    let selected_at_kill: Vec<(u32, u64)> = status(metrics).services[0].workers.iter().map(|w| (w.pid, w.selected)).collect();
+    let selected_at_kill: Vec<(u32, u64)> =
+        status(metrics).services[0].workers.iter().map(|w| (w.pid, w.selected)).collect();
     daemon.signal(libc::SIGKILL);
     assert!(daemon.wait_timeout(Duration::from_secs(5)).is_some(), "the daemon survived SIGKILL");
     // No daemon: the attached program keeps balancing.
@@ -297,7 +370,8 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
     // The adopted slots show at once; wait for every worker to have registered again.
     let log2 = dir.path().join("daemon-2.log");
     let back = wait_until(Duration::from_secs(15), || {
-        std::fs::read_to_string(&log2).unwrap_or_default().matches("registered again").count() == cfg.processes as usize
+        std::fs::read_to_string(&log2).unwrap_or_default().matches("registered again").count()
+            == cfg.processes as usize
             && workers(metrics, "web") == before
     });
     let took = restarted_at.elapsed();
@@ -309,20 +383,40 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
         "kill -9 under load: while down busiest/ideal {down_ratio:.3} {down:?}; every worker back in its slot after {took:?}; ok {}, failed {} {:?}",
         report.ok, report.failed, report.errors
     );
-    assert!(back, "workers not back in their slots: before {before:?}, now {:?}\n{}", workers(metrics, "web"), daemon2.log_tail(40));
+    assert!(
+        back,
+        "workers not back in their slots: before {before:?}, now {:?}\n{}",
+        workers(metrics, "web"),
+        daemon2.log_tail(40)
+    );
     assert!(web.adopted, "the group was not adopted");
-    assert_eq!(report.failed, 0, "requests failed across the daemon's death and restart: {:?}", report.errors);
-    assert!(down.iter().all(|&n| n > 0) && down_ratio <= MAX_IMBALANCE, "not balanced while the daemon was down: {down:?}");
+    assert_eq!(
+        report.failed, 0,
+        "requests failed across the daemon's death and restart: {:?}",
+        report.errors
+    );
+    assert!(
+        down.iter().all(|&n| n > 0) && down_ratio <= MAX_IMBALANCE,
+        "not balanced while the daemon was down: {down:?}"
+    );
     // Counters kept: each worker's selections went on from where they were.
     for (pid, at_kill) in &selected_at_kill {
         let now = web.workers.iter().find(|w| w.pid == *pid).map(|w| w.selected).unwrap_or(0);
-        assert!(now > *at_kill, "worker {pid}: selected {now} after the restart, {at_kill} before: counters reset?");
+        assert!(
+            now > *at_kill,
+            "worker {pid}: selected {now} after the restart, {at_kill} before: counters reset?"
+        );
     }
     let log = std::fs::read_to_string(&log2).unwrap();
     assert_eq!(log.matches("registered again").count(), cfg.processes as usize, "{log}");
     let idle = wait_idle(metrics, "web", Duration::from_secs(2));
     println!("loads back to 0 after {idle:?}");
-    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}\n{}", status(metrics), app.log_tail(10));
+    assert!(
+        idle.is_some(),
+        "loads did not return to 0 when idle: {:?}\n{}",
+        status(metrics),
+        app.log_tail(10)
+    );
 }
 
 #[test]
@@ -335,7 +429,8 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
     cfg.processes = 4;
     cfg.threads = 4;
     let metrics = loopback(free_port());
-    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "" }]);
+    let config =
+        write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "" }]);
     let mut daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon-1.log"));
     let app = spawn_uwsgi(&dir, "web", &cfg);
     wait_registered(metrics, "web", 4, &daemon);
@@ -346,7 +441,9 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     // uWSGI's master starts a new worker, which cannot register yet.
     assert!(
-        wait_until(Duration::from_secs(15), || cfg.stats().is_some_and(|w| w.len() == 4 && w.iter().all(|(p, _)| *p != 0 && *p != victim))),
+        wait_until(Duration::from_secs(15), || cfg
+            .stats()
+            .is_some_and(|w| w.len() == 4 && w.iter().all(|(p, _)| *p != 0 && *p != victim))),
         "uWSGI did not replace worker {victim}: {:?}",
         cfg.stats()
     );
@@ -362,15 +459,28 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
         now == uwsgi_pids()
     });
     let now = workers(metrics, "web");
-    println!("before {before:?}; killed {victim} while the daemon was down; after the restart {now:?}");
-    assert!(settled, "slots {now:?} != uWSGI workers {:?}\n{}\n{}", uwsgi_pids(), daemon2.log_tail(30), app.log_tail(10));
+    println!(
+        "before {before:?}; killed {victim} while the daemon was down; after the restart {now:?}"
+    );
+    assert!(
+        settled,
+        "slots {now:?} != uWSGI workers {:?}\n{}\n{}",
+        uwsgi_pids(),
+        daemon2.log_tail(30),
+        app.log_tail(10)
+    );
     for w in &before {
         if w.0 != victim {
             assert!(now.contains(w), "worker {w:?} lost its slot: {now:?}");
         }
     }
     let log = std::fs::read_to_string(dir.path().join("daemon-2.log")).unwrap();
-    assert!(log.contains(&format!("worker {victim} of adopted slot {victim_slot} exited while no controller ran")), "{log}");
+    assert!(
+        log.contains(&format!(
+            "worker {victim} of adopted slot {victim_slot} exited while no controller ran"
+        )),
+        "{log}"
+    );
 }
 
 #[test]
@@ -384,7 +494,12 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     cfg.threads = 4;
     let metrics = loopback(free_port());
     let extra_addr = loopback(free_port());
-    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "policy: least-loaded" }]);
+    let config = write_config(
+        &dir,
+        "reuselb.yaml",
+        &pin,
+        &[Svc { name: "web", addr: cfg.addr, extra: "policy: least-loaded" }],
+    );
     let daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon.log"));
     let _app = spawn_uwsgi(&dir, "web", &cfg);
     wait_registered(metrics, "web", 4, &daemon);
@@ -395,14 +510,23 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
         &dir,
         "reuselb.yaml",
         &pin,
-        &[Svc { name: "web", addr: cfg.addr, extra: "policy: round-robin\nmax_workers: 4" }, Svc { name: "extra", addr: extra_addr, extra: "" }],
+        &[
+            Svc { name: "web", addr: cfg.addr, extra: "policy: round-robin\nmax_workers: 4" },
+            Svc { name: "extra", addr: extra_addr, extra: "" },
+        ],
     );
     daemon.signal(libc::SIGHUP);
     let applied = wait_until(Duration::from_secs(20), || {
         let r = status(metrics);
-        service(&r, "web").is_some_and(|s| s.policy == "round-robin") && service(&r, "extra").is_some()
+        service(&r, "web").is_some_and(|s| s.policy == "round-robin")
+            && service(&r, "extra").is_some()
     });
-    assert!(applied, "the good file was not applied: {:?}\n{}", status(metrics), daemon.log_tail(20));
+    assert!(
+        applied,
+        "the good file was not applied: {:?}\n{}",
+        status(metrics),
+        daemon.log_tail(20)
+    );
     assert_eq!(workers(metrics, "web"), pids, "a live update moved workers");
     assert!(shim_socket(&dir, "extra").exists(), "the added service has no registration socket");
     // max_workers is now 4, and 4 are registered: a fifth is refused, and counted.
@@ -410,24 +534,48 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
         use std::os::fd::AsRawFd;
         let fifth = balancer_user::listener::bind_reuseport(cfg.addr, 16).unwrap();
         let msg = balancer_common::protocol::Register::new(std::process::id(), 0).encode();
-        let reply = integration_tests::shim_client::register_raw(&shim_socket(&dir, "web"), &msg, &[fifth.as_raw_fd()]);
-        assert_eq!(reply.status(), balancer_common::protocol::Status::NoFreeSlot, "{}", reply.reason());
+        let reply = integration_tests::shim_client::register_raw(
+            &shim_socket(&dir, "web"),
+            &msg,
+            &[fifth.as_raw_fd()],
+        );
+        assert_eq!(
+            reply.status(),
+            balancer_common::protocol::Status::NoFreeSlot,
+            "{}",
+            reply.reason()
+        );
         println!("fifth worker: {}", reply.reason());
         let rejected = samples(&scrape(metrics), "reuselb_registrations_rejected_total", "web");
-        assert!(rejected.iter().any(|(l, v)| l.contains("reason=\"no_free_slot\"") && *v == 1.0), "{rejected:?}");
+        assert!(
+            rejected.iter().any(|(l, v)| l.contains("reason=\"no_free_slot\"") && *v == 1.0),
+            "{rejected:?}"
+        );
     }
 
     // A bad file: refused, logged with its position, and the running config stays.
-    std::fs::write(&config, "services:\n  - name: web\n    listen: 127.0.0.1:1\n    policy: fastest\n").unwrap();
+    std::fs::write(
+        &config,
+        "services:\n  - name: web\n    listen: 127.0.0.1:1\n    policy: fastest\n",
+    )
+    .unwrap();
     daemon.signal(libc::SIGHUP);
-    let logged = wait_until(Duration::from_secs(10), || daemon.log_text().contains("reload refused"));
+    let logged =
+        wait_until(Duration::from_secs(10), || daemon.log_text().contains("reload refused"));
     let log = daemon.log_text();
     let line = log.lines().find(|l| l.contains("reload refused")).unwrap_or("").to_owned();
     println!("bad reload: {line}");
     assert!(logged, "no refusal logged: {}", daemon.log_tail(20));
-    assert!(line.contains("reuselb.yaml:4:13: services[0].policy: unknown policy `fastest`"), "{line}");
+    assert!(
+        line.contains("reuselb.yaml:4:13: services[0].policy: unknown policy `fastest`"),
+        "{line}"
+    );
     let r = status(metrics);
-    assert!(service(&r, "web").is_some_and(|s| s.policy == "round-robin") && service(&r, "extra").is_some(), "{r:?}");
+    assert!(
+        service(&r, "web").is_some_and(|s| s.policy == "round-robin")
+            && service(&r, "extra").is_some(),
+        "{r:?}"
+    );
     assert_eq!(workers(metrics, "web"), pids);
     wait_serving(cfg.addr);
     let text = scrape(metrics);
@@ -435,11 +583,22 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     assert!(text.contains("reuselb_config_reloads_total{outcome=\"failure\"} 1"), "{text}");
 
     // Removing a service stops it and removes its pins.
-    write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "web", addr: cfg.addr, extra: "policy: round-robin" }]);
+    write_config(
+        &dir,
+        "reuselb.yaml",
+        &pin,
+        &[Svc { name: "web", addr: cfg.addr, extra: "policy: round-robin" }],
+    );
     daemon.signal(libc::SIGHUP);
-    assert!(wait_until(Duration::from_secs(10), || service(&status(metrics), "extra").is_none()), "{}", daemon.log_tail(20));
+    assert!(
+        wait_until(Duration::from_secs(10), || service(&status(metrics), "extra").is_none()),
+        "{}",
+        daemon.log_tail(20)
+    );
     // (It leaves /status first, then stops.)
-    let gone = wait_until(Duration::from_secs(5), || !pin.0.join("extra").exists() && !shim_socket(&dir, "extra").exists());
+    let gone = wait_until(Duration::from_secs(5), || {
+        !pin.0.join("extra").exists() && !shim_socket(&dir, "extra").exists()
+    });
     assert!(gone, "the removed service's pins or socket are still there: {}", daemon.log_tail(10));
     assert_eq!(workers(metrics, "web"), pids);
 }
@@ -453,12 +612,20 @@ fn two_pods_in_two_network_namespaces_are_balanced_apart() {
     require("uwsgi");
     let dir = TempDir::new("daemon-pods");
     let pin = PinPath::new("pods");
-    let pods = [NetNs::new().expect("creating a network namespace"), NetNs::new().expect("creating a network namespace")];
+    let pods = [
+        NetNs::new().expect("creating a network namespace"),
+        NetNs::new().expect("creating a network namespace"),
+    ];
     // The same address and port inside both namespaces.
     let cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     let names = ["pod-a", "pod-b"];
-    let extras: Vec<String> = pods.iter().map(|ns| format!("netns: {}", ns.proc_path().display())).collect();
-    let svcs: Vec<Svc> = names.iter().zip(&extras).map(|(name, extra)| Svc { name, addr: cfg.addr, extra }).collect();
+    let extras: Vec<String> =
+        pods.iter().map(|ns| format!("netns: {}", ns.proc_path().display())).collect();
+    let svcs: Vec<Svc> = names
+        .iter()
+        .zip(&extras)
+        .map(|(name, extra)| Svc { name, addr: cfg.addr, extra })
+        .collect();
     let config = write_config(&dir, "reuselb.yaml", &pin, &svcs);
     let metrics = loopback(free_port());
     let daemon = spawn_daemon(&config, metrics, &dir.path().join("daemon.log"));
@@ -472,10 +639,14 @@ fn two_pods_in_two_network_namespaces_are_balanced_apart() {
             .env(protocol::ENV_LISTEN, cfg.addr.to_string())
             .env(protocol::ENV_SOCKET, shim_socket(&dir, name));
         apps.push(Proc::spawn(name, cmd, &dir.path().join(format!("uwsgi-{name}.log"))));
-        assert!(ns.run(|| cfg.wait_ready(Duration::from_secs(30))), "uWSGI in {name} did not start");
+        assert!(
+            ns.run(|| cfg.wait_ready(Duration::from_secs(30))),
+            "uWSGI in {name} did not start"
+        );
         wait_registered(metrics, name, cfg.processes as usize, &daemon);
     }
-    let pids = |ns: &NetNs| -> Vec<u32> { ns.run(|| cfg.stats().unwrap()).iter().map(|w| w.0).collect() };
+    let pids =
+        |ns: &NetNs| -> Vec<u32> { ns.run(|| cfg.stats().unwrap()).iter().map(|w| w.0).collect() };
     let pod_pids = [pids(&pods[0]), pids(&pods[1])];
     for (i, name) in names.iter().enumerate() {
         let mut registered: Vec<u32> = workers(metrics, name).iter().map(|w| w.0).collect();
@@ -487,19 +658,30 @@ fn two_pods_in_two_network_namespaces_are_balanced_apart() {
 
     for (i, (ns, name)) in pods.iter().zip(names).enumerate() {
         let other = names[1 - i];
-        let (selected_before, other_before) = (selected_sum(metrics, name), selected_sum(metrics, other));
+        let (selected_before, other_before) =
+            (selected_sum(metrics, name), selected_sum(metrics, other));
         let before = ns.run(|| cfg.stats().unwrap());
         let report = ns.run(|| Load::run(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(300));
         let after = ns.run(|| cfg.stats().unwrap());
         let counts = stats_delta(&before, &after);
         let ratio = LoadReport::imbalance(&counts);
-        let (selected, other_selected) = (selected_sum(metrics, name) - selected_before, selected_sum(metrics, other) - other_before);
+        let (selected, other_selected) = (
+            selected_sum(metrics, name) - selected_before,
+            selected_sum(metrics, other) - other_before,
+        );
         println!("{name}: busiest/ideal {ratio:.3}, per worker {counts:?}; ok {}, failed {}; selected {selected}, {other} selected {other_selected}", report.ok, report.failed);
         assert_eq!(report.failed, 0, "{name}: requests failed: {:?}", report.errors);
         assert!(counts.iter().all(|&n| n > 0), "{name}: a worker served nothing: {counts:?}");
-        assert!(ratio <= MAX_IMBALANCE, "{name}: busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}");
-        assert!(selected >= report.ok as f64, "{name}: its program selected {selected} for {} requests", report.ok);
+        assert!(
+            ratio <= MAX_IMBALANCE,
+            "{name}: busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}"
+        );
+        assert!(
+            selected >= report.ok as f64,
+            "{name}: its program selected {selected} for {} requests",
+            report.ok
+        );
         assert_eq!(other_selected, 0.0, "load on {name} selected {other}'s workers");
     }
     drop(apps);
@@ -508,7 +690,11 @@ fn two_pods_in_two_network_namespaces_are_balanced_apart() {
 /// Resident memory (kB) and open descriptors of a process.
 fn footprint(pid: u32) -> (u64, usize) {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let rss = status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()).unwrap_or(0);
+    let rss = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
     let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0);
     (rss, fds)
 }
@@ -522,14 +708,20 @@ fn footprint(pid: u32) -> (u64, usize) {
 fn soak_under_worker_churn_kills_and_daemon_restarts() {
     let _serial = serial();
     require("uwsgi");
-    let seconds: u64 = std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
+    let seconds: u64 =
+        std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let dir = TempDir::new("daemon-soak");
     let pin = PinPath::new("soak");
     let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     cfg.max_requests = Some(200);
     cfg.extra.extend(["--worker-reload-mercy".into(), "5".into()]);
     let metrics = loopback(free_port());
-    let config = write_config(&dir, "reuselb.yaml", &pin, &[Svc { name: "soak", addr: cfg.addr, extra: "" }]);
+    let config = write_config(
+        &dir,
+        "reuselb.yaml",
+        &pin,
+        &[Svc { name: "soak", addr: cfg.addr, extra: "" }],
+    );
     let log = dir.path().join("daemon.log");
     let mut daemon = spawn_daemon(&config, metrics, &log);
     let _app = spawn_uwsgi(&dir, "soak", &cfg);
@@ -557,7 +749,9 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
                 footprints.push(("after restart", footprint(daemon.pid())));
             }
             if Instant::now() >= next_kill {
-                if let Some(&(pid, _)) = cfg.stats().and_then(|w| w.get(kills as usize % w.len()).copied()).as_ref() {
+                if let Some(&(pid, _)) =
+                    cfg.stats().and_then(|w| w.get(kills as usize % w.len()).copied()).as_ref()
+                {
                     if pid != 0 {
                         // SAFETY: a signal to one of uWSGI's workers.
                         unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -577,7 +771,12 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
     );
     // A killed worker loses what it had in flight: at most its threads' requests.
     let allowed = kills * cfg.threads as u64;
-    assert!(report.failed <= allowed, "{} requests failed, more than the {allowed} in flight on {kills} killed workers: {:?}", report.failed, report.errors);
+    assert!(
+        report.failed <= allowed,
+        "{} requests failed, more than the {allowed} in flight on {kills} killed workers: {:?}",
+        report.failed,
+        report.errors
+    );
     assert!(report.ok > 0);
     let (after, end) = (footprints[1].1, footprints[2].1);
     assert!(end.0 <= after.0 + after.0 / 2 + 4096, "daemon memory grew: {footprints:?}");

@@ -21,7 +21,11 @@ fn render(dir: &str) -> String {
 }
 
 fn validate(dir: &str, rendered: &str) {
-    let file = std::env::temp_dir().join(format!("reuselb-{}-{}.yaml", std::process::id(), dir.replace('/', "-")));
+    let file = std::env::temp_dir().join(format!(
+        "reuselb-{}-{}.yaml",
+        std::process::id(),
+        dir.replace('/', "-")
+    ));
     std::fs::write(&file, rendered).unwrap();
     let out = Command::new("python3")
         .args(["-m", "kubernetes_validate", "--strict", "--quiet", "-k", KUBERNETES])
@@ -39,7 +43,11 @@ fn validate(dir: &str, rendered: &str) {
 
 #[test]
 fn kubernetes_manifests_render_and_validate() {
-    for dir in ["deploy/kubernetes/base", "deploy/kubernetes/overlays/bpffs-bidirectional", "deploy/kubernetes/example-uwsgi"] {
+    for dir in [
+        "deploy/kubernetes/base",
+        "deploy/kubernetes/overlays/bpffs-bidirectional",
+        "deploy/kubernetes/example-uwsgi",
+    ] {
         let rendered = render(dir);
         assert!(rendered.contains("kind:"), "{dir} rendered nothing");
         validate(dir, &rendered);
@@ -49,7 +57,17 @@ fn kubernetes_manifests_render_and_validate() {
 #[test]
 fn the_daemonset_runs_with_two_capabilities_and_probes_healthz() {
     let rendered = render("deploy/kubernetes/base");
-    for needle in ["kind: DaemonSet", "- BPF", "- PERFMON", "- ALL", "path: /healthz", "maxUnavailable: 1", "prometheus.io/scrape", "path: /sys/fs/bpf", "path: /run/reuselb"] {
+    for needle in [
+        "kind: DaemonSet",
+        "- BPF",
+        "- PERFMON",
+        "- ALL",
+        "path: /healthz",
+        "maxUnavailable: 1",
+        "prometheus.io/scrape",
+        "path: /sys/fs/bpf",
+        "path: /run/reuselb",
+    ] {
         assert!(rendered.contains(needle), "the DaemonSet lacks `{needle}`");
     }
     assert!(!rendered.contains("privileged: true"), "the base DaemonSet must not be privileged");

@@ -22,13 +22,14 @@ use integration_tests::{
     NetNs,
 };
 
-
 fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
     let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
     // World-writable, so the uid check (not the file mode) is what stops other users.
     options.socket_mode = 0o666;
     let group = Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() })
-        .unwrap_or_else(|e| panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}"));
+        .unwrap_or_else(|e| {
+            panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}")
+        });
     Registry::start(options, vec![(addr, group)]).expect("starting the registry")
 }
 
@@ -62,7 +63,8 @@ fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
     // A message claiming another pid: the kernel's credentials decide, not the message.
     let (r, conn) = register_and_hold(&path, &Register::new(1, 1).encode(), listener.as_raw_fd());
     assert_eq!(r.status(), Status::Ok, "{}", r.reason());
-    let pids: Vec<u32> = registry.service(addr).unwrap().group().slots().unwrap().iter().map(|s| s.pid).collect();
+    let pids: Vec<u32> =
+        registry.service(addr).unwrap().group().slots().unwrap().iter().map(|s| s.pid).collect();
     assert_eq!(pids, vec![std::process::id()], "a worker registered under a pid it claimed");
     drop(conn);
     // Its socket stays parked in the registry (the last worker's), so count from here.
@@ -85,7 +87,11 @@ fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
     while open_fds() > fds_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(open_fds() <= fds_before, "descriptors leaked: {} open, {fds_before} before", open_fds());
+    assert!(
+        open_fds() <= fds_before,
+        "descriptors leaked: {} open, {fds_before} before",
+        open_fds()
+    );
     still_serving(&registry, addr);
 }
 
@@ -139,7 +145,11 @@ fn idle_connection_floods_do_not_block_registration() {
     assert!(idle.len() >= 100, "only {} idle connections opened", idle.len());
     let start = Instant::now();
     still_serving(&registry, addr);
-    assert!(start.elapsed() < Duration::from_secs(2), "registration took {:?} behind an idle flood", start.elapsed());
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "registration took {:?} behind an idle flood",
+        start.elapsed()
+    );
     drop(idle);
 }
 
@@ -182,12 +192,16 @@ fn pinning_outside_bpffs_names_the_path() {
     let _serial = serial();
     let dir = TempDir::new("hostile-pin");
     let pin_dir = dir.path().join("not-bpffs");
-    let err = match Group::new(GroupOptions { pin_dir: Some(pin_dir.clone()), ..Default::default() }) {
-        Ok(_) => panic!("pinning to {} (not a BPF filesystem) succeeded", pin_dir.display()),
-        Err(e) => e,
-    };
+    let err =
+        match Group::new(GroupOptions { pin_dir: Some(pin_dir.clone()), ..Default::default() }) {
+            Ok(_) => panic!("pinning to {} (not a BPF filesystem) succeeded", pin_dir.display()),
+            Err(e) => e,
+        };
     assert!(matches!(err, Error::Pin { .. }), "{err}");
-    assert!(err.to_string().contains(&pin_dir.display().to_string()), "the error should name the path: {err}");
+    assert!(
+        err.to_string().contains(&pin_dir.display().to_string()),
+        "the error should name the path: {err}"
+    );
 }
 
 /// 256 workers hold a listener and a registration each, on both sides: over the default 1024.

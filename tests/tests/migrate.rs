@@ -25,9 +25,36 @@ struct HoldAcks<'a> {
 impl<'a> HoldAcks<'a> {
     fn new(ns: &'a NetNs, port: u16) -> Result<Self> {
         ns.exec("nft", &["add", "table", "inet", "reuselb_test"])?;
-        ns.exec("nft", &["add", "chain", "inet", "reuselb_test", "input", "{ type filter hook input priority 0; }"])?;
+        ns.exec(
+            "nft",
+            &[
+                "add",
+                "chain",
+                "inet",
+                "reuselb_test",
+                "input",
+                "{ type filter hook input priority 0; }",
+            ],
+        )?;
         let port = port.to_string();
-        ns.exec("nft", &["add", "rule", "inet", "reuselb_test", "input", "tcp", "dport", &port, "tcp", "flags", "==", "ack", "drop"])?;
+        ns.exec(
+            "nft",
+            &[
+                "add",
+                "rule",
+                "inet",
+                "reuselb_test",
+                "input",
+                "tcp",
+                "dport",
+                &port,
+                "tcp",
+                "flags",
+                "==",
+                "ack",
+                "drop",
+            ],
+        )?;
         Ok(Self { ns })
     }
 }
@@ -70,14 +97,21 @@ fn clients_served(clients: &mut [TcpStream]) -> usize {
     let mut b = [0u8; 1];
     clients
         .iter_mut()
-        .map(|c| c.set_read_timeout(Some(Duration::from_millis(500))).is_ok() && c.read_exact(&mut b).is_ok())
+        .map(|c| {
+            c.set_read_timeout(Some(Duration::from_millis(500))).is_ok()
+                && c.read_exact(&mut b).is_ok()
+        })
         .filter(|&ok| ok)
         .count()
 }
 
 /// Queues connections on listener 0 (the others are made to look busy), then closes it.
 /// Returns (clients served, the pool's migration count).
-fn close_a_listener_with_queued_connections(ns: &NetNs, ip: &str, mode: Mode) -> Result<(usize, u64)> {
+fn close_a_listener_with_queued_connections(
+    ns: &NetNs,
+    ip: &str,
+    mode: Mode,
+) -> Result<(usize, u64)> {
     let mut pool = Pool::new(ip, 3, Policy::LeastLoaded, mode)?;
     for slot in &pool.slots[1..] {
         pool.group.loads().add_inflight(*slot, 1_000_000);
@@ -86,7 +120,10 @@ fn close_a_listener_with_queued_connections(ns: &NetNs, ip: &str, mode: Mode) ->
     {
         let _hold = HoldAcks::new(ns, pool.addr.port())?;
         clients.extend(pool.connect_many(HALF_OPEN)?);
-        ensure!(pool.group.selected_total(pool.slots[0])? == (ESTABLISHED + HALF_OPEN) as u64, "not all queued on listener 0");
+        ensure!(
+            pool.group.selected_total(pool.slots[0])? == (ESTABLISHED + HALF_OPEN) as u64,
+            "not all queued on listener 0"
+        );
         // The worker of slot 0 exits.
         drop(pool.listeners.remove(0));
         pool.group.remove(pool.slots[0])?;
@@ -116,10 +153,14 @@ fn without_migration_the_queue_is_reset() {
     // above would notice if migration stopped working.
     for ip in LOOPBACKS {
         let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
-        let (served, migrated) =
-            ns.run(|| close_a_listener_with_queued_connections(&ns, ip, Mode::Select)).unwrap_or_else(|e| panic!("[{ip}] {e:#}"));
+        let (served, migrated) = ns
+            .run(|| close_a_listener_with_queued_connections(&ns, ip, Mode::Select))
+            .unwrap_or_else(|e| panic!("[{ip}] {e:#}"));
         assert_eq!(migrated, 0, "[{ip}]");
-        assert!(served < ESTABLISHED + HALF_OPEN, "[{ip}] select-only served every client: the scene did not queue anything");
+        assert!(
+            served < ESTABLISHED + HALF_OPEN,
+            "[{ip}] select-only served every client: the scene did not queue anything"
+        );
         println!("[{ip}] select-only: {served} of {} clients served", ESTABLISHED + HALF_OPEN);
     }
 }
@@ -129,7 +170,10 @@ fn the_group_reports_which_program_runs() {
     let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
     ns.run(|| -> Result<()> {
         let auto = Pool::new("127.0.0.1", 1, Policy::LeastLoaded, Mode::Auto)?;
-        ensure!(auto.group.program() == Program::SelectOrMigrate, "Linux 5.14+ should run select-or-migrate");
+        ensure!(
+            auto.group.program() == Program::SelectOrMigrate,
+            "Linux 5.14+ should run select-or-migrate"
+        );
         let select = Pool::new("127.0.0.1", 1, Policy::LeastLoaded, Mode::Select)?;
         ensure!(select.group.program() == Program::Select);
         Ok(())

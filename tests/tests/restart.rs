@@ -42,16 +42,28 @@ fn balancing_survives_the_controller_and_the_next_one_adopts_it() {
             let Pool { listeners, slots, group, addr } = pool;
             drop(group);
             loads.add_inflight(slots[0], 1000);
-            let _b: Vec<_> = (0..3).map(|_| std::net::TcpStream::connect(addr)).collect::<Result<_, _>>()?;
-            let survivors = Pool { listeners, slots, addr, group: Group::new(options(&pin, Policy::PowerOfTwo))? };
-            ensure!(survivors.drain()? == vec![0, 3], "balancing stopped while the controller was away");
+            let _b: Vec<_> =
+                (0..3).map(|_| std::net::TcpStream::connect(addr)).collect::<Result<_, _>>()?;
+            let survivors = Pool {
+                listeners,
+                slots,
+                addr,
+                group: Group::new(options(&pin, Policy::PowerOfTwo))?,
+            };
+            ensure!(
+                survivors.drain()? == vec![0, 3],
+                "balancing stopped while the controller was away"
+            );
 
             // The new controller adopted everything, and applied its own policy.
             let g = &survivors.group;
             ensure!(g.adopted(), "pinned group not adopted");
             ensure!(g.occupied_slots().collect::<Vec<_>>() == survivors.slots);
             ensure!(g.policy() == Policy::PowerOfTwo);
-            ensure!(g.selected_total(survivors.slots[0])? == 3 && g.selected_total(survivors.slots[1])? == 3);
+            ensure!(
+                g.selected_total(survivors.slots[0])? == 3
+                    && g.selected_total(survivors.slots[1])? == 3
+            );
             let views = g.slots()?;
             ensure!(views.iter().all(|v| v.pid == std::process::id()), "owners lost: {views:?}");
             g.unpin()?;

@@ -57,7 +57,12 @@ fn equal_loads_spread_evenly_and_back_to_back_connections_do_not_herd() {
         ensure!(counts.iter().sum::<usize>() == conns.len());
         for (i, slot) in pool.slots.iter().enumerate() {
             let rec = pool.group.loads().read(*slot);
-            ensure!(rec.inflight as usize == counts[i], "slot {slot}: {} in flight but {} queued", rec.inflight, counts[i]);
+            ensure!(
+                rec.inflight as usize == counts[i],
+                "slot {slot}: {} in flight but {} queued",
+                rec.inflight,
+                counts[i]
+            );
             ensure!(pool.group.selected_total(*slot)? == rec.inflight);
         }
         ensure!(pool.group.stats()?.fallbacks() == 0);
@@ -162,12 +167,18 @@ fn detach_gives_back_kernel_hashing() {
             pool.group.loads().add_inflight(*slot, 1_000_000);
         }
         let _c = pool.connect_many(50)?;
-        ensure!(pool.drain()? == vec![50, 0, 0, 0], "least-loaded did not steer everything to slot 0");
+        ensure!(
+            pool.drain()? == vec![50, 0, 0, 0],
+            "least-loaded did not steer everything to slot 0"
+        );
         let before: u64 = pool.slots.iter().map(|s| pool.group.selected_total(*s).unwrap()).sum();
         Group::detach(&pool.listeners[0])?;
         let _d = pool.connect_many(200)?;
         let counts = pool.drain()?;
-        ensure!(counts.iter().filter(|&&c| c > 0).count() >= 3, "kernel hashing not restored: {counts:?}");
+        ensure!(
+            counts.iter().filter(|&&c| c > 0).count() >= 3,
+            "kernel hashing not restored: {counts:?}"
+        );
         let after: u64 = pool.slots.iter().map(|s| pool.group.selected_total(*s).unwrap()).sum();
         ensure!(before == after, "the program still ran after detach");
         Ok(())
@@ -188,7 +199,10 @@ fn errors_return_sk_pass_and_count_the_reason() {
         drop(closed);
         let _a = pool.connect_many(20)?;
         let stats = pool.group.stats()?;
-        ensure!(stats.get(Event::FallbackSelectFailed) == 20, "select_failed not counted: {stats:?}");
+        ensure!(
+            stats.get(Event::FallbackSelectFailed) == 20,
+            "select_failed not counted: {stats:?}"
+        );
         ensure!(pool.drain()?.iter().sum::<usize>() == 20, "connections lost on the error path");
 
         // No active slot at all.
@@ -202,7 +216,14 @@ fn errors_return_sk_pass_and_count_the_reason() {
 
 /// Serves one listener until told to stop or to close it: accept, read a byte, answer, close,
 /// and count the completion in the load map as the worker shim does.
-fn serve(listener: TcpListener, slot: u32, loads: Arc<SharedLoads>, close: &AtomicBool, stop: &AtomicBool, served: &AtomicUsize) {
+fn serve(
+    listener: TcpListener,
+    slot: u32,
+    loads: Arc<SharedLoads>,
+    close: &AtomicBool,
+    stop: &AtomicBool,
+    served: &AtomicUsize,
+) {
     while !stop.load(Ordering::Relaxed) && !close.load(Ordering::Relaxed) {
         match listener.accept() {
             Ok((mut s, _)) => {
@@ -215,7 +236,9 @@ fn serve(listener: TcpListener, slot: u32, loads: Arc<SharedLoads>, close: &Atom
                 loads.add_completed(slot, 1);
                 served.fetch_add(1, Ordering::Relaxed);
             }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => thread::sleep(Duration::from_micros(200)),
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                thread::sleep(Duration::from_micros(200))
+            }
             Err(e) => panic!("accept: {e}"),
         }
     }
@@ -236,7 +259,8 @@ fn emptying_a_slot_or_closing_its_socket_mid_traffic_loses_no_connection() {
         let (done, failed) = (AtomicU64::new(0), AtomicU64::new(0));
         thread::scope(|s| -> Result<()> {
             for (i, l) in listeners.into_iter().enumerate() {
-                let (loads, slot, close, stop, served) = (pool.group.loads().clone(), pool.slots[i], &close[i], &stop, &served);
+                let (loads, slot, close, stop, served) =
+                    (pool.group.loads().clone(), pool.slots[i], &close[i], &stop, &served);
                 s.spawn(move || serve(l, slot, loads, close, stop, served));
             }
             let clients: Vec<_> = (0..CLIENTS)
@@ -280,10 +304,18 @@ fn emptying_a_slot_or_closing_its_socket_mid_traffic_loses_no_connection() {
             Ok(())
         })?;
         ensure!(done.load(Ordering::Relaxed) == TOTAL);
-        ensure!(failed.load(Ordering::Relaxed) == 0, "{} of {TOTAL} connections failed", failed.load(Ordering::Relaxed));
+        ensure!(
+            failed.load(Ordering::Relaxed) == 0,
+            "{} of {TOTAL} connections failed",
+            failed.load(Ordering::Relaxed)
+        );
         ensure!(served.load(Ordering::Relaxed) as u64 == TOTAL);
         let stats = pool.group.stats()?;
-        println!("[{ip}] {TOTAL} connections, 0 failed; migrated {}, fallbacks {}", stats.get(Event::MigrateSelected), stats.fallbacks());
+        println!(
+            "[{ip}] {TOTAL} connections, 0 failed; migrated {}, fallbacks {}",
+            stats.get(Event::MigrateSelected),
+            stats.fallbacks()
+        );
         Ok(())
     });
 }

@@ -14,11 +14,11 @@ use balancer_user::{
     registry::{Registry, RegistryOptions, Service},
     Group, GroupOptions,
 };
-use integration_tests::shim_client::register_raw;
 use integration_tests::apps::{
-    self, free_port, loopback, serial, require, spawn_nginx, spawn_plain, spawn_reuselb_run, spawn_with_shim, uwsgi_stats, wait_until,
-    Load, LoadReport, TempDir, UwsgiConfig, UwsgiProto,
+    self, free_port, loopback, require, serial, spawn_nginx, spawn_plain, spawn_reuselb_run,
+    spawn_with_shim, uwsgi_stats, wait_until, Load, LoadReport, TempDir, UwsgiConfig, UwsgiProto,
 };
+use integration_tests::shim_client::register_raw;
 
 /// Concurrent clients of the balance tests.
 const CONCURRENCY: usize = 48;
@@ -26,12 +26,11 @@ const CONCURRENCY: usize = 48;
 const PATH: &str = "/?ms=5";
 const MAX_IMBALANCE: f64 = 1.25;
 
-
-
 /// A group for `addr`; panics (never skips) if BPF is not available.
 fn new_group() -> Group {
-    Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() })
-        .unwrap_or_else(|e| panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}"))
+    Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() }).unwrap_or_else(
+        |e| panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}"),
+    )
 }
 
 /// An in-process controller for `addr`, on a socket in `dir`.
@@ -47,8 +46,10 @@ fn slot_pids(service: &Service) -> Vec<u32> {
 /// Waits until every slot reads 0 in flight; returns how long it took.
 fn wait_idle_zero(service: &Service, timeout: Duration) -> Option<Duration> {
     let start = Instant::now();
-    wait_until(timeout, || service.group().slots().map(|s| s.iter().all(|v| v.inflight == 0)).unwrap_or(false))
-        .then(|| start.elapsed())
+    wait_until(timeout, || {
+        service.group().slots().map(|s| s.iter().all(|v| v.inflight == 0)).unwrap_or(false)
+    })
+    .then(|| start.elapsed())
 }
 
 /// Waits until the uWSGI answers a request.
@@ -117,7 +118,11 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
         } else {
             (addr, None)
         };
-        assert!(cfg.wait_ready(Duration::from_secs(30)), "plain uWSGI did not start: {}", app.log_tail(30));
+        assert!(
+            cfg.wait_ready(Duration::from_secs(30)),
+            "plain uWSGI did not start: {}",
+            app.log_tail(30)
+        );
         wait_serving(addr, via);
         let (counts, report) = measure(&cfg, via, Duration::from_secs(8));
         describe(&format!("{label}, without reuselb"), &counts, &report)
@@ -127,7 +132,13 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
     let addr = loopback(free_port());
     let cfg = UwsgiConfig::new(addr, proto);
     let socket = dir.path().join("shim.sock");
-    let mut run = spawn_reuselb_run(&cfg.command_line(), addr, &socket, &dir.path().join("run.log"), &["--status-every", "2"]);
+    let mut run = spawn_reuselb_run(
+        &cfg.command_line(),
+        addr,
+        &socket,
+        &dir.path().join("run.log"),
+        &["--status-every", "2"],
+    );
     let nginx_dir = dir.path().join("nginx");
     std::fs::create_dir_all(&nginx_dir).unwrap();
     let (via, _nginx) = if behind_nginx {
@@ -136,27 +147,41 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
     } else {
         (addr, None)
     };
-    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI under reuselb did not start: {}", run.log_tail(40));
     assert!(
-        wait_until(Duration::from_secs(20), || apps::registered_count(&run.log_text()) >= cfg.processes as usize),
+        cfg.wait_ready(Duration::from_secs(30)),
+        "uWSGI under reuselb did not start: {}",
+        run.log_tail(40)
+    );
+    assert!(
+        wait_until(Duration::from_secs(20), || apps::registered_count(&run.log_text())
+            >= cfg.processes as usize),
         "not every worker registered: {}",
         run.log_tail(60)
     );
     wait_serving(addr, via);
     // One listening socket per worker, none left for the master.
     let listeners = apps::listening_sockets(addr.port());
-    assert_eq!(listeners, cfg.processes as usize, "expected one LISTEN socket per worker on {addr}");
+    assert_eq!(
+        listeners, cfg.processes as usize,
+        "expected one LISTEN socket per worker on {addr}"
+    );
     let (counts, report) = measure(&cfg, via, Duration::from_secs(10));
     let ratio = describe(&format!("{label}, with reuselb"), &counts, &report);
     println!("{label}: busiest/ideal without reuselb {plain:.3}, with reuselb {ratio:.3}");
 
     assert_eq!(report.failed, 0, "requests failed under reuselb: {:?}", report.errors);
     assert!(counts.iter().all(|&n| n > 0), "a worker served nothing: {counts:?}");
-    assert!(ratio <= MAX_IMBALANCE, "busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}\n{}", run.log_tail(30));
+    assert!(
+        ratio <= MAX_IMBALANCE,
+        "busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}\n{}",
+        run.log_tail(30)
+    );
 
     // `reuselb run` forwards SIGTERM, exits with the app's status and removes its socket.
     run.signal(libc::SIGTERM);
-    let status = run.wait_timeout(Duration::from_secs(30)).unwrap_or_else(|| panic!("reuselb run did not exit: {}", run.log_tail(30)));
+    let status = run
+        .wait_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("reuselb run did not exit: {}", run.log_tail(30)));
     println!("reuselb run exited with {status}");
     assert!(!socket.exists(), "reuselb run left its socket file behind");
 }
@@ -177,7 +202,12 @@ fn uwsgi_socket_behind_nginx_is_balanced() {
 /// every worker has a slot.
 fn uwsgi_with_registry(dir: &TempDir, cfg: &UwsgiConfig) -> (Registry, apps::Proc) {
     let registry = start_registry(dir, cfg.addr);
-    let app = spawn_with_shim(&cfg.command_line(), cfg.addr, registry.socket_path(), &dir.path().join("uwsgi.log"));
+    let app = spawn_with_shim(
+        &cfg.command_line(),
+        cfg.addr,
+        registry.socket_path(),
+        &dir.path().join("uwsgi.log"),
+    );
     assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
     let service = registry.service(cfg.addr).unwrap();
     assert!(
@@ -220,7 +250,11 @@ fn uwsgi_worker_killed_under_load_is_replaced() {
         report.failed,
         report.errors
     );
-    assert!(replaced, "the killed worker was not replaced by a registered one: {after:?}\n{}", app.log_tail(40));
+    assert!(
+        replaced,
+        "the killed worker was not replaced by a registered one: {after:?}\n{}",
+        app.log_tail(40)
+    );
     // Only what was in flight on the killed worker may fail: at most one request per thread.
     assert!(
         report.failed <= cfg.threads as u64,
@@ -230,7 +264,11 @@ fn uwsgi_worker_killed_under_load_is_replaced() {
         report.errors
     );
     let new_pids: Vec<_> = after.iter().filter(|p| !before.contains(p)).collect();
-    assert_eq!(new_pids.len(), 1, "expected exactly one new worker: before {before:?}, after {after:?}");
+    assert_eq!(
+        new_pids.len(),
+        1,
+        "expected exactly one new worker: before {before:?}, after {after:?}"
+    );
     let idle = wait_idle_zero(service, Duration::from_secs(1));
     assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", service.group().slots());
 }
@@ -246,7 +284,12 @@ fn uwsgi_max_requests_recycling_keeps_registering() {
     cfg.max_requests = Some(150);
     // uWSGI 2.0.21 threaded workers sometimes hang on their way out (unbit/uwsgi#2615) until
     // the master kills them after worker-reload-mercy: keep that short.
-    cfg.extra = vec!["--min-worker-lifetime".into(), "1".into(), "--worker-reload-mercy".into(), "5".into()];
+    cfg.extra = vec![
+        "--min-worker-lifetime".into(),
+        "1".into(),
+        "--worker-reload-mercy".into(),
+        "5".into(),
+    ];
     let (registry, app) = uwsgi_with_registry(&dir, &cfg);
     let service = registry.service(cfg.addr).unwrap();
 
@@ -260,16 +303,27 @@ fn uwsgi_max_requests_recycling_keeps_registering() {
         report.errors,
         report.by_pid.len()
     );
-    assert!(report.by_pid.len() > cfg.processes as usize, "no worker was recycled: {:?}", report.by_pid);
+    assert!(
+        report.by_pid.len() > cfg.processes as usize,
+        "no worker was recycled: {:?}",
+        report.by_pid
+    );
     // Every worker uWSGI runs now holds a slot, and nothing else does.
     let settled = wait_until(Duration::from_secs(10), || {
-        let mut stats: Vec<u32> = uwsgi_stats(cfg.stats_port).unwrap_or_default().iter().map(|w| w.0).collect();
+        let mut stats: Vec<u32> =
+            uwsgi_stats(cfg.stats_port).unwrap_or_default().iter().map(|w| w.0).collect();
         let mut slots = slot_pids(service);
         stats.sort();
         slots.sort();
         stats == slots && slots.len() == cfg.processes as usize
     });
-    assert!(settled, "slots {:?} != uWSGI workers {:?}\n{}", slot_pids(service), uwsgi_stats(cfg.stats_port), app.log_tail(40));
+    assert!(
+        settled,
+        "slots {:?} != uWSGI workers {:?}\n{}",
+        slot_pids(service),
+        uwsgi_stats(cfg.stats_port),
+        app.log_tail(40)
+    );
     assert!(registrations as usize >= report.by_pid.len(), "a recycled worker did not register");
     let idle = wait_idle_zero(service, Duration::from_secs(1));
     println!("idle loads back to 0 after {idle:?}");
@@ -292,23 +346,33 @@ fn controller_started_after_the_app() {
     let dir = TempDir::new("uwsgi-late");
     let cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     let socket = dir.path().join("shim.sock");
-    let app = spawn_with_shim(&cfg.command_line(), cfg.addr, &socket, &dir.path().join("uwsgi.log"));
+    let app =
+        spawn_with_shim(&cfg.command_line(), cfg.addr, &socket, &dir.path().join("uwsgi.log"));
     assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
     wait_serving(cfg.addr, cfg.addr);
 
     let load = Load::start(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
-    let registry = Registry::start(RegistryOptions::new(&socket), vec![(cfg.addr, new_group())]).expect("start the registry");
+    let registry = Registry::start(RegistryOptions::new(&socket), vec![(cfg.addr, new_group())])
+        .expect("start the registry");
     let service = registry.service(cfg.addr).unwrap();
     let started = Instant::now();
-    let all = wait_until(Duration::from_secs(10), || slot_pids(service).len() == cfg.processes as usize);
+    let all =
+        wait_until(Duration::from_secs(10), || slot_pids(service).len() == cfg.processes as usize);
     println!("every worker registered {:?} after the controller started", started.elapsed());
-    assert!(all, "workers did not register with the late controller: {:?}\n{}", slot_pids(service), app.log_tail(40));
+    assert!(
+        all,
+        "workers did not register with the late controller: {:?}\n{}",
+        slot_pids(service),
+        app.log_tail(40)
+    );
     std::thread::sleep(Duration::from_secs(1));
-    let sel_before: Vec<u64> = service.group().slots().unwrap().iter().map(|s| s.selected_total).collect();
+    let sel_before: Vec<u64> =
+        service.group().slots().unwrap().iter().map(|s| s.selected_total).collect();
     let before = cfg.stats().unwrap();
     std::thread::sleep(Duration::from_secs(5));
-    let sel_after: Vec<u64> = service.group().slots().unwrap().iter().map(|s| s.selected_total).collect();
+    let sel_after: Vec<u64> =
+        service.group().slots().unwrap().iter().map(|s| s.selected_total).collect();
     let after = cfg.stats().unwrap();
     let report = load.finish();
     let picked: Vec<u64> = sel_after.iter().zip(&sel_before).map(|(a, b)| a - b).collect();
@@ -318,7 +382,11 @@ fn controller_started_after_the_app() {
         "late controller: ok {}, failed {} {:?}; program picks per slot {picked:?}; served per worker once balanced {counts:?} (busiest/ideal {ratio:.3})",
         report.ok, report.failed, report.errors
     );
-    assert_eq!(report.failed, 0, "requests failed while the controller came up: {:?}", report.errors);
+    assert_eq!(
+        report.failed, 0,
+        "requests failed while the controller came up: {:?}",
+        report.errors
+    );
     assert!(picked.iter().all(|&n| n > 0), "the program is not picking every worker: {picked:?}");
     assert!(ratio <= MAX_IMBALANCE, "not balanced once the controller is up: {counts:?}");
     let idle = wait_idle_zero(service, Duration::from_secs(1));
@@ -350,7 +418,8 @@ fn gunicorn_sync_workers_are_balanced() {
     let cmd = apps::gunicorn_command_line(addr, workers);
     let run = spawn_reuselb_run(&cmd, addr, &socket, &dir.path().join("run.log"), &[]);
     assert!(
-        wait_until(Duration::from_secs(20), || apps::registered_count(&run.log_text()) >= workers as usize),
+        wait_until(Duration::from_secs(20), || apps::registered_count(&run.log_text())
+            >= workers as usize),
         "not every gunicorn worker registered: {}",
         run.log_tail(40)
     );
@@ -381,16 +450,29 @@ fn controller_restart_keeps_serving() {
     std::thread::sleep(Duration::from_secs(3));
     // A new controller: every worker registers again within a few seconds (the shim retries
     // every second) and the new program balances.
-    let registry = Registry::start(RegistryOptions::new(&socket), vec![(cfg.addr, new_group())]).expect("restart the registry");
+    let registry = Registry::start(RegistryOptions::new(&socket), vec![(cfg.addr, new_group())])
+        .expect("restart the registry");
     let service = registry.service(cfg.addr).unwrap();
-    let back = wait_until(Duration::from_secs(10), || slot_pids(service).len() == cfg.processes as usize);
+    let back =
+        wait_until(Duration::from_secs(10), || slot_pids(service).len() == cfg.processes as usize);
     assert!(back, "workers did not register again: {:?}\n{}", slot_pids(service), app.log_tail(40));
     std::thread::sleep(Duration::from_secs(3));
-    let picked: Vec<u64> = service.group().slots().unwrap().iter().map(|s| s.selected_total).collect();
+    let picked: Vec<u64> =
+        service.group().slots().unwrap().iter().map(|s| s.selected_total).collect();
     let report = load.finish();
-    println!("controller restart: ok {}, failed {} {:?}; picks per slot after it came back {picked:?}", report.ok, report.failed, report.errors);
-    assert_eq!(report.failed, 0, "requests failed while the controller was away: {:?}", report.errors);
-    assert!(picked.iter().all(|&n| n > 0), "the new program is not picking every worker: {picked:?}");
+    println!(
+        "controller restart: ok {}, failed {} {:?}; picks per slot after it came back {picked:?}",
+        report.ok, report.failed, report.errors
+    );
+    assert_eq!(
+        report.failed, 0,
+        "requests failed while the controller was away: {:?}",
+        report.errors
+    );
+    assert!(
+        picked.iter().all(|&n| n > 0),
+        "the new program is not picking every worker: {picked:?}"
+    );
     let idle = wait_idle_zero(service, Duration::from_secs(1));
     assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", service.group().slots());
 }
@@ -500,5 +582,9 @@ fn registry_rejects_what_is_not_a_worker_socket() {
     assert_eq!(registry.counters().replies(Status::NotAListener), 3);
     // Our registration connection closed right after the reply: the slot is freed.
     let service = registry.service(addr).unwrap();
-    assert!(wait_until(Duration::from_secs(2), || slot_pids(service).is_empty()), "slot not freed: {:?}", slot_pids(service));
+    assert!(
+        wait_until(Duration::from_secs(2), || slot_pids(service).is_empty()),
+        "slot not freed: {:?}",
+        slot_pids(service)
+    );
 }

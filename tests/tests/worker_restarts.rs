@@ -10,30 +10,48 @@ use balancer_user::{
     registry::{Registry, RegistryOptions},
     Group, GroupOptions, Mode,
 };
-use integration_tests::apps::{free_port, loopback, require, serial, spawn_with_shim, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto};
+use integration_tests::apps::{
+    free_port, loopback, require, serial, spawn_with_shim, wait_until, Load, LoadReport, Proc,
+    TempDir, UwsgiConfig, UwsgiProto,
+};
 
 const CONCURRENCY: usize = 32;
 const PATH: &str = "/?ms=2";
 
-
 /// uWSGI with the shim, registered with an in-process registry running `mode`.
 fn start(dir: &TempDir, cfg: &UwsgiConfig, mode: Mode) -> (Registry, Proc) {
-    let group = Group::new(GroupOptions { policy: Policy::LeastLoaded, mode, ..Default::default() })
-        .unwrap_or_else(|e| panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}"));
+    let group =
+        Group::new(GroupOptions { policy: Policy::LeastLoaded, mode, ..Default::default() })
+            .unwrap_or_else(|e| {
+                panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}")
+            });
     let expected = if mode == Mode::Select { Program::Select } else { Program::SelectOrMigrate };
     assert_eq!(group.program(), expected, "this kernel cannot run the program under test");
-    let registry = Registry::start(RegistryOptions::new(dir.path().join("shim.sock")), vec![(cfg.addr, group)]).expect("registry");
-    let app = spawn_with_shim(&cfg.command_line(), cfg.addr, registry.socket_path(), &dir.path().join("uwsgi.log"));
+    let registry = Registry::start(
+        RegistryOptions::new(dir.path().join("shim.sock")),
+        vec![(cfg.addr, group)],
+    )
+    .expect("registry");
+    let app = spawn_with_shim(
+        &cfg.command_line(),
+        cfg.addr,
+        registry.socket_path(),
+        &dir.path().join("uwsgi.log"),
+    );
     assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
     let service = registry.service(cfg.addr).unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || service.group().slots().map(|s| s.len()).unwrap_or(0) == cfg.processes as usize),
+        wait_until(Duration::from_secs(20), || service
+            .group()
+            .slots()
+            .map(|s| s.len())
+            .unwrap_or(0)
+            == cfg.processes as usize),
         "not every worker registered: {}",
         app.log_tail(40)
     );
     (registry, app)
 }
-
 
 fn recycling(dir: &TempDir, mode: Mode, seconds: u64) -> LoadReport {
     let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
@@ -42,7 +60,13 @@ fn recycling(dir: &TempDir, mode: Mode, seconds: u64) -> LoadReport {
     cfg.extra.extend(["--worker-reload-mercy".into(), "5".into()]);
     let (registry, app) = start(dir, &cfg, mode);
     let report = Load::run(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(seconds));
-    let migrated = registry.service(cfg.addr).unwrap().group().stats().map(|s| s.get(balancer_common::Event::MigrateSelected)).unwrap_or(0);
+    let migrated = registry
+        .service(cfg.addr)
+        .unwrap()
+        .group()
+        .stats()
+        .map(|s| s.get(balancer_common::Event::MigrateSelected))
+        .unwrap_or(0);
     println!(
         "{mode:?}: max-requests 20 for {seconds} s: ok {}, failed {}, connections migrated {migrated}; errors {:?}",
         report.ok, report.failed, report.errors
@@ -67,8 +91,19 @@ fn max_requests_recycling_under_load_keeps_connections() {
     // work, uWSGI 2.0.21's own recycling also drops a few connections its workers had accepted
     // (32 with, 189 without): migration must remove at least three quarters of the losses, and
     // leave under 0.5% of the requests.
-    assert!(with.failed * 4 <= without.failed, "migration did not prevent the resets: {} with, {} without", with.failed, without.failed);
-    assert!(with.failed * 200 <= with.ok, "{} of {} requests failed with migration: {:?}", with.failed, with.ok, with.errors);
+    assert!(
+        with.failed * 4 <= without.failed,
+        "migration did not prevent the resets: {} with, {} without",
+        with.failed,
+        without.failed
+    );
+    assert!(
+        with.failed * 200 <= with.ok,
+        "{} of {} requests failed with migration: {:?}",
+        with.failed,
+        with.ok,
+        with.errors
+    );
 }
 
 /// Sends `command` to uWSGI's master FIFO (`r` graceful reload, `c` chain reload).
@@ -83,18 +118,36 @@ fn master_fifo(path: &Path, command: &str) {
 const EMPTY_ANSWER: &str = "bad answer: \"\"";
 
 /// uWSGI with a master FIFO, under load for `seconds`; `reload` runs `after` seconds in.
-fn reload_under_load(dir: &TempDir, mode: Option<Mode>, seconds: u64, after: u64, reload: impl FnOnce(&Proc, &Path)) -> LoadReport {
+fn reload_under_load(
+    dir: &TempDir,
+    mode: Option<Mode>,
+    seconds: u64,
+    after: u64,
+    reload: impl FnOnce(&Proc, &Path),
+) -> LoadReport {
     let fifo = dir.path().join("master.fifo");
     let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
-    cfg.extra.extend(["--master-fifo".into(), fifo.display().to_string(), "--worker-reload-mercy".into(), "5".into()]);
+    cfg.extra.extend([
+        "--master-fifo".into(),
+        fifo.display().to_string(),
+        "--worker-reload-mercy".into(),
+        "5".into(),
+    ]);
     let (registry, app) = match mode {
         Some(mode) => {
             let (r, a) = start(dir, &cfg, mode);
             (Some(r), a)
         }
         None => {
-            let app = integration_tests::apps::spawn_plain(&cfg.command_line(), &dir.path().join("uwsgi.log"));
-            assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
+            let app = integration_tests::apps::spawn_plain(
+                &cfg.command_line(),
+                &dir.path().join("uwsgi.log"),
+            );
+            assert!(
+                cfg.wait_ready(Duration::from_secs(30)),
+                "uWSGI did not start: {}",
+                app.log_tail(40)
+            );
             (None, app)
         }
     };
@@ -106,8 +159,13 @@ fn reload_under_load(dir: &TempDir, mode: Option<Mode>, seconds: u64, after: u64
     });
     if let Some(registry) = registry {
         let service = registry.service(cfg.addr).unwrap();
-        let all_back = || service.group().slots().map(|s| s.len()).unwrap_or(0) == cfg.processes as usize;
-        assert!(wait_until(Duration::from_secs(30), all_back), "not every reloaded worker registered again: {}", app.log_tail(20));
+        let all_back =
+            || service.group().slots().map(|s| s.len()).unwrap_or(0) == cfg.processes as usize;
+        assert!(
+            wait_until(Duration::from_secs(30), all_back),
+            "not every reloaded worker registered again: {}",
+            app.log_tail(20)
+        );
         drop(app);
         registry.stop();
     }
@@ -120,9 +178,16 @@ fn chain_reload_under_load_loses_no_connection() {
     require("uwsgi");
     let dir = TempDir::new("chain-reload");
     let report = reload_under_load(&dir, Some(Mode::Auto), 15, 3, |_, fifo| master_fifo(fifo, "c"));
-    println!("chain reload under load: ok {}, failed {} {:?}", report.ok, report.failed, report.errors);
+    println!(
+        "chain reload under load: ok {}, failed {} {:?}",
+        report.ok, report.failed, report.errors
+    );
     assert!(report.ok > 1000, "too little traffic to mean anything: {}", report.ok);
-    assert!(report.errors.iter().all(|e| e == EMPTY_ANSWER), "connections failed during the chain reload: {:?}", report.errors);
+    assert!(
+        report.errors.iter().all(|e| e == EMPTY_ANSWER),
+        "connections failed during the chain reload: {:?}",
+        report.errors
+    );
 }
 
 #[test]
@@ -139,5 +204,9 @@ fn graceful_reload_under_load_loses_no_connection() {
         with.ok, with.failed, with.errors, plain.ok, plain.failed, plain.errors
     );
     assert!(with.ok > 1000, "too little traffic to mean anything: {}", with.ok);
-    assert!(with.errors.iter().all(|e| e == EMPTY_ANSWER), "connections failed during the reload: {:?}", with.errors);
+    assert!(
+        with.errors.iter().all(|e| e == EMPTY_ANSWER),
+        "connections failed during the reload: {:?}",
+        with.errors
+    );
 }

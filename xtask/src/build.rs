@@ -18,8 +18,7 @@ impl Artifacts {
     /// Tells `cmd` which binaries to start, as REUSELB_BIN and REUSELB_SHIM (absolute paths), so
     /// the tests use what was just built rather than guessing at target/.
     pub fn export_to<'a>(&self, cmd: &'a mut Command) -> &'a mut Command {
-        cmd.env("REUSELB_BIN", &self.reuselb)
-            .env("REUSELB_SHIM", &self.shim)
+        cmd.env("REUSELB_BIN", &self.reuselb).env("REUSELB_SHIM", &self.shim)
     }
 }
 
@@ -45,16 +44,10 @@ fn build(ws: &Workspace) -> Result<Artifacts> {
         "balancer-shim",
     ]))?;
     let release = ws.target.join("release");
-    let artifacts = Artifacts {
-        reuselb: release.join("reuselb"),
-        shim: release.join("libbalancer_shim.so"),
-    };
+    let artifacts =
+        Artifacts { reuselb: release.join("reuselb"), shim: release.join("libbalancer_shim.so") };
     for path in [&artifacts.reuselb, &artifacts.shim] {
-        ensure!(
-            path.is_file(),
-            "the build succeeded but left no {}",
-            path.display()
-        );
+        ensure!(path.is_file(), "the build succeeded but left no {}", path.display());
     }
     println!("xtask: built {}", artifacts.reuselb.display());
     println!("xtask: built {}", artifacts.shim.display());

@@ -14,31 +14,21 @@ use anyhow::{ensure, Context as _, Result};
 /// Echoes `cmd`, runs it with inherited stdio and fails unless it exits with 0.
 pub fn run(cmd: &mut Command) -> Result<()> {
     let shown = echo(cmd);
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting `{shown}`"))?;
+    let status = cmd.status().with_context(|| format!("starting `{shown}`"))?;
     ensure!(status.success(), "`{shown}` failed: {status}");
     Ok(())
 }
 
 /// Runs a probe quietly (no stdin) and returns what it printed and how it exited.
 pub fn probe(cmd: &mut Command) -> Result<Output> {
-    cmd.stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("running `{}`", shown(cmd)))
+    cmd.stdin(Stdio::null()).output().with_context(|| format!("running `{}`", shown(cmd)))
 }
 
 /// Stdout of a probe that must succeed.
 pub fn stdout_of(cmd: &mut Command) -> Result<String> {
     let out = probe(cmd)?;
     let stderr = String::from_utf8_lossy(&out.stderr);
-    ensure!(
-        out.status.success(),
-        "`{}` failed: {}: {}",
-        shown(cmd),
-        out.status,
-        stderr.trim()
-    );
+    ensure!(out.status.success(), "`{}` failed: {}: {}", shown(cmd), out.status, stderr.trim());
     String::from_utf8(out.stdout)
         .with_context(|| format!("output of `{}` is not UTF-8", shown(cmd)))
 }

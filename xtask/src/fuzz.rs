@@ -36,10 +36,7 @@ fn example_inputs(target: &str) -> &'static [&'static str] {
 pub fn run(ws: &Workspace, target: Option<&str>, seconds: u32) -> Result<()> {
     let targets: Vec<&str> = match target {
         Some(t) if TARGETS.contains(&t) => vec![t],
-        Some(t) => bail!(
-            "no fuzz target `{t}`: expected one of {}",
-            TARGETS.join(", ")
-        ),
+        Some(t) => bail!("no fuzz target `{t}`: expected one of {}", TARGETS.join(", ")),
         None => TARGETS.to_vec(),
     };
     ensure!(seconds > 0, "--seconds must be at least 1");
@@ -76,18 +73,11 @@ fn run_one(ws: &Workspace, target: &str, seconds: u32) -> Result<Option<u64>> {
             .with_context(|| format!("copying {} into {}", from.display(), corpus.display()))?;
     }
     let mut cargo = ws.cargo();
-    cargo
-        .args(["+nightly", "fuzz", "run", target])
-        .arg(format!("fuzz/corpus/{target}"));
+    cargo.args(["+nightly", "fuzz", "run", target]).arg(format!("fuzz/corpus/{target}"));
     if ws.root.join("fuzz/seeds").join(target).is_dir() {
         cargo.arg(format!("fuzz/seeds/{target}"));
     }
-    cargo.args([
-        "--",
-        &format!("-max_total_time={seconds}"),
-        "-rss_limit_mb=2048",
-        "-timeout=10",
-    ]);
+    cargo.args(["--", &format!("-max_total_time={seconds}"), "-rss_limit_mb=2048", "-timeout=10"]);
     let dict = format!("fuzz/dicts/{target}.dict");
     if ws.root.join(&dict).is_file() {
         cargo.arg(format!("-dict={dict}"));
@@ -137,19 +127,11 @@ fn run_quietly(cmd: &mut Command) -> Result<Option<u64>> {
             dictionary = false;
         }
         // "Done 509589 runs in 21 second(s)"
-        if let Some(n) = text
-            .strip_prefix("Done ")
-            .and_then(|rest| rest.split(' ').next())
-        {
+        if let Some(n) = text.strip_prefix("Done ").and_then(|rest| rest.split(' ').next()) {
             execs = n.parse().ok();
         }
     }
-    let status = child
-        .wait()
-        .with_context(|| format!("waiting for `{shown}`"))?;
-    ensure!(
-        status.success(),
-        "`{shown}` failed: {status} (a finding: see its report above)"
-    );
+    let status = child.wait().with_context(|| format!("waiting for `{shown}`"))?;
+    ensure!(status.success(), "`{shown}` failed: {status} (a finding: see its report above)");
     Ok(execs)
 }

@@ -47,10 +47,15 @@ pub fn run(ws: &Workspace, args: &DemoArgs) -> Result<()> {
     wait_until_serving(addr, &mut server.0)?;
     let mut wrk = Command::new("wrk");
     // A new connection per request, as nginx's uwsgi_pass makes them: that is what gets balanced.
-    wrk.args(["-t2", &format!("-c{}", args.connections), &format!("-d{}s", args.seconds), "--latency"])
-        .args(["-H", "Connection: close"])
-        .arg(format!("http://{DEMO_ADDR}/"))
-        .stdout(Stdio::piped());
+    wrk.args([
+        "-t2",
+        &format!("-c{}", args.connections),
+        &format!("-d{}s", args.seconds),
+        "--latency",
+    ])
+    .args(["-H", "Connection: close"])
+    .arg(format!("http://{DEMO_ADDR}/"))
+    .stdout(Stdio::piped());
     println!("xtask: $ {wrk:?}   (bounded load; its report follows the view)");
     let report = command::probe(&mut wrk)?;
     ensure!(report.status.success(), "wrk failed: {}", String::from_utf8_lossy(&report.stderr));
@@ -102,5 +107,6 @@ impl Drop for Stopper {
 
 /// Sends a signal by name with kill(1): xtask keeps to std.
 fn signal(child: &Child, name: &str) -> Result<()> {
-    command::stdout_of(Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string())).map(drop)
+    command::stdout_of(Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()))
+        .map(drop)
 }

@@ -15,15 +15,7 @@ pub fn run(ws: &Workspace, cargo_args: &[String]) -> Result<()> {
     // `--workspace` means every member, default-members or not: balancer-ebpf only builds for the
     // BPF target (balancer-user's build script builds it), so it must be excluded by name.
     let mut cargo = ws.cargo();
-    cargo
-        .args([
-            "test",
-            "--release",
-            "--workspace",
-            "--exclude",
-            "balancer-ebpf",
-        ])
-        .args(cargo_args);
+    cargo.args(["test", "--release", "--workspace", "--exclude", "balancer-ebpf"]).args(cargo_args);
     command::run(artifacts.export_to(&mut cargo))?;
     fuzz::run(ws, None, fuzz::CI_SECONDS)
 }

@@ -16,7 +16,8 @@ pub struct Panel {
     pub log: bool,
 }
 
-const COLORS: [&str; 8] = ["#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#8c564b", "#d62728", "#1f77b4", "#2ca02c"];
+const COLORS: [&str; 8] =
+    ["#7f7f7f", "#bcbd22", "#17becf", "#9467bd", "#8c564b", "#d62728", "#1f77b4", "#2ca02c"];
 const W: f64 = 900.0;
 const PANEL_H: f64 = 300.0;
 const LEFT: f64 = 70.0;
@@ -65,10 +66,15 @@ fn fmt_value(v: f64) -> String {
 fn panel(svg: &mut String, p: &Panel, y0: f64) {
     let plot_w = W - LEFT - RIGHT;
     let plot_h = PANEL_H - TOP - BOTTOM;
-    let finite: Vec<f64> = p.values.iter().flatten().copied().filter(|v| v.is_finite() && *v > 0.0).collect();
+    let finite: Vec<f64> =
+        p.values.iter().flatten().copied().filter(|v| v.is_finite() && *v > 0.0).collect();
     let vmax = finite.iter().copied().fold(p.reference.unwrap_or(0.0), f64::max);
     let (lo, hi) = if p.log {
-        let vmin = finite.iter().copied().fold(f64::INFINITY, f64::min).min(p.reference.unwrap_or(f64::INFINITY));
+        let vmin = finite
+            .iter()
+            .copied()
+            .fold(f64::INFINITY, f64::min)
+            .min(p.reference.unwrap_or(f64::INFINITY));
         let lo = 10f64.powf(vmin.max(1e-3).log10().floor());
         let hi = 10f64.powf(vmax.max(lo * 10.0).log10().ceil());
         (lo, hi)
@@ -76,10 +82,20 @@ fn panel(svg: &mut String, p: &Panel, y0: f64) {
         (0.0, nice_max(vmax * 1.05))
     };
     let y_of = |v: f64| -> f64 {
-        let f = if p.log { (v.max(lo).ln() - lo.ln()) / (hi.ln() - lo.ln()) } else { (v - lo) / (hi - lo) };
+        let f = if p.log {
+            (v.max(lo).ln() - lo.ln()) / (hi.ln() - lo.ln())
+        } else {
+            (v - lo) / (hi - lo)
+        };
         y0 + TOP + plot_h * (1.0 - f.clamp(0.0, 1.0))
     };
-    let _ = writeln!(svg, r#"<text x="{}" y="{}" font-size="15" font-weight="bold">{}</text>"#, LEFT, y0 + 22.0, esc(&p.title));
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" font-size="15" font-weight="bold">{}</text>"#,
+        LEFT,
+        y0 + 22.0,
+        esc(&p.title)
+    );
     // Axis and ticks.
     let ticks: Vec<f64> = if p.log {
         let mut t = Vec::new();
@@ -155,7 +171,11 @@ fn panel(svg: &mut String, p: &Panel, y0: f64) {
     }
     if let Some(r) = p.reference {
         let y = y_of(r);
-        let _ = writeln!(svg, r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333" stroke-dasharray="5,4"/>"##, W - RIGHT);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333" stroke-dasharray="5,4"/>"##,
+            W - RIGHT
+        );
     }
     // Legend, wrapped over as many lines as it needs.
     let mut lx = LEFT;
@@ -188,7 +208,12 @@ pub fn svg(title: &str, panels: &[Panel]) -> String {
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{h}" viewBox="0 0 {W} {h}" font-family="sans-serif">"#
     );
     let _ = writeln!(s, r#"<rect width="100%" height="100%" fill="white"/>"#);
-    let _ = writeln!(s, r#"<text x="{}" y="20" font-size="16" font-weight="bold">{}</text>"#, LEFT - 50.0, esc(title));
+    let _ = writeln!(
+        s,
+        r#"<text x="{}" y="20" font-size="16" font-weight="bold">{}</text>"#,
+        LEFT - 50.0,
+        esc(title)
+    );
     for (i, p) in panels.iter().enumerate() {
         panel(&mut s, p, 30.0 + PANEL_H * i as f64);
     }

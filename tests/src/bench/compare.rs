@@ -43,7 +43,9 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use integration_tests::apps::{self, free_port, require, wait_until, Proc, TempDir, UwsgiConfig, UwsgiProto};
+use integration_tests::apps::{
+    self, free_port, require, wait_until, Proc, TempDir, UwsgiConfig, UwsgiProto,
+};
 
 use super::{
     chart::{self, Panel},
@@ -213,7 +215,10 @@ impl Options {
             open_secs: 1.5,
             warmup_secs: 0.5,
             levels: vec![0.6, 0.9],
-            variants: vec![Variant { processes: 8, threads: 20 }, Variant { processes: cores().max(1) as u32, threads: 20 }],
+            variants: vec![
+                Variant { processes: 8, threads: 20 },
+                Variant { processes: cores().max(1) as u32, threads: 20 },
+            ],
             workloads: ALL_WORKLOADS.to_vec(),
             configs: ALL_CFGS.to_vec(),
             no_netns: false,
@@ -231,22 +236,42 @@ impl Options {
         }
         let mut it = args.iter();
         while let Some(arg) = it.next() {
-            let mut val = |name: &str| -> Result<String> { it.next().cloned().with_context(|| format!("{name} needs a value; usage: {USAGE}")) };
+            let mut val = |name: &str| -> Result<String> {
+                it.next().cloned().with_context(|| format!("{name} needs a value; usage: {USAGE}"))
+            };
             match arg.as_str() {
                 "--full" => {}
                 "--reps" => o.reps = val("--reps")?.parse().context("--reps")?,
-                "--closed-secs" => o.closed_secs = val("--closed-secs")?.parse().context("--closed-secs")?,
-                "--open-secs" => o.open_secs = val("--open-secs")?.parse().context("--open-secs")?,
-                "--warmup-secs" => o.warmup_secs = val("--warmup-secs")?.parse().context("--warmup-secs")?,
+                "--closed-secs" => {
+                    o.closed_secs = val("--closed-secs")?.parse().context("--closed-secs")?
+                }
+                "--open-secs" => {
+                    o.open_secs = val("--open-secs")?.parse().context("--open-secs")?
+                }
+                "--warmup-secs" => {
+                    o.warmup_secs = val("--warmup-secs")?.parse().context("--warmup-secs")?
+                }
                 "--configs" => {
                     let v = val("--configs")?;
-                    o.configs = v.chars().map(|c| Cfg::from_letter(c).with_context(|| format!("--configs: no configuration `{c}`"))).collect::<Result<_>>()?;
+                    o.configs = v
+                        .chars()
+                        .map(|c| {
+                            Cfg::from_letter(c)
+                                .with_context(|| format!("--configs: no configuration `{c}`"))
+                        })
+                        .collect::<Result<_>>()?;
                 }
                 "--workloads" => {
                     let v = val("--workloads")?;
                     o.workloads = v
                         .split(',')
-                        .map(|w| ALL_WORKLOADS.iter().copied().find(|x| x.name() == w || (w == "io" && *x == Workload::IoCpu)).with_context(|| format!("--workloads: no workload `{w}`")))
+                        .map(|w| {
+                            ALL_WORKLOADS
+                                .iter()
+                                .copied()
+                                .find(|x| x.name() == w || (w == "io" && *x == Workload::IoCpu))
+                                .with_context(|| format!("--workloads: no workload `{w}`"))
+                        })
                         .collect::<Result<_>>()?;
                 }
                 "--variants" => {
@@ -254,8 +279,13 @@ impl Options {
                     o.variants = v
                         .split(',')
                         .map(|s| {
-                            let (p, t) = s.split_once('x').with_context(|| format!("--variants: `{s}` is not PxT"))?;
-                            Ok(Variant { processes: p.parse().context("processes")?, threads: t.parse().context("threads")? })
+                            let (p, t) = s
+                                .split_once('x')
+                                .with_context(|| format!("--variants: `{s}` is not PxT"))?;
+                            Ok(Variant {
+                                processes: p.parse().context("processes")?,
+                                threads: t.parse().context("threads")?,
+                            })
                         })
                         .collect::<Result<_>>()?;
                 }
@@ -341,12 +371,20 @@ fn uwsgi_config(addr: SocketAddr, processes: u32, threads: u32, extra: &[&str]) 
 
 /// nginx in the foreground, one process, on `port`, passing every request to `upstreams` over the
 /// uwsgi protocol.
-fn spawn_nginx(dir: &Path, port: u16, upstreams: &[SocketAddr], least_conn: bool, fastrouter_key: Option<&str>) -> Result<Proc> {
+fn spawn_nginx(
+    dir: &Path,
+    port: u16,
+    upstreams: &[SocketAddr],
+    least_conn: bool,
+    fastrouter_key: Option<&str>,
+) -> Result<Proc> {
     let conf = dir.join("nginx.conf");
     let d = dir.display();
     let servers: String = upstreams.iter().map(|u| format!("    server {u};\n")).collect();
     let balance = if least_conn { "    least_conn;\n" } else { "" };
-    let key = fastrouter_key.map(|k| format!("      uwsgi_param UWSGI_FASTROUTER_KEY {k};\n")).unwrap_or_default();
+    let key = fastrouter_key
+        .map(|k| format!("      uwsgi_param UWSGI_FASTROUTER_KEY {k};\n"))
+        .unwrap_or_default();
     fs::write(
         &conf,
         format!(
@@ -364,7 +402,11 @@ fn spawn_nginx(dir: &Path, port: u16, upstreams: &[SocketAddr], least_conn: bool
     cmd.arg("-p").arg(dir).arg("-c").arg(&conf);
     let p = Proc::spawn("nginx", cmd, &dir.join("nginx.log"));
     if !wait_until(Duration::from_secs(5), || TcpStream::connect(loopback(port)).is_ok()) {
-        bail!("nginx did not start: {}\n{}", p.log_tail(20), fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default());
+        bail!(
+            "nginx did not start: {}\n{}",
+            p.log_tail(20),
+            fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+        );
     }
     Ok(p)
 }
@@ -414,7 +456,9 @@ fn deploy(cfg: Cfg, v: Variant, bins: &Binaries) -> Result<Deployment> {
             let policy = cfg.reuselb_policy().expect("a reuselb configuration");
             let mut cmd = Command::new(&bins.reuselb);
             cmd.arg("run").arg("--listen").arg(addr.to_string()).arg("--socket").arg(&socket);
-            cmd.args(["--policy", policy, "--status-every", "0", "--log-level", "warn"]).arg("--shim").arg(&bins.shim);
+            cmd.args(["--policy", policy, "--status-every", "0", "--log-level", "warn"])
+                .arg("--shim")
+                .arg(&bins.shim);
             cmd.arg("--").args(u.command_line());
             let mut p = Proc::spawn("reuselb run", cmd, &d.join("run.log"));
             // The app server runs in a process group of its own: remember it for the cleanup.
@@ -425,7 +469,9 @@ fn deploy(cfg: Cfg, v: Variant, bins: &Binaries) -> Result<Deployment> {
             dep.procs.push(p);
             wait_ready(&u, dep.procs.last().unwrap())?;
             // Every worker has its own listening socket (and the master none).
-            let ok = wait_until(Duration::from_secs(20), || apps::listening_sockets(addr.port()) == v.processes as usize);
+            let ok = wait_until(Duration::from_secs(20), || {
+                apps::listening_sockets(addr.port()) == v.processes as usize
+            });
             if !ok {
                 bail!(
                     "{}: expected {} listening sockets on {addr}, found {}: {}",
@@ -442,8 +488,19 @@ fn deploy(cfg: Cfg, v: Variant, bins: &Binaries) -> Result<Deployment> {
             let fr = loopback(free_port());
             let sub = loopback(free_port());
             let mut cmd = Command::new("uwsgi");
-            cmd.args(["--plugin", "fastrouter", "--master", "--die-on-term", "--disable-logging", "--listen", "1024"]);
-            cmd.arg("--fastrouter").arg(fr.to_string()).arg("--fastrouter-subscription-server").arg(sub.to_string());
+            cmd.args([
+                "--plugin",
+                "fastrouter",
+                "--master",
+                "--die-on-term",
+                "--disable-logging",
+                "--listen",
+                "1024",
+            ]);
+            cmd.arg("--fastrouter")
+                .arg(fr.to_string())
+                .arg("--fastrouter-subscription-server")
+                .arg(sub.to_string());
             let p = Proc::spawn("fastrouter", cmd, &d.join("fastrouter.log"));
             dep.roots.push(p.pid());
             dep.router = Some((p.pid(), true));
@@ -485,13 +542,19 @@ fn deploy(cfg: Cfg, v: Variant, bins: &Binaries) -> Result<Deployment> {
     fs::create_dir_all(&nginx_dir)?;
     dep.nginx = Some(spawn_nginx(&nginx_dir, front_port, &upstreams, least_conn, key)?);
     for u in &dep.instances {
-        let stats = u.stats().with_context(|| format!("{}: stats server of {} does not answer", cfg.short(), u.addr))?;
+        let stats = u.stats().with_context(|| {
+            format!("{}: stats server of {} does not answer", cfg.short(), u.addr)
+        })?;
         dep.workers.extend(stats.iter().map(|(pid, _)| *pid));
     }
     // Serving through nginx, and (fastrouter) both instances subscribed.
     let request = format!("GET /?cpu=0 HTTP/1.0\r\nHost: {}\r\n\r\n", dep.front);
     let mut seen: Vec<u32> = Vec::new();
-    let instance_of = |pid: u32| dep.instances.iter().position(|u| u.stats().unwrap_or_default().iter().any(|(p, _)| *p == pid));
+    let instance_of = |pid: u32| {
+        dep.instances
+            .iter()
+            .position(|u| u.stats().unwrap_or_default().iter().any(|(p, _)| *p == pid))
+    };
     let mut instances_seen = vec![false; dep.instances.len()];
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -546,7 +609,10 @@ fn process_totals(pid: u32) -> (u64, u64) {
         let p = t.path();
         if let Ok(status) = fs::read_to_string(p.join("status")) {
             for line in status.lines() {
-                if let Some(v) = line.strip_prefix("voluntary_ctxt_switches:").or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:")) {
+                if let Some(v) = line
+                    .strip_prefix("voluntary_ctxt_switches:")
+                    .or_else(|| line.strip_prefix("nonvoluntary_ctxt_switches:"))
+                {
                     ctx += v.trim().parse::<u64>().unwrap_or(0);
                 }
             }
@@ -594,12 +660,22 @@ impl Deployment {
         let mut ids = Vec::new();
         let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return ids };
         for fd in fds.flatten() {
-            let is_prog = fs::read_link(fd.path()).map(|l| l.to_string_lossy().contains("bpf-prog")).unwrap_or(false);
+            let is_prog = fs::read_link(fd.path())
+                .map(|l| l.to_string_lossy().contains("bpf-prog"))
+                .unwrap_or(false);
             if !is_prog {
                 continue;
             }
-            let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{}", fd.file_name().to_string_lossy())).unwrap_or_default();
-            if let Some(id) = info.lines().find_map(|l| l.strip_prefix("prog_id:")).and_then(|v| v.trim().parse().ok()) {
+            let info = fs::read_to_string(format!(
+                "/proc/{pid}/fdinfo/{}",
+                fd.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            if let Some(id) = info
+                .lines()
+                .find_map(|l| l.strip_prefix("prog_id:"))
+                .and_then(|v| v.trim().parse().ok())
+            {
                 if !ids.contains(&id) {
                     ids.push(id);
                 }
@@ -654,7 +730,8 @@ struct Rec {
 }
 
 fn share(by_pid: &HashMap<u32, u64>, workers: &[u32]) -> (f64, f64) {
-    let mut counts: Vec<u64> = workers.iter().map(|w| by_pid.get(w).copied().unwrap_or(0)).collect();
+    let mut counts: Vec<u64> =
+        workers.iter().map(|w| by_pid.get(w).copied().unwrap_or(0)).collect();
     // Answers from a pid that was not a worker at the start (a respawn) count as a worker of their own.
     counts.extend(by_pid.iter().filter(|(p, _)| !workers.contains(p)).map(|(_, n)| *n));
     let total: u64 = counts.iter().sum();
@@ -667,7 +744,14 @@ fn share(by_pid: &HashMap<u32, u64>, workers: &[u32]) -> (f64, f64) {
     (max / mean, var.sqrt() / mean)
 }
 
-fn measure(dep: &Deployment, w: Workload, mode: Mode, secs: f64, seed: u64, detail: bool) -> Result<Rec> {
+fn measure(
+    dep: &Deployment,
+    w: Workload,
+    mode: Mode,
+    secs: f64,
+    seed: u64,
+    detail: bool,
+) -> Result<Rec> {
     let paths = w.paths();
     let pick = move |r: &mut Rng| w.pick(r);
     let spec = Spec {
@@ -683,7 +767,11 @@ fn measure(dep: &Deployment, w: Workload, mode: Mode, secs: f64, seed: u64, deta
     };
     let ids = if detail { dep.prog_ids() } else { Vec::new() };
     // The kernel's BPF run-time statistics, on for this run only (and only for reuselb's runs).
-    let stats_fd = if detail && !ids.is_empty() { aya::sys::enable_stats(aya::sys::Stats::RunTime).ok() } else { None };
+    let stats_fd = if detail && !ids.is_empty() {
+        aya::sys::enable_stats(aya::sys::Stats::RunTime).ok()
+    } else {
+        None
+    };
     let p0 = prog_counters(&ids);
     let c0 = dep.counters();
     let out: Outcome = loadgen::run(&spec)?;
@@ -693,7 +781,9 @@ fn measure(dep: &Deployment, w: Workload, mode: Mode, secs: f64, seed: u64, deta
     let done = out.ok.max(1) as f64;
     let (busiest, cv) = share(&out.by_pid, &dep.workers);
     let bpf_ns = match (p0, p1) {
-        (Some((t0, n0)), Some((t1, n1))) if n1 > n0 && t1 > t0 => Some((t1 - t0) as f64 / (n1 - n0) as f64),
+        (Some((t0, n0)), Some((t1, n1))) if n1 > n0 && t1 > t0 => {
+            Some((t1 - t0) as f64 / (n1 - n0) as f64)
+        }
         _ => None,
     };
     Ok(Rec {
@@ -734,7 +824,14 @@ impl Results {
         summarize(&vals).median
     }
 
-    fn range(&self, v: Variant, w: Workload, c: Cfg, k: Kind, f: impl Fn(&Rec) -> f64) -> (f64, f64) {
+    fn range(
+        &self,
+        v: Variant,
+        w: Workload,
+        c: Cfg,
+        k: Kind,
+        f: impl Fn(&Rec) -> f64,
+    ) -> (f64, f64) {
         let vals: Vec<f64> = self.get(v, w, c, k).iter().map(f).filter(|x| !x.is_nan()).collect();
         if vals.is_empty() {
             return (f64::NAN, f64::NAN);
@@ -758,7 +855,11 @@ fn machine() -> (String, String) {
     let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
     let model = cpuinfo
         .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, m)| m.trim().to_string()))
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
         .unwrap_or_else(|| "?".into());
     (model, kernel_release())
 }
@@ -769,7 +870,8 @@ fn proc_ticks(pid: u32) -> u64 {
     let Some((_, rest)) = stat.rsplit_once(')') else { return 0 };
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After the command: state is field 3 of stat(5); utime and stime are fields 14 and 15.
-    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+    f.get(11).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0)
 }
 
 /// The machine's (user + nice + system, steal) clock ticks so far, all CPUs.
@@ -808,7 +910,9 @@ struct Interference {
 }
 
 fn loadavg() -> String {
-    fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_else(|_| "?".into())
+    fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn raise_nofile() {
@@ -843,25 +947,59 @@ pub fn run(o: &Options) -> Result<String> {
         for &c in &o.configs {
             check_interrupted()?;
             let t = Instant::now();
-            deps.push(deploy(c, v, &bins).with_context(|| format!("starting {} ({})", c.short(), v.name()))?);
-            eprintln!("  {} up in {:.1} s ({} workers)", c.short(), t.elapsed().as_secs_f64(), deps.last().unwrap().workers.len());
+            deps.push(
+                deploy(c, v, &bins)
+                    .with_context(|| format!("starting {} ({})", c.short(), v.name()))?,
+            );
+            eprintln!(
+                "  {} up in {:.1} s ({} workers)",
+                c.short(),
+                t.elapsed().as_secs_f64(),
+                deps.last().unwrap().workers.len()
+            );
         }
         let dep_of = |c: Cfg| deps.iter().find(|d| d.cfg == c).expect("deployed");
         let (t0, (busy0, steal0), own0) = (Instant::now(), machine_ticks(), own_ticks(&deps));
         // Warm-up: every configuration, every workload, unrecorded.
         for &w in &o.workloads {
             for d in &deps {
-                measure(d, w, Mode::Closed { clients: w.clients(v.processes) }, o.warmup_secs, 1, false)?;
+                measure(
+                    d,
+                    w,
+                    Mode::Closed { clients: w.clients(v.processes) },
+                    o.warmup_secs,
+                    1,
+                    false,
+                )?;
             }
         }
         // 1. Maximum throughput, closed loop.
         for rep in 0..o.reps {
             for &w in &o.workloads {
                 let clients = w.clients(v.processes);
-                eprintln!("  {} closed loop, {} clients, round {}/{}", w.name(), clients, rep + 1, o.reps);
+                eprintln!(
+                    "  {} closed loop, {} clients, round {}/{}",
+                    w.name(),
+                    clients,
+                    rep + 1,
+                    o.reps
+                );
                 for c in rotated(&o.configs, rep) {
-                    let r = measure(dep_of(c), w, Mode::Closed { clients }, o.closed_secs, 1000 + rep as u64, false)?;
-                    eprintln!("    {}: {:.0} req/s, p99 {:.1} ms, failed {}", c.short(), r.throughput, r.p99, r.failed);
+                    let r = measure(
+                        dep_of(c),
+                        w,
+                        Mode::Closed { clients },
+                        o.closed_secs,
+                        1000 + rep as u64,
+                        false,
+                    )?;
+                    eprintln!(
+                        "    {}: {:.0} req/s, p99 {:.1} ms, failed {}",
+                        c.short(),
+                        r.throughput,
+                        r.p99,
+                        r.failed
+                    );
                     res.runs.entry((v, w, c, Kind::Closed)).or_default().push(r);
                     std::thread::sleep(Duration::from_millis(150));
                 }
@@ -877,11 +1015,18 @@ pub fn run(o: &Options) -> Result<String> {
                 let base = res.base[&(v, w)];
                 for (li, level) in o.levels.iter().enumerate() {
                     let rate = base * level;
-                    eprintln!("  {} open loop at {:.0}% of A ({rate:.0} req/s), round {}/{}", w.name(), level * 100.0, rep + 1, o.reps);
+                    eprintln!(
+                        "  {} open loop at {:.0}% of A ({rate:.0} req/s), round {}/{}",
+                        w.name(),
+                        level * 100.0,
+                        rep + 1,
+                        o.reps
+                    );
                     let detail = li + 1 == o.levels.len();
                     for c in rotated(&o.configs, rep + li) {
                         let seed = 5000 + (rep * 10 + li) as u64;
-                        let r = measure(dep_of(c), w, Mode::Open { rate }, o.open_secs, seed, detail)?;
+                        let r =
+                            measure(dep_of(c), w, Mode::Open { rate }, o.open_secs, seed, detail)?;
                         eprintln!(
                             "    {}: p50 {:.1} p99 {:.1} p99.9 {:.1} ms, busiest/ideal {:.2}, failed {}",
                             c.short(),
@@ -901,7 +1046,11 @@ pub fn run(o: &Options) -> Result<String> {
         let own1 = own_ticks(&deps);
         let secs = t0.elapsed().as_secs_f64();
         let other = (busy1 - busy0) as f64 - (own1.saturating_sub(own0)) as f64;
-        let i = Interference { secs, other_cpus: other.max(0.0) / hz / secs, steal_cpus: (steal1 - steal0) as f64 / hz / secs };
+        let i = Interference {
+            secs,
+            other_cpus: other.max(0.0) / hz / secs,
+            steal_cpus: (steal1 - steal0) as f64 / hz / secs,
+        };
         eprintln!(
             "bench compare: {} done in {secs:.0} s (other processes used {:.2} CPUs meanwhile, steal {:.2}); stopping its configurations",
             v.name(),
@@ -956,7 +1105,9 @@ fn write_charts(o: &Options, res: &Results) -> Result<Vec<PathBuf>> {
         };
         let panels = vec![
             Panel {
-                title: format!("p99 latency at {pct:.0}% of A's maximum (ms, log scale; lower is better)"),
+                title: format!(
+                    "p99 latency at {pct:.0}% of A's maximum (ms, log scale; lower is better)"
+                ),
                 y_label: "p99 ms".into(),
                 groups: groups.clone(),
                 series: series.clone(),
@@ -970,7 +1121,8 @@ fn write_charts(o: &Options, res: &Results) -> Result<Vec<PathBuf>> {
                 groups: groups.clone(),
                 series: series.clone(),
                 values: table(&|w, c| {
-                    res.med(v, w, c, Kind::Closed, |r| r.throughput) / res.med(v, w, Cfg::A, Kind::Closed, |r| r.throughput)
+                    res.med(v, w, c, Kind::Closed, |r| r.throughput)
+                        / res.med(v, w, Cfg::A, Kind::Closed, |r| r.throughput)
                 }),
                 reference: Some(1.0),
                 log: false,
@@ -986,8 +1138,17 @@ fn write_charts(o: &Options, res: &Results) -> Result<Vec<PathBuf>> {
             },
         ];
         let path = dir.join(format!("compare-{}.svg", v.name()));
-        fs::write(&path, chart::svg(&format!("reuselb bench compare: {} processes × {} threads", v.processes, v.threads), &panels))
-            .with_context(|| format!("writing {}", path.display()))?;
+        fs::write(
+            &path,
+            chart::svg(
+                &format!(
+                    "reuselb bench compare: {} processes × {} threads",
+                    v.processes, v.threads
+                ),
+                &panels,
+            ),
+        )
+        .with_context(|| format!("writing {}", path.display()))?;
         files.push(path);
     }
     Ok(files)
@@ -1078,7 +1239,11 @@ fn report(
                 "### {}: {} closed-loop clients; A's maximum {base:.0} req/s; offered {}\n",
                 wl.name(),
                 wl.clients(v.processes),
-                o.levels.iter().map(|l| format!("{:.0}% = {:.0} req/s", l * 100.0, base * l)).collect::<Vec<_>>().join(", ")
+                o.levels
+                    .iter()
+                    .map(|l| format!("{:.0}% = {:.0} req/s", l * 100.0, base * l))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )?;
             let mut head = String::from("| config | max req/s | ×A |");
             let mut sep = String::from("|---|---:|---:|");
@@ -1108,8 +1273,17 @@ fn report(
                 let k = Kind::Open(last);
                 let p99 = res.med(v, wl, c, k, |r| r.p99);
                 let bpf = res.med(v, wl, c, k, |r| r.bpf_ns.unwrap_or(f64::NAN));
-                let router = if matches!(c, Cfg::A | Cfg::B | Cfg::E) { "—".to_string() } else { format!("{:.1}", res.med(v, wl, c, k, |r| r.router_us)) };
-                let fail: u64 = [Kind::Closed].into_iter().chain((0..o.levels.len()).map(Kind::Open)).flat_map(|k| res.get(v, wl, c, k)).map(|r| r.failed).sum();
+                let router = if matches!(c, Cfg::A | Cfg::B | Cfg::E) {
+                    "—".to_string()
+                } else {
+                    format!("{:.1}", res.med(v, wl, c, k, |r| r.router_us))
+                };
+                let fail: u64 = [Kind::Closed]
+                    .into_iter()
+                    .chain((0..o.levels.len()).map(Kind::Open))
+                    .flat_map(|k| res.get(v, wl, c, k))
+                    .map(|r| r.failed)
+                    .sum();
                 writeln!(
                     w,
                     "{row} {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} | {fail} |",
@@ -1144,18 +1318,32 @@ fn report(
         writeln!(w)?;
     }
     writeln!(w, "## Raw runs\n")?;
-    writeln!(w, "Per configuration, in run order: closed-loop req/s; p99 ms at each offered rate.\n")?;
+    writeln!(
+        w,
+        "Per configuration, in run order: closed-loop req/s; p99 ms at each offered rate.\n"
+    )?;
     for &v in &o.variants {
         for &wl in &o.workloads {
             writeln!(w, "- {} {}:", v.name(), wl.name())?;
             for &c in &o.configs {
-                let tp: Vec<String> = res.get(v, wl, c, Kind::Closed).iter().map(|r| format!("{:.0}", r.throughput)).collect();
+                let tp: Vec<String> = res
+                    .get(v, wl, c, Kind::Closed)
+                    .iter()
+                    .map(|r| format!("{:.0}", r.throughput))
+                    .collect();
                 let mut line = format!("  - {}: max {}", c.letter(), tp.join(" "));
                 for (li, l) in o.levels.iter().enumerate() {
-                    let p: Vec<String> = res.get(v, wl, c, Kind::Open(li)).iter().map(|r| ms(r.p99)).collect();
+                    let p: Vec<String> =
+                        res.get(v, wl, c, Kind::Open(li)).iter().map(|r| ms(r.p99)).collect();
                     write!(line, "; p99 @{:.0}% {}", l * 100.0, p.join(" "))?;
                 }
-                let errs: Vec<&String> = [Kind::Closed].into_iter().chain((0..o.levels.len()).map(Kind::Open)).flat_map(|k| res.get(v, wl, c, k)).flat_map(|r| &r.errors).take(2).collect();
+                let errs: Vec<&String> = [Kind::Closed]
+                    .into_iter()
+                    .chain((0..o.levels.len()).map(Kind::Open))
+                    .flat_map(|k| res.get(v, wl, c, k))
+                    .flat_map(|r| &r.errors)
+                    .take(2)
+                    .collect();
                 if !errs.is_empty() {
                     write!(line, "; errors e.g. {errs:?}")?;
                 }
@@ -1164,7 +1352,11 @@ fn report(
         }
     }
     writeln!(w)?;
-    writeln!(w, "Charts: {}\n", charts.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", "))?;
+    writeln!(
+        w,
+        "Charts: {}\n",
+        charts.iter().map(|p| format!("`{}`", p.display())).collect::<Vec<_>>().join(", ")
+    )?;
     writeln!(
         w,
         "The selector's cost in isolation (ns per selection for 1 to 256 workers, with and without the program) is \
@@ -1178,12 +1370,25 @@ fn verdict(o: &Options, res: &Results, v: Variant, wl: Workload) -> String {
     let p99 = |c: Cfg| res.med(v, wl, c, last, |r| r.p99);
     let tp = |c: Cfg| res.med(v, wl, c, Kind::Closed, |r| r.throughput);
     let f = p99(Cfg::F);
-    let best = o.configs.iter().copied().filter(|&c| !p99(c).is_nan()).min_by(|a, b| p99(*a).partial_cmp(&p99(*b)).unwrap()).unwrap_or(Cfg::F);
-    let best_other = o.configs.iter().copied().filter(|&c| c != Cfg::F).min_by(|a, b| p99(*a).partial_cmp(&p99(*b)).unwrap());
+    let best = o
+        .configs
+        .iter()
+        .copied()
+        .filter(|&c| !p99(c).is_nan())
+        .min_by(|a, b| p99(*a).partial_cmp(&p99(*b)).unwrap())
+        .unwrap_or(Cfg::F);
+    let best_other = o
+        .configs
+        .iter()
+        .copied()
+        .filter(|&c| c != Cfg::F)
+        .min_by(|a, b| p99(*a).partial_cmp(&p99(*b)).unwrap());
     let (_, best_worst) = res.range(v, wl, best, last, |r| r.p99);
     let within = f <= best_worst || f <= p99(best) * 1.10;
     let p99_verdict = if best == Cfg::F {
-        let margin = best_other.map(|b| format!(" (next: {} {})", b.letter(), ratio(p99(b), f))).unwrap_or_default();
+        let margin = best_other
+            .map(|b| format!(" (next: {} {})", b.letter(), ratio(p99(b), f)))
+            .unwrap_or_default();
         format!("lowest{margin}")
     } else if wl == Workload::Skewed {
         format!("MISS: not lowest{}", if within { " (within noise)" } else { "" })
@@ -1192,7 +1397,12 @@ fn verdict(o: &Options, res: &Results, v: Variant, wl: Workload) -> String {
     } else {
         "MISS".to_string()
     };
-    let tp_best_other = o.configs.iter().copied().filter(|&c| c != Cfg::F).max_by(|a, b| tp(*a).partial_cmp(&tp(*b)).unwrap());
+    let tp_best_other = o
+        .configs
+        .iter()
+        .copied()
+        .filter(|&c| c != Cfg::F)
+        .max_by(|a, b| tp(*a).partial_cmp(&tp(*b)).unwrap());
     let (tp_ratio, tp_verdict, tp_best) = match tp_best_other {
         Some(b) => {
             let r = tp(Cfg::F) / tp(b);

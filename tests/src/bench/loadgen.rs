@@ -173,7 +173,10 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
     let requests: Vec<Vec<u8>> = spec
         .paths
         .iter()
-        .map(|p| format!("GET {p} HTTP/1.0\r\nHost: {}\r\nUser-Agent: reuselb-bench\r\n\r\n", spec.addr).into_bytes())
+        .map(|p| {
+            format!("GET {p} HTTP/1.0\r\nHost: {}\r\nUser-Agent: reuselb-bench\r\n\r\n", spec.addr)
+                .into_bytes()
+        })
         .collect();
     let mut gen = Gen::new(v4, requests)?;
     gen.run(spec)
@@ -214,7 +217,9 @@ impl Gen {
         if epfd < 0 {
             return Err(os_err("epoll_create1"));
         }
-        let timerfd = unsafe { libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC) };
+        let timerfd = unsafe {
+            libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
+        };
         if timerfd < 0 {
             unsafe { libc::close(epfd) };
             return Err(os_err("timerfd_create"));
@@ -233,14 +238,26 @@ impl Gen {
             sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(v4.ip().octets()) },
             sin_zero: [0; 8],
         };
-        Ok(Self { addr, requests, epfd, timerfd, conns: Vec::new(), free: Vec::new(), inflight: 0, out: Outcome::default() })
+        Ok(Self {
+            addr,
+            requests,
+            epfd,
+            timerfd,
+            conns: Vec::new(),
+            free: Vec::new(),
+            inflight: 0,
+            out: Outcome::default(),
+        })
     }
 
     fn arm(&self, after: Duration) {
         let after = after.max(Duration::from_micros(20));
         let spec = libc::itimerspec {
             it_interval: libc::timespec { tv_sec: 0, tv_nsec: 0 },
-            it_value: libc::timespec { tv_sec: after.as_secs() as libc::time_t, tv_nsec: after.subsec_nanos() as libc::c_long },
+            it_value: libc::timespec {
+                tv_sec: after.as_secs() as libc::time_t,
+                tv_nsec: after.subsec_nanos() as libc::c_long,
+            },
         };
         // SAFETY: our timerfd, a valid itimerspec.
         unsafe { libc::timerfd_settime(self.timerfd, 0, &spec, std::ptr::null_mut()) };
@@ -263,13 +280,23 @@ impl Gen {
             self.out.started += 1;
         }
         // SAFETY: socket/connect/epoll_ctl on a descriptor we own; the address is a valid sockaddr_in.
-        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_INET,
+                libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                0,
+            )
+        };
         if fd < 0 {
             let e = io::Error::last_os_error();
             return self.fail(intended, in_window, format!("socket: {e}"));
         }
         let rc = unsafe {
-            libc::connect(fd, (&self.addr as *const libc::sockaddr_in).cast(), size_of::<libc::sockaddr_in>() as libc::socklen_t)
+            libc::connect(
+                fd,
+                (&self.addr as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
         };
         if rc < 0 {
             let e = io::Error::last_os_error();
@@ -292,13 +319,26 @@ impl Gen {
             self.free.push(slot);
             return self.fail(intended, in_window, format!("epoll_ctl: {e}"));
         }
-        self.conns[slot] = Some(Conn { fd, state: State::Connecting, intended, path, buf: Vec::with_capacity(512), in_window });
+        self.conns[slot] = Some(Conn {
+            fd,
+            state: State::Connecting,
+            intended,
+            path,
+            buf: Vec::with_capacity(512),
+            in_window,
+        });
         self.inflight += 1;
         self.out.peak_inflight = self.out.peak_inflight.max(self.inflight);
     }
 
     /// Closes the request in `slot`; `Ok(pid)` if it was answered.
-    fn finish(&mut self, slot: usize, result: Result<u32, String>, now: Instant, window_end: Instant) {
+    fn finish(
+        &mut self,
+        slot: usize,
+        result: Result<u32, String>,
+        now: Instant,
+        window_end: Instant,
+    ) {
         let c = self.conns[slot].take().expect("live slot");
         // SAFETY: our descriptor; closing also removes it from the epoll set.
         unsafe { libc::close(c.fd) };
@@ -308,7 +348,10 @@ impl Gen {
             Ok(pid) => {
                 if c.in_window {
                     self.out.ok += 1;
-                    let us = now.saturating_duration_since(c.intended).as_micros().min(u32::MAX as u128 - 1) as u32;
+                    let us = now
+                        .saturating_duration_since(c.intended)
+                        .as_micros()
+                        .min(u32::MAX as u128 - 1) as u32;
                     self.out.latencies_us.push(us);
                     *self.out.by_pid.entry(pid).or_default() += 1;
                     if now <= window_end {
@@ -329,7 +372,15 @@ impl Gen {
                 let mut err: libc::c_int = 0;
                 let mut len = size_of::<libc::c_int>() as libc::socklen_t;
                 // SAFETY: SO_ERROR into an int on our socket.
-                unsafe { libc::getsockopt(c.fd, libc::SOL_SOCKET, libc::SO_ERROR, (&mut err as *mut libc::c_int).cast(), &mut len) };
+                unsafe {
+                    libc::getsockopt(
+                        c.fd,
+                        libc::SOL_SOCKET,
+                        libc::SO_ERROR,
+                        (&mut err as *mut libc::c_int).cast(),
+                        &mut len,
+                    )
+                };
                 if err != 0 {
                     return Some(Err(format!("connect: {}", io::Error::from_raw_os_error(err))));
                 }
@@ -339,7 +390,8 @@ impl Gen {
                 let req = &self.requests[c.path];
                 req_len = req.len();
                 // SAFETY: writing our buffer to our socket.
-                let n = unsafe { libc::send(c.fd, req.as_ptr().cast(), req_len, libc::MSG_NOSIGNAL) };
+                let n =
+                    unsafe { libc::send(c.fd, req.as_ptr().cast(), req_len, libc::MSG_NOSIGNAL) };
                 if n != req_len as isize {
                     return Some(Err(format!("send: {}", io::Error::last_os_error())));
                 }
@@ -403,7 +455,11 @@ impl Gen {
                     let p = (spec.pick)(&mut mix);
                     if self.inflight >= spec.max_inflight {
                         self.out.started += 1;
-                        self.fail(next_send, true, format!("over {} requests in flight", spec.max_inflight));
+                        self.fail(
+                            next_send,
+                            true,
+                            format!("over {} requests in flight", spec.max_inflight),
+                        );
                     } else {
                         self.launch(next_send, p, true);
                     }
@@ -414,9 +470,15 @@ impl Gen {
                 break;
             }
             if now >= hard_end {
-                let live: Vec<usize> = (0..self.conns.len()).filter(|&i| self.conns[i].is_some()).collect();
+                let live: Vec<usize> =
+                    (0..self.conns.len()).filter(|&i| self.conns[i].is_some()).collect();
                 for slot in live {
-                    self.finish(slot, Err(format!("still unanswered {:?} after the window", spec.drain)), now, window_end);
+                    self.finish(
+                        slot,
+                        Err(format!("still unanswered {:?} after the window", spec.drain)),
+                        now,
+                        window_end,
+                    );
                 }
                 break;
             }
@@ -424,10 +486,19 @@ impl Gen {
             if now.duration_since(last_sweep) >= Duration::from_millis(50) {
                 last_sweep = now;
                 let late: Vec<usize> = (0..self.conns.len())
-                    .filter(|&i| self.conns[i].as_ref().is_some_and(|c| now.duration_since(c.intended) > spec.timeout))
+                    .filter(|&i| {
+                        self.conns[i]
+                            .as_ref()
+                            .is_some_and(|c| now.duration_since(c.intended) > spec.timeout)
+                    })
                     .collect();
                 for slot in late {
-                    self.finish(slot, Err(format!("no answer within {:?}", spec.timeout)), now, window_end);
+                    self.finish(
+                        slot,
+                        Err(format!("no answer within {:?}", spec.timeout)),
+                        now,
+                        window_end,
+                    );
                 }
             }
             let mut wake = now + Duration::from_millis(50);
@@ -439,7 +510,9 @@ impl Gen {
             }
             self.arm(wake.saturating_duration_since(now));
             // SAFETY: epoll_wait into our event buffer.
-            let n = unsafe { libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as libc::c_int, 1000) };
+            let n = unsafe {
+                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as libc::c_int, 1000)
+            };
             if n < 0 {
                 let e = io::Error::last_os_error();
                 if e.kind() == io::ErrorKind::Interrupted {
@@ -483,7 +556,9 @@ fn parse_answer(buf: &[u8]) -> Result<u32, String> {
         .nth(1)
         .and_then(|t| t.split_whitespace().next())
         .and_then(|p| p.parse().ok())
-        .ok_or_else(|| format!("no pid in answer: {:?}", text.chars().take(100).collect::<String>()))
+        .ok_or_else(|| {
+            format!("no pid in answer: {:?}", text.chars().take(100).collect::<String>())
+        })
 }
 
 #[cfg(test)]

@@ -61,7 +61,10 @@ pub fn summarize(values: &[f64]) -> Summary {
 /// Cargo's target directory: `CARGO_TARGET_DIR` if set (relative to the workspace root), else
 /// `<workspace>/target`.
 pub fn target_dir() -> PathBuf {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ is inside the workspace").to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ is inside the workspace")
+        .to_path_buf();
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir),
         None => root.join("target"),
@@ -126,10 +129,14 @@ pub fn enter_private_netns() -> Result<()> {
 
 /// `kernel.bpf_stats_enabled` as /proc shows it right now.
 pub fn bpf_stats_sysctl() -> String {
-    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").map(|s| s.trim().to_string()).unwrap_or_else(|e| format!("unreadable ({e})"))
+    fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|e| format!("unreadable ({e})"))
 }
 
 /// Kernel release, for the report header.
 pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_else(|_| "?".into())
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
 }

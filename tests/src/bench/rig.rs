@@ -137,11 +137,15 @@ pub enum BedKind {
 
 /// Listeners bound to one port: the first to port 0, the others to the port it got.
 fn bind_group(workers: usize) -> Result<(SocketAddr, Vec<TcpListener>)> {
-    let first = bind_reuseport(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), BACKLOG).context("binding a listener")?;
+    let first = bind_reuseport(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), BACKLOG)
+        .context("binding a listener")?;
     let addr = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..workers {
-        listeners.push(bind_reuseport(addr, BACKLOG).with_context(|| format!("binding a listener to {addr}"))?);
+        listeners.push(
+            bind_reuseport(addr, BACKLOG)
+                .with_context(|| format!("binding a listener to {addr}"))?,
+        );
     }
     for l in &listeners {
         l.set_nonblocking(true)?;
@@ -175,7 +179,8 @@ impl Bed {
                     .context("creating a balanced group (loading the eBPF program)")?;
                 let pid = std::process::id();
                 for l in &bed.listeners {
-                    let (slot, _epoch) = group.insert(l, pid, 1).context("putting a listener in a slot")?;
+                    let (slot, _epoch) =
+                        group.insert(l, pid, 1).context("putting a listener in a slot")?;
                     bed.slots.push(slot);
                 }
                 group.attach(bed.listeners[0].as_fd()).context("attaching the group's program")?;
@@ -227,7 +232,9 @@ impl Acceptors {
         let mut entries = Vec::new();
         for bed in beds {
             let loads = match bed.group() {
-                Some(g) => Some(Arc::new(SharedLoads::map(g.loads_fd()).context("mapping the load array")?)),
+                Some(g) => Some(Arc::new(
+                    SharedLoads::map(g.loads_fd()).context("mapping the load array")?,
+                )),
                 None => None,
             };
             for (i, l) in bed.listeners.iter().enumerate() {
@@ -241,16 +248,20 @@ impl Acceptors {
         }
         let entries = Arc::new(entries);
         // SAFETY: plain eventfd(2); owned right away.
-        let stop = unsafe { OwnedFd::from_raw_fd(cvt(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?) };
+        let stop = unsafe {
+            OwnedFd::from_raw_fd(cvt(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?)
+        };
         let error = Arc::new(Mutex::new(None));
         let mut acceptors = Acceptors { stop, threads: Vec::new(), error: error.clone() };
         for t in 0..threads {
             // SAFETY: plain epoll_create1(2); owned right away.
-            let ep = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+            let ep =
+                unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
             let add = |fd: RawFd, token: u64| -> io::Result<()> {
                 let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: token };
                 // SAFETY: valid epoll fd, fd and event.
-                cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(drop)
+                cvt(unsafe { libc::epoll_ctl(ep.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut ev) })
+                    .map(drop)
             };
             add(acceptors.stop.as_raw_fd(), STOP_TOKEN)?;
             let mut per_bed_index = 0usize;
@@ -306,7 +317,9 @@ fn accept_loop(ep: OwnedFd, entries: &[Entry]) -> io::Result<()> {
     let linger = libc::linger { l_onoff: 1, l_linger: 0 };
     loop {
         // SAFETY: valid epoll fd and event buffer.
-        let n = unsafe { libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1) };
+        let n = unsafe {
+            libc::epoll_wait(ep.as_raw_fd(), events.as_mut_ptr(), events.len() as i32, -1)
+        };
         if n < 0 {
             let err = io::Error::last_os_error();
             if err.kind() == io::ErrorKind::Interrupted {
@@ -323,7 +336,12 @@ fn accept_loop(ep: OwnedFd, entries: &[Entry]) -> io::Result<()> {
             loop {
                 // SAFETY: accept4 on a listening socket we keep open; no address wanted.
                 let fd = unsafe {
-                    libc::accept4(e.fd, std::ptr::null_mut(), std::ptr::null_mut(), libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK)
+                    libc::accept4(
+                        e.fd,
+                        std::ptr::null_mut(),
+                        std::ptr::null_mut(),
+                        libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                    )
                 };
                 if fd < 0 {
                     let err = io::Error::last_os_error();
@@ -420,12 +438,20 @@ pub fn drive_burst(bed: &Bed, acceptors: &Acceptors, n: u64, batch: usize) -> Re
         let k = (batch as u64).min(left);
         for _ in 0..k {
             // SAFETY: plain socket(2)/connect(2) on a fresh socket we own.
-            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC, 0) };
+            let fd = unsafe {
+                libc::socket(
+                    libc::AF_INET,
+                    libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                    0,
+                )
+            };
             if fd < 0 {
                 return Err(io::Error::last_os_error()).context("socket");
             }
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            let ret = unsafe { libc::connect(fd.as_raw_fd(), &storage as *const _ as *const libc::sockaddr, len) };
+            let ret = unsafe {
+                libc::connect(fd.as_raw_fd(), &storage as *const _ as *const libc::sockaddr, len)
+            };
             if ret < 0 {
                 let err = io::Error::last_os_error();
                 if err.raw_os_error() != Some(libc::EINPROGRESS) {
@@ -439,7 +465,10 @@ pub fn drive_burst(bed: &Bed, acceptors: &Acceptors, n: u64, batch: usize) -> Re
             let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             let ret = unsafe { libc::poll(&mut pfd, 1, CLIENT_TIMEOUT.as_millis() as i32) };
             if ret <= 0 {
-                bail!("connection to {} not accepted and closed within {CLIENT_TIMEOUT:?}", bed.addr);
+                bail!(
+                    "connection to {} not accepted and closed within {CLIENT_TIMEOUT:?}",
+                    bed.addr
+                );
             }
         }
         left -= k;

@@ -48,7 +48,16 @@ pub struct Options {
 
 impl Default for Options {
     fn default() -> Self {
-        Self { conns: 5000, reps: 7, rate_conns: 20_000, rate_reps: 11, slice: 1000, warmup: 1000, burst: 0, no_netns: false }
+        Self {
+            conns: 5000,
+            reps: 7,
+            rate_conns: 20_000,
+            rate_reps: 11,
+            slice: 1000,
+            warmup: 1000,
+            burst: 0,
+            no_netns: false,
+        }
     }
 }
 
@@ -60,7 +69,8 @@ impl Options {
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut num = |name: &str| -> Result<u64> {
-                let v = it.next().with_context(|| format!("{name} needs a value; usage: {USAGE}"))?;
+                let v =
+                    it.next().with_context(|| format!("{name} needs a value; usage: {USAGE}"))?;
                 v.parse::<u64>().with_context(|| format!("{name} {v}: not a number"))
             };
             match arg.as_str() {
@@ -136,7 +146,13 @@ struct SelTotals {
     fallbacks: u64,
 }
 
-fn measure_selection(rig: &mut Rig, cfg: &Config, n: u64, burst: usize, totals: Option<&mut SelTotals>) -> Result<()> {
+fn measure_selection(
+    rig: &mut Rig,
+    cfg: &Config,
+    n: u64,
+    burst: usize,
+    totals: Option<&mut SelTotals>,
+) -> Result<()> {
     let bed = &mut rig.beds[cfg.bed];
     if let Some(p) = cfg.policy {
         bed.set_policy(p)?;
@@ -188,7 +204,8 @@ pub fn run(o: &Options) -> Result<String> {
     let program_name = rig.beds[G8].group().expect("group bed").program().name();
 
     // ---- Part 1: ns per selection, BPF run-time stats on while the fd is held.
-    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
+    let stats_fd = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")?;
     let sysctl_during = bpf_stats_sysctl();
     for cfg in &CONFIGS {
         measure_selection(&mut rig, cfg, o.warmup.max(1), o.burst, None).context("warm-up")?;
@@ -231,7 +248,8 @@ pub fn run(o: &Options) -> Result<String> {
             let k = slice.min(o.rate_conns - done);
             let order: [usize; 2] = if flip { [1, 0] } else { [0, 1] };
             for c in order {
-                let d = drive(&rig.beds[rate_beds[c]], rig.acceptors(), k).with_context(|| format!("part 2, round {}", rep + 1))?;
+                let d = drive(&rig.beds[rate_beds[c]], rig.acceptors(), k)
+                    .with_context(|| format!("part 2, round {}", rep + 1))?;
                 secs[c] += d.as_secs_f64();
             }
             flip = !flip;
@@ -295,7 +313,11 @@ pub fn run(o: &Options) -> Result<String> {
             Some(p) => (format!("reuselb `{program_name}`"), p.name().to_string()),
         };
         let workers = workers[cfg.bed];
-        let over = if cfg.policy.is_none() { "—".to_string() } else { format!("{:+.1}", s.median - base) };
+        let over = if cfg.policy.is_none() {
+            "—".to_string()
+        } else {
+            format!("{:+.1}", s.median - base)
+        };
         let (target, result) = if cfg.bed == G64 && cfg.policy == Some(Policy::LeastLoaded) {
             let ok = s.median <= TARGET_NS_AT_64;
             ns_target_pass = ok;
@@ -312,7 +334,9 @@ pub fn run(o: &Options) -> Result<String> {
             t.runs as f64 / t.conns as f64
         )?;
     }
-    let (sel_selected, sel_conns, sel_fallbacks): (u64, u64, u64) = sel[1..].iter().fold((0, 0, 0), |acc, t| (acc.0 + t.selected, acc.1 + t.conns, acc.2 + t.fallbacks));
+    let (sel_selected, sel_conns, sel_fallbacks): (u64, u64, u64) = sel[1..]
+        .iter()
+        .fold((0, 0, 0), |acc, t| (acc.0 + t.selected, acc.1 + t.conns, acc.2 + t.fallbacks));
     writeln!(
         w,
         "\nreuselb's program picked a slot for {sel_selected} of {sel_conns} measured connections ({sel_fallbacks} fallbacks to the kernel's hash).\n"
@@ -336,8 +360,16 @@ pub fn run(o: &Options) -> Result<String> {
     let pr: Summary = summarize(&paired);
     writeln!(w, "| selection | conn/s (median) | min | max |")?;
     writeln!(w, "|---|---:|---:|---:|")?;
-    writeln!(w, "| least-loaded program attached | {:.0} | {:.0} | {:.0} |", with.median, with.min, with.max)?;
-    writeln!(w, "| no program (kernel hash) | {:.0} | {:.0} | {:.0} |", without.median, without.min, without.max)?;
+    writeln!(
+        w,
+        "| least-loaded program attached | {:.0} | {:.0} | {:.0} |",
+        with.median, with.min, with.max
+    )?;
+    writeln!(
+        w,
+        "| no program (kernel hash) | {:.0} | {:.0} | {:.0} |",
+        without.median, without.min, without.max
+    )?;
     writeln!(w)?;
     writeln!(w, "| ratio with/without | value | target | result |")?;
     writeln!(w, "|---|---:|---|---|")?;
@@ -346,7 +378,11 @@ pub fn run(o: &Options) -> Result<String> {
         "| of the medians | {ratio:.3} | ≥ {TARGET_RATE_RATIO} | {} |",
         if ratio >= TARGET_RATE_RATIO { "PASS" } else { "MISS" }
     )?;
-    writeln!(w, "| per round (median [min, max] of {} rounds) | {:.3} [{:.3}, {:.3}] | | |", pr.n, pr.median, pr.min, pr.max)?;
+    writeln!(
+        w,
+        "| per round (median [min, max] of {} rounds) | {:.3} [{:.3}, {:.3}] | | |",
+        pr.n, pr.median, pr.min, pr.max
+    )?;
     writeln!(
         w,
         "\nWith the program: it picked a slot for {rate_selected} of {} connections ({rate_fallbacks} fallbacks).\n",

@@ -86,7 +86,14 @@ const INFO_LEN: usize = 232;
 
 fn sys_bpf<T>(cmd: libc::c_int, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: attr points to a live, initialised attribute struct of the stated size.
-    let ret = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T as *mut libc::c_void, size_of::<T>() as u32) };
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            size_of::<T>() as u32,
+        )
+    };
     if ret < 0 {
         Err(io::Error::last_os_error())
     } else {
@@ -155,7 +162,8 @@ impl SkPassProgram {
     /// Attaches the program to the reuseport group of `socket` (SO_ATTACH_REUSEPORT_EBPF).
     pub fn attach(&self, socket: BorrowedFd<'_>) -> Result<()> {
         let prog_fd: libc::c_int = self.fd.as_raw_fd();
-        setsockopt_int(socket, SO_ATTACH_REUSEPORT_EBPF, prog_fd).context("SO_ATTACH_REUSEPORT_EBPF")
+        setsockopt_int(socket, SO_ATTACH_REUSEPORT_EBPF, prog_fd)
+            .context("SO_ATTACH_REUSEPORT_EBPF")
     }
 
     /// Detaches whatever program runs on `socket`'s reuseport group (SO_DETACH_REUSEPORT_BPF).
@@ -166,10 +174,18 @@ impl SkPassProgram {
     pub fn info(&self) -> Result<RawInfo> {
         // u64 buffer: 8-aligned, like the kernel struct.
         let mut buf = [0u64; INFO_LEN / 8];
-        let mut attr = InfoAttr { bpf_fd: self.fd.as_raw_fd() as u32, info_len: INFO_LEN as u32, info: buf.as_mut_ptr() as u64 };
-        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr).context("BPF_OBJ_GET_INFO_BY_FD on the SK_PASS program")?;
+        let mut attr = InfoAttr {
+            bpf_fd: self.fd.as_raw_fd() as u32,
+            info_len: INFO_LEN as u32,
+            info: buf.as_mut_ptr() as u64,
+        };
+        sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)
+            .context("BPF_OBJ_GET_INFO_BY_FD on the SK_PASS program")?;
         if (attr.info_len as usize) < INFO_RUN_CNT + 8 {
-            bail!("the kernel filled only {} bytes of bpf_prog_info (no run_cnt field)", attr.info_len);
+            bail!(
+                "the kernel filled only {} bytes of bpf_prog_info (no run_cnt field)",
+                attr.info_len
+            );
         }
         // SAFETY: reads plain integers at in-bounds offsets of a byte view of `buf`.
         let bytes: &[u8; INFO_LEN] = unsafe { &*(buf.as_ptr() as *const [u8; INFO_LEN]) };

@@ -33,7 +33,9 @@ fn run() -> Result<()> {
             println!("  {:<10} every bench above, one after the other", "all");
             return Ok(());
         }
-        n if bench::names().contains(&n) => vec![bench::names().into_iter().find(|x| *x == n).unwrap()],
+        n if bench::names().contains(&n) => {
+            vec![bench::names().into_iter().find(|x| *x == n).unwrap()]
+        }
         other => bail!("unknown bench `{other}`; valid: {}, all", list()),
     };
     for n in names {

@@ -25,23 +25,14 @@ pub fn ensure(ws: &Workspace) -> Result<()> {
     let feature = format!("llvm-{}", llvm_major()?);
     command::run(
         Command::new("cargo")
-            .args([
-                "install",
-                "bpf-linker",
-                "--no-default-features",
-                "--features",
-                &feature,
-            ])
+            .args(["install", "bpf-linker", "--no-default-features", "--features", &feature])
             .env("LLVM_PREFIX", &prefix),
     )?;
     ensure!(
         version()?.is_some(),
         "bpf-linker was installed but `rustup run {NIGHTLY} bpf-linker --version` still fails"
     );
-    report(
-        step,
-        format!("built against the nightly's LLVM ({feature}) and installed"),
-    );
+    report(step, format!("built against the nightly's LLVM ({feature}) and installed"));
     Ok(())
 }
 
@@ -81,11 +72,7 @@ fn find_libllvm(libdir: &Path) -> Result<PathBuf> {
     let entries = fs::read_dir(libdir).with_context(|| format!("listing {}", libdir.display()))?;
     for entry in entries {
         let entry = entry.with_context(|| format!("listing {}", libdir.display()))?;
-        if entry
-            .file_name()
-            .to_string_lossy()
-            .starts_with("libLLVM.so.")
-        {
+        if entry.file_name().to_string_lossy().starts_with("libLLVM.so.") {
             return Ok(entry.path());
         }
     }

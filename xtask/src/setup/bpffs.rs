@@ -16,9 +16,7 @@ pub fn ensure(root: bool) -> Result<()> {
         return Ok(());
     }
     if !root {
-        return Err(needs_root(format!(
-            "mounting the BPF filesystem at {MOUNTPOINT}"
-        )));
+        return Err(needs_root(format!("mounting the BPF filesystem at {MOUNTPOINT}")));
     }
     command::run(Command::new("mount").args(["-t", "bpf", "bpf", MOUNTPOINT]))?;
     report(step, format!("mounted at {MOUNTPOINT} now"));

@@ -18,7 +18,13 @@ pub fn ensure() -> Result<()> {
             report(&step, format!("{version} present"));
             continue;
         }
-        command::run(Command::new("python3").args(["-m", "pip", "install", "--quiet", &format!("{package}=={version}")]))?;
+        command::run(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            &format!("{package}=={version}"),
+        ]))?;
         report(&step, format!("installed {version}"));
     }
     Ok(())
