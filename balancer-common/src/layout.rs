@@ -4,6 +4,11 @@
 /// per-slot statistics all have this many entries.
 pub const MAX_SLOTS: u32 = 256;
 
+/// Version of the [`LoadTable`] layout that the program, the shim and the controller share. Bump
+/// it with every change of [`LoadTable`], [`SlotRecord`] or [`Config`]: a shim of another layout
+/// is refused at registration, and pins of another layout are replaced, never adopted.
+pub const LAYOUT_VERSION: u16 = 2;
+
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
 pub const NO_SLOT: u32 = u32::MAX;
 

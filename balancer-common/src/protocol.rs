@@ -7,7 +7,12 @@
 
 /// "RLB1" in little endian: the first four bytes of every message.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"RLB1");
-pub const VERSION: u16 = 1;
+/// Version 2: [`Register::layout`] names the load-table layout the shim was built for, and
+/// [`Reply::map_id`] the kernel id of the attached load map (so that the shim can check what it
+/// maps through `/proc/self/fdinfo`, with no `bpf()` call).
+pub const VERSION: u16 = 2;
+
+pub use crate::layout::LAYOUT_VERSION;
 
 /// Size of the reason text in a [`Reply`].
 pub const REASON_LEN: usize = 112;
@@ -25,7 +30,9 @@ pub const ENV_LISTEN: &str = "REUSELB_LISTEN";
 pub struct Register {
     pub magic: u32,
     pub version: u16,
-    pub _reserved: u16,
+    /// The [`LAYOUT_VERSION`] of the load table the shim reads and writes; the controller refuses
+    /// another one ([`Status::LayoutMismatch`]) instead of letting two layouts share one map.
+    pub layout: u16,
     pub pid: u32,
     /// Relative capacity the worker asks for (its thread count, say); 0 means 1.
     pub weight: u32,
@@ -41,7 +48,9 @@ pub struct Reply {
     pub status: u16,
     /// The worker's slot (valid on success).
     pub slot: u32,
-    pub _reserved: u32,
+    /// Kernel id of the load map attached to the reply (0 when none is attached): the shim maps
+    /// the descriptor only if `/proc/self/fdinfo` shows a map with this id and the table's size.
+    pub map_id: u32,
     /// The slot's epoch: the shim stops counting if the slot ever shows another one.
     pub epoch: u64,
     /// NUL-padded UTF-8 explanation, for the worker's log.
@@ -67,10 +76,12 @@ pub enum Status {
     NoFreeSlot = 6,
     /// The controller failed (a map update, say).
     Internal = 7,
+    /// The shim was built for another load-table layout ([`Register::layout`]).
+    LayoutMismatch = 8,
 }
 
 impl Status {
-    pub const ALL: [Status; 8] = [
+    pub const ALL: [Status; 9] = [
         Status::Ok,
         Status::BadMessage,
         Status::NoDescriptor,
@@ -79,6 +90,7 @@ impl Status {
         Status::WrongNamespace,
         Status::NoFreeSlot,
         Status::Internal,
+        Status::LayoutMismatch,
     ];
 
     pub fn from_id(id: u16) -> Option<Status> {
@@ -96,6 +108,7 @@ impl Status {
             Status::WrongNamespace => "wrong_namespace",
             Status::NoFreeSlot => "no_free_slot",
             Status::Internal => "internal",
+            Status::LayoutMismatch => "layout_mismatch",
         }
     }
 }
@@ -154,14 +167,16 @@ fn check_header(b: &[u8], size: usize) -> Result<(), DecodeError> {
 impl Register {
     pub const SIZE: usize = 16;
 
+    /// A registration of this build's layout ([`LAYOUT_VERSION`]).
     pub fn new(pid: u32, weight: u32) -> Self {
-        Self { magic: MAGIC, version: VERSION, _reserved: 0, pid, weight }
+        Self { magic: MAGIC, version: VERSION, layout: LAYOUT_VERSION, pid, weight }
     }
 
     pub fn encode(&self) -> [u8; Self::SIZE] {
         let mut b = [0u8; Self::SIZE];
         b[0..4].copy_from_slice(&self.magic.to_le_bytes());
         b[4..6].copy_from_slice(&self.version.to_le_bytes());
+        b[6..8].copy_from_slice(&self.layout.to_le_bytes());
         b[8..12].copy_from_slice(&self.pid.to_le_bytes());
         b[12..16].copy_from_slice(&self.weight.to_le_bytes());
         b
@@ -169,7 +184,7 @@ impl Register {
 
     pub fn decode(b: &[u8]) -> Result<Self, DecodeError> {
         check_header(b, Self::SIZE)?;
-        Ok(Self::new(u32_at(b, 8), u32_at(b, 12)))
+        Ok(Self { layout: u16_at(b, 6), ..Self::new(u32_at(b, 8), u32_at(b, 12)) })
     }
 }
 
@@ -189,10 +204,15 @@ impl Reply {
             version: VERSION,
             status: status as u16,
             slot,
-            _reserved: 0,
+            map_id: 0,
             epoch,
             reason: text,
         }
+    }
+
+    /// The same reply, naming the kernel id of the load map attached to it.
+    pub fn with_map_id(self, map_id: u32) -> Self {
+        Self { map_id, ..self }
     }
 
     pub fn status(&self) -> Status {
@@ -214,6 +234,7 @@ impl Reply {
         b[4..6].copy_from_slice(&self.version.to_le_bytes());
         b[6..8].copy_from_slice(&self.status.to_le_bytes());
         b[8..12].copy_from_slice(&self.slot.to_le_bytes());
+        b[12..16].copy_from_slice(&self.map_id.to_le_bytes());
         b[16..24].copy_from_slice(&self.epoch.to_le_bytes());
         b[24..].copy_from_slice(&self.reason);
         b
@@ -230,7 +251,7 @@ impl Reply {
             version: VERSION,
             status,
             slot: u32_at(b, 8),
-            _reserved: 0,
+            map_id: u32_at(b, 12),
             epoch: u64_at(b, 16),
             reason,
         })

@@ -49,3 +49,16 @@ fn invalid_utf8_reason_reads_up_to_the_valid_prefix() {
     let r = Reply::decode(&bytes).unwrap();
     assert_eq!(r.reason(), "ok");
 }
+
+#[test]
+fn version_2_carries_the_layout_and_the_map_id() {
+    let r = Register::new(7, 3);
+    assert_eq!(r.layout, balancer_common::LAYOUT_VERSION);
+    let mut other = r;
+    other.layout = r.layout.wrapping_add(1);
+    assert_eq!(Register::decode(&other.encode()), Ok(other), "another layout still decodes");
+    let reply = Reply::new(Status::Ok, 5, 11, "registered").with_map_id(4242);
+    let back = Reply::decode(&reply.encode()).unwrap();
+    assert_eq!((back.map_id, back.slot, back.epoch), (4242, 5, 11));
+    assert_eq!(Status::LayoutMismatch.name(), "layout_mismatch");
+}

@@ -24,12 +24,11 @@ fn decode_register(b: &[u8]) {
     match Register::decode(b) {
         Ok(r) => {
             assert!(header_ok(b, Register::SIZE), "accepted a bad header: {b:02x?}");
-            assert_eq!((r.magic, r.version, r._reserved), (MAGIC, VERSION, 0));
+            assert_eq!((r.magic, r.version), (MAGIC, VERSION));
             let again = r.encode();
             assert_eq!(Register::decode(&again), Ok(r), "decode(encode(x)) != x");
-            // Everything but the reserved bytes is carried over.
-            assert_eq!(again[..6], b[..6]);
-            assert_eq!(again[8..], b[8..]);
+            // Every byte is carried over (version 2 has no reserved bytes).
+            assert_eq!(again[..], b[..]);
         }
         Err(e) => {
             assert!(!header_ok(b, Register::SIZE), "rejected a good register ({e}): {b:02x?}");
@@ -42,13 +41,12 @@ fn decode_reply(b: &[u8]) {
     match Reply::decode(b) {
         Ok(r) => {
             assert!(header_ok(b, Reply::SIZE), "accepted a bad header: {b:02x?}");
-            assert_eq!((r.magic, r.version, r._reserved), (MAGIC, VERSION, 0));
+            assert_eq!((r.magic, r.version), (MAGIC, VERSION));
             assert_eq!(Status::from_id(r.status).map(|s| s as u16), Some(r.status));
             assert_eq!(r.status() as u16, r.status);
             let again = r.encode();
             assert_eq!(Reply::decode(&again), Ok(r), "decode(encode(x)) != x");
-            assert_eq!(again[..12], b[..12]);
-            assert_eq!(again[16..], b[16..]);
+            assert_eq!(again[..], b[..]);
             check_reason(&r);
         }
         Err(e) => {
@@ -102,12 +100,13 @@ fn encode_reply(u: &mut Unstructured) -> arbitrary::Result<()> {
     let status = *u.choose(&Status::ALL)?;
     let (slot, epoch): (u32, u64) = (u.arbitrary()?, u.arbitrary()?);
     let reason = <&str>::arbitrary(u)?;
-    let r = Reply::new(status, slot, epoch, reason);
+    let map_id: u32 = u.arbitrary()?;
+    let r = Reply::new(status, slot, epoch, reason).with_map_id(map_id);
     let bytes = r.encode();
     assert_eq!(bytes.len(), Reply::SIZE);
     let back = Reply::decode(&bytes).expect("an encoded reply decodes");
     assert_eq!(back, r);
-    assert_eq!((back.status(), back.slot, back.epoch), (status, slot, epoch));
+    assert_eq!((back.status(), back.slot, back.epoch, back.map_id), (status, slot, epoch, map_id));
     // The reason is cut at REASON_LEN bytes on a character boundary, and read up to its first NUL.
     let mut end = reason.len().min(REASON_LEN);
     while !reason.is_char_boundary(end) {
