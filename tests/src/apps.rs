@@ -58,9 +58,8 @@ pub fn require(program: &str) {
     );
 }
 
-/// A free loopback port (the kernel picks one; a race with another process is unlikely).
-/// One test at a time within a test binary: the tests of one file share ports, processes or this
-/// process's descriptor count.
+/// One test at a time in the test binary: the load tests of every module share this lock, so they
+/// never measure each other (the machines have few cores), nor share ports or processes.
 pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
@@ -71,6 +70,7 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
+/// A free loopback port (the kernel picks one; a race with another process is unlikely).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }

@@ -1,5 +1,6 @@
-//! `cargo xtask soak --minutes N`: the soak test of tests/tests/daemon.rs for longer than the two
-//! minutes every `cargo xtask test` gives it: load, worker recycling and kills, a daemon restart.
+//! `cargo xtask soak --minutes N`: the soak test of tests/tests/integration/daemon.rs for longer
+//! than the two minutes every `cargo xtask test` gives it: load, worker recycling and kills, a
+//! daemon restart.
 
 use anyhow::{ensure, Result};
 
@@ -11,7 +12,15 @@ pub fn run(ws: &Workspace, minutes: u64) -> Result<()> {
     let artifacts = build::run(ws)?;
     let mut cargo = ws.cargo();
     cargo
-        .args(["test", "--release", "-p", "integration-tests", "--test", "daemon", "soak_"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "integration-tests",
+            "--test",
+            "integration",
+            "daemon::soak_",
+        ])
         .args(["--", "--nocapture"])
         .env("SOAK_SECONDS", (minutes * 60).to_string());
     command::run(artifacts.export_to(&mut cargo))

@@ -33,8 +33,18 @@ fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
     Registry::start(options, vec![(addr, group)]).expect("starting the registry")
 }
 
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").unwrap().count()
+/// How many of this process's descriptors refer to `socket`'s open file (`socket:[inode]`): the
+/// socket itself and every copy received with a message. Only those: the other tests of this
+/// binary run in the same process and open and close descriptors of their own meanwhile.
+fn open_fds_of(socket: &impl AsRawFd) -> usize {
+    let link = |fd: &std::path::Path| std::fs::read_link(fd).ok();
+    let target = link(std::path::Path::new(&format!("/proc/self/fd/{}", socket.as_raw_fd())));
+    assert!(target.is_some(), "reading /proc/self/fd/{}", socket.as_raw_fd());
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| link(&e.path()) == target)
+        .count()
 }
 
 fn msg() -> [u8; Register::SIZE] {
@@ -68,7 +78,7 @@ fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
     assert_eq!(pids, vec![std::process::id()], "a worker registered under a pid it claimed");
     drop(conn);
     // Its socket stays parked in the registry (the last worker's), so count from here.
-    let fds_before = open_fds();
+    let fds_before = open_fds_of(&listener);
 
     // Truncated, oversized, garbage.
     for bad in [&msg()[..8], &[0x42u8; 4096][..], b"GET / HTTP/1.0\r\n\r\n"] {
@@ -84,13 +94,13 @@ fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
     assert_eq!(registry.counters().replies(Status::NoDescriptor), 1);
     // Every descriptor received with a rejected message was closed.
     let deadline = Instant::now() + Duration::from_secs(2);
-    while open_fds() > fds_before && Instant::now() < deadline {
+    while open_fds_of(&listener) > fds_before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert!(
-        open_fds() <= fds_before,
+        open_fds_of(&listener) <= fds_before,
         "descriptors leaked: {} open, {fds_before} before",
-        open_fds()
+        open_fds_of(&listener)
     );
     still_serving(&registry, addr);
 }
