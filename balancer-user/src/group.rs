@@ -21,15 +21,8 @@ use crate::{
     shared_loads::SharedLoads,
 };
 
-/// Which program to run.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Mode {
-    /// select-or-migrate where the kernel supports it (5.14+), select-only otherwise.
-    #[default]
-    Auto,
-    Select,
-    SelectOrMigrate,
-}
+/// Which program to run: defined with the config file that names it.
+pub use balancer_config::Mode;
 
 #[derive(Clone, Debug, Default)]
 pub struct GroupOptions {

@@ -11,7 +11,7 @@
 use std::sync::{Mutex, OnceLock};
 
 use balancer_common::MAX_SLOTS;
-use reuselb_fuzz::config::{Config, ConfigError, MAX_NAME_LEN, MAX_WEIGHT};
+use balancer_config::{Config, ConfigError, MAX_NAME_LEN, MAX_WEIGHT};
 use libfuzzer_sys::fuzz_target;
 
 const FILE: &str = "fuzz.yaml";
@@ -27,7 +27,11 @@ fuzz_target!(|data: &[u8]| {
 
 fn strict() -> Option<String> {
     static STRICT: OnceLock<Option<String>> = OnceLock::new();
-    STRICT.get_or_init(|| std::env::var("REUSELB_FUZZ_STRICT").ok().filter(|v| v == "1" || v == "log")).clone()
+    STRICT
+        .get_or_init(|| {
+            std::env::var("REUSELB_FUZZ_STRICT").ok().filter(|v| v == "1" || v == "log")
+        })
+        .clone()
 }
 
 /// An error without a position, under `REUSELB_FUZZ_STRICT`.
@@ -56,7 +60,10 @@ fn check_error(err: &ConfigError, text: &str) {
     assert!(!message.trim().is_empty(), "empty message: {err:?}");
     match (line, column) {
         (Some(l), Some(c)) => {
-            assert!(shown.starts_with(&format!("{FILE}:{l}:{c}: ")), "position not shown: {shown:?}");
+            assert!(
+                shown.starts_with(&format!("{FILE}:{l}:{c}: ")),
+                "position not shown: {shown:?}"
+            );
             assert_eq!(err.location(), Some((*l, *c)));
             // 1-based, and inside the text (one past the last line: an error at the end).
             let lines = yaml_lines(text);
@@ -97,7 +104,10 @@ fn check_config(config: &Config) {
     assert!(config.shim_socket_dir.is_absolute() && config.pin_path.is_absolute());
     for s in &config.services {
         assert!(!s.name.is_empty() && s.name.len() <= MAX_NAME_LEN, "{:?}", s.name);
-        assert!(s.name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'));
+        assert!(s
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'));
         assert!(!s.listen.is_empty() && s.listen.iter().all(|a| a.port() != 0));
         assert!((1..=MAX_SLOTS).contains(&s.max_workers));
         assert!((1..=MAX_WEIGHT).contains(&s.weight));

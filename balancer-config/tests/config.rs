@@ -3,10 +3,7 @@
 use std::{net::SocketAddr, path::Path};
 
 use balancer_common::Policy;
-use balancer_user::{
-    config::{Config, ConfigError, DEFAULT_PIN_PATH},
-    Mode,
-};
+use balancer_config::{Config, ConfigError, Mode, DEFAULT_PIN_PATH};
 
 const FILE: &str = "test.yaml";
 

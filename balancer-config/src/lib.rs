@@ -12,6 +12,10 @@
 //! addresses, shared socket paths) run afterwards in [`Config::validate`]; their position is found
 //! by reading the text again with a probe that stops at the offending node (see [`locate`]), so
 //! they point at the exact line and column too. `deploy/examples/reuselb.yaml` documents the format.
+//!
+//! A crate of its own, with no dependency on the rest of reuselb but balancer-common's `Policy`:
+//! balancer-user re-exports it as `balancer_user::config`, and the fuzz target (fuzz/) depends on
+//! it directly, without building balancer-user's eBPF programs.
 use std::{
     collections::HashMap,
     fmt,
@@ -25,7 +29,15 @@ use serde::{
     Deserialize,
 };
 
-use crate::group::Mode;
+/// Which program a service runs (`mode:` in the file; balancer-user's `Group` takes it too).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// select-or-migrate where the kernel supports it (5.14+), select-only otherwise.
+    #[default]
+    Auto,
+    Select,
+    SelectOrMigrate,
+}
 
 /// Default of `shim_socket_dir`.
 pub const DEFAULT_SHIM_SOCKET_DIR: &str = "/run/reuselb";
