@@ -5,7 +5,9 @@
 #![no_main]
 
 use arbitrary::Arbitrary;
-use balancer_common::{choose, policy::lighter, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT};
+use balancer_common::{
+    choose, policy::lighter, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
+};
 use libfuzzer_sys::fuzz_target;
 
 #[derive(Arbitrary, Debug)]
@@ -60,7 +62,11 @@ fuzz_target!(|input: Input| {
     for (dst, &e) in cfg.active.iter_mut().zip(&input.active) {
         *dst = if e & 0x8000_0000 == 0 { e & 0x1ff } else { e };
     }
-    cfg.n_active = if input.n_mode < 200 { input.active.len().min(MAX_SLOTS as usize) as u32 } else { input.raw_n };
+    cfg.n_active = if input.n_mode < 200 {
+        input.active.len().min(MAX_SLOTS as usize) as u32
+    } else {
+        input.raw_n
+    };
     let n = cfg.active_slots().len();
     let exclude = match input.exclude_mode % 3 {
         0 => NO_SLOT,
@@ -85,27 +91,39 @@ fuzz_target!(|input: Input| {
         Ok(slot) => {
             assert!(slot < MAX_SLOTS, "slot {slot} out of range");
             assert_ne!(slot, exclude, "the excluded slot");
-            assert!(cfg.active_slots().contains(&slot), "slot {slot} is not active: {:?}", cfg.active_slots());
+            assert!(
+                cfg.active_slots().contains(&slot),
+                "slot {slot} is not active: {:?}",
+                cfg.active_slots()
+            );
         }
         Err(e) => assert_eq!(e, Event::FallbackSelectFailed),
     }
     let active = cfg.active_slots();
     match Policy::from_id(policy).unwrap() {
         Policy::LeastLoaded => {
-            let candidates: Vec<(u32, (u64, u32))> =
-                active.iter().filter(|&&s| usable(s)).filter_map(|&s| loads.load(s).map(|l| (s, l))).collect();
+            let candidates: Vec<(u32, (u64, u32))> = active
+                .iter()
+                .filter(|&&s| usable(s))
+                .filter_map(|&s| loads.load(s).map(|l| (s, l)))
+                .collect();
             match result {
                 Ok(slot) => {
                     let own = loads.load(slot).expect("least-loaded chose an unreadable slot");
                     for &(other, l) in &candidates {
-                        assert!(lighter_or_equal(own, l), "slot {slot} {own:?} is heavier than slot {other} {l:?}");
+                        assert!(
+                            lighter_or_equal(own, l),
+                            "slot {slot} {own:?} is heavier than slot {other} {l:?}"
+                        );
                     }
                 }
                 Err(_) => assert!(candidates.is_empty(), "no slot chosen among {candidates:?}"),
             }
         }
         Policy::RoundRobin | Policy::Hash => {
-            let i = if policy == Policy::RoundRobin as u32 { draw.tick } else { draw.hash } as usize % n;
+            let i = if policy == Policy::RoundRobin as u32 { draw.tick } else { draw.hash }
+                as usize
+                % n;
             let first = active[i];
             let next = active[(i + 1) % n];
             let expected = if usable(first) {
@@ -130,9 +148,13 @@ fuzz_target!(|input: Input| {
                 let own = loads.load(slot);
                 let others: Vec<_> = active.iter().filter(|&&s| s != slot).collect();
                 if let (true, Some((lo, wo))) = (n >= 2 && others.len() == n - 1, own) {
-                    let all_lighter =
-                        others.iter().all(|&&s| usable(s) && loads.load(s).is_some_and(|(l, w)| lighter(l, w, lo, wo)));
-                    assert!(!all_lighter, "p2c chose slot {slot}, heavier than every other active slot");
+                    let all_lighter = others.iter().all(|&&s| {
+                        usable(s) && loads.load(s).is_some_and(|(l, w)| lighter(l, w, lo, wo))
+                    });
+                    assert!(
+                        !all_lighter,
+                        "p2c chose slot {slot}, heavier than every other active slot"
+                    );
                 }
             }
         }

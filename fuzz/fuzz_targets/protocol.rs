@@ -50,8 +50,12 @@ fn decode_reply(b: &[u8]) {
             check_reason(&r);
         }
         Err(e) => {
-            let status_ok = b.len() == Reply::SIZE && Status::from_id(u16::from_le_bytes([b[6], b[7]])).is_some();
-            assert!(!(header_ok(b, Reply::SIZE) && status_ok), "rejected a good reply ({e}): {b:02x?}");
+            let status_ok = b.len() == Reply::SIZE
+                && Status::from_id(u16::from_le_bytes([b[6], b[7]])).is_some();
+            assert!(
+                !(header_ok(b, Reply::SIZE) && status_ok),
+                "rejected a good reply ({e}): {b:02x?}"
+            );
             check_error(e, b, Reply::SIZE);
         }
     }
