@@ -1,10 +1,12 @@
 //! Shared fixtures of the integration tests: private network namespaces, and pools of
-//! SO_REUSEPORT listeners balanced by a real [`Group`] in the real kernel.
+//! SO_REUSEPORT listeners balanced by a real [`Group`] in the real kernel; and the benchmarks
+//! ([`bench`]) that the `bench` binary runs.
 //!
 //! Every test runs in a network namespace of its own, so tests run in parallel without sharing
 //! ports, and nothing outlives a test: the namespace goes away with its last socket and handle.
 
 pub mod apps;
+pub mod bench;
 pub mod netns;
 pub mod pool;
 pub mod shim_client;

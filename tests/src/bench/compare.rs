@@ -42,10 +42,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::apps::{self, free_port, require, wait_until, Proc, TempDir, UwsgiConfig, UwsgiProto};
 use anyhow::{bail, Context, Result};
-use integration_tests::apps::{
-    self, free_port, require, wait_until, Proc, TempDir, UwsgiConfig, UwsgiProto,
-};
 
 use super::{
     chart::{self, Panel},

@@ -4,10 +4,8 @@
 //! `<name>` is one of the benches in `bench::BENCHES`, or `all`. Each prints a markdown report
 //! and writes it to `target/bench/<name>.md`. A missed target is reported, not an error; the
 //! process exits non-zero only when a measurement fails.
-#[path = "../bench/mod.rs"]
-mod bench;
-
 use anyhow::{bail, Result};
+use integration_tests::bench;
 
 fn main() {
     // The message, not a backtrace: a failed measurement should read as one.
