@@ -5,6 +5,7 @@
 //! ports, and nothing outlives a test: the namespace goes away with its last socket and handle.
 
 pub mod apps;
+pub mod http;
 pub mod netns;
 pub mod pool;
 pub mod shim_client;
