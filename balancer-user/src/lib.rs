@@ -8,12 +8,14 @@ pub mod doctor;
 pub mod ebpf_log;
 pub mod error;
 pub mod group;
+pub mod http;
 pub mod listener;
 pub mod loader;
 pub mod metrics;
 pub mod registry;
+pub mod report;
+pub mod service;
 pub mod shared_loads;
-pub mod status;
 pub mod view;
 
 /// The daemon's config file: its own crate, so the fuzz target builds without this one.

@@ -1,16 +1,20 @@
-//! `reuselb`: the command line over the balancer-user library.
+//! `reuselb`: the command line over the balancer-user library. One module per subcommand that
+//! needs more than a few lines (`daemon`, `run`, `status`, `top`); the services, the report, the
+//! metrics and HTTP are the library's.
 use std::{io::Write as _, path::PathBuf};
 
 use anyhow::Result;
 use balancer_user::{
     config::Config,
     doctor::{self, Level},
+    service,
 };
 use clap::{Parser, Subcommand};
 
 mod daemon;
 mod run;
-mod watch;
+mod status;
+mod top;
 
 #[derive(Parser)]
 #[command(
@@ -44,10 +48,10 @@ enum Command {
         file: PathBuf,
     },
     /// Print the per-worker tables of a running daemon or `reuselb run` (from its /status).
-    Status(watch::StatusArgs),
+    Status(status::StatusArgs),
     /// Live per-worker view of a running daemon or `reuselb run`, redrawn every interval; q or
     /// Ctrl-C quits; exits (status 1) when the daemon goes away.
-    Top(watch::TopArgs),
+    Top(top::TopArgs),
 }
 
 fn main() {
@@ -69,8 +73,8 @@ fn run(command: Command) -> Result<i32> {
         Command::Run(args) => run::run(args),
         Command::Daemon(args) => daemon::run(args),
         Command::CheckConfig { file } => Ok(check_config(&file)),
-        Command::Status(args) => watch::status(args),
-        Command::Top(args) => watch::top(args),
+        Command::Status(args) => status::status(args),
+        Command::Top(args) => top::top(args),
     }
 }
 
@@ -116,7 +120,7 @@ fn check_config(file: &std::path::Path) -> i32 {
     match Config::load(file) {
         Ok(config) => {
             println!("{}: OK, {} services", file.display(), config.services.len());
-            println!("{}", daemon::summary(&config));
+            println!("{}", service::summary(&config));
             0
         }
         Err(e) => {

@@ -1,12 +1,10 @@
-//! Prometheus metrics of the balanced services, and the small HTTP server for `/metrics`,
-//! `/healthz` and `/status` (the JSON [`crate::status::Report`] that `reuselb status` and
-//! `reuselb top` read).
+//! Prometheus metrics of the balanced services, made from the [`Report`] of [`crate::report`].
 //!
-//! The figures come from a [`Snapshot`]: plain data that the daemon (or `reuselb run`) fills from
-//! its groups ([`crate::Group::slots`], [`crate::Group::stats`]) and its registration counts.
-//! [`Metrics`] either keeps the last snapshot pushed with [`Metrics::update`], or asks a source set
-//! with [`Metrics::set_source`] at every scrape. Either way the worker series are rebuilt from the
-//! snapshot on each scrape, so a worker that exits leaves no stale series behind.
+//! [`Metrics`] either keeps the last report pushed with [`Metrics::update`], or asks a source set
+//! with [`Metrics::set_source`] at every scrape. Either way the series are rebuilt from the report
+//! on each scrape, so a worker that exits leaves no stale series behind. The HTTP server
+//! ([`crate::http`]) serves [`Metrics::encode_text`] on `/metrics` and [`Metrics::report`] on
+//! `/status`.
 //!
 //! Metrics (all `reuselb_`):
 //!
@@ -26,96 +24,44 @@
 //! | `config_reloads_total` | counter | outcome (`success`, `failure`) |
 //! | `build_info` (=1) | gauge | version |
 //!
+//! A worker is one process: a worker that serves several addresses of a service is one series,
+//! with its figures summed over the service's groups (and the slot it has in the first group);
+//! fallbacks and migrations are summed over the groups too.
+//!
 //! `worker_selected_total` counts the selections of the slot since its group was created (the
 //! program's per-slot counter survives slot reuse); `worker_accepted_total` and
 //! `worker_completed_total` count since the worker took the slot.
 use std::{
-    io,
-    net::SocketAddr,
+    collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
-    time::Duration,
 };
 
-use balancer_common::{protocol::Status, Event, Policy};
+use balancer_common::{protocol::Status, Event};
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
     Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-    sync::Semaphore,
-};
 
-use crate::{group::SlotView, loader::Program, Stats};
+use crate::report::Report;
 
 /// Content type of `/metrics`: the Prometheus text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Largest request head accepted (request line and headers).
-pub const MAX_REQUEST: usize = 8 * 1024;
-/// Connections served at once; more wait in the kernel's backlog.
-pub const MAX_CONNECTIONS: usize = 32;
-/// Time a client has to send its request and read the answer.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+type Source = Box<dyn Fn() -> Report + Send + Sync>;
 
-/// What one service looks like right now.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ServiceSnapshot {
-    pub service: String,
-    pub policy: Policy,
-    pub program: Program,
-    /// The occupied slots ([`crate::Group::slots`]).
-    pub slots: Vec<SlotView>,
-    /// Fallbacks and migrations ([`crate::Group::stats`]).
-    pub stats: Stats,
-    /// Registrations answered with each [`Status`], indexed by its id: `Status::Ok` counts the
-    /// accepted ones, every other entry the rejected ones with that reason.
-    pub registrations: [u64; Status::ALL.len()],
-}
-
-impl ServiceSnapshot {
-    /// A service with no worker and nothing counted yet.
-    pub fn new(service: impl Into<String>, policy: Policy, program: Program) -> Self {
-        Self {
-            service: service.into(),
-            policy,
-            program,
-            slots: Vec::new(),
-            stats: Stats::default(),
-            registrations: [0; Status::ALL.len()],
-        }
-    }
-
-    /// Counts one registration answered with `status`.
-    pub fn count_registration(&mut self, status: Status) {
-        self.registrations[status as usize] += 1;
-    }
-}
-
-/// Every service, at one moment.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Snapshot {
-    pub services: Vec<ServiceSnapshot>,
-}
-
-type Source = Box<dyn Fn() -> Snapshot + Send + Sync>;
-type StatusSource = Box<dyn Fn() -> crate::status::Report + Send + Sync>;
-
-/// The latest snapshot, or where to get one.
+/// The latest report, or where to get one.
 #[derive(Default)]
 struct Shared {
-    latest: Mutex<Snapshot>,
+    latest: Mutex<Option<Report>>,
     source: Mutex<Option<Arc<Source>>>,
-    status: Mutex<Option<Arc<StatusSource>>>,
 }
 
 impl Shared {
-    fn current(&self) -> Snapshot {
+    fn current(&self) -> Option<Report> {
         let source = self.source.lock().unwrap_or_else(PoisonError::into_inner).clone();
         match source {
-            Some(source) => source(),
+            Some(source) => Some(source()),
             None => self.latest.lock().unwrap_or_else(PoisonError::into_inner).clone(),
         }
     }
@@ -163,7 +109,7 @@ impl Metrics {
         for outcome in ["success", "failure"] {
             reloads.with_label_values(&[outcome]);
         }
-        let collector = SnapshotCollector::new(shared.clone());
+        let collector = ReportCollector::new(shared.clone());
         registry.register(Box::new(build_info)).expect("registered once");
         registry.register(Box::new(reloads.clone())).expect("registered once");
         registry.register(Box::new(collector)).expect("registered once");
@@ -175,38 +121,21 @@ impl Metrics {
         &self.registry
     }
 
-    /// Replaces the snapshot that scrapes read (when no source is set).
-    pub fn update(&self, snapshot: Snapshot) {
-        *self.shared.latest.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+    /// Replaces the report that scrapes read (when no source is set).
+    pub fn update(&self, report: Report) {
+        *self.shared.latest.lock().unwrap_or_else(PoisonError::into_inner) = Some(report);
     }
 
-    /// Reads a fresh snapshot from `source` at every scrape instead (it runs on a blocking
-    /// thread, so it may take locks).
-    pub fn set_source(&self, source: impl Fn() -> Snapshot + Send + Sync + 'static) {
+    /// Reads a fresh report from `source` at every scrape instead (the HTTP server calls it on a
+    /// blocking thread, so it may take locks).
+    pub fn set_source(&self, source: impl Fn() -> Report + Send + Sync + 'static) {
         *self.shared.source.lock().unwrap_or_else(PoisonError::into_inner) =
             Some(Arc::new(Box::new(source)));
     }
 
-    /// Serves `GET /status`: `source`'s report as JSON, read at each request (on a blocking
-    /// thread). Without it, `/status` answers 404.
-    pub fn set_status_source(
-        &self,
-        source: impl Fn() -> crate::status::Report + Send + Sync + 'static,
-    ) {
-        *self.shared.status.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some(Arc::new(Box::new(source)));
-    }
-
-    /// The `/status` report as JSON, if a status source is set.
-    pub fn status_json(&self) -> Option<String> {
-        let source = self.shared.status.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
-        match serde_json::to_string_pretty(&source()) {
-            Ok(text) => Some(text + "\n"),
-            Err(err) => {
-                log::warn!("encoding the status failed: {err}");
-                None
-            }
-        }
+    /// The current report: the source's, else the last one pushed; `None` before either.
+    pub fn report(&self) -> Option<Report> {
+        self.shared.current()
     }
 
     /// Counts a configuration reload (SIGHUP).
@@ -226,8 +155,8 @@ impl Metrics {
     }
 }
 
-/// Builds the per-service series from a snapshot at each scrape.
-struct SnapshotCollector {
+/// Builds the per-service series from the report at each scrape.
+struct ReportCollector {
     shared: Arc<Shared>,
     /// Held while the vectors are reset, refilled and read, so concurrent scrapes do not mix.
     busy: Mutex<()>,
@@ -246,7 +175,7 @@ struct SnapshotCollector {
 
 const WORKER: &[&str] = &["service", "slot", "pid"];
 
-impl SnapshotCollector {
+impl ReportCollector {
     fn new(shared: Arc<Shared>) -> Self {
         Self {
             shared,
@@ -293,34 +222,36 @@ impl SnapshotCollector {
         ]
     }
 
-    fn fill(&self, snapshot: &Snapshot) {
-        for s in &snapshot.services {
-            let service = s.service.as_str();
-            for w in &s.slots {
-                let (slot, pid) = (w.slot.to_string(), w.pid.to_string());
-                let labels = [service, slot.as_str(), pid.as_str()];
-                self.inflight.with_label_values(&labels).set(clamp(w.inflight));
+    fn fill(&self, report: &Report) {
+        for s in &report.services {
+            let service = s.name.as_str();
+            // One series per worker process: the slot it has in the first group that holds it.
+            let mut slot_of: BTreeMap<u32, String> = BTreeMap::new();
+            for w in s.workers() {
+                slot_of.entry(w.pid).or_insert_with(|| w.slot.to_string());
+            }
+            for w in s.workers() {
+                let pid = w.pid.to_string();
+                let labels = [service, slot_of[&w.pid].as_str(), pid.as_str()];
+                self.inflight.with_label_values(&labels).add(clamp(w.inflight));
                 self.weight.with_label_values(&labels).set(i64::from(w.weight.max(1)));
-                self.selected.with_label_values(&labels).inc_by(w.selected_total);
+                self.selected.with_label_values(&labels).inc_by(w.selected);
                 self.accepted.with_label_values(&labels).inc_by(w.accepted);
                 self.completed.with_label_values(&labels).inc_by(w.completed);
             }
-            self.workers.with_label_values(&[service]).set(s.slots.len() as i64);
-            self.info.with_label_values(&[service, s.policy.name(), s.program.name()]).set(1);
-            for event in Event::ALL {
-                let n = s.stats.get(event);
-                match event {
-                    Event::MigrateSelected => {
-                        self.migrations.with_label_values(&[service, "migrated"]).inc_by(n)
-                    }
-                    Event::MigrateFallback => {
-                        self.migrations.with_label_values(&[service, "kernel_hash"]).inc_by(n)
-                    }
-                    e => self.fallbacks.with_label_values(&[service, e.name()]).inc_by(n),
+            self.workers.with_label_values(&[service]).set(slot_of.len() as i64);
+            for g in &s.groups {
+                self.info.with_label_values(&[service, g.policy.name(), g.program.name()]).set(1);
+                for (event, n) in g.events.iter() {
+                    let (vec, label) = match event {
+                        Event::MigrateSelected => (&self.migrations, "migrated"),
+                        Event::MigrateFallback => (&self.migrations, "kernel_hash"),
+                        e => (&self.fallbacks, e.name()),
+                    };
+                    vec.with_label_values(&[service, label]).inc_by(n);
                 }
             }
-            for status in Status::ALL {
-                let n = s.registrations[status as usize];
+            for (status, n) in s.registrations.iter() {
                 match status {
                     Status::Ok => self.registrations.with_label_values(&[service]).inc_by(n),
                     other => self.rejected.with_label_values(&[service, other.name()]).inc_by(n),
@@ -334,7 +265,7 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-impl Collector for SnapshotCollector {
+impl Collector for ReportCollector {
     fn desc(&self) -> Vec<&Desc> {
         let mut d = Vec::new();
         for g in self.gauges() {
@@ -347,7 +278,7 @@ impl Collector for SnapshotCollector {
     }
 
     fn collect(&self) -> Vec<MetricFamily> {
-        let snapshot = self.shared.current();
+        let report = self.shared.current();
         let _busy = self.busy.lock().unwrap_or_else(PoisonError::into_inner);
         for g in self.gauges() {
             g.reset();
@@ -355,7 +286,9 @@ impl Collector for SnapshotCollector {
         for c in self.counters() {
             c.reset();
         }
-        self.fill(&snapshot);
+        if let Some(report) = &report {
+            self.fill(report);
+        }
         let mut out = Vec::new();
         for g in self.gauges() {
             out.extend(g.collect());
@@ -365,206 +298,4 @@ impl Collector for SnapshotCollector {
         }
         out
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// HTTP
-
-/// Says whether the process is healthy: `Err(reason)` makes `/healthz` answer 503 with it.
-pub trait Health: Send + Sync + 'static {
-    fn check(&self) -> Result<(), String>;
-}
-
-impl<F: Fn() -> Result<(), String> + Send + Sync + 'static> Health for F {
-    fn check(&self) -> Result<(), String> {
-        self()
-    }
-}
-
-/// The running HTTP server. Dropping it (or [`MetricsServer::shutdown`]) stops it.
-#[derive(Debug)]
-pub struct MetricsServer {
-    local_addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl MetricsServer {
-    /// The bound address (the actual port when asked for port 0).
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
-    }
-
-    pub fn shutdown(self) {}
-}
-
-impl Drop for MetricsServer {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
-/// Binds `addr` and serves, on the current tokio runtime:
-/// `GET /metrics` (also HEAD): [`Metrics::encode_text`] as [`CONTENT_TYPE`];
-/// `GET /healthz`: 200 `ok`, or 503 with the reason [`Health::check`] gives;
-/// `GET /status`: [`Metrics::status_json`] as `application/json` (404 without a status source);
-/// 404 for other paths, 405 for other methods, 400 for what is not an HTTP request,
-/// 431 for a request head over [`MAX_REQUEST`] bytes. One request per connection.
-pub async fn serve(
-    addr: SocketAddr,
-    metrics: Arc<Metrics>,
-    health: impl Health,
-) -> io::Result<MetricsServer> {
-    let listener = TcpListener::bind(addr).await?;
-    let local_addr = listener.local_addr()?;
-    let health: Arc<dyn Health> = Arc::new(health);
-    let task = tokio::spawn(accept_loop(listener, metrics, health));
-    Ok(MetricsServer { local_addr, task })
-}
-
-async fn accept_loop(listener: TcpListener, metrics: Arc<Metrics>, health: Arc<dyn Health>) {
-    let limit = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let Ok(permit) = limit.clone().acquire_owned().await else { return };
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => stream,
-            Err(err) => {
-                // EMFILE and the like: wait a little rather than spin.
-                log::warn!("metrics server: accept failed: {err}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (metrics, health) = (metrics.clone(), health.clone());
-        tokio::spawn(async move {
-            let _permit = permit;
-            if tokio::time::timeout(REQUEST_TIMEOUT, handle(stream, metrics, health)).await.is_err()
-            {
-                log::debug!("metrics server: a client timed out");
-            }
-        });
-    }
-}
-
-struct Response {
-    status: &'static str,
-    content_type: &'static str,
-    extra: &'static str,
-    body: String,
-}
-
-impl Response {
-    fn text(status: &'static str, body: impl Into<String>) -> Self {
-        Self { status, content_type: "text/plain; charset=utf-8", extra: "", body: body.into() }
-    }
-}
-
-/// The request head, or what to answer instead.
-async fn read_head(stream: &mut TcpStream) -> Result<Option<String>, Response> {
-    let mut buf = Vec::with_capacity(512);
-    let mut chunk = [0u8; 1024];
-    loop {
-        if let Some(end) = head_end(&buf) {
-            buf.truncate(end);
-            break;
-        }
-        if buf.len() > MAX_REQUEST {
-            return Err(Response::text(
-                "431 Request Header Fields Too Large",
-                "request too large\n",
-            ));
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) if buf.is_empty() => return Ok(None),
-            // HTTP/1.0 clients may half-close after the request line: take what came.
-            Ok(0) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(_) => return Ok(None),
-        }
-    }
-    match String::from_utf8(buf) {
-        Ok(s) => Ok(Some(s)),
-        Err(_) => Err(Response::text("400 Bad Request", "bad request\n")),
-    }
-}
-
-/// Index just past the blank line that ends the head, if it is in `buf`.
-fn head_end(buf: &[u8]) -> Option<usize> {
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    match (crlf, lf) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    }
-}
-
-async fn handle(mut stream: TcpStream, metrics: Arc<Metrics>, health: Arc<dyn Health>) {
-    let (response, head_only) = match read_head(&mut stream).await {
-        Ok(None) => return,
-        Err(response) => (response, false),
-        Ok(Some(head)) => route(&head, metrics, health).await,
-    };
-    let head = format!(
-        "HTTP/1.1 {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nConnection: close\r\n{}\r\n",
-        response.status,
-        response.content_type,
-        response.body.len(),
-        response.extra
-    );
-    let _ = stream.write_all(head.as_bytes()).await;
-    if !head_only {
-        let _ = stream.write_all(response.body.as_bytes()).await;
-    }
-    let _ = stream.shutdown().await;
-}
-
-/// The answer to a request head, and whether it was a HEAD request.
-async fn route(head: &str, metrics: Arc<Metrics>, health: Arc<dyn Health>) -> (Response, bool) {
-    let line = head.lines().next().unwrap_or("");
-    let mut parts = line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
-        return (Response::text("400 Bad Request", "bad request\n"), false);
-    };
-    let valid_method = !method.is_empty() && method.bytes().all(|b| b.is_ascii_uppercase());
-    if !valid_method
-        || !target.starts_with('/')
-        || !(version == "HTTP/1.0" || version == "HTTP/1.1")
-    {
-        return (Response::text("400 Bad Request", "bad request\n"), false);
-    }
-    let path = target.split(['?', '#']).next().unwrap_or(target);
-    let head_only = method == "HEAD";
-    if path != "/metrics" && path != "/healthz" && path != "/status" {
-        return (
-            Response::text("404 Not Found", "not found: try /metrics, /healthz or /status\n"),
-            head_only,
-        );
-    }
-    if method != "GET" && method != "HEAD" {
-        let mut r = Response::text("405 Method Not Allowed", "method not allowed\n");
-        r.extra = "Allow: GET, HEAD\r\n";
-        return (r, false);
-    }
-    let response = if path == "/metrics" {
-        match tokio::task::spawn_blocking(move || metrics.encode_text()).await {
-            Ok(body) => Response { status: "200 OK", content_type: CONTENT_TYPE, extra: "", body },
-            Err(_) => Response::text("500 Internal Server Error", "collecting metrics failed\n"),
-        }
-    } else if path == "/status" {
-        match tokio::task::spawn_blocking(move || metrics.status_json()).await {
-            Ok(Some(body)) => {
-                Response { status: "200 OK", content_type: "application/json", extra: "", body }
-            }
-            Ok(None) => Response::text("404 Not Found", "no status here\n"),
-            Err(_) => Response::text("500 Internal Server Error", "collecting the status failed\n"),
-        }
-    } else {
-        match tokio::task::spawn_blocking(move || health.check()).await {
-            Ok(Ok(())) => Response::text("200 OK", "ok\n"),
-            Ok(Err(reason)) => Response::text("503 Service Unavailable", format!("{reason}\n")),
-            Err(_) => Response::text("503 Service Unavailable", "health check failed\n"),
-        }
-    };
-    (response, head_only)
 }

@@ -16,9 +16,11 @@ use std::{
 use anyhow::{bail, Context, Result};
 use balancer_common::{protocol, Policy};
 use balancer_user::{
-    metrics,
+    http,
+    metrics::Metrics,
     registry::{Registry, RegistryOptions},
-    status, view, Group, GroupOptions,
+    report::{self, Mode, Report},
+    view, Group, GroupOptions,
 };
 
 #[derive(clap::Args, Debug)]
@@ -43,7 +45,7 @@ pub struct RunArgs {
     view: bool,
     /// Serve /metrics, /healthz and /status here (`reuselb status` and `reuselb top` read it).
     /// If the address is taken, the app runs anyway, without them.
-    #[arg(long, value_name = "ADDR:PORT", default_value = crate::daemon::DEFAULT_METRICS_ADDR)]
+    #[arg(long, value_name = "ADDR:PORT", default_value = http::DEFAULT_METRICS_ADDR)]
     metrics_addr: SocketAddr,
     /// Serve no metrics at all.
     #[arg(long, conflicts_with = "metrics_addr")]
@@ -73,11 +75,13 @@ extern "C" fn forward(sig: libc::c_int) {
 
 fn install_forwarding() -> Result<()> {
     for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
-        // SAFETY: installs a handler that only calls kill.
+        // SAFETY: sigaction is plain data; all-zero is a valid starting value.
         let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
         sa.sa_sigaction = forward as extern "C" fn(libc::c_int) as usize;
         sa.sa_flags = libc::SA_RESTART;
+        // SAFETY: sa_mask is a valid sigset_t we own.
         unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+        // SAFETY: installs a handler that only calls kill (async-signal-safe).
         if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
             bail!("installing the handler of signal {sig}: {}", std::io::Error::last_os_error());
         }
@@ -162,12 +166,20 @@ pub fn run(args: RunArgs) -> Result<i32> {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "app".into())
     });
-    let metrics =
-        (!args.no_metrics).then(|| start_metrics(args.metrics_addr, &registry, name)).flatten();
+    let started = Instant::now();
+    let report = {
+        let weak = Arc::downgrade(&registry);
+        move || {
+            let services = weak.upgrade().map(|r| vec![report::collect(&name, &r)]);
+            Report::new(Mode::Run, started, services.unwrap_or_default())
+        }
+    };
+    let metrics = (!args.no_metrics)
+        .then(|| start_metrics(args.metrics_addr, &registry, report.clone()))
+        .flatten();
     let stop = Arc::new(AtomicBool::new(false));
     let view = args.view;
     let status = (view || args.status_every > 0).then(|| {
-        let registry = registry.clone();
         let stop = stop.clone();
         let every = Duration::from_secs(if view { 1 } else { args.status_every });
         std::thread::spawn(move || {
@@ -176,9 +188,9 @@ pub fn run(args: RunArgs) -> Result<i32> {
                 std::thread::sleep(Duration::from_millis(100));
                 if Instant::now() >= next {
                     if view {
-                        print_view(&registry);
+                        print_view(&report());
                     } else {
-                        print_status(&registry);
+                        print_status(&report());
                     }
                     next = Instant::now() + every;
                 }
@@ -210,16 +222,16 @@ pub fn run(args: RunArgs) -> Result<i32> {
 /// The metrics server and the runtime it runs on; both stop when dropped (the server first: its
 /// task is aborted, then the runtime's thread ends).
 struct MetricsRunning {
-    _server: metrics::MetricsServer,
+    _server: http::Server,
     _runtime: tokio::runtime::Runtime,
 }
 
-/// Serves /metrics, /healthz and /status for `registry`, named `name`. `None` (with a warning)
+/// Serves /metrics, /healthz and /status for `registry`, from `report`. `None` (with a warning)
 /// if that fails: the app runs anyway.
 fn start_metrics(
     addr: SocketAddr,
     registry: &Arc<Registry>,
-    name: String,
+    report: impl Fn() -> Report + Send + Sync + 'static,
 ) -> Option<MetricsRunning> {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -233,24 +245,14 @@ fn start_metrics(
             return None;
         }
     };
-    let started = Instant::now();
-    let weak = Arc::downgrade(registry);
-    let report = move || status::Report {
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-        mode: "run".to_owned(),
-        uptime_seconds: started.elapsed().as_secs(),
-        services: weak.upgrade().map(|r| status::collect(&name, &r)).unwrap_or_default(),
-    };
-    let m = Arc::new(metrics::Metrics::new());
-    let for_metrics = report.clone();
-    m.set_source(move || for_metrics().to_metrics());
-    m.set_status_source(report);
+    let metrics = Arc::new(Metrics::new());
+    metrics.set_source(report);
     let weak = Arc::downgrade(registry);
     let health = move || match weak.upgrade() {
         Some(r) if r.is_running() => Ok(()),
         _ => Err("the registration thread stopped".to_owned()),
     };
-    match runtime.block_on(metrics::serve(addr, m, health)) {
+    match runtime.block_on(http::serve(addr, metrics, health)) {
         Ok(server) => {
             log::info!(
                 "metrics on http://{}/metrics, status on /status (reuselb status --addr {})",
@@ -260,58 +262,44 @@ fn start_metrics(
             Some(MetricsRunning { _server: server, _runtime: runtime })
         }
         Err(e) => {
-            log::warn!("no metrics: cannot serve on {addr}: {e} (choose another with --metrics-addr, or --no-metrics)");
+            log::warn!(
+                "no metrics: cannot serve on {addr}: {e} (choose another with --metrics-addr, or \
+                 --no-metrics)"
+            );
             None
         }
     }
 }
 
-/// The live per-worker tables of every service. On a terminal each frame replaces the last, so
+/// The live per-worker tables of every group. On a terminal each frame replaces the last, so
 /// the last frame with workers stays on screen after the app exits.
-fn print_view(registry: &Registry) {
+fn print_view(report: &Report) {
     let mut out = String::new();
     if std::io::stdout().is_terminal() {
         out.push_str("\x1b[H\x1b[2J");
     }
-    for svc in registry.services() {
-        let group = svc.group();
-        match (group.slots(), group.stats()) {
-            (Ok(slots), Ok(stats)) => {
-                out.push_str(&view::render(
-                    &svc.addr.to_string(),
-                    group.policy(),
-                    group.program(),
-                    &slots,
-                    &stats,
-                ));
-                out.push('\n');
-            }
-            (Err(e), _) | (_, Err(e)) => log::warn!("{}: reading the maps: {e}", svc.addr),
+    for s in &report.services {
+        for g in &s.groups {
+            out.push_str(&view::render_group(&format!("{} {}", s.name, g.addr), g));
+            out.push('\n');
         }
     }
     print!("{out}");
 }
 
-fn print_status(registry: &Registry) {
-    for svc in registry.services() {
-        let group = svc.group();
-        let slots = match group.slots() {
-            Ok(s) => s,
-            Err(e) => {
-                log::warn!("{}: reading slots: {e}", svc.addr);
-                continue;
-            }
-        };
-        let total: u64 = slots.iter().map(|s| s.inflight).sum();
+/// One log line per group: `slot:pid inflight/selected` of each worker.
+fn print_status(report: &Report) {
+    for g in report.services.iter().flat_map(|s| &s.groups) {
+        let total: u64 = g.workers.iter().map(|w| w.inflight).sum();
         let mut line = format!(
             "{} {}: {} workers, {} in flight |",
-            svc.addr,
-            group.policy().name(),
-            slots.len(),
+            g.addr,
+            g.policy.name(),
+            g.workers.len(),
             total
         );
-        for s in &slots {
-            line.push_str(&format!(" {}:{} {}/{}", s.slot, s.pid, s.inflight, s.selected_total));
+        for w in &g.workers {
+            line.push_str(&format!(" {}:{} {}/{}", w.slot, w.pid, w.inflight, w.selected));
         }
         log::info!("{line}  (slot:pid inflight/selected)");
     }

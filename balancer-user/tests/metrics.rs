@@ -1,5 +1,5 @@
-//! Metrics: the exact samples a snapshot produces, and the HTTP endpoint scraped with a plain
-//! HTTP/1.0 request over TCP.
+//! Metrics: the exact samples a report produces, and the HTTP endpoints read with the library's
+//! client (and with raw bytes for what no client would send).
 use std::{
     io::{Read, Write},
     net::{SocketAddr, TcpStream},
@@ -7,18 +7,19 @@ use std::{
         atomic::{AtomicBool, AtomicU64, Ordering},
         Arc,
     },
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use balancer_common::{protocol::Status, Event, Policy};
 use balancer_user::{
+    http::{self, client},
     loader::Program,
-    metrics::{self, Metrics, ServiceSnapshot, Snapshot, CONTENT_TYPE},
-    SlotView, Stats,
+    metrics::{Metrics, CONTENT_TYPE},
+    report::{Counts, GroupReport, Mode, Report, ServiceReport, WorkerReport},
 };
 
-fn worker(slot: u32, pid: u32, inflight: u64, selected_total: u64, completed: u64) -> SlotView {
-    SlotView {
+fn worker(slot: u32, pid: u32, inflight: u64, selected: u64, completed: u64) -> WorkerReport {
+    WorkerReport {
         slot,
         pid,
         weight: 2,
@@ -26,23 +27,41 @@ fn worker(slot: u32, pid: u32, inflight: u64, selected_total: u64, completed: u6
         inflight,
         accepted: completed + inflight,
         completed,
-        selected_total,
+        selected,
     }
 }
 
-fn snapshot() -> Snapshot {
-    let mut web = ServiceSnapshot::new("web", Policy::LeastLoaded, Program::SelectOrMigrate);
-    web.slots = vec![worker(3, 42, 7, 1000, 993), worker(10, 43, 0, 5, 5)];
-    let mut stats = Stats::default();
-    stats.events[Event::FallbackSelectFailed as usize] = 4;
-    stats.events[Event::MigrateSelected as usize] = 12;
-    stats.events[Event::MigrateFallback as usize] = 1;
-    web.stats = stats;
-    web.count_registration(Status::Ok);
-    web.count_registration(Status::Ok);
-    web.count_registration(Status::UidNotAllowed);
-    let api = ServiceSnapshot::new("api", Policy::PowerOfTwo, Program::Select);
-    Snapshot { services: vec![web, api] }
+fn group(addr: &str, policy: Policy, program: Program, workers: Vec<WorkerReport>) -> GroupReport {
+    GroupReport {
+        addr: addr.parse().unwrap(),
+        policy,
+        program,
+        adopted: false,
+        workers,
+        events: Counts::default(),
+    }
+}
+
+fn report() -> Report {
+    let mut web = group(
+        "127.0.0.1:8000",
+        Policy::LeastLoaded,
+        Program::SelectOrMigrate,
+        vec![worker(3, 42, 7, 1000, 993), worker(10, 43, 0, 5, 5)],
+    );
+    web.events.set(Event::FallbackSelectFailed, 4);
+    web.events.set(Event::MigrateSelected, 12);
+    web.events.set(Event::MigrateFallback, 1);
+    let mut registrations = Counts::default();
+    registrations.set(Status::Ok, 2);
+    registrations.set(Status::UidNotAllowed, 1);
+    let web = ServiceReport { name: "web".into(), registrations, groups: vec![web] };
+    let api = ServiceReport {
+        name: "api".into(),
+        registrations: Counts::default(),
+        groups: vec![group("127.0.0.1:9000", Policy::PowerOfTwo, Program::Select, vec![])],
+    };
+    Report::new(Mode::Daemon, Instant::now(), vec![web, api])
 }
 
 const EXPECTED: &[&str] = &[
@@ -84,7 +103,7 @@ fn assert_lines(text: &str, expected: &[&str]) {
 #[test]
 fn snapshot_becomes_exact_samples() {
     let m = Metrics::new();
-    m.update(snapshot());
+    m.update(report());
     m.record_reload(true);
     let text = m.encode_text();
     assert_lines(&text, EXPECTED);
@@ -95,7 +114,7 @@ fn snapshot_becomes_exact_samples() {
             .filter(|l| l.starts_with("reuselb_registrations_rejected_total{")
                 && l.contains(r#"service="web""#))
             .count(),
-        7
+        Status::ALL.len() - 1
     );
     assert!(!text.contains(r#"reason="ok""#), "{text}");
 }
@@ -103,10 +122,10 @@ fn snapshot_becomes_exact_samples() {
 #[test]
 fn exited_workers_leave_no_stale_series() {
     let m = Metrics::new();
-    m.update(snapshot());
+    m.update(report());
     assert!(m.encode_text().contains(r#"pid="43""#));
-    let mut next = snapshot();
-    next.services[0].slots.truncate(1);
+    let mut next = report();
+    next.services[0].groups[0].workers.truncate(1);
     m.update(next);
     let text = m.encode_text();
     assert!(!text.contains(r#"pid="43""#), "{text}");
@@ -120,9 +139,9 @@ fn source_is_read_at_each_scrape() {
     let c = calls.clone();
     m.set_source(move || {
         let n = c.fetch_add(1, Ordering::SeqCst) + 1;
-        let mut s = snapshot();
-        s.services[0].slots[0].inflight = n;
-        s
+        let mut r = report();
+        r.services[0].groups[0].workers[0].inflight = n;
+        r
     });
     assert_lines(
         &m.encode_text(),
@@ -134,31 +153,56 @@ fn source_is_read_at_each_scrape() {
     );
 }
 
-/// One request over a fresh connection; the whole answer (head and body).
-fn request(addr: SocketAddr, raw: &[u8]) -> String {
+/// A worker that serves two addresses of a service is one series, its figures summed (with the
+/// slot it has at the first address); fallbacks are summed over the addresses.
+#[test]
+fn worker_on_two_addresses_is_one_series() {
+    let mut r = report();
+    let mut second = group(
+        "[::1]:8000",
+        Policy::LeastLoaded,
+        Program::SelectOrMigrate,
+        vec![worker(0, 42, 1, 10, 9)],
+    );
+    second.events.set(Event::FallbackSelectFailed, 3);
+    r.services[0].groups.push(second);
+    let m = Metrics::new();
+    m.update(r);
+    let text = m.encode_text();
+    assert_lines(
+        &text,
+        &[
+            r#"reuselb_worker_inflight{pid="42",service="web",slot="3"} 8"#,
+            r#"reuselb_worker_selected_total{pid="42",service="web",slot="3"} 1010"#,
+            r#"reuselb_workers{service="web"} 2"#,
+            r#"reuselb_fallbacks_total{reason="select_failed",service="web"} 7"#,
+            r#"reuselb_registrations_total{service="web"} 2"#,
+        ],
+    );
+    assert!(!text.contains(r#"pid="42",service="web",slot="0""#), "{text}");
+}
+
+/// Raw bytes over a fresh connection, for what a well-behaved client would not send; the whole
+/// answer (head and body).
+fn raw_request(addr: SocketAddr, raw: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     s.write_all(raw).unwrap();
     let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    String::from_utf8(out).unwrap()
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
 }
 
-fn get(addr: SocketAddr, path: &str) -> String {
-    request(addr, format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes())
-}
-
-fn split(resp: &str) -> (&str, &str) {
-    resp.split_once("\r\n\r\n").unwrap_or((resp, ""))
+async fn get(addr: SocketAddr, path: &str) -> client::Response {
+    client::get(addr, path, Duration::from_secs(10)).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_metrics_healthz_404_and_bad_requests() {
     let m = Arc::new(Metrics::new());
-    m.update(snapshot());
     let healthy = Arc::new(AtomicBool::new(true));
     let h = healthy.clone();
-    let server = metrics::serve("127.0.0.1:0".parse().unwrap(), m.clone(), move || {
+    let server = http::serve("127.0.0.1:0".parse().unwrap(), m.clone(), move || {
         if h.load(Ordering::SeqCst) {
             Ok(())
         } else {
@@ -170,71 +214,97 @@ async fn http_metrics_healthz_404_and_bad_requests() {
     let addr = server.local_addr();
     assert_ne!(addr.port(), 0);
 
+    // No report yet: /status says so.
+    let r = get(addr, "/status").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (404, "no status here\n"));
+    m.update(report());
+
+    let resp = raw_request(addr, b"GET /metrics HTTP/1.0\r\nHost: test\r\n\r\n");
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.0 200 OK\r\n") || head.starts_with("HTTP/1.1 200 OK\r\n"));
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains(&format!("content-type: {CONTENT_TYPE}\r\n")), "{head}");
+    assert!(head.contains(&format!("content-length: {}\r\n", body.len())), "{head}");
+    assert_lines(body, EXPECTED);
+    assert_lines(body, &[&build_info()]);
+
+    let r = get(addr, "/status").await;
+    assert_eq!(r.status.as_u16(), 200, "{}", r.body);
+    let back: Report = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(back.services, report().services);
+
+    let r = get(addr, "/healthz").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (200, "ok\n"));
+    healthy.store(false, Ordering::SeqCst);
+    let r = get(addr, "/healthz").await;
+    assert_eq!((r.status.as_u16(), r.body.as_str()), (503, "service web: program not attached\n"));
+
+    let r = get(addr, "/nope").await;
+    assert_eq!(
+        (r.status.as_u16(), r.body.as_str()),
+        (404, "not found: try /metrics, /healthz or /status\n")
+    );
+
     tokio::task::spawn_blocking(move || {
-        let resp = get(addr, "/metrics");
-        let (head, body) = split(&resp);
-        assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
-        assert!(head.contains(&format!("Content-Type: {CONTENT_TYPE}\r\n")), "{head}");
-        assert!(head.contains(&format!("Content-Length: {}\r\n", body.len())), "{head}");
-        assert_lines(body, EXPECTED);
-        assert_lines(body, &[&build_info()]);
-
-        let resp = get(addr, "/healthz");
-        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
-        assert_eq!(split(&resp).1, "ok\n");
-        healthy.store(false, Ordering::SeqCst);
-        let resp = get(addr, "/healthz");
-        assert!(resp.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{resp}");
-        assert_eq!(split(&resp).1, "service web: program not attached\n");
-
-        let resp = get(addr, "/nope");
-        assert!(resp.starts_with("HTTP/1.1 404 Not Found\r\n"), "{resp}");
-        let resp = request(addr, b"POST /metrics HTTP/1.0\r\n\r\n");
+        let resp = raw_request(addr, b"POST /metrics HTTP/1.0\r\n\r\n");
+        let allow = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("allow:"));
         assert!(
-            resp.starts_with("HTTP/1.1 405 Method Not Allowed\r\n")
-                && resp.contains("Allow: GET, HEAD\r\n"),
+            resp.starts_with("HTTP/1.0 405 Method Not Allowed\r\n")
+                && allow.is_some_and(|l| l.contains("GET") && l.contains("HEAD")),
             "{resp}"
         );
-        let resp = request(addr, b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n") && split(&resp).1.is_empty(), "{resp}");
+        let resp = raw_request(addr, b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n") && resp.ends_with("\r\n\r\n"), "{resp}");
 
         for garbage in [
             &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
             b"hello\r\n\r\n",
-            b"GET metrics HTTP/1.0\r\n\r\n",
             b"GET /metrics SPDY/3\r\n\r\n",
             b"GET  /metrics HTTP/1.0\r\n\r\n",
         ] {
-            let resp = request(addr, garbage);
+            let resp = raw_request(addr, garbage);
             assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{garbage:?} -> {resp}");
         }
+        // Not a path: no route.
+        let resp = raw_request(addr, b"GET metrics HTTP/1.0\r\n\r\n");
+        assert!(resp.starts_with("HTTP/1.1 400 ") || resp.contains(" 404 "), "{resp}");
         // A head that never ends within the limit.
         let mut big = b"GET /metrics HTTP/1.0\r\nX: ".to_vec();
-        big.resize(metrics::MAX_REQUEST + 4096, b'a');
-        let resp = request(addr, &big);
+        big.resize(http::MAX_REQUEST + 4096, b'a');
+        let resp = raw_request(addr, &big);
         assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
-        // A client that connects and leaves, and one that half-closes after a bare request line.
+        // A client that connects and leaves, and one that half-closes in the middle of a head:
+        // neither is answered, neither stops the server.
         drop(TcpStream::connect(addr).unwrap());
         let mut s = TcpStream::connect(addr).unwrap();
         s.write_all(b"GET /healthz HTTP/1.0\r\n").unwrap();
         s.shutdown(std::net::Shutdown::Write).unwrap();
         let mut out = String::new();
-        s.read_to_string(&mut out).unwrap();
-        assert!(out.starts_with("HTTP/1.1 503 "), "{out}");
-
-        // Still serving.
-        let resp = get(addr, "/metrics");
-        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n"), "{resp}");
+        let _ = s.read_to_string(&mut out);
     })
     .await
     .unwrap();
+
+    // More idle connections than the server serves at once: each is dropped after the request
+    // timeout at the latest, and the server answers again once they are gone.
+    let idle: Vec<TcpStream> =
+        (0..http::MAX_CONNECTIONS).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    let blocked = client::get(addr, "/metrics", Duration::from_millis(500)).await;
+    assert!(
+        matches!(blocked, Err(client::Error::Timeout { .. })),
+        "answered with every connection taken: {blocked:?}"
+    );
+    drop(idle);
+    // Still serving.
+    let r = get(addr, "/metrics").await;
+    assert_eq!(r.status.as_u16(), 200);
     drop(server);
 }
 
 #[tokio::test]
 async fn address_in_use_is_an_error() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let err = metrics::serve(taken.local_addr().unwrap(), Arc::new(Metrics::new()), || Ok(()))
+    let err = http::serve(taken.local_addr().unwrap(), Arc::new(Metrics::new()), || Ok(()))
         .await
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);

@@ -7,6 +7,7 @@
 
 pub mod apps;
 pub mod bench;
+pub mod http;
 pub mod netns;
 pub mod pool;
 pub mod shim_client;

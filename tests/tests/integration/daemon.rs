@@ -12,11 +12,13 @@ use std::{
 };
 
 use balancer_common::protocol;
-use balancer_user::status::{Report, ServiceReport};
+use balancer_common::Policy;
+use balancer_user::report::{Report, ServiceReport};
 use integration_tests::apps::{
     self, free_port, loopback, require, reuselb_bin, serial, spawn_with_shim, wait_until, Load,
     LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto,
 };
+use integration_tests::http::{get as http_get, status};
 use integration_tests::NetNs;
 
 const CONCURRENCY: usize = 48;
@@ -83,25 +85,6 @@ fn spawn_daemon(config: &Path, metrics: SocketAddr, log: &Path) -> Proc {
     p
 }
 
-/// GET over HTTP/1.0: status code and body.
-fn http_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: test\r\n\r\n").as_bytes()).ok()?;
-    let mut text = String::new();
-    s.read_to_string(&mut text).ok()?;
-    let (head, body) = text.split_once("\r\n\r\n")?;
-    let code = head.split(' ').nth(1)?.parse().ok()?;
-    Some((code, body.to_owned()))
-}
-
-fn status(metrics: SocketAddr) -> Report {
-    let (code, body) = http_get(metrics, "/status").expect("/status answers");
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap_or_else(|e| panic!("bad /status JSON ({e}): {body}"))
-}
-
 fn service<'a>(report: &'a Report, name: &str) -> Option<&'a ServiceReport> {
     report.services.iter().find(|s| s.name == name)
 }
@@ -110,7 +93,7 @@ fn service<'a>(report: &'a Report, name: &str) -> Option<&'a ServiceReport> {
 fn workers(metrics: SocketAddr, name: &str) -> Vec<(u32, u32)> {
     let r = status(metrics);
     let mut v: Vec<(u32, u32)> = service(&r, name)
-        .map(|s| s.workers.iter().map(|w| (w.pid, w.slot)).collect())
+        .map(|s| s.workers().map(|w| (w.pid, w.slot)).collect())
         .unwrap_or_default();
     v.sort_by_key(|w| w.1);
     v
@@ -191,7 +174,7 @@ fn wait_idle(metrics: SocketAddr, name: &str, timeout: Duration) -> Option<Durat
             .services
             .iter()
             .filter(|s| s.name == name)
-            .all(|s| s.workers.iter().all(|w| w.inflight == 0))
+            .all(|s| s.workers().all(|w| w.inflight == 0))
     })
     .then(|| start.elapsed())
 }
@@ -355,7 +338,7 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
     let load = Load::start(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(40));
     std::thread::sleep(Duration::from_secs(3));
     let selected_at_kill: Vec<(u32, u64)> =
-        status(metrics).services[0].workers.iter().map(|w| (w.pid, w.selected)).collect();
+        status(metrics).services[0].workers().map(|w| (w.pid, w.selected)).collect();
     daemon.signal(libc::SIGKILL);
     assert!(daemon.wait_timeout(Duration::from_secs(5)).is_some(), "the daemon survived SIGKILL");
     // No daemon: the attached program keeps balancing.
@@ -389,7 +372,7 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
         workers(metrics, "web"),
         daemon2.log_tail(40)
     );
-    assert!(web.adopted, "the group was not adopted");
+    assert!(web.groups.iter().all(|g| g.adopted), "the group was not adopted");
     assert_eq!(
         report.failed, 0,
         "requests failed across the daemon's death and restart: {:?}",
@@ -401,7 +384,7 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
     );
     // Counters kept: each worker's selections went on from where they were.
     for (pid, at_kill) in &selected_at_kill {
-        let now = web.workers.iter().find(|w| w.pid == *pid).map(|w| w.selected).unwrap_or(0);
+        let now = web.workers().find(|w| w.pid == *pid).map(|w| w.selected).unwrap_or(0);
         assert!(
             now > *at_kill,
             "worker {pid}: selected {now} after the restart, {at_kill} before: counters reset?"
@@ -518,7 +501,7 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     daemon.signal(libc::SIGHUP);
     let applied = wait_until(Duration::from_secs(20), || {
         let r = status(metrics);
-        service(&r, "web").is_some_and(|s| s.policy == "round-robin")
+        service(&r, "web").is_some_and(|s| s.groups.iter().all(|g| g.policy == Policy::RoundRobin))
             && service(&r, "extra").is_some()
     });
     assert!(
@@ -572,7 +555,7 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     );
     let r = status(metrics);
     assert!(
-        service(&r, "web").is_some_and(|s| s.policy == "round-robin")
+        service(&r, "web").is_some_and(|s| s.groups.iter().all(|g| g.policy == Policy::RoundRobin))
             && service(&r, "extra").is_some(),
         "{r:?}"
     );

@@ -1,0 +1,410 @@
+//! The state of a running controller as one typed model: what `GET /status` answers (JSON), what
+//! the Prometheus metrics are made from ([`crate::metrics`]), and what `reuselb status`,
+//! `reuselb top` and `reuselb run --view` draw ([`crate::view`]).
+//!
+//! The shape follows what runs: a [`Report`] holds one [`ServiceReport`] per service, which holds
+//! the registration counts of its registration socket and one [`GroupReport`] per balanced
+//! address, which holds the group's policy, program, event counters and one [`WorkerReport`] per
+//! occupied slot. Every reason is typed: events are counted per [`Event`], registrations per
+//! protocol [`Status`] ([`Counts`]), the policy is a [`Policy`] and the program a [`Program`].
+//!
+//! Invariants: a [`Counts`] holds one counter for every reason of its type, zeros included (so a
+//! reader sees every series from the start); in JSON it is an object from the reason's name to
+//! its count, and names a reader does not know (from a newer controller) are ignored.
+//!
+//! This module reads the registry and the groups; nothing here imports the metrics, the view or
+//! the HTTP server (they import it).
+use std::{fmt, marker::PhantomData, net::SocketAddr, time::Instant};
+
+use balancer_common::{programs, protocol::Status, Event, Policy};
+use serde::{
+    de::{self, MapAccess, Visitor},
+    ser::SerializeMap,
+    Deserialize, Deserializer, Serialize, Serializer,
+};
+
+use crate::{group::SlotView, loader::Program, registry::Registry, Stats};
+
+/// A closed set of named reasons that [`Counts`] counts: [`Event`] or [`Status`].
+pub trait Reason: Copy + Eq + fmt::Debug + 'static {
+    /// Every reason, in id order.
+    const ALL: &'static [Self];
+    /// The name in JSON and in metric labels.
+    fn name(self) -> &'static str;
+    /// Position in [`Reason::ALL`].
+    fn index(self) -> usize;
+}
+
+impl Reason for Event {
+    const ALL: &'static [Self] = &Event::ALL;
+    fn name(self) -> &'static str {
+        Event::name(self)
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl Reason for Status {
+    const ALL: &'static [Self] = &Status::ALL;
+    fn name(self) -> &'static str {
+        Status::name(self)
+    }
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One counter per reason `R`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Counts<R: Reason> {
+    counts: Vec<u64>,
+    _reason: PhantomData<R>,
+}
+
+impl<R: Reason> Default for Counts<R> {
+    fn default() -> Self {
+        Self { counts: vec![0; R::ALL.len()], _reason: PhantomData }
+    }
+}
+
+impl<R: Reason> Counts<R> {
+    pub fn get(&self, reason: R) -> u64 {
+        self.counts[reason.index()]
+    }
+
+    pub fn set(&mut self, reason: R, n: u64) {
+        self.counts[reason.index()] = n;
+    }
+
+    pub fn add(&mut self, reason: R, n: u64) {
+        self.counts[reason.index()] += n;
+    }
+
+    /// Every reason with its count, in id order.
+    pub fn iter(&self) -> impl Iterator<Item = (R, u64)> + '_ {
+        R::ALL.iter().map(|&r| (r, self.get(r)))
+    }
+
+    /// Adds every count of `other`.
+    pub fn add_all(&mut self, other: &Self) {
+        for (total, n) in self.counts.iter_mut().zip(&other.counts) {
+            *total += n;
+        }
+    }
+}
+
+impl<R: Reason> fmt::Debug for Counts<R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map().entries(self.iter().map(|(r, n)| (r.name(), n))).finish()
+    }
+}
+
+impl<R: Reason> Serialize for Counts<R> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(R::ALL.len()))?;
+        for (r, n) in self.iter() {
+            map.serialize_entry(r.name(), &n)?;
+        }
+        map.end()
+    }
+}
+
+impl<'de, R: Reason> Deserialize<'de> for Counts<R> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct CountsVisitor<R>(PhantomData<R>);
+        impl<'de, R: Reason> Visitor<'de> for CountsVisitor<R> {
+            type Value = Counts<R>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("an object from reason names to counts")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut counts = Counts::default();
+                while let Some((name, n)) = map.next_entry::<String, u64>()? {
+                    if let Some(&r) = R::ALL.iter().find(|r| r.name() == name) {
+                        counts.set(r, n);
+                    }
+                }
+                Ok(counts)
+            }
+        }
+        deserializer.deserialize_map(CountsVisitor(PhantomData))
+    }
+}
+
+impl From<&Stats> for Counts<Event> {
+    fn from(stats: &Stats) -> Self {
+        let mut counts = Counts::default();
+        for event in Event::ALL {
+            counts.set(event, stats.get(event));
+        }
+        counts
+    }
+}
+
+/// What runs the services.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// `reuselb daemon`: the services of a config file.
+    Daemon,
+    /// `reuselb run`: one app server under an in-process controller.
+    Run,
+}
+
+impl Mode {
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Daemon => "daemon",
+            Mode::Run => "run",
+        }
+    }
+}
+
+/// Everything a controller balances, at one moment.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Report {
+    /// reuselb's version.
+    pub version: String,
+    pub mode: Mode,
+    /// Seconds since the controller started.
+    pub uptime_seconds: u64,
+    pub services: Vec<ServiceReport>,
+}
+
+impl Report {
+    /// A report of this build of reuselb, `mode`, started at `started`.
+    pub fn new(mode: Mode, started: Instant, services: Vec<ServiceReport>) -> Self {
+        Self {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            mode,
+            uptime_seconds: started.elapsed().as_secs(),
+            services,
+        }
+    }
+
+    /// The service called `name`.
+    pub fn service(&self, name: &str) -> Option<&ServiceReport> {
+        self.services.iter().find(|s| s.name == name)
+    }
+}
+
+/// One service: its registration socket's counts and one group per balanced address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceReport {
+    pub name: String,
+    /// Registrations answered, per status: `ok` counts the accepted ones, every other status the
+    /// refused ones with that reason.
+    pub registrations: Counts<Status>,
+    pub groups: Vec<GroupReport>,
+}
+
+impl ServiceReport {
+    /// Registrations refused, all reasons together.
+    pub fn rejected(&self) -> u64 {
+        self.registrations.iter().filter(|(s, _)| *s != Status::Ok).map(|(_, n)| n).sum()
+    }
+
+    /// Every worker of every group (a worker that serves two addresses appears twice).
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerReport> {
+        self.groups.iter().flat_map(|g| &g.workers)
+    }
+}
+
+/// One balanced address of a service and its group.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GroupReport {
+    pub addr: SocketAddr,
+    #[serde(with = "policy_name")]
+    pub policy: Policy,
+    #[serde(with = "program_name")]
+    pub program: Program,
+    /// True if the group was adopted from pins left by an earlier controller.
+    pub adopted: bool,
+    pub workers: Vec<WorkerReport>,
+    /// The program's events: fallbacks to the kernel's hash per reason, and migrations
+    /// (`migrated`, `migrate_fallback`).
+    pub events: Counts<Event>,
+}
+
+impl GroupReport {
+    /// Connections left to the kernel's hash, all reasons together.
+    pub fn fallbacks(&self) -> u64 {
+        self.events.iter().filter(|(e, _)| e.is_fallback()).map(|(_, n)| n).sum()
+    }
+}
+
+/// One worker (an occupied slot of a group).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    pub slot: u32,
+    pub pid: u32,
+    pub weight: u32,
+    pub epoch: u64,
+    /// Connections assigned and not yet completed.
+    pub inflight: u64,
+    /// Selections of the slot since its group was created (survives slot reuse).
+    pub selected: u64,
+    /// Connections the worker accepted since it took the slot.
+    pub accepted: u64,
+    /// Connections the worker closed since it took the slot.
+    pub completed: u64,
+}
+
+impl From<&SlotView> for WorkerReport {
+    fn from(s: &SlotView) -> Self {
+        Self {
+            slot: s.slot,
+            pid: s.pid,
+            weight: s.weight,
+            epoch: s.epoch,
+            inflight: s.inflight,
+            selected: s.selected_total,
+            accepted: s.accepted,
+            completed: s.completed,
+        }
+    }
+}
+
+/// The report of the service `name` that `registry` serves: its groups read now (a group whose
+/// maps cannot be read is reported empty, with a warning).
+pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
+    let counters = registry.counters();
+    let mut registrations = Counts::default();
+    for status in Status::ALL {
+        registrations.set(status, counters.replies(status));
+    }
+    let groups = registry
+        .services()
+        .iter()
+        .map(|svc| {
+            let group = svc.group();
+            let slots = group.slots().unwrap_or_else(|e| {
+                log::warn!("{name} {}: reading the slots: {e}", svc.addr);
+                Vec::new()
+            });
+            let stats = group.stats().unwrap_or_else(|e| {
+                log::warn!("{name} {}: reading the counters: {e}", svc.addr);
+                Stats::default()
+            });
+            GroupReport {
+                addr: svc.addr,
+                policy: group.policy(),
+                program: group.program(),
+                adopted: group.adopted(),
+                workers: slots.iter().map(WorkerReport::from).collect(),
+                events: Counts::from(&stats),
+            }
+        })
+        .collect();
+    ServiceReport { name: name.to_owned(), registrations, groups }
+}
+
+/// A [`Policy`] as its name (`least-loaded`, `p2c`, `round-robin`, `hash`).
+mod policy_name {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(policy: &Policy, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(policy.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(|_| de::Error::custom(format!("unknown policy `{name}`")))
+    }
+}
+
+/// A [`Program`] as its name (`select`, `select_or_migrate`).
+mod program_name {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(program: &Program, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(program.name())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Program, D::Error> {
+        let name = String::deserialize(d)?;
+        match name.as_str() {
+            programs::SELECT => Ok(Program::Select),
+            programs::SELECT_OR_MIGRATE => Ok(Program::SelectOrMigrate),
+            _ => Err(de::Error::custom(format!("unknown program `{name}`"))),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub(crate) fn group(addr: &str, workers: &[(u32, u32, u64)]) -> GroupReport {
+        let mut events = Counts::default();
+        events.set(Event::FallbackSelectFailed, 2);
+        GroupReport {
+            addr: addr.parse().unwrap(),
+            policy: Policy::PowerOfTwo,
+            program: Program::SelectOrMigrate,
+            adopted: false,
+            workers: workers
+                .iter()
+                .map(|&(slot, pid, selected)| WorkerReport {
+                    slot,
+                    pid,
+                    weight: 1,
+                    epoch: 1,
+                    inflight: 1,
+                    selected,
+                    accepted: selected,
+                    completed: selected - 1,
+                })
+                .collect(),
+            events,
+        }
+    }
+
+    #[test]
+    fn json_round_trip() {
+        let mut registrations = Counts::default();
+        registrations.set(Status::Ok, 4);
+        registrations.set(Status::NoFreeSlot, 3);
+        let r = Report {
+            version: "0.1.0".into(),
+            mode: Mode::Daemon,
+            uptime_seconds: 5,
+            services: vec![ServiceReport {
+                name: "web".into(),
+                registrations,
+                groups: vec![
+                    group("127.0.0.1:8000", &[(0, 10, 5), (1, 11, 7)]),
+                    group("[::1]:8000", &[(1, 10, 1)]),
+                ],
+            }],
+        };
+        let text = serde_json::to_string(&r).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        for part in [
+            r#""mode":"daemon""#,
+            r#""addr":"[::1]:8000""#,
+            r#""policy":"p2c""#,
+            r#""program":"select_or_migrate""#,
+            r#""ok":4,"bad_message":0"#,
+            r#""select_failed":2,"migrated":0"#,
+        ] {
+            assert!(text.contains(part), "{part} not in {text}");
+        }
+        assert_eq!(r.services[0].rejected(), 3);
+        assert_eq!(r.services[0].workers().count(), 3);
+        assert_eq!(r.services[0].groups[0].fallbacks(), 2);
+    }
+
+    #[test]
+    fn unknown_reasons_are_ignored_bad_names_are_errors() {
+        let c: Counts<Status> = serde_json::from_str(r#"{"ok":1,"from_the_future":9}"#).unwrap();
+        assert_eq!((c.get(Status::Ok), c.get(Status::Internal)), (1, 0));
+        let text = serde_json::to_string(&group("127.0.0.1:1", &[]))
+            .unwrap()
+            .replace(r#""p2c""#, r#""fastest""#);
+        let err = serde_json::from_str::<GroupReport>(&text).unwrap_err();
+        assert!(err.to_string().contains("unknown policy `fastest`"), "{err}");
+    }
+}

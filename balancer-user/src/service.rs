@@ -1,0 +1,402 @@
+//! Balanced services as a config file describes them: starting one (its groups, pinned under
+//! `<pin_path>/<service>/<address>`, and its registration socket), changing what can change while
+//! it runs, applying a reloaded config ([`Config::diff`]), stopping, and reporting.
+//! `reuselb daemon` drives a [`Services`]; `reuselb check-config` prints [`summary`].
+//!
+//! Invariants: at most one running service per name; a service that failed to start is not in
+//! the set (so the next reload tries it again); a stopped-for-good service leaves no pins; at a
+//! controller stop ([`Services::stop_keeping_slots`]) every program stays attached and every slot
+//! stays as it is, for the next controller to adopt.
+use std::{
+    collections::BTreeMap,
+    fs, io,
+    net::SocketAddr,
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    path::{Path, PathBuf},
+    sync::{Mutex, MutexGuard},
+    time::Instant,
+};
+
+use crate::{
+    config::{self, Config},
+    registry::{self, Registry, RegistryOptions},
+    report::{self, Mode, Report},
+    Group, GroupOptions,
+};
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("network namespace {}: {what}: {source}", path.display())]
+    Netns { path: PathBuf, what: &'static str, source: io::Error },
+    #[error("creating the balanced group of {addr}: {source}")]
+    Group { addr: SocketAddr, source: Box<crate::Error> },
+    #[error("starting the registration socket: {0}")]
+    Registry(#[source] registry::Error),
+    #[error("starting service `{name}`: {source}")]
+    Start { name: String, source: Box<Error> },
+}
+
+/// A service that runs: its config and its registry (which owns one group per address).
+pub struct Running {
+    pub config: config::Service,
+    pub registry: Registry,
+}
+
+impl Running {
+    /// Starts `svc`: one group per listen address (adopting what is pinned under `pin_path`, or
+    /// pinning there), and its registration socket.
+    pub fn start(svc: &config::Service, pin_path: Option<&Path>) -> Result<Self, Error> {
+        let netns_cookie = match &svc.netns {
+            Some(path) => Some(netns_cookie_of(path)?),
+            None => None,
+        };
+        let mut groups = Vec::new();
+        for addr in &svc.listen {
+            let pin_dir = pin_path.map(|p| p.join(&svc.name).join(sanitize(addr)));
+            let group = Group::new(GroupOptions {
+                policy: svc.policy,
+                mode: svc.mode,
+                pin_dir: pin_dir.clone(),
+                ..Default::default()
+            })
+            .map_err(|source| Error::Group { addr: *addr, source: Box::new(source) })?;
+            let pinned = match &pin_dir {
+                Some(d) => format!(", pinned at {}", d.display()),
+                None => ", not pinned".to_owned(),
+            };
+            if group.adopted() {
+                log::info!(
+                    "{} {addr}: adopted the running {} program with {} workers{pinned}",
+                    svc.name,
+                    group.program().name(),
+                    group.occupied_slots().count()
+                );
+            } else {
+                log::info!(
+                    "{} {addr}: {} program loaded, policy {}{pinned}",
+                    svc.name,
+                    group.program().name(),
+                    svc.policy.name()
+                );
+            }
+            groups.push((*addr, group));
+        }
+        let uids = svc.allowed_uids_or(own_uid());
+        let mut options = RegistryOptions::new(svc.shim_socket());
+        options.allowed_uids = uids.clone();
+        options.socket_mode = socket_mode(&uids);
+        options.netns_cookie = netns_cookie;
+        options.max_workers = svc.max_workers;
+        options.default_weight = svc.weight;
+        let registry = Registry::start(options, groups).map_err(Error::Registry)?;
+        log::info!(
+            "{}: workers register at {} (uids {uids:?}, max_workers {}, default weight {})",
+            svc.name,
+            svc.shim_socket().display(),
+            svc.max_workers,
+            svc.weight
+        );
+        Ok(Self { config: svc.clone(), registry })
+    }
+
+    /// Applies what can change while a service runs: policy, default weight, max_workers, uids.
+    pub fn update(&mut self, new: &config::Service) {
+        let name = &new.name;
+        let old = &self.config;
+        if old.policy != new.policy {
+            for svc in self.registry.services() {
+                if let Err(e) = svc.group().set_policy(new.policy) {
+                    log::error!("{name} {}: setting policy {}: {e}", svc.addr, new.policy.name());
+                }
+            }
+            log::info!("{name}: policy {} -> {}", old.policy.name(), new.policy.name());
+        }
+        if old.weight != new.weight {
+            self.registry.set_default_weight(new.weight);
+            log::info!("{name}: default weight {} -> {}", old.weight, new.weight);
+        }
+        if old.max_workers != new.max_workers {
+            self.registry.set_max_workers(new.max_workers);
+            log::info!("{name}: max_workers {} -> {}", old.max_workers, new.max_workers);
+        }
+        if old.allowed_uids != new.allowed_uids {
+            let uids = new.allowed_uids_or(own_uid());
+            self.registry.set_allowed_uids(&uids);
+            set_socket_mode(new.shim_socket(), socket_mode(&uids));
+            log::info!("{name}: allowed uids {uids:?}");
+        }
+        self.config = new.clone();
+    }
+
+    /// Stops the service for good: program detached, slots freed, pins removed.
+    pub fn stop_for_good(self, pin_path: Option<&Path>) {
+        let name = &self.config.name;
+        for svc in self.registry.services() {
+            if let Err(e) = svc.group().unpin() {
+                log::warn!("{name} {}: removing the pins: {e}", svc.addr);
+            }
+        }
+        if let Some(pin_path) = pin_path {
+            let _ = fs::remove_dir(pin_path.join(name));
+        }
+        self.registry.stop_and_detach();
+        log::info!("service `{name}` stopped: its workers serve with the kernel's hash");
+    }
+
+    /// The service's report, read now.
+    pub fn report(&self) -> report::ServiceReport {
+        report::collect(&self.config.name, &self.registry)
+    }
+}
+
+/// What a reload did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Applied {
+    /// Services that were to start (added or recreated) and could not; they are not running.
+    pub failed: Vec<String>,
+}
+
+/// The running services of a config, shared by the signal loop and the HTTP server.
+pub struct Services {
+    running: Mutex<Vec<Running>>,
+    /// Where groups are pinned (None: nothing can be pinned here). Fixed for the set's life.
+    pin_path: Option<PathBuf>,
+    started: Instant,
+}
+
+impl Services {
+    /// Prepares the config's pin path ([`prepare_pin_path`]) and starts every service; the first
+    /// that fails stops the start (with the service's name in the error).
+    pub fn start(config: &Config) -> Result<Self, Error> {
+        let services = Self {
+            running: Mutex::new(Vec::new()),
+            pin_path: prepare_pin_path(&config.pin_path),
+            started: Instant::now(),
+        };
+        for svc in &config.services {
+            let running = Running::start(svc, services.pin_path.as_deref())
+                .map_err(|e| Error::Start { name: svc.name.clone(), source: Box::new(e) })?;
+            services.lock().push(running);
+        }
+        Ok(services)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Vec<Running>> {
+        self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn pin_path(&self) -> Option<&Path> {
+        self.pin_path.as_deref()
+    }
+
+    /// Services running now.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Applies `new` over `old` service by service ([`Config::diff`]): removed and recreated
+    /// services stop for good, updated ones change in place, added and recreated ones start.
+    /// Global settings (pin path, metrics address) are the caller's.
+    pub fn apply(&self, old: &Config, new: &Config) -> Applied {
+        let diff = old.diff(new);
+        let mut applied = Applied::default();
+        for name in diff.removed.iter().chain(&diff.recreated) {
+            let running = {
+                let mut services = self.lock();
+                let Some(i) = services.iter().position(|r| &r.config.name == name) else {
+                    continue;
+                };
+                services.remove(i)
+            };
+            running.stop_for_good(self.pin_path());
+        }
+        for name in &diff.updated {
+            let svc = new.service(name).expect("updated services are in the new config");
+            if let Some(r) = self.lock().iter_mut().find(|r| &r.config.name == name) {
+                r.update(svc);
+            }
+        }
+        for name in diff.added.iter().chain(&diff.recreated) {
+            let svc = new.service(name).expect("added services are in the new config");
+            match Running::start(svc, self.pin_path()) {
+                Ok(r) => self.lock().push(r),
+                Err(e) => {
+                    log::error!("reload: service `{name}` could not start: {e}");
+                    applied.failed.push(name.clone());
+                }
+            }
+        }
+        applied
+    }
+
+    /// The report of every running service.
+    pub fn report(&self) -> Report {
+        let services = self.lock().iter().map(Running::report).collect();
+        Report::new(Mode::Daemon, self.started, services)
+    }
+
+    /// `Err` naming the first service whose registration thread stopped.
+    pub fn health(&self) -> Result<(), String> {
+        match self.lock().iter().find(|r| !r.registry.is_running()) {
+            Some(r) => Err(format!("service {}: the registration thread stopped", r.config.name)),
+            None => Ok(()),
+        }
+    }
+
+    /// Stops every registration socket and leaves every service serving, balanced (programs
+    /// attached, slots as they are, pinned). Returns how many services were running.
+    pub fn stop_keeping_slots(&self) -> usize {
+        let services = std::mem::take(&mut *self.lock());
+        let n = services.len();
+        for r in services {
+            r.registry.stop_keeping_slots();
+        }
+        n
+    }
+}
+
+fn own_uid() -> u32 {
+    // SAFETY: geteuid takes no arguments and cannot fail.
+    unsafe { libc::geteuid() }
+}
+
+/// The mode of a registration socket. Who may register is decided by the peer's uid, which the
+/// kernel vouches for (SO_PEERCRED), against allowed_uids: that check is exact, per uid, and
+/// counted in the metrics. The file mode only keeps everybody else from connecting at all when
+/// the daemon's own uid is the only one allowed (0600); when other uids are allowed it is 0666,
+/// since a group-based mode would need a group that holds exactly those uids.
+pub fn socket_mode(uids: &[u32]) -> u32 {
+    if uids.iter().all(|&u| u == own_uid()) {
+        0o600
+    } else {
+        0o666
+    }
+}
+
+fn set_socket_mode(path: &Path, mode: u32) {
+    if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(mode)) {
+        log::warn!("chmod {:o} {}: {e}", mode, path.display());
+    }
+}
+
+/// `addr` as a bpffs file name (bpffs refuses names with a dot): `127.0.0.1:8000` ->
+/// `127_0_0_1_8000`, `[::1]:8000` -> `__1_8000`.
+pub fn sanitize(addr: &SocketAddr) -> String {
+    let s = match addr {
+        SocketAddr::V4(a) => format!("{}:{}", a.ip(), a.port()),
+        SocketAddr::V6(a) => format!("{}:{}", a.ip(), a.port()),
+    };
+    s.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect()
+}
+
+/// The cookie of the network namespace at `path`, read from a socket made in a thread that
+/// entered it (the rest of the process stays where it is).
+fn netns_cookie_of(path: &Path) -> Result<u64, Error> {
+    let err = |what, source| Error::Netns { path: path.to_owned(), what, source };
+    let file = fs::File::open(path).map_err(|e| err("opening it", e))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<u64, Error> {
+            // SAFETY: setns changes the namespace of this thread only, with a namespace
+            // descriptor we own and keep open for the call.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(err("setns (needs CAP_SYS_ADMIN)", io::Error::last_os_error()));
+            }
+            registry::own_netns_cookie().map_err(|e| err("reading its cookie", e))
+        })
+        .join()
+        .map_err(|_| err("entering it", io::Error::other("the namespace thread panicked")))?
+    })
+}
+
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+fn is_bpffs(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
+    // SAFETY: statfs is plain data; all-zero is a valid value for it to fill.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a pointer to a statfs we own.
+    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
+}
+
+/// Makes sure `pin_path` is a directory on a BPF filesystem, mounting bpffs at /sys/fs/bpf if it
+/// is not mounted. `None` (with a warning) if groups cannot be pinned: the daemon then runs, but
+/// a restarted daemon cannot adopt what this one leaves.
+pub fn prepare_pin_path(pin_path: &Path) -> Option<PathBuf> {
+    let bpffs = Path::new("/sys/fs/bpf");
+    if pin_path.starts_with(bpffs) && !is_bpffs(bpffs) {
+        let _ = fs::create_dir_all(bpffs);
+        // SAFETY: mount(2) with NUL-terminated static strings and no data.
+        let r = unsafe {
+            libc::mount(
+                c"bpf".as_ptr(),
+                c"/sys/fs/bpf".as_ptr(),
+                c"bpf".as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if r == 0 {
+            log::info!("the BPF filesystem was not mounted: mounted it at /sys/fs/bpf");
+        } else {
+            log::warn!(
+                "the BPF filesystem is not mounted at /sys/fs/bpf and mounting it failed ({}): \
+                 mount it (mount -t bpf bpf /sys/fs/bpf) or grant CAP_SYS_ADMIN",
+                io::Error::last_os_error()
+            );
+        }
+    }
+    if let Err(e) = fs::create_dir_all(pin_path) {
+        log::warn!(
+            "cannot create pin_path {}: {e}: nothing is pinned, a restarted daemon will not adopt \
+             the running groups",
+            pin_path.display()
+        );
+        return None;
+    }
+    if !is_bpffs(pin_path) {
+        log::warn!(
+            "pin_path {} is not on a BPF filesystem: nothing is pinned, a restarted daemon will \
+             not adopt the running groups",
+            pin_path.display()
+        );
+        return None;
+    }
+    Some(pin_path.to_owned())
+}
+
+/// For `reuselb check-config`: what a good file holds, one line per service.
+pub fn summary(config: &Config) -> String {
+    let mut by_name = BTreeMap::new();
+    for s in &config.services {
+        by_name.insert(
+            s.name.clone(),
+            format!(
+                "{}: {} policy {} max_workers {} socket {}",
+                s.name,
+                s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
+                s.policy.name(),
+                s.max_workers,
+                s.shim_socket().display()
+            ),
+        );
+    }
+    by_name.into_values().collect::<Vec<_>>().join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_become_file_names() {
+        assert_eq!(sanitize(&"127.0.0.1:8000".parse().unwrap()), "127_0_0_1_8000");
+        assert_eq!(sanitize(&"[::1]:8000".parse().unwrap()), "__1_8000");
+        assert_eq!(sanitize(&"[fe80::1%2]:80".parse().unwrap()), "fe80__1_80");
+    }
+}
