@@ -1,7 +1,10 @@
 //! The exported hooks (`#[no_mangle]`): each does its bookkeeping and calls the real function.
 //!
 //! Rules: no panic crosses the C boundary (the slow paths run under `catch_unwind`), no
-//! allocation, no blocking lock; the fast path of a hook is a few atomic loads.
+//! allocation, no blocking lock; the fast path of a hook is a few atomic loads. The waiting and
+//! accepting hooks first swap in an own socket the registration thread registered late (see
+//! [`crate::split`]); `accept` failing with EINVAL on a shared socket another worker shut down
+//! splits right there and accepts again.
 
 use core::{
     ffi::{c_int, c_uint},
@@ -14,8 +17,11 @@ use crate::{
     accounting::{forget_fd, on_accepted},
     config::{addr_index, config},
     real::{real_close_range, Real},
-    split::{ensure_split, from_storage, int_opt, set_int_opt, sockname},
-    state::{my_pid, BACKLOG, MAX_FDS},
+    split::{
+        ensure_split, from_storage, int_opt, record_epoll, rescue_dead_shared, set_int_opt,
+        sockname, swap_pending,
+    },
+    state::{my_pid, state_of, BACKLOG, FDS, MAX_FDS, ST_SHARED},
 };
 
 /// # Safety
@@ -24,7 +30,7 @@ use crate::{
 pub unsafe extern "C" fn socket(domain: c_int, ty: c_int, protocol: c_int) -> c_int {
     // SAFETY: the caller's arguments, passed through.
     let fd = unsafe { Real::SOCKET()(domain, ty, protocol) };
-    forget_fd(fd);
+    forget_fd(fd, false);
     fd
 }
 
@@ -93,9 +99,14 @@ pub unsafe extern "C" fn accept(
     addr: *mut libc::sockaddr,
     len: *mut libc::socklen_t,
 ) -> c_int {
+    swap_pending();
     ensure_split(fd);
     // SAFETY: the caller's arguments, passed through.
-    let c = unsafe { Real::ACCEPT()(fd, addr, len) };
+    let mut c = unsafe { Real::ACCEPT()(fd, addr, len) };
+    if c < 0 && last_errno() == libc::EINVAL && rescue_dead_shared(fd) {
+        // SAFETY: as above, now on this process's own socket.
+        c = unsafe { Real::ACCEPT()(fd, addr, len) };
+    }
     if c >= 0 {
         on_accepted(fd, c);
     }
@@ -111,9 +122,14 @@ pub unsafe extern "C" fn accept4(
     len: *mut libc::socklen_t,
     flags: c_int,
 ) -> c_int {
+    swap_pending();
     ensure_split(fd);
     // SAFETY: the caller's arguments, passed through.
-    let c = unsafe { Real::ACCEPT4()(fd, addr, len, flags) };
+    let mut c = unsafe { Real::ACCEPT4()(fd, addr, len, flags) };
+    if c < 0 && last_errno() == libc::EINVAL && rescue_dead_shared(fd) {
+        // SAFETY: as above, now on this process's own socket.
+        c = unsafe { Real::ACCEPT4()(fd, addr, len, flags) };
+    }
     if c >= 0 {
         on_accepted(fd, c);
     }
@@ -129,17 +145,61 @@ pub unsafe extern "C" fn epoll_ctl(
     fd: c_int,
     event: *mut libc::epoll_event,
 ) -> c_int {
+    swap_pending();
     if op == libc::EPOLL_CTL_ADD {
         ensure_split(fd);
     }
     // SAFETY: the caller's arguments, passed through.
-    unsafe { Real::EPOLL_CTL()(epfd, op, fd, event) }
+    let r = unsafe { Real::EPOLL_CTL()(epfd, op, fd, event) };
+    if r == 0 && fd >= 0 && (fd as usize) < MAX_FDS {
+        let e = FDS[fd as usize].load(Ordering::Relaxed);
+        if e != 0 && state_of(e) == ST_SHARED {
+            let _ = std::panic::catch_unwind(|| record_epoll(epfd, op, fd, event));
+        }
+    }
+    r
+}
+
+/// # Safety
+/// As `epoll_wait(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    maxevents: c_int,
+    timeout: c_int,
+) -> c_int {
+    swap_pending();
+    // SAFETY: the caller's arguments, passed through.
+    unsafe { Real::EPOLL_WAIT()(epfd, events, maxevents, timeout) }
+}
+
+/// # Safety
+/// As `epoll_pwait(2)`.
+#[no_mangle]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: c_int,
+    events: *mut libc::epoll_event,
+    maxevents: c_int,
+    timeout: c_int,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    swap_pending();
+    // SAFETY: the caller's arguments, passed through.
+    unsafe { Real::EPOLL_PWAIT()(epfd, events, maxevents, timeout, sigmask) }
+}
+
+/// errno of the last failed call on this thread.
+fn last_errno() -> c_int {
+    // SAFETY: __errno_location returns this thread's errno.
+    unsafe { *libc::__errno_location() }
 }
 
 /// # Safety
 /// As `poll(2)`: `fds` points to `nfds` entries.
 #[no_mangle]
 pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeout: c_int) -> c_int {
+    swap_pending();
     if !fds.is_null() {
         for i in 0..nfds as usize {
             // SAFETY: the caller guarantees `nfds` entries at `fds`.
@@ -163,6 +223,7 @@ pub unsafe extern "C" fn select(
     exceptfds: *mut libc::fd_set,
     timeout: *mut libc::timeval,
 ) -> c_int {
+    swap_pending();
     if !readfds.is_null() {
         for fd in 0..nfds.clamp(0, libc::FD_SETSIZE as c_int) {
             // SAFETY: `readfds` is the caller's set; fd is below FD_SETSIZE.
@@ -179,7 +240,7 @@ pub unsafe extern "C" fn select(
 /// As `close(2)`.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    forget_fd(fd);
+    forget_fd(fd, true);
     // SAFETY: the caller's argument, passed through.
     unsafe { Real::CLOSE()(fd) }
 }
@@ -189,7 +250,7 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
     if old != new {
-        forget_fd(new);
+        forget_fd(new, true);
     }
     // SAFETY: the caller's arguments, passed through.
     unsafe { Real::DUP2()(old, new) }
@@ -200,7 +261,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
 #[no_mangle]
 pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
     if old != new {
-        forget_fd(new);
+        forget_fd(new, true);
     }
     // SAFETY: the caller's arguments, passed through.
     unsafe { Real::DUP3()(old, new, flags) }
@@ -218,7 +279,7 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
         let end = (last as u64).min(MAX_FDS as u64 - 1);
         let mut fd = first as u64;
         while fd <= end {
-            forget_fd(fd as c_int);
+            forget_fd(fd as c_int, true);
             fd += 1;
         }
     }

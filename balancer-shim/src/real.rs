@@ -57,6 +57,22 @@ real!(
     "epoll_ctl",
     unsafe extern "C" fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int
 );
+real!(
+    EPOLL_WAIT,
+    "epoll_wait",
+    unsafe extern "C" fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int
+);
+real!(
+    EPOLL_PWAIT,
+    "epoll_pwait",
+    unsafe extern "C" fn(
+        c_int,
+        *mut libc::epoll_event,
+        c_int,
+        c_int,
+        *const libc::sigset_t,
+    ) -> c_int
+);
 real!(POLL, "poll", unsafe extern "C" fn(*mut libc::pollfd, libc::nfds_t, c_int) -> c_int);
 real!(
     SELECT,
@@ -81,6 +97,8 @@ pub(crate) fn resolve_all() {
     let _ = (Real::SOCKET(), Real::BIND(), Real::LISTEN(), Real::ACCEPT(), Real::ACCEPT4());
     let _ = (
         Real::EPOLL_CTL(),
+        Real::EPOLL_WAIT(),
+        Real::EPOLL_PWAIT(),
         Real::POLL(),
         Real::SELECT(),
         Real::CLOSE(),
