@@ -1,0 +1,94 @@
+//! Accounting: `accept` on a registered own socket marks the new descriptor and adds 1 to the
+//! slot's `accepted`; closing a marked descriptor adds 1 to `completed` and takes 1 off
+//! `inflight`. Plain atomic adds on the shared load table; the only system call is the pid check
+//! that keeps a vfork child's `close` away from the parent's marks.
+
+use core::{ffi::c_int, sync::atomic::Ordering};
+
+use balancer_common::table_offsets;
+
+use crate::{
+    config::config,
+    registration,
+    state::{
+        entry, in_vfork_child, my_pid, state_of, CONNS, FDS, MAX_FDS, REGS, ST_NOT_BALANCED,
+        ST_SHARED, ST_SPLIT, ST_SPLITTING,
+    },
+};
+
+/// `accept` on `listener` returned `conn`.
+#[inline(always)]
+pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
+    if conn < 0 || conn as usize >= MAX_FDS {
+        return;
+    }
+    let pid = my_pid();
+    // A descriptor number that comes back from accept is a fresh connection. (No pid check on
+    // this path: a vfork child only closes, duplicates and execs; it never accepts.)
+    forget_fd(conn, false);
+    FDS[conn as usize].store(entry(pid, ST_NOT_BALANCED, 0), Ordering::Relaxed);
+    if listener < 0 || listener as usize >= MAX_FDS {
+        return;
+    }
+    let e = FDS[listener as usize].load(Ordering::Relaxed);
+    if (e >> 32) as u32 != pid || (e >> 8) & 0xff != ST_SPLIT {
+        return;
+    }
+    let idx = (e & 0xff) as usize;
+    let Some(reg) = REGS.get(idx) else { return };
+    if let Some((seq, c)) = reg.counter(None, table_offsets::accepted) {
+        c.fetch_add(1, Ordering::Relaxed);
+        CONNS[conn as usize].store((seq << 8) | (idx as u32 + 1), Ordering::Relaxed);
+    }
+}
+
+/// `fd` is being closed or replaced (`closing`), or came back from `socket`/`accept` (a stale
+/// entry): clear what we know of it, count a completion if it was an accepted connection of a
+/// registered socket, and leave the group if the app closes its balanced listener.
+///
+/// A vfork child runs this in its parent's memory: an entry that matters (a counted connection,
+/// a balanced listener) is only touched after a pid check, so `close` stays one load for other
+/// descriptors. Plain entries ("not balanced") are cleared either way: that only makes the parent
+/// look at the descriptor again.
+#[inline(always)]
+pub(crate) fn forget_fd(fd: c_int, closing: bool) {
+    if fd < 0 || fd as usize >= MAX_FDS {
+        return;
+    }
+    let i = fd as usize;
+    let e = FDS[i].load(Ordering::Relaxed);
+    let m = CONNS[i].load(Ordering::Relaxed);
+    if e == 0 && m == 0 {
+        return;
+    }
+    let marked = m != 0 || matches!(state_of(e), ST_SPLIT | ST_SHARED | ST_SPLITTING);
+    if marked && in_vfork_child() {
+        return;
+    }
+    if e != 0 {
+        FDS[i].store(0, Ordering::Relaxed);
+        if closing
+            && (e >> 32) as u32 == my_pid()
+            && matches!(state_of(e), ST_SPLIT | ST_SHARED)
+            && (e & 0xff) < config().n_addrs as u64
+        {
+            registration::leave((e & 0xff) as usize);
+        }
+    }
+    if m != 0 {
+        let m = CONNS[i].swap(0, Ordering::Relaxed);
+        if m != 0 {
+            let idx = ((m & 0xff) as usize).wrapping_sub(1);
+            if let Some(reg) = REGS.get(idx) {
+                // Only count if the registration that counted the accept is still the current one.
+                let seq = Some(m >> 8);
+                if let Some((_, c)) = reg.counter(seq, table_offsets::completed) {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+                if let Some((_, c)) = reg.counter(seq, table_offsets::inflight) {
+                    c.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+}

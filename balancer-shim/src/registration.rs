@@ -1,0 +1,552 @@
+//! Registration with the controller (`REUSELB_SOCKET`): the protocol (one `Register` with the
+//! listener attached, one `Reply` with the load map attached), the check of the load map before
+//! it is mapped, and the background thread that keeps each address registered.
+//!
+//! - The connection stays open while the worker is in the group: closing it is how the worker
+//!   leaves (the controller frees the slot and closes its copy of the socket). It sits on a high
+//!   descriptor number ([`move_high`]) so that an app closing descriptors by number (3..N) does
+//!   not close it, and a vfork child's `close` hooks leave it alone (they check the pid).
+//! - The load map is mapped only if `/proc/self/fdinfo/<fd>` shows the map the reply names
+//!   (`map_id`; 0 means "not named", then only the shape is checked): an `ARRAY` (type 2) of one
+//!   [`LoadTable`] with `BPF_F_MMAPABLE`. No `bpf()` call (denied to unprivileged workers on
+//!   kernels before 6.5 with `unprivileged_bpf_disabled`). Anything else is closed and logged and
+//!   the worker keeps serving, unregistered: a memfd or a short map would otherwise SIGBUS it.
+//! - The thread (one per process, started at the first look at a balanced listener) retries
+//!   every second while the controller is absent or gone (every 5 s after a refusal): for an own
+//!   socket, it registers that socket again; for a process still on the shared socket, it
+//!   registers a fresh socket and leaves it in [`PENDING`] for the hooks (see [`crate::split`]).
+//! - When the app closes its listener (a graceful worker exit: gunicorn gthread/gevent close
+//!   their listeners, then finish in-flight requests), [`leave`] shuts the connection down at once
+//!   and the address is never registered again by this process.
+
+use core::{
+    ffi::{c_char, c_int},
+    mem::{size_of, zeroed},
+    ptr,
+    sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering},
+};
+
+use balancer_common::{
+    protocol::{Register, Reply, Status},
+    LoadTable, BPF_F_MMAPABLE, LOADS_MMAP_LEN,
+};
+
+use crate::{
+    cmsg::{recv_with_fd, send_with_fd},
+    config::{config, MAX_ADDRS},
+    log::{errno, shim_log, DisplayAddr},
+    real::Real,
+    split::{create_own, move_high},
+    state::{
+        fd_if_ours, my_pid, tagged, LEFT, OWN_FD, PENDING, PENDING_PID, REGS, SHARED_FD,
+        SHARED_REF, THREAD_PID,
+    },
+};
+
+/// Connection to the controller per balanced address (this process's; -1 if none).
+static CONN_FDS: [AtomicI32; MAX_ADDRS] = [const { AtomicI32::new(-1) }; MAX_ADDRS];
+static NEXT_RETRY_MS: [AtomicUsize; MAX_ADDRS] = [const { AtomicUsize::new(0) }; MAX_ADDRS];
+/// Set once a "controller not reachable" line was logged (per process, reset after registration).
+static SAID_UNREACHABLE: AtomicBool = AtomicBool::new(false);
+
+/// Reply timeout of the background thread's registrations.
+const THREAD_TIMEOUT_MS: i64 = 5000;
+
+/// In the child after fork: the parent's registrations, connections and private descriptors are
+/// not ours (fork copied them; keeping them would keep the parent's sockets alive).
+pub(crate) fn forget_parent_registrations() {
+    THREAD_PID.store(0, Ordering::Relaxed);
+    for r in &REGS {
+        r.deactivate();
+    }
+    for c in &CONN_FDS {
+        let fd = c.swap(-1, Ordering::Relaxed);
+        if fd >= 0 {
+            // SAFETY: the parent's connection, copied into this child by fork: ours to close.
+            unsafe { Real::CLOSE()(fd) };
+        }
+    }
+    for v in PENDING.iter().chain(&SHARED_REF) {
+        let t = v.swap(0, Ordering::Relaxed);
+        if t != 0 {
+            // SAFETY: the parent's private descriptor, copied by fork: ours to close.
+            unsafe { Real::CLOSE()((t & 0xffff_ffff) as u32 as c_int) };
+        }
+    }
+}
+
+/// The app closed its listener of address `idx`: leave the group now (the controller frees the
+/// slot when the connection closes) and never register that address again in this process.
+/// Called from the close hooks: no descriptor is closed here (the thread does that), the
+/// connection is only shut down, which the controller sees at once.
+pub(crate) fn leave(idx: usize) {
+    let pid = my_pid();
+    if LEFT[idx].swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    let c = CONN_FDS[idx].load(Ordering::Acquire);
+    if c >= 0 {
+        // SAFETY: shutdown of our own connection to the controller.
+        unsafe { libc::shutdown(c, libc::SHUT_RDWR) };
+    }
+    shim_log!(
+        "the app closed its listener on {}: left the group",
+        DisplayAddr(config().addrs[idx])
+    );
+}
+
+/// Starts this process's registration thread, once.
+pub(crate) fn start_thread() {
+    let pid = my_pid();
+    if THREAD_PID.swap(pid, Ordering::AcqRel) == pid {
+        return;
+    }
+    if config().socket_path_len == 0 {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("reuselb-shim".into())
+        .stack_size(128 * 1024)
+        .spawn(move || {
+            let _ = std::panic::catch_unwind(|| registration_loop(pid));
+        });
+    if let Err(e) = spawned {
+        THREAD_PID.store(0, Ordering::Release);
+        shim_log!("cannot start the registration thread: {e}");
+    }
+}
+
+fn now_ms() -> usize {
+    // SAFETY: timespec is plain data; all zeroes is a valid value.
+    let mut ts: libc::timespec = unsafe { zeroed() };
+    // SAFETY: clock_gettime writes one timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as usize * 1000 + ts.tv_nsec as usize / 1_000_000
+}
+
+/// Closes the descriptor in a tagged slot if it is `pid`'s.
+fn close_tagged(v: &core::sync::atomic::AtomicU64, pid: u32) {
+    if let Some(fd) = fd_if_ours(v.load(Ordering::Acquire), pid) {
+        v.store(0, Ordering::Release);
+        // SAFETY: the shim's own private descriptor, used only by this thread.
+        unsafe { Real::CLOSE()(fd) };
+    }
+}
+
+/// One pass over the addresses: what to register, which connections to watch.
+fn tend(idx: usize, pid: u32) -> Option<c_int> {
+    if LEFT[idx].load(Ordering::Acquire) == pid {
+        let fd = CONN_FDS[idx].swap(-1, Ordering::AcqRel);
+        if fd >= 0 {
+            // SAFETY: our own connection to the controller.
+            unsafe { Real::CLOSE()(fd) };
+        }
+        close_tagged(&PENDING[idx], pid);
+        close_tagged(&SHARED_REF[idx], pid);
+        return None;
+    }
+    let own = fd_if_ours(OWN_FD[idx].load(Ordering::Acquire), pid);
+    if own.is_some() {
+        // Split: the private duplicate of the shared socket is of no more use.
+        close_tagged(&SHARED_REF[idx], pid);
+    }
+    let conn = CONN_FDS[idx].load(Ordering::Acquire);
+    if conn >= 0 {
+        return Some(conn);
+    }
+    if now_ms() < NEXT_RETRY_MS[idx].load(Ordering::Relaxed) {
+        return None;
+    }
+    let result = if let Some(own) = own {
+        register_listener(idx, own, pid, THREAD_TIMEOUT_MS)
+    } else if fd_if_ours(PENDING[idx].load(Ordering::Acquire), pid).is_some() {
+        Ok(()) // registered, waiting for a hook to swap it in
+    } else if let (Some(shared), Some(_)) = (
+        fd_if_ours(SHARED_REF[idx].load(Ordering::Acquire), pid),
+        fd_if_ours(SHARED_FD[idx].load(Ordering::Acquire), pid),
+    ) {
+        register_fresh(idx, shared, THREAD_TIMEOUT_MS).map(|fresh| {
+            PENDING[idx].store(tagged(pid, fresh), Ordering::Release);
+            PENDING_PID.store(pid, Ordering::Release);
+            // The controller attached the migrating program before it said Ok: the shared
+            // queue moves to registered sockets, and every process waiting on the shared
+            // socket wakes up and splits.
+            // SAFETY: shutdown through our private duplicate of the shared listener.
+            unsafe { libc::shutdown(shared, libc::SHUT_RDWR) };
+        })
+    } else {
+        return None;
+    };
+    let retry_in = match result {
+        Ok(()) => 0,
+        Err(RegisterError::Unreachable) => 1000,
+        Err(RegisterError::Rejected) => 5000,
+    };
+    NEXT_RETRY_MS[idx].store(now_ms() + retry_in, Ordering::Relaxed);
+    None
+}
+
+fn registration_loop(pid: u32) {
+    loop {
+        if my_pid() != pid || THREAD_PID.load(Ordering::Acquire) != pid {
+            return;
+        }
+        // SAFETY: pollfd is plain data; all zeroes is a valid value.
+        let mut pfds: [libc::pollfd; MAX_ADDRS] = unsafe { zeroed() };
+        let mut which = [0usize; MAX_ADDRS];
+        let mut np = 0;
+        for idx in 0..config().n_addrs {
+            if let Some(conn) = tend(idx, pid) {
+                pfds[np] = libc::pollfd { fd: conn, events: libc::POLLIN, revents: 0 };
+                which[np] = idx;
+                np += 1;
+            }
+        }
+        // SAFETY: polls the first `np` entries of our own array.
+        let r = unsafe { Real::POLL()(pfds.as_mut_ptr(), np as libc::nfds_t, 1000) };
+        if r <= 0 {
+            if np == 0 {
+                // poll with nothing to wait on returns at once.
+                // SAFETY: usleep has no preconditions.
+                unsafe { libc::usleep(200_000) };
+            }
+            continue;
+        }
+        for k in 0..np {
+            if pfds[k].revents == 0 {
+                continue;
+            }
+            let idx = which[k];
+            let mut b = [0u8; 64];
+            // SAFETY: receives into our own buffer from our own connection.
+            let got = unsafe {
+                libc::recv(pfds[k].fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT)
+            };
+            if got > 0 || (got < 0 && errno().raw_os_error() == Some(libc::EAGAIN)) {
+                continue; // nothing is expected on this connection; ignore
+            }
+            // Keep counting in the load map we have: the program stays attached and keeps
+            // reading it. A new registration replaces it.
+            let fd = CONN_FDS[idx].swap(-1, Ordering::AcqRel);
+            if fd >= 0 {
+                // SAFETY: our own connection to the controller.
+                unsafe { Real::CLOSE()(fd) };
+            }
+            if LEFT[idx].load(Ordering::Acquire) == pid {
+                continue;
+            }
+            NEXT_RETRY_MS[idx].store(now_ms() + 1000, Ordering::Relaxed);
+            SAID_UNREACHABLE.store(false, Ordering::Relaxed);
+            shim_log!("controller went away; keeping the last load map, retrying every second");
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum RegisterError {
+    /// No controller (no socket file, refused, gone mid-way, no answer in time).
+    Unreachable,
+    /// The controller answered, but not with a usable Ok.
+    Rejected,
+}
+
+fn set_timeout(s: c_int, opt: c_int, ms: i64) {
+    let tv = libc::timeval { tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000 };
+    // SAFETY: setsockopt reads one timeval from our stack.
+    unsafe {
+        libc::setsockopt(
+            s,
+            libc::SOL_SOCKET,
+            opt,
+            (&tv as *const libc::timeval).cast(),
+            size_of::<libc::timeval>() as libc::socklen_t,
+        )
+    };
+}
+
+/// A connection to the controller (high descriptor, close-on-exec), or Unreachable.
+fn connect_controller() -> Result<c_int, RegisterError> {
+    let cfg = config();
+    if cfg.socket_path_len == 0 {
+        return Err(RegisterError::Unreachable);
+    }
+    // SAFETY: socket() with constant arguments.
+    let s = unsafe { Real::SOCKET()(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    if s < 0 {
+        return Err(RegisterError::Unreachable);
+    }
+    // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+    let mut sun: libc::sockaddr_un = unsafe { zeroed() };
+    sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    for (d, c) in sun.sun_path.iter_mut().zip(&cfg.socket_path[..cfg.socket_path_len]) {
+        *d = *c as c_char;
+    }
+    let len = (size_of::<libc::sa_family_t>() + cfg.socket_path_len + 1) as libc::socklen_t;
+    // SAFETY: connects our socket to a NUL-terminated path inside `sun`.
+    if unsafe { libc::connect(s, (&sun as *const libc::sockaddr_un).cast(), len) } != 0 {
+        if !SAID_UNREACHABLE.swap(true, Ordering::Relaxed) {
+            let path = core::str::from_utf8(&cfg.socket_path[..cfg.socket_path_len]).unwrap_or("?");
+            shim_log!(
+                "controller not reachable at {path} ({}); serving on the shared socket, \
+                 retrying every second",
+                errno()
+            );
+        }
+        // SAFETY: our own socket, not yet published.
+        unsafe { Real::CLOSE()(s) };
+        return Err(RegisterError::Unreachable);
+    }
+    Ok(move_high(s))
+}
+
+/// Registers a fresh own socket for address `idx`, made like `src` (the shared listener). The
+/// own socket is created only once the controller is reachable. On Ok, the caller owns the
+/// returned socket (registered, at a high descriptor number).
+pub(crate) fn register_fresh(
+    idx: usize,
+    src: c_int,
+    timeout_ms: i64,
+) -> Result<c_int, RegisterError> {
+    let pid = my_pid();
+    if CONN_FDS[idx].load(Ordering::Acquire) >= 0 || LEFT[idx].load(Ordering::Acquire) == pid {
+        return Err(RegisterError::Rejected);
+    }
+    let conn = connect_controller()?;
+    let Some(own) = create_own(idx, src) else {
+        // SAFETY: our own connection, not yet published.
+        unsafe { Real::CLOSE()(conn) };
+        return Err(RegisterError::Rejected);
+    };
+    match register_on(conn, idx, own, pid, timeout_ms) {
+        Ok(()) => Ok(own),
+        Err(e) => {
+            // SAFETY: our own socket, never published (the controller closes its copy).
+            unsafe { Real::CLOSE()(own) };
+            Err(e)
+        }
+    }
+}
+
+/// Registers (again) the own socket `listener` of address `idx`.
+fn register_listener(
+    idx: usize,
+    listener: c_int,
+    pid: u32,
+    timeout_ms: i64,
+) -> Result<(), RegisterError> {
+    let conn = connect_controller()?;
+    register_on(conn, idx, listener, pid, timeout_ms)
+}
+
+/// Sends the registration of `listener` on `conn` (consumed) and takes the reply; on Ok, maps
+/// the load table, publishes the registration and keeps `conn` as this address's connection.
+fn register_on(
+    conn: c_int,
+    idx: usize,
+    listener: c_int,
+    pid: u32,
+    timeout_ms: i64,
+) -> Result<(), RegisterError> {
+    let cfg = config();
+    // SAFETY: our own connection, not yet published.
+    let close_s = || unsafe { Real::CLOSE()(conn) };
+    set_timeout(conn, libc::SO_RCVTIMEO, timeout_ms);
+    set_timeout(conn, libc::SO_SNDTIMEO, timeout_ms);
+    let msg = Register::new(pid, cfg.weight).encode();
+    if send_with_fd(conn, &msg, listener) < 0 {
+        close_s();
+        return Err(RegisterError::Unreachable);
+    }
+    let mut buf = [0u8; Reply::SIZE + 16];
+    let (n, map_fd) = recv_with_fd(conn, &mut buf);
+    let reply = match n {
+        Some(n) => Reply::decode(&buf[..n]),
+        None => {
+            close_s();
+            return Err(RegisterError::Unreachable);
+        }
+    };
+    // SAFETY: a descriptor we received and own (only called when map_fd >= 0).
+    let close_map = || unsafe { Real::CLOSE()(map_fd) };
+    let addr = cfg.addrs[idx];
+    let reply = match reply {
+        Ok(r) => r,
+        Err(e) => {
+            shim_log!("registration of {}: bad reply from the controller: {e}", DisplayAddr(addr));
+            if map_fd >= 0 {
+                close_map();
+            }
+            close_s();
+            return Err(RegisterError::Rejected);
+        }
+    };
+    if reply.status() != Status::Ok || map_fd < 0 {
+        shim_log!(
+            "registration of {} rejected ({}): {}",
+            DisplayAddr(addr),
+            reply.status().name(),
+            if map_fd < 0 && reply.status() == Status::Ok {
+                "no load map attached"
+            } else {
+                reply.reason()
+            }
+        );
+        if map_fd >= 0 {
+            close_map();
+        }
+        close_s();
+        return Err(RegisterError::Rejected);
+    }
+    let map_id = match check_load_map(map_fd, reply.map_id) {
+        Ok(id) => id,
+        Err(why) => {
+            shim_log!(
+                "registration of {}: the descriptor attached to the reply is not the load map \
+                 ({why}); not mapping it, serving unbalanced",
+                DisplayAddr(addr)
+            );
+            close_map();
+            close_s();
+            return Err(RegisterError::Rejected);
+        }
+    };
+    // SAFETY: maps the load map checked above (an mmap-able array of one LoadTable, exactly
+    // LOADS_MMAP_LEN bytes of value); a failure is reported as MAP_FAILED.
+    let base = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            LOADS_MMAP_LEN,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map_fd,
+            0,
+        )
+    };
+    close_map();
+    if base == libc::MAP_FAILED {
+        shim_log!("mmap of the load map failed: {}", errno());
+        close_s();
+        return Err(RegisterError::Rejected);
+    }
+    // One connection per address: a registration that lost a race with another one (the thread
+    // and a hook) leaves again (the controller frees that slot when the connection closes).
+    if CONN_FDS[idx].compare_exchange(-1, conn, Ordering::AcqRel, Ordering::Acquire).is_err() {
+        // SAFETY: unmaps our own mapping, published nowhere.
+        unsafe { libc::munmap(base, LOADS_MMAP_LEN) };
+        close_s();
+        return Err(RegisterError::Rejected);
+    }
+    let reg = &REGS[idx];
+    let s_old = reg.state.load(Ordering::Relaxed);
+    // The same slot of the same map, with the same epoch (a restarted controller that adopted the
+    // pinned group gave our slot back): keep the sequence number, so that the connections
+    // accepted before still count their completion when they close.
+    let same = s_old & 1 == 1
+        && map_id != 0
+        && reg.map_id.load(Ordering::Relaxed) == map_id
+        && reg.slot.load(Ordering::Relaxed) == reply.slot
+        && reg.epoch.load(Ordering::Relaxed) == reply.epoch;
+    if !same {
+        // Old marks stop counting before the new slot is published.
+        reg.deactivate();
+    }
+    // Old mappings are never unmapped: a hook may still be reading through one.
+    reg.base.store(base.cast(), Ordering::Relaxed);
+    reg.slot.store(reply.slot, Ordering::Relaxed);
+    reg.epoch.store(reply.epoch, Ordering::Relaxed);
+    reg.map_id.store(map_id, Ordering::Relaxed);
+    let s_now = reg.state.load(Ordering::Relaxed);
+    let new_state = if same { s_now } else { (((s_now >> 1).wrapping_add(1)) << 1) | 1 };
+    reg.state.store(new_state, Ordering::Release);
+    SAID_UNREACHABLE.store(false, Ordering::Relaxed);
+    shim_log!("registered {} as slot {} (epoch {})", DisplayAddr(addr), reply.slot, reply.epoch);
+    Ok(())
+}
+
+/// What `/proc/self/fdinfo/<fd>` says about a BPF map descriptor.
+#[derive(Default)]
+struct MapInfo {
+    map_type: Option<u64>,
+    value_size: Option<u64>,
+    max_entries: Option<u64>,
+    map_flags: Option<u64>,
+    map_id: Option<u64>,
+}
+
+/// Checks that `fd` is the load map: an mmap-able array of one [`LoadTable`], with the kernel id
+/// `want_id` (0: not named by the controller, shape only). Returns its id.
+fn check_load_map(fd: c_int, want_id: u32) -> Result<u32, &'static str> {
+    let mut path = [0u8; 40];
+    let prefix = b"/proc/self/fdinfo/";
+    path[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let mut n = fd as u32;
+    let mut nd = 0;
+    loop {
+        digits[nd] = b'0' + (n % 10) as u8;
+        nd += 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for k in 0..nd {
+        path[prefix.len() + k] = digits[nd - 1 - k];
+    }
+    // SAFETY: opens a NUL-terminated path (the rest of `path` is zeroes).
+    let f = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
+    if f < 0 {
+        return Err("no fdinfo");
+    }
+    let mut buf = [0u8; 1024];
+    let mut len = 0;
+    while len < buf.len() {
+        // SAFETY: reads into the free part of our buffer.
+        let r = unsafe { libc::read(f, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
+        if r <= 0 {
+            break;
+        }
+        len += r as usize;
+    }
+    // SAFETY: the descriptor opened above.
+    unsafe { Real::CLOSE()(f) };
+    let text = core::str::from_utf8(&buf[..len]).map_err(|_| "unreadable fdinfo")?;
+    let mut info = MapInfo::default();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else { continue };
+        let value = value.trim();
+        let parsed = match value.strip_prefix("0x") {
+            Some(hex) => u64::from_str_radix(hex, 16).ok(),
+            None => value.parse::<u64>().ok(),
+        };
+        match key {
+            "map_type" => info.map_type = parsed,
+            "value_size" => info.value_size = parsed,
+            "max_entries" => info.max_entries = parsed,
+            "map_flags" => info.map_flags = parsed,
+            "map_id" => info.map_id = parsed,
+            _ => {}
+        }
+    }
+    const BPF_MAP_TYPE_ARRAY: u64 = 2;
+    if info.map_type.is_none() {
+        return Err("not a BPF map");
+    }
+    if info.map_type != Some(BPF_MAP_TYPE_ARRAY) {
+        return Err("not an array map");
+    }
+    if info.value_size != Some(size_of::<LoadTable>() as u64) {
+        return Err("value size is not the load table's");
+    }
+    if info.max_entries != Some(1) {
+        return Err("not one entry");
+    }
+    if info.map_flags.is_none_or(|f| f & BPF_F_MMAPABLE as u64 == 0) {
+        return Err("not mmap-able");
+    }
+    let id = info.map_id.unwrap_or(0) as u32;
+    if want_id != 0 && id != want_id {
+        return Err("another map than the reply names");
+    }
+    Ok(id)
+}

@@ -1,0 +1,546 @@
+//! Classification of descriptors and the socket split: an inherited listening socket of a
+//! balanced address is replaced, at the same descriptor number, by this process's own socket.
+//!
+//! # Fail-open: split only after the controller said Ok
+//!
+//! An own socket is only worth having once the controller has it in its group: before that, it
+//! is one more queue in the kernel's hash, and closing it (a worker exit) resets what is queued
+//! there. So the shim never splits, and never shuts the shared socket down, before a
+//! registration succeeded. An app with the shim and no controller keeps the shared socket in
+//! every worker and behaves exactly as without the shim.
+//!
+//! - First wait/accept on an inherited balanced listener (`epoll_ctl` ADD, `poll`, `select`,
+//!   `accept`): connect to the controller; unreachable (no socket file, refused): keep the
+//!   shared socket ([`ST_SHARED`]), at the cost of one failed `connect`. Reachable: create the
+//!   own socket, register it synchronously (reply within [`SYNC_TIMEOUT_MS`]; a healthy
+//!   controller answers in well under a millisecond). Ok: the controller attached the (migrating)
+//!   program before answering, so shutting the shared socket down now migrates its queue instead
+//!   of resetting it; then `dup3` the own socket over the descriptor. Anything else: close the
+//!   own socket and keep the shared one. (Connections the kernel's hash put on the own socket
+//!   during that one round trip are reset with it: the price of a controller that refuses.)
+//! - Late registration: while a process keeps the shared socket, its registration thread tries
+//!   every second (every 5 s after a refusal) with a fresh own socket. Ok: the fresh socket waits
+//!   in [`PENDING`], the thread shuts the shared socket down (its queue migrates; every process
+//!   polling it wakes up), and the process's next hook call (`accept`, `poll`, `select`,
+//!   `epoll_wait`, `epoll_pwait`, `epoll_ctl`) swaps it in: delete the shared socket from the
+//!   epoll instances this process added it to (recorded from `epoll_ctl`), `dup3`, add the own
+//!   socket back with the same events and data.
+//! - A process still on the shared socket when another one shut it down sees `accept` fail with
+//!   EINVAL: the hook splits right there (pending socket, else a synchronous registration, else
+//!   an own unregistered socket, registered later by the thread) and accepts again, instead of
+//!   handing EINVAL back to a loop that would spin on it. If even that fails (no descriptor
+//!   left), the hook sleeps 100 ms before returning, so the loop cannot spin at full speed.
+
+use core::{
+    ffi::c_int,
+    mem::{size_of, zeroed},
+    net::SocketAddr,
+    ptr,
+    sync::atomic::Ordering,
+};
+
+use crate::{
+    config::{addr_index, config},
+    log::{errno, shim_log},
+    real::Real,
+    registration::{self, start_thread},
+    state::{
+        entry, fd_if_ours, in_vfork_child, my_pid, state_of, tagged, BACKLOG, EPOLLS, FDS, LEFT,
+        MAX_EPOLLS, MAX_FDS, OWN_FD, PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_NOT_BALANCED,
+        ST_SHARED, ST_SPLIT, ST_SPLITTING,
+    },
+};
+
+/// Backlog of an own socket when the original's `listen` was not seen.
+const DEFAULT_BACKLOG: c_int = 128;
+
+pub(crate) fn sockname(fd: c_int) -> Option<SocketAddr> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into our storage.
+    let r =
+        unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    if r != 0 {
+        return None;
+    }
+    from_storage(&ss)
+}
+
+pub(crate) fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match ss.ss_family as c_int {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in, which it is large and
+            // aligned enough for.
+            let sin =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((sin.sin_addr.s_addr.to_ne_bytes(), u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above, for sockaddr_in6.
+            let sin6 =
+                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::from((sin6.sin6_addr.s6_addr, u16::from_be(sin6.sin6_port))))
+        }
+        _ => None,
+    }
+}
+
+pub(crate) fn int_opt(fd: c_int, level: c_int, opt: c_int) -> Option<c_int> {
+    let mut v: c_int = 0;
+    let mut len = size_of::<c_int>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut c_int).cast(), &mut len) };
+    (r == 0).then_some(v)
+}
+
+pub(crate) fn set_int_opt(fd: c_int, level: c_int, opt: c_int, v: c_int) -> bool {
+    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `v`.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const c_int).cast(),
+            size_of::<c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
+/// The balanced address index of `fd` if it is a (possibly shut down) listening TCP socket on a
+/// balanced address. Accepted connections share the local address: they have a peer.
+fn classify(fd: c_int) -> Option<usize> {
+    if config().n_addrs == 0 {
+        return None;
+    }
+    let idx = addr_index(&sockname(fd)?)?;
+    if int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE)? != libc::SOCK_STREAM {
+        return None;
+    }
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getpeername writes at most `len` bytes into our storage.
+    let r =
+        unsafe { libc::getpeername(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
+    if r == 0 {
+        return None;
+    }
+    Some(idx)
+}
+
+/// Synchronous registration at the first wait: longest wait for the controller's reply.
+pub(crate) const SYNC_TIMEOUT_MS: i64 = 250;
+
+/// Makes sure `fd`, if it is an inherited listener of a balanced address, has been classified:
+/// split when the controller registered our own socket, kept shared otherwise. Fast path: one
+/// atomic load.
+#[inline(always)]
+pub(crate) fn ensure_split(fd: c_int) {
+    if fd < 0 || fd as usize >= MAX_FDS {
+        return;
+    }
+    let e = FDS[fd as usize].load(Ordering::Acquire);
+    if (e >> 32) as u32 == my_pid() && state_of(e) != ST_SPLITTING {
+        return;
+    }
+    let _ = std::panic::catch_unwind(|| ensure_split_slow(fd));
+}
+
+/// Waits a little for another thread's split.
+fn wait_a_moment() {
+    let ts = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+    // SAFETY: nanosleep reads one timespec; a null remainder is allowed.
+    unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+}
+
+#[cold]
+fn ensure_split_slow(fd: c_int) {
+    let slot = &FDS[fd as usize];
+    let pid = my_pid();
+    if in_vfork_child() {
+        return;
+    }
+    loop {
+        let e = slot.load(Ordering::Acquire);
+        if (e >> 32) as u32 == pid {
+            if state_of(e) == ST_SPLITTING {
+                // Another thread of this process is splitting this socket: wait for it.
+                wait_a_moment();
+                continue;
+            }
+            return;
+        }
+        let Some(idx) = classify(fd) else {
+            let _ = slot.compare_exchange(
+                e,
+                entry(pid, ST_NOT_BALANCED, 0),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+            return;
+        };
+        if slot
+            .compare_exchange(e, entry(pid, ST_SPLITTING, idx), Ordering::AcqRel, Ordering::Relaxed)
+            .is_err()
+        {
+            continue;
+        }
+        let st = first_split(fd, idx, pid);
+        slot.store(entry(pid, st, idx), Ordering::Release);
+        start_thread();
+        return;
+    }
+}
+
+/// The first look at an inherited listener: split if the controller registers our own socket
+/// now, keep the shared socket otherwise. Returns the descriptor's new state.
+fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
+    if LEFT[idx].load(Ordering::Relaxed) != pid {
+        if let Ok(own) = registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS) {
+            if swap_in(fd, idx, own, pid) {
+                return ST_SPLIT;
+            }
+        }
+    }
+    keep_shared(fd, idx, pid);
+    ST_SHARED
+}
+
+/// Remembers that this process keeps the shared listener at `fd`, with a private duplicate for
+/// the registration thread.
+fn keep_shared(fd: c_int, idx: usize, pid: u32) {
+    SHARED_FD[idx].store(tagged(pid, fd), Ordering::Release);
+    if fd_if_ours(SHARED_REF[idx].load(Ordering::Acquire), pid).is_none() {
+        // SAFETY: duplicates the listener the app is waiting on, close-on-exec, high.
+        let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd_floor()) };
+        if dup >= 0 {
+            SHARED_REF[idx].store(tagged(pid, dup), Ordering::Release);
+        }
+    }
+}
+
+/// Lowest descriptor number for the shim's own long-lived descriptors (controller connections,
+/// private duplicates, pending sockets): far above what an app opens and closes by number
+/// (CPython's subprocess, daemonizing code closing 3..N), below the descriptor limit.
+pub(crate) fn high_fd_floor() -> c_int {
+    // SAFETY: rlimit is plain data; getrlimit writes one.
+    let mut rl: libc::rlimit = unsafe { zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
+        return 3;
+    }
+    let soft = rl.rlim_cur.min(1 << 20) as c_int;
+    (soft / 4 * 3).clamp(3, 4096)
+}
+
+/// Moves our own descriptor `fd` to [`high_fd_floor`] or above (close-on-exec); keeps it where
+/// it is if that fails.
+pub(crate) fn move_high(fd: c_int) -> c_int {
+    let floor = high_fd_floor();
+    if fd >= floor {
+        return fd;
+    }
+    // SAFETY: duplicates our own descriptor.
+    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
+    if high < 0 {
+        return fd;
+    }
+    // SAFETY: our own descriptor, duplicated above.
+    unsafe { Real::CLOSE()(fd) };
+    high
+}
+
+/// A fresh listening socket on the address of `src` (an inherited listener of address `idx`),
+/// with its options, backlog and O_NONBLOCK, at a high descriptor number.
+pub(crate) fn create_own(idx: usize, src: c_int) -> Option<c_int> {
+    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: getsockname writes at most `len` bytes into our storage.
+    let r = unsafe {
+        libc::getsockname(src, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len)
+    };
+    if r != 0 {
+        return None;
+    }
+    let family = ss.ss_family as c_int;
+    // SAFETY: fcntl query on a descriptor number; an invalid one gives -1.
+    let fl = unsafe { libc::fcntl(src, libc::F_GETFL) };
+    if fl < 0 {
+        return None;
+    }
+    // SAFETY: socket() with constant arguments.
+    let new = unsafe { Real::SOCKET()(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if new < 0 {
+        shim_log!("own socket for fd {src}: socket: {}", errno());
+        return None;
+    }
+    let fail = |what: &str| {
+        shim_log!("own socket for fd {src}: {what}: {}; keeping the shared socket", errno());
+        // SAFETY: `new` is our own socket, not yet visible to anyone else.
+        unsafe { Real::CLOSE()(new) };
+        None
+    };
+    set_int_opt(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
+    if !set_int_opt(new, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1) {
+        return fail("SO_REUSEPORT");
+    }
+    if family == libc::AF_INET6 {
+        let v6only = int_opt(src, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0);
+        set_int_opt(new, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only);
+    }
+    // Options that accepted connections inherit from their listener.
+    for (level, opt) in [
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY),
+        (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
+    ] {
+        if let Some(v) = int_opt(src, level, opt) {
+            if v != 0 {
+                set_int_opt(new, level, opt, v);
+            }
+        }
+    }
+    // SAFETY: binds our socket to the address getsockname gave (`len` bytes of `ss`).
+    if unsafe { Real::BIND()(new, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
+        return fail("bind (was the original socket bound without SO_REUSEPORT?)");
+    }
+    let backlog = match BACKLOG[idx].load(Ordering::Relaxed) {
+        b if b > 0 => b,
+        _ => DEFAULT_BACKLOG,
+    };
+    // SAFETY: listen on our own socket.
+    if unsafe { Real::LISTEN()(new, backlog) } != 0 {
+        return fail("listen");
+    }
+    // SAFETY: sets a status flag of our own socket.
+    let nonblock = || unsafe { libc::fcntl(new, libc::F_SETFL, libc::O_NONBLOCK) };
+    if fl & libc::O_NONBLOCK != 0 && nonblock() != 0 {
+        return fail("O_NONBLOCK");
+    }
+    Some(move_high(new))
+}
+
+/// Replaces the shared listener at `fd` (address `idx`) with `own`, this process's registered
+/// socket; `own` is consumed. The caller holds `fd` in [`ST_SPLITTING`] (or is the first look).
+/// Order: shut the shared socket down (the controller attached the migrating program before it
+/// said Ok, so its queue moves to registered sockets), delete it from this process's epoll
+/// instances, `dup3`, add the own socket back.
+fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
+    // SAFETY: fcntl query on the app's descriptor, which it is waiting on.
+    let fdfl = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if fdfl < 0 {
+        // SAFETY: our own socket.
+        unsafe { Real::CLOSE()(own) };
+        return false;
+    }
+    // Take the shared original out of the reuseport group (in every process: the open file is
+    // shared). ENOTCONN: another worker already did it.
+    // SAFETY: shutdown of the inherited listener, which is what this split is for.
+    unsafe { libc::shutdown(fd, libc::SHUT_RDWR) };
+    let mut moved = [false; MAX_EPOLLS];
+    for (k, rec) in EPOLLS[idx].iter().enumerate() {
+        let Some(epfd) = fd_if_ours(rec.key.load(Ordering::Acquire), pid) else { continue };
+        let mut ev = libc::epoll_event { events: 0, u64: 0 };
+        // SAFETY: removes the shared socket from an epoll instance this process added it to.
+        moved[k] = unsafe { Real::EPOLL_CTL()(epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) } == 0;
+    }
+    let cloexec = if fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
+    // SAFETY: replaces the descriptor `fd` (the inherited listener) with our own socket.
+    let ok = unsafe { Real::DUP3()(own, fd, cloexec) } >= 0;
+    if !ok {
+        shim_log!("split of fd {fd}: dup3: {}", errno());
+    }
+    // SAFETY: our own descriptor (duplicated at `fd` now, or useless).
+    unsafe { Real::CLOSE()(own) };
+    for (k, rec) in EPOLLS[idx].iter().enumerate() {
+        let Some(epfd) = fd_if_ours(rec.key.load(Ordering::Acquire), pid) else { continue };
+        if moved[k] {
+            let mut ev = libc::epoll_event {
+                events: rec.events.load(Ordering::Relaxed),
+                u64: rec.data.load(Ordering::Relaxed),
+            };
+            // SAFETY: adds the descriptor back to the instance it was deleted from above.
+            if unsafe { Real::EPOLL_CTL()(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
+                shim_log!("split of fd {fd}: epoll_ctl ADD to {epfd}: {}", errno());
+            }
+        }
+        rec.key.store(0, Ordering::Release);
+    }
+    if !ok {
+        return false;
+    }
+    SHARED_FD[idx].store(0, Ordering::Release);
+    OWN_FD[idx].store(tagged(pid, fd), Ordering::Release);
+    if let Some(addr) = config().addrs[idx] {
+        shim_log!("own listening socket on {addr} (fd {fd})");
+    }
+    true
+}
+
+/// Swaps in the sockets the registration thread registered, if any: a hook calls this before it
+/// waits or accepts. Fast path: two loads.
+#[inline(always)]
+pub(crate) fn swap_pending() {
+    let pid = my_pid();
+    if PENDING_PID.load(Ordering::Acquire) == pid && pid != 0 {
+        let _ = std::panic::catch_unwind(|| swap_pending_slow(pid));
+    }
+}
+
+#[cold]
+fn swap_pending_slow(pid: u32) {
+    if in_vfork_child() || PENDING_PID.swap(0, Ordering::AcqRel) != pid {
+        return;
+    }
+    for idx in 0..config().n_addrs {
+        let Some(own) = fd_if_ours(PENDING[idx].swap(0, Ordering::AcqRel), pid) else { continue };
+        let fd = fd_if_ours(SHARED_FD[idx].load(Ordering::Acquire), pid);
+        let claimed = fd.filter(|&fd| {
+            (fd as usize) < MAX_FDS
+                && FDS[fd as usize]
+                    .compare_exchange(
+                        entry(pid, ST_SHARED, idx),
+                        entry(pid, ST_SPLITTING, idx),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+        });
+        match claimed {
+            Some(fd) => {
+                let st = if swap_in(fd, idx, own, pid) { ST_SPLIT } else { ST_SHARED };
+                FDS[fd as usize].store(entry(pid, st, idx), Ordering::Release);
+            }
+            None if fd.is_some_and(|fd| {
+                (fd as usize) < MAX_FDS
+                    && FDS[fd as usize].load(Ordering::Acquire) == entry(pid, ST_SPLITTING, idx)
+            }) =>
+            {
+                // Another thread is splitting this listener (and takes the pending socket).
+                PENDING[idx].store(tagged(pid, own), Ordering::Release);
+                PENDING_PID.store(pid, Ordering::Release);
+            }
+            None => {
+                // The app closed its listener meanwhile: it left (see the close hook).
+                registration::leave(idx);
+                // SAFETY: our own pending socket.
+                unsafe { Real::CLOSE()(own) };
+            }
+        }
+    }
+}
+
+/// `accept` on `fd` failed with EINVAL. If `fd` is the shared listener of this process and
+/// another process shut it down, split right here; true if `fd` is an own socket now (accept
+/// again). Sleeps 100 ms when nothing can be done, so that a caller's loop cannot spin.
+#[cold]
+pub(crate) fn rescue_dead_shared(fd: c_int) -> bool {
+    std::panic::catch_unwind(|| rescue_slow(fd)).unwrap_or(false)
+}
+
+fn rescue_slow(fd: c_int) -> bool {
+    if fd < 0 || fd as usize >= MAX_FDS || in_vfork_child() {
+        return false;
+    }
+    let pid = my_pid();
+    let slot = &FDS[fd as usize];
+    let e = slot.load(Ordering::Acquire);
+    if (e >> 32) as u32 != pid || state_of(e) != ST_SHARED {
+        return false;
+    }
+    let idx = (e & 0xff) as usize;
+    if int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Some(0) {
+        return false; // still listening: some other EINVAL
+    }
+    // A socket the thread registered already?
+    PENDING_PID.store(pid, Ordering::Release);
+    swap_pending();
+    loop {
+        let e = slot.load(Ordering::Acquire);
+        if (e >> 32) as u32 != pid {
+            return false;
+        }
+        match state_of(e) {
+            ST_SPLIT => return true,
+            ST_SPLITTING => wait_a_moment(),
+            ST_SHARED => {
+                if slot
+                    .compare_exchange(
+                        e,
+                        entry(pid, ST_SPLITTING, idx),
+                        Ordering::AcqRel,
+                        Ordering::Relaxed,
+                    )
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+            _ => return false,
+        }
+    }
+    let mut own = fd_if_ours(PENDING[idx].swap(0, Ordering::AcqRel), pid)
+        .or_else(|| registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS).ok());
+    if own.is_none() {
+        own = create_own(idx, fd);
+        if own.is_some() {
+            shim_log!(
+                "the shared socket (fd {fd}) was shut down by another worker and the controller \
+                 did not register this one: serving on an own socket, registering it later"
+            );
+        }
+    }
+    let ok = own.is_some_and(|own| swap_in(fd, idx, own, pid));
+    slot.store(entry(pid, if ok { ST_SPLIT } else { ST_SHARED }, idx), Ordering::Release);
+    if !ok {
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
+        // SAFETY: nanosleep reads one timespec; a null remainder is allowed.
+        unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+    }
+    ok
+}
+
+/// Remembers (ADD, MOD) or forgets (DEL) the epoll registration of a shared listener, after the
+/// real `epoll_ctl` succeeded.
+pub(crate) fn record_epoll(epfd: c_int, op: c_int, fd: c_int, event: *const libc::epoll_event) {
+    if fd < 0 || fd as usize >= MAX_FDS || epfd < 0 {
+        return;
+    }
+    let pid = my_pid();
+    let e = FDS[fd as usize].load(Ordering::Acquire);
+    if (e >> 32) as u32 != pid || state_of(e) != ST_SHARED || in_vfork_child() {
+        return;
+    }
+    let idx = (e & 0xff) as usize;
+    let key = tagged(pid, epfd);
+    let recs = &EPOLLS[idx];
+    let found = recs.iter().find(|r| r.key.load(Ordering::Acquire) == key);
+    if op == libc::EPOLL_CTL_DEL {
+        if let Some(r) = found {
+            r.key.store(0, Ordering::Release);
+        }
+        return;
+    }
+    if event.is_null() {
+        return;
+    }
+    // SAFETY: the caller's event, which the real epoll_ctl just read successfully.
+    let ev = unsafe { ptr::read_unaligned(event) };
+    let rec = found.or_else(|| {
+        recs.iter().find(|r| {
+            let k = r.key.load(Ordering::Acquire);
+            // Free, or left over by another process (fork copies this table).
+            (k == 0 || (k >> 32) as u32 != pid)
+                && r.key.compare_exchange(k, key, Ordering::AcqRel, Ordering::Relaxed).is_ok()
+        })
+    });
+    match rec {
+        Some(r) => {
+            r.events.store(ev.events, Ordering::Relaxed);
+            r.data.store(ev.u64, Ordering::Relaxed);
+        }
+        None => shim_log!("more than {MAX_EPOLLS} epoll instances wait on fd {fd}: not all move"),
+    }
+}

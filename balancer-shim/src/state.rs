@@ -1,0 +1,189 @@
+//! Per-process state: what each descriptor is, the accounting marks of accepted connections, the
+//! own socket and the registration of each balanced address.
+//!
+//! Invariants: everything is a fixed-size array of atomics (no allocation, no lock in a hook), and
+//! every entry that describes a descriptor is tagged with the pid of the process that wrote it, so
+//! that what fork copies is never mistaken for the child's own.
+
+use core::{
+    ffi::c_int,
+    ptr,
+    sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering},
+};
+
+use balancer_common::table_offsets;
+
+use crate::config::MAX_ADDRS;
+
+/// Descriptors below this number are tracked (cached classification, connection marks).
+pub(crate) const MAX_FDS: usize = 65536;
+
+/// This process's pid; updated in the child after fork (pthread_atfork).
+static MY_PID: AtomicU32 = AtomicU32::new(0);
+
+#[inline(always)]
+pub(crate) fn my_pid() -> u32 {
+    MY_PID.load(Ordering::Relaxed)
+}
+
+/// Records the calling process's pid (constructor, and the child after fork).
+pub(crate) fn set_my_pid() {
+    // SAFETY: getpid has no preconditions.
+    MY_PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
+}
+
+/// What a descriptor is, cached per fd: `pid << 32 | state << 8 | address index`. An entry whose
+/// pid is not ours (copied by fork, or 0) means "unknown".
+pub(crate) static FDS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
+
+/// Not a listener of a balanced address.
+pub(crate) const ST_NOT_BALANCED: u64 = 1;
+/// A thread of this process is replacing it (others wait).
+pub(crate) const ST_SPLITTING: u64 = 2;
+/// This process's own, registered (or once registered) socket.
+pub(crate) const ST_SPLIT: u64 = 3;
+/// The inherited, shared listener, kept because no registration succeeded yet (fail-open).
+pub(crate) const ST_SHARED: u64 = 4;
+
+#[inline(always)]
+pub(crate) fn entry(pid: u32, state: u64, idx: usize) -> u64 {
+    ((pid as u64) << 32) | (state << 8) | (idx as u64 & 0xff)
+}
+
+/// The state part of an [`FDS`] entry.
+#[inline(always)]
+pub(crate) fn state_of(e: u64) -> u64 {
+    (e >> 8) & 0xff
+}
+
+/// `pid << 32 | fd` for per-address descriptors.
+#[inline(always)]
+pub(crate) fn tagged(pid: u32, fd: c_int) -> u64 {
+    ((pid as u64) << 32) | (fd as u32 as u64)
+}
+
+/// The descriptor of a [`tagged`] value if it is `pid`'s.
+#[inline(always)]
+pub(crate) fn fd_if_ours(v: u64, pid: u32) -> Option<c_int> {
+    (v != 0 && (v >> 32) as u32 == pid).then_some((v & 0xffff_ffff) as u32 as c_int)
+}
+
+/// True in a vfork child (which shares our memory but has its own pid): per-process state must
+/// not be touched there. A system call: only on paths that are about to change that state.
+#[inline]
+pub(crate) fn in_vfork_child() -> bool {
+    // SAFETY: getpid has no preconditions.
+    unsafe { libc::getpid() as u32 != my_pid() }
+}
+
+/// Accepted connections of a registered own socket: `seq << 8 | (address index + 1)`, 0 if none.
+pub(crate) static CONNS: [AtomicU32; MAX_FDS] = [const { AtomicU32::new(0) }; MAX_FDS];
+
+/// Backlog seen in `listen` per balanced address (survives fork, on purpose).
+pub(crate) static BACKLOG: [AtomicI32; MAX_ADDRS] = [const { AtomicI32::new(0) }; MAX_ADDRS];
+
+/// This process's own socket per balanced address: `pid << 32 | fd`, or 0.
+pub(crate) static OWN_FD: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
+
+/// Where this process holds the inherited shared listener while it is not split ([`ST_SHARED`]):
+/// `pid << 32 | fd` (the app's descriptor number), or 0.
+pub(crate) static SHARED_FD: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
+
+/// A private duplicate of the shared listener (high descriptor number, close-on-exec), owned by
+/// the registration thread: it copies the listener's options from it and shuts it down after a
+/// late registration, whatever the app does with its own descriptor meanwhile. `pid << 32 | fd`.
+pub(crate) static SHARED_REF: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
+
+/// A fresh own socket registered by the thread, waiting for a hook of this process to swap it in
+/// over [`SHARED_FD`]: `pid << 32 | fd`, or 0.
+pub(crate) static PENDING: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
+
+/// pid of the process that has a [`PENDING`] socket: the hooks' fast check is one load.
+pub(crate) static PENDING_PID: AtomicU32 = AtomicU32::new(0);
+
+/// pid of the process that closed its listener of this address: it left the group and never
+/// registers that address again.
+pub(crate) static LEFT: [AtomicU32; MAX_ADDRS] = [const { AtomicU32::new(0) }; MAX_ADDRS];
+
+/// Most epoll instances per address whose registration of the shared listener is remembered.
+pub(crate) const MAX_EPOLLS: usize = 64;
+
+/// One `epoll_ctl` ADD/MOD of a shared listener: `key` is `pid << 32 | epfd` (0: free).
+pub(crate) struct EpollRec {
+    pub key: AtomicU64,
+    pub events: AtomicU32,
+    pub data: AtomicU64,
+}
+
+/// The epoll instances each shared listener was added to, so that a late split can move the
+/// registration to the own socket (delete before `dup3`, add after).
+pub(crate) static EPOLLS: [[EpollRec; MAX_EPOLLS]; MAX_ADDRS] = [const {
+    [const { EpollRec { key: AtomicU64::new(0), events: AtomicU32::new(0), data: AtomicU64::new(0) } };
+        MAX_EPOLLS]
+}; MAX_ADDRS];
+
+/// Registration of one own socket. `state` is `seq << 1 | active`; the other fields are written
+/// before `state` turns active (Release) and read after it is seen active (Acquire).
+pub(crate) struct Registration {
+    pub state: AtomicU32,
+    pub base: AtomicPtr<u8>,
+    pub slot: AtomicU32,
+    pub epoch: AtomicU64,
+    /// Kernel id of the load map (0: unknown), to tell a re-registration into the same slot of
+    /// the same map (a restarted controller that adopted the pinned map) from a new one.
+    pub map_id: AtomicU32,
+}
+
+pub(crate) static REGS: [Registration; MAX_ADDRS] = [const {
+    Registration {
+        state: AtomicU32::new(0),
+        base: AtomicPtr::new(ptr::null_mut()),
+        slot: AtomicU32::new(0),
+        epoch: AtomicU64::new(0),
+        map_id: AtomicU32::new(0),
+    }
+}; MAX_ADDRS];
+
+/// pid of the process whose registration thread runs (0: none).
+pub(crate) static THREAD_PID: AtomicU32 = AtomicU32::new(0);
+
+impl Registration {
+    /// Marks the registration inactive (new sequence number, so old marks stop counting).
+    pub(crate) fn deactivate(&self) {
+        let s = self.state.load(Ordering::Relaxed);
+        self.state.store(((s >> 1).wrapping_add(1)) << 1, Ordering::Release);
+    }
+
+    /// The counter at `field` of our slot, if registered and the slot is still ours, with the
+    /// registration's sequence number (24 bits, as stored in connection marks); `want_seq`
+    /// restricts to that registration.
+    #[inline(always)]
+    pub(crate) fn counter(
+        &self,
+        want_seq: Option<u32>,
+        field: fn(usize) -> usize,
+    ) -> Option<(u32, &'static AtomicU64)> {
+        let s = self.state.load(Ordering::Acquire);
+        let seq = (s >> 1) & 0xff_ffff;
+        if s & 1 == 0 || want_seq.is_some_and(|w| w != seq) {
+            return None;
+        }
+        let base = self.base.load(Ordering::Relaxed);
+        if base.is_null() {
+            return None;
+        }
+        let slot = self.slot.load(Ordering::Relaxed) as usize;
+        if slot >= balancer_common::MAX_SLOTS as usize {
+            return None;
+        }
+        // SAFETY: the mapping covers the whole table (its size was checked before mmap) and is
+        // never unmapped while the process lives; the counters are 8-aligned and only accessed
+        // atomically.
+        let epoch = unsafe { AtomicU64::from_ptr(base.add(table_offsets::epoch(slot)).cast()) };
+        if epoch.load(Ordering::Relaxed) != self.epoch.load(Ordering::Relaxed) {
+            return None;
+        }
+        // SAFETY: as above, for the field of the same slot.
+        Some((seq, unsafe { AtomicU64::from_ptr(base.add(field(slot)).cast()) }))
+    }
+}
