@@ -1,5 +1,9 @@
 //! Builds the eBPF programs (nightly, `-Z build-std=core`, bpf-linker) and leaves the object in
 //! OUT_DIR, where `balancer_user::loader` embeds it.
+//!
+//! balancer-user's feature `broken-sk-pass` builds the programs with balancer-ebpf's feature of
+//! the same name (they return SK_PASS at once): only `cargo xtask prove` turns it on, in a target
+//! directory of its own.
 use anyhow::{anyhow, Context as _};
 use aya_build::{Package, Toolchain};
 
@@ -9,8 +13,13 @@ fn main() -> anyhow::Result<()> {
     let root_dir = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path {}", root.display()))?;
     let common = root.join("../balancer-common");
     println!("cargo:rerun-if-changed={}", common.display());
+    let features: &[&str] = if std::env::var_os("CARGO_FEATURE_BROKEN_SK_PASS").is_some() {
+        &["broken-sk-pass"]
+    } else {
+        &[]
+    };
     aya_build::build_ebpf(
-        [Package { name: "balancer-ebpf", root_dir, ..Default::default() }],
+        [Package { name: "balancer-ebpf", root_dir, features, ..Default::default() }],
         Toolchain::default(),
     )
 }

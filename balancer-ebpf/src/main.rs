@@ -5,6 +5,20 @@
 //! `balancer_common::policy`) and selects that slot's socket. Anything unexpected returns SK_PASS
 //! without a selection, which lets the kernel's own hash decide: reuselb must never be the reason
 //! a connection fails.
+//!
+//! What is counted: the kernel runs the program for every packet that finds no established
+//! socket and reaches the listeners (a SYN, but also a stray ACK, the ACK that completes a SYN
+//! cookie, a SYN flood's SYNs). Each one is still given a socket (a cookie's ACK must land where
+//! the policy says), but only what becomes a connection adds to the slot's in-flight count and to
+//! `SELECTED`: a SYN without ACK, read straight from the TCP header (the program sees the packet
+//! from the transport header on, as in the kernel selftest `test_select_reuseport_kern.c`: no
+//! helper call per connection), and every migration (which moves a connection that exists). A
+//! connection completed from a SYN cookie is therefore not counted: the registry's
+//! reconciliation (accept queue + accepted - completed) adds it back within a second.
+//!
+//! Deliberately broken builds (`cargo xtask prove`), never used by `cargo xtask build` or
+//! `cargo xtask test`: the cargo feature `broken-sk-pass` makes both programs return SK_PASS at
+//! once, selecting nothing, so that the tests can show they notice a balancer that does nothing.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -63,6 +77,9 @@ const ATTEMPTS: u32 = 2;
 
 #[inline(always)]
 fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
+    if cfg!(feature = "broken-sk-pass") {
+        return SK_PASS;
+    }
     let migrating = may_migrate && ctx.migrating_sk().is_some();
     let Some(cfg) = CONFIG.get(0) else {
         return fall_back(Event::FallbackNoConfig, migrating);
@@ -80,7 +97,9 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         match choose(cfg, &draw, exclude, &MapLoads(table)) {
             Ok(slot) => {
                 if SOCKETS.select_reuseport(ctx, slot).is_ok() {
-                    account(table, slot, migrating);
+                    if migrating || is_new_connection(ctx) {
+                        account(table, slot, migrating);
+                    }
                     if cfg.flags & config_flags::LOG_SELECTIONS != 0 {
                         debug!(ctx, "slot {} selected (migrating: {})", slot, migrating as u32);
                     }
@@ -92,6 +111,25 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         }
     }
     fall_back(Event::FallbackSelectFailed, migrating)
+}
+
+/// TCP header flags (byte 13 of the header).
+const TCP_FLAGS_OFFSET: usize = 13;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether the packet starts a connection: a SYN without ACK. The packet data starts at the TCP
+/// header; a packet too short to tell (never a real SYN: the kernel pulled the whole header before
+/// the lookup) is not counted.
+#[inline(always)]
+fn is_new_connection(ctx: &SkReuseportContext) -> bool {
+    let flags = ctx.data() + TCP_FLAGS_OFFSET;
+    if flags + 1 > ctx.data_end() {
+        return false;
+    }
+    // SAFETY: `flags` lies inside [data, data_end), checked just above (the verifier checks it too).
+    let flags = unsafe { *(flags as *const u8) };
+    flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// Loads as the program sees them: plain reads of the shared table, which the workers and the
@@ -136,7 +174,8 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
 }
 
 /// Counts the connection against its slot right away, so a burst of connections arriving before
-/// any worker accepts does not all land on the same "least loaded" worker.
+/// any worker accepts does not all land on the same "least loaded" worker. Called only for what
+/// becomes a connection (see the module docs).
 #[inline(always)]
 fn account(table: *const LoadTable, slot: u32, migrating: bool) {
     if slot < MAX_SLOTS {

@@ -35,6 +35,9 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
         return;
     }
     let idx = (e & 0xff) as usize;
+    if cfg!(feature = "broken-no-count") {
+        return; // `cargo xtask prove` only: nothing accepted or completed is counted.
+    }
     let Some(reg) = REGS.get(idx) else { return };
     if let Some((seq, c)) = reg.counter(None, table_offsets::accepted) {
         c.fetch_add(1, Ordering::Relaxed);

@@ -430,6 +430,9 @@ pub fn spawn_nginx(dir: &Path, port: u16, upstream: SocketAddr) -> Proc {
 pub struct LoadReport {
     pub ok: u64,
     pub failed: u64,
+    /// Of the failures, how many were empty answers (the server accepted the connection and closed
+    /// it without answering); the others were refused, reset or timed out.
+    pub empty_answers: u64,
     /// Requests answered, per worker pid (from the app's `pid=` body).
     pub by_pid: HashMap<u32, u64>,
     /// A few failure messages.
@@ -481,6 +484,7 @@ impl Load {
                             }
                             Err(e) => {
                                 local.failed += 1;
+                                local.empty_answers += u64::from(e == EMPTY_ANSWER);
                                 local.failure_times.push(started.elapsed());
                                 if local.errors.len() < 5 {
                                     local.errors.push(e);
@@ -492,6 +496,7 @@ impl Load {
                     let mut r = report.lock().unwrap();
                     r.ok += local.ok;
                     r.failed += local.failed;
+                    r.empty_answers += local.empty_answers;
                     for (pid, n) in local.by_pid {
                         *r.by_pid.entry(pid).or_default() += n;
                     }
@@ -526,6 +531,9 @@ impl Load {
         load.finish()
     }
 }
+
+/// The error of [`one_request`] for an empty answer.
+pub const EMPTY_ANSWER: &str = "bad answer: \"\"";
 
 /// One HTTP/1.0 request; the serving worker's pid on a 200 answer.
 pub fn one_request(addr: SocketAddr, request: &str) -> Result<u32, String> {

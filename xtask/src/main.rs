@@ -6,6 +6,7 @@ mod build;
 mod command;
 mod fuzz;
 mod privilege;
+mod prove;
 mod run;
 mod setup;
 mod soak;
@@ -41,6 +42,20 @@ enum Task {
         /// Extra arguments for `cargo test` (use a second `--` for the test binaries).
         #[arg(last = true)]
         cargo_args: Vec<String>,
+    },
+    /// Prove the claim tests: build deliberately broken variants (programs that return SK_PASS, a
+    /// shim that counts nothing) in target directories of their own, run the claim tests against
+    /// each and list which tests failed. Fails if a claim test did not catch its broken build.
+    Prove {
+        /// Which broken build (repeatable); both if omitted.
+        #[arg(long, value_enum)]
+        broken: Vec<prove::Broken>,
+        /// Test targets of integration-tests to run (repeatable); the claim tests if omitted.
+        #[arg(long = "test")]
+        tests: Vec<String>,
+        /// Extra arguments for the test binaries (e.g. a test name filter).
+        #[arg(last = true)]
+        test_args: Vec<String>,
     },
     /// Build, then the demo: uWSGI (8 processes x 20 threads) balanced by reuselb under a
     /// bounded wrk load, with reuselb's live per-worker view.
@@ -88,6 +103,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Build { toolchain_only: false } => build::run(&ws).map(drop),
         Task::Build { toolchain_only: true } => build::toolchain_only(&ws).map(drop),
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
+        Task::Prove { broken, tests, test_args } => {
+            anyhow::ensure!(
+                privilege::is_root()?,
+                "the claim tests load BPF programs and create network namespaces: run as root"
+            );
+            build::run(&ws)?;
+            prove::run(&ws, &broken, &tests, &test_args)
+        }
         Task::Run(args) => run::run(&ws, &args),
         Task::Bench { what, args } => bench::run(&ws, &what, &args),
         Task::Fuzz { target, seconds } => fuzz::run(&ws, target.as_deref(), seconds),

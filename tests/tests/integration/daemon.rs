@@ -166,6 +166,15 @@ fn selected_sum(metrics: SocketAddr, name: &str) -> f64 {
     samples(&scrape(metrics), "reuselb_worker_selected_total", name).iter().map(|(_, v)| v).sum()
 }
 
+/// `reuselb_worker_selected_total` of a service per slot: (slot, selections since the group was
+/// created).
+fn selected_by_slot(metrics: SocketAddr, name: &str) -> Vec<(u32, u64)> {
+    samples(&scrape(metrics), "reuselb_worker_selected_total", name)
+        .iter()
+        .filter_map(|(labels, v)| Some((label(labels, "slot")?.parse().ok()?, *v as u64)))
+        .collect()
+}
+
 /// Waits until every worker of `name` reads 0 in flight; how long it took.
 fn wait_idle(metrics: SocketAddr, name: &str, timeout: Duration) -> Option<Duration> {
     let start = Instant::now();
@@ -715,6 +724,10 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
     let start = Instant::now();
     let mut kills = 0u64;
     let mut footprints = Vec::new();
+    // Workers alive when the daemon was killed, and selections per slot after the restart.
+    let mut before_restart: Vec<u32> = Vec::new();
+    let mut selected_after_restart = Vec::new();
+    let mut reregistration = None;
     let report = std::thread::scope(|s| {
         let load = s.spawn(|| Load::run(cfg.addr, 16, PATH, duration));
         let mut restarted = false;
@@ -723,13 +736,36 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
             std::thread::sleep(Duration::from_millis(200));
             if !restarted && start.elapsed() >= duration / 2 {
                 footprints.push(("before restart", footprint(daemon.pid())));
+                before_restart = cfg
+                    .stats()
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|w| w.0)
+                    .filter(|&p| p != 0)
+                    .collect();
                 daemon.signal(libc::SIGKILL);
                 daemon.wait_timeout(Duration::from_secs(5));
                 std::thread::sleep(Duration::from_secs(1));
                 daemon = spawn_daemon(&config, metrics, &log);
                 restarted = true;
+                // Every worker that was alive at the restart and still is registers again with
+                // the new daemon (its log says so) rather than staying in an adopted slot.
+                let missing = || -> (usize, Vec<u32>) {
+                    let text = std::fs::read_to_string(&log).unwrap_or_default();
+                    let alive: Vec<u32> =
+                        before_restart.iter().copied().filter(|&p| apps::alive(p)).collect();
+                    let missing = alive
+                        .iter()
+                        .copied()
+                        .filter(|p| !text.contains(&format!("worker {p} registered again")))
+                        .collect();
+                    (alive.len(), missing)
+                };
+                wait_until(Duration::from_secs(10), || missing().1.is_empty());
+                reregistration = Some(missing());
                 std::thread::sleep(Duration::from_secs(3));
                 footprints.push(("after restart", footprint(daemon.pid())));
+                selected_after_restart = selected_by_slot(metrics, "soak");
             }
             if Instant::now() >= next_kill {
                 if let Some(&(pid, _)) =
@@ -747,6 +783,7 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
         load.join().expect("load thread")
     });
     footprints.push(("end", footprint(daemon.pid())));
+    let selected_end = selected_by_slot(metrics, "soak");
     let idle = wait_idle(metrics, "soak", Duration::from_secs(2));
     println!(
         "soak {seconds} s: ok {}, failed {}, workers killed {kills}, daemon restarted once; daemon (rss kB, fds): {footprints:?}; idle after {idle:?}",
@@ -761,6 +798,34 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
         report.errors
     );
     assert!(report.ok > 0);
+    // Balance over the second half (one daemon): selections per slot, for the slots occupied at
+    // both readings (workers recycle and are killed, but their successors take the same slots).
+    let per_slot: Vec<u64> = selected_end
+        .iter()
+        .filter_map(|(slot, end)| {
+            let start = selected_after_restart.iter().find(|(s, _)| s == slot)?.1;
+            Some(end.saturating_sub(start))
+        })
+        .collect();
+    let imbalance = LoadReport::imbalance(&per_slot);
+    println!("selections per slot after the restart: {per_slot:?} (imbalance {imbalance:.2})");
+    assert!(
+        per_slot.len() >= cfg.processes as usize / 2,
+        "too few slots occupied across the second half: {per_slot:?}"
+    );
+    // Churn (recycling every few seconds, kills) leaves slots empty for moments: looser than the
+    // steady-state bound.
+    assert!(imbalance <= 1.5, "unbalanced after the restart: {per_slot:?}");
+    let (survivors, missing) = reregistration.expect("the daemon was restarted");
+    println!(
+        "{} workers at the restart, {survivors} of them alive after it; not registered again: {missing:?}",
+        before_restart.len()
+    );
+    assert!(survivors > 0, "no worker lived across the restart: nothing was checked");
+    assert!(
+        missing.is_empty(),
+        "workers alive across the daemon restart did not register again: {missing:?}"
+    );
     let (after, end) = (footprints[1].1, footprints[2].1);
     assert!(end.0 <= after.0 + after.0 / 2 + 4096, "daemon memory grew: {footprints:?}");
     assert!(end.1 <= after.1 + 16, "daemon descriptors grew: {footprints:?}");

@@ -1,0 +1,342 @@
+//! Tests of the README's claims that fail when the balancer does nothing.
+//!
+//! `cargo xtask prove` runs them against two deliberately broken builds: the programs replaced by
+//! one that returns SK_PASS at once (feature `broken-sk-pass`: the kernel's hash decides, nothing
+//! is counted), and a shim that counts nothing (feature `broken-no-count`). Each test says which
+//! broken build it catches. Where the claim is about balancing, the same test measures the hash
+//! policy on the same setup as its control, so a test that passes with both policies alike cannot
+//! pass.
+use std::{
+    collections::HashSet,
+    io::Read,
+    net::{SocketAddr, TcpStream},
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+use anyhow::{ensure, Context, Result};
+use balancer_common::Policy;
+use balancer_user::{
+    registry::{Registry, RegistryOptions, Service},
+    Group, GroupOptions, Mode,
+};
+use integration_tests::{
+    apps::{
+        free_port, loopback, one_request, require, serial, spawn_with_shim, wait_until, Load, Proc,
+        TempDir, UwsgiConfig, UwsgiProto,
+    },
+    NetNs, Pool,
+};
+
+/// uWSGI with the shim, registered with an in-process registry (least-loaded) that reconciles
+/// every `reconcile`.
+fn start_uwsgi(dir: &TempDir, cfg: &UwsgiConfig, reconcile: Duration) -> (Registry, Proc) {
+    let group = Group::new(GroupOptions {
+        policy: Policy::LeastLoaded,
+        mode: Mode::Auto,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("cannot load the SK_REUSEPORT program (needs root and BPF): {e}"));
+    let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
+    options.reconcile_interval = reconcile;
+    let registry = Registry::start(options, vec![(cfg.addr, group)]).expect("registry");
+    let app = spawn_with_shim(
+        &cfg.command_line(),
+        cfg.addr,
+        registry.socket_path(),
+        &dir.path().join("uwsgi.log"),
+    );
+    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
+    let service = registry.service(cfg.addr).unwrap();
+    assert!(
+        wait_until(Duration::from_secs(20), || service
+            .group()
+            .slots()
+            .map(|s| s.len())
+            .unwrap_or(0)
+            == cfg.processes as usize),
+        "not every worker registered: {}",
+        app.log_tail(40)
+    );
+    (registry, app)
+}
+
+/// Pids of the uWSGI workers running a request now (stats server: `status` "busy").
+fn busy_workers(stats_port: u16) -> HashSet<u32> {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", stats_port)) else { return HashSet::new() };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut text = String::new();
+    if s.read_to_string(&mut text).is_err() {
+        return HashSet::new();
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return HashSet::new() };
+    v["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter(|w| w["status"].as_str() == Some("busy"))
+                .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// How long a blocking request holds its worker (one thread per worker: the whole process).
+const BLOCK_MS: u64 = 7000;
+/// Clients of short requests while two workers are blocked.
+const CLIENTS: usize = 4;
+/// How long the short requests run (well inside the block).
+const WINDOW: Duration = Duration::from_secs(3);
+
+/// Blocks two distinct workers with a long request each, then runs short requests for
+/// [`WINDOW`]; returns the share of the short requests that went to the blocked workers (they
+/// are answered when the block ends, so every one is counted) and how many there were.
+fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> (f64, u64, u64) {
+    let request = format!("GET /?ms={BLOCK_MS} HTTP/1.0\r\nHost: {}\r\n\r\n", cfg.addr);
+    let addr = cfg.addr;
+    let mut blockers = Vec::new();
+    let mut blocked = HashSet::new();
+    // With the hash policy a blocking request may land on a worker that is blocked already: send
+    // more (bounded) until two distinct workers are busy.
+    for _ in 0..8 {
+        let request = request.clone();
+        blockers.push(std::thread::spawn(move || one_request(addr, &request)));
+        wait_until(Duration::from_secs(2), || busy_workers(cfg.stats_port).len() > blocked.len());
+        blocked = busy_workers(cfg.stats_port);
+        if blocked.len() >= 2 {
+            break;
+        }
+    }
+    assert!(blocked.len() >= 2, "could not block two workers: busy {blocked:?}");
+    let started = Instant::now();
+    let report = Load::run(addr, CLIENTS, "/?ms=2", WINDOW);
+    assert!(
+        started.elapsed() < Duration::from_millis(BLOCK_MS) + Duration::from_secs(5),
+        "the short requests ran long after the block"
+    );
+    for b in blockers {
+        let _ = b.join();
+    }
+    let to_blocked: u64 =
+        report.by_pid.iter().filter(|(pid, _)| blocked.contains(pid)).map(|(_, n)| n).sum();
+    let total = report.ok + report.failed;
+    assert_eq!(report.failed, 0, "short requests failed: {:?}", report.errors);
+    (to_blocked as f64 / total.max(1) as f64, to_blocked, total)
+}
+
+/// Load awareness (README: "a blocked worker is avoided"): two of four single-threaded uWSGI
+/// workers hold a long request; least-loaded sends them almost none of the short requests, while
+/// the hash policy on the same app sends them about half. Catches `broken-sk-pass` (the kernel's
+/// hash decides under both policies).
+#[test]
+fn least_loaded_avoids_blocked_workers_and_the_hash_policy_does_not() {
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("claims-blocked");
+    let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+    cfg.processes = 4;
+    cfg.threads = 1;
+    let (registry, app) = start_uwsgi(&dir, &cfg, Duration::from_millis(250));
+    let service = registry.service(cfg.addr).unwrap();
+    let mut shares = Vec::new();
+    for policy in [Policy::LeastLoaded, Policy::Hash] {
+        service.group().set_policy(policy).expect("set policy");
+        // Nothing in flight from the previous round.
+        assert!(
+            wait_until(Duration::from_secs(15), || busy_workers(cfg.stats_port).is_empty()),
+            "workers still busy: {}",
+            app.log_tail(20)
+        );
+        let (share, to_blocked, total) = share_sent_to_blocked_workers(&cfg);
+        println!(
+            "{policy:?}: {to_blocked} of {total} short requests ({:.1}%) went to the 2 blocked workers of 4",
+            share * 100.0
+        );
+        shares.push((share, total));
+    }
+    let [(ll, ll_total), (hash, _)] = shares[..] else { unreachable!() };
+    assert!(ll_total >= 200, "too few short requests under least-loaded: {ll_total}");
+    assert!(
+        ll <= 0.05,
+        "least-loaded sent {:.1}% of the short requests to the blocked workers",
+        ll * 100.0
+    );
+    // The control: the same scene under the hash policy does send them their share.
+    assert!(
+        hash >= 0.15,
+        "the hash policy sent only {:.1}% to the blocked workers: the scene blocked nothing",
+        hash * 100.0
+    );
+    drop(app);
+    registry.stop();
+}
+
+/// Counting (README: the shim counts each connection's accept and close, the program its
+/// selection): with reconciliation off, the shim's accepted and completed counters grow by exactly
+/// the requests served, and every slot's in-flight count is back to exactly 0 when idle. Catches
+/// `broken-no-count` (nothing accepted or completed) and `broken-sk-pass` (the program adds
+/// nothing, so the shim's closes drive in-flight below 0).
+#[test]
+fn shim_counters_equal_requests_served_with_reconciliation_off() {
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("claims-counting");
+    let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+    cfg.processes = 4;
+    cfg.threads = 4;
+    // Reconciliation off: nothing corrects the counters behind the program's and the shim's back.
+    let (registry, app) = start_uwsgi(&dir, &cfg, Duration::from_secs(3600));
+    let service = registry.service(cfg.addr).unwrap();
+    let totals = |service: &Service| -> (u64, u64) {
+        let group = service.group();
+        let slots = group.slots().expect("slots");
+        let loads = group.loads();
+        slots.iter().fold((0, 0), |(a, c), s| {
+            let r = loads.read(s.slot);
+            (a + r.accepted, c + r.completed)
+        })
+    };
+    let (accepted0, completed0) = totals(service);
+    let report = Load::run(cfg.addr, 8, "/?ms=1", Duration::from_secs(3));
+    assert_eq!(report.failed, 0, "requests failed: {:?}", report.errors);
+    assert!(report.ok >= 200, "too little traffic to mean anything: {}", report.ok);
+    let raw_inflight = |service: &Service| -> Vec<i64> {
+        let group = service.group();
+        let slots = group.slots().expect("slots");
+        slots.iter().map(|s| group.loads().read(s.slot).raw_inflight).collect()
+    };
+    let idle = wait_until(Duration::from_secs(5), || {
+        let (_, completed) = totals(service);
+        completed - completed0 >= report.ok && raw_inflight(service).iter().all(|&n| n == 0)
+    });
+    let (accepted, completed) = totals(service);
+    println!(
+        "{} requests served; shim: accepted {}, completed {}; in flight {:?}",
+        report.ok,
+        accepted - accepted0,
+        completed - completed0,
+        raw_inflight(service)
+    );
+    assert_eq!(accepted - accepted0, report.ok, "accepted != requests served");
+    assert_eq!(completed - completed0, report.ok, "completed != requests served");
+    assert!(idle, "in flight not back to exactly 0 when idle: {:?}", raw_inflight(service));
+    assert_eq!(
+        registry.counters().adjustments.load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "reconciliation ran although it was off"
+    );
+    drop(app);
+    registry.stop();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stray packets (issue 11.6): only what becomes a connection is counted.
+
+/// The Internet checksum of `data` added to `sum`.
+fn checksum(mut sum: u32, data: &[u8]) -> u32 {
+    for pair in data.chunks(2) {
+        let word = u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]);
+        sum += word as u32;
+    }
+    sum
+}
+
+/// Sends one bare TCP header (no options, no payload) from 127.0.0.1:`sport` to `dst` through a
+/// raw socket; the kernel adds the IPv4 header.
+fn send_tcp(raw: &OwnedFd, sport: u16, dst: SocketAddr, flags: u8, seq: u32) -> Result<()> {
+    let SocketAddr::V4(dst) = dst else { anyhow::bail!("IPv4 only") };
+    let mut h = [0u8; 20];
+    h[0..2].copy_from_slice(&sport.to_be_bytes());
+    h[2..4].copy_from_slice(&dst.port().to_be_bytes());
+    h[4..8].copy_from_slice(&seq.to_be_bytes());
+    h[8..12].copy_from_slice(&seq.wrapping_mul(7).to_be_bytes());
+    h[12] = 5 << 4; // data offset: 5 words
+    h[13] = flags;
+    h[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let src = [127u8, 0, 0, 1];
+    let mut pseudo = Vec::with_capacity(12);
+    pseudo.extend_from_slice(&src);
+    pseudo.extend_from_slice(&dst.ip().octets());
+    pseudo.extend_from_slice(&[0, libc::IPPROTO_TCP as u8, 0, 20]);
+    let mut sum = checksum(checksum(0, &pseudo), &h);
+    while sum >> 16 != 0 {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    h[16..18].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let sin = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: dst.port().to_be(),
+        sin_addr: libc::in_addr { s_addr: u32::from_ne_bytes(dst.ip().octets()) },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: h and sin are valid for the lengths given; raw is an open raw socket.
+    let n = unsafe {
+        libc::sendto(
+            raw.as_raw_fd(),
+            h.as_ptr().cast(),
+            h.len(),
+            0,
+            (&sin as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    ensure!(n == h.len() as isize, "sendto: {}", std::io::Error::last_os_error());
+    Ok(())
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// (selections, raw in-flight) summed over the pool's slots.
+fn pool_counts(pool: &Pool) -> Result<(u64, i64)> {
+    let mut selected = 0;
+    let mut inflight = 0;
+    for &slot in &pool.slots {
+        selected += pool.group.selected_total(slot)?;
+        inflight += pool.group.loads().read(slot).raw_inflight;
+    }
+    Ok((selected, inflight))
+}
+
+/// Stray ACKs (no connection behind them: the listener answers RST) reach the program like SYNs
+/// do, but must not be counted; bare SYNs must, one each. The SYNs are the control: they show the
+/// raw packets reach the program. Fails with the program before issue 11.6 (every lookup counted)
+/// and with `broken-sk-pass` (nothing counted).
+#[test]
+fn stray_acks_are_not_counted_and_bare_syns_are() {
+    const ACKS: u16 = 200;
+    const SYNS: u16 = 50;
+    let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
+    ns.run(|| -> Result<()> {
+        let pool = Pool::new("127.0.0.1", 3, Policy::LeastLoaded, Mode::Auto)?;
+        // SAFETY: a plain socket() call; the descriptor is owned right below.
+        let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_TCP) };
+        ensure!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fd was just opened and nothing else owns it.
+        let raw = unsafe { OwnedFd::from_raw_fd(fd) };
+        let before = pool_counts(&pool)?;
+        for i in 0..ACKS {
+            send_tcp(&raw, 20000 + i, pool.addr, TCP_ACK, 1000 + i as u32)?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let after_acks = pool_counts(&pool)?;
+        for i in 0..SYNS {
+            send_tcp(&raw, 40000 + i, pool.addr, TCP_SYN, 5000 + i as u32)?;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        let after_syns = pool_counts(&pool)?;
+        println!(
+            "(selected, in flight): before {before:?}, after {ACKS} stray ACKs {after_acks:?}, after {SYNS} SYNs {after_syns:?}"
+        );
+        ensure!(after_acks == before, "stray ACKs were counted: {before:?} -> {after_acks:?}");
+        ensure!(
+            after_syns.0 - after_acks.0 == SYNS as u64,
+            "bare SYNs were not each counted once: {after_acks:?} -> {after_syns:?}"
+        );
+        // Each bare SYN is a handshake in progress until the client's RST takes it back.
+        ensure!(after_syns.1 - after_acks.1 == SYNS as i64, "in flight: {after_syns:?}");
+        Ok(())
+    })
+    .context("stray packets")
+    .unwrap();
+}
