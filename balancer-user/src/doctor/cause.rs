@@ -235,7 +235,7 @@ pub fn diagnose(errno: Option<i32>, needs: Version, facts: &Facts) -> Diagnosis 
             diagnosis(
                 Cause::Unsupported { has, needs },
                 format!(
-                    "the kernel rejected it ({}), not a refusal: {kernel}, so it was built \
+                    "the kernel rejected it with {}, not a refusal: {kernel}, so it was built \
                      without the feature or its verifier refused the program",
                     name(code)
                 ),
@@ -250,7 +250,7 @@ pub fn diagnose(errno: Option<i32>, needs: Version, facts: &Facts) -> Diagnosis 
 }
 
 fn refusal(code: i32, facts: &Facts) -> Diagnosis {
-    let refused = format!("refused ({}), not a missing kernel feature", name(code));
+    let refused = format!("refused with {}, not a missing kernel feature", name(code));
     let lsms = facts.refusing_lsms();
     if let Some(missing) = facts.missing_capabilities().filter(|m| !m.is_empty()) {
         let mut detail = format!("{refused}: the process lacks {}", missing.join(" and "));
