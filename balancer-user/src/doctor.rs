@@ -1,8 +1,14 @@
 //! `reuselb doctor`: is this kernel and this process able to run reuselb, and if not, what to do.
 //!
 //! Every check does the real thing where it can (load the program, attach it to a socket) rather
-//! than guess from version numbers.
+//! than guess from version numbers. When one fails, [`cause`] tells a refusal (seccomp, missing
+//! capabilities, a security module) from a kernel that lacks the feature, and advises a kernel
+//! upgrade only to a kernel older than the feature.
+pub mod cause;
+
 use std::{fs, net::SocketAddr};
+
+use cause::{Diagnosis, Facts, Version};
 
 use crate::{
     group::{Group, GroupOptions, Mode},
@@ -35,22 +41,29 @@ impl Check {
 }
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-/// Capability numbers from linux/capability.h.
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
+/// The oldest kernel with everything the select program uses (bpf_loop, mmap-able arrays).
+const NEEDS_SELECT: Version = Version(5, 17);
+/// The oldest kernel with the select-or-migrate attach type.
+const NEEDS_MIGRATE: Version = Version(5, 14);
 
 /// Runs every check, in order.
 pub fn run() -> Vec<Check> {
+    let facts = Facts::read();
     vec![
         kernel(),
-        capabilities(),
+        capabilities(&facts),
+        confinement(&facts),
         bpffs(),
-        select_program(),
-        migrate_program(),
-        attach(),
+        select_program(&facts),
+        migrate_program(&facts),
+        attach(&facts),
         migrate_sysctl(),
     ]
+}
+
+/// Why `err` happened, for an operation that needs Linux `needs`.
+fn diagnose(err: &(dyn std::error::Error + 'static), needs: Version, facts: &Facts) -> Diagnosis {
+    cause::diagnose(cause::errno(err), needs, facts)
 }
 
 fn kernel() -> Check {
@@ -62,14 +75,8 @@ fn kernel() -> Check {
     }
 }
 
-fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
-}
-
-fn capabilities() -> Check {
-    let Some(caps) = effective_caps() else {
+fn capabilities(facts: &Facts) -> Check {
+    let Some(missing) = facts.missing_capabilities() else {
         return Check::new(
             "capabilities",
             Level::Warn,
@@ -77,18 +84,11 @@ fn capabilities() -> Check {
             None,
         );
     };
-    let has = |cap: u32| caps & (1 << cap) != 0;
     // CAP_BPF loads SK_REUSEPORT programs. Without CAP_PERFMON the verifier also walks the
     // speculative paths (Spectre hardening), and the least-loaded scan exceeds its budget.
-    let bpf = has(CAP_BPF) || has(CAP_SYS_ADMIN);
-    let perfmon = has(CAP_PERFMON) || has(CAP_SYS_ADMIN);
-    if bpf && perfmon {
+    if missing.is_empty() {
         Check::new("capabilities", Level::Ok, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)", None)
     } else {
-        let missing: Vec<&str> = [(!bpf).then_some("CAP_BPF"), (!perfmon).then_some("CAP_PERFMON")]
-            .into_iter()
-            .flatten()
-            .collect();
         Check::new(
             "capabilities",
             Level::Fail,
@@ -96,6 +96,27 @@ fn capabilities() -> Check {
             Some("run as root, or grant CAP_BPF and CAP_PERFMON (systemd: AmbientCapabilities=CAP_BPF CAP_PERFMON)"),
         )
     }
+}
+
+/// What could refuse bpf() besides capabilities: said up front, so that a refusal further down
+/// reads against it.
+fn confinement(facts: &Facts) -> Check {
+    let seccomp = match (facts.seccomp_mode, facts.seccomp_filters) {
+        (Some(0), _) => "no seccomp filter".to_owned(),
+        (Some(1), _) => "seccomp strict mode".to_owned(),
+        (Some(_), Some(n)) => format!("{n} seccomp filter(s)"),
+        (Some(_), None) => "seccomp filter(s)".to_owned(),
+        (None, _) => "seccomp mode unknown".to_owned(),
+    };
+    let lsms = match &facts.lsms {
+        Some(l) => format!("security modules {}", l.join(",")),
+        None => "security modules unknown (securityfs not mounted)".to_owned(),
+    };
+    let unprivileged = match facts.unprivileged_bpf_disabled {
+        Some(v) => format!("kernel.unprivileged_bpf_disabled={v}"),
+        None => "kernel.unprivileged_bpf_disabled unknown".to_owned(),
+    };
+    Check::new("confinement", Level::Ok, format!("{seccomp}; {lsms}; {unprivileged}"), None)
 }
 
 fn bpffs() -> Check {
@@ -115,7 +136,7 @@ fn bpffs() -> Check {
     }
 }
 
-fn select_program() -> Check {
+fn select_program(facts: &Facts) -> Check {
     match loader::load(Program::Select) {
         Ok(_) => Check::new(
             "sk_reuseport program",
@@ -123,35 +144,46 @@ fn select_program() -> Check {
             "BPF syscall, SK_REUSEPORT programs, REUSEPORT_SOCKARRAY and mmap-able arrays work",
             None,
         ),
-        Err(e) => Check::new(
-            "sk_reuseport program",
-            Level::Fail,
-            format!("cannot load the select program: {e}"),
-            Some("needs Linux 5.17+ (bpf_loop, mmap-able arrays) with CONFIG_BPF_SYSCALL, and CAP_BPF with CAP_PERFMON"),
-        ),
+        Err(e) => {
+            let d = diagnose(&e, NEEDS_SELECT, facts);
+            Check {
+                name: "sk_reuseport program",
+                level: Level::Fail,
+                detail: format!("cannot load the select program: {e}: {}", d.detail),
+                fix: d.fix,
+            }
+        }
     }
 }
 
-fn migrate_program() -> Check {
+fn migrate_program(facts: &Facts) -> Check {
     match loader::load(Program::SelectOrMigrate) {
-        Ok(_) => Check::new("migrate attach type", Level::Ok, "select-or-migrate works: queues of exiting workers move to others", None),
-        Err(e) => Check::new(
+        Ok(_) => Check::new(
             "migrate attach type",
-            Level::Warn,
-            format!("select-or-migrate not accepted ({e}): reuselb runs select-only, and connections queued on a worker that exits are reset"),
-            Some("upgrade to Linux 5.14 or later"),
+            Level::Ok,
+            "select-or-migrate works: queues of exiting workers move to others",
+            None,
         ),
+        Err(e) => {
+            let d = diagnose(&e, NEEDS_MIGRATE, facts);
+            Check {
+                name: "migrate attach type",
+                level: Level::Warn,
+                detail: format!("select-or-migrate not accepted ({e}: {}): reuselb runs select-only, and connections queued on a worker that exits are reset", d.detail),
+                fix: d.fix,
+            }
+        }
     }
 }
 
-fn attach() -> Check {
-    let result = (|| -> Result<(), String> {
-        let group = Group::new(GroupOptions { mode: Mode::Auto, ..Default::default() })
-            .map_err(|e| e.to_string())?;
+fn attach(facts: &Facts) -> Check {
+    // The error kept whole (not its text), so that its errno can be diagnosed.
+    let result = (|| -> Result<(), Box<dyn std::error::Error>> {
+        let group = Group::new(GroupOptions { mode: Mode::Auto, ..Default::default() })?;
         let listener = bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0)), 16)
             .map_err(|e| format!("binding a test socket: {e}"))?;
-        group.attach(&listener).map_err(|e| e.to_string())?;
-        Group::detach(&listener).map_err(|e| e.to_string())
+        group.attach(&listener)?;
+        Ok(Group::detach(&listener)?)
     })();
     match result {
         Ok(()) => Check::new(
@@ -161,7 +193,13 @@ fn attach() -> Check {
             None,
         ),
         Err(e) => {
-            Check::new("attach", Level::Fail, format!("SO_ATTACH_REUSEPORT_EBPF failed: {e}"), None)
+            let d = diagnose(&*e, NEEDS_SELECT, facts);
+            Check {
+                name: "attach",
+                level: Level::Fail,
+                detail: format!("SO_ATTACH_REUSEPORT_EBPF failed: {e}: {}", d.detail),
+                fix: d.fix,
+            }
         }
     }
 }

@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod command;
 mod fuzz;
+mod image;
 mod privilege;
 mod prove;
 mod run;
@@ -36,6 +37,13 @@ enum Task {
         /// bpffs: for a container image's build stage.
         #[arg(long)]
         toolchain_only: bool,
+    },
+    /// Build, then the container image (deploy/container/Containerfile) with podman, FROM
+    /// scratch: no base image is pulled.
+    Image {
+        /// The image's name and tag.
+        #[arg(long, default_value = "localhost/reuselb:latest")]
+        tag: String,
     },
     /// Build, then run every test of the workspace (as root), then each fuzz target briefly.
     Test {
@@ -102,6 +110,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Setup => setup::run(&ws),
         Task::Build { toolchain_only: false } => build::run(&ws).map(drop),
         Task::Build { toolchain_only: true } => build::toolchain_only(&ws).map(drop),
+        Task::Image { tag } => image::run(&ws, &tag),
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
         Task::Prove { broken, tests, test_args } => {
             anyhow::ensure!(
