@@ -8,6 +8,8 @@
 //! load tests of different modules share one lock (`integration_tests::apps::serial`), so they
 //! never measure each other.
 
+mod claims;
+mod container;
 mod daemon;
 mod deploy;
 mod hostile;
