@@ -179,6 +179,8 @@ fn app_pods_mount_the_socket_directory_read_only_and_no_host_path_in_the_sidecar
                 .map(|(_, c)| *c)
                 .expect("the sidecar");
             assert_eq!(reuselb["restartPolicy"].as_str(), Some("Always"), "a native sidecar");
+            // The daemon must see the workers' pids (tests/tests/container.rs).
+            assert_eq!(pod["shareProcessNamespace"].as_bool(), Some(true), "{dir}");
             assert!(reuselb["startupProbe"].is_mapping(), "the app waits for the daemon");
         }
     }
