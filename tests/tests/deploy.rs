@@ -208,7 +208,7 @@ fn the_daemon_status_is_open_only_to_the_monitoring_namespace() {
         Some("monitoring")
     );
     // The sidecar's daemon serves /status on the pod's loopback only.
-    let sidecar = Config::load(&repo().join("deploy/kubernetes/sidecar/reuselb.yaml")).unwrap();
+    let sidecar = Config::load(repo().join("deploy/kubernetes/sidecar/reuselb.yaml")).unwrap();
     let addr = sidecar.metrics_addr.expect("the sidecar sets metrics_addr");
     assert!(addr.ip().is_loopback(), "sidecar metrics_addr {addr}");
 }
