@@ -67,11 +67,16 @@ impl Facts {
     /// Reads the facts of this process and kernel.
     pub fn read() -> Self {
         let read = |path: &str| fs::read_to_string(path).ok();
+        let lsms = read("/sys/kernel/security/lsm").map(|l| parse_lsms(&l));
+        // Linux 5.8+ has AppArmor's own file; before, /proc/self/attr/current is the major
+        // LSM's, AppArmor's only where the list names it.
+        let apparmor_listed = lsms.as_ref().is_some_and(|l| l.iter().any(|m| m == "apparmor"));
+        let apparmor = read("/proc/self/attr/apparmor/current")
+            .or_else(|| apparmor_listed.then(|| read("/proc/self/attr/current")).flatten());
         let mut facts = Self {
             kernel: read("/proc/sys/kernel/osrelease").as_deref().and_then(Version::from_release),
-            lsms: read("/sys/kernel/security/lsm").map(|l| parse_lsms(&l)),
-            apparmor_profile: read("/proc/self/attr/apparmor/current")
-                .map(|p| p.trim_end_matches(['\0', '\n']).to_owned()),
+            lsms,
+            apparmor_profile: apparmor.map(|p| p.trim_end_matches(['\0', '\n']).to_owned()),
             selinux_enforcing: read("/sys/fs/selinux/enforce").map(|v| v.trim() == "1"),
             unprivileged_bpf_disabled: read("/proc/sys/kernel/unprivileged_bpf_disabled")
                 .and_then(|v| v.trim().parse().ok()),

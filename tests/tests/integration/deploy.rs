@@ -1,8 +1,12 @@
 //! The deployment files: the Kubernetes manifests render with kustomize and validate offline
-//! against a current Kubernetes, and every reuselb config they carry parses.
+//! against a current Kubernetes, every reuselb config they carry parses, and the rendered objects
+//! keep their privileges where the design puts them: CAP_BPF + CAP_PERFMON and the seccomp
+//! profile that allows bpf() on the reuselb container only, app containers unprivileged with the
+//! socket directory read-only, the daemon's /status reachable only from the monitoring namespace.
 use std::{path::PathBuf, process::Command};
 
 use balancer_user::config::Config;
+use serde_yaml::Value;
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -47,6 +51,7 @@ fn kubernetes_manifests_render_and_validate() {
         "deploy/kubernetes/base",
         "deploy/kubernetes/overlays/bpffs-bidirectional",
         "deploy/kubernetes/example-uwsgi",
+        "deploy/kubernetes/sidecar",
     ] {
         let rendered = render(dir);
         assert!(rendered.contains("kind:"), "{dir} rendered nothing");
@@ -67,6 +72,8 @@ fn the_daemonset_runs_with_two_capabilities_and_probes_healthz() {
         "prometheus.io/scrape",
         "path: /sys/fs/bpf",
         "path: /run/reuselb",
+        "type: Localhost",
+        "localhostProfile: reuselb/reuselb.json",
     ] {
         assert!(rendered.contains(needle), "the DaemonSet lacks `{needle}`");
     }
@@ -75,8 +82,169 @@ fn the_daemonset_runs_with_two_capabilities_and_probes_healthz() {
 
 #[test]
 fn shipped_reuselb_configs_parse() {
-    for file in ["deploy/kubernetes/base/reuselb.yaml", "deploy/examples/reuselb.yaml"] {
+    for file in [
+        "deploy/kubernetes/base/reuselb.yaml",
+        "deploy/kubernetes/sidecar/reuselb.yaml",
+        "deploy/examples/reuselb.yaml",
+    ] {
         let path = repo().join(file);
         Config::load(&path).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+/// The objects of a rendered kustomization (kustomize puts each after a `---` line).
+fn objects(dir: &str) -> Vec<Value> {
+    render(dir)
+        .split("\n---\n")
+        .map(|doc| serde_yaml::from_str(doc).expect("rendered YAML parses"))
+        .collect()
+}
+
+fn of_kind<'a>(objects: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    objects.iter().filter(|o| o["kind"].as_str() == Some(kind)).collect()
+}
+
+/// Every container (init containers included) of every pod template, with its pod spec.
+fn containers(objects: &[Value]) -> Vec<(&Value, &Value)> {
+    let mut all = Vec::new();
+    for o in objects {
+        let pod = &o["spec"]["template"]["spec"];
+        for list in ["initContainers", "containers"] {
+            for c in pod[list].as_sequence().into_iter().flatten() {
+                all.push((pod, c));
+            }
+        }
+    }
+    all
+}
+
+fn strings(v: &Value) -> Vec<&str> {
+    v.as_sequence().into_iter().flatten().filter_map(Value::as_str).collect()
+}
+
+/// The profile the manifests name, as installed on the nodes (deploy/README.md).
+const PROFILE: &str = "reuselb/reuselb.json";
+
+#[test]
+fn only_the_reuselb_container_gets_bpf_capabilities_and_the_bpf_seccomp_profile() {
+    for dir in ["deploy/kubernetes/base", "deploy/kubernetes/sidecar"] {
+        let objects = objects(dir);
+        let all = containers(&objects);
+        assert!(all.iter().any(|(_, c)| c["name"].as_str() == Some("reuselb")), "{dir}");
+        for (pod, c) in all {
+            let name = c["name"].as_str().unwrap_or("?");
+            let sc = &c["securityContext"];
+            assert_eq!(strings(&sc["capabilities"]["drop"]), ["ALL"], "{dir}: {name} drops ALL");
+            assert_ne!(sc["privileged"].as_bool(), Some(true), "{dir}: {name} is privileged");
+            assert_eq!(sc["allowPrivilegeEscalation"].as_bool(), Some(false), "{dir}: {name}");
+            let seccomp = if sc["seccompProfile"].is_mapping() {
+                &sc["seccompProfile"]
+            } else {
+                &pod["securityContext"]["seccompProfile"]
+            };
+            if name == "reuselb" {
+                assert_eq!(strings(&sc["capabilities"]["add"]), ["BPF", "PERFMON"], "{dir}");
+                assert_eq!(seccomp["type"].as_str(), Some("Localhost"), "{dir}: {name}");
+                assert_eq!(seccomp["localhostProfile"].as_str(), Some(PROFILE), "{dir}");
+            } else {
+                assert!(sc["capabilities"]["add"].is_null(), "{dir}: {name} adds capabilities");
+                assert_eq!(seccomp["type"].as_str(), Some("RuntimeDefault"), "{dir}: {name}");
+            }
+        }
+    }
+}
+
+#[test]
+fn app_pods_mount_the_socket_directory_read_only_and_no_host_path_in_the_sidecar_form() {
+    for dir in ["deploy/kubernetes/example-uwsgi", "deploy/kubernetes/sidecar"] {
+        let objects = objects(dir);
+        let all = containers(&objects);
+        let (pod, app) = all
+            .iter()
+            .find(|(_, c)| c["name"].as_str() == Some("uwsgi"))
+            .unwrap_or_else(|| panic!("{dir}: no uwsgi container"));
+        let mounts = app["volumeMounts"].as_sequence().expect("the app mounts volumes");
+        let sockets = mounts
+            .iter()
+            .find(|m| m["mountPath"].as_str() == Some("/run/reuselb"))
+            .unwrap_or_else(|| panic!("{dir}: the app does not mount /run/reuselb"));
+        assert_eq!(sockets["readOnly"].as_bool(), Some(true), "{dir}: /run/reuselb is writable");
+        if dir.ends_with("sidecar") {
+            for v in pod["volumes"].as_sequence().into_iter().flatten() {
+                assert!(v["hostPath"].is_null(), "{dir}: hostPath volume {:?}", v["name"]);
+            }
+            let reuselb = all
+                .iter()
+                .find(|(_, c)| c["name"].as_str() == Some("reuselb"))
+                .map(|(_, c)| *c)
+                .expect("the sidecar");
+            assert_eq!(reuselb["restartPolicy"].as_str(), Some("Always"), "a native sidecar");
+            // The daemon must see the workers' pids (tests/tests/container.rs).
+            assert_eq!(pod["shareProcessNamespace"].as_bool(), Some(true), "{dir}");
+            assert!(reuselb["startupProbe"].is_mapping(), "the app waits for the daemon");
+        }
+    }
+}
+
+#[test]
+fn the_daemon_status_is_open_only_to_the_monitoring_namespace() {
+    let objects = objects("deploy/kubernetes/base");
+    let policies = of_kind(&objects, "NetworkPolicy");
+    assert_eq!(policies.len(), 1, "the DaemonSet's NetworkPolicy");
+    let spec = &policies[0]["spec"];
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["app.kubernetes.io/name"].as_str(),
+        Some("reuselb")
+    );
+    assert_eq!(strings(&spec["policyTypes"]), ["Ingress", "Egress"]);
+    assert_eq!(spec["egress"].as_sequence().map(Vec::len), Some(0), "no egress");
+    let ingress = spec["ingress"].as_sequence().expect("ingress rules");
+    assert_eq!(ingress.len(), 1);
+    assert_eq!(ingress[0]["ports"][0]["port"].as_u64(), Some(9464));
+    let from = ingress[0]["from"].as_sequence().expect("from");
+    assert_eq!(from.len(), 1, "one source only");
+    assert_eq!(
+        from[0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"].as_str(),
+        Some("monitoring")
+    );
+    // The sidecar's daemon serves /status on the pod's loopback only.
+    let sidecar = Config::load(repo().join("deploy/kubernetes/sidecar/reuselb.yaml")).unwrap();
+    let addr = sidecar.metrics_addr.expect("the sidecar sets metrics_addr");
+    assert!(addr.ip().is_loopback(), "sidecar metrics_addr {addr}");
+}
+
+#[test]
+fn the_seccomp_profile_allows_bpf_and_keeps_what_the_default_denies_denied() {
+    let path = repo().join("deploy/seccomp/reuselb.json");
+    let profile: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("profile is JSON");
+    assert_eq!(profile["defaultAction"], "SCMP_ACT_ERRNO");
+    let rules = profile["syscalls"].as_array().expect("syscalls");
+    let allowed = |name: &str| {
+        rules.iter().any(|r| {
+            r["action"] == "SCMP_ACT_ALLOW"
+                && r["args"].as_array().is_none_or(Vec::is_empty)
+                && r["names"].as_array().is_some_and(|n| n.iter().any(|x| x == name))
+        })
+    };
+    assert!(allowed("bpf"), "the profile must allow bpf()");
+    // Denied by the runtime default to a container without CAP_SYS_ADMIN and friends (or
+    // allowed nowhere): still denied. perf_event_open included: reuselb does not need it.
+    for denied in [
+        "perf_event_open",
+        "fanotify_init",
+        "init_module",
+        "finit_module",
+        "kexec_load",
+        "open_by_handle_at",
+        "swapon",
+        "acct",
+        "iopl",
+        "chroot",
+        "clock_settime",
+        "userfaultfd",
+        "add_key",
+    ] {
+        assert!(!allowed(denied), "the profile allows {denied}");
     }
 }
