@@ -108,6 +108,7 @@ pub fn enter_private_netns() -> Result<()> {
     if fd < 0 {
         return Err(std::io::Error::last_os_error()).context("socket for SIOCSIFFLAGS");
     }
+    // SAFETY: fd was just returned by socket(2), checked, and is owned by nothing else.
     let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
     let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
     // SAFETY: zeroed ifreq is valid; name "lo" fits IFNAMSIZ; ioctls on our socket.

@@ -234,6 +234,7 @@ fn uwsgi_worker_killed_under_load_is_replaced() {
     let before = slot_pids(service);
     let victim = before[before.len() / 2];
     let killed_at = Instant::now();
+    // SAFETY: kill(2) of a uWSGI worker this test started; no pointers.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     let replaced = wait_until(Duration::from_secs(15), || {
         let now = slot_pids(service);
@@ -494,6 +495,7 @@ fn loads_return_to_zero_after_resets_and_timeouts() {
 
     let reset = |s: &TcpStream| {
         let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt reads `linger` with its exact size; s is ours.
         unsafe {
             libc::setsockopt(
                 std::os::fd::AsRawFd::as_raw_fd(s),
