@@ -5,6 +5,7 @@ mod bench;
 mod build;
 mod command;
 mod fuzz;
+mod lint;
 mod privilege;
 mod run;
 mod setup;
@@ -36,7 +37,9 @@ enum Task {
         #[arg(long)]
         toolchain_only: bool,
     },
-    /// Build, then run every test of the workspace (as root), then each fuzz target briefly.
+    /// Check formatting (rustfmt) and lints (clippy, warnings as errors), as `test` does first.
+    Lint,
+    /// Lint, build, then run every test of the workspace (as root), then each fuzz target briefly.
     Test {
         /// Extra arguments for `cargo test` (use a second `--` for the test binaries).
         #[arg(last = true)]
@@ -87,6 +90,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Setup => setup::run(&ws),
         Task::Build { toolchain_only: false } => build::run(&ws).map(drop),
         Task::Build { toolchain_only: true } => build::toolchain_only(&ws).map(drop),
+        Task::Lint => lint::run(&ws),
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
         Task::Run(args) => run::run(&ws, &args),
         Task::Bench { what, args } => bench::run(&ws, &what, &args),
