@@ -70,7 +70,8 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A free loopback port (the kernel picks one; a race with another process is unlikely).
+/// A free loopback port (the kernel picks one). The tests call it in a private network namespace
+/// (`private_loopback`), where nothing else takes ports.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }
@@ -354,10 +355,11 @@ pub fn spawn_reuselb_run(
     p
 }
 
-/// Number of TCP sockets in LISTEN state on loopback IPv4 `port` (from /proc/net/tcp).
+/// Number of TCP sockets in LISTEN state on loopback IPv4 `port`, in the calling thread's network
+/// namespace (from /proc/thread-self/net/tcp: /proc/net is the main thread's).
 pub fn listening_sockets(port: u16) -> usize {
     let want = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
+    std::fs::read_to_string("/proc/thread-self/net/tcp")
         .unwrap_or_default()
         .lines()
         .skip(1)

@@ -22,14 +22,7 @@ impl NetNs {
     /// A fresh namespace with `lo` up (127.0.0.1 and ::1).
     pub fn new() -> Result<Self> {
         thread::spawn(|| -> Result<Self> {
-            // SAFETY: unshare on this thread only; CLONE_NEWNET is allowed in threaded processes.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "unshare(CLONE_NEWNET) failed (tests must run as root): {}",
-                    io::Error::last_os_error()
-                );
-            }
-            set_loopback_up().context("bringing lo up in the test namespace")?;
+            isolate_thread()?;
             let file =
                 File::open("/proc/thread-self/ns/net").context("opening the new namespace")?;
             Ok(Self { fd: file.into() })
@@ -110,6 +103,23 @@ impl NetNs {
         }
         Ok(())
     }
+}
+
+/// Moves the calling thread into a fresh network namespace with `lo` up (127.0.0.1 and ::1); the
+/// threads and processes it starts afterwards live there too. The namespace goes away when the
+/// thread has ended and the last socket and process in it are gone.
+///
+/// For a thread that ends with its work: a test's own thread (libtest runs each test on a thread
+/// of its own) or the bench's main thread.
+pub fn isolate_thread() -> Result<()> {
+    // SAFETY: unshare on this thread only; CLONE_NEWNET is allowed in threaded processes.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "unshare(CLONE_NEWNET) failed (tests must run as root): {}",
+            io::Error::last_os_error()
+        );
+    }
+    set_loopback_up().context("bringing lo up in the new network namespace")
 }
 
 /// `ip link set lo up`, with the SIOCSIFFLAGS ioctl.
