@@ -70,7 +70,8 @@ pub fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-/// A free loopback port (the kernel picks one; a race with another process is unlikely).
+/// A free loopback port (the kernel picks one). The tests call it in a private network namespace
+/// (`private_loopback`), where nothing else takes ports.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }
@@ -146,6 +147,7 @@ impl Proc {
 
     /// Sends `sig` to the process (not the group).
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) takes no pointers; at worst it fails (ESRCH).
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
@@ -174,8 +176,10 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         for g in &self.extra_groups {
+            // SAFETY: kill(2) of a group this Proc started; no pointers.
             unsafe { libc::kill(-*g, libc::SIGKILL) };
         }
+        // SAFETY: kill(2) of the child's own process group; no pointers, failure is harmless.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
         // Give the kernel a moment to reap grandchildren (they are re-parented to init).
@@ -192,6 +196,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the pid exists; no pointers.
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
@@ -350,10 +355,11 @@ pub fn spawn_reuselb_run(
     p
 }
 
-/// Number of TCP sockets in LISTEN state on loopback IPv4 `port` (from /proc/net/tcp).
+/// Number of TCP sockets in LISTEN state on loopback IPv4 `port`, in the calling thread's network
+/// namespace (from /proc/thread-self/net/tcp: /proc/net is the main thread's).
 pub fn listening_sockets(port: u16) -> usize {
     let want = format!("0100007F:{port:04X}");
-    std::fs::read_to_string("/proc/net/tcp")
+    std::fs::read_to_string("/proc/thread-self/net/tcp")
         .unwrap_or_default()
         .lines()
         .skip(1)

@@ -15,5 +15,13 @@ pub mod shim_client;
 pub use netns::NetNs;
 pub use pool::Pool;
 
+/// Moves the calling test's thread, and every thread and process it starts afterwards, into a
+/// private network namespace with a loopback of its own: the ports `apps::free_port` picks and the
+/// servers a test starts on them cannot meet another test or process on the machine. Panics
+/// with the reason if it cannot (these tests need root).
+pub fn private_loopback() {
+    netns::isolate_thread().expect("entering a private network namespace for this test");
+}
+
 /// The loopback addresses the tests run on: every test runs for IPv4 and IPv6.
 pub const LOOPBACKS: [&str; 2] = ["127.0.0.1", "::1"];

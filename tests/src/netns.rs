@@ -22,14 +22,7 @@ impl NetNs {
     /// A fresh namespace with `lo` up (127.0.0.1 and ::1).
     pub fn new() -> Result<Self> {
         thread::spawn(|| -> Result<Self> {
-            // SAFETY: unshare on this thread only; CLONE_NEWNET is allowed in threaded processes.
-            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-                bail!(
-                    "unshare(CLONE_NEWNET) failed (tests must run as root): {}",
-                    io::Error::last_os_error()
-                );
-            }
-            set_loopback_up().context("bringing lo up in the test namespace")?;
+            isolate_thread()?;
             let file =
                 File::open("/proc/thread-self/ns/net").context("opening the new namespace")?;
             Ok(Self { fd: file.into() })
@@ -112,6 +105,23 @@ impl NetNs {
     }
 }
 
+/// Moves the calling thread into a fresh network namespace with `lo` up (127.0.0.1 and ::1); the
+/// threads and processes it starts afterwards live there too. The namespace goes away when the
+/// thread has ended and the last socket and process in it are gone.
+///
+/// For a thread that ends with its work: a test's own thread (libtest runs each test on a thread
+/// of its own) or the bench's main thread.
+pub fn isolate_thread() -> Result<()> {
+    // SAFETY: unshare on this thread only; CLONE_NEWNET is allowed in threaded processes.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        bail!(
+            "unshare(CLONE_NEWNET) failed (tests must run as root): {}",
+            io::Error::last_os_error()
+        );
+    }
+    set_loopback_up().context("bringing lo up in the new network namespace")
+}
+
 /// `ip link set lo up`, with the SIOCSIFFLAGS ioctl.
 fn set_loopback_up() -> io::Result<()> {
     // SAFETY: a plain datagram socket used only for the interface ioctls below.
@@ -126,10 +136,13 @@ fn set_loopback_up() -> io::Result<()> {
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
+    // SAFETY: SIOCGIFFLAGS fills `req`, a valid ifreq naming lo, on our own socket.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
         return Err(io::Error::last_os_error());
     }
+    // SAFETY: ifr_flags is the union member SIOCGIFFLAGS just filled.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
+    // SAFETY: SIOCSIFFLAGS reads `req`, a valid ifreq naming lo, on our own socket.
     if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
         return Err(io::Error::last_os_error());
     }

@@ -92,7 +92,9 @@ fn drain_one(l: &TcpListener) -> io::Result<usize> {
 pub fn pin_to_cpu0() -> Result<()> {
     // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: CPU_SET sets bit 0 of `set`, a valid cpu_set_t on our stack.
     unsafe { libc::CPU_SET(0, &mut set) };
+    // SAFETY: sched_setaffinity reads `set` with its exact size, for the calling thread (0).
     let ret = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
     anyhow::ensure!(ret == 0, "sched_setaffinity: {}", io::Error::last_os_error());
     Ok(())

@@ -34,7 +34,8 @@ pub fn toolchain_only(ws: &Workspace) -> Result<Artifacts> {
     build(ws)
 }
 
-fn build(ws: &Workspace) -> Result<Artifacts> {
+/// The build alone, on a machine already set up.
+pub fn build(ws: &Workspace) -> Result<Artifacts> {
     command::run(ws.cargo().args([
         "build",
         "--release",

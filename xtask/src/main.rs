@@ -6,6 +6,7 @@ mod build;
 mod command;
 mod fuzz;
 mod image;
+mod lint;
 mod privilege;
 mod prove;
 mod run;
@@ -45,7 +46,9 @@ enum Task {
         #[arg(long, default_value = "localhost/reuselb:latest")]
         tag: String,
     },
-    /// Build, then run every test of the workspace (as root), then each fuzz target briefly.
+    /// Check formatting (rustfmt) and lints (clippy, warnings as errors), as `test` does first.
+    Lint,
+    /// Lint, build, then run every test of the workspace (as root), then each fuzz target briefly.
     Test {
         /// Extra arguments for `cargo test` (use a second `--` for the test binaries).
         #[arg(last = true)]
@@ -111,6 +114,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Build { toolchain_only: false } => build::run(&ws).map(drop),
         Task::Build { toolchain_only: true } => build::toolchain_only(&ws).map(drop),
         Task::Image { tag } => image::run(&ws, &tag),
+        Task::Lint => lint::run(&ws),
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
         Task::Prove { broken, tests, test_args } => {
             anyhow::ensure!(

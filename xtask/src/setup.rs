@@ -43,6 +43,11 @@ pub fn toolchain(ws: &Workspace) -> Result<()> {
     bpf_linker::ensure(ws)
 }
 
+/// What `cargo xtask lint` needs besides the build's toolchain: rustfmt and clippy.
+pub fn lint_tools() -> Result<()> {
+    toolchain::ensure_lint_tools()
+}
+
 /// What `cargo xtask fuzz` needs: the nightly toolchain (the fuzz targets build on it) and
 /// cargo-fuzz. No root, no bpffs: fuzzing loads no BPF.
 pub fn fuzzing() -> Result<()> {

@@ -1,9 +1,13 @@
-//! `cargo xtask test`: every test of the workspace, against the freshly built release binaries;
-//! then each fuzz target for a short while (`cargo xtask fuzz` runs them longer).
+//! `cargo xtask test`: the lint gate (rustfmt, clippy: see `lint`), then every test of the
+//! workspace against the freshly built release binaries, then each fuzz target for a short while
+//! (`cargo xtask fuzz` runs them longer).
+//!
+//! The integration tests (the `tests` crate, one binary) are not a default member of the
+//! workspace, since they need root: `--workspace` is what brings them in here.
 
 use anyhow::{ensure, Result};
 
-use crate::{build, command, fuzz, privilege, workspace::Workspace};
+use crate::{build, command, fuzz, lint, privilege, setup, workspace::Workspace};
 
 pub fn run(ws: &Workspace, cargo_args: &[String]) -> Result<()> {
     // Checked before the long build, so a non-root run fails at once.
@@ -11,7 +15,10 @@ pub fn run(ws: &Workspace, cargo_args: &[String]) -> Result<()> {
         privilege::is_root()?,
         "the integration tests load BPF programs and create network namespaces: run as root"
     );
-    let artifacts = build::run(ws)?;
+    setup::run(ws)?;
+    // Before the long build and tests: a style slip fails in a minute.
+    lint::check(ws)?;
+    let artifacts = build::build(ws)?;
     // `--workspace` means every member, default-members or not: balancer-ebpf only builds for the
     // BPF target (balancer-user's build script builds it), so it must be excluded by name.
     let mut cargo = ws.cargo();

@@ -918,8 +918,10 @@ fn raise_nofile() {
     // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: getrlimit writes into `cur`, a valid rlimit on our stack.
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) };
         let raised = libc::rlimit { rlim_cur: cur.rlim_max, rlim_max: cur.rlim_max };
+        // SAFETY: setrlimit reads a valid rlimit; failure only leaves the old limit.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
     }
 }

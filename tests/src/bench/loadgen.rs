@@ -199,6 +199,7 @@ impl Drop for Gen {
             // SAFETY: our own descriptors, closed once.
             unsafe { libc::close(c.fd) };
         }
+        // SAFETY: the timerfd and the epoll descriptor are Gen's own, closed once, here.
         unsafe {
             libc::close(self.timerfd);
             libc::close(self.epfd);
@@ -217,15 +218,19 @@ impl Gen {
         if epfd < 0 {
             return Err(os_err("epoll_create1"));
         }
+        // SAFETY: timerfd_create takes no pointers; the result is checked and owned by Gen.
         let timerfd = unsafe {
             libc::timerfd_create(libc::CLOCK_MONOTONIC, libc::TFD_NONBLOCK | libc::TFD_CLOEXEC)
         };
         if timerfd < 0 {
+            // SAFETY: epfd was just created here and is closed once on this error path.
             unsafe { libc::close(epfd) };
             return Err(os_err("timerfd_create"));
         }
         let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: TIMER };
+        // SAFETY: epoll_ctl reads `ev`, a valid epoll_event; both fds are ours.
         if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, timerfd, &mut ev) } < 0 {
+            // SAFETY: both fds were just created here; closed once on this path.
             unsafe {
                 libc::close(timerfd);
                 libc::close(epfd);
@@ -291,6 +296,7 @@ impl Gen {
             let e = io::Error::last_os_error();
             return self.fail(intended, in_window, format!("socket: {e}"));
         }
+        // SAFETY: connect reads `self.addr`, a valid sockaddr_in, with its exact size; fd is ours.
         let rc = unsafe {
             libc::connect(
                 fd,
@@ -301,6 +307,7 @@ impl Gen {
         if rc < 0 {
             let e = io::Error::last_os_error();
             if e.raw_os_error() != Some(libc::EINPROGRESS) {
+                // SAFETY: fd was created above and is not stored anywhere: closed once.
                 unsafe { libc::close(fd) };
                 return self.fail(intended, in_window, format!("connect: {e}"));
             }
@@ -313,8 +320,10 @@ impl Gen {
             }
         };
         let mut ev = libc::epoll_event { events: libc::EPOLLOUT as u32, u64: slot as u64 };
+        // SAFETY: epoll_ctl reads `ev`, a valid epoll_event on our stack; epfd and fd are ours.
         if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } < 0 {
             let e = io::Error::last_os_error();
+            // SAFETY: fd is not registered anywhere yet: closed once.
             unsafe { libc::close(fd) };
             self.free.push(slot);
             return self.fail(intended, in_window, format!("epoll_ctl: {e}"));
@@ -397,6 +406,7 @@ impl Gen {
                 }
                 c.state = State::Reading;
                 let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: slot as u64 };
+                // SAFETY: epoll_ctl reads `ev`, a valid epoll_event; c.fd is ours.
                 if unsafe { libc::epoll_ctl(self.epfd, libc::EPOLL_CTL_MOD, c.fd, &mut ev) } < 0 {
                     return Some(Err(format!("epoll_ctl: {}", io::Error::last_os_error())));
                 }

@@ -81,50 +81,21 @@ pub fn write_report(name: &str, markdown: &str) -> Result<PathBuf> {
 }
 
 /// Moves this thread (the main thread, before any other is started) into a new network namespace
-/// with its loopback up, so the bench neither meets nor disturbs other traffic on the machine.
-/// Threads started afterwards inherit it; the namespace goes away with the process.
-/// Enters a private network namespace unless `no_netns`; says where the bench runs, for its report.
-/// Falls back to the current namespace (with a warning) rather than not measuring at all.
+/// with its loopback up, unless `no_netns`, so the bench neither meets nor disturbs other traffic
+/// on the machine. Threads started afterwards inherit it; the namespace goes away with the
+/// process. Says where the bench runs, for its report. Falls back to the current namespace (with a
+/// warning) rather than not measuring at all.
 pub fn choose_netns(no_netns: bool) -> String {
     if no_netns {
         return "the current network namespace (--no-netns)".to_string();
     }
-    match enter_private_netns() {
+    match crate::netns::isolate_thread() {
         Ok(()) => "a private network namespace (created by the bench, gone with it)".to_string(),
         Err(e) => {
             eprintln!("warning: running in the current network namespace: {e:#}");
             format!("the current network namespace (a private one failed: {e:#})")
         }
     }
-}
-
-pub fn enter_private_netns() -> Result<()> {
-    // SAFETY: plain unshare(2) of the calling thread's network namespace.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        return Err(std::io::Error::last_os_error()).context("unshare(CLONE_NEWNET)");
-    }
-    // SAFETY: a throwaway datagram socket for the interface ioctls, owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error()).context("socket for SIOCSIFFLAGS");
-    }
-    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
-    let raw = std::os::fd::AsRawFd::as_raw_fd(&sock);
-    // SAFETY: zeroed ifreq is valid; name "lo" fits IFNAMSIZ; ioctls on our socket.
-    unsafe {
-        let mut ifr: libc::ifreq = std::mem::zeroed();
-        for (d, s) in ifr.ifr_name.iter_mut().zip(b"lo\0") {
-            *d = *s as libc::c_char;
-        }
-        if libc::ioctl(raw, libc::SIOCGIFFLAGS, &mut ifr) < 0 {
-            return Err(std::io::Error::last_os_error()).context("SIOCGIFFLAGS lo");
-        }
-        ifr.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-        if libc::ioctl(raw, libc::SIOCSIFFLAGS, &ifr) < 0 {
-            return Err(std::io::Error::last_os_error()).context("SIOCSIFFLAGS lo up");
-        }
-    }
-    Ok(())
 }
 
 /// `kernel.bpf_stats_enabled` as /proc shows it right now.

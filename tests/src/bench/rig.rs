@@ -448,7 +448,9 @@ pub fn drive_burst(bed: &Bed, acceptors: &Acceptors, n: u64, batch: usize) -> Re
             if fd < 0 {
                 return Err(io::Error::last_os_error()).context("socket");
             }
+            // SAFETY: fd was just returned by socket(2), checked, and is owned by nothing else.
             let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+            // SAFETY: connect reads `storage`, filled for this address, up to `len`.
             let ret = unsafe {
                 libc::connect(fd.as_raw_fd(), &storage as *const _ as *const libc::sockaddr, len)
             };
@@ -463,6 +465,7 @@ pub fn drive_burst(bed: &Bed, acceptors: &Acceptors, n: u64, batch: usize) -> Re
         for fd in fds.drain(..) {
             // Wait for the server's RST (POLLIN/POLLERR/POLLHUP).
             let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            // SAFETY: poll reads and writes one pollfd on our stack, for a descriptor we own.
             let ret = unsafe { libc::poll(&mut pfd, 1, CLIENT_TIMEOUT.as_millis() as i32) };
             if ret <= 0 {
                 bail!(

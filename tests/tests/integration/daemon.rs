@@ -1,8 +1,9 @@
 //! `reuselb daemon` as it runs on a host: the real binary with a config file, real uWSGI workers
 //! with the shim, metrics and `/status` scraped over HTTP, signals (SIGHUP, SIGKILL) sent to it.
 //!
-//! Every test has its own loopback ports, a temp dir (config, shim sockets, logs) and its own pin
-//! path `/sys/fs/bpf/reuselb-test-<pid>-<name>`, removed when the test ends however it ends; every
+//! Every test has a private network namespace (its own loopback, so its ports race nothing), a
+//! temp dir (config, shim sockets, logs) and its own pin path
+//! `/sys/fs/bpf/reuselb-test-<pid>-<name>`, removed when the test ends however it ends; every
 //! process it starts is killed with its process group. The load tests run one at a time.
 use std::{
     net::SocketAddr,
@@ -192,6 +193,7 @@ fn wait_idle(metrics: SocketAddr, name: &str, timeout: Duration) -> Option<Durat
 
 #[test]
 fn check_config_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
+    integration_tests::private_loopback();
     let dir = TempDir::new("daemon-check");
     let pin = PinPath::new("check");
     let good = write_config(
@@ -232,6 +234,7 @@ fn check_config_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
 
 #[test]
 fn two_services_in_one_daemon_are_balanced_and_counted() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-two");
@@ -330,6 +333,7 @@ fn two_services_in_one_daemon_are_balanced_and_counted() {
 
 #[test]
 fn daemon_killed_under_load_is_adopted_by_the_next_one() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-kill");
@@ -413,6 +417,7 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
 
 #[test]
 fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-dead");
@@ -430,6 +435,7 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(5));
     let (victim, victim_slot) = before[1];
+    // SAFETY: kill(2) of a uWSGI worker this test started; no pointers.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     // uWSGI's master starts a new worker, which cannot register yet.
     assert!(
@@ -477,6 +483,7 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
 
 #[test]
 fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-hup");
@@ -600,6 +607,7 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
 /// maps; load on one never selects, or reaches, the other's workers.
 #[test]
 fn two_pods_in_two_network_namespaces_are_balanced_apart() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-pods");
@@ -698,6 +706,7 @@ fn footprint(pid: u32) -> (u64, usize) {
 /// reads 0 once idle.
 #[test]
 fn soak_under_worker_churn_kills_and_daemon_restarts() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let seconds: u64 =

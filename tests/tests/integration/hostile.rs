@@ -1,5 +1,6 @@
 //! What a broken or hostile process can send the controller: each gets a clear, counted
-//! rejection; nothing crashes, no descriptor leaks, and the service keeps serving.
+//! rejection; nothing crashes, no descriptor leaks, and the service keeps serving. Each test runs
+//! in a private network namespace.
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
@@ -64,6 +65,7 @@ fn still_serving(registry: &Registry, addr: SocketAddr) {
 
 #[test]
 fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("hostile-messages");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -107,6 +109,7 @@ fn malformed_messages_and_descriptor_floods_are_rejected_without_leaks() {
 
 #[test]
 fn another_uid_is_refused() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("hostile-uid");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -130,6 +133,7 @@ fn another_uid_is_refused() {
 
 #[test]
 fn a_socket_from_another_network_namespace_is_refused() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("hostile-netns");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -146,6 +150,7 @@ fn a_socket_from_another_network_namespace_is_refused() {
 
 #[test]
 fn idle_connection_floods_do_not_block_registration() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("hostile-flood");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -165,6 +170,7 @@ fn idle_connection_floods_do_not_block_registration() {
 
 #[test]
 fn more_workers_than_slots_get_a_clear_refusal() {
+    integration_tests::private_loopback();
     let _serial = serial();
     raise_fd_limit();
     let dir = TempDir::new("hostile-slots");
@@ -199,6 +205,7 @@ fn more_workers_than_slots_get_a_clear_refusal() {
 
 #[test]
 fn pinning_outside_bpffs_names_the_path() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("hostile-pin");
     let pin_dir = dir.path().join("not-bpffs");

@@ -1,9 +1,9 @@
 //! End-to-end: real uWSGI (and gunicorn, nginx) balanced by reuselb through the shim.
 //!
-//! Run as root (BPF, and uWSGI's own needs); every test uses its own loopback ports. The tests run
-//! one at a time (a lock): they measure balance on a machine with few cores, and concurrent load
-//! tests would measure each other. They fail, never skip, when BPF, uWSGI, nginx or gunicorn is
-//! missing.
+//! Run as root (BPF, and uWSGI's own needs); every test runs in a private network namespace, on a
+//! loopback of its own. The tests run one at a time (a lock): they measure balance on a machine
+//! with few cores, and concurrent load tests would measure each other. They fail, never skip, when
+//! BPF, uWSGI, nginx or gunicorn is missing.
 use std::{
     net::SocketAddr,
     time::{Duration, Instant},
@@ -188,12 +188,14 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
 
 #[test]
 fn uwsgi_http_socket_is_balanced() {
+    integration_tests::private_loopback();
     let _serial = serial();
     balance_test(UwsgiProto::Http, false);
 }
 
 #[test]
 fn uwsgi_socket_behind_nginx_is_balanced() {
+    integration_tests::private_loopback();
     let _serial = serial();
     balance_test(UwsgiProto::Uwsgi, true);
 }
@@ -222,6 +224,7 @@ fn uwsgi_with_registry(dir: &TempDir, cfg: &UwsgiConfig) -> (Registry, apps::Pro
 
 #[test]
 fn uwsgi_worker_killed_under_load_is_replaced() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("uwsgi-kill");
@@ -234,6 +237,7 @@ fn uwsgi_worker_killed_under_load_is_replaced() {
     let before = slot_pids(service);
     let victim = before[before.len() / 2];
     let killed_at = Instant::now();
+    // SAFETY: kill(2) of a uWSGI worker this test started; no pointers.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     let replaced = wait_until(Duration::from_secs(15), || {
         let now = slot_pids(service);
@@ -275,6 +279,7 @@ fn uwsgi_worker_killed_under_load_is_replaced() {
 
 #[test]
 fn uwsgi_max_requests_recycling_keeps_registering() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("uwsgi-recycle");
@@ -340,6 +345,7 @@ fn uwsgi_max_requests_recycling_keeps_registering() {
 
 #[test]
 fn controller_started_after_the_app() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let _ = new_group();
@@ -395,6 +401,7 @@ fn controller_started_after_the_app() {
 
 #[test]
 fn gunicorn_sync_workers_are_balanced() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("gunicorn");
     let _ = new_group();
@@ -435,6 +442,7 @@ fn gunicorn_sync_workers_are_balanced() {
 
 #[test]
 fn controller_restart_keeps_serving() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("uwsgi-restart");
@@ -482,6 +490,7 @@ fn controller_restart_keeps_serving() {
 /// reads 0 in flight within a second.
 #[test]
 fn loads_return_to_zero_after_resets_and_timeouts() {
+    integration_tests::private_loopback();
     use std::io::Write;
     use std::net::TcpStream;
     let _serial = serial();
@@ -494,6 +503,7 @@ fn loads_return_to_zero_after_resets_and_timeouts() {
 
     let reset = |s: &TcpStream| {
         let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: setsockopt reads `linger` with its exact size; s is ours.
         unsafe {
             libc::setsockopt(
                 std::os::fd::AsRawFd::as_raw_fd(s),
@@ -548,6 +558,7 @@ fn loads_return_to_zero_after_resets_and_timeouts() {
 
 #[test]
 fn registry_rejects_what_is_not_a_worker_socket() {
+    integration_tests::private_loopback();
     use balancer_common::protocol::{Register, Status};
     use std::os::fd::AsRawFd;
     let _serial = serial();

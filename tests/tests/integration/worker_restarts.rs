@@ -1,7 +1,8 @@
 //! Worker restarts with real uWSGI under steady load: workers that recycle (max-requests) or
 //! reload (SIGHUP, chain reload) lose no connection, because the select-or-migrate program moves
 //! a closing worker's queue to the least-loaded other worker. Each test measures the comparison
-//! beside it: the select-only program, or plain uWSGI.
+//! beside it: the select-only program, or plain uWSGI. Each test runs in a private network
+//! namespace.
 use std::{path::Path, time::Duration};
 
 use balancer_common::Policy;
@@ -79,6 +80,7 @@ fn recycling(dir: &TempDir, mode: Mode, seconds: u64) -> (LoadReport, u64) {
 
 #[test]
 fn max_requests_recycling_under_load_keeps_connections() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("recycle-migrate");
@@ -179,6 +181,7 @@ fn reload_under_load(
 
 #[test]
 fn chain_reload_under_load_loses_no_connection() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("chain-reload");
@@ -199,6 +202,7 @@ fn chain_reload_under_load_loses_no_connection() {
 
 #[test]
 fn graceful_reload_under_load_loses_no_connection() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let sighup = |app: &Proc, _: &Path| app.signal(libc::SIGHUP);

@@ -53,6 +53,22 @@ pub fn ensure_rust_src() -> Result<()> {
     Ok(())
 }
 
+/// rustfmt and clippy for the default toolchain (`cargo xtask lint` runs both).
+pub fn ensure_lint_tools() -> Result<()> {
+    let step = "rustfmt and clippy";
+    let works = |tool: &str| {
+        command::probe(Command::new("cargo").args([tool, "--version"]))
+            .is_ok_and(|out| out.status.success())
+    };
+    if works("fmt") && works("clippy") {
+        report(step, "present");
+        return Ok(());
+    }
+    command::run(Command::new("rustup").args(["component", "add", "rustfmt", "clippy"]))?;
+    report(step, "installed");
+    Ok(())
+}
+
 /// True for a `rustup toolchain list` line naming the plain `nightly` toolchain
 /// (`nightly-x86_64-unknown-linux-gnu (default)`), not a dated one (`nightly-2024-05-01-...`).
 fn is_plain_nightly(line: &str) -> bool {
