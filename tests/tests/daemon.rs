@@ -421,6 +421,7 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(5));
     let (victim, victim_slot) = before[1];
+    // SAFETY: kill(2) takes no pointers; the victim is a uWSGI worker this test started.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     // uWSGI's master starts a new worker, which cannot register yet.
     assert!(
