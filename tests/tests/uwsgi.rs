@@ -54,9 +54,8 @@ fn wait_idle_zero(service: &Service, timeout: Duration) -> Option<Duration> {
 
 /// Waits until the uWSGI answers a request.
 fn wait_serving(addr: SocketAddr, via: SocketAddr) {
-    let request = format!("GET /?ms=0 HTTP/1.0\r\nHost: {addr}\r\n\r\n");
     assert!(
-        wait_until(Duration::from_secs(20), || apps::one_request(via, &request).is_ok()),
+        wait_until(Duration::from_secs(20), || apps::one_request(via, "/?ms=0").is_ok()),
         "{addr} does not serve requests (through {via})"
     );
 }
@@ -234,6 +233,7 @@ fn uwsgi_worker_killed_under_load_is_replaced() {
     let before = slot_pids(service);
     let victim = before[before.len() / 2];
     let killed_at = Instant::now();
+    // SAFETY: kill(2) takes no pointers; the victim is a uWSGI worker this test started.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     let replaced = wait_until(Duration::from_secs(15), || {
         let now = slot_pids(service);
@@ -494,6 +494,8 @@ fn loads_return_to_zero_after_resets_and_timeouts() {
 
     let reset = |s: &TcpStream| {
         let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+        // SAFETY: an open socket we own, and a linger struct that lives across the call, with
+        // its size.
         unsafe {
             libc::setsockopt(
                 std::os::fd::AsRawFd::as_raw_fd(s),

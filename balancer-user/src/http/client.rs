@@ -67,13 +67,31 @@ async fn exchange(addr: SocketAddr, path: &str) -> Result<Response, Error> {
     Ok(Response { status, body })
 }
 
-/// [`get`], from synchronous code (on a runtime of its own).
+/// [`get`] for synchronous code: a client that owns a single-threaded runtime, made once and
+/// reused for every request (a load generator's thread keeps one).
+#[derive(Debug)]
+pub struct Blocking {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Blocking {
+    pub fn new() -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        Ok(Self { runtime })
+    }
+
+    /// GET `path` from `addr` over a fresh connection, the whole exchange within `timeout`.
+    pub fn get(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, Error> {
+        self.runtime.block_on(get(addr, path, timeout))
+    }
+}
+
+/// [`get`], from synchronous code, on a runtime made for this one request.
 pub fn get_blocking(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?;
-    runtime.block_on(get(addr, path, timeout))
+    Blocking::new()?.get(addr, path, timeout)
 }
 
 /// The body of a 200 answer to GET `path`; any other status is an [`Error::Status`].
