@@ -24,17 +24,18 @@ use crate::{
     Group, GroupOptions,
 };
 
-/// Why a service could not start.
+/// Why a service could not start. Each message carries its cause (no `source()` chain to repeat
+/// it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("network namespace {}: {what}: {source}", path.display())]
-    Netns { path: PathBuf, what: &'static str, source: io::Error },
-    #[error("creating the balanced group of {addr}: {source}")]
-    Group { addr: SocketAddr, source: Box<crate::Error> },
+    #[error("network namespace {}: {what}: {error}", path.display())]
+    Netns { path: PathBuf, what: &'static str, error: io::Error },
+    #[error("creating the balanced group of {addr}: {error}")]
+    Group { addr: SocketAddr, error: Box<crate::Error> },
     #[error("starting the registration socket: {0}")]
-    Registry(#[source] registry::Error),
-    #[error("starting service `{name}`: {source}")]
-    Start { name: String, source: Box<Error> },
+    Registry(registry::Error),
+    #[error("starting service `{name}`: {error}")]
+    Start { name: String, error: Box<Error> },
 }
 
 /// A service that runs: its config and its registry (which owns one group per address).
@@ -60,7 +61,7 @@ impl Running {
                 pin_dir: pin_dir.clone(),
                 ..Default::default()
             })
-            .map_err(|source| Error::Group { addr: *addr, source: Box::new(source) })?;
+            .map_err(|error| Error::Group { addr: *addr, error: Box::new(error) })?;
             let pinned = match &pin_dir {
                 Some(d) => format!(", pinned at {}", d.display()),
                 None => ", not pinned".to_owned(),
@@ -176,7 +177,7 @@ impl Services {
         };
         for svc in &config.services {
             let running = Running::start(svc, services.pin_path.as_deref())
-                .map_err(|e| Error::Start { name: svc.name.clone(), source: Box::new(e) })?;
+                .map_err(|e| Error::Start { name: svc.name.clone(), error: Box::new(e) })?;
             services.lock().push(running);
         }
         Ok(services)
@@ -297,7 +298,7 @@ pub fn sanitize(addr: &SocketAddr) -> String {
 /// The cookie of the network namespace at `path`, read from a socket made in a thread that
 /// entered it (the rest of the process stays where it is).
 fn netns_cookie_of(path: &Path) -> Result<u64, Error> {
-    let err = |what, source| Error::Netns { path: path.to_owned(), what, source };
+    let err = |what, error| Error::Netns { path: path.to_owned(), what, error };
     let file = fs::File::open(path).map_err(|e| err("opening it", e))?;
     std::thread::scope(|s| {
         s.spawn(|| -> Result<u64, Error> {

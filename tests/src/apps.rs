@@ -1,9 +1,9 @@
 //! Real app servers for the end-to-end tests: uWSGI, gunicorn and nginx processes, started with or
 //! without the reuselb shim, killed with their whole process group when dropped (panics included);
-//! a bounded HTTP/1.0 load generator; uWSGI's stats server.
+//! a bounded HTTP load generator (the library's HTTP client); uWSGI's stats server.
 use std::{
     collections::HashMap,
-    io::{Read, Write},
+    io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -14,6 +14,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use balancer_user::http::client::Blocking;
 
 /// The workspace root (the tests crate's parent).
 pub fn workspace_root() -> PathBuf {
@@ -147,7 +149,7 @@ impl Proc {
 
     /// Sends `sig` to the process (not the group).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) takes no pointers; at worst it fails (ESRCH).
+        // SAFETY: kill(2) takes no pointers; the pid is a process this test started.
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
@@ -176,10 +178,10 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         for g in &self.extra_groups {
-            // SAFETY: kill(2) of a group this Proc started; no pointers.
+            // SAFETY: kill(2) takes no pointers; the group is one this test started.
             unsafe { libc::kill(-*g, libc::SIGKILL) };
         }
-        // SAFETY: kill(2) of the child's own process group; no pointers, failure is harmless.
+        // SAFETY: kill(2) takes no pointers; the group is the child's own.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
         // Give the kernel a moment to reap grandchildren (they are re-parented to init).
@@ -196,7 +198,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the pid exists; no pointers.
+    // SAFETY: kill(2) with signal 0 only checks that the pid exists.
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 
@@ -460,8 +462,8 @@ impl LoadReport {
     }
 }
 
-/// A load generator running in the background: `concurrency` threads, each doing HTTP/1.0
-/// requests (a fresh connection each) to `addr` until stopped or `max` passes.
+/// A load generator running in the background: `concurrency` threads, each doing GETs (a fresh
+/// connection each, with the library's HTTP client) to `addr` until stopped or `max` passes.
 pub struct Load {
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
@@ -474,16 +476,16 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let started = Instant::now();
-        let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
         let threads = (0..concurrency)
             .map(|_| {
                 let stop = stop.clone();
                 let report = report.clone();
-                let request = request.clone();
+                let path = path.to_owned();
                 std::thread::spawn(move || {
                     let mut local = LoadReport::default();
+                    let client = Blocking::new().expect("a runtime for the load's HTTP client");
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < max {
-                        match one_request(addr, &request) {
+                        match crate::http::worker_pid(&client, addr, &path) {
                             Ok(pid) => {
                                 local.ok += 1;
                                 *local.by_pid.entry(pid).or_default() += 1;
@@ -538,29 +540,6 @@ impl Load {
     }
 }
 
-/// The error of [`one_request`] for an empty answer.
-pub const EMPTY_ANSWER: &str = "bad answer: \"\"";
-
-/// One HTTP/1.0 request; the serving worker's pid on a 200 answer.
-pub fn one_request(addr: SocketAddr, request: &str) -> Result<u32, String> {
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-        .map_err(|e| format!("connect: {e}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.set_write_timeout(Some(Duration::from_secs(5))).ok();
-    s.write_all(request.as_bytes()).map_err(|e| format!("write: {e}"))?;
-    let mut resp = Vec::with_capacity(256);
-    s.read_to_end(&mut resp).map_err(|e| format!("read: {e}"))?;
-    let text = String::from_utf8_lossy(&resp);
-    if !text.starts_with("HTTP/1.1 200") && !text.starts_with("HTTP/1.0 200") {
-        return Err(format!("bad answer: {:?}", text.chars().take(80).collect::<String>()));
-    }
-    let pid = text
-        .split("pid=")
-        .nth(1)
-        .and_then(|t| t.split_whitespace().next())
-        .and_then(|p| p.parse().ok())
-        .ok_or_else(|| {
-            format!("no pid in answer: {:?}", text.chars().take(120).collect::<String>())
-        })?;
-    Ok(pid)
-}
+/// The error of [`crate::http::worker_pid`] for a connection closed with no answer at all.
+pub use crate::http::EMPTY_ANSWER;
+pub use crate::http::one_request;

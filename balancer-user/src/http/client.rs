@@ -14,21 +14,21 @@ use crate::report::Report;
 /// Time for connecting, sending the request and reading the whole answer, unless told otherwise.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why a GET failed.
+/// Why a GET failed. Each message carries its cause (no `source()` chain to repeat it).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("connecting to {addr}: {source}")]
-    Connect { addr: SocketAddr, source: std::io::Error },
-    #[error("HTTP exchange with {addr}: {source}")]
-    Http { addr: SocketAddr, source: hyper::Error },
+    #[error("connecting to {addr}: {error}")]
+    Connect { addr: SocketAddr, error: std::io::Error },
+    #[error("HTTP exchange with {addr}: {error}")]
+    Http { addr: SocketAddr, error: hyper::Error },
     #[error("{addr} did not answer within {timeout:?}")]
     Timeout { addr: SocketAddr, timeout: Duration },
     #[error("the answer of {addr} is not UTF-8")]
     NotUtf8 { addr: SocketAddr },
     #[error("{addr}{path} answered {status}: {body}")]
     Status { addr: SocketAddr, path: String, status: StatusCode, body: String },
-    #[error("the /status answer of {addr} is not a reuselb status report: {source}")]
-    BadReport { addr: SocketAddr, source: serde_json::Error },
+    #[error("the /status answer of {addr} is not a reuselb status report: {error}")]
+    BadReport { addr: SocketAddr, error: serde_json::Error },
     #[error("starting a runtime for the request: {0}")]
     Runtime(std::io::Error),
 }
@@ -49,37 +49,49 @@ pub async fn get(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Resp
 }
 
 async fn exchange(addr: SocketAddr, path: &str) -> Result<Response, Error> {
-    let stream =
-        TcpStream::connect(addr).await.map_err(|source| Error::Connect { addr, source })?;
+    let stream = TcpStream::connect(addr).await.map_err(|error| Error::Connect { addr, error })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|source| Error::Http { addr, source })?;
+        .map_err(|error| Error::Http { addr, error })?;
     let conn = tokio::spawn(conn);
     let request = Request::get(path)
         .header(header::HOST, addr.to_string())
         .body(Empty::<Bytes>::new())
         .expect("a GET with a path and a host is a valid request");
-    let answer =
-        sender.send_request(request).await.map_err(|source| Error::Http { addr, source })?;
+    let answer = sender.send_request(request).await.map_err(|error| Error::Http { addr, error })?;
     let status = answer.status();
-    let body = answer
-        .into_body()
-        .collect()
-        .await
-        .map_err(|source| Error::Http { addr, source })?
-        .to_bytes();
+    let body =
+        answer.into_body().collect().await.map_err(|error| Error::Http { addr, error })?.to_bytes();
     conn.abort();
     let body = String::from_utf8(body.to_vec()).map_err(|_| Error::NotUtf8 { addr })?;
     Ok(Response { status, body })
 }
 
-/// [`get`], from synchronous code (on a runtime of its own).
+/// [`get`] for synchronous code: a client that owns a single-threaded runtime, made once and
+/// reused for every request (a load generator's thread keeps one).
+#[derive(Debug)]
+pub struct Blocking {
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Blocking {
+    pub fn new() -> Result<Self, Error> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(Error::Runtime)?;
+        Ok(Self { runtime })
+    }
+
+    /// GET `path` from `addr` over a fresh connection, the whole exchange within `timeout`.
+    pub fn get(&self, addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, Error> {
+        self.runtime.block_on(get(addr, path, timeout))
+    }
+}
+
+/// [`get`], from synchronous code, on a runtime made for this one request.
 pub fn get_blocking(addr: SocketAddr, path: &str, timeout: Duration) -> Result<Response, Error> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(Error::Runtime)?;
-    runtime.block_on(get(addr, path, timeout))
+    Blocking::new()?.get(addr, path, timeout)
 }
 
 /// The body of a 200 answer to GET `path`; any other status is an [`Error::Status`].
@@ -95,6 +107,6 @@ pub fn get_ok_blocking(addr: SocketAddr, path: &str) -> Result<String, Error> {
 /// The `/status` report of the controller at `addr`, and the JSON text it came as.
 pub fn status_blocking(addr: SocketAddr) -> Result<(Report, String), Error> {
     let body = get_ok_blocking(addr, "/status")?;
-    let report = serde_json::from_str(&body).map_err(|source| Error::BadReport { addr, source })?;
+    let report = serde_json::from_str(&body).map_err(|error| Error::BadReport { addr, error })?;
     Ok((report, body))
 }

@@ -546,7 +546,6 @@ fn deploy(cfg: Cfg, v: Variant, bins: &Binaries) -> Result<Deployment> {
         dep.workers.extend(stats.iter().map(|(pid, _)| *pid));
     }
     // Serving through nginx, and (fastrouter) both instances subscribed.
-    let request = format!("GET /?cpu=0 HTTP/1.0\r\nHost: {}\r\n\r\n", dep.front);
     let mut seen: Vec<u32> = Vec::new();
     let instance_of = |pid: u32| {
         dep.instances
@@ -557,7 +556,7 @@ fn deploy(cfg: Cfg, v: Variant, bins: &Binaries) -> Result<Deployment> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         check_interrupted()?;
-        if let Ok(pid) = apps::one_request(dep.front, &request) {
+        if let Ok(pid) = apps::one_request(dep.front, "/?cpu=0") {
             if !seen.contains(&pid) {
                 seen.push(pid);
                 if let Some(i) = instance_of(pid) {
@@ -918,10 +917,10 @@ fn raise_nofile() {
     // SAFETY: setrlimit with a valid struct; failure only leaves the old limit.
     if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
         let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        // SAFETY: getrlimit writes into `cur`, a valid rlimit on our stack.
+        // SAFETY: getrlimit writes into a rlimit we own.
         unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) };
         let raised = libc::rlimit { rlim_cur: cur.rlim_max, rlim_max: cur.rlim_max };
-        // SAFETY: setrlimit reads a valid rlimit; failure only leaves the old limit.
+        // SAFETY: setrlimit reads a rlimit we own.
         unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) };
     }
 }
