@@ -92,7 +92,7 @@ const WINDOW: Duration = Duration::from_secs(3);
 /// [`WINDOW`]; returns the share of the short requests that went to the blocked workers (they
 /// are answered when the block ends, so every one is counted) and how many there were.
 fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> (f64, u64, u64) {
-    let request = format!("GET /?ms={BLOCK_MS} HTTP/1.0\r\nHost: {}\r\n\r\n", cfg.addr);
+    let request = format!("/?ms={BLOCK_MS}");
     let addr = cfg.addr;
     let mut blockers = Vec::new();
     let mut blocked = HashSet::new();
