@@ -94,13 +94,19 @@ fn get_within(addr: SocketAddr, path: &str, timeout: Duration) -> Result<String,
     Ok(resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
-/// Worker pids the helper printed ("worker N PID").
+/// Worker pids the helper printed ("worker N PID"), in the order of N.
 fn helper_workers(app: &Proc) -> Vec<u32> {
-    app.log_text()
+    let mut v: Vec<(u32, u32)> = app
+        .log_text()
         .lines()
         .filter_map(|l| l.strip_prefix("worker "))
-        .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .collect()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, pid)| pid).collect()
 }
 
 /// CPU time (user + system) of `pid`, in clock ticks.
@@ -262,15 +268,37 @@ fn dead_shared_socket_does_not_spin() {
         get(addr, "/").unwrap_or_else(|e| panic!("request failed: {e}\n{}", app.log_tail(20)));
     }
     let starved = helper_workers(&app)[1];
-    std::thread::sleep(Duration::from_millis(500));
+    // The starved worker logs its loop count every second ("loops PID N").
+    let loops = || -> Vec<u64> {
+        app.log_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix(&format!("loops {starved} ")))
+            .filter_map(|n| n.trim().parse().ok())
+            .collect()
+    };
     let t0 = cpu_ticks(starved);
     let wall = Instant::now();
-    std::thread::sleep(Duration::from_secs(3));
-    let used = (cpu_ticks(starved) - t0) as f64 / 100.0 / wall.elapsed().as_secs_f64();
-    println!("starved worker {starved}: {:.0}% of a CPU", used * 100.0);
+    let seen = loops().len();
     assert!(
-        used < 0.2,
-        "the worker without descriptors spins on the dead shared socket ({:.0}% CPU)\n{}",
+        wait_until(Duration::from_secs(8), || loops().len() >= seen + 4),
+        "the starved worker does not report its loops\n{}",
+        app.log_tail(20)
+    );
+    let used = (cpu_ticks(starved) - t0) as f64 / 100.0 / wall.elapsed().as_secs_f64();
+    let l = loops();
+    // Loops per second between its last reports (each about a second apart).
+    let rate = (l[l.len() - 1] - l[l.len() - 3]) / 2;
+    println!(
+        "starved worker {starved}: {rate} loops/s, {:.0}% of a CPU\n{}",
+        used * 100.0,
+        app.log_tail(8)
+    );
+    // Throttled: one failed split per 100 ms, ten loops a second; spinning: hundreds of
+    // thousands.
+    assert!(
+        rate < 1000,
+        "the worker without descriptors spins on the dead shared socket ({rate} loops/s, \
+         {:.0}% CPU)\n{}",
         used * 100.0,
         app.log_tail(20)
     );
