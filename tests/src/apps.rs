@@ -146,6 +146,7 @@ impl Proc {
 
     /// Sends `sig` to the process (not the group).
     pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) takes plain integers; a stale pid only makes it fail.
         unsafe { libc::kill(self.pid() as i32, sig) };
     }
 
@@ -174,8 +175,10 @@ impl Proc {
 impl Drop for Proc {
     fn drop(&mut self) {
         for g in &self.extra_groups {
+            // SAFETY: kill(2) takes plain integers; a group that is gone only makes it fail.
             unsafe { libc::kill(-*g, libc::SIGKILL) };
         }
+        // SAFETY: as above, for the child's own process group.
         unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
         // Give the kernel a moment to reap grandchildren (they are re-parented to init).
@@ -192,6 +195,7 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
+    // SAFETY: kill(2) with signal 0 only checks that the process exists.
     unsafe { libc::kill(pid as i32, 0) == 0 }
 }
 

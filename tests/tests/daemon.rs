@@ -447,6 +447,7 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(5));
     let (victim, victim_slot) = before[1];
+    // SAFETY: a signal to one of uWSGI's workers.
     unsafe { libc::kill(victim as i32, libc::SIGKILL) };
     // uWSGI's master starts a new worker, which cannot register yet.
     assert!(
