@@ -154,6 +154,7 @@ pub fn choose<L: LoadSource>(
 fn active_at(cfg: &Config, i: u32) -> u32 {
     // The verifier cannot bound `x % n`, while LLVM can, and would drop the bounds check below as
     // redundant: the volatile read hides `i` from LLVM so the check stays for the verifier.
+    // SAFETY: `&i` is a valid, aligned reference to a local u32.
     let i = unsafe { core::ptr::read_volatile(&i) };
     if i >= MAX_SLOTS {
         return NO_SLOT;

@@ -7,14 +7,16 @@
 //! a connection fails.
 //!
 //! What is counted: the kernel runs the program for every packet that finds no established
-//! socket and reaches the listeners (a SYN, but also a stray ACK, the ACK that completes a SYN
-//! cookie, a SYN flood's SYNs). Each one is still given a socket (a cookie's ACK must land where
-//! the policy says), but only what becomes a connection adds to the slot's in-flight count and to
-//! `SELECTED`: a SYN without ACK, read straight from the TCP header (the program sees the packet
-//! from the transport header on, as in the kernel selftest `test_select_reuseport_kern.c`: no
-//! helper call per connection), and every migration (which moves a connection that exists). A
-//! connection completed from a SYN cookie is therefore not counted: the registry's
-//! reconciliation (accept queue + accepted - completed) adds it back within a second.
+//! socket and reaches the listeners: a SYN, but also a stray ACK, an RST or FIN of a connection
+//! already gone, the ACK that completes a SYN cookie. Each one is still given a socket (a cookie's
+//! ACK must land where the policy says), but only what starts or moves a connection adds to the
+//! slot's in-flight count and to `SELECTED`: a SYN without ACK, read straight from the TCP header
+//! (the program sees the packet from the transport header on, as in the kernel selftest
+//! `test_select_reuseport_kern.c`: a direct read, no helper call per connection), and every
+//! migration (which moves a connection that exists). Two figures are therefore off for a moment,
+//! and the registry's reconciliation (accept queue + accepted - completed, every 250 ms by
+//! default) corrects both within about a second: a connection completed from a SYN cookie is not
+//! counted, and a SYN whose handshake never completes (a SYN flood) is.
 //!
 //! Deliberately broken builds (`cargo xtask prove`), never used by `cargo xtask build` or
 //! `cargo xtask test`: the cargo feature `broken-sk-pass` makes both programs return SK_PASS at

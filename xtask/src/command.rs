@@ -40,7 +40,7 @@ fn echo(cmd: &Command) -> String {
 }
 
 /// `cmd` as a shell line: the variables it sets, the program and its arguments.
-fn shown(cmd: &Command) -> String {
+pub fn shown(cmd: &Command) -> String {
     let envs = cmd
         .get_envs()
         .filter_map(|(key, value)| Some(format!("{}={}", key.to_string_lossy(), quote(value?))));

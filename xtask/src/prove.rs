@@ -12,7 +12,7 @@
 
 use std::{
     io::{BufRead as _, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Command, Stdio},
 };
 
@@ -166,24 +166,14 @@ fn run_one(
         }
         test.args(["--", "--test-threads", "1"]).args(test_args);
         test.env("REUSELB_BIN", &reuselb).env("REUSELB_SHIM", &shim);
-        results.extend(run_tests(&mut test, target, &reuselb, &shim)?);
+        results.extend(run_tests(&mut test, target)?);
     }
     Ok(results)
 }
 
 /// Runs a libtest binary through cargo, echoing its output, and collects each test's outcome.
-fn run_tests(
-    cmd: &mut Command,
-    target: &str,
-    reuselb: &Path,
-    shim: &Path,
-) -> Result<Vec<(String, String, bool)>> {
-    println!(
-        "xtask: $ REUSELB_BIN={} REUSELB_SHIM={} {:?}",
-        reuselb.display(),
-        shim.display(),
-        cmd
-    );
+fn run_tests(cmd: &mut Command, target: &str) -> Result<Vec<(String, String, bool)>> {
+    println!("xtask: $ {}", command::shown(cmd));
     let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().context("cargo test's stdout")?;
     let mut results = Vec::new();

@@ -82,15 +82,15 @@ fn busy_workers(stats_port: u16) -> HashSet<u32> {
 }
 
 /// How long a blocking request holds its worker (one thread per worker: the whole process).
-const BLOCK_MS: u64 = 7000;
+const BLOCK_MS: u64 = 5000;
 /// Clients of short requests while two workers are blocked.
 const CLIENTS: usize = 4;
 /// How long the short requests run (well inside the block).
-const WINDOW: Duration = Duration::from_secs(3);
+const WINDOW: Duration = Duration::from_millis(2500);
 
 /// Blocks two distinct workers with a long request each, then runs short requests for
 /// [`WINDOW`]; returns the share of the short requests that went to the blocked workers (they
-/// are answered when the block ends, so every one is counted) and how many there were.
+/// are answered when the block ends, so every one is counted), how many that was, and the total.
 fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> (f64, u64, u64) {
     let request = format!("/?ms={BLOCK_MS}");
     let addr = cfg.addr;
@@ -117,10 +117,19 @@ fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> (f64, u64, u64) {
     for b in blockers {
         let _ = b.join();
     }
+    // A short request that failed waited past the client's timeout: it was stuck behind a block
+    // (more than one blocking request can queue on a worker under the hash policy). Free workers
+    // answer in milliseconds.
     let to_blocked: u64 =
-        report.by_pid.iter().filter(|(pid, _)| blocked.contains(pid)).map(|(_, n)| n).sum();
+        report.by_pid.iter().filter(|(pid, _)| blocked.contains(pid)).map(|(_, n)| n).sum::<u64>()
+            + report.failed;
     let total = report.ok + report.failed;
-    assert_eq!(report.failed, 0, "short requests failed: {:?}", report.errors);
+    if report.failed > 0 {
+        println!(
+            "{} short requests failed (counted as sent to a blocked worker): {:?}",
+            report.failed, report.errors
+        );
+    }
     (to_blocked as f64 / total.max(1) as f64, to_blocked, total)
 }
 
