@@ -34,12 +34,6 @@ impl Check {
     }
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-/// Capability numbers from linux/capability.h.
-const CAP_SYS_ADMIN: u32 = 21;
-const CAP_PERFMON: u32 = 38;
-const CAP_BPF: u32 = 39;
-
 /// Runs every check, in order.
 pub fn run() -> Vec<Check> {
     vec![
@@ -62,26 +56,24 @@ fn kernel() -> Check {
     }
 }
 
-fn effective_caps() -> Option<u64> {
-    let status = fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("CapEff:"))?;
-    u64::from_str_radix(line.trim_start_matches("CapEff:").trim(), 16).ok()
-}
-
 fn capabilities() -> Check {
-    let Some(caps) = effective_caps() else {
-        return Check::new(
-            "capabilities",
-            Level::Warn,
-            "cannot read CapEff from /proc/self/status",
-            None,
-        );
+    use rustix::thread::CapabilitySet;
+    let caps = match crate::sys::effective_capabilities() {
+        Ok(c) => c,
+        Err(e) => {
+            return Check::new(
+                "capabilities",
+                Level::Warn,
+                format!("cannot read the capabilities: {e}"),
+                None,
+            )
+        }
     };
-    let has = |cap: u32| caps & (1 << cap) != 0;
     // CAP_BPF loads SK_REUSEPORT programs. Without CAP_PERFMON the verifier also walks the
     // speculative paths (Spectre hardening), and the least-loaded scan exceeds its budget.
-    let bpf = has(CAP_BPF) || has(CAP_SYS_ADMIN);
-    let perfmon = has(CAP_PERFMON) || has(CAP_SYS_ADMIN);
+    let admin = caps.contains(CapabilitySet::SYS_ADMIN);
+    let bpf = admin || caps.contains(CapabilitySet::BPF);
+    let perfmon = admin || caps.contains(CapabilitySet::PERFMON);
     if bpf && perfmon {
         Check::new("capabilities", Level::Ok, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)", None)
     } else {
@@ -99,11 +91,7 @@ fn capabilities() -> Check {
 }
 
 fn bpffs() -> Check {
-    let path = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
-    // SAFETY: zeroed statfs filled in by the kernel.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
-    if ret == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    if crate::sys::is_bpffs(std::path::Path::new("/sys/fs/bpf")) {
         Check::new("bpffs", Level::Ok, "mounted at /sys/fs/bpf", None)
     } else {
         Check::new(

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod registry;
 pub mod shared_loads;
 pub mod status;
+pub mod sys;
 pub mod view;
 
 pub use error::Error;
