@@ -40,7 +40,6 @@ impl Check {
     }
 }
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 /// The oldest kernel with everything the select program uses (bpf_loop, mmap-able arrays).
 const NEEDS_SELECT: Version = Version(5, 17);
 /// The oldest kernel with the select-or-migrate attach type.
@@ -120,11 +119,7 @@ fn confinement(facts: &Facts) -> Check {
 }
 
 fn bpffs() -> Check {
-    let path = std::ffi::CString::new("/sys/fs/bpf").expect("no NUL");
-    // SAFETY: zeroed statfs filled in by the kernel.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    let ret = unsafe { libc::statfs(path.as_ptr(), &mut st) };
-    if ret == 0 && st.f_type as i64 == BPF_FS_MAGIC {
+    if crate::sys::is_bpffs(std::path::Path::new("/sys/fs/bpf")) {
         Check::new("bpffs", Level::Ok, "mounted at /sys/fs/bpf", None)
     } else {
         Check::new(

@@ -70,7 +70,7 @@ impl Stats {
 /// Where the group's program lives: in an object this process loaded, or pinned by an earlier one.
 enum Source {
     Loaded(Ebpf),
-    Adopted(SkReuseport),
+    Adopted(Box<SkReuseport>),
 }
 
 /// The maps the controller uses; the program keeps the others (round-robin ticks, logs) alive.
@@ -201,7 +201,7 @@ impl Group {
             .and_then(|a| a.get(&0, 0))
             .map_err(map_err(maps::CONFIG))?;
         let mut group = Self::assemble(
-            Source::Adopted(prog),
+            Source::Adopted(Box::new(prog)),
             program,
             [sockets?, loads?, config, selected?, events?],
             log,
@@ -415,6 +415,12 @@ impl Group {
     /// The load map's descriptor, to hand to a worker shim.
     pub fn loads_fd(&self) -> BorrowedFd<'_> {
         self.loads_map.fd().as_fd()
+    }
+
+    /// The kernel id of the load map (0 if the kernel does not say), for the shim to check the
+    /// map it is handed (`Reply::map_id`).
+    pub fn loads_map_id(&self) -> u32 {
+        self.loads_map.info().map(|i| i.id()).unwrap_or(0)
     }
 
     /// The occupied slots with their loads and counters, in slot order.

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod report;
 pub mod service;
 pub mod shared_loads;
+pub mod sys;
 pub mod view;
 
 /// The daemon's config file: its own crate, so the fuzz target builds without this one.

@@ -4,7 +4,7 @@
 //! update it directly, with atomics and no system call. The program updates the same memory with
 //! BPF atomic adds.
 use std::{
-    os::fd::{AsRawFd, BorrowedFd},
+    os::fd::BorrowedFd,
     ptr::NonNull,
     sync::atomic::{AtomicU32, AtomicU64, Ordering},
 };
@@ -20,6 +20,7 @@ pub struct SharedLoads {
 
 // SAFETY: the mapping is shared memory accessed only through atomics.
 unsafe impl Send for SharedLoads {}
+// SAFETY: as above: every access is atomic, so shared references across threads are sound.
 unsafe impl Sync for SharedLoads {}
 
 /// One slot's figures, each read atomically.
@@ -39,21 +40,9 @@ pub struct SlotSnapshot {
 impl SharedLoads {
     /// Maps the load table behind `map_fd` read-write.
     pub fn map(map_fd: BorrowedFd<'_>) -> Result<Self> {
-        // SAFETY: a fresh shared mapping of a file descriptor; the kernel checks the length.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                LOADS_MMAP_LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                map_fd.as_raw_fd(),
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(Error::Mmap(std::io::Error::last_os_error()));
-        }
-        Ok(Self { base: NonNull::new(ptr.cast()).expect("mmap returned NULL without MAP_FAILED") })
+        let base =
+            crate::sys::map_shared(map_fd, LOADS_MMAP_LEN).map_err(|e| Error::Mmap(e.source))?;
+        Ok(Self { base })
     }
 
     fn u64_at(&self, slot: u32, offset: fn(usize) -> usize) -> &AtomicU64 {
@@ -117,6 +106,8 @@ impl SharedLoads {
 impl Drop for SharedLoads {
     fn drop(&mut self) {
         // SAFETY: unmaps exactly what `map` mapped; no reference outlives self.
-        unsafe { libc::munmap(self.base.as_ptr().cast(), LOADS_MMAP_LEN) };
+        if let Err(e) = unsafe { crate::sys::unmap(self.base, LOADS_MMAP_LEN) } {
+            log::warn!("unmapping the load table: {e}");
+        }
     }
 }

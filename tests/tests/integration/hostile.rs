@@ -231,3 +231,393 @@ fn raise_fd_limit() {
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 11: peers that try to stall, outlive or outweigh the registry.
+
+fn start_with(
+    dir: &TempDir,
+    addr: SocketAddr,
+    tune: impl FnOnce(&mut RegistryOptions),
+) -> Registry {
+    let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
+    options.socket_mode = 0o666;
+    tune(&mut options);
+    let group = Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() })
+        .unwrap_or_else(|e| {
+            panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}")
+        });
+    Registry::start(options, vec![(addr, group)]).expect("starting the registry")
+}
+
+fn setsockopt_int(fd: i32, level: i32, opt: i32, value: i32) {
+    // SAFETY: a c_int option value of the stated size, on a descriptor we own.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&value as *const i32).cast(),
+            std::mem::size_of::<i32>() as _,
+        )
+    };
+    assert_eq!(r, 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
+}
+
+/// A connected TCP socket with unsent data and `SO_LINGER {1, secs}`: closing its last reference
+/// blocks for `secs`. Returns it and the server side (which never reads: keep it open).
+fn lingering_socket(secs: i32) -> (TcpStream, TcpStream, TcpListener) {
+    let server = TcpListener::bind("127.0.0.1:0").unwrap();
+    let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+    let (peer, _) = server.accept().unwrap();
+    setsockopt_int(peer.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
+    setsockopt_int(client.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096);
+    client.set_nonblocking(true).unwrap();
+    let chunk = [0x55u8; 65536];
+    let mut sent = 0usize;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    use std::io::Write;
+    loop {
+        match (&client).write(&chunk) {
+            Ok(n) => sent += n,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                // Full; give the window a moment, and stop when it stays full.
+                std::thread::sleep(Duration::from_millis(50));
+                match (&client).write(&chunk) {
+                    Ok(n) => sent += n,
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(e) => panic!("filling the send buffer: {e}"),
+                }
+            }
+            Err(e) => panic!("filling the send buffer: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the send buffer never filled ({sent} bytes sent)");
+    }
+    assert!(sent > 0);
+    let linger = libc::linger { l_onoff: 1, l_linger: secs };
+    // SAFETY: a struct linger of the stated size, on a descriptor we own.
+    let r = unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as _,
+        )
+    };
+    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+    (client, peer, server)
+}
+
+/// Sends `fd` to the registry in a registration message and closes our copy at once, so that
+/// the registry's copy (in flight, then received) is the last reference.
+fn hand_over_and_close(path: &std::path::Path, fd: TcpStream) -> std::os::fd::OwnedFd {
+    let conn = connect(path).unwrap();
+    let msg = msg();
+    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() };
+    // SAFETY: msghdr, iovec and control buffer outlive the sendmsg call that reads them.
+    unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd.as_raw_fd());
+        assert!(libc::sendmsg(conn.as_raw_fd(), &hdr, 0) > 0, "sendmsg");
+    }
+    drop(fd);
+    conn
+}
+
+#[test]
+fn a_lingering_socket_does_not_freeze_the_registry() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-linger");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let path = registry.socket_path().to_path_buf();
+    // Three tries at the trick: one that lands is enough to stall a registry that closes peer
+    // descriptors on its own thread (for 60 s each).
+    let mut keep = Vec::new();
+    for _ in 0..3 {
+        let (client, peer, server) = lingering_socket(60);
+        let conn = hand_over_and_close(&path, client);
+        keep.push((conn, peer, server));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A legitimate worker still registers, and quickly.
+    let started = Instant::now();
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (reply, conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "registration took {:?} after the linger trick",
+        started.elapsed()
+    );
+    // Departures are still processed.
+    let departures = || registry.counters().departures.load(std::sync::atomic::Ordering::Relaxed);
+    let before = departures();
+    drop(conn);
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(2), || departures() > before),
+        "the departure was not processed within 2 s"
+    );
+    assert!(registry.is_running(), "the registry loop stopped turning");
+    // And it stops promptly.
+    let started = Instant::now();
+    registry.stop();
+    assert!(started.elapsed() < Duration::from_secs(6), "stop took {:?}", started.elapsed());
+    drop(keep);
+}
+
+#[test]
+fn unregistered_connections_are_capped_and_timed_out() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-pending");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start_with(&dir, addr, |o| {
+        o.max_pending_per_uid = 10;
+        o.register_timeout = Duration::from_secs(1);
+    });
+    let idle: Vec<_> = (0..30).map(|_| connect(registry.socket_path()).unwrap()).collect();
+    let closed = || registry.counters().pending_closed.load(std::sync::atomic::Ordering::Relaxed);
+    // 20 over the cap are closed at once, the other 10 when their second is up.
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(3), || closed() >= 30),
+        "{} of 30 idle connections closed",
+        closed()
+    );
+    // Closed on the peer's side too: a read sees the end.
+    for c in &idle {
+        let mut b = [0u8; 8];
+        // SAFETY: reads into a local buffer from a descriptor we own.
+        let n = unsafe { libc::recv(c.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT) };
+        assert_eq!(n, 0, "an idle connection is still open");
+    }
+    still_serving(&registry, addr);
+}
+
+/// How many of this process's descriptors refer to the same socket as `fd`.
+fn references(fd: i32) -> usize {
+    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
+    std::fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter(|l| *l == target)
+        .count()
+}
+
+#[test]
+fn a_departed_worker_socket_is_closed_at_once_and_a_parked_one_after_its_time() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-park");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start_with(&dir, addr, |o| o.park_timeout = Duration::from_secs(2));
+    let path = registry.socket_path().to_path_buf();
+    let first = bind_reuseport(addr, 16).unwrap();
+    let second = bind_reuseport(addr, 16).unwrap();
+    let (r1, c1) = register_and_hold(&path, &msg(), first.as_raw_fd());
+    let (r2, c2) = register_and_hold(&path, &msg(), second.as_raw_fd());
+    assert_eq!((r1.status(), r2.status()), (Status::Ok, Status::Ok));
+    assert_eq!(references(first.as_raw_fd()), 2, "the registry keeps a copy while registered");
+    // The first worker leaves (the shim closes its connection when the app closes the listener):
+    // the registry's copy goes at once, so the socket leaves the group when the app's does.
+    drop(c1);
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(1), || {
+            references(first.as_raw_fd()) == 1
+        }),
+        "the registry still holds the departed worker's socket"
+    );
+    // The last worker leaves: its socket is parked (kept listening), then closed after 2 s.
+    drop(c2);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(references(second.as_raw_fd()), 2, "the last socket was not parked");
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(4), || {
+            references(second.as_raw_fd()) == 1
+        }),
+        "the parked socket was not closed after park_timeout"
+    );
+    assert_eq!(registry.counters().parked_expired.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn another_layout_is_refused_and_ok_replies_name_the_load_map() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-layout");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let path = registry.socket_path().to_path_buf();
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let mut old = Register::new(std::process::id(), 1);
+    old.layout = balancer_common::protocol::LAYOUT_VERSION.wrapping_add(1);
+    let r = register_raw(&path, &old.encode(), &[listener.as_raw_fd()]);
+    assert_eq!(r.status(), Status::LayoutMismatch, "{}", r.reason());
+    assert_eq!(registry.counters().replies(Status::LayoutMismatch), 1);
+    let (r, _conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
+    assert_eq!(r.status(), Status::Ok, "{}", r.reason());
+    let id = registry.service(addr).unwrap().group().loads_map_id();
+    assert_ne!(id, 0, "the load map has no id");
+    assert_eq!(r.map_id, id, "the reply names another map");
+}
+
+#[test]
+fn a_huge_weight_is_capped() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-weight");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let m = Register::new(std::process::id(), u32::MAX).encode();
+    let (r, _conn) = register_and_hold(registry.socket_path(), &m, listener.as_raw_fd());
+    assert_eq!(r.status(), Status::Ok, "{}", r.reason());
+    let weights: Vec<u32> =
+        registry.service(addr).unwrap().group().slots().unwrap().iter().map(|s| s.weight).collect();
+    assert_eq!(weights, vec![balancer_user::registry::MAX_WEIGHT]);
+    assert_eq!(registry.counters().weights_capped.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn removing_a_uid_evicts_its_workers() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-evict");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start_with(&dir, addr, |o| o.allowed_uids = vec![65534]);
+    let path: PathBuf = registry.socket_path().to_path_buf();
+    let (reply, conn, listener) = std::thread::spawn(move || {
+        // SAFETY: a raw setresuid on this thread alone, which ends right after.
+        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let listener = bind_reuseport(addr, 16).unwrap();
+        let (reply, conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
+        (reply, conn, listener)
+    })
+    .join()
+    .unwrap();
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    let occupied = || registry.service(addr).unwrap().group().occupied_slots().count();
+    assert_eq!(occupied(), 1);
+    registry.set_allowed_uids(&[]);
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(2), || occupied() == 0),
+        "the worker of a removed uid kept its slot"
+    );
+    assert_eq!(registry.counters().evictions.load(std::sync::atomic::Ordering::Relaxed), 1);
+    // Its registration connection is closed: the shim sees it.
+    let mut b = [0u8; 8];
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(1), || {
+            // SAFETY: reads into a local buffer from a descriptor we own.
+            let n = unsafe {
+                libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT)
+            };
+            n == 0
+        }),
+        "the evicted worker's connection stayed open"
+    );
+    drop(listener);
+}
+
+#[test]
+fn a_detached_program_is_attached_again() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-detach");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (r, _conn) = register_and_hold(registry.socket_path(), &msg(), listener.as_raw_fd());
+    assert_eq!(r.status(), Status::Ok, "{}", r.reason());
+    let detach = || {
+        let zero = 0i32;
+        // SAFETY: SO_DETACH_REUSEPORT_BPF on a socket we own; the value is ignored.
+        let r = unsafe {
+            libc::setsockopt(
+                listener.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_DETACH_REUSEPORT_BPF,
+                (&zero as *const i32).cast(),
+                4,
+            )
+        };
+        if r == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    // Any holder of a group's socket can do this.
+    detach().expect("detaching the program (it was attached at registration)");
+    assert_eq!(
+        detach().map_err(|e| e.raw_os_error()),
+        Err(Some(libc::ENOENT)),
+        "nothing should be attached right after a detach"
+    );
+    // Within a reconciliation tick or two, the registry has put it back.
+    std::thread::sleep(Duration::from_secs(1));
+    detach().expect("the program was not attached again");
+    drop(registry);
+}
+
+#[test]
+fn descriptor_exhaustion_backs_off_instead_of_spinning() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-emfile");
+    let socket = dir.path().join("shim.sock");
+    let log = dir.path().join("run.log");
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg("--nofile=48:48")
+        .arg(integration_tests::apps::reuselb_bin())
+        .arg("run")
+        .arg("--listen")
+        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg("--socket")
+        .arg(&socket)
+        .arg("--no-metrics")
+        .arg("--status-every")
+        .arg("0")
+        .arg("--")
+        .arg("sleep")
+        .arg("60");
+    let mut run = integration_tests::apps::Proc::spawn("reuselb run", cmd, &log);
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(10), || socket.exists()),
+        "reuselb run did not start: {}",
+        run.log_tail(20)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    // The controller is prlimit's exec: the same pid.
+    let pid = run.pid();
+    let cpu_ticks = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let rest = stat.rsplit_once(')').unwrap().1;
+        let f: Vec<u64> = rest.split_whitespace().filter_map(|x| x.parse().ok()).collect();
+        // utime and stime: fields 14 and 15 of the line, 11 and 12 after the state.
+        f[10] + f[11]
+    };
+    // Far more connections than it has descriptors, all held open.
+    let flood: Vec<_> = (0..200).filter_map(|_| connect(&socket).ok()).collect();
+    assert!(flood.len() >= 100, "only {} connections opened", flood.len());
+    std::thread::sleep(Duration::from_millis(500));
+    let t0 = cpu_ticks();
+    std::thread::sleep(Duration::from_secs(3));
+    let used = cpu_ticks() - t0;
+    let log_text = run.log_text();
+    run.signal(libc::SIGKILL);
+    run.wait_timeout(Duration::from_secs(5));
+    // 3 s at 100 ticks a second: a spinning loop uses about 300.
+    assert!(used < 60, "the controller used {used} CPU ticks in 3 s while out of descriptors");
+    assert!(
+        log_text.contains("not accepting for"),
+        "no back-off logged: {}",
+        log_text.lines().rev().take(10).collect::<Vec<_>>().join("\n")
+    );
+    drop(flood);
+}

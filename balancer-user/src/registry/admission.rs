@@ -1,0 +1,261 @@
+//! Admission: what a registration must satisfy, and the one place that answers it.
+//!
+//! [`Loop::register`] decodes the message, checks it ([`Loop::check`]: layout, descriptor,
+//! credentials, uid, socket, address, namespace, capacity), puts the socket into the group, and
+//! answers. Every refusal is a [`Rejection`]; the reply is sent and counted in one place
+//! ([`Loop::answer`]), and every descriptor received with a refused message goes to the closer.
+//! A connection carries one registration attempt: after a refusal it is closed.
+use std::os::fd::{AsFd, OwnedFd};
+
+use balancer_common::protocol::{Register, Reply, Status, LAYOUT_VERSION};
+
+use super::{
+    event_loop::{Loop, Worker},
+    MAX_WEIGHT,
+};
+use crate::sys::{self, Cred, Received};
+
+/// Why a registration was refused: the status the worker gets, and a reason for its log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct Rejection {
+    pub status: Status,
+    pub reason: String,
+}
+
+impl Rejection {
+    fn new(status: Status, reason: impl Into<String>) -> Self {
+        Self { status, reason: reason.into() }
+    }
+}
+
+/// A registration that passed the checks.
+struct Checked {
+    svc: usize,
+    cred: Cred,
+    pidfd: OwnedFd,
+    weight: u32,
+    asked_weight: u32,
+    /// The adopted slot kept for this worker, if any.
+    adopted: Option<u32>,
+}
+
+impl Loop {
+    /// Handles one registration message on connection `id`.
+    pub(super) fn register(&mut self, id: u64, data: &[u8], msg: Received) {
+        let truncated = msg.truncated;
+        let mut fds = msg.fds;
+        let outcome = self.check(id, data, &fds, truncated).and_then(|checked| {
+            let socket = fds.pop().expect("checked: exactly one descriptor");
+            self.admit(id, checked, socket)
+        });
+        for fd in fds {
+            self.closer.close(fd);
+        }
+        if let Err(rejection) = outcome {
+            // The connection closes right after: a failed send changes nothing.
+            let _ = self.answer(id, None, Err(rejection));
+            self.close_conn(id);
+        }
+    }
+
+    /// Sends the reply to connection `id` and counts it: the only place that does.
+    fn answer(
+        &self,
+        id: u64,
+        map: Option<std::os::fd::BorrowedFd<'_>>,
+        outcome: Result<Reply, Rejection>,
+    ) -> Result<(), sys::Error> {
+        let Some(conn) = self.conns.get(&id) else { return Ok(()) };
+        let reply = match outcome {
+            Ok(reply) => reply,
+            Err(r) => {
+                log::warn!("registration rejected ({}): {}", r.status.name(), r.reason);
+                Reply::new(r.status, 0, 0, &r.reason)
+            }
+        };
+        self.shared.counters.count_reply(reply.status());
+        sys::send_with_fd(conn.fd.as_fd(), &reply.encode(), map)
+    }
+
+    /// Every check a registration must pass before it touches the group.
+    fn check(
+        &self,
+        id: u64,
+        data: &[u8],
+        fds: &[OwnedFd],
+        truncated: bool,
+    ) -> Result<Checked, Rejection> {
+        let request = Register::decode(data)
+            .map_err(|e| Rejection::new(Status::BadMessage, e.to_string()))?;
+        if request.layout != LAYOUT_VERSION {
+            return Err(Rejection::new(
+                Status::LayoutMismatch,
+                format!(
+                    "load-table layout {} (this controller has {LAYOUT_VERSION}): upgrade the \
+                     shim and the controller together",
+                    request.layout
+                ),
+            ));
+        }
+        if truncated || fds.len() != 1 {
+            let got = if truncated { "too many".into() } else { fds.len().to_string() };
+            return Err(Rejection::new(
+                Status::NoDescriptor,
+                format!("expected exactly one descriptor, got {got}"),
+            ));
+        }
+        let socket = fds[0].as_fd();
+        let conn = &self.conns[&id];
+        let cred = sys::peer_cred(conn.fd.as_fd())
+            .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
+        let settings = self.shared.settings().clone();
+        if !settings.allows(cred.uid) {
+            return Err(Rejection::new(
+                Status::UidNotAllowed,
+                format!("uid {} may not register here", cred.uid),
+            ));
+        }
+        let facts = crate::listener::socket_facts(socket)
+            .map_err(|e| Rejection::new(Status::NotAListener, format!("not a socket: {e}")))?;
+        let problem = if !facts.tcp {
+            Some("not a TCP socket")
+        } else if !facts.listening {
+            Some("not listening")
+        } else if !facts.reuseport {
+            Some("SO_REUSEPORT is not set")
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            return Err(Rejection::new(Status::NotAListener, p));
+        }
+        let svc = facts
+            .local
+            .and_then(|a| self.shared.services.iter().position(|s| s.addr == a))
+            .ok_or_else(|| {
+            let local = facts.local.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+            Rejection::new(
+                Status::NotAListener,
+                format!("{local} is not balanced by this controller"),
+            )
+        })?;
+        let netns = sys::netns_cookie(socket)
+            .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
+        if netns != self.netns {
+            return Err(Rejection::new(
+                Status::WrongNamespace,
+                "the socket is in another network namespace than the service",
+            ));
+        }
+        if request.pid != cred.pid {
+            log::debug!(
+                "worker says pid {}, the kernel says {} (pid namespaces?): using the kernel's",
+                request.pid,
+                cred.pid
+            );
+        }
+        let pidfd = sys::pidfd_open(cred.pid)
+            .map_err(|e| Rejection::new(Status::Internal, format!("{e} (pid {})", cred.pid)))?;
+        // A worker that owned a slot of the adopted group gets it back, counters and all.
+        let adopted = self
+            .adopted
+            .iter()
+            .find(|((s, _), a)| *s == svc && a.pid == cred.pid)
+            .map(|((_, slot), _)| *slot);
+        let held = self.workers.keys().filter(|(s, _)| *s == svc).count()
+            + self.adopted.keys().filter(|(s, _)| *s == svc).count();
+        if adopted.is_none() && held >= settings.max_workers as usize {
+            return Err(Rejection::new(
+                Status::NoFreeSlot,
+                format!("max_workers ({}) reached", settings.max_workers),
+            ));
+        }
+        let weight = match request.weight {
+            0 => settings.default_weight,
+            w if w > MAX_WEIGHT => {
+                log::warn!(
+                    "worker {} asked for weight {w}: lowered to the maximum, {MAX_WEIGHT}",
+                    cred.pid
+                );
+                self.shared
+                    .counters
+                    .weights_capped
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                MAX_WEIGHT
+            }
+            w => w,
+        };
+        Ok(Checked { svc, cred, pidfd, weight, asked_weight: request.weight, adopted })
+    }
+
+    /// Puts a checked worker's socket into its group and answers it.
+    fn admit(&mut self, id: u64, c: Checked, socket: OwnedFd) -> Result<(), Rejection> {
+        let shared = self.shared.clone();
+        let service = &shared.services[c.svc];
+        let mut group = service.group();
+        // Attaching on every registration is idempotent and also covers a reuseport group
+        // that the kernel recreated after all its sockets were closed.
+        group
+            .attach(&socket)
+            .map_err(|e| Rejection::new(Status::Internal, format!("attaching the program: {e}")))?;
+        let inserted = match c.adopted {
+            Some(slot) => group.reuse(slot, &socket, c.cred.pid, c.weight).map(|e| (slot, e)),
+            None => group.insert(&socket, c.cred.pid, c.weight),
+        };
+        let (slot, epoch) = inserted.map_err(|e| match e {
+            crate::Error::NoFreeSlot => Rejection::new(Status::NoFreeSlot, "every slot is taken"),
+            e => Rejection::new(Status::Internal, e.to_string()),
+        })?;
+        let map_id = group.loads_map_id();
+        let reply = Reply::new(Status::Ok, slot, epoch, "registered").with_map_id(map_id);
+        if let Err(e) = self.answer(id, Some(group.loads_fd()), Ok(reply)) {
+            log::warn!("reply to worker {}: {e}", c.cred.pid);
+            let _ = group.remove(slot);
+            drop(group);
+            self.closer.close(socket);
+            self.close_conn(id);
+            return Ok(());
+        }
+        drop(group);
+        let key = (c.svc, slot);
+        if self.adopted.remove(&key).is_some() {
+            log::info!(
+                "worker {} registered again on {}: back in its slot {slot} (epoch {epoch}), \
+                 counters kept",
+                c.cred.pid,
+                service.addr
+            );
+        } else {
+            log::info!(
+                "worker {} registered on {} as slot {slot} (epoch {epoch})",
+                c.cred.pid,
+                service.addr
+            );
+        }
+        if let Some(conn) = self.conns.get_mut(&id) {
+            conn.worker = Some(key);
+        }
+        let previous = self.workers.insert(
+            key,
+            Worker {
+                pid: c.cred.pid,
+                uid: c.cred.uid,
+                epoch,
+                pidfd: c.pidfd,
+                listener: socket,
+                conn: id,
+                prev_diff: 0,
+                last_accepted: 0,
+                asked_weight: c.asked_weight,
+            },
+        );
+        if let Some(old) = previous {
+            self.closer.close(old.listener);
+        }
+        if let Some(parked) = self.parked.remove(&c.svc) {
+            // Its queue migrates to the new worker.
+            self.closer.close(parked.fd);
+        }
+        Ok(())
+    }
+}

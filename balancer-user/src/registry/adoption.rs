@@ -1,0 +1,105 @@
+//! Adoption: slots of groups pinned by an earlier controller, kept for their workers.
+//!
+//! When a controller starts on pins an earlier one left (a restart, an upgrade of the same
+//! layout; see `Group::new`), the program has kept balancing the workers meanwhile. Each occupied
+//! slot is kept for its worker until it registers again (it then gets its slot back, counters and
+//! all), exits (watched through a pidfd), or the grace period ends.
+//!
+//! Invariants: a slot whose worker cannot be watched is freed at once; an adopted slot is freed
+//! exactly once (here, or given back in admission). Known limit: the worker is recognised by the
+//! pid recorded in the shared table, which workers can write (see docs/SECURITY.md).
+use std::{
+    collections::HashMap,
+    os::fd::OwnedFd,
+    time::{Duration, Instant},
+};
+
+use super::{event_loop::Loop, Shared};
+use crate::sys;
+
+/// A slot of an adopted group whose worker has not registered again yet.
+pub(super) struct Adopted {
+    pub pid: u32,
+    pub pidfd: OwnedFd,
+    pub deadline: Instant,
+}
+
+/// The occupied slots of adopted groups, each kept for its worker until it registers again. The
+/// slots of workers that exited while no controller ran are freed here.
+pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize, u32), Adopted> {
+    let mut out = HashMap::new();
+    for (svc, service) in shared.services.iter().enumerate() {
+        let mut group = service.group();
+        if !group.adopted() {
+            continue;
+        }
+        let slots = match group.slots() {
+            Ok(s) => s,
+            Err(e) => {
+                log::warn!("{}: reading the adopted slots: {e}", service.addr);
+                continue;
+            }
+        };
+        for view in slots {
+            match sys::pidfd_open(view.pid) {
+                Ok(pidfd) => {
+                    log::info!(
+                        "{}: adopted slot {} of worker {} ({} selected so far): kept until it \
+                         registers again",
+                        service.addr,
+                        view.slot,
+                        view.pid,
+                        view.selected_total
+                    );
+                    out.insert(
+                        (svc, view.slot),
+                        Adopted { pid: view.pid, pidfd, deadline: Instant::now() + grace },
+                    );
+                }
+                Err(e) => {
+                    let why = if e.raw_os_error() == Some(libc::ESRCH) {
+                        "exited while no controller ran".to_owned()
+                    } else {
+                        format!("cannot be watched ({e})")
+                    };
+                    log::info!(
+                        "{}: worker {} of adopted slot {} {why}: slot freed",
+                        service.addr,
+                        view.pid,
+                        view.slot
+                    );
+                    if let Err(e) = group.remove(view.slot) {
+                        log::warn!("freeing slot {}: {e}", view.slot);
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Loop {
+    /// Frees the slot of an adopted group kept for a worker that did not register again.
+    pub(super) fn free_adopted(&mut self, key: (usize, u32), why: &str) {
+        let Some(a) = self.adopted.remove(&key) else { return };
+        let service = &self.shared.services[key.0];
+        log::info!(
+            "{}: worker {} of adopted slot {} {why}: slot freed",
+            service.addr,
+            a.pid,
+            key.1
+        );
+        if let Err(e) = service.group().remove(key.1) {
+            log::warn!("freeing slot {}: {e}", key.1);
+        }
+    }
+
+    pub(super) fn expire_adopted(&mut self) {
+        let now = Instant::now();
+        let late: Vec<_> =
+            self.adopted.iter().filter(|(_, a)| a.deadline <= now).map(|(k, _)| *k).collect();
+        for key in late {
+            self.free_adopted(key, "did not register again in time");
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The controller side of worker registration.
+//!
+//! Workers of a prefork app server run the reuselb shim (`libbalancer_shim.so`): each one creates
+//! its own SO_REUSEPORT listening socket and registers it here, over a unix `SOCK_SEQPACKET`
+//! socket, with the descriptor attached (see `balancer_common::protocol`). For each registration
+//! the registry checks the peer and the socket ([`admission`]), puts the socket into the
+//! service's [`Group`], and answers with the load map. It then watches the worker (pidfd, and the
+//! registration connection) and frees the slot when the worker goes away ([`event_loop`]).
+//!
+//! It also keeps the loads honest ([`reconcile`]): every [`RegistryOptions::reconcile_interval`]
+//! it compares each slot's "in flight" figure with what the kernel and the worker say and
+//! corrects the slot when both disagree twice in a row. A controller that restarts takes over
+//! the pinned groups of the one before ([`adoption`]).
+//!
+//! One thread runs the loop; the groups are shared behind a `Mutex` so that the caller can read
+//! them while it runs. Invariants:
+//! - nothing a peer controls can stall that thread: every descriptor a peer handed over (and
+//!   every registration connection) is closed on a separate thread ([`closer`]), sockets are
+//!   only read without waiting, unregistered connections are capped per uid and in total and
+//!   must register within [`RegistryOptions::register_timeout`];
+//! - the loop beats a heartbeat at every turn (at least once a second): [`Registry::is_running`]
+//!   turns false when it has not for [`RegistryOptions::stall_limit`], and stopping waits for the
+//!   thread a bounded time;
+//! - events are keyed by what cannot be reused within one poll batch (connection ids, slot and
+//!   epoch), so a stale event never touches a new owner.
+use std::{
+    net::SocketAddr,
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex, MutexGuard,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use balancer_common::{protocol::Status, MAX_SLOTS};
+
+use crate::{sys, Group};
+
+mod admission;
+mod adoption;
+mod closer;
+mod event_loop;
+mod reconcile;
+
+pub use crate::sys::{accept_queue_len, netns_cookie, own_netns_cookie};
+
+/// The largest weight a worker may ask for; a worker asking more gets this (and a log line).
+pub const MAX_WEIGHT: u32 = 1024;
+
+/// Errors of starting the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("registration socket {path}: {source}")]
+    Socket { path: PathBuf, source: sys::Error },
+    #[error("registration socket {path}: create_dir_all: {source}")]
+    Dir { path: PathBuf, source: std::io::Error },
+    #[error("registration socket {path}: chmod: {source}")]
+    Chmod { path: PathBuf, source: std::io::Error },
+    #[error("registration socket {0} is in use by a running controller")]
+    InUse(PathBuf),
+    #[error("registration socket path {0} is too long for a unix socket")]
+    PathTooLong(PathBuf),
+    #[error("two services on the same address {0}")]
+    DuplicateService(SocketAddr),
+    #[error("cannot read this process's network namespace: {0}")]
+    Netns(sys::Error),
+    #[error("cannot start the registry thread: {0}")]
+    Thread(std::io::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// How the registry runs.
+#[derive(Clone, Debug)]
+pub struct RegistryOptions {
+    /// Path of the registration socket (its parent directory is created).
+    pub socket_path: PathBuf,
+    /// Uids whose workers may register; root may always. Empty: the controller's own uid.
+    pub allowed_uids: Vec<u32>,
+    /// Mode of the socket file.
+    pub socket_mode: u32,
+    /// Network namespace the services live in, as a netns cookie (SO_NETNS_COOKIE); `None`: the
+    /// controller's own.
+    pub netns_cookie: Option<u64>,
+    /// How often loads are reconciled against the kernel's figures.
+    pub reconcile_interval: Duration,
+    /// Most workers per address (group); registrations beyond it get `Status::NoFreeSlot`.
+    /// Changeable while running ([`Registry::set_max_workers`]).
+    pub max_workers: u32,
+    /// Weight of a worker that registers without asking for one (weight 0 in its message).
+    /// Changeable while running ([`Registry::set_default_weight`]).
+    pub default_weight: u32,
+    /// How long a worker that owned a slot of an adopted group (pinned by an earlier controller)
+    /// has to register again before its slot is freed. Workers that exited meanwhile are freed at
+    /// once, and a worker that exits before registering again is freed when it exits.
+    pub adoption_grace: Duration,
+    /// How long a connection may stay open without registering before it is closed.
+    pub register_timeout: Duration,
+    /// Most unregistered connections per peer uid; a new one beyond it evicts that uid's oldest.
+    pub max_pending_per_uid: usize,
+    /// Most unregistered connections in total; a new one beyond it evicts the oldest.
+    pub max_pending: usize,
+    /// How long the last socket of a service with no worker left is kept listening (so that
+    /// connections wait for the next worker instead of being refused) before it is closed.
+    pub park_timeout: Duration,
+    /// [`Registry::is_running`] turns false when the loop has not turned for this long.
+    pub stall_limit: Duration,
+}
+
+impl RegistryOptions {
+    pub fn new(socket_path: impl Into<PathBuf>) -> Self {
+        Self {
+            socket_path: socket_path.into(),
+            allowed_uids: Vec::new(),
+            socket_mode: 0o660,
+            netns_cookie: None,
+            reconcile_interval: Duration::from_millis(250),
+            max_workers: MAX_SLOTS,
+            default_weight: 1,
+            adoption_grace: Duration::from_secs(15),
+            register_timeout: Duration::from_secs(5),
+            max_pending_per_uid: 64,
+            max_pending: 512,
+            park_timeout: Duration::from_secs(30),
+            stall_limit: Duration::from_secs(3),
+        }
+    }
+}
+
+/// One balanced address and its group.
+pub struct Service {
+    pub addr: SocketAddr,
+    group: Mutex<Group>,
+}
+
+impl Service {
+    /// The group (slots, loads, stats). Hold the lock briefly: registrations wait for it.
+    pub fn group(&self) -> MutexGuard<'_, Group> {
+        self.group.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Counters of the registry, readable while it runs.
+#[derive(Default)]
+pub struct Counters {
+    /// Replies sent, per [`Status`] (indexed by its id): `Ok` counts registrations.
+    replies: [AtomicU64; Status::ALL.len()],
+    /// Workers whose slot was freed (exit, or connection closed).
+    pub departures: AtomicU64,
+    /// Corrections applied by reconciliation.
+    pub adjustments: AtomicU64,
+    /// Unregistered connections closed: over a cap, or not registered in time.
+    pub pending_closed: AtomicU64,
+    /// Times accepting stopped for a while because descriptors (or memory) ran out.
+    pub accept_backoffs: AtomicU64,
+    /// Registered workers evicted because their uid was removed from the allowed uids.
+    pub evictions: AtomicU64,
+    /// Weights asked above [`MAX_WEIGHT`] (and lowered to it).
+    pub weights_capped: AtomicU64,
+    /// Parked last sockets closed after `park_timeout` with no worker registering.
+    pub parked_expired: AtomicU64,
+    /// Descriptors handed to the closing thread and not closed yet (a gauge).
+    pub closing_backlog: AtomicU64,
+    /// Program attachments renewed by reconciliation that failed (logged).
+    pub reattach_failures: AtomicU64,
+}
+
+impl Counters {
+    /// Replies sent with `status` (`Status::Ok`: successful registrations).
+    pub fn replies(&self, status: Status) -> u64 {
+        self.replies[status as usize].load(Ordering::Relaxed)
+    }
+
+    /// Rejections per reason, every reason listed (zeros included).
+    pub fn rejections(&self) -> Vec<(Status, u64)> {
+        Status::ALL.iter().filter(|s| **s != Status::Ok).map(|&s| (s, self.replies(s))).collect()
+    }
+
+    fn count_reply(&self, status: Status) {
+        self.replies[status as usize].fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+struct Shared {
+    services: Vec<Service>,
+    counters: Counters,
+    stop: AtomicBool,
+    /// At stop, leave every slot as it is (the program keeps balancing the workers, with the
+    /// counts their shims keep making, and the next controller adopts the pinned group).
+    keep_slots: AtomicBool,
+    /// At stop, detach the program from the services' reuseport groups (a service removed).
+    detach: AtomicBool,
+    settings: Mutex<Settings>,
+    /// When the registry started; the heartbeat counts from here.
+    started: Instant,
+    /// Milliseconds since `started` at the loop's last turn.
+    heartbeat_ms: AtomicU64,
+}
+
+/// What registrations must satisfy; changed by a configuration reload.
+#[derive(Clone, Debug)]
+struct Settings {
+    allowed_uids: Vec<u32>,
+    max_workers: u32,
+    default_weight: u32,
+    /// Bumped at each change, so the loop applies a change once.
+    generation: u64,
+}
+
+impl Settings {
+    fn allows(&self, uid: u32) -> bool {
+        uid == 0 || self.allowed_uids.contains(&uid)
+    }
+}
+
+impl Shared {
+    fn settings(&self) -> MutexGuard<'_, Settings> {
+        self.settings.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn beat(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(ms, Ordering::Release);
+    }
+
+    fn since_last_beat(&self) -> Duration {
+        let now = self.started.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire)))
+    }
+}
+
+/// The running registry. Stops (and removes its socket file) when dropped.
+pub struct Registry {
+    shared: Arc<Shared>,
+    wake: Arc<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+    path: PathBuf,
+    stall_limit: Duration,
+}
+
+/// How long stopping waits for the registry thread before leaving it behind.
+const STOP_WAIT: Duration = Duration::from_secs(5);
+
+impl Registry {
+    /// Binds the registration socket and starts serving `services` (one group per address).
+    pub fn start(options: RegistryOptions, services: Vec<(SocketAddr, Group)>) -> Result<Self> {
+        let mut seen = Vec::new();
+        for (addr, _) in &services {
+            if seen.contains(addr) {
+                return Err(Error::DuplicateService(*addr));
+            }
+            seen.push(*addr);
+        }
+        let netns = match options.netns_cookie {
+            Some(c) => c,
+            None => own_netns_cookie().map_err(Error::Netns)?,
+        };
+        let allowed = allowed_or_own(&options.allowed_uids);
+        let listener = bind_seqpacket(&options.socket_path, options.socket_mode)?;
+        let wake = Arc::new(
+            sys::eventfd()
+                .map_err(|source| Error::Socket { path: options.socket_path.clone(), source })?,
+        );
+        let shared = Arc::new(Shared {
+            services: services
+                .into_iter()
+                .map(|(addr, group)| Service { addr, group: Mutex::new(group) })
+                .collect(),
+            counters: Counters::default(),
+            stop: AtomicBool::new(false),
+            keep_slots: AtomicBool::new(false),
+            detach: AtomicBool::new(false),
+            settings: Mutex::new(Settings {
+                allowed_uids: allowed,
+                max_workers: options.max_workers.clamp(1, MAX_SLOTS),
+                default_weight: options.default_weight.clamp(1, MAX_WEIGHT),
+                generation: 0,
+            }),
+            started: Instant::now(),
+            heartbeat_ms: AtomicU64::new(0),
+        });
+        let mut event_loop =
+            event_loop::Loop::new(shared.clone(), listener, wake.clone(), netns, &options)
+                .map_err(Error::Thread)?;
+        let thread = std::thread::Builder::new()
+            .name("reuselb-registry".into())
+            .spawn(move || event_loop.run())
+            .map_err(Error::Thread)?;
+        log::info!("registration socket {} ready", options.socket_path.display());
+        Ok(Self {
+            shared,
+            wake,
+            thread: Some(thread),
+            path: options.socket_path,
+            stall_limit: options.stall_limit.max(Duration::from_secs(1)),
+        })
+    }
+
+    pub fn services(&self) -> &[Service] {
+        &self.shared.services
+    }
+
+    pub fn service(&self, addr: SocketAddr) -> Option<&Service> {
+        self.shared.services.iter().find(|s| s.addr == addr)
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    pub fn socket_path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stops serving, frees every slot and removes the socket file. The programs stay attached
+    /// to the workers' sockets (with the loads as the workers keep counting them).
+    pub fn stop(mut self) {
+        self.shutdown();
+    }
+
+    /// Stops serving and removes the socket file, but leaves every slot as it is: the program
+    /// keeps balancing the registered workers (their shims keep counting), and a controller that
+    /// adopts the pinned groups later matches the workers to their slots when they register
+    /// again. What a daemon does when it is stopped.
+    pub fn stop_keeping_slots(mut self) {
+        self.shared.keep_slots.store(true, Ordering::Release);
+        self.shutdown();
+    }
+
+    /// Stops serving, frees every slot and detaches the program from each service's reuseport
+    /// group: the kernel's own hash spreads the connections again. For a service that is removed.
+    pub fn stop_and_detach(mut self) {
+        self.shared.detach.store(true, Ordering::Release);
+        self.shutdown();
+    }
+
+    /// True while the registration thread runs and keeps turning: false once it has not
+    /// completed a turn of its loop for [`RegistryOptions::stall_limit`] (stuck), or ended.
+    pub fn is_running(&self) -> bool {
+        self.thread.as_ref().is_some_and(|t| !t.is_finished())
+            && self.shared.since_last_beat() < self.stall_limit
+    }
+
+    /// How long ago the loop last completed a turn.
+    pub fn since_last_turn(&self) -> Duration {
+        self.shared.since_last_beat()
+    }
+
+    /// Replaces the uids whose workers may register (empty: the controller's own uid). Applies to
+    /// the next registrations, and registered workers of a uid no longer allowed are evicted
+    /// (their slots freed, their registration connections closed) at the next reconciliation.
+    pub fn set_allowed_uids(&self, uids: &[u32]) {
+        let mut s = self.shared.settings();
+        s.allowed_uids = allowed_or_own(uids);
+        s.generation += 1;
+    }
+
+    /// Changes the most workers per address. Lowering it below the number registered frees no
+    /// slot: the next registrations are refused until enough workers left.
+    pub fn set_max_workers(&self, max: u32) {
+        let mut s = self.shared.settings();
+        s.max_workers = max.clamp(1, MAX_SLOTS);
+        s.generation += 1;
+    }
+
+    /// Changes the weight of workers that did not ask for one, registered ones included.
+    pub fn set_default_weight(&self, weight: u32) {
+        let mut s = self.shared.settings();
+        s.default_weight = weight.clamp(1, MAX_WEIGHT);
+        s.generation += 1;
+    }
+
+    fn shutdown(&mut self) {
+        let Some(t) = self.thread.take() else { return };
+        self.shared.stop.store(true, Ordering::Release);
+        if let Err(e) = sys::eventfd_signal(self.wake.as_fd()) {
+            log::warn!("waking the registry thread: {e}");
+        }
+        // Never wait forever: a thread stuck in the kernel is left behind (and says so).
+        let deadline = Instant::now() + STOP_WAIT;
+        while !t.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if t.is_finished() {
+            let _ = t.join();
+        } else {
+            log::error!(
+                "the registry thread of {} did not stop within {STOP_WAIT:?} (last turn {:?} \
+                 ago): leaving it behind",
+                self.path.display(),
+                self.shared.since_last_beat()
+            );
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// `uids`, or the controller's own uid when empty.
+fn allowed_or_own(uids: &[u32]) -> Vec<u32> {
+    if uids.is_empty() {
+        vec![rustix::process::geteuid().as_raw()]
+    } else {
+        uids.to_vec()
+    }
+}
+
+fn bind_seqpacket(path: &Path, mode: u32) -> Result<OwnedFd> {
+    use std::os::unix::fs::PermissionsExt;
+    if !sys::fits_sockaddr_un(path) {
+        return Err(Error::PathTooLong(path.into()));
+    }
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() {
+            std::fs::create_dir_all(dir)
+                .map_err(|source| Error::Dir { path: path.into(), source })?;
+        }
+    }
+    if path.exists() {
+        // A live controller answers; a stale file from a crash does not.
+        if sys::seqpacket_answers(path) {
+            return Err(Error::InUse(path.into()));
+        }
+        let _ = std::fs::remove_file(path);
+    }
+    let fd = sys::seqpacket_listen(path, 256)
+        .map_err(|source| Error::Socket { path: path.into(), source })?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|source| Error::Chmod { path: path.into(), source })?;
+    Ok(fd)
+}

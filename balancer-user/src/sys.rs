@@ -1,0 +1,388 @@
+//! The system calls the controller needs, in one place, over maintained crates (rustix, socket2).
+//!
+//! Every function returns [`Error`], which names the call that failed. What rustix and socket2 do
+//! not offer (SO_NETNS_COOKIE, TCP_INFO's accept-queue figure) is a `getsockopt` here, each with
+//! the reason it is sound. Nothing else in the crate calls libc for these.
+//!
+//! Invariants: no function here blocks (sockets are used with `MSG_DONTWAIT`, accepts are
+//! non-blocking), and every descriptor received from a peer comes back as an [`OwnedFd`], so that
+//! the caller decides where it is closed (the registry closes them off its thread).
+use std::{
+    io::{IoSlice, IoSliceMut},
+    mem::{size_of, MaybeUninit},
+    os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
+    path::Path,
+    ptr::NonNull,
+    time::Duration,
+};
+
+use rustix::{
+    event::{EventfdFlags, PollFd, PollFlags},
+    fs::StatFs,
+    io::Errno,
+    net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, ReturnFlags,
+        SendAncillaryBuffer, SendAncillaryMessage, SendFlags, Shutdown, SocketAddrUnix,
+        SocketFlags, SocketType,
+    },
+    process::{Pid, PidfdFlags},
+};
+
+/// A failed system call, named.
+#[derive(Debug, thiserror::Error)]
+#[error("{call}: {source}")]
+pub struct Error {
+    pub call: &'static str,
+    #[source]
+    pub source: std::io::Error,
+}
+
+impl Error {
+    fn new(call: &'static str, errno: Errno) -> Self {
+        Self { call, source: errno.into() }
+    }
+
+    /// The errno, if the call failed with one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        self.source.raw_os_error()
+    }
+
+    /// EAGAIN/EWOULDBLOCK or EINTR: nothing to do now.
+    pub fn is_transient(&self) -> bool {
+        matches!(self.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EINTR))
+    }
+
+    /// EMFILE/ENFILE/ENOBUFS/ENOMEM: out of descriptors or memory; back off.
+    pub fn is_exhaustion(&self) -> bool {
+        matches!(
+            self.raw_os_error(),
+            Some(libc::EMFILE) | Some(libc::ENFILE) | Some(libc::ENOBUFS) | Some(libc::ENOMEM)
+        )
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+fn named(call: &'static str) -> impl FnOnce(Errno) -> Error {
+    move |e| Error::new(call, e)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Unix sockets and descriptor passing
+
+/// A bound, listening, non-blocking `SOCK_SEQPACKET` unix socket at `path`.
+pub fn seqpacket_listen(path: &Path, backlog: i32) -> Result<OwnedFd> {
+    let addr = SocketAddrUnix::new(path).map_err(named("sockaddr_un"))?;
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(named("socket"))?;
+    rustix::net::bind(&fd, &addr).map_err(named("bind"))?;
+    rustix::net::listen(&fd, backlog).map_err(named("listen"))?;
+    Ok(fd)
+}
+
+/// True if something accepts connections at the unix `SOCK_SEQPACKET` socket `path`.
+pub fn seqpacket_answers(path: &Path) -> bool {
+    let Ok(addr) = SocketAddrUnix::new(path) else { return false };
+    let Ok(fd) = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    ) else {
+        return false;
+    };
+    rustix::net::connect(&fd, &addr).is_ok()
+}
+
+/// True if `path` fits in a unix socket address.
+pub fn fits_sockaddr_un(path: &Path) -> bool {
+    SocketAddrUnix::new(path).is_ok()
+}
+
+/// Accepts one connection, non-blocking and close-on-exec.
+pub fn accept(listener: BorrowedFd<'_>) -> Result<OwnedFd> {
+    rustix::net::accept_with(listener, SocketFlags::CLOEXEC | SocketFlags::NONBLOCK)
+        .map_err(named("accept4"))
+}
+
+/// The peer's credentials at connect time (pid in our pid namespace).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cred {
+    pub pid: u32,
+    pub uid: u32,
+}
+
+/// SO_PEERCRED.
+pub fn peer_cred(fd: BorrowedFd<'_>) -> Result<Cred> {
+    let c = rustix::net::sockopt::socket_peercred(fd).map_err(named("SO_PEERCRED"))?;
+    Ok(Cred { pid: c.pid.as_raw_nonzero().get() as u32, uid: c.uid.as_raw() })
+}
+
+/// The most descriptors one message can carry (the kernel's SCM_MAX_FD): the receive buffer takes
+/// them all, so the kernel never drops (closes) any in our thread.
+pub const SCM_MAX_FD: usize = 253;
+
+/// One message received with [`recv_with_fds`].
+#[derive(Debug)]
+pub struct Received {
+    pub len: usize,
+    pub fds: Vec<OwnedFd>,
+    /// Data or control data was cut.
+    pub truncated: bool,
+}
+
+/// Receives one message and the descriptors attached to it (SCM_RIGHTS), without waiting.
+pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(SCM_MAX_FD))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = rustix::net::recvmsg(
+        fd,
+        &mut iov,
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC | RecvFlags::DONTWAIT,
+    )
+    .map_err(named("recvmsg"))?;
+    let mut fds = Vec::new();
+    for m in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(rights) = m {
+            fds.extend(rights);
+        }
+    }
+    Ok(Received {
+        len: msg.bytes,
+        fds,
+        truncated: msg.flags.intersects(ReturnFlags::CTRUNC | ReturnFlags::TRUNC),
+    })
+}
+
+/// Sends one message, with `fd` attached (SCM_RIGHTS) if given, without waiting.
+pub fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = SendAncillaryBuffer::new(&mut space);
+    let fds;
+    if let Some(fd) = fd {
+        fds = [fd];
+        control.push(SendAncillaryMessage::ScmRights(&fds));
+    }
+    rustix::net::sendmsg(
+        sock,
+        &[IoSlice::new(data)],
+        &mut control,
+        SendFlags::NOSIGNAL | SendFlags::DONTWAIT,
+    )
+    .map_err(named("sendmsg"))?;
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sockets handed over by peers
+
+/// SO_LINGER {1, 0}: closing the last reference aborts instead of waiting for unsent data.
+pub fn set_linger_zero(fd: BorrowedFd<'_>) -> Result<()> {
+    rustix::net::sockopt::set_socket_linger(fd, Some(Duration::ZERO)).map_err(named("SO_LINGER"))
+}
+
+/// shutdown(SHUT_RDWR).
+pub fn shutdown(fd: BorrowedFd<'_>) -> Result<()> {
+    rustix::net::shutdown(fd, Shutdown::Both).map_err(named("shutdown"))
+}
+
+/// SO_COOKIE: the kernel's id of a socket, which its holders cannot change.
+pub fn socket_cookie(fd: BorrowedFd<'_>) -> Result<u64> {
+    rustix::net::sockopt::socket_cookie(fd).map_err(named("SO_COOKIE"))
+}
+
+/// An integer socket option, read.
+fn get_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, call: &'static str) -> Result<u64> {
+    let mut value = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `value` and `len` describe a writable buffer of `len` bytes that outlives the call;
+    // the kernel writes at most `len` bytes and updates `len`.
+    let ret = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut value as *mut u64).cast(), &mut len)
+    };
+    if ret < 0 {
+        return Err(Error { call, source: std::io::Error::last_os_error() });
+    }
+    Ok(value)
+}
+
+/// SO_NETNS_COOKIE: the cookie of the network namespace the socket `fd` lives in.
+pub fn netns_cookie(fd: BorrowedFd<'_>) -> Result<u64> {
+    get_int_opt(fd, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, "SO_NETNS_COOKIE")
+}
+
+/// The cookie of this process's network namespace.
+pub fn own_netns_cookie() -> Result<u64> {
+    let fd = rustix::net::socket_with(
+        AddressFamily::INET,
+        SocketType::DGRAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(named("socket"))?;
+    netns_cookie(fd.as_fd())
+}
+
+/// Connections waiting in a listener's accept queue (TCP_INFO's `tcpi_unacked` on a listener);
+/// 0 for a socket that does not listen.
+pub fn accept_queue_len(fd: BorrowedFd<'_>) -> Result<u32> {
+    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` describe a writable buffer of `len` bytes that outlives the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(Error { call: "TCP_INFO", source: std::io::Error::last_os_error() });
+    }
+    const TCP_LISTEN: u8 = 10;
+    Ok(if info.tcpi_state == TCP_LISTEN { info.tcpi_unacked } else { 0 })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes, events, polling
+
+/// pidfd_open(2): a descriptor that becomes readable when `pid` exits.
+pub fn pidfd_open(pid: u32) -> Result<OwnedFd> {
+    let pid = Pid::from_raw(pid as i32).ok_or(Error {
+        call: "pidfd_open",
+        source: std::io::Error::from_raw_os_error(libc::ESRCH),
+    })?;
+    rustix::process::pidfd_open(pid, PidfdFlags::empty()).map_err(named("pidfd_open"))
+}
+
+/// A non-blocking eventfd, to wake a poll loop.
+pub fn eventfd() -> Result<OwnedFd> {
+    rustix::event::eventfd(0, EventfdFlags::CLOEXEC | EventfdFlags::NONBLOCK)
+        .map_err(named("eventfd"))
+}
+
+/// Adds one to an eventfd.
+pub fn eventfd_signal(fd: BorrowedFd<'_>) -> Result<()> {
+    rustix::io::write(fd, &1u64.to_ne_bytes()).map(drop).map_err(named("write(eventfd)"))
+}
+
+/// Resets an eventfd.
+pub fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut b = [0u8; 8];
+    let _ = rustix::io::read(fd, &mut b);
+}
+
+/// poll(2) for readability of `fds`, up to `timeout`; returns which ones are ready (readable,
+/// hung up or in error). EINTR counts as "none ready".
+pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<Vec<bool>> {
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+    let ts = rustix::time::Timespec {
+        tv_sec: timeout.as_secs() as i64,
+        tv_nsec: timeout.subsec_nanos() as _,
+    };
+    match rustix::event::poll(&mut pfds, Some(&ts)) {
+        Ok(_) => Ok(pfds.iter().map(|p| !p.revents().is_empty()).collect()),
+        Err(Errno::INTR) => Ok(vec![false; fds.len()]),
+        Err(e) => Err(Error::new("poll", e)),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shared memory
+
+/// Maps `len` bytes of `fd` shared and read-write.
+pub fn map_shared(fd: BorrowedFd<'_>, len: usize) -> Result<NonNull<u8>> {
+    use rustix::mm::{MapFlags, ProtFlags};
+    // SAFETY: a new mapping at an address the kernel chooses, so no existing memory is touched;
+    // the kernel checks `len` against the object behind `fd`.
+    let ptr = unsafe {
+        rustix::mm::mmap(
+            std::ptr::null_mut(),
+            len,
+            ProtFlags::READ | ProtFlags::WRITE,
+            MapFlags::SHARED,
+            fd,
+            0,
+        )
+    }
+    .map_err(named("mmap"))?;
+    NonNull::new(ptr.cast())
+        .ok_or(Error { call: "mmap", source: std::io::Error::other("mapped at address 0") })
+}
+
+/// Unmaps what [`map_shared`] mapped.
+///
+/// # Safety
+/// `ptr` and `len` must be a mapping made by [`map_shared`] that nothing refers to any more.
+pub unsafe fn unmap(ptr: NonNull<u8>, len: usize) -> Result<()> {
+    // SAFETY: the caller guarantees the mapping is ours and unused.
+    unsafe { rustix::mm::munmap(ptr.as_ptr().cast(), len) }.map_err(named("munmap"))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capabilities and filesystems
+
+/// The effective capabilities of this thread.
+pub fn effective_capabilities() -> Result<rustix::thread::CapabilitySet> {
+    rustix::thread::capabilities(None).map(|c| c.effective).map_err(named("capget"))
+}
+
+/// BPF_FS_MAGIC from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+
+/// statfs(2).
+pub fn statfs(path: &Path) -> Result<StatFs> {
+    rustix::fs::statfs(path).map_err(named("statfs"))
+}
+
+/// True if `path` is on a BPF filesystem (where programs and maps can be pinned).
+pub fn is_bpffs(path: &Path) -> bool {
+    // `f_type`'s width differs between architectures.
+    #[allow(clippy::unnecessary_cast)]
+    statfs(path).is_ok_and(|st| st.f_type as i64 == BPF_FS_MAGIC)
+}
+
+/// Mounts a BPF filesystem at `path`.
+pub fn mount_bpffs(path: &Path) -> Result<()> {
+    rustix::mount::mount("bpf", path, "bpf", rustix::mount::MountFlags::empty(), None)
+        .map_err(named("mount"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_name_the_call() {
+        let e = pidfd_open(0).unwrap_err();
+        assert!(e.to_string().starts_with("pidfd_open: "), "{e}");
+        let e = statfs(Path::new("/nonexistent/reuselb")).unwrap_err();
+        assert!(e.to_string().starts_with("statfs: "), "{e}");
+    }
+
+    #[test]
+    fn descriptors_travel_and_the_peer_is_named() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let ev = eventfd().unwrap();
+        send_with_fd(a.as_fd(), b"hello", Some(ev.as_fd())).unwrap();
+        let mut buf = [0u8; 16];
+        let got = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(&buf[..got.len], b"hello");
+        assert_eq!(got.fds.len(), 1);
+        assert!(!got.truncated);
+        let cred = peer_cred(b.as_fd()).unwrap();
+        assert_eq!(cred.pid, std::process::id());
+        let e = recv_with_fds(b.as_fd(), &mut buf).unwrap_err();
+        assert!(e.is_transient(), "{e}");
+    }
+}
