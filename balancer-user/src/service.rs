@@ -11,7 +11,7 @@ use std::{
     collections::BTreeMap,
     fs, io,
     net::SocketAddr,
-    os::{fd::AsRawFd, unix::fs::PermissionsExt},
+    os::{fd::AsFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
     sync::{Mutex, MutexGuard},
     time::Instant,
@@ -21,7 +21,7 @@ use crate::{
     config::{self, Config},
     registry::{self, Registry, RegistryOptions},
     report::{self, Mode, Report},
-    Group, GroupOptions,
+    sys, Group, GroupOptions,
 };
 
 /// Why a service could not start. Each message carries its cause (no `source()` chain to repeat
@@ -262,8 +262,7 @@ impl Services {
 }
 
 fn own_uid() -> u32 {
-    // SAFETY: geteuid takes no arguments and cannot fail.
-    unsafe { libc::geteuid() }
+    rustix::process::geteuid().as_raw()
 }
 
 /// The mode of a registration socket. Who may register is decided by the peer's uid, which the
@@ -302,27 +301,13 @@ fn netns_cookie_of(path: &Path) -> Result<u64, Error> {
     let file = fs::File::open(path).map_err(|e| err("opening it", e))?;
     std::thread::scope(|s| {
         s.spawn(|| -> Result<u64, Error> {
-            // SAFETY: setns changes the namespace of this thread only, with a namespace
-            // descriptor we own and keep open for the call.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(err("setns (needs CAP_SYS_ADMIN)", io::Error::last_os_error()));
-            }
-            registry::own_netns_cookie().map_err(|e| err("reading its cookie", e))
+            sys::enter_netns(file.as_fd())
+                .map_err(|e| err("setns (needs CAP_SYS_ADMIN)", e.source))?;
+            sys::own_netns_cookie().map_err(|e| err("reading its cookie", e.source))
         })
         .join()
         .map_err(|_| err("entering it", io::Error::other("the namespace thread panicked")))?
     })
-}
-
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
-
-fn is_bpffs(path: &Path) -> bool {
-    use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return false };
-    // SAFETY: statfs is plain data; all-zero is a valid value for it to fill.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: a NUL-terminated path and a pointer to a statfs we own.
-    unsafe { libc::statfs(c.as_ptr(), &mut st) == 0 && st.f_type as i64 == BPF_FS_MAGIC }
 }
 
 /// Makes sure `pin_path` is a directory on a BPF filesystem, mounting bpffs at /sys/fs/bpf if it
@@ -330,26 +315,14 @@ fn is_bpffs(path: &Path) -> bool {
 /// a restarted daemon cannot adopt what this one leaves.
 pub fn prepare_pin_path(pin_path: &Path) -> Option<PathBuf> {
     let bpffs = Path::new("/sys/fs/bpf");
-    if pin_path.starts_with(bpffs) && !is_bpffs(bpffs) {
+    if pin_path.starts_with(bpffs) && !sys::is_bpffs(bpffs) {
         let _ = fs::create_dir_all(bpffs);
-        // SAFETY: mount(2) with NUL-terminated static strings and no data.
-        let r = unsafe {
-            libc::mount(
-                c"bpf".as_ptr(),
-                c"/sys/fs/bpf".as_ptr(),
-                c"bpf".as_ptr(),
-                0,
-                std::ptr::null(),
-            )
-        };
-        if r == 0 {
-            log::info!("the BPF filesystem was not mounted: mounted it at /sys/fs/bpf");
-        } else {
-            log::warn!(
-                "the BPF filesystem is not mounted at /sys/fs/bpf and mounting it failed ({}): \
-                 mount it (mount -t bpf bpf /sys/fs/bpf) or grant CAP_SYS_ADMIN",
-                io::Error::last_os_error()
-            );
+        match sys::mount_bpffs(bpffs) {
+            Ok(()) => log::info!("the BPF filesystem was not mounted: mounted it at /sys/fs/bpf"),
+            Err(e) => log::warn!(
+                "the BPF filesystem is not mounted at /sys/fs/bpf and mounting it failed ({e}): \
+                 mount it (mount -t bpf bpf /sys/fs/bpf) or grant CAP_SYS_ADMIN"
+            ),
         }
     }
     if let Err(e) = fs::create_dir_all(pin_path) {
@@ -360,7 +333,7 @@ pub fn prepare_pin_path(pin_path: &Path) -> Option<PathBuf> {
         );
         return None;
     }
-    if !is_bpffs(pin_path) {
+    if !sys::is_bpffs(pin_path) {
         log::warn!(
             "pin_path {} is not on a BPF filesystem: nothing is pinned, a restarted daemon will \
              not adopt the running groups",

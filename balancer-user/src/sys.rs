@@ -337,6 +337,13 @@ pub fn effective_capabilities() -> Result<rustix::thread::CapabilitySet> {
     rustix::thread::capabilities(None).map(|c| c.effective).map_err(named("capget"))
 }
 
+/// setns(2) into the network namespace `ns` (an open /proc/PID/ns/net or /run/netns/NAME), for
+/// the calling thread only.
+pub fn enter_netns(ns: BorrowedFd<'_>) -> Result<()> {
+    rustix::thread::move_into_link_name_space(ns, Some(rustix::thread::LinkNameSpaceType::Network))
+        .map_err(named("setns"))
+}
+
 /// BPF_FS_MAGIC from linux/magic.h.
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;
 

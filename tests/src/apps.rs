@@ -540,6 +540,6 @@ impl Load {
     }
 }
 
+pub use crate::http::one_request;
 /// The error of [`crate::http::worker_pid`] for a connection closed with no answer at all.
 pub use crate::http::EMPTY_ANSWER;
-pub use crate::http::one_request;

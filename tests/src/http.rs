@@ -31,7 +31,9 @@ pub fn worker_pid(client: &Blocking, addr: SocketAddr, path: &str) -> Result<u32
     let r = client.get(addr, path, Duration::from_secs(10)).map_err(|e| match e {
         // The server closed the connection without a byte of answer (a worker killed or
         // recycled with the request accepted): counted apart by the load loops.
-        client::Error::Http { error, .. } if error.is_incomplete_message() => EMPTY_ANSWER.to_owned(),
+        client::Error::Http { error, .. } if error.is_incomplete_message() => {
+            EMPTY_ANSWER.to_owned()
+        }
         e => e.to_string(),
     })?;
     if r.status != 200 {

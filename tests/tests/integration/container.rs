@@ -20,7 +20,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_user::status::Report;
+use balancer_user::report::Report;
 use integration_tests::{
     apps::{
         apps_dir, one_request, registered_count, reuselb_bin, shim_lib, wait_until, workspace_root,
@@ -324,7 +324,7 @@ fn the_image_runs_the_daemon_as_a_sidecar_sharing_the_pods_network_and_pids() {
     let daemon = start_sidecar(&image, &pod, &dir, true);
     let (app, cfg) = start_app(&pod, &dir, "shared");
     let registered = wait_until(Duration::from_secs(30), || {
-        status(&pod).is_some_and(|r| r.services[0].workers.len() == WORKERS as usize)
+        status(&pod).is_some_and(|r| r.services[0].workers().count() == WORKERS as usize)
     });
     assert!(
         registered,
@@ -345,7 +345,7 @@ fn the_image_runs_the_daemon_as_a_sidecar_sharing_the_pods_network_and_pids() {
             .collect()
     });
     let after = status(&pod).unwrap();
-    let selected = |r: &Report| r.services[0].workers.iter().map(|w| w.selected).sum::<u64>();
+    let selected = |r: &Report| r.services[0].workers().map(|w| w.selected).sum::<u64>();
     let selections = selected(&after) - selected(&before);
     let mut pids = served.clone();
     pids.sort_unstable();
@@ -371,7 +371,7 @@ fn the_image_runs_the_daemon_as_a_sidecar_sharing_the_pods_network_and_pids() {
     let daemon = start_sidecar(&image, &pod, &dir, false);
     let (app, _cfg) = start_app(&pod, &dir, "private");
     let refused = wait_until(Duration::from_secs(30), || {
-        status(&pod).is_some_and(|r| r.services[0].rejections.values().sum::<u64>() >= 1)
+        status(&pod).is_some_and(|r| r.services[0].rejected() >= 1)
     });
     let report = status(&pod);
     assert!(
@@ -381,8 +381,12 @@ fn the_image_runs_the_daemon_as_a_sidecar_sharing_the_pods_network_and_pids() {
         app.log_tail(30)
     );
     let r = report.unwrap();
-    assert!(r.services[0].workers.is_empty(), "workers registered without their pids: {r:?}");
-    let rejections: Vec<_> = r.services[0].rejections.iter().filter(|(_, n)| **n > 0).collect();
+    assert!(
+        r.services[0].workers().next().is_none(),
+        "workers registered without their pids: {r:?}"
+    );
+    let rejections: Vec<_> =
+        r.services[0].registrations.iter().filter(|(s, n)| *n > 0 && s.name() != "ok").collect();
     let logs = daemon.logs();
     let why: Vec<&str> =
         logs.lines().filter(|l| l.contains("refus") || l.contains("reject")).collect();
