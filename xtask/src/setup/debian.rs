@@ -1,7 +1,8 @@
 //! The Debian packages of the real components the tests and the demo start (application servers,
 //! proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
 //! handshakes half-open in the migration tests, kubectl to render the Kubernetes manifests
-//! with its built-in kustomize; apt serves it on these machines).
+//! with its built-in kustomize; apt serves it on these machines; tmux, the terminal that the test of
+//! `reuselb top` drives).
 
 use std::process::Command;
 
@@ -21,6 +22,7 @@ const PACKAGES: &[&str] = &[
     "kubectl",
     "gunicorn",
     "python3-django",
+    "tmux",
 ];
 
 pub fn ensure(root: bool) -> Result<()> {
