@@ -1,10 +1,10 @@
 //! The Debian packages of the real components the tests and the demo start (application servers,
 //! proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
 //! handshakes half-open in the migration tests, kubectl to render the Kubernetes manifests
-//! with its built-in kustomize; apt serves it on these machines), and podman with runc for the
-//! container image (`cargo xtask image`) and its test: `podman build` builds the image by itself
-//! (buildah's code is inside podman, which execs no `buildah`), and runc runs it where crun
-//! refuses hybrid cgroups.
+//! with its built-in kustomize; apt serves it on these machines; tmux, the terminal that the test
+//! of `reuselb top` drives), and podman with runc for the container image (`cargo xtask image`)
+//! and its test: `podman build` builds the image by itself (buildah's code is inside podman, which
+//! execs no `buildah`), and runc runs it where crun refuses hybrid cgroups.
 
 use std::process::Command;
 
@@ -26,6 +26,7 @@ const PACKAGES: &[&str] = &[
     "python3-django",
     "podman",
     "runc",
+    "tmux",
 ];
 
 pub fn ensure(root: bool) -> Result<()> {
