@@ -5,11 +5,11 @@ use std::{
     collections::HashMap,
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -76,19 +76,35 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }
 
-/// A fresh private directory under the system temp dir, removed when dropped.
-pub struct TempDir(PathBuf);
+/// A fresh directory under the system temp dir (`reuselb-<tag>-<random>`), removed when dropped:
+/// [`tempfile::TempDir`], with the mode 0755 a plain `mkdir` gives, so that a test's process of
+/// another uid (hostile.rs) reaches the sockets in it and is refused by the registry, not by the
+/// directory.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "reuselb-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("reuselb-{tag}-"))
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("creating a temp dir for {tag}: {e}"));
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A test's own bpffs directory, `/sys/fs/bpf/reuselb-test-<pid>-<tag>` (emptied first if a
+/// killed run left it), for a group's or a daemon's pins; removed however the test ends.
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/reuselb-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
         Self(dir)
     }
 
@@ -97,10 +113,19 @@ impl TempDir {
     }
 }
 
-impl Drop for TempDir {
+impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Per-worker requests served between two reads of uWSGI's stats (`uwsgi_stats`): by pid, a
+/// worker absent from `before` counting from 0.
+pub fn stats_delta(before: &[(u32, u64)], after: &[(u32, u64)]) -> Vec<u64> {
+    after
+        .iter()
+        .map(|(pid, n)| n - before.iter().find(|(p, _)| p == pid).map(|(_, b)| *b).unwrap_or(0))
+        .collect()
 }
 
 /// A process started in a process group of its own. Dropping it SIGKILLs that group, and the
