@@ -15,6 +15,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use rustix::process::{kill_process, kill_process_group, test_kill_process, Pid, Signal};
+
 /// The workspace root (the tests crate's parent).
 pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
@@ -172,8 +174,11 @@ impl Proc {
 
     /// Sends `sig` to the process (not the group).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) takes no pointers; at worst it fails (ESRCH).
-        unsafe { libc::kill(self.pid() as i32, sig) };
+        let signal = Signal::from_named_raw(sig).unwrap_or_else(|| panic!("{sig} is not a signal"));
+        // An exited process is not an error here: the test sees it exited.
+        if let Some(pid) = pid(self.pid()) {
+            let _ = kill_process(pid, signal);
+        }
     }
 
     /// Waits up to `timeout` for the process to exit; its exit status, if it did.
@@ -200,12 +205,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        for g in &self.extra_groups {
-            // SAFETY: kill(2) of a group this Proc started; no pointers.
-            unsafe { libc::kill(-*g, libc::SIGKILL) };
+        // Groups that are gone already are fine: the point is that none is left.
+        for group in self.extra_groups.iter().chain([&(self.child.id() as i32)]) {
+            if let Some(group) = pid(*group as u32) {
+                let _ = kill_process_group(group, Signal::KILL);
+            }
         }
-        // SAFETY: kill(2) of the child's own process group; no pointers, failure is harmless.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
         // Give the kernel a moment to reap grandchildren (they are re-parented to init).
         std::thread::sleep(Duration::from_millis(50));
@@ -221,8 +226,12 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the pid exists; no pointers.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+    self::pid(pid).is_some_and(|pid| test_kill_process(pid).is_ok())
+}
+
+/// A process id as rustix takes it: None for 0 or one out of range, which names no process.
+fn pid(raw: u32) -> Option<Pid> {
+    i32::try_from(raw).ok().and_then(Pid::from_raw)
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.
