@@ -5,17 +5,18 @@ use std::{
     collections::HashMap,
     io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
-    os::unix::process::CommandExt,
+    os::unix::{fs::PermissionsExt, process::CommandExt},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
 };
 
 use balancer_user::http::client::Blocking;
+use rustix::process::{kill_process, kill_process_group, test_kill_process, Pid, Signal};
 
 /// The workspace root (the tests crate's parent).
 pub fn workspace_root() -> PathBuf {
@@ -78,19 +79,35 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().unwrap().port()
 }
 
-/// A fresh private directory under the system temp dir, removed when dropped.
-pub struct TempDir(PathBuf);
+/// A fresh directory under the system temp dir (`reuselb-<tag>-<random>`), removed when dropped:
+/// [`tempfile::TempDir`], with the mode 0755 a plain `mkdir` gives, so that a test's process of
+/// another uid (hostile.rs) reaches the sockets in it and is refused by the registry, not by the
+/// directory.
+pub struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     pub fn new(tag: &str) -> Self {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "reuselb-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("reuselb-{tag}-"))
+            .permissions(std::fs::Permissions::from_mode(0o755))
+            .tempdir()
+            .unwrap_or_else(|e| panic!("creating a temp dir for {tag}: {e}"));
+        Self(dir)
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.path()
+    }
+}
+
+/// A test's own bpffs directory, `/sys/fs/bpf/reuselb-test-<pid>-<tag>` (emptied first if a
+/// killed run left it), for a group's or a daemon's pins; removed however the test ends.
+pub struct PinDir(PathBuf);
+
+impl PinDir {
+    pub fn new(tag: &str) -> Self {
+        let dir = PathBuf::from(format!("/sys/fs/bpf/reuselb-test-{}-{tag}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
         Self(dir)
     }
 
@@ -99,10 +116,19 @@ impl TempDir {
     }
 }
 
-impl Drop for TempDir {
+impl Drop for PinDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
+}
+
+/// Per-worker requests served between two reads of uWSGI's stats (`uwsgi_stats`): by pid, a
+/// worker absent from `before` counting from 0.
+pub fn stats_delta(before: &[(u32, u64)], after: &[(u32, u64)]) -> Vec<u64> {
+    after
+        .iter()
+        .map(|(pid, n)| n - before.iter().find(|(p, _)| p == pid).map(|(_, b)| *b).unwrap_or(0))
+        .collect()
 }
 
 /// A process started in a process group of its own. Dropping it SIGKILLs that group, and the
@@ -149,8 +175,11 @@ impl Proc {
 
     /// Sends `sig` to the process (not the group).
     pub fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) takes no pointers; the pid is a process this test started.
-        unsafe { libc::kill(self.pid() as i32, sig) };
+        let signal = Signal::from_named_raw(sig).unwrap_or_else(|| panic!("{sig} is not a signal"));
+        // An exited process is not an error here: the test sees it exited.
+        if let Some(pid) = pid(self.pid()) {
+            let _ = kill_process(pid, signal);
+        }
     }
 
     /// Waits up to `timeout` for the process to exit; its exit status, if it did.
@@ -177,12 +206,12 @@ impl Proc {
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        for g in &self.extra_groups {
-            // SAFETY: kill(2) takes no pointers; the group is one this test started.
-            unsafe { libc::kill(-*g, libc::SIGKILL) };
+        // Groups that are gone already are fine: the point is that none is left.
+        for group in self.extra_groups.iter().chain([&(self.child.id() as i32)]) {
+            if let Some(group) = pid(*group as u32) {
+                let _ = kill_process_group(group, Signal::KILL);
+            }
         }
-        // SAFETY: kill(2) takes no pointers; the group is the child's own.
-        unsafe { libc::kill(-(self.child.id() as i32), libc::SIGKILL) };
         let _ = self.child.wait();
         // Give the kernel a moment to reap grandchildren (they are re-parented to init).
         std::thread::sleep(Duration::from_millis(50));
@@ -198,8 +227,12 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 }
 
 pub fn alive(pid: u32) -> bool {
-    // SAFETY: kill(2) with signal 0 only checks that the pid exists.
-    unsafe { libc::kill(pid as i32, 0) == 0 }
+    self::pid(pid).is_some_and(|pid| test_kill_process(pid).is_ok())
+}
+
+/// A process id as rustix takes it: None for 0 or one out of range, which names no process.
+fn pid(raw: u32) -> Option<Pid> {
+    i32::try_from(raw).ok().and_then(Pid::from_raw)
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.

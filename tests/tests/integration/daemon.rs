@@ -26,23 +26,6 @@ const CONCURRENCY: usize = 48;
 const PATH: &str = "/?ms=5";
 const MAX_IMBALANCE: f64 = 1.25;
 
-/// The test's pin path in bpffs, removed when dropped.
-struct PinPath(PathBuf);
-
-impl PinPath {
-    fn new(name: &str) -> Self {
-        let p = PathBuf::from(format!("/sys/fs/bpf/reuselb-test-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&p);
-        Self(p)
-    }
-}
-
-impl Drop for PinPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// One service of a test config: name, listen address, more YAML lines (indented 4).
 struct Svc<'a> {
     name: &'a str,
@@ -50,11 +33,11 @@ struct Svc<'a> {
     extra: &'a str,
 }
 
-fn write_config(dir: &TempDir, file: &str, pin: &PinPath, services: &[Svc]) -> PathBuf {
+fn write_config(dir: &TempDir, file: &str, pin: &apps::PinDir, services: &[Svc]) -> PathBuf {
     let mut text = format!(
         "shim_socket_dir: {}\npin_path: {}\nservices:\n",
         dir.path().join("sock").display(),
-        pin.0.display()
+        pin.path().display()
     );
     for s in services {
         text.push_str(&format!("  - name: {}\n    listen: \"{}\"\n", s.name, s.addr));
@@ -154,13 +137,6 @@ fn wait_serving(addr: SocketAddr) {
     );
 }
 
-fn stats_delta(before: &[(u32, u64)], after: &[(u32, u64)]) -> Vec<u64> {
-    after
-        .iter()
-        .map(|(pid, n)| n - before.iter().find(|(p, _)| p == pid).map(|(_, b)| *b).unwrap_or(0))
-        .collect()
-}
-
 /// Sum of `reuselb_worker_selected_total` of a service.
 fn selected_sum(metrics: SocketAddr, name: &str) -> f64 {
     samples(&scrape(metrics), "reuselb_worker_selected_total", name).iter().map(|(_, v)| v).sum()
@@ -194,7 +170,7 @@ fn wait_idle(metrics: SocketAddr, name: &str, timeout: Duration) -> Option<Durat
 fn check_config_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
     integration_tests::private_loopback();
     let dir = TempDir::new("daemon-check");
-    let pin = PinPath::new("check");
+    let pin = apps::PinDir::new("check");
     let good = write_config(
         &dir,
         "good.yaml",
@@ -237,7 +213,7 @@ fn two_services_in_one_daemon_are_balanced_and_counted() {
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-two");
-    let pin = PinPath::new("two");
+    let pin = apps::PinDir::new("two");
     let (a, b) = (
         UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http),
         UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http),
@@ -268,7 +244,7 @@ fn two_services_in_one_daemon_are_balanced_and_counted() {
         let report = Load::run(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(6));
         std::thread::sleep(Duration::from_millis(300));
         let after = cfg.stats().unwrap();
-        let counts = stats_delta(&before, &after);
+        let counts = apps::stats_delta(&before, &after);
         let ratio = LoadReport::imbalance(&counts);
         let text = scrape(metrics);
         let selected: f64 = samples(&text, "reuselb_worker_selected_total", name)
@@ -336,7 +312,7 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-kill");
-    let pin = PinPath::new("kill");
+    let pin = apps::PinDir::new("kill");
     let cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     let metrics = loopback(free_port());
     let config =
@@ -357,7 +333,7 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
     let down_before = cfg.stats().unwrap();
     std::thread::sleep(Duration::from_secs(4));
     let down_after = cfg.stats().unwrap();
-    let down = stats_delta(&down_before, &down_after);
+    let down = apps::stats_delta(&down_before, &down_after);
     let down_ratio = LoadReport::imbalance(&down);
 
     let restarted_at = Instant::now();
@@ -420,7 +396,7 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-dead");
-    let pin = PinPath::new("dead");
+    let pin = apps::PinDir::new("dead");
     let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     cfg.processes = 4;
     cfg.threads = 4;
@@ -486,7 +462,7 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-hup");
-    let pin = PinPath::new("hup");
+    let pin = apps::PinDir::new("hup");
     let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     cfg.processes = 4;
     cfg.threads = 4;
@@ -595,7 +571,7 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     );
     // (It leaves /status first, then stops.)
     let gone = wait_until(Duration::from_secs(5), || {
-        !pin.0.join("extra").exists() && !shim_socket(&dir, "extra").exists()
+        !pin.path().join("extra").exists() && !shim_socket(&dir, "extra").exists()
     });
     assert!(gone, "the removed service's pins or socket are still there: {}", daemon.log_tail(10));
     assert_eq!(workers(metrics, "web"), pids);
@@ -610,7 +586,7 @@ fn two_pods_in_two_network_namespaces_are_balanced_apart() {
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("daemon-pods");
-    let pin = PinPath::new("pods");
+    let pin = apps::PinDir::new("pods");
     let pods = [
         NetNs::new().expect("creating a network namespace"),
         NetNs::new().expect("creating a network namespace"),
@@ -663,7 +639,7 @@ fn two_pods_in_two_network_namespaces_are_balanced_apart() {
         let report = ns.run(|| Load::run(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(5)));
         std::thread::sleep(Duration::from_millis(300));
         let after = ns.run(|| cfg.stats().unwrap());
-        let counts = stats_delta(&before, &after);
+        let counts = apps::stats_delta(&before, &after);
         let ratio = LoadReport::imbalance(&counts);
         let (selected, other_selected) = (
             selected_sum(metrics, name) - selected_before,
@@ -711,7 +687,7 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
     let seconds: u64 =
         std::env::var("SOAK_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(120);
     let dir = TempDir::new("daemon-soak");
-    let pin = PinPath::new("soak");
+    let pin = apps::PinDir::new("soak");
     let mut cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     cfg.max_requests = Some(200);
     cfg.extra.extend(["--worker-reload-mercy".into(), "5".into()]);

@@ -1,28 +1,16 @@
 //! A controller that dies leaves the service balanced, and the next one adopts the pinned state.
-use std::path::PathBuf;
-
 use anyhow::{ensure, Result};
 use balancer_common::Policy;
 use balancer_user::{Group, GroupOptions, Mode};
-use integration_tests::{NetNs, Pool, LOOPBACKS};
-
-/// A bpffs directory for one test, removed however the test ends.
-struct PinDir(PathBuf);
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        Self(PathBuf::from(format!("/sys/fs/bpf/reuselb-test-{}-{tag}", std::process::id())))
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use integration_tests::{apps::PinDir, NetNs, Pool, LOOPBACKS};
 
 fn options(pin: &PinDir, policy: Policy) -> GroupOptions {
-    GroupOptions { policy, mode: Mode::Auto, pin_dir: Some(pin.0.clone()), ..Default::default() }
+    GroupOptions {
+        policy,
+        mode: Mode::Auto,
+        pin_dir: Some(pin.path().to_path_buf()),
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -67,7 +55,7 @@ fn balancing_survives_the_controller_and_the_next_one_adopts_it() {
             let views = g.slots()?;
             ensure!(views.iter().all(|v| v.pid == std::process::id()), "owners lost: {views:?}");
             g.unpin()?;
-            ensure!(!pin.0.exists(), "unpin left {}", pin.0.display());
+            ensure!(!pin.path().exists(), "unpin left {}", pin.path().display());
             Ok(())
         })
         .unwrap_or_else(|e| panic!("[{ip}] {e:#}"));

@@ -61,13 +61,6 @@ fn wait_serving(addr: SocketAddr, via: SocketAddr) {
 }
 
 /// Per-worker requests served between two stats readings.
-fn stats_delta(before: &[(u32, u64)], after: &[(u32, u64)]) -> Vec<u64> {
-    after
-        .iter()
-        .map(|(pid, n)| n - before.iter().find(|(p, _)| p == pid).map(|(_, b)| *b).unwrap_or(0))
-        .collect()
-}
-
 /// Runs the load through `via` and returns the per-worker counts from the stats server.
 fn measure(cfg: &UwsgiConfig, via: SocketAddr, duration: Duration) -> (Vec<u64>, LoadReport) {
     let before = cfg.stats().expect("stats server answers");
@@ -75,7 +68,7 @@ fn measure(cfg: &UwsgiConfig, via: SocketAddr, duration: Duration) -> (Vec<u64>,
     // Let the last answers be counted.
     std::thread::sleep(Duration::from_millis(200));
     let after = cfg.stats().expect("stats server answers");
-    (stats_delta(&before, &after), report)
+    (apps::stats_delta(&before, &after), report)
 }
 
 fn describe(label: &str, counts: &[u64], report: &LoadReport) -> f64 {
@@ -381,7 +374,7 @@ fn controller_started_after_the_app() {
     let after = cfg.stats().unwrap();
     let report = load.finish();
     let picked: Vec<u64> = sel_after.iter().zip(&sel_before).map(|(a, b)| a - b).collect();
-    let counts = stats_delta(&before, &after);
+    let counts = apps::stats_delta(&before, &after);
     let ratio = LoadReport::imbalance(&counts);
     println!(
         "late controller: ok {}, failed {} {:?}; program picks per slot {picked:?}; served per worker once balanced {counts:?} (busiest/ideal {ratio:.3})",
