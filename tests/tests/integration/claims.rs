@@ -82,7 +82,7 @@ fn busy_workers(stats_port: u16) -> HashSet<u32> {
 }
 
 /// How long a blocking request holds its worker (one thread per worker: the whole process).
-const BLOCK_MS: u64 = 5000;
+const BLOCK_MS: u64 = 6000;
 /// Clients of short requests while two workers are blocked.
 const CLIENTS: usize = 4;
 /// How long the short requests run (well inside the block).
@@ -98,22 +98,27 @@ fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> (f64, u64, u64) {
     let mut blocked = HashSet::new();
     // With the hash policy a blocking request may land on a worker that is blocked already: send
     // more (bounded) until two distinct workers are busy.
+    let first_block = Instant::now();
     for _ in 0..8 {
         let request = request.clone();
         blockers.push(std::thread::spawn(move || one_request(addr, &request)));
-        wait_until(Duration::from_secs(2), || busy_workers(cfg.stats_port).len() > blocked.len());
+        wait_until(Duration::from_millis(500), || {
+            busy_workers(cfg.stats_port).len() > blocked.len()
+        });
         blocked = busy_workers(cfg.stats_port);
         if blocked.len() >= 2 {
             break;
         }
     }
     assert!(blocked.len() >= 2, "could not block two workers: busy {blocked:?}");
-    let started = Instant::now();
-    let report = Load::run(addr, CLIENTS, "/?ms=2", WINDOW);
+    // The window must end well before the first block does, or the "blocked" workers would be
+    // free again during it; requests stuck on a blocked worker finish (or time out) after it.
+    let setup = first_block.elapsed();
     assert!(
-        started.elapsed() < Duration::from_millis(BLOCK_MS) + Duration::from_secs(5),
-        "the short requests ran long after the block"
+        setup + WINDOW + Duration::from_secs(1) < Duration::from_millis(BLOCK_MS),
+        "blocking two workers took {setup:?}: no time left to measure inside the block"
     );
+    let report = Load::run(addr, CLIENTS, "/?ms=2", WINDOW);
     for b in blockers {
         let _ = b.join();
     }
