@@ -61,8 +61,9 @@ enum Task {
         /// Which broken build (repeatable); both if omitted.
         #[arg(long, value_enum)]
         broken: Vec<prove::Broken>,
-        /// Test targets of integration-tests to run (repeatable); the claim tests if omitted.
-        #[arg(long = "test")]
+        /// Modules of the integration binary to run (repeatable), e.g. `--module selector`; the
+        /// modules of the claim tests if omitted.
+        #[arg(long = "module")]
         tests: Vec<String>,
         /// Extra arguments for the test binaries (e.g. a test name filter).
         #[arg(last = true)]

@@ -45,7 +45,7 @@ impl Broken {
         }
     }
 
-    /// Tests that must fail against this build: (test target, test name).
+    /// Tests that must fail against this build: (module of the integration binary, test name).
     fn must_catch(self) -> &'static [(&'static str, &'static str)] {
         match self {
             Broken::SkPass => &[
@@ -62,8 +62,8 @@ impl Broken {
     }
 }
 
-/// Builds each broken build and runs `tests` (test targets of integration-tests; the claim tests
-/// if empty) against it.
+/// Builds each broken build and runs `tests` (modules of the integration binary; the modules of
+/// the claim tests if empty) against it.
 pub fn run(ws: &Workspace, which: &[Broken], tests: &[String], test_args: &[String]) -> Result<()> {
     let which =
         if which.is_empty() { vec![Broken::SkPass, Broken::NoCount] } else { which.to_vec() };
@@ -129,11 +129,11 @@ fn target_dir(ws: &Workspace, broken: Broken) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Builds `broken` and runs the test targets against it: (target, test, passed) for every test.
+/// Builds `broken` and runs the modules' tests against it: (module, test, passed) for every test.
 fn run_one(
     ws: &Workspace,
     broken: Broken,
-    targets: &[String],
+    modules: &[String],
     test_args: &[String],
 ) -> Result<Vec<(String, String, bool)>> {
     let dir = target_dir(ws, broken)?;
@@ -155,24 +155,24 @@ fn run_one(
     let release = dir.join("release");
     let reuselb = release.join("reuselb");
     let shim = release.join("libbalancer_shim.so");
-    let mut results = Vec::new();
-    for target in targets {
-        let mut test = cargo(ws);
-        test.args(["test", "--release", "-p", "integration-tests", "--test", target]);
-        // The test binaries load the programs through balancer-user (Group::new): they must embed
-        // the broken programs too. The shim is only ever used through REUSELB_SHIM.
-        if broken == Broken::SkPass {
-            test.args(["--features", broken.feature()]);
-        }
-        test.args(["--", "--test-threads", "1"]).args(test_args);
-        test.env("REUSELB_BIN", &reuselb).env("REUSELB_SHIM", &shim);
-        results.extend(run_tests(&mut test, target)?);
+    // One run of the integration binary, its modules as filters (`claims::` and so on).
+    let mut test = cargo(ws);
+    test.args(["test", "--release", "-p", "integration-tests", "--test", "integration"]);
+    // The test binary loads the programs through balancer-user (Group::new): it must embed the
+    // broken programs too. The shim is only ever used through REUSELB_SHIM.
+    if broken == Broken::SkPass {
+        test.args(["--features", broken.feature()]);
     }
-    Ok(results)
+    test.args(["--", "--test-threads", "1"]);
+    test.args(modules.iter().map(|m| format!("{m}::")));
+    test.args(test_args);
+    test.env("REUSELB_BIN", &reuselb).env("REUSELB_SHIM", &shim);
+    run_tests(&mut test)
 }
 
 /// Runs a libtest binary through cargo, echoing its output, and collects each test's outcome.
-fn run_tests(cmd: &mut Command, target: &str) -> Result<Vec<(String, String, bool)>> {
+/// Each test's outcome as (module, test, passed).
+fn run_tests(cmd: &mut Command) -> Result<Vec<(String, String, bool)>> {
     println!("xtask: $ {}", command::shown(cmd));
     let mut child = cmd.stdout(Stdio::piped()).spawn().context("starting cargo test")?;
     let stdout = child.stdout.take().context("cargo test's stdout")?;
@@ -181,10 +181,11 @@ fn run_tests(cmd: &mut Command, target: &str) -> Result<Vec<(String, String, boo
         let line = line.context("reading cargo test's output")?;
         println!("{line}");
         if let Some(rest) = line.strip_prefix("test ") {
-            if let Some((name, outcome)) = rest.rsplit_once(" ... ") {
+            if let Some((path, outcome)) = rest.rsplit_once(" ... ") {
+                let (module, name) = path.split_once("::").unwrap_or(("", path));
                 match outcome.trim() {
-                    "ok" => results.push((target.to_string(), name.to_string(), true)),
-                    "FAILED" => results.push((target.to_string(), name.to_string(), false)),
+                    "ok" => results.push((module.to_string(), name.to_string(), true)),
+                    "FAILED" => results.push((module.to_string(), name.to_string(), false)),
                     _ => {}
                 }
             }

@@ -144,6 +144,7 @@ fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> (f64, u64, u64) {
 /// hash decides under both policies).
 #[test]
 fn least_loaded_avoids_blocked_workers_and_the_hash_policy_does_not() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("claims-blocked");
@@ -192,6 +193,7 @@ fn least_loaded_avoids_blocked_workers_and_the_hash_policy_does_not() {
 /// nothing, so the shim's closes drive in-flight below 0).
 #[test]
 fn shim_counters_equal_requests_served_with_reconciliation_off() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let dir = TempDir::new("claims-counting");
