@@ -662,3 +662,27 @@ fn pins_of_another_layout_are_replaced_not_adopted() {
         .collect();
     assert_eq!(left, vec![mine.file_name().unwrap().to_string_lossy().into_owned()]);
 }
+
+#[test]
+fn a_stuck_registry_shows_as_not_running() {
+    let _serial = serial();
+    let dir = TempDir::new("hostile-stuck");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (r, _conn) = register_and_hold(registry.socket_path(), &msg(), listener.as_raw_fd());
+    assert_eq!(r.status(), Status::Ok, "{}", r.reason());
+    assert!(registry.is_running());
+    // Holding the group's lock stops the loop at its next reconciliation (it reads the group),
+    // as a registry thread stuck anywhere would be.
+    let service = registry.service(addr).unwrap();
+    {
+        let _held = service.group();
+        std::thread::sleep(Duration::from_secs(4));
+        assert!(!registry.is_running(), "a registry stuck for 4 s still says it runs");
+    }
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(2), || registry.is_running()),
+        "the registry did not recover once unblocked"
+    );
+}
