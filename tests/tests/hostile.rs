@@ -297,6 +297,7 @@ fn lingering_socket(secs: i32) -> (TcpStream, TcpStream, TcpListener) {
 fn hand_over_and_close(path: &std::path::Path, fd: TcpStream) -> std::os::fd::OwnedFd {
     let conn = connect(path).unwrap();
     let msg = msg();
+    // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(4) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() };
