@@ -12,7 +12,9 @@ use aya::{
     programs::{ProgramInfo, SkReuseport, SkReuseportAttachType},
     Ebpf,
 };
-use balancer_common::{config_flags, maps, Config, Event, Policy, MAX_SLOTS};
+use balancer_common::{
+    config_flags, maps, protocol::LAYOUT_VERSION, Config, Event, Policy, MAX_SLOTS,
+};
 
 use crate::{
     ebpf_log::LogForwarder,
@@ -105,6 +107,34 @@ fn pinned_program(dir: &Path) -> Option<Program> {
         .find(|p| complete && dir.join(p.name()).exists())
 }
 
+/// Where the pins of this controller's load-table layout live under a group's pin directory.
+pub fn layout_dir(pin_dir: &Path) -> PathBuf {
+    pin_dir.join(format!("layout-{LAYOUT_VERSION}"))
+}
+
+/// Removes whatever `pin_dir` holds besides this layout's directory: pins of another layout, or
+/// of a controller from before layouts were named (pinned at the top). Their program stays
+/// attached to the workers' sockets until a worker registers with the new group.
+fn clear_other_layouts(pin_dir: &Path) -> Result<()> {
+    let Ok(entries) = fs::read_dir(pin_dir) else { return Ok(()) };
+    let mine = layout_dir(pin_dir);
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path == mine {
+            continue;
+        }
+        log::warn!(
+            "{}: pinned by a controller of another load-table layout (this one has layout \
+             {LAYOUT_VERSION}): removed, not adopted; the workers register again",
+            path.display()
+        );
+        let removed =
+            if path.is_dir() { fs::remove_dir_all(&path) } else { fs::remove_file(&path) };
+        removed.map_err(|source| Error::Pin { path: path.clone(), source })?;
+    }
+    Ok(())
+}
+
 /// Pins the program and the controller's maps under `dir` (created if missing).
 fn pin_all(ebpf: &mut Ebpf, program: Program, dir: &Path) -> Result<()> {
     let pin_err = |path: PathBuf| {
@@ -130,8 +160,16 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
 impl Group {
     /// Loads the program and creates the group's maps (nothing attached yet), or adopts the group
     /// pinned in `options.pin_dir`.
+    ///
+    /// Pins live in `<pin_dir>/layout-<LAYOUT_VERSION>`: a group pinned by a controller of
+    /// another load-table layout (or by one from before layouts were named) is never adopted.
+    /// Its pins are removed and a new group is made; the workers register again with it.
     pub fn new(options: GroupOptions) -> Result<Self> {
-        if let Some(dir) = &options.pin_dir {
+        let pins = options.pin_dir.as_deref().map(layout_dir);
+        if let Some(top) = &options.pin_dir {
+            clear_other_layouts(top)?;
+        }
+        if let Some(dir) = &pins {
             if let Some(program) = pinned_program(dir) {
                 return Self::adopt(dir, program, &options);
             }
@@ -152,7 +190,7 @@ impl Group {
                 }
             },
         };
-        if let Some(dir) = &options.pin_dir {
+        if let Some(dir) = &pins {
             pin_all(&mut ebpf, program, dir)?;
         }
         let log = match LogForwarder::start(&mut ebpf) {

@@ -8,9 +8,10 @@
 //!
 //! Invariants: [`Closer::close`] never blocks (a bounded queue, and an overflow list kept by the
 //! caller's thread when the queue is full, retried at every turn); the closer thread sets
-//! `SO_LINGER {1, 0}` on every socket before closing it, so that a close aborts rather than
-//! waits (a worker's listener is not affected: listeners do not linger), and a stuck close
-//! delays only other closes, never registration, departures or reconciliation.
+//! `SO_LINGER {1, 0}` on every TCP socket that does not listen before closing it, so that a
+//! close aborts rather than waits; never on a listener (the connections it accepts would inherit
+//! it and be reset when the worker closes them); a stuck close delays only other closes, never
+//! registration, departures or reconciliation.
 use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
@@ -22,6 +23,18 @@ use std::{
 };
 
 use crate::sys;
+
+/// Sets `SO_LINGER {1, 0}` on a TCP socket that does not listen, so that closing it aborts
+/// rather than waits. Never on a listener: the sockets it accepts inherit the option, and a
+/// worker's listener (which we hold a copy of) must keep closing its connections gracefully.
+fn abort_if_lingering(fd: &OwnedFd) {
+    match crate::listener::socket_facts(fd.as_fd()) {
+        Ok(f) if f.tcp && !f.listening => {
+            let _ = sys::set_linger_zero(fd.as_fd());
+        }
+        _ => {}
+    }
+}
 
 /// Descriptors queued for the closer thread at most; more wait in the overflow list.
 const QUEUE: usize = 4096;
@@ -42,8 +55,7 @@ impl Closer {
         let (p, g) = (pending.clone(), gauge.clone());
         std::thread::Builder::new().name("reuselb-closer".into()).spawn(move || {
             for fd in rx {
-                // Best effort: fails harmlessly on what is not a socket.
-                let _ = sys::set_linger_zero(fd.as_fd());
+                abort_if_lingering(&fd);
                 drop(fd);
                 g(p.fetch_sub(1, Ordering::AcqRel) - 1);
             }
