@@ -117,10 +117,28 @@ pub struct Cred {
     pub uid: u32,
 }
 
-/// SO_PEERCRED.
+/// SO_PEERCRED. The pid is 0 when the peer lives in a pid namespace this process cannot see
+/// (a container with a pid namespace of its own): the caller decides what that means.
 pub fn peer_cred(fd: BorrowedFd<'_>) -> Result<Cred> {
-    let c = rustix::net::sockopt::socket_peercred(fd).map_err(named("SO_PEERCRED"))?;
-    Ok(Cred { pid: c.pid.as_raw_nonzero().get() as u32, uid: c.uid.as_raw() })
+    // Not rustix's socket_peercred: its Pid cannot be 0, so a peer from an unseen pid namespace
+    // would come back as an error with no errno.
+    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
+    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` describe a writable ucred that outlives the call; the kernel
+    // writes at most `len` bytes and updates `len`.
+    let ret = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if ret < 0 {
+        return Err(Error { call: "SO_PEERCRED", source: std::io::Error::last_os_error() });
+    }
+    Ok(Cred { pid: cred.pid.max(0) as u32, uid: cred.uid })
 }
 
 /// The most descriptors one message can carry (the kernel's SCM_MAX_FD): the receive buffer takes

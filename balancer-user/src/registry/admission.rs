@@ -108,6 +108,15 @@ impl Loop {
         let conn = &self.conns[&id];
         let cred = sys::peer_cred(conn.fd.as_fd())
             .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
+        if cred.pid == 0 {
+            // Exits are tracked by pidfd, and adopted slots by pid: a worker whose pid the
+            // controller cannot see cannot be kept track of.
+            return Err(Rejection::new(
+                Status::Internal,
+                "the worker's pid is not visible here (another pid namespace): share the pid \
+                 namespace with the controller (shareProcessNamespace or hostPID)",
+            ));
+        }
         let settings = self.shared.settings().clone();
         if !settings.allows(cred.uid) {
             return Err(Rejection::new(
