@@ -607,6 +607,11 @@ fn memfd_instead_of_the_load_map_does_not_kill_the_worker() {
         "the shim did not register with the fake controller\n{}",
         app.log_tail(20)
     );
+    assert!(
+        wait_until(Duration::from_secs(10), || app.log_text().contains("not the load map")),
+        "the shim did not say why it refused the descriptor\n{}",
+        app.log_tail(20)
+    );
     let worker = helper_workers(&app)[0];
     let mut pids = std::collections::HashSet::new();
     for i in 0..50 {
