@@ -92,11 +92,11 @@ pub(crate) fn leave(idx: usize) {
     if c >= 0 {
         // SAFETY: shutdown of our own connection to the controller.
         unsafe { libc::shutdown(c, libc::SHUT_RDWR) };
+        shim_log!(
+            "the app closed its listener on {}: left the group",
+            DisplayAddr(config().addrs[idx])
+        );
     }
-    shim_log!(
-        "the app closed its listener on {}: left the group",
-        DisplayAddr(config().addrs[idx])
-    );
 }
 
 /// Starts this process's registration thread, once.

@@ -16,7 +16,9 @@
 //!   controller answers in well under a millisecond). Ok: the controller attached the (migrating)
 //!   program before answering, so shutting the shared socket down now migrates its queue instead
 //!   of resetting it; then `dup3` the own socket over the descriptor. Anything else: close the
-//!   own socket and keep the shared one. Known limit: connections the kernel's hash put on the
+//!   own socket and keep the shared one, unless another worker already shut it down (a worker
+//!   respawned after the group formed): then serve on an own socket at once and let the thread
+//!   register it (the program attached by then only picks registered sockets). Known limit: connections the kernel's hash put on the
 //!   own socket during that round trip are reset with it (the controller needs a listening
 //!   socket to register, and an unattached group hashes over every listener). A controller that
 //!   is absent costs nothing; one that refuses costs that window once per attempt, and the
@@ -206,6 +208,15 @@ fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
         if let Ok(own) = result {
             if swap_in(fd, idx, own, pid) {
                 return ST_SPLIT;
+            }
+        }
+        // A shared socket that another worker already shut down (a worker respawned after the
+        // group formed) is of no use: serve on an own socket, registered later by the thread.
+        if int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0) {
+            if let Some(own) = create_own(idx, fd) {
+                if swap_in(fd, idx, own, pid) {
+                    return ST_SPLIT;
+                }
             }
         }
     }

@@ -159,6 +159,26 @@ fn recycling_behind_nginx(dir: &TempDir, tag: &str, shim: Option<&Path>) -> Load
         report.by_pid.len(),
         report.errors
     );
+    if report.failed > 0 {
+        let text = app.log_text();
+        let notable: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let l = l.to_lowercase();
+                l.contains("mercy")
+                    || l.contains("kill")
+                    || l.contains("signal")
+                    || l.contains("error")
+            })
+            .take(20)
+            .collect();
+        println!(
+            "{tag}: failures at {:?}\nuWSGI said:\n{}\nnginx said:\n{}",
+            report.failure_times,
+            notable.join("\n"),
+            std::fs::read_to_string(nginx_dir.join("nginx-error.log")).unwrap_or_default()
+        );
+    }
     if shim.is_some() {
         let text = app.log_text();
         assert!(
