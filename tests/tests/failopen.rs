@@ -376,6 +376,7 @@ fn graceful_exit_leaves_the_group_at_once() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let victim = slot_pids(service)[0];
+    // SAFETY: kill has no memory preconditions; the victim is a gunicorn worker of this test.
     unsafe { libc::kill(victim as i32, libc::SIGTERM) };
     let stop_at = Instant::now();
     // Fast requests for 5 s, two at a time: none may wait for the stopping worker.
@@ -561,8 +562,8 @@ fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc
             // SAFETY: as above.
             let c = unsafe { OwnedFd::from_raw_fd(c) };
             let mut buf = [0u8; 64];
-            // SAFETY: receives into our buffer; MSG_CMSG_CLOEXEC with no control buffer drops
-            // (closes) the attached listener.
+            // SAFETY: receives into our buffer; with no control buffer the kernel discards (closes)
+            // the attached listener.
             unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             let reply = Reply::new(Status::Ok, 0, 1, "fake controller").encode();
             send_with_fd(c.as_raw_fd(), &reply, attach().as_raw_fd());
