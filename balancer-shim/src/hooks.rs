@@ -103,7 +103,7 @@ pub unsafe extern "C" fn accept(
     ensure_split(fd);
     // SAFETY: the caller's arguments, passed through.
     let mut c = unsafe { Real::ACCEPT()(fd, addr, len) };
-    if c < 0 && last_errno() == libc::EINVAL && rescue_dead_shared(fd) {
+    if c < 0 && dead_listener_errno(last_errno()) && rescue_dead_shared(fd) {
         // SAFETY: as above, now on this process's own socket.
         c = unsafe { Real::ACCEPT()(fd, addr, len) };
     }
@@ -126,7 +126,7 @@ pub unsafe extern "C" fn accept4(
     ensure_split(fd);
     // SAFETY: the caller's arguments, passed through.
     let mut c = unsafe { Real::ACCEPT4()(fd, addr, len, flags) };
-    if c < 0 && last_errno() == libc::EINVAL && rescue_dead_shared(fd) {
+    if c < 0 && dead_listener_errno(last_errno()) && rescue_dead_shared(fd) {
         // SAFETY: as above, now on this process's own socket.
         c = unsafe { Real::ACCEPT4()(fd, addr, len, flags) };
     }
@@ -189,6 +189,12 @@ pub unsafe extern "C" fn epoll_pwait(
     unsafe { Real::EPOLL_PWAIT()(epfd, events, maxevents, timeout, sigmask) }
 }
 
+/// What `accept` says on a listener that was shut down: EINVAL, or, when no descriptor is left
+/// for the connection, the descriptor errors (the kernel checks those first).
+fn dead_listener_errno(e: c_int) -> bool {
+    matches!(e, libc::EINVAL | libc::EMFILE | libc::ENFILE)
+}
+
 /// errno of the last failed call on this thread.
 fn last_errno() -> c_int {
     // SAFETY: __errno_location returns this thread's errno.
@@ -210,7 +216,27 @@ pub unsafe extern "C" fn poll(fds: *mut libc::pollfd, nfds: libc::nfds_t, timeou
         }
     }
     // SAFETY: the caller's arguments, passed through.
-    unsafe { Real::POLL()(fds, nfds, timeout) }
+    let r = unsafe { Real::POLL()(fds, nfds, timeout) };
+    if r > 0 && !fds.is_null() {
+        for i in 0..nfds as usize {
+            // SAFETY: the caller guarantees `nfds` entries at `fds`.
+            let p = unsafe { &*fds.add(i) };
+            if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 && is_shared(p.fd) {
+                // A shared listener another process shut down: split now (or at least do not
+                // let the caller spin on it).
+                rescue_dead_shared(p.fd);
+            }
+        }
+    }
+    r
+}
+
+/// True if `fd` is a shared listener this process kept (one load).
+#[inline(always)]
+fn is_shared(fd: c_int) -> bool {
+    fd >= 0
+        && (fd as usize) < MAX_FDS
+        && state_of(FDS[fd as usize].load(Ordering::Relaxed)) == ST_SHARED
 }
 
 /// # Safety

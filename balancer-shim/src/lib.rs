@@ -11,37 +11,41 @@
 //! its own stack, nothing more. No dependency beyond `libc` and `balancer-common` (no_std).
 //!
 //! Modules, in the order a call meets them:
-//! - [`config`]: the balanced addresses and the controller's socket, from the environment.
-//! - [`real`]: the real libc functions (dlsym), so that a hook can call what it replaces.
-//! - [`hooks`]: the exported functions (`accept`, `close`, `epoll_ctl`, ...).
-//! - [`split`]: which descriptor is an inherited balanced listener, and replacing it with the
+//! - `config`: the balanced addresses and the controller's socket, from the environment.
+//! - `real`: the real libc functions (dlsym), so that a hook can call what it replaces.
+//! - `hooks`: the exported functions (`accept`, `close`, `epoll_ctl`, ...).
+//! - `split`: which descriptor is an inherited balanced listener, and replacing it with the
 //!   worker's own socket.
-//! - [`accounting`]: counting accepted and completed connections in the shared load table.
-//! - [`state`]: the per-process state all of these share (pid-tagged atomics).
-//! - [`registration`]: the background thread and the protocol with the controller.
-//! - [`cmsg`]: sending and receiving one descriptor over a unix socket.
-//! - [`log`]: one-line messages to stderr without allocation.
+//! - `accounting`: counting accepted and completed connections in the shared load table.
+//! - `state`: the per-process state all of these share (pid-tagged atomics).
+//! - `registration`: the background thread and the protocol with the controller.
+//! - `cmsg`: sending and receiving one descriptor over a unix socket.
+//! - `log`: one-line messages to stderr without allocation.
 //!
 //! What it does, per process:
 //! - `bind` to a balanced address (`REUSELB_LISTEN`): sets SO_REUSEADDR and SO_REUSEPORT first, so
 //!   the workers' own sockets can bind the same port later; `listen` records the backlog.
-//! - Socket split: before the process first waits on (`epoll_ctl` ADD, `poll`, `select`) or
-//!   accepts (`accept`, `accept4`) from an inherited listening socket of a balanced address, it
-//!   creates its own socket on that address and `dup3`s it over the same descriptor number (flags
-//!   and backlog kept). The original socket (shared by the master and every worker through fork) is
-//!   shut down, which takes it out of the reuseport group: its queue moves to the workers' sockets
-//!   and nobody waits there with no one accepting. Once per process; processes that never
-//!   wait/accept (master, mules, spooler) never split.
-//! - A background thread registers each own socket with the controller (`REUSELB_SOCKET`), maps
-//!   the load array it gets back and retries every second while the controller is absent or gone.
+//! - Socket split, only once the controller took the worker (see `split` for the rules): at
+//!   the first wait (`epoll_ctl` ADD, `poll`, `select`) or accept on an inherited listener of a
+//!   balanced address, the worker registers a fresh own socket synchronously; on Ok it shuts the
+//!   shared socket down (its queue migrates: the controller attached the program first) and
+//!   `dup3`s the own socket over the same descriptor number (flags and backlog kept). With no
+//!   controller, nothing changes: the worker keeps the shared socket, as without the shim.
+//!   Processes that never wait/accept (master, mules, spooler) never split.
+//! - A background thread retries every second while the controller is absent or gone, registers
+//!   late workers (their hooks swap the own socket in), and keeps each registration connection
+//!   open; closing it (also at once when the app closes its listener) is how a worker leaves.
 //! - Accounting: `accept`/`accept4` on an own socket marks the new descriptor and adds 1 to the
 //!   slot's `accepted`; closing a marked descriptor (`close`, `dup2`/`dup3` over it, `close_range`)
-//!   adds 1 to `completed`. Plain atomic adds on shared memory.
+//!   adds 1 to `completed`. Plain atomic adds on shared memory, mapped only after
+//!   `/proc/self/fdinfo` showed it is the load map (no `bpf()` call).
 //!
 //! Rules kept here: no panic crosses the C boundary (the hooks do no indexing that can fail and
-//! the slow paths run under `catch_unwind`), the hooks never allocate or take a blocking lock, and
+//! the slow paths run under `catch_unwind`), the hooks never allocate or take a blocking lock,
 //! every piece of per-process state is tagged with the pid so that what fork copies is never
-//! mistaken for the child's own.
+//! mistaken for the child's own, and a hook about to change per-process state checks `getpid()`
+//! first, because a vfork child runs the hooks in its parent's memory. The shim's own long-lived
+//! descriptors sit high (close-on-exec), out of reach of apps that close descriptors by number.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 mod accounting;

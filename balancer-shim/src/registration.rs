@@ -12,7 +12,9 @@
 //!   kernels before 6.5 with `unprivileged_bpf_disabled`). Anything else is closed and logged and
 //!   the worker keeps serving, unregistered: a memfd or a short map would otherwise SIGBUS it.
 //! - The thread (one per process, started at the first look at a balanced listener) retries
-//!   every second while the controller is absent or gone (every 5 s after a refusal): for an own
+//!   every second while the controller is absent or gone (after a refusal: 5 s, doubling to
+//!   80 s, since a fresh socket sits in the kernel's hash for the round trip and what lands on it
+//!   is reset when the refusal closes it): for an own
 //!   socket, it registers that socket again; for a process still on the shared socket, it
 //!   registers a fresh socket and leaves it in [`PENDING`] for the hooks (see [`crate::split`]).
 //! - When the app closes its listener (a graceful worker exit: gunicorn gthread/gevent close
@@ -46,6 +48,8 @@ use crate::{
 /// Connection to the controller per balanced address (this process's; -1 if none).
 static CONN_FDS: [AtomicI32; MAX_ADDRS] = [const { AtomicI32::new(-1) }; MAX_ADDRS];
 static NEXT_RETRY_MS: [AtomicUsize; MAX_ADDRS] = [const { AtomicUsize::new(0) }; MAX_ADDRS];
+/// Refusals in a row per address (for the back-off).
+static REFUSALS: [AtomicUsize; MAX_ADDRS] = [const { AtomicUsize::new(0) }; MAX_ADDRS];
 /// Set once a "controller not reachable" line was logged (per process, reset after registration).
 static SAID_UNREACHABLE: AtomicBool = AtomicBool::new(false);
 
@@ -88,11 +92,11 @@ pub(crate) fn leave(idx: usize) {
     if c >= 0 {
         // SAFETY: shutdown of our own connection to the controller.
         unsafe { libc::shutdown(c, libc::SHUT_RDWR) };
+        shim_log!(
+            "the app closed its listener on {}: left the group",
+            DisplayAddr(config().addrs[idx])
+        );
     }
-    shim_log!(
-        "the app closed its listener on {}: left the group",
-        DisplayAddr(config().addrs[idx])
-    );
 }
 
 /// Starts this process's registration thread, once.
@@ -157,7 +161,7 @@ fn tend(idx: usize, pid: u32) -> Option<c_int> {
     if now_ms() < NEXT_RETRY_MS[idx].load(Ordering::Relaxed) {
         return None;
     }
-    let result = if let Some(own) = own {
+    let result: Result<(), RegisterError> = if let Some(own) = own {
         register_listener(idx, own, pid, THREAD_TIMEOUT_MS)
     } else if fd_if_ours(PENDING[idx].load(Ordering::Acquire), pid).is_some() {
         Ok(()) // registered, waiting for a hook to swap it in
@@ -177,13 +181,27 @@ fn tend(idx: usize, pid: u32) -> Option<c_int> {
     } else {
         return None;
     };
+    note_attempt(idx, &result);
+    None
+}
+
+/// Schedules the next registration attempt for address `idx` after one ended with `result`
+/// (the hooks' synchronous attempts too, so that the thread does not retry at once).
+pub(crate) fn note_attempt<T>(idx: usize, result: &Result<T, RegisterError>) {
     let retry_in = match result {
-        Ok(()) => 0,
+        Ok(_) => {
+            REFUSALS[idx].store(0, Ordering::Relaxed);
+            0
+        }
         Err(RegisterError::Unreachable) => 1000,
-        Err(RegisterError::Rejected) => 5000,
+        // Each attempt with a fresh socket puts it in the kernel's hash for one round trip, and
+        // what lands there is reset when a refusal closes it: back off, 5 s doubling to 80 s.
+        Err(RegisterError::Rejected) => {
+            let n = REFUSALS[idx].fetch_add(1, Ordering::Relaxed).min(4);
+            5000 << n
+        }
     };
     NEXT_RETRY_MS[idx].store(now_ms() + retry_in, Ordering::Relaxed);
-    None
 }
 
 fn registration_loop(pid: u32) {

@@ -16,8 +16,13 @@
 //!   controller answers in well under a millisecond). Ok: the controller attached the (migrating)
 //!   program before answering, so shutting the shared socket down now migrates its queue instead
 //!   of resetting it; then `dup3` the own socket over the descriptor. Anything else: close the
-//!   own socket and keep the shared one. (Connections the kernel's hash put on the own socket
-//!   during that one round trip are reset with it: the price of a controller that refuses.)
+//!   own socket and keep the shared one, unless another worker already shut it down (a worker
+//!   respawned after the group formed): then serve on an own socket at once and let the thread
+//!   register it (the program attached by then only picks registered sockets). Known limit: connections the kernel's hash put on the
+//!   own socket during that round trip are reset with it (the controller needs a listening
+//!   socket to register, and an unattached group hashes over every listener). A controller that
+//!   is absent costs nothing; one that refuses costs that window once per attempt, and the
+//!   thread backs off (5 s doubling to 80 s).
 //! - Late registration: while a process keeps the shared socket, its registration thread tries
 //!   every second (every 5 s after a refusal) with a fresh own socket. Ok: the fresh socket waits
 //!   in [`PENDING`], the thread shuts the shared socket down (its queue migrates; every process
@@ -26,9 +31,10 @@
 //!   epoll instances this process added it to (recorded from `epoll_ctl`), `dup3`, add the own
 //!   socket back with the same events and data.
 //! - A process still on the shared socket when another one shut it down sees `accept` fail with
-//!   EINVAL: the hook splits right there (pending socket, else a synchronous registration, else
-//!   an own unregistered socket, registered later by the thread) and accepts again, instead of
-//!   handing EINVAL back to a loop that would spin on it. If even that fails (no descriptor
+//!   EINVAL (EMFILE first if it has no descriptor left) or `poll` report POLLHUP: the hook splits
+//!   right there (pending socket, else a synchronous registration, else an own unregistered
+//!   socket, registered later by the thread) and accepts again, instead of handing the error back
+//!   to a loop that would spin on it. If even that fails (no descriptor
 //!   left), the hook sleeps 100 ms before returning, so the loop cannot spin at full speed.
 
 use core::{
@@ -197,9 +203,20 @@ fn ensure_split_slow(fd: c_int) {
 /// now, keep the shared socket otherwise. Returns the descriptor's new state.
 fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
     if LEFT[idx].load(Ordering::Relaxed) != pid {
-        if let Ok(own) = registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS) {
+        let result = registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS);
+        registration::note_attempt(idx, &result);
+        if let Ok(own) = result {
             if swap_in(fd, idx, own, pid) {
                 return ST_SPLIT;
+            }
+        }
+        // A shared socket that another worker already shut down (a worker respawned after the
+        // group formed) is of no use: serve on an own socket, registered later by the thread.
+        if int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0) {
+            if let Some(own) = create_own(idx, fd) {
+                if swap_in(fd, idx, own, pid) {
+                    return ST_SPLIT;
+                }
             }
         }
     }
@@ -432,7 +449,7 @@ fn swap_pending_slow(pid: u32) {
     }
 }
 
-/// `accept` on `fd` failed with EINVAL. If `fd` is the shared listener of this process and
+/// `accept` on `fd` failed (EINVAL, EMFILE, ENFILE) or `poll` said POLLHUP. If `fd` is the shared listener of this process and
 /// another process shut it down, split right here; true if `fd` is an own socket now (accept
 /// again). Sleeps 100 ms when nothing can be done, so that a caller's loop cannot spin.
 #[cold]
@@ -452,7 +469,7 @@ fn rescue_slow(fd: c_int) -> bool {
     }
     let idx = (e & 0xff) as usize;
     if int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) != Some(0) {
-        return false; // still listening: some other EINVAL
+        return false; // still listening: some other error
     }
     // A socket the thread registered already?
     PENDING_PID.store(pid, Ordering::Release);
@@ -481,8 +498,11 @@ fn rescue_slow(fd: c_int) -> bool {
             _ => return false,
         }
     }
-    let mut own = fd_if_ours(PENDING[idx].swap(0, Ordering::AcqRel), pid)
-        .or_else(|| registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS).ok());
+    let mut own = fd_if_ours(PENDING[idx].swap(0, Ordering::AcqRel), pid).or_else(|| {
+        let result = registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS);
+        registration::note_attempt(idx, &result);
+        result.ok()
+    });
     if own.is_none() {
         own = create_own(idx, fd);
         if own.is_some() {

@@ -159,6 +159,26 @@ fn recycling_behind_nginx(dir: &TempDir, tag: &str, shim: Option<&Path>) -> Load
         report.by_pid.len(),
         report.errors
     );
+    if report.failed > 0 {
+        let text = app.log_text();
+        let notable: Vec<&str> = text
+            .lines()
+            .filter(|l| {
+                let l = l.to_lowercase();
+                l.contains("mercy")
+                    || l.contains("kill")
+                    || l.contains("signal")
+                    || l.contains("error")
+            })
+            .take(20)
+            .collect();
+        println!(
+            "{tag}: failures at {:?}\nuWSGI said:\n{}\nnginx said:\n{}",
+            report.failure_times,
+            notable.join("\n"),
+            std::fs::read_to_string(nginx_dir.join("nginx-error.log")).unwrap_or_default()
+        );
+    }
     if shim.is_some() {
         let text = app.log_text();
         assert!(
@@ -356,6 +376,7 @@ fn graceful_exit_leaves_the_group_at_once() {
         .collect();
     std::thread::sleep(Duration::from_millis(500));
     let victim = slot_pids(service)[0];
+    // SAFETY: kill has no memory preconditions; the victim is a gunicorn worker of this test.
     unsafe { libc::kill(victim as i32, libc::SIGTERM) };
     let stop_at = Instant::now();
     // Fast requests for 5 s, two at a time: none may wait for the stopping worker.
@@ -541,8 +562,8 @@ fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc
             // SAFETY: as above.
             let c = unsafe { OwnedFd::from_raw_fd(c) };
             let mut buf = [0u8; 64];
-            // SAFETY: receives into our buffer; MSG_CMSG_CLOEXEC with no control buffer drops
-            // (closes) the attached listener.
+            // SAFETY: receives into our buffer; with no control buffer the kernel discards (closes)
+            // the attached listener.
             unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             let reply = Reply::new(Status::Ok, 0, 1, "fake controller").encode();
             send_with_fd(c.as_raw_fd(), &reply, attach().as_raw_fd());
@@ -605,6 +626,11 @@ fn memfd_instead_of_the_load_map_does_not_kill_the_worker() {
     assert!(
         wait_until(Duration::from_secs(10), || replies.load(Ordering::Relaxed) >= 1),
         "the shim did not register with the fake controller\n{}",
+        app.log_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || app.log_text().contains("not the load map")),
+        "the shim did not say why it refused the descriptor\n{}",
         app.log_tail(20)
     );
     let worker = helper_workers(&app)[0];
