@@ -12,6 +12,7 @@ mod claims;
 mod container;
 mod daemon;
 mod deploy;
+mod failopen;
 mod hostile;
 mod migrate;
 mod restart;

@@ -195,6 +195,7 @@ fn recycling_behind_nginx(dir: &TempDir, tag: &str, shim: Option<&Path>) -> Load
 /// loses nothing, exactly like uWSGI without the shim (the same run, without it, is the control).
 #[test]
 fn no_controller_is_the_same_as_no_shim() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     require("nginx");
@@ -215,6 +216,7 @@ fn no_controller_is_the_same_as_no_shim() {
 /// No request fails at any point, and every worker registers within a few seconds.
 #[test]
 fn controller_started_late_resets_nothing() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
     let _ = new_group();
@@ -264,6 +266,7 @@ fn controller_started_late_resets_nothing() {
 /// EINVAL), and the other worker serves.
 #[test]
 fn dead_shared_socket_does_not_spin() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("failopen-spin");
     let helper = build_helper(dir.path());
@@ -331,6 +334,7 @@ fn dead_shared_socket_does_not_spin() {
 /// in-flight requests for up to graceful_timeout. New connections must not wait for it.
 #[test]
 fn graceful_exit_leaves_the_group_at_once() {
+    integration_tests::private_loopback();
     let _serial = serial();
     require("gunicorn");
     let dir = TempDir::new("failopen-graceful");
@@ -435,6 +439,7 @@ fn graceful_exit_leaves_the_group_at_once() {
 /// listener stay intact, and its controller connection sits on a high descriptor number.
 #[test]
 fn vfork_child_leaves_the_parent_alone() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("failopen-vfork");
     let helper = build_helper(dir.path());
@@ -606,6 +611,7 @@ fn empty_memfd() -> OwnedFd {
 /// it (a SIGBUS on its next accept), and keeps serving.
 #[test]
 fn memfd_instead_of_the_load_map_does_not_kill_the_worker() {
+    integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("failopen-memfd");
     let helper = build_helper(dir.path());
