@@ -21,6 +21,8 @@
 //! | `migrations_total` | counter | service, outcome (`migrated`, `kernel_hash`) |
 //! | `registrations_total` | counter | service (accepted registrations) |
 //! | `registrations_rejected_total` | counter | service, reason (a `protocol::Status` name) |
+//! | `registry_events_total` | counter | service, event (`departure`, `adjustment`, `pending_closed`, `accept_backoff`, `eviction`, `weight_capped`, `parked_expired`, `reattach_failure`) |
+//! | `registry_closing_backlog` | gauge | service (peer descriptors not closed yet) |
 //! | `config_reloads_total` | counter | outcome (`success`, `failure`) |
 //! | `build_info` (=1) | gauge | version |
 //!
@@ -171,6 +173,8 @@ struct ReportCollector {
     migrations: IntCounterVec,
     registrations: IntCounterVec,
     rejected: IntCounterVec,
+    registry_events: IntCounterVec,
+    closing_backlog: IntGaugeVec,
 }
 
 const WORKER: &[&str] = &["service", "slot", "pid"];
@@ -203,14 +207,24 @@ impl ReportCollector {
             ),
             registrations: counter_vec("reuselb_registrations_total", "Worker registrations accepted.", &["service"]),
             rejected: counter_vec("reuselb_registrations_rejected_total", "Worker registrations refused, by reason.", &["service", "reason"]),
+            registry_events: counter_vec(
+                "reuselb_registry_events_total",
+                "What the service's registry did to stay balanced and to defend itself, by event.",
+                &["service", "event"],
+            ),
+            closing_backlog: gauge_vec(
+                "reuselb_registry_closing_backlog",
+                "Peer descriptors handed to the registry's closing thread and not closed yet.",
+                &["service"],
+            ),
         }
     }
 
-    fn gauges(&self) -> [&IntGaugeVec; 4] {
-        [&self.inflight, &self.weight, &self.workers, &self.info]
+    fn gauges(&self) -> [&IntGaugeVec; 5] {
+        [&self.inflight, &self.weight, &self.workers, &self.info, &self.closing_backlog]
     }
 
-    fn counters(&self) -> [&IntCounterVec; 7] {
+    fn counters(&self) -> [&IntCounterVec; 8] {
         [
             &self.selected,
             &self.accepted,
@@ -219,6 +233,7 @@ impl ReportCollector {
             &self.migrations,
             &self.registrations,
             &self.rejected,
+            &self.registry_events,
         ]
     }
 
@@ -257,6 +272,12 @@ impl ReportCollector {
                     other => self.rejected.with_label_values(&[service, other.name()]).inc_by(n),
                 }
             }
+            for (event, n) in s.registry.events() {
+                self.registry_events.with_label_values(&[service, event]).inc_by(n);
+            }
+            self.closing_backlog
+                .with_label_values(&[service])
+                .set(clamp(s.registry.closing_backlog));
         }
     }
 }

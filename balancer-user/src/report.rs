@@ -197,6 +197,64 @@ pub struct ServiceReport {
     /// refused ones with that reason.
     pub registrations: Counts<Status>,
     pub groups: Vec<GroupReport>,
+    /// What the registry did to keep the service balanced and to defend itself.
+    #[serde(default)]
+    pub registry: RegistryReport,
+}
+
+/// The registry's own figures: counts since it started, and `closing_backlog`, a gauge.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RegistryReport {
+    /// Workers whose slot was freed (exit, connection closed, eviction).
+    pub departures: u64,
+    /// Corrections of in-flight figures applied by reconciliation.
+    pub adjustments: u64,
+    /// Unregistered connections closed: over a cap, or not registered in time.
+    pub pending_closed: u64,
+    /// Times accepting paused because descriptors (or memory) ran out.
+    pub accept_backoffs: u64,
+    /// Workers evicted because their uid left the allowed uids.
+    pub evictions: u64,
+    /// Weights asked above the maximum, and lowered to it.
+    pub weights_capped: u64,
+    /// Parked last sockets closed after the park timeout.
+    pub parked_expired: u64,
+    /// Renewals of the program's attachment that failed.
+    pub reattach_failures: u64,
+    /// Peer descriptors handed to the closing thread and not closed yet.
+    pub closing_backlog: u64,
+}
+
+impl RegistryReport {
+    /// The counters (not the gauge), each with its metric label.
+    pub fn events(&self) -> [(&'static str, u64); 8] {
+        [
+            ("departure", self.departures),
+            ("adjustment", self.adjustments),
+            ("pending_closed", self.pending_closed),
+            ("accept_backoff", self.accept_backoffs),
+            ("eviction", self.evictions),
+            ("weight_capped", self.weights_capped),
+            ("parked_expired", self.parked_expired),
+            ("reattach_failure", self.reattach_failures),
+        ]
+    }
+
+    fn read(c: &crate::registry::Counters) -> Self {
+        let get = |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+        Self {
+            departures: get(&c.departures),
+            adjustments: get(&c.adjustments),
+            pending_closed: get(&c.pending_closed),
+            accept_backoffs: get(&c.accept_backoffs),
+            evictions: get(&c.evictions),
+            weights_capped: get(&c.weights_capped),
+            parked_expired: get(&c.parked_expired),
+            reattach_failures: get(&c.reattach_failures),
+            closing_backlog: get(&c.closing_backlog),
+        }
+    }
 }
 
 impl ServiceReport {
@@ -297,7 +355,8 @@ pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
             }
         })
         .collect();
-    ServiceReport { name: name.to_owned(), registrations, groups }
+    let registry = RegistryReport::read(counters);
+    ServiceReport { name: name.to_owned(), registrations, groups, registry }
 }
 
 /// A [`Policy`] as its name (`least-loaded`, `p2c`, `round-robin`, `hash`).
@@ -377,6 +436,11 @@ pub(crate) mod tests {
                     group("127.0.0.1:8000", &[(0, 10, 5), (1, 11, 7)]),
                     group("[::1]:8000", &[(1, 10, 1)]),
                 ],
+                registry: RegistryReport {
+                    departures: 2,
+                    closing_backlog: 1,
+                    ..Default::default()
+                },
             }],
         };
         let text = serde_json::to_string(&r).unwrap();

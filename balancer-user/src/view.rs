@@ -161,6 +161,7 @@ mod tests {
                 name: "web".into(),
                 registrations,
                 groups: vec![group("127.0.0.1:8000", &[(0, 100, 3)]), group("[::1]:8000", &[])],
+                registry: Default::default(),
             }],
         };
         let text = render(&report);

@@ -15,7 +15,7 @@ use balancer_user::{
     http::{self, client},
     loader::Program,
     metrics::{Metrics, CONTENT_TYPE},
-    report::{Counts, GroupReport, Mode, Report, ServiceReport, WorkerReport},
+    report::{Counts, GroupReport, Mode, RegistryReport, Report, ServiceReport, WorkerReport},
 };
 
 fn worker(slot: u32, pid: u32, inflight: u64, selected: u64, completed: u64) -> WorkerReport {
@@ -55,11 +55,18 @@ fn report() -> Report {
     let mut registrations = Counts::default();
     registrations.set(Status::Ok, 2);
     registrations.set(Status::UidNotAllowed, 1);
-    let web = ServiceReport { name: "web".into(), registrations, groups: vec![web] };
+    let registry = RegistryReport {
+        pending_closed: 30,
+        evictions: 1,
+        closing_backlog: 2,
+        ..Default::default()
+    };
+    let web = ServiceReport { name: "web".into(), registrations, groups: vec![web], registry };
     let api = ServiceReport {
         name: "api".into(),
         registrations: Counts::default(),
         groups: vec![group("127.0.0.1:9000", Policy::PowerOfTwo, Program::Select, vec![])],
+        registry: RegistryReport::default(),
     };
     Report::new(Mode::Daemon, Instant::now(), vec![web, api])
 }
@@ -84,6 +91,11 @@ const EXPECTED: &[&str] = &[
     r#"reuselb_registrations_total{service="web"} 2"#,
     r#"reuselb_registrations_rejected_total{reason="uid_not_allowed",service="web"} 1"#,
     r#"reuselb_registrations_rejected_total{reason="no_free_slot",service="web"} 0"#,
+    r#"reuselb_registry_events_total{event="pending_closed",service="web"} 30"#,
+    r#"reuselb_registry_events_total{event="eviction",service="web"} 1"#,
+    r#"reuselb_registry_events_total{event="accept_backoff",service="web"} 0"#,
+    r#"reuselb_registry_events_total{event="departure",service="api"} 0"#,
+    r#"reuselb_registry_closing_backlog{service="web"} 2"#,
     r#"reuselb_config_reloads_total{outcome="failure"} 0"#,
     "# TYPE reuselb_worker_inflight gauge",
     "# TYPE reuselb_worker_selected_total counter",

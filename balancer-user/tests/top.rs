@@ -96,6 +96,7 @@ fn report() -> Report {
                 workers: vec![worker(0, 4242, 300), worker(1, 4343, 100)],
                 events: Counts::default(),
             }],
+            registry: Default::default(),
         }],
     )
 }
