@@ -87,6 +87,7 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         return fall_back(Event::FallbackNoConfig, migrating);
     };
     let draw = Draw {
+        // SAFETY: a helper with no arguments, allowed in every program type.
         random: unsafe { bpf_get_prandom_u32() },
         hash: ctx.hash(),
         tick: if cfg.policy == Policy::RoundRobin as u32 { next_tick() } else { 0 },
@@ -145,6 +146,9 @@ impl LoadSource for MapLoads {
             return None;
         }
         let i = slot as usize;
+        // SAFETY: `self.0` points at the LOADS map's value (a whole LoadTable, from get_ptr) and
+        // `i` < MAX_SLOTS, the length of both arrays; the reads are volatile because the
+        // workers and the controller change the values concurrently.
         unsafe {
             let raw = read_volatile(addr_of!((*self.0).inflight).cast::<u64>().add(i));
             let weight = read_volatile(addr_of!((*self.0).weight).cast::<u32>().add(i));
@@ -156,6 +160,8 @@ impl LoadSource for MapLoads {
     /// up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
     fn run_scan(&self, _cfg: &Config, scan: &mut Scan) {
+        // SAFETY: bpf_loop calls `scan_step` with the context pointer we pass, `scan`, which
+        // outlives the call; the verifier checks the callback's signature.
         unsafe {
             bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0)
         };
@@ -165,6 +171,7 @@ impl LoadSource for MapLoads {
 /// One `bpf_loop` iteration of the least-loaded scan: one chunk of slots. Looks up the config and
 /// the table itself: a pointer to map memory cannot travel through the loop context.
 extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `&mut Scan` that `run_scan` gave it, alive for the loop.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
     match (CONFIG.get(0), LOADS.get_ptr(0)) {
         (Some(cfg), Some(table)) => {
@@ -181,8 +188,10 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
 #[inline(always)]
 fn account(table: *const LoadTable, slot: u32, migrating: bool) {
     if slot < MAX_SLOTS {
+        // SAFETY: `table` is the LOADS map's value and slot < MAX_SLOTS, the array's length.
         let counter =
             unsafe { addr_of!((*table).inflight).cast::<u64>().cast_mut().add(slot as usize) };
+        // SAFETY: an aligned u64 inside map memory, only ever changed by atomic adds.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
     }
     bump(&SELECTED, slot);
@@ -200,6 +209,7 @@ fn fall_back(event: Event, migrating: bool) -> u32 {
 #[inline(always)]
 fn bump(counters: &PerCpuArray<u64>, index: u32) {
     if let Some(c) = counters.get_ptr_mut(index) {
+        // SAFETY: this CPU's own value of a per-CPU map; the program does not migrate CPUs.
         unsafe { *c += 1 };
     }
 }
@@ -208,6 +218,7 @@ fn bump(counters: &PerCpuArray<u64>, index: u32) {
 #[inline(always)]
 fn next_tick() -> u32 {
     match RR_TICK.get_ptr_mut(0) {
+        // SAFETY: this CPU's own value of a per-CPU map; the program does not migrate CPUs.
         Some(t) => unsafe {
             let now = *t;
             *t = now.wrapping_add(1);
