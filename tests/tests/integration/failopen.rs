@@ -492,7 +492,8 @@ fn vfork_child_leaves_the_parent_alone() {
     );
     // The controller connection: the worker's only unix socket.
     let worker = helper_workers(&app)[0];
-    let unix_inodes: Vec<String> = std::fs::read_to_string("/proc/net/unix")
+    // This thread's own network namespace (private_loopback), not the process's.
+    let unix_inodes: Vec<String> = std::fs::read_to_string("/proc/thread-self/net/unix")
         .unwrap()
         .lines()
         .skip(1)
