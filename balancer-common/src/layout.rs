@@ -5,9 +5,10 @@
 pub const MAX_SLOTS: u32 = 256;
 
 /// Version of the [`LoadTable`] layout that the program, the shim and the controller share. Bump
-/// it with every change of [`LoadTable`], [`SlotRecord`] or [`Config`]: a shim of another layout
-/// is refused at registration, and pins of another layout are replaced, never adopted.
-pub const LAYOUT_VERSION: u16 = 2;
+/// it with every change of [`LoadTable`], [`SlotRecord`], [`Config`], [`SlotOwner`] or of the set
+/// of maps: a shim of another layout is refused at registration, and pins of another layout are
+/// replaced, never adopted. Layout 3 added the `OWNERS` map.
+pub const LAYOUT_VERSION: u16 = 3;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -30,6 +31,10 @@ pub mod maps {
     pub const EVENTS: &str = "EVENTS";
     /// `PERCPU_ARRAY` with one u32: the round-robin position of each CPU.
     pub const RR_TICK: &str = "RR_TICK";
+    /// `ARRAY` of [`super::SlotOwner`], one per slot: who owns each slot, as the controller
+    /// recorded it. Written by the controller only, pinned beside the others, never handed to a
+    /// worker (unlike `LOADS`), never read by the program.
+    pub const OWNERS: &str = "OWNERS";
 }
 
 /// Names of the programs in the eBPF object.
@@ -70,6 +75,24 @@ pub struct SlotRecord {
     /// Bumped each time the slot is given to a new owner.
     pub epoch: u64,
     /// Process that owns the slot, 0 if none.
+    pub pid: u32,
+    pub _reserved: u32,
+}
+
+/// The controller's record of a slot's owner (one entry of the `OWNERS` map per slot).
+///
+/// Unlike [`SlotRecord::pid`], which every worker of the service can write (the load table is
+/// mapped read-write into each of them), only the controller writes this record: it is how a
+/// controller that adopts a pinned group recognises the owner of a slot when it registers again.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SlotOwner {
+    /// SO_COOKIE of the worker's listening socket (set by the kernel, not by its holders); 0 if
+    /// the slot has no owner.
+    pub cookie: u64,
+    /// The slot's epoch, bumped each time it is given to a new owner (kept when it is freed).
+    pub epoch: u64,
+    /// The owner's pid, as the kernel gave it at registration (SO_PEERCRED); 0 if none.
     pub pid: u32,
     pub _reserved: u32,
 }
@@ -210,8 +233,11 @@ impl Event {
 mod pod {
     // SAFETY: plain old data, repr(C), no padding.
     unsafe impl aya::Pod for super::Config {}
+    // SAFETY: plain old data, repr(C), no padding (two u64, two u32).
+    unsafe impl aya::Pod for super::SlotOwner {}
 }
 
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
 const _: () = assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 32));
 const _: () = assert!(core::mem::size_of::<Config>() == 16 + 4 * MAX_SLOTS as usize);

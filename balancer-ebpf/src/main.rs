@@ -41,8 +41,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    choose, config_flags, Config, Draw, Event, LoadSource, LoadTable, Policy, Scan, BPF_F_MMAPABLE,
-    MAX_SLOTS, NO_SLOT,
+    choose, config_flags, Config, Draw, Event, LoadSource, LoadTable, Policy, Scan, SlotOwner,
+    BPF_F_MMAPABLE, MAX_SLOTS, NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -58,6 +58,10 @@ static SELECTED: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAX_SLOTS, 0);
 static EVENTS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Event::COUNT, 0);
 #[map]
 static RR_TICK: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);
+/// The controller's record of each slot's owner. The program never uses it (see [`keep_owners`]):
+/// it is in the object so that the controller gets it created and pinned with the group.
+#[map]
+static OWNERS: Array<SlotOwner> = Array::with_max_entries(MAX_SLOTS, 0);
 
 /// Selection for new connections only.
 #[sk_reuseport]
@@ -84,6 +88,7 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
     }
     let migrating = may_migrate && ctx.migrating_sk().is_some();
     let Some(cfg) = CONFIG.get(0) else {
+        keep_owners();
         return fall_back(Event::FallbackNoConfig, migrating);
     };
     let draw = Draw {
@@ -114,6 +119,14 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         }
     }
     fall_back(Event::FallbackSelectFailed, migrating)
+}
+
+/// Keeps `OWNERS` in the object: the linker drops a map that no program references. One lookup
+/// whose result is ignored, in a branch that never runs (`CONFIG` always has its one entry), so
+/// the selection path pays nothing for it.
+#[inline(always)]
+fn keep_owners() {
+    let _ = OWNERS.get(0);
 }
 
 /// TCP header flags (byte 13 of the header).

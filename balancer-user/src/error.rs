@@ -19,6 +19,8 @@ pub enum Error {
     SlotTaken(u32),
     #[error("slot {0} is free")]
     SlotFree(u32),
+    #[error("slot {slot} belongs to another socket or process (owner pid {owner}): refused to pid {pid}")]
+    NotOwner { slot: u32, pid: u32, owner: u32 },
     #[error("all {} slots are taken", balancer_common::MAX_SLOTS)]
     NoFreeSlot,
     #[error("pinning at {}: {source}", path.display())]

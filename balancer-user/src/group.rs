@@ -1,5 +1,12 @@
 //! One balanced group: the listening sockets of one service address, the program that picks
 //! among them, and the maps they share.
+//!
+//! Who owns a slot is recorded twice: in the shared load table (`SlotRecord::pid` and `epoch`,
+//! which the shims read and which every worker of the service can write) and in the `OWNERS`
+//! map, which only the controller writes and which is never handed to a worker. `OWNERS` is the
+//! truth: slot views, adoption and [`Group::reuse`] read it, and the table's copy is rewritten
+//! from it whenever a slot is given (back) to its owner. A slot is recognised by the SO_COOKIE
+//! of its worker's listening socket (set by the kernel) and its pid (SO_PEERCRED).
 use std::{
     fs,
     os::fd::{AsFd, AsRawFd, BorrowedFd},
@@ -13,7 +20,7 @@ use aya::{
     Ebpf,
 };
 use balancer_common::{
-    config_flags, maps, protocol::LAYOUT_VERSION, Config, Event, Policy, MAX_SLOTS,
+    config_flags, maps, protocol::LAYOUT_VERSION, Config, Event, Policy, SlotOwner, MAX_SLOTS,
 };
 
 use crate::{
@@ -37,13 +44,16 @@ pub struct GroupOptions {
     pub pin_dir: Option<PathBuf>,
 }
 
-/// One occupied slot, as read from the maps.
+/// One occupied slot, as read from the maps. `pid`, `epoch` and `cookie` are the controller's
+/// record (`OWNERS`), never what a worker wrote into the shared table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotView {
     pub slot: u32,
     pub pid: u32,
     pub weight: u32,
     pub epoch: u64,
+    /// SO_COOKIE of the owner's listening socket.
+    pub cookie: u64,
     /// Connections assigned and not yet completed.
     pub inflight: u64,
     pub accepted: u64,
@@ -76,8 +86,8 @@ enum Source {
 }
 
 /// The maps the controller uses; the program keeps the others (round-robin ticks, logs) alive.
-const PINNED_MAPS: [&str; 5] =
-    [maps::SOCKETS, maps::LOADS, maps::CONFIG, maps::SELECTED, maps::EVENTS];
+const PINNED_MAPS: [&str; 6] =
+    [maps::SOCKETS, maps::LOADS, maps::CONFIG, maps::SELECTED, maps::EVENTS, maps::OWNERS];
 
 pub struct Group {
     source: Source,
@@ -88,6 +98,9 @@ pub struct Group {
     config_map: Array<MapData, Config>,
     selected: PerCpuArray<MapData, u64>,
     events: PerCpuArray<MapData, u64>,
+    owners_map: Array<MapData, SlotOwner>,
+    /// What `owners_map` holds (this process is its only writer): read without a system call.
+    owners: Vec<SlotOwner>,
     loads_map: MapData,
     loads: Arc<SharedLoads>,
     config: Config,
@@ -153,6 +166,12 @@ fn pin_all(ebpf: &mut Ebpf, program: Program, dir: &Path) -> Result<()> {
     prog.pin(&path).map_err(pin_err(path))
 }
 
+/// SO_COOKIE of a socket handed to the group.
+fn socket_cookie(socket: &impl AsFd) -> Result<u64> {
+    crate::sys::socket_cookie(socket.as_fd())
+        .map_err(|e| Error::Socket { op: e.call, source: e.source })
+}
+
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> Error {
     move |source| Error::Map { name, source }
 }
@@ -200,12 +219,12 @@ impl Group {
                 None
             }
         };
-        let [sockets, loads, config, selected, events] =
+        let [sockets, loads, config, selected, events, owners] =
             PINNED_MAPS.map(|name| take_map(&mut ebpf, name));
         let mut group = Self::assemble(
             Source::Loaded(ebpf),
             program,
-            [sockets?, loads?, config?, selected?, events?],
+            [sockets?, loads?, config?, selected?, events?, owners?],
             log,
             &options,
             None,
@@ -217,7 +236,7 @@ impl Group {
 
     /// Takes over a group pinned by an earlier controller: the program, still attached, has kept
     /// balancing meanwhile. Slots and loads are as it left them; the registry matches workers
-    /// that register again to their slots by pid.
+    /// that register again to their slots by the owner records (`OWNERS`: socket cookie and pid).
     fn adopt(dir: &Path, program: Program, options: &GroupOptions) -> Result<Self> {
         let attach_type = match program {
             Program::Select => SkReuseportAttachType::Select,
@@ -233,7 +252,7 @@ impl Group {
         let maps = PINNED_MAPS.map(|name| {
             MapData::from_pin(dir.join(name)).and_then(Map::from_map_data).map_err(map_err(name))
         });
-        let [sockets, loads, config, selected, events] = maps;
+        let [sockets, loads, config, selected, events, owners] = maps;
         let config = config?;
         let pinned_config = Array::<&MapData, Config>::try_from(&config)
             .and_then(|a| a.get(&0, 0))
@@ -241,7 +260,7 @@ impl Group {
         let mut group = Self::assemble(
             Source::Adopted(Box::new(prog)),
             program,
-            [sockets?, loads?, config, selected?, events?],
+            [sockets?, loads?, config, selected?, events?, owners?],
             log,
             options,
             Some(pinned_config),
@@ -259,7 +278,7 @@ impl Group {
     fn assemble(
         source: Source,
         program: Program,
-        [sockets, loads, config, selected, events]: [Map; 5],
+        [sockets, loads, config, selected, events, owners]: [Map; 6],
         log: Option<LogForwarder>,
         options: &GroupOptions,
         pinned_config: Option<Config>,
@@ -268,6 +287,12 @@ impl Group {
         let config_map = Array::try_from(config).map_err(map_err(maps::CONFIG))?;
         let selected = PerCpuArray::try_from(selected).map_err(map_err(maps::SELECTED))?;
         let events = PerCpuArray::try_from(events).map_err(map_err(maps::EVENTS))?;
+        let owners_map: Array<MapData, SlotOwner> =
+            Array::try_from(owners).map_err(map_err(maps::OWNERS))?;
+        let owners = (0..MAX_SLOTS)
+            .map(|slot| owners_map.get(&slot, 0))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(map_err(maps::OWNERS))?;
         let loads_map = match loads {
             Map::Array(data) => data,
             _ => return Err(Error::MissingMap(maps::LOADS)),
@@ -290,6 +315,8 @@ impl Group {
             config_map,
             selected,
             events,
+            owners_map,
+            owners,
             loads_map,
             loads,
             config: pinned_config.unwrap_or(Config::empty(options.policy as u32)),
@@ -346,18 +373,24 @@ impl Group {
     }
 
     /// Puts a listening socket into the first free slot; returns the slot and its new epoch.
-    pub fn insert(&mut self, socket: &impl AsRawFd, pid: u32, weight: u32) -> Result<(u32, u64)> {
+    pub fn insert(
+        &mut self,
+        socket: &(impl AsFd + AsRawFd),
+        pid: u32,
+        weight: u32,
+    ) -> Result<(u32, u64)> {
         let slot = self.occupied.iter().position(|o| !o).ok_or(Error::NoFreeSlot)? as u32;
         let epoch = self.insert_at(slot, socket, pid, weight)?;
         Ok((slot, epoch))
     }
 
     /// Puts a listening socket into `slot`. The socket must be listening, with SO_REUSEPORT, in
-    /// the same reuseport group as the others. Returns the slot's new epoch.
+    /// the same reuseport group as the others. `pid` is the owner's, as the kernel says
+    /// (SO_PEERCRED). Returns the slot's new epoch.
     pub fn insert_at(
         &mut self,
         slot: u32,
-        socket: &impl AsRawFd,
+        socket: &(impl AsFd + AsRawFd),
         pid: u32,
         weight: u32,
     ) -> Result<u64> {
@@ -365,28 +398,39 @@ impl Group {
         if self.occupied[index] {
             return Err(Error::SlotTaken(slot));
         }
-        // Reset the record before the socket can be chosen, then publish it.
-        let epoch = self.loads.reset(slot, pid, weight);
+        let cookie = socket_cookie(socket)?;
+        // Record the owner and reset the shared record before the socket can be chosen, then
+        // publish it: an occupied slot always has its owner record (a controller that dies in
+        // between leaves a record for a slot that is not occupied: overwritten when it is used).
+        let epoch = self.owners[index].epoch.wrapping_add(1);
+        self.set_owner(slot, SlotOwner { cookie, epoch, pid, _reserved: 0 })?;
+        self.loads.reset(slot, pid, weight, epoch);
         self.sockets.set(slot, socket, 0).map_err(map_err(maps::SOCKETS))?;
         self.occupied[index] = true;
         self.publish_active()?;
         Ok(epoch)
     }
 
-    /// Gives an occupied `slot` back to its owner `pid`, registering again (after a controller
-    /// restart adopted the group): the record, counters and epoch are kept, the socket array entry
-    /// is set to `socket` if it does not hold it already. Returns the slot's (unchanged) epoch.
+    /// Gives an occupied `slot` back to its owner registering again (after a controller restart
+    /// adopted the group): only if `socket` is the very socket recorded for the slot (its
+    /// SO_COOKIE) and `pid` the recorded owner's. The counters and epoch are kept, the shared
+    /// table's pid and epoch are rewritten from the owner record, and the socket array entry is
+    /// set to `socket` if it does not hold it already. Returns the slot's (unchanged) epoch.
     pub fn reuse(
         &mut self,
         slot: u32,
-        socket: &impl AsRawFd,
+        socket: &(impl AsFd + AsRawFd),
         pid: u32,
         weight: u32,
     ) -> Result<u64> {
         let index = self.check_slot(slot)?;
-        let rec = self.loads.read(slot);
-        if !self.occupied[index] || rec.pid != pid {
+        if !self.occupied[index] {
             return Err(Error::SlotFree(slot));
+        }
+        let owner = self.owners[index];
+        let cookie = socket_cookie(socket)?;
+        if owner.cookie != cookie || owner.pid != pid {
+            return Err(Error::NotOwner { slot, pid, owner: owner.pid });
         }
         match self.sockets.set(slot, socket, 0) {
             Ok(()) => {}
@@ -395,8 +439,9 @@ impl Group {
                 if e.io_error.raw_os_error() == Some(libc::EBUSY) => {}
             Err(e) => return Err(map_err(maps::SOCKETS)(e)),
         }
+        self.loads.set_owner(slot, owner.pid, owner.epoch);
         self.loads.set_weight(slot, weight);
-        Ok(rec.epoch)
+        Ok(owner.epoch)
     }
 
     /// Takes `slot` out of the selection and out of the socket array. The socket itself stays
@@ -410,14 +455,26 @@ impl Group {
         self.publish_active()?;
         match self.sockets.clear_index(&slot) {
             // The kernel already removed a socket that was closed.
-            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
             Err(aya::maps::MapError::SyscallError(e))
-                if e.io_error.raw_os_error() == Some(libc::ENOENT) =>
-            {
-                Ok(())
-            }
-            Err(e) => Err(map_err(maps::SOCKETS)(e)),
+                if e.io_error.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(map_err(maps::SOCKETS)(e)),
         }
+        // The epoch stays: the next owner's is one more.
+        let epoch = self.owners[index].epoch;
+        self.set_owner(slot, SlotOwner { epoch, ..SlotOwner::default() })
+    }
+
+    /// Records `owner` for `slot` in `OWNERS` (and in this process's copy).
+    fn set_owner(&mut self, slot: u32, owner: SlotOwner) -> Result<()> {
+        self.owners_map.set(slot, owner, 0).map_err(map_err(maps::OWNERS))?;
+        self.owners[slot as usize] = owner;
+        Ok(())
+    }
+
+    /// The controller's record of `slot`'s owner (cookie 0 and pid 0 if the slot is free).
+    pub fn owner(&self, slot: u32) -> Result<SlotOwner> {
+        Ok(self.owners[self.check_slot(slot)?])
     }
 
     pub fn set_policy(&mut self, policy: Policy) -> Result<()> {
@@ -466,11 +523,13 @@ impl Group {
         let mut out = Vec::new();
         for slot in self.occupied_slots() {
             let rec = self.loads.read(slot);
+            let owner = self.owners[slot as usize];
             out.push(SlotView {
                 slot,
-                pid: rec.pid,
+                pid: owner.pid,
                 weight: rec.weight,
-                epoch: rec.epoch,
+                epoch: owner.epoch,
+                cookie: owner.cookie,
                 inflight: rec.inflight,
                 accepted: rec.accepted,
                 completed: rec.completed,

@@ -71,14 +71,23 @@ impl SharedLoads {
         }
     }
 
-    /// Gives the slot to a new owner: counters to zero, then weight, pid, and a new epoch.
-    pub fn reset(&self, slot: u32, pid: u32, weight: u32) -> u64 {
+    /// Gives the slot to a new owner: counters to zero, then weight, pid, and its new `epoch`
+    /// (the controller's, from the slot's owner record: never derived from this table, which
+    /// workers can write).
+    pub fn reset(&self, slot: u32, pid: u32, weight: u32, epoch: u64) {
         for field in [table_offsets::inflight, table_offsets::accepted, table_offsets::completed] {
             self.u64_at(slot, field).store(0, Ordering::Relaxed);
         }
         self.set_weight(slot, weight);
+        self.set_owner(slot, pid, epoch);
+    }
+
+    /// Writes the slot's owner pid and epoch as the controller recorded them (undoing whatever a
+    /// worker may have written there): the shim counts into a slot only while its epoch is the
+    /// one it was given.
+    pub fn set_owner(&self, slot: u32, pid: u32, epoch: u64) {
         self.u32_at(slot, table_offsets::pid).store(pid, Ordering::Relaxed);
-        self.u64_at(slot, table_offsets::epoch).fetch_add(1, Ordering::Release) + 1
+        self.u64_at(slot, table_offsets::epoch).store(epoch, Ordering::Release);
     }
 
     pub fn set_weight(&self, slot: u32, weight: u32) {

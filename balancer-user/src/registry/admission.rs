@@ -109,7 +109,7 @@ impl Loop {
         let cred = sys::peer_cred(conn.fd.as_fd())
             .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
         if cred.pid == 0 {
-            // Exits are tracked by pidfd, and adopted slots by pid: a worker whose pid the
+            // Exits are tracked by pidfd, and adopted slots by pid and socket: a worker whose pid the
             // controller cannot see cannot be kept track of.
             return Err(Rejection::new(
                 Status::Internal,
@@ -165,12 +165,26 @@ impl Loop {
         }
         let pidfd = sys::pidfd_open(cred.pid)
             .map_err(|e| Rejection::new(Status::Internal, format!("{e} (pid {})", cred.pid)))?;
-        // A worker that owned a slot of the adopted group gets it back, counters and all.
-        let adopted = self
-            .adopted
-            .iter()
-            .find(|((s, _), a)| *s == svc && a.pid == cred.pid)
-            .map(|((_, slot), _)| *slot);
+        // A worker that owned a slot of the adopted group gets it back, counters and all: it is
+        // recognised by its socket's cookie (set by the kernel) and its pid (SO_PEERCRED), as the
+        // controller recorded them, never by what the shared table says.
+        let cookie = sys::socket_cookie(socket)
+            .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
+        let adopted = match self.adopted.iter().find(|((s, _), a)| *s == svc && a.cookie == cookie)
+        {
+            Some(((_, slot), a)) if a.pid == cred.pid => Some(*slot),
+            Some(((_, slot), a)) => {
+                return Err(Rejection::new(
+                    Status::Internal,
+                    format!(
+                        "this socket is the one of adopted slot {slot}, kept for worker {}: only \
+                         that worker may register it again",
+                        a.pid
+                    ),
+                ));
+            }
+            None => None,
+        };
         let held = self.workers.keys().filter(|(s, _)| *s == svc).count()
             + self.adopted.keys().filter(|(s, _)| *s == svc).count();
         if adopted.is_none() && held >= settings.max_workers as usize {

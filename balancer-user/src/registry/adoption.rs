@@ -6,8 +6,11 @@
 //! all), exits (watched through a pidfd), or the grace period ends.
 //!
 //! Invariants: a slot whose worker cannot be watched is freed at once; an adopted slot is freed
-//! exactly once (here, or given back in admission). Known limit: the worker is recognised by the
-//! pid recorded in the shared table, which workers can write (see docs/SECURITY.md).
+//! exactly once (here, or given back in admission). A slot is kept for, watched by, and given
+//! back to, the owner the controller recorded in the group's `OWNERS` map (the SO_COOKIE of the
+//! worker's listening socket, and its pid), never the pid in the shared load table, which every
+//! worker of the service can write: a worker registering again gets the slot back only by
+//! handing over that very socket, from that very process (see `Group::reuse`).
 use std::{
     collections::HashMap,
     os::fd::OwnedFd,
@@ -19,7 +22,10 @@ use crate::sys;
 
 /// A slot of an adopted group whose worker has not registered again yet.
 pub(super) struct Adopted {
+    /// The recorded owner (`OWNERS`), not the shared table's pid.
     pub pid: u32,
+    /// SO_COOKIE of the owner's listening socket, as recorded.
+    pub cookie: u64,
     pub pidfd: OwnedFd,
     pub deadline: Instant,
 }
@@ -41,6 +47,17 @@ pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize,
             }
         };
         for view in slots {
+            if view.cookie == 0 || view.pid == 0 {
+                log::warn!(
+                    "{}: adopted slot {} has no owner record: slot freed",
+                    service.addr,
+                    view.slot
+                );
+                if let Err(e) = group.remove(view.slot) {
+                    log::warn!("freeing slot {}: {e}", view.slot);
+                }
+                continue;
+            }
             match sys::pidfd_open(view.pid) {
                 Ok(pidfd) => {
                     log::info!(
@@ -53,7 +70,12 @@ pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize,
                     );
                     out.insert(
                         (svc, view.slot),
-                        Adopted { pid: view.pid, pidfd, deadline: Instant::now() + grace },
+                        Adopted {
+                            pid: view.pid,
+                            cookie: view.cookie,
+                            pidfd,
+                            deadline: Instant::now() + grace,
+                        },
                     );
                 }
                 Err(e) => {

@@ -47,7 +47,7 @@ fn slot_pids(service: &Service) -> Vec<u32> {
 }
 
 /// `tests/apps/prefork_helper.c`, compiled into `dir`.
-fn build_helper(dir: &Path) -> PathBuf {
+pub(super) fn build_helper(dir: &Path) -> PathBuf {
     require("cc");
     let src = apps::apps_dir().join("prefork_helper.c");
     let out = dir.join("prefork_helper");
@@ -61,7 +61,12 @@ fn build_helper(dir: &Path) -> PathBuf {
     out
 }
 
-fn helper_cmdline(helper: &Path, addr: SocketAddr, workers: u32, starve: bool) -> Vec<String> {
+pub(super) fn helper_cmdline(
+    helper: &Path,
+    addr: SocketAddr,
+    workers: u32,
+    starve: bool,
+) -> Vec<String> {
     let mut v = vec![
         helper.display().to_string(),
         addr.ip().to_string(),

@@ -727,3 +727,128 @@ fn a_stuck_registry_shows_as_not_running() {
         "the registry did not recover once unblocked"
     );
 }
+
+/// The slot each worker of `app` was last given, from its shim's log lines
+/// (`reuselb-shim[PID]: registered ADDR as slot N (epoch E)`), and how many times it registered.
+fn registrations(app: &integration_tests::apps::Proc, pid: u32) -> (usize, Option<u32>) {
+    let prefix = format!("reuselb-shim[{pid}]: registered ");
+    let slots: Vec<u32> = app
+        .log_text()
+        .lines()
+        .filter_map(|l| l.strip_prefix(&prefix))
+        .filter_map(|l| l.split(" as slot ").nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect();
+    (slots.len(), slots.last().copied())
+}
+
+/// Writes `pid` into `slot`'s pid field of the shared load table pinned at `pins`, as any worker
+/// of the service can (the table is mapped read-write into each one).
+fn write_shared_pid(pins: &std::path::Path, slot: u32, pid: u32) {
+    use std::os::fd::AsFd;
+    let path = balancer_user::group::layout_dir(pins).join(balancer_common::maps::LOADS);
+    let map = aya::maps::MapData::from_pin(&path)
+        .unwrap_or_else(|e| panic!("opening the pinned load map {}: {e}", path.display()));
+    let len = balancer_common::LOADS_MMAP_LEN;
+    // SAFETY: maps the load map (an mmap-able array of exactly `len` bytes of value) shared,
+    // as the shim does; the result is checked before use.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            map.fd().as_fd().as_raw_fd(),
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
+    let offset = balancer_common::table_offsets::pid(slot as usize);
+    // SAFETY: `offset` lies inside the mapping and is 4-aligned (a u32 field of the 64-aligned
+    // table); the mapping is ours and unmapped right after.
+    unsafe {
+        std::ptr::write_volatile(base.cast::<u8>().add(offset).cast::<u32>(), pid);
+        libc::munmap(base, len);
+    }
+}
+
+/// Issue 11.7: a worker that writes another worker's pid into the shared table's pid field
+/// (swapping the two, so that the old pid matching was deterministic) before a controller
+/// restart does not get that worker's slot when the next controller adopts the pinned group:
+/// each worker gets its own slot back (adoption matches the socket's SO_COOKIE and the pid the
+/// controller recorded in `OWNERS`, which workers cannot write), and the shared table's pids are
+/// the controller's again.
+#[test]
+fn a_pid_written_into_the_shared_table_does_not_claim_a_slot_on_adoption() {
+    use integration_tests::apps::{spawn_with_shim, wait_until};
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-owners");
+    let pins = BpfPins::new("owners");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let socket = dir.path().join("shim.sock");
+    let start_pinned = || {
+        Registry::start(RegistryOptions::new(&socket), vec![(addr, pinned_group(&pins.0))])
+            .expect("starting the registry")
+    };
+    let registry = start_pinned();
+    let helper = super::failopen::build_helper(dir.path());
+    let cmdline = super::failopen::helper_cmdline(&helper, addr, 2, false);
+    let app = spawn_with_shim(&cmdline, addr, &socket, &dir.path().join("app.log"));
+    let owners = |r: &Registry| -> Vec<(u32, u32)> {
+        let g = r.service(addr).unwrap().group();
+        g.slots().unwrap().iter().map(|s| (s.slot, s.pid)).collect()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || owners(&registry).len() == 2),
+        "the two workers did not register: {:?}\n{}",
+        owners(&registry),
+        app.log_tail(20)
+    );
+    let before = owners(&registry);
+    let [(victim_slot, victim), (attacker_slot, attacker)] = before[..] else { unreachable!() };
+    // The controller stops (keeping the slots, as a daemon does); the workers keep running.
+    registry.stop_keeping_slots();
+
+    // The attacker writes its pid into the victim's slot and the victim's into its own: a
+    // controller matching by the table's pid would hand the attacker the victim's slot, whichever
+    // of the two registers first. (The test writes the same shared memory the workers map.)
+    write_shared_pid(&pins.0, victim_slot, attacker);
+    write_shared_pid(&pins.0, attacker_slot, victim);
+
+    let registry = start_pinned();
+    assert!(registry.service(addr).unwrap().group().adopted(), "the pinned group was not adopted");
+    assert!(
+        wait_until(Duration::from_secs(15), || {
+            registrations(&app, victim).0 >= 2 && registrations(&app, attacker).0 >= 2
+        }),
+        "the workers did not register again: {:?} {:?}\n{}",
+        registrations(&app, victim),
+        registrations(&app, attacker),
+        app.log_tail(20)
+    );
+    assert_eq!(
+        registrations(&app, attacker).1,
+        Some(attacker_slot),
+        "worker {attacker}, which wrote pid {attacker} into slot {victim_slot}, was not given its \
+         own slot {attacker_slot} back\n{}",
+        app.log_tail(20)
+    );
+    assert_eq!(
+        registrations(&app, victim).1,
+        Some(victim_slot),
+        "worker {victim} did not get its slot {victim_slot} back\n{}",
+        app.log_tail(20)
+    );
+    assert_eq!(owners(&registry), before, "the slots' owners changed across the restart");
+    let table_pids: Vec<u32> = {
+        let g = registry.service(addr).unwrap().group();
+        [victim_slot, attacker_slot].iter().map(|&s| g.loads().read(s).pid).collect()
+    };
+    assert_eq!(
+        table_pids,
+        vec![victim, attacker],
+        "the shared table's pids were not rewritten from the owner records"
+    );
+    registry.stop();
+    drop(app);
+}
