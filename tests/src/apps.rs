@@ -327,6 +327,20 @@ impl UwsgiConfig {
         uwsgi_stats(self.stats_port)
     }
 
+    /// Starts this uWSGI with the shim preloaded, registering at `socket` (a controller may be
+    /// there or not), its output in `log`; waits until every worker is up (`wait_ready`, 30 s).
+    /// Panics with the log's tail otherwise.
+    pub fn start_with_shim(&self, socket: &Path, log: &Path) -> Proc {
+        let app = spawn_with_shim(&self.command_line(), self.addr, socket, log);
+        assert!(
+            self.wait_ready(Duration::from_secs(30)),
+            "uWSGI did not start ({}): {}",
+            log.display(),
+            app.log_tail(40)
+        );
+        app
+    }
+
     /// Waits until the stats server answers with every worker up (`ready`: accepting requests).
     pub fn wait_ready(&self, timeout: Duration) -> bool {
         wait_until(timeout, || {

@@ -1,6 +1,7 @@
 //! Shared fixtures of the integration tests: private network namespaces, and pools of
-//! SO_REUSEPORT listeners balanced by a real [`Group`] in the real kernel; and the benchmarks
-//! ([`bench`]) that the `bench` binary runs.
+//! SO_REUSEPORT listeners balanced by a real [`Group`] in the real kernel; apps registered with an
+//! in-process controller ([`registered`]); and the benchmarks ([`bench`]) that the `bench` binary
+//! runs.
 //!
 //! Every test runs in a network namespace of its own, so tests run in parallel without sharing
 //! ports, and nothing outlives a test: the namespace goes away with its last socket and handle.
@@ -10,6 +11,7 @@ pub mod bench;
 pub mod http;
 pub mod netns;
 pub mod pool;
+pub mod registered;
 pub mod shim_client;
 
 pub use netns::NetNs;

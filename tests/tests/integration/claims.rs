@@ -18,46 +18,25 @@ use anyhow::{ensure, Context, Result};
 use balancer_common::Policy;
 use balancer_user::{
     registry::{Registry, RegistryOptions, Service},
-    Group, GroupOptions, Mode,
+    Mode,
 };
 use integration_tests::{
     apps::{
-        free_port, loopback, one_request, require, serial, spawn_with_shim, wait_until, Load, Proc,
-        TempDir, UwsgiConfig, UwsgiProto,
+        free_port, loopback, one_request, require, serial, wait_until, Load, Proc, TempDir,
+        UwsgiConfig, UwsgiProto,
     },
+    registered::{least_loaded_group, uwsgi_under},
     NetNs, Pool,
 };
 
 /// uWSGI with the shim, registered with an in-process registry (least-loaded) that reconciles
 /// every `reconcile`.
 fn start_uwsgi(dir: &TempDir, cfg: &UwsgiConfig, reconcile: Duration) -> (Registry, Proc) {
-    let group = Group::new(GroupOptions {
-        policy: Policy::LeastLoaded,
-        mode: Mode::Auto,
-        ..Default::default()
-    })
-    .unwrap_or_else(|e| panic!("cannot load the SK_REUSEPORT program (needs root and BPF): {e}"));
     let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
     options.reconcile_interval = reconcile;
-    let registry = Registry::start(options, vec![(cfg.addr, group)]).expect("registry");
-    let app = spawn_with_shim(
-        &cfg.command_line(),
-        cfg.addr,
-        registry.socket_path(),
-        &dir.path().join("uwsgi.log"),
-    );
-    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
-    let service = registry.service(cfg.addr).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || service
-            .group()
-            .slots()
-            .map(|s| s.len())
-            .unwrap_or(0)
-            == cfg.processes as usize),
-        "not every worker registered: {}",
-        app.log_tail(40)
-    );
+    let registry = Registry::start(options, vec![(cfg.addr, least_loaded_group(Mode::Auto))])
+        .expect("registry");
+    let app = uwsgi_under(&registry, cfg, &dir.path().join("uwsgi.log"));
     (registry, app)
 }
 

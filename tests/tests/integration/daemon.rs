@@ -16,8 +16,8 @@ use balancer_common::protocol;
 use balancer_common::Policy;
 use balancer_user::report::{Report, ServiceReport};
 use integration_tests::apps::{
-    self, free_port, loopback, require, reuselb_bin, serial, spawn_with_shim, wait_until, Load,
-    LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto,
+    self, free_port, loopback, require, reuselb_bin, serial, wait_until, Load, LoadReport, Proc,
+    TempDir, UwsgiConfig, UwsgiProto,
 };
 use integration_tests::http::{get as http_get, status};
 use integration_tests::NetNs;
@@ -107,18 +107,7 @@ fn label(labels: &str, key: &str) -> Option<String> {
 
 /// uWSGI with the shim, registering on the daemon's socket of service `name`.
 fn spawn_uwsgi(dir: &TempDir, name: &str, cfg: &UwsgiConfig) -> Proc {
-    let app = spawn_with_shim(
-        &cfg.command_line(),
-        cfg.addr,
-        &shim_socket(dir, name),
-        &dir.path().join(format!("uwsgi-{name}.log")),
-    );
-    assert!(
-        cfg.wait_ready(Duration::from_secs(30)),
-        "uWSGI {name} did not start: {}",
-        app.log_tail(30)
-    );
-    app
+    cfg.start_with_shim(&shim_socket(dir, name), &dir.path().join(format!("uwsgi-{name}.log")))
 }
 
 fn wait_registered(metrics: SocketAddr, name: &str, n: usize, daemon: &Proc) {

@@ -18,33 +18,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_common::{
-    protocol::{Reply, Status},
-    Policy,
+use balancer_common::protocol::{Reply, Status};
+use balancer_user::Mode;
+use integration_tests::{
+    apps::{
+        self, free_port, loopback, require, serial, spawn_nginx, spawn_plain, spawn_with_shim,
+        wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto,
+    },
+    registered::{least_loaded_group, slot_pids, start_registry},
 };
-use balancer_user::{
-    registry::{Registry, RegistryOptions, Service},
-    Group, GroupOptions,
-};
-use integration_tests::apps::{
-    self, free_port, loopback, require, serial, spawn_nginx, spawn_plain, spawn_with_shim,
-    wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto,
-};
-
-fn new_group() -> Group {
-    Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() }).unwrap_or_else(
-        |e| panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}"),
-    )
-}
-
-fn start_registry(socket: &Path, addr: SocketAddr) -> Registry {
-    Registry::start(RegistryOptions::new(socket), vec![(addr, new_group())])
-        .expect("start the registry")
-}
-
-fn slot_pids(service: &Service) -> Vec<u32> {
-    service.group().slots().expect("read slots").iter().map(|s| s.pid).collect()
-}
 
 /// `tests/apps/prefork_helper.c`, compiled into `dir`.
 pub(super) fn build_helper(dir: &Path) -> PathBuf {
@@ -61,6 +43,8 @@ pub(super) fn build_helper(dir: &Path) -> PathBuf {
     out
 }
 
+/// The helper's command line: `workers` workers on `addr`; with `starve`, worker 1 uses up its
+/// descriptors first (it can split off no listener).
 pub(super) fn helper_cmdline(
     helper: &Path,
     addr: SocketAddr,
@@ -77,6 +61,14 @@ pub(super) fn helper_cmdline(
         v.push("starve".into());
     }
     v
+}
+
+/// The helper, compiled into `dir` and started there (as [`helper_cmdline`]) with the shim
+/// registering at `socket`.
+fn spawn_helper(dir: &Path, addr: SocketAddr, socket: &Path, workers: u32, starve: bool) -> Proc {
+    let helper = build_helper(dir);
+    let cmdline = helper_cmdline(&helper, addr, workers, starve);
+    spawn_with_shim(&cmdline, addr, socket, &dir.join("helper.log"))
 }
 
 /// One HTTP/1.0 GET; the body.
@@ -224,7 +216,7 @@ fn controller_started_late_resets_nothing() {
     integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
-    let _ = new_group();
+    let _ = least_loaded_group(Mode::Auto);
     let dir = TempDir::new("failopen-late");
     let addr = loopback(free_port());
     let mut cfg = UwsgiConfig::new(addr, UwsgiProto::Http);
@@ -274,17 +266,11 @@ fn dead_shared_socket_does_not_spin() {
     integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("failopen-spin");
-    let helper = build_helper(dir.path());
     let addr = loopback(free_port());
     let socket = dir.path().join("shim.sock");
     let registry = start_registry(&socket, addr);
     let service = registry.service(addr).unwrap();
-    let app = spawn_with_shim(
-        &helper_cmdline(&helper, addr, 2, true),
-        addr,
-        &socket,
-        &dir.path().join("helper.log"),
-    );
+    let app = spawn_helper(dir.path(), addr, &socket, 2, true);
     assert!(
         wait_until(Duration::from_secs(10), || helper_workers(&app).len() == 2
             && slot_pids(service).len() == 1),
@@ -447,17 +433,11 @@ fn vfork_child_leaves_the_parent_alone() {
     integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("failopen-vfork");
-    let helper = build_helper(dir.path());
     let addr = loopback(free_port());
     let socket = dir.path().join("shim.sock");
     let registry = start_registry(&socket, addr);
     let service = registry.service(addr).unwrap();
-    let app = spawn_with_shim(
-        &helper_cmdline(&helper, addr, 1, false),
-        addr,
-        &socket,
-        &dir.path().join("helper.log"),
-    );
+    let app = spawn_helper(dir.path(), addr, &socket, 1, false);
     assert!(
         wait_until(Duration::from_secs(10), || slot_pids(service).len() == 1),
         "the worker did not register\n{}",
@@ -620,16 +600,10 @@ fn memfd_instead_of_the_load_map_does_not_kill_the_worker() {
     integration_tests::private_loopback();
     let _serial = serial();
     let dir = TempDir::new("failopen-memfd");
-    let helper = build_helper(dir.path());
     let addr = loopback(free_port());
     let socket = dir.path().join("fake.sock");
     let (replies, stop) = fake_controller(&socket, empty_memfd);
-    let app = spawn_with_shim(
-        &helper_cmdline(&helper, addr, 1, false),
-        addr,
-        &socket,
-        &dir.path().join("helper.log"),
-    );
+    let app = spawn_helper(dir.path(), addr, &socket, 1, false);
     assert!(
         wait_until(Duration::from_secs(10), || get(addr, "/").is_ok()),
         "the helper does not serve\n{}",

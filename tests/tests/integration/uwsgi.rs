@@ -9,15 +9,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_common::Policy;
 use balancer_user::{
-    registry::{Registry, RegistryOptions, Service},
-    Group, GroupOptions,
+    registry::{Registry, Service},
+    Mode,
 };
 use integration_tests::apps::{
     self, free_port, loopback, require, serial, spawn_nginx, spawn_plain, spawn_reuselb_run,
-    spawn_with_shim, uwsgi_stats, wait_until, Load, LoadReport, TempDir, UwsgiConfig, UwsgiProto,
+    uwsgi_stats, wait_until, Load, LoadReport, TempDir, UwsgiConfig, UwsgiProto,
 };
+use integration_tests::registered::{self, least_loaded_group, slot_pids, uwsgi_under};
 use integration_tests::shim_client::register_raw;
 
 /// Concurrent clients of the balance tests.
@@ -26,21 +26,9 @@ const CONCURRENCY: usize = 48;
 const PATH: &str = "/?ms=5";
 const MAX_IMBALANCE: f64 = 1.25;
 
-/// A group for `addr`; panics (never skips) if BPF is not available.
-fn new_group() -> Group {
-    Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() }).unwrap_or_else(
-        |e| panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}"),
-    )
-}
-
 /// An in-process controller for `addr`, on a socket in `dir`.
 fn start_registry(dir: &TempDir, addr: SocketAddr) -> Registry {
-    let options = RegistryOptions::new(dir.path().join("shim.sock"));
-    Registry::start(options, vec![(addr, new_group())]).expect("start the registry")
-}
-
-fn slot_pids(service: &Service) -> Vec<u32> {
-    service.group().slots().expect("read slots").iter().map(|s| s.pid).collect()
+    registered::start_registry(&dir.path().join("shim.sock"), addr)
 }
 
 /// Waits until every slot reads 0 in flight; returns how long it took.
@@ -50,6 +38,13 @@ fn wait_idle_zero(service: &Service, timeout: Duration) -> Option<Duration> {
         service.group().slots().map(|s| s.iter().all(|v| v.inflight == 0)).unwrap_or(false)
     })
     .then(|| start.elapsed())
+}
+
+/// Asserts that every slot reads 0 in flight within a second (the load is over).
+fn assert_idle_zero(service: &Service) {
+    let idle = wait_idle_zero(service, Duration::from_secs(1));
+    println!("idle loads back to 0 after {idle:?}");
+    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", service.group().slots());
 }
 
 /// Waits until the uWSGI answers a request.
@@ -89,7 +84,7 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
     if behind_nginx {
         require("nginx");
     }
-    let _ = new_group(); // fail early and clearly without BPF
+    let _ = least_loaded_group(Mode::Auto); // fail early and clearly without BPF
     let dir = TempDir::new("uwsgi-balance");
     let label = match (proto, behind_nginx) {
         (UwsgiProto::Http, _) => "uWSGI http-socket",
@@ -193,23 +188,10 @@ fn uwsgi_socket_behind_nginx_is_balanced() {
 }
 
 /// Starts uWSGI with the shim preloaded by hand against an in-process controller; waits until
-/// every worker has a slot.
+/// every worker has a slot and uWSGI serves.
 fn uwsgi_with_registry(dir: &TempDir, cfg: &UwsgiConfig) -> (Registry, apps::Proc) {
     let registry = start_registry(dir, cfg.addr);
-    let app = spawn_with_shim(
-        &cfg.command_line(),
-        cfg.addr,
-        registry.socket_path(),
-        &dir.path().join("uwsgi.log"),
-    );
-    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
-    let service = registry.service(cfg.addr).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || slot_pids(service).len() == cfg.processes as usize),
-        "not every worker registered ({:?}): {}",
-        slot_pids(service),
-        app.log_tail(60)
-    );
+    let app = uwsgi_under(&registry, cfg, &dir.path().join("uwsgi.log"));
     wait_serving(cfg.addr, cfg.addr);
     (registry, app)
 }
@@ -265,8 +247,7 @@ fn uwsgi_worker_killed_under_load_is_replaced() {
         1,
         "expected exactly one new worker: before {before:?}, after {after:?}"
     );
-    let idle = wait_idle_zero(service, Duration::from_secs(1));
-    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", service.group().slots());
+    assert_idle_zero(service);
 }
 
 #[test]
@@ -322,9 +303,7 @@ fn uwsgi_max_requests_recycling_keeps_registering() {
         app.log_tail(40)
     );
     assert!(registrations as usize >= report.by_pid.len(), "a recycled worker did not register");
-    let idle = wait_idle_zero(service, Duration::from_secs(1));
-    println!("idle loads back to 0 after {idle:?}");
-    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", service.group().slots());
+    assert_idle_zero(service);
     // Requests in flight on a worker that hangs on its way out (the uWSGI bug above) die with it
     // when the master kills it; nothing else may fail.
     assert!(
@@ -340,19 +319,16 @@ fn controller_started_after_the_app() {
     integration_tests::private_loopback();
     let _serial = serial();
     require("uwsgi");
-    let _ = new_group();
+    let _ = least_loaded_group(Mode::Auto);
     let dir = TempDir::new("uwsgi-late");
     let cfg = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
     let socket = dir.path().join("shim.sock");
-    let app =
-        spawn_with_shim(&cfg.command_line(), cfg.addr, &socket, &dir.path().join("uwsgi.log"));
-    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
+    let app = cfg.start_with_shim(&socket, &dir.path().join("uwsgi.log"));
     wait_serving(cfg.addr, cfg.addr);
 
     let load = Load::start(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(30));
     std::thread::sleep(Duration::from_secs(3));
-    let registry = Registry::start(RegistryOptions::new(&socket), vec![(cfg.addr, new_group())])
-        .expect("start the registry");
+    let registry = registered::start_registry(&socket, cfg.addr);
     let service = registry.service(cfg.addr).unwrap();
     let started = Instant::now();
     let all =
@@ -387,8 +363,7 @@ fn controller_started_after_the_app() {
     );
     assert!(picked.iter().all(|&n| n > 0), "the program is not picking every worker: {picked:?}");
     assert!(ratio <= MAX_IMBALANCE, "not balanced once the controller is up: {counts:?}");
-    let idle = wait_idle_zero(service, Duration::from_secs(1));
-    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", service.group().slots());
+    assert_idle_zero(service);
 }
 
 #[test]
@@ -396,7 +371,7 @@ fn gunicorn_sync_workers_are_balanced() {
     integration_tests::private_loopback();
     let _serial = serial();
     require("gunicorn");
-    let _ = new_group();
+    let _ = least_loaded_group(Mode::Auto);
     let dir = TempDir::new("gunicorn");
     let workers = 4;
     let concurrency = 16;
@@ -450,8 +425,7 @@ fn controller_restart_keeps_serving() {
     std::thread::sleep(Duration::from_secs(3));
     // A new controller: every worker registers again within a few seconds (the shim retries
     // every second) and the new program balances.
-    let registry = Registry::start(RegistryOptions::new(&socket), vec![(cfg.addr, new_group())])
-        .expect("restart the registry");
+    let registry = registered::start_registry(&socket, cfg.addr);
     let service = registry.service(cfg.addr).unwrap();
     let back =
         wait_until(Duration::from_secs(10), || slot_pids(service).len() == cfg.processes as usize);
@@ -473,8 +447,7 @@ fn controller_restart_keeps_serving() {
         picked.iter().all(|&n| n > 0),
         "the new program is not picking every worker: {picked:?}"
     );
-    let idle = wait_idle_zero(service, Duration::from_secs(1));
-    assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", service.group().slots());
+    assert_idle_zero(service);
 }
 
 /// Connections that end every way but the plain one: reset before being accepted, idle until

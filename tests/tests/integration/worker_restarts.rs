@@ -5,15 +5,17 @@
 //! namespace.
 use std::{path::Path, time::Duration};
 
-use balancer_common::Policy;
 use balancer_user::{
     loader::Program,
     registry::{Registry, RegistryOptions},
-    Group, GroupOptions, Mode,
+    Mode,
 };
-use integration_tests::apps::{
-    free_port, loopback, require, serial, spawn_with_shim, wait_until, Load, LoadReport, Proc,
-    TempDir, UwsgiConfig, UwsgiProto,
+use integration_tests::{
+    apps::{
+        free_port, loopback, require, serial, wait_until, Load, LoadReport, Proc, TempDir,
+        UwsgiConfig, UwsgiProto,
+    },
+    registered::{least_loaded_group, uwsgi_under},
 };
 
 const CONCURRENCY: usize = 32;
@@ -21,11 +23,7 @@ const PATH: &str = "/?ms=2";
 
 /// uWSGI with the shim, registered with an in-process registry running `mode`.
 fn start(dir: &TempDir, cfg: &UwsgiConfig, mode: Mode) -> (Registry, Proc) {
-    let group =
-        Group::new(GroupOptions { policy: Policy::LeastLoaded, mode, ..Default::default() })
-            .unwrap_or_else(|e| {
-                panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}")
-            });
+    let group = least_loaded_group(mode);
     let expected = if mode == Mode::Select { Program::Select } else { Program::SelectOrMigrate };
     assert_eq!(group.program(), expected, "this kernel cannot run the program under test");
     let registry = Registry::start(
@@ -33,24 +31,7 @@ fn start(dir: &TempDir, cfg: &UwsgiConfig, mode: Mode) -> (Registry, Proc) {
         vec![(cfg.addr, group)],
     )
     .expect("registry");
-    let app = spawn_with_shim(
-        &cfg.command_line(),
-        cfg.addr,
-        registry.socket_path(),
-        &dir.path().join("uwsgi.log"),
-    );
-    assert!(cfg.wait_ready(Duration::from_secs(30)), "uWSGI did not start: {}", app.log_tail(40));
-    let service = registry.service(cfg.addr).unwrap();
-    assert!(
-        wait_until(Duration::from_secs(20), || service
-            .group()
-            .slots()
-            .map(|s| s.len())
-            .unwrap_or(0)
-            == cfg.processes as usize),
-        "not every worker registered: {}",
-        app.log_tail(40)
-    );
+    let app = uwsgi_under(&registry, cfg, &dir.path().join("uwsgi.log"));
     (registry, app)
 }
 
