@@ -131,48 +131,52 @@ fn bpffs() -> Check {
     }
 }
 
-fn select_program(facts: &Facts) -> Check {
-    match loader::load(Program::Select) {
-        Ok(_) => Check::new(
-            "sk_reuseport program",
-            Level::Ok,
-            "BPF syscall, SK_REUSEPORT programs, REUSEPORT_SOCKARRAY and mmap-able arrays work",
-            None,
-        ),
+/// The check `name` of an operation that needs Linux `needs`: `Ok` with `ok` when `result` is;
+/// else `level`, with `failed(error, why)` as the detail (`why`: what the error's errno says,
+/// given `facts`) and the diagnosis' fix. The error is kept whole (not its text), so that its
+/// errno can be diagnosed.
+fn needs_kernel(
+    name: &'static str,
+    (needs, facts): (Version, &Facts),
+    result: Result<(), Box<dyn std::error::Error>>,
+    ok: &str,
+    level: Level,
+    failed: impl FnOnce(&dyn std::error::Error, &str) -> String,
+) -> Check {
+    match result {
+        Ok(()) => Check::new(name, Level::Ok, ok, None),
         Err(e) => {
-            let d = diagnose(&e, NEEDS_SELECT, facts);
-            Check {
-                name: "sk_reuseport program",
-                level: Level::Fail,
-                detail: format!("cannot load the select program: {e}: {}", d.detail),
-                fix: d.fix,
-            }
+            let d = diagnose(&*e, needs, facts);
+            Check { name, level, detail: failed(&*e, &d.detail), fix: d.fix }
         }
     }
+}
+
+fn select_program(facts: &Facts) -> Check {
+    needs_kernel(
+        "sk_reuseport program",
+        (NEEDS_SELECT, facts),
+        loader::load(Program::Select).map(drop).map_err(Into::into),
+        "BPF syscall, SK_REUSEPORT programs, REUSEPORT_SOCKARRAY and mmap-able arrays work",
+        Level::Fail,
+        |e, why| format!("cannot load the select program: {e}: {why}"),
+    )
 }
 
 fn migrate_program(facts: &Facts) -> Check {
-    match loader::load(Program::SelectOrMigrate) {
-        Ok(_) => Check::new(
-            "migrate attach type",
-            Level::Ok,
-            "select-or-migrate works: queues of exiting workers move to others",
-            None,
-        ),
-        Err(e) => {
-            let d = diagnose(&e, NEEDS_MIGRATE, facts);
-            Check {
-                name: "migrate attach type",
-                level: Level::Warn,
-                detail: format!("select-or-migrate not accepted ({e}: {}): reuselb runs select-only, and connections queued on a worker that exits are reset", d.detail),
-                fix: d.fix,
-            }
-        }
-    }
+    needs_kernel(
+        "migrate attach type",
+        (NEEDS_MIGRATE, facts),
+        loader::load(Program::SelectOrMigrate).map(drop).map_err(Into::into),
+        "select-or-migrate works: queues of exiting workers move to others",
+        Level::Warn,
+        |e, why| {
+            format!("select-or-migrate not accepted ({e}: {why}): reuselb runs select-only, and connections queued on a worker that exits are reset")
+        },
+    )
 }
 
 fn attach(facts: &Facts) -> Check {
-    // The error kept whole (not its text), so that its errno can be diagnosed.
     let result = (|| -> Result<(), Box<dyn std::error::Error>> {
         let group = Group::new(GroupOptions { mode: Mode::Auto, ..Default::default() })?;
         let listener = bind_reuseport(SocketAddr::from(([127, 0, 0, 1], 0)), 16)
@@ -180,23 +184,14 @@ fn attach(facts: &Facts) -> Check {
         group.attach(&listener)?;
         Ok(Group::detach(&listener)?)
     })();
-    match result {
-        Ok(()) => Check::new(
-            "attach",
-            Level::Ok,
-            "attached to and detached from a loopback listener",
-            None,
-        ),
-        Err(e) => {
-            let d = diagnose(&*e, NEEDS_SELECT, facts);
-            Check {
-                name: "attach",
-                level: Level::Fail,
-                detail: format!("SO_ATTACH_REUSEPORT_EBPF failed: {e}: {}", d.detail),
-                fix: d.fix,
-            }
-        }
-    }
+    needs_kernel(
+        "attach",
+        (NEEDS_SELECT, facts),
+        result,
+        "attached to and detached from a loopback listener",
+        Level::Fail,
+        |e, why| format!("SO_ATTACH_REUSEPORT_EBPF failed: {e}: {why}"),
+    )
 }
 
 fn migrate_sysctl() -> Check {
