@@ -2,7 +2,10 @@
 //! balancer-user's build script (aya-build, through `rustup run nightly` and bpf-linker), which
 //! is why setup runs first.
 
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{ensure, Result};
 
@@ -36,21 +39,25 @@ pub fn toolchain_only(ws: &Workspace) -> Result<Artifacts> {
 
 /// The build alone, on a machine already set up.
 pub fn build(ws: &Workspace) -> Result<Artifacts> {
-    command::run(ws.cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "balancer-user",
-        "-p",
-        "balancer-shim",
-    ]))?;
-    let release = ws.target.join("release");
+    let artifacts = release_binaries(ws.cargo(), &ws.target.join("release"), &[])?;
+    println!("xtask: built {}", artifacts.reuselb.display());
+    println!("xtask: built {}", artifacts.shim.display());
+    Ok(artifacts)
+}
+
+/// `cargo build --release` of reuselb and the shim, with `cargo` (a cargo command whose
+/// environment may name another target directory, of which `release` is the release directory)
+/// and the `extra` arguments; fails unless both are there afterwards.
+pub fn release_binaries(mut cargo: Command, release: &Path, extra: &[&str]) -> Result<Artifacts> {
+    command::run(
+        cargo
+            .args(["build", "--release", "-p", "balancer-user", "-p", "balancer-shim"])
+            .args(extra),
+    )?;
     let artifacts =
         Artifacts { reuselb: release.join("reuselb"), shim: release.join("libbalancer_shim.so") };
     for path in [&artifacts.reuselb, &artifacts.shim] {
         ensure!(path.is_file(), "the build succeeded but left no {}", path.display());
     }
-    println!("xtask: built {}", artifacts.reuselb.display());
-    println!("xtask: built {}", artifacts.shim.display());
     Ok(artifacts)
 }

@@ -18,7 +18,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{command, workspace::Workspace};
+use crate::{build, command, workspace::Workspace};
 
 /// One deliberately broken build.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -142,19 +142,11 @@ fn run_one(
         c.env("CARGO_TARGET_DIR", &dir);
         c
     };
-    command::run(cargo(ws).args([
-        "build",
-        "--release",
-        "-p",
-        "balancer-user",
-        "-p",
-        "balancer-shim",
-        "--features",
-        broken.feature(),
-    ]))?;
-    let release = dir.join("release");
-    let reuselb = release.join("reuselb");
-    let shim = release.join("libbalancer_shim.so");
+    let artifacts = build::release_binaries(
+        cargo(ws),
+        &dir.join("release"),
+        &["--features", broken.feature()],
+    )?;
     // One run of the integration binary, its modules as filters (`claims::` and so on).
     let mut test = cargo(ws);
     test.args(["test", "--release", "-p", "integration-tests", "--test", "integration"]);
@@ -166,7 +158,7 @@ fn run_one(
     test.args(["--", "--test-threads", "1"]);
     test.args(modules.iter().map(|m| format!("{m}::")));
     test.args(test_args);
-    test.env("REUSELB_BIN", &reuselb).env("REUSELB_SHIM", &shim);
+    artifacts.export_to(&mut test);
     run_tests(&mut test)
 }
 
