@@ -6,6 +6,7 @@
 //! BPF, uWSGI, nginx or gunicorn is missing.
 use std::{
     net::SocketAddr,
+    path::Path,
     time::{Duration, Instant},
 };
 
@@ -15,7 +16,7 @@ use balancer_user::{
 };
 use integration_tests::apps::{
     self, free_port, loopback, require, serial, spawn_nginx, spawn_plain, spawn_reuselb_run,
-    uwsgi_stats, wait_until, Load, LoadReport, TempDir, UwsgiConfig, UwsgiProto,
+    uwsgi_stats, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto,
 };
 use integration_tests::registered::{self, least_loaded_group, slot_pids, uwsgi_under};
 use integration_tests::shim_client::register_raw;
@@ -78,6 +79,17 @@ fn describe(label: &str, counts: &[u64], report: &LoadReport) -> f64 {
     ratio
 }
 
+/// Where clients reach uWSGI on `addr`: through a new nginx (its files in `nginx_dir`) in front
+/// of it when `behind_nginx`, else `addr` itself; and that nginx.
+fn entry(nginx_dir: &Path, behind_nginx: bool, addr: SocketAddr) -> (SocketAddr, Option<Proc>) {
+    if !behind_nginx {
+        return (addr, None);
+    }
+    std::fs::create_dir_all(nginx_dir).unwrap();
+    let port = free_port();
+    (loopback(port), Some(spawn_nginx(nginx_dir, port, addr)))
+}
+
 /// The balance test, with uWSGI speaking `proto` and reached directly or through nginx.
 fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
     require("uwsgi");
@@ -97,14 +109,7 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
         let addr = loopback(free_port());
         let cfg = UwsgiConfig::new(addr, proto);
         let app = spawn_plain(&cfg.command_line(), &dir.path().join("plain.log"));
-        let nginx_dir = dir.path().join("nginx-plain");
-        std::fs::create_dir_all(&nginx_dir).unwrap();
-        let (via, _nginx) = if behind_nginx {
-            let port = free_port();
-            (loopback(port), Some(spawn_nginx(&nginx_dir, port, addr)))
-        } else {
-            (addr, None)
-        };
+        let (via, _nginx) = entry(&dir.path().join("nginx-plain"), behind_nginx, addr);
         assert!(
             cfg.wait_ready(Duration::from_secs(30)),
             "plain uWSGI did not start: {}",
@@ -126,14 +131,7 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
         &dir.path().join("run.log"),
         &["--status-every", "2"],
     );
-    let nginx_dir = dir.path().join("nginx");
-    std::fs::create_dir_all(&nginx_dir).unwrap();
-    let (via, _nginx) = if behind_nginx {
-        let port = free_port();
-        (loopback(port), Some(spawn_nginx(&nginx_dir, port, addr)))
-    } else {
-        (addr, None)
-    };
+    let (via, _nginx) = entry(&dir.path().join("nginx"), behind_nginx, addr);
     assert!(
         cfg.wait_ready(Duration::from_secs(30)),
         "uWSGI under reuselb did not start: {}",
@@ -189,7 +187,7 @@ fn uwsgi_socket_behind_nginx_is_balanced() {
 
 /// Starts uWSGI with the shim preloaded by hand against an in-process controller; waits until
 /// every worker has a slot and uWSGI serves.
-fn uwsgi_with_registry(dir: &TempDir, cfg: &UwsgiConfig) -> (Registry, apps::Proc) {
+fn uwsgi_with_registry(dir: &TempDir, cfg: &UwsgiConfig) -> (Registry, Proc) {
     let registry = start_registry(dir, cfg.addr);
     let app = uwsgi_under(&registry, cfg, &dir.path().join("uwsgi.log"));
     wait_serving(cfg.addr, cfg.addr);

@@ -160,6 +160,19 @@ fn reload_under_load(
     report
 }
 
+/// Asserts that the load was enough to mean anything and that no connection failed during `what`
+/// (empty answers aside: see above).
+fn assert_no_connection_lost(report: &LoadReport, what: &str) {
+    assert!(report.ok > 1000, "too little traffic to mean anything: {}", report.ok);
+    assert_eq!(
+        report.failed - report.empty_answers,
+        0,
+        "connections failed during {what} ({} empty answers besides): {:?}",
+        report.empty_answers,
+        report.errors
+    );
+}
+
 #[test]
 fn chain_reload_under_load_loses_no_connection() {
     integration_tests::private_loopback();
@@ -171,14 +184,7 @@ fn chain_reload_under_load_loses_no_connection() {
         "chain reload under load: ok {}, failed {} {:?}",
         report.ok, report.failed, report.errors
     );
-    assert!(report.ok > 1000, "too little traffic to mean anything: {}", report.ok);
-    assert_eq!(
-        report.failed - report.empty_answers,
-        0,
-        "connections failed during the chain reload ({} empty answers besides): {:?}",
-        report.empty_answers,
-        report.errors
-    );
+    assert_no_connection_lost(&report, "the chain reload");
 }
 
 #[test]
@@ -195,12 +201,5 @@ fn graceful_reload_under_load_loses_no_connection() {
         "graceful reload under load: with reuselb ok {}, failed {} {:?}; plain uWSGI ok {}, failed {} {:?}",
         with.ok, with.failed, with.errors, plain.ok, plain.failed, plain.errors
     );
-    assert!(with.ok > 1000, "too little traffic to mean anything: {}", with.ok);
-    assert_eq!(
-        with.failed - with.empty_answers,
-        0,
-        "connections failed during the reload ({} empty answers besides): {:?}",
-        with.empty_answers,
-        with.errors
-    );
+    assert_no_connection_lost(&with, "the reload");
 }
