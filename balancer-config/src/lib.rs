@@ -478,61 +478,54 @@ fn check_listen(addr: &SocketAddr) -> Result<(), String> {
 // Value checks during deserialization. Each error is made inside a visitor, so serde_yaml gives
 // it the position of the value.
 
-fn de_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
-    struct V;
-    impl Visitor<'_> for V {
-        type Value = String;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            write!(f, "a service name of 1 to {MAX_NAME_LEN} characters of a-z, 0-9, `_` and `-`")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<String, E> {
-            if valid_name(v) {
-                Ok(v.to_owned())
-            } else {
-                Err(E::custom(name_message(v)))
-            }
-        }
+/// Visitor of one string value, checked by `parse`: its error (a message) becomes the value's.
+struct StrV<T> {
+    expecting: String,
+    parse: fn(&str) -> Result<T, String>,
+}
+
+impl<T> Visitor<'_> for StrV<T> {
+    type Value = T;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str(&self.expecting)
     }
-    d.deserialize_str(V)
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<T, E> {
+        (self.parse)(v).map_err(E::custom)
+    }
+}
+
+/// One string value, `expecting` a kind of string, checked by `parse`.
+fn de_str<'de, D: Deserializer<'de>, T>(
+    d: D,
+    expecting: impl Into<String>,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<T, D::Error> {
+    d.deserialize_str(StrV { expecting: expecting.into(), parse })
+}
+
+fn de_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    de_str(
+        d,
+        format!("a service name of 1 to {MAX_NAME_LEN} characters of a-z, 0-9, `_` and `-`"),
+        |v| if valid_name(v) { Ok(v.to_owned()) } else { Err(name_message(v)) },
+    )
 }
 
 fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
-    struct V;
-    impl Visitor<'_> for V {
-        type Value = Policy;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("one of least-loaded, p2c, round-robin, hash")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Policy, E> {
-            v.parse().map_err(|_| {
-                E::custom(format!(
-                    "unknown policy `{v}`: expected one of least-loaded, p2c, round-robin, hash"
-                ))
-            })
-        }
-    }
-    d.deserialize_str(V)
+    de_str(d, "one of least-loaded, p2c, round-robin, hash", |v| {
+        v.parse().map_err(|_| {
+            format!("unknown policy `{v}`: expected one of least-loaded, p2c, round-robin, hash")
+        })
+    })
 }
 
 fn de_mode<'de, D: Deserializer<'de>>(d: D) -> Result<Mode, D::Error> {
-    struct V;
-    impl Visitor<'_> for V {
-        type Value = Mode;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("one of auto, select, select-or-migrate")
-        }
-        fn visit_str<E: de::Error>(self, v: &str) -> Result<Mode, E> {
-            match v {
-                "auto" => Ok(Mode::Auto),
-                "select" => Ok(Mode::Select),
-                "select-or-migrate" => Ok(Mode::SelectOrMigrate),
-                _ => Err(E::custom(format!(
-                    "unknown mode `{v}`: expected one of auto, select, select-or-migrate"
-                ))),
-            }
-        }
-    }
-    d.deserialize_str(V)
+    de_str(d, "one of auto, select, select-or-migrate", |v| match v {
+        "auto" => Ok(Mode::Auto),
+        "select" => Ok(Mode::Select),
+        "select-or-migrate" => Ok(Mode::SelectOrMigrate),
+        _ => Err(format!("unknown mode `{v}`: expected one of auto, select, select-or-migrate")),
+    })
 }
 
 /// Visitor of one `IP:PORT`.
@@ -594,83 +587,62 @@ fn de_opt_metrics_addr<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketA
     d.deserialize_str(AddrV { what: "metrics address", port_zero_ok: true }).map(Some)
 }
 
-fn ranged<'de, D: Deserializer<'de>>(
-    d: D,
+/// Visitor of one integer `min..=max`, named `field` in the error; `expected` says what kind of
+/// integer (for a value of another type).
+struct RangedV {
     field: &'static str,
+    expected: &'static str,
     min: u64,
     max: u64,
-) -> Result<u32, D::Error> {
-    struct V {
-        field: &'static str,
-        min: u64,
-        max: u64,
-    }
-    impl V {
-        fn bad<E: de::Error>(&self, got: impl fmt::Display) -> E {
-            E::custom(format!("{} must be {}..={}, got {got}", self.field, self.min, self.max))
-        }
-    }
-    impl Visitor<'_> for V {
-        type Value = u32;
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            write!(f, "an integer {}..={}", self.min, self.max)
-        }
-        fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
-            if (self.min..=self.max).contains(&v) {
-                Ok(v as u32)
-            } else {
-                Err(self.bad(v))
-            }
-        }
-        fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
-            if v < 0 {
-                Err(self.bad(v))
-            } else {
-                self.visit_u64(v as u64)
-            }
-        }
-    }
-    d.deserialize_any(V { field, min, max })
 }
 
-fn de_max_workers<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    ranged(d, "max_workers", 1, MAX_SLOTS as u64)
+impl RangedV {
+    fn bad<E: de::Error>(&self, got: impl fmt::Display) -> E {
+        E::custom(format!("{} must be {}..={}, got {got}", self.field, self.min, self.max))
+    }
 }
 
-fn de_weight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    ranged(d, "weight", 1, MAX_WEIGHT as u64)
-}
-
-/// Uids: 0..=4294967294 (u32::MAX is "no uid" to the kernel).
-struct UidV;
-
-impl Visitor<'_> for UidV {
+impl Visitor<'_> for RangedV {
     type Value = u32;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        write!(f, "a numeric uid 0..={}", u32::MAX - 1)
+        write!(f, "{} {}..={}", self.expected, self.min, self.max)
     }
     fn visit_u64<E: de::Error>(self, v: u64) -> Result<u32, E> {
-        if v < u32::MAX as u64 {
+        if (self.min..=self.max).contains(&v) {
             Ok(v as u32)
         } else {
-            Err(E::custom(format!("uid must be 0..={}, got {v}", u32::MAX - 1)))
+            Err(self.bad(v))
         }
     }
     fn visit_i64<E: de::Error>(self, v: i64) -> Result<u32, E> {
         if v < 0 {
-            Err(E::custom(format!("uid must be 0..={}, got {v}", u32::MAX - 1)))
+            Err(self.bad(v))
         } else {
             self.visit_u64(v as u64)
         }
     }
 }
 
-impl<'de> DeserializeSeed<'de> for UidV {
+impl<'de> DeserializeSeed<'de> for RangedV {
     type Value = u32;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<u32, D::Error> {
         d.deserialize_any(self)
     }
 }
+
+fn de_max_workers<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    RangedV { field: "max_workers", expected: "an integer", min: 1, max: MAX_SLOTS as u64 }
+        .deserialize(d)
+}
+
+fn de_weight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    RangedV { field: "weight", expected: "an integer", min: 1, max: MAX_WEIGHT as u64 }
+        .deserialize(d)
+}
+
+/// Uids: 0..=4294967294 (u32::MAX is "no uid" to the kernel).
+const UID: RangedV =
+    RangedV { field: "uid", expected: "a numeric uid", min: 0, max: u32::MAX as u64 - 1 };
 
 fn de_opt_uids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::Error> {
     struct V;
@@ -681,7 +653,7 @@ fn de_opt_uids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::E
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u32>, A::Error> {
             let mut out = Vec::new();
-            while let Some(uid) = seq.next_element_seed(UidV)? {
+            while let Some(uid) = seq.next_element_seed(UID)? {
                 out.push(uid);
             }
             Ok(out)
@@ -690,28 +662,18 @@ fn de_opt_uids<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Vec<u32>>, D::E
     d.deserialize_seq(V).map(Some)
 }
 
-struct AbsPathV;
-
-impl Visitor<'_> for AbsPathV {
-    type Value = PathBuf;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an absolute path")
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<PathBuf, E> {
+fn de_abs_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
+    de_str(d, "an absolute path", |v| {
         if v.starts_with('/') {
             Ok(PathBuf::from(v))
         } else {
-            Err(E::custom(format!("expected an absolute path (starting with /), got `{v}`")))
+            Err(format!("expected an absolute path (starting with /), got `{v}`"))
         }
-    }
-}
-
-fn de_abs_path<'de, D: Deserializer<'de>>(d: D) -> Result<PathBuf, D::Error> {
-    d.deserialize_str(AbsPathV)
+    })
 }
 
 fn de_opt_abs_path<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PathBuf>, D::Error> {
-    d.deserialize_str(AbsPathV).map(Some)
+    de_abs_path(d).map(Some)
 }
 
 // ---------------------------------------------------------------------------------------------
