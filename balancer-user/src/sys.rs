@@ -122,22 +122,7 @@ pub struct Cred {
 pub fn peer_cred(fd: BorrowedFd<'_>) -> Result<Cred> {
     // Not rustix's socket_peercred: its Pid cannot be 0, so a peer from an unseen pid namespace
     // would come back as an error with no errno.
-    let mut cred = libc::ucred { pid: 0, uid: 0, gid: 0 };
-    let mut len = size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: `cred` and `len` describe a writable ucred that outlives the call; the kernel
-    // writes at most `len` bytes and updates `len`.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if ret < 0 {
-        return Err(Error { call: "SO_PEERCRED", source: std::io::Error::last_os_error() });
-    }
+    let cred: libc::ucred = get_opt(fd, libc::SOL_SOCKET, libc::SO_PEERCRED, "SO_PEERCRED")?;
     Ok(Cred { pid: cred.pid.max(0) as u32, uid: cred.uid })
 }
 
@@ -216,14 +201,36 @@ pub fn socket_cookie(fd: BorrowedFd<'_>) -> Result<u64> {
     rustix::net::sockopt::socket_cookie(fd).map_err(named("SO_COOKIE"))
 }
 
-/// An integer socket option, read.
-fn get_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, call: &'static str) -> Result<u64> {
-    let mut value = 0u64;
-    let mut len = size_of::<u64>() as libc::socklen_t;
+/// A value the kernel fills in with getsockopt, whole or in part.
+///
+/// # Safety
+///
+/// Every bit pattern, all-zero included, must be a valid value: implement it only for C integers
+/// and structs made of them.
+unsafe trait PlainData: Sized {}
+
+// SAFETY: an integer.
+unsafe impl PlainData for u64 {}
+// SAFETY: three C integers (pid_t, uid_t, gid_t).
+unsafe impl PlainData for libc::ucred {}
+// SAFETY: C integers only (u8, u32 and u64 fields).
+unsafe impl PlainData for libc::tcp_info {}
+
+/// A socket option read into a `T` (all-zero where the kernel writes less); errors name `call`.
+fn get_opt<T: PlainData>(
+    fd: BorrowedFd<'_>,
+    level: i32,
+    opt: i32,
+    call: &'static str,
+) -> Result<T> {
+    // SAFETY: all-zero is a valid T (PlainData).
+    let mut value: T = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<T>() as libc::socklen_t;
     // SAFETY: `value` and `len` describe a writable buffer of `len` bytes that outlives the call;
-    // the kernel writes at most `len` bytes and updates `len`.
+    // the kernel writes at most `len` bytes and updates `len`, and whatever it writes is a valid T
+    // (PlainData).
     let ret = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut value as *mut u64).cast(), &mut len)
+        libc::getsockopt(fd.as_raw_fd(), level, opt, (&mut value as *mut T).cast(), &mut len)
     };
     if ret < 0 {
         return Err(Error { call, source: std::io::Error::last_os_error() });
@@ -233,7 +240,7 @@ fn get_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, call: &'static str) -> 
 
 /// SO_NETNS_COOKIE: the cookie of the network namespace the socket `fd` lives in.
 pub fn netns_cookie(fd: BorrowedFd<'_>) -> Result<u64> {
-    get_int_opt(fd, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, "SO_NETNS_COOKIE")
+    get_opt::<u64>(fd, libc::SOL_SOCKET, libc::SO_NETNS_COOKIE, "SO_NETNS_COOKIE")
 }
 
 /// The cookie of this process's network namespace.
@@ -251,22 +258,7 @@ pub fn own_netns_cookie() -> Result<u64> {
 /// Connections waiting in a listener's accept queue (TCP_INFO's `tcpi_unacked` on a listener);
 /// 0 for a socket that does not listen.
 pub fn accept_queue_len(fd: BorrowedFd<'_>) -> Result<u32> {
-    // SAFETY: tcp_info is plain old data; all-zero is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` and `len` describe a writable buffer of `len` bytes that outlives the call.
-    let ret = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    if ret < 0 {
-        return Err(Error { call: "TCP_INFO", source: std::io::Error::last_os_error() });
-    }
+    let info: libc::tcp_info = get_opt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, "TCP_INFO")?;
     const TCP_LISTEN: u8 = 10;
     Ok(if info.tcpi_state == TCP_LISTEN { info.tcpi_unacked } else { 0 })
 }
