@@ -288,8 +288,18 @@ fn connect_controller() -> Result<c_int, RegisterError> {
     if cfg.socket_path_len == 0 {
         return Err(RegisterError::Unreachable);
     }
+    // Non-blocking connect: a unix connect blocks while the listener's backlog is full (a
+    // controller stopped, frozen, or stuck), and this runs inside the app's first wait/accept.
+    // EAGAIN then means "unreachable"; the connection is made blocking again once it is made
+    // (the replies are bounded by SO_RCVTIMEO/SO_SNDTIMEO instead).
     // SAFETY: socket() with constant arguments.
-    let s = unsafe { Real::SOCKET()(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    let s = unsafe {
+        Real::SOCKET()(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
     if s < 0 {
         return Err(RegisterError::Unreachable);
     }
@@ -314,6 +324,8 @@ fn connect_controller() -> Result<c_int, RegisterError> {
         unsafe { Real::CLOSE()(s) };
         return Err(RegisterError::Unreachable);
     }
+    // SAFETY: clears the status flags (O_NONBLOCK) of our own connected socket.
+    unsafe { libc::fcntl(s, libc::F_SETFL, 0) };
     Ok(move_high(s))
 }
 

@@ -661,3 +661,91 @@ fn memfd_instead_of_the_load_map_does_not_kill_the_worker() {
         app.log_tail(20)
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// A controller that cannot accept must not stall the workers
+
+/// A unix SOCK_SEQPACKET listener at `path` with backlog 0 that never accepts, its backlog
+/// already full (connects until EAGAIN): a controller stopped with SIGSTOP looks like this. The
+/// descriptors must stay open for the test's length.
+fn stuck_controller(path: &Path) -> Vec<OwnedFd> {
+    let sun = |p: &Path| {
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let b = p.as_os_str().as_encoded_bytes();
+        for (d, c) in sun.sun_path.iter_mut().zip(b) {
+            *d = *c as libc::c_char;
+        }
+        (sun, (std::mem::size_of::<libc::sa_family_t>() + b.len() + 1) as libc::socklen_t)
+    };
+    let (addr, len) = sun(path);
+    let mut fds = Vec::new();
+    // SAFETY: plain socket calls on descriptors owned right away; `addr` outlives them.
+    unsafe {
+        let s = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        assert!(s >= 0);
+        fds.push(OwnedFd::from_raw_fd(s));
+        assert_eq!(libc::bind(s, (&addr as *const libc::sockaddr_un).cast(), len), 0);
+        assert_eq!(libc::listen(s, 0), 0);
+        for _ in 0..64 {
+            let c = libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            );
+            assert!(c >= 0);
+            fds.push(OwnedFd::from_raw_fd(c));
+            if libc::connect(c, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "filling the backlog: {e}");
+                return fds;
+            }
+        }
+    }
+    panic!("the backlog of the stuck controller never filled");
+}
+
+/// A controller whose backlog is full (stopped, frozen): the workers' first wait on the
+/// listener must not block in connect; the app serves at once, on the shared socket.
+#[test]
+fn stuck_controller_does_not_stall_the_workers() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("failopen-stuck");
+    let helper = build_helper(dir.path());
+    let addr = loopback(free_port());
+    let socket = dir.path().join("stuck.sock");
+    let _stuck = stuck_controller(&socket);
+    let started = Instant::now();
+    let app = spawn_with_shim(
+        &helper_cmdline(&helper, addr, 2, false),
+        addr,
+        &socket,
+        &dir.path().join("helper.log"),
+    );
+    // Bounded: without the fix the first poll never returns (connect waits for the backlog).
+    assert!(
+        wait_until(Duration::from_secs(10), || get_within(addr, "/", Duration::from_secs(2))
+            .is_ok()),
+        "the app does not serve while the controller's backlog is full\n{}",
+        app.log_tail(20)
+    );
+    let first = started.elapsed();
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..100 {
+        let t = Instant::now();
+        let body = get_within(addr, "/", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", app.log_tail(20)));
+        assert!(t.elapsed() < Duration::from_secs(1), "request {i} took {:?}", t.elapsed());
+        pids.insert(body.trim().to_string());
+    }
+    println!("first answer after {first:?}; served by {pids:?}\n{}", app.log_tail(5));
+    assert!(first < Duration::from_secs(3), "the first answer took {first:?}");
+    assert_eq!(pids.len(), 2, "not both workers serve: {pids:?}\n{}", app.log_tail(20));
+    assert!(
+        !app.log_text().contains("own listening socket"),
+        "the shim split without a registration\n{}",
+        app.log_tail(20)
+    );
+}
