@@ -440,10 +440,15 @@ fn swap_pending_slow(pid: u32) {
                 PENDING_PID.store(pid, Ordering::Release);
             }
             None => {
-                // The app closed its listener meanwhile: it left (see the close hook).
-                registration::leave(idx);
-                // SAFETY: our own pending socket.
+                // No shared listener to replace: either the app closed it (the close hook left
+                // the group then), or a rescue swapped in an own socket while the thread was
+                // registering this one. Drop this registration, not the group: the thread
+                // registers the socket the process serves on.
+                // SAFETY: our own pending socket, published nowhere else.
                 unsafe { Real::CLOSE()(own) };
+                if LEFT[idx].load(Ordering::Acquire) != pid {
+                    registration::drop_registration(idx);
+                }
             }
         }
     }
@@ -498,7 +503,10 @@ fn rescue_slow(fd: c_int) -> bool {
             _ => return false,
         }
     }
-    let mut own = fd_if_ours(PENDING[idx].swap(0, Ordering::AcqRel), pid).or_else(|| {
+    // A registration the thread has under way wins over a second one of our own: wait for it (a
+    // little longer than a synchronous registration takes).
+    let wait = 2 * SYNC_TIMEOUT_MS as usize;
+    let mut own = registration::take_pending(idx, pid, wait).or_else(|| {
         let result = registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS);
         registration::note_attempt(idx, &result);
         result.ok()
