@@ -34,7 +34,7 @@ use balancer_common::{
 };
 
 use crate::{
-    cmsg::{recv_with_fd, send_with_fd},
+    cmsg::{close_deferred, dispose, recv_with_fd, send_with_fd},
     config::{config, MAX_ADDRS},
     log::{errno, shim_log, DisplayAddr},
     real::Real,
@@ -56,6 +56,8 @@ static FRESH_IN_FLIGHT: [AtomicU32; MAX_ADDRS] = [const { AtomicU32::new(0) }; M
 /// pid of the process that dropped the address's registration on purpose ([`drop_registration`]):
 /// the thread registers the own socket again at once, without logging a departure.
 static DROPPED: [AtomicU32; MAX_ADDRS] = [const { AtomicU32::new(0) }; MAX_ADDRS];
+/// Thread id of this process's registration thread (0: none).
+static THREAD_TID: AtomicI32 = AtomicI32::new(0);
 /// Set once a "controller not reachable" line was logged (per process, reset after registration).
 static SAID_UNREACHABLE: AtomicBool = AtomicBool::new(false);
 
@@ -66,6 +68,7 @@ const THREAD_TIMEOUT_MS: i64 = 5000;
 /// not ours (fork copied them; keeping them would keep the parent's sockets alive).
 pub(crate) fn forget_parent_registrations() {
     THREAD_PID.store(0, Ordering::Relaxed);
+    THREAD_TID.store(0, Ordering::Relaxed);
     for r in &REGS {
         r.deactivate();
     }
@@ -136,6 +139,13 @@ pub(crate) fn take_pending(idx: usize, pid: u32, max_ms: usize) -> Option<c_int>
         // SAFETY: nanosleep reads one timespec; a null remainder is allowed.
         unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
     }
+}
+
+/// True on this process's registration thread (a system call: for rare paths only).
+pub(crate) fn in_registration_thread() -> bool {
+    let tid = THREAD_TID.load(Ordering::Acquire);
+    // SAFETY: gettid has no preconditions.
+    tid != 0 && unsafe { libc::gettid() } == tid
 }
 
 /// Starts this process's registration thread, once.
@@ -249,7 +259,10 @@ pub(crate) fn note_attempt<T>(idx: usize, result: &Result<T, RegisterError>) {
 }
 
 fn registration_loop(pid: u32) {
+    // SAFETY: gettid has no preconditions.
+    THREAD_TID.store(unsafe { libc::gettid() }, Ordering::Release);
     loop {
+        close_deferred();
         if my_pid() != pid || THREAD_PID.load(Ordering::Acquire) != pid {
             return;
         }
@@ -446,8 +459,9 @@ fn register_on(
             return Err(RegisterError::Unreachable);
         }
     };
-    // SAFETY: a descriptor we received and own (only called when map_fd >= 0).
-    let close_map = || unsafe { Real::CLOSE()(map_fd) };
+    // Not checked yet: maybe not a map at all (a lingering socket, a FUSE file), so not closed in
+    // this thread, which may be a hook's (only called when map_fd >= 0).
+    let close_map = || dispose(map_fd);
     let addr = cfg.addrs[idx];
     let reply = match reply {
         Ok(r) => r,
@@ -502,7 +516,8 @@ fn register_on(
             0,
         )
     };
-    close_map();
+    // SAFETY: the load map checked above (a BPF map closes at once); ours to close.
+    unsafe { Real::CLOSE()(map_fd) };
     if base == libc::MAP_FAILED {
         shim_log!("mmap of the load map failed: {}", errno());
         close_s();

@@ -522,9 +522,9 @@ fn vfork_child_leaves_the_parent_alone() {
 // ---------------------------------------------------------------------------------------------
 // Issue 11.5: the load map is checked before it is mapped
 
-/// A fake controller: answers every registration Ok with `attach()` attached. Returns the
-/// number of replies sent, updated live.
-fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc<AtomicBool>) {
+/// A fake controller: answers every registration Ok with the descriptors of `attach()` attached.
+/// Returns the number of replies sent, updated live.
+fn fake_controller(path: &Path, attach: fn() -> Vec<OwnedFd>) -> (Arc<AtomicU64>, Arc<AtomicBool>) {
     // SAFETY: plain socket calls on descriptors owned right away.
     let listener = unsafe {
         let s = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
@@ -571,7 +571,9 @@ fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc
             // the attached listener.
             unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             let reply = Reply::new(Status::Ok, 0, 1, "fake controller").encode();
-            send_with_fd(c.as_raw_fd(), &reply, attach().as_raw_fd());
+            let fds = attach();
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            send_with_fds(c.as_raw_fd(), &reply, &raw);
             r.fetch_add(1, Ordering::Relaxed);
             conns.push(c);
         }
@@ -579,27 +581,36 @@ fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc
     (replies, stop)
 }
 
-fn send_with_fd(s: RawFd, data: &[u8], fd: RawFd) {
-    // SAFETY: msghdr, iovec and control buffer outlive the sendmsg call that reads them.
+fn send_with_fds(s: RawFd, data: &[u8], fds: &[RawFd]) {
+    assert!(fds.len() <= 253, "more than SCM_MAX_FD descriptors");
+    let bytes = (fds.len() * 4) as u32;
+    // SAFETY: msghdr, iovec and control buffer (large enough for 253 descriptors) outlive the
+    // sendmsg call that reads them.
     unsafe {
         let mut iov =
             libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-        let mut cbuf = [0u64; 8];
+        let mut cbuf = [0u64; 160];
         let mut hdr: libc::msghdr = std::mem::zeroed();
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
         hdr.msg_control = cbuf.as_mut_ptr().cast();
-        hdr.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        hdr.msg_controllen = libc::CMSG_SPACE(bytes) as usize;
         let c = libc::CMSG_FIRSTHDR(&hdr);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd);
+        (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+        for (k, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>().add(k), *fd);
+        }
         libc::sendmsg(s, &hdr, libc::MSG_NOSIGNAL);
     }
 }
 
-fn empty_memfd() -> OwnedFd {
+fn empty_memfd() -> Vec<OwnedFd> {
+    vec![empty_memfd_one()]
+}
+
+fn empty_memfd_one() -> OwnedFd {
     // SAFETY: memfd_create with a NUL-terminated name; owned right away. Size 0: any access
     // through a mapping of it is a SIGBUS.
     unsafe {
@@ -748,4 +759,92 @@ fn stuck_controller_does_not_stall_the_workers() {
         "the shim split without a registration\n{}",
         app.log_tail(20)
     );
+}
+
+/// A connected loopback TCP socket whose close blocks for 30 s: unsent data towards a peer that
+/// never reads (zero window), SO_LINGER {1, 30}. The peer is leaked on purpose (kept open until
+/// the test process ends).
+fn lingering_tcp() -> OwnedFd {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+    let (peer, _) = l.accept().expect("accept");
+    let small: libc::c_int = 4096;
+    let lg = libc::linger { l_onoff: 1, l_linger: 30 };
+    // SAFETY: setsockopt reads the values from our stack; the descriptors are open.
+    unsafe {
+        let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = (&small as *const libc::c_int).cast();
+        libc::setsockopt(peer.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, p, sz);
+        libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, p, sz);
+        let lsz = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        let lp = (&lg as *const libc::linger).cast();
+        libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, lp, lsz);
+    }
+    a.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 4096];
+    let mut sent = 0usize;
+    for _ in 0..10_000 {
+        match (&a).write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent > 0, "nothing queued on the lingering socket");
+    std::mem::forget(peer);
+    OwnedFd::from(a)
+}
+
+/// 40 lingering TCP sockets: more than the old 64-byte control buffer held (the kernel closed
+/// the surplus inside recvmsg, in the hook's thread).
+fn lingering_sockets() -> Vec<OwnedFd> {
+    (0..40).map(|_| lingering_tcp()).collect()
+}
+
+/// A controller that answers Ok with lingering TCP sockets instead of the load map: closing them
+/// in the worker's first wait (or letting recvmsg drop the surplus) would block it for 30 s. The
+/// app must serve at once.
+#[test]
+fn lingering_descriptors_from_the_controller_do_not_block_the_worker() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("failopen-linger");
+    let helper = build_helper(dir.path());
+    let addr = loopback(free_port());
+    let socket = dir.path().join("fake.sock");
+    let (replies, stop) = fake_controller(&socket, lingering_sockets);
+    let started = Instant::now();
+    let app = spawn_with_shim(
+        &helper_cmdline(&helper, addr, 1, false),
+        addr,
+        &socket,
+        &dir.path().join("helper.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || get_within(addr, "/", Duration::from_secs(2))
+            .is_ok()),
+        "the helper does not serve\n{}",
+        app.log_tail(20)
+    );
+    let first = started.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(10), || app.log_text().contains("not the load map")),
+        "the shim did not refuse the descriptor\n{}",
+        app.log_tail(20)
+    );
+    for i in 0..50 {
+        let t = Instant::now();
+        get_within(addr, "/", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", app.log_tail(20)));
+        assert!(t.elapsed() < Duration::from_secs(1), "request {i} took {:?}", t.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let worker = helper_workers(&app)[0];
+    println!(
+        "first answer after {first:?}; {} fake replies\n{}",
+        replies.load(Ordering::Relaxed),
+        app.log_tail(5)
+    );
+    assert!(replies.load(Ordering::Relaxed) >= 1, "no registration reached the fake controller");
+    assert!(first < Duration::from_secs(5), "the first answer took {first:?}");
+    assert!(apps::alive(worker), "the worker died\n{}", app.log_tail(20));
 }
