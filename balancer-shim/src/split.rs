@@ -36,6 +36,13 @@
 //!   socket, registered later by the thread) and accepts again, instead of handing the error back
 //!   to a loop that would spin on it. If even that fails (no descriptor
 //!   left), the hook sleeps 100 ms before returning, so the loop cannot spin at full speed.
+//!
+//! # Known limit: the select-only program
+//!
+//! Shutting the shared socket down migrates its queue only when the controller attached the
+//! migrating program. A controller that attached the select-only program (no migration) would
+//! see the shared socket's queue reset by that shutdown. The shim cannot tell which program is
+//! attached: that needs a flag in the protocol's `Reply`, which it does not carry yet.
 
 use core::{
     ffi::c_int,
