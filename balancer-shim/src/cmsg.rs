@@ -27,7 +27,8 @@ use crate::{
 const SCM_MAX_FD: usize = 253;
 
 /// CMSG_SPACE(SCM_MAX_FD * 4) on 64-bit Linux: a 16-byte header, the ints rounded up to 8.
-const CMSG_CAP: usize = size_of::<libc::cmsghdr>() + (SCM_MAX_FD * size_of::<c_int>() + 7) / 8 * 8;
+const CMSG_CAP: usize =
+    size_of::<libc::cmsghdr>() + (SCM_MAX_FD * size_of::<c_int>()).next_multiple_of(8);
 
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_CAP]);
