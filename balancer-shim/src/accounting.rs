@@ -47,7 +47,8 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
 
 /// `fd` is being closed or replaced (`closing`), or came back from `socket`/`accept` (a stale
 /// entry): clear what we know of it, count a completion if it was an accepted connection of a
-/// registered socket, and leave the group if the app closes its balanced listener.
+/// registered socket, and leave the group if the app closes its balanced listener (also while
+/// another thread splits it: that thread sees the entry gone and gives the split up).
 ///
 /// A vfork child runs this in its parent's memory: an entry that matters (a counted connection,
 /// a balanced listener) is only touched after a pid check, so `close` stays one load for other
@@ -72,7 +73,7 @@ pub(crate) fn forget_fd(fd: c_int, closing: bool) {
         FDS[i].store(0, Ordering::Relaxed);
         if closing
             && (e >> 32) as u32 == my_pid()
-            && matches!(state_of(e), ST_SPLIT | ST_SHARED)
+            && matches!(state_of(e), ST_SPLIT | ST_SHARED | ST_SPLITTING)
             && (e & 0xff) < config().n_addrs as u64
         {
             registration::leave((e & 0xff) as usize);

@@ -200,10 +200,34 @@ fn ensure_split_slow(fd: c_int) {
             continue;
         }
         let st = first_split(fd, idx, pid);
-        slot.store(entry(pid, st, idx), Ordering::Release);
+        finish_split(fd, idx, pid, st);
         start_thread();
         return;
     }
+}
+
+/// Ends a split of `fd` that this thread holds in [`ST_SPLITTING`], with the state `st`. False if
+/// the app closed `fd` meanwhile (the close hook cleared the entry and left the group): then what
+/// this split published about `fd` is withdrawn, since the number may be the app's again.
+fn finish_split(fd: c_int, idx: usize, pid: u32, st: u64) -> bool {
+    let done = FDS[fd as usize].compare_exchange(
+        entry(pid, ST_SPLITTING, idx),
+        entry(pid, st, idx),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
+    if done.is_err() {
+        let t = tagged(pid, fd);
+        let _ = SHARED_FD[idx].compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = OWN_FD[idx].compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+    done.is_ok()
+}
+
+/// True while this thread still holds `fd` in [`ST_SPLITTING`] for address `idx` (the app did not
+/// close it meanwhile).
+fn still_splitting(fd: c_int, idx: usize, pid: u32) -> bool {
+    FDS[fd as usize].load(Ordering::Acquire) == entry(pid, ST_SPLITTING, idx)
 }
 
 /// The first look at an inherited listener: split if the controller registers our own socket
@@ -219,7 +243,9 @@ fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
         }
         // A shared socket that another worker already shut down (a worker respawned after the
         // group formed) is of no use: serve on an own socket, registered later by the thread.
-        if int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0) {
+        if still_splitting(fd, idx, pid)
+            && int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
+        {
             if let Some(own) = create_own(idx, fd) {
                 if swap_in(fd, idx, own, pid) {
                     return ST_SPLIT;
@@ -227,7 +253,9 @@ fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
             }
         }
     }
-    keep_shared(fd, idx, pid);
+    if still_splitting(fd, idx, pid) {
+        keep_shared(fd, idx, pid);
+    }
     ST_SHARED
 }
 
@@ -351,10 +379,14 @@ pub(crate) fn create_own(idx: usize, src: c_int) -> Option<c_int> {
 /// Order: shut the shared socket down (the controller attached the migrating program before it
 /// said Ok, so its queue moves to registered sockets), delete it from this process's epoll
 /// instances, `dup3`, add the own socket back.
+///
+/// The app may close `fd` while this runs (another thread): the entry is checked before the
+/// shutdown and again just before `dup3`, so that a number the app reused is left alone (a
+/// window of a few system calls remains between the last check and `dup3`).
 fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
     // SAFETY: fcntl query on the app's descriptor, which it is waiting on.
     let fdfl = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if fdfl < 0 {
+    if fdfl < 0 || !still_splitting(fd, idx, pid) {
         // SAFETY: our own socket.
         unsafe { Real::CLOSE()(own) };
         return false;
@@ -372,15 +404,15 @@ fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
     }
     let cloexec = if fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
     // SAFETY: replaces the descriptor `fd` (the inherited listener) with our own socket.
-    let ok = unsafe { Real::DUP3()(own, fd, cloexec) } >= 0;
-    if !ok {
+    let ok = still_splitting(fd, idx, pid) && unsafe { Real::DUP3()(own, fd, cloexec) } >= 0;
+    if !ok && still_splitting(fd, idx, pid) {
         shim_log!("split of fd {fd}: dup3: {}", errno());
     }
     // SAFETY: our own descriptor (duplicated at `fd` now, or useless).
     unsafe { Real::CLOSE()(own) };
     for (k, rec) in EPOLLS[idx].iter().enumerate() {
         let Some(epfd) = fd_if_ours(rec.key.load(Ordering::Acquire), pid) else { continue };
-        if moved[k] {
+        if moved[k] && still_splitting(fd, idx, pid) {
             let mut ev = libc::epoll_event {
                 events: rec.events.load(Ordering::Relaxed),
                 u64: rec.data.load(Ordering::Relaxed),
@@ -435,7 +467,7 @@ fn swap_pending_slow(pid: u32) {
         match claimed {
             Some(fd) => {
                 let st = if swap_in(fd, idx, own, pid) { ST_SPLIT } else { ST_SHARED };
-                FDS[fd as usize].store(entry(pid, st, idx), Ordering::Release);
+                finish_split(fd, idx, pid, st);
             }
             None if fd.is_some_and(|fd| {
                 (fd as usize) < MAX_FDS
@@ -528,7 +560,9 @@ fn rescue_slow(fd: c_int) -> bool {
         }
     }
     let ok = own.is_some_and(|own| swap_in(fd, idx, own, pid));
-    slot.store(entry(pid, if ok { ST_SPLIT } else { ST_SHARED }, idx), Ordering::Release);
+    if !finish_split(fd, idx, pid, if ok { ST_SPLIT } else { ST_SHARED }) {
+        return false; // the app closed it meanwhile
+    }
     if !ok {
         let ts = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
         // SAFETY: nanosleep reads one timespec; a null remainder is allowed.
