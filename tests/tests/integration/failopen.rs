@@ -490,9 +490,11 @@ fn vfork_child_leaves_the_parent_alone() {
         (after.accepted + 1, after.completed + 1),
         "the listener lost its registration"
     );
-    // The controller connection: the worker's only unix socket.
+    // The controller connection: the worker's only unix socket. The worker's own view of the
+    // unix sockets: /proc/net is the test process's main thread's network namespace, not the
+    // private one this test thread entered.
     let worker = helper_workers(&app)[0];
-    let unix_inodes: Vec<String> = std::fs::read_to_string("/proc/net/unix")
+    let unix_inodes: Vec<String> = std::fs::read_to_string(format!("/proc/{worker}/net/unix"))
         .unwrap()
         .lines()
         .skip(1)
