@@ -59,8 +59,8 @@ use crate::{
     registration::{self, start_thread},
     state::{
         entry, fd_if_ours, in_vfork_child, my_pid, state_of, tagged, BACKLOG, EPOLLS, FDS, LEFT,
-        MAX_EPOLLS, MAX_FDS, OWN_FD, PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_NOT_BALANCED,
-        ST_SHARED, ST_SPLIT, ST_SPLITTING,
+        MAX_EPOLLS, MAX_FDS, OWN_FD, PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_DUP_OWN,
+        ST_DUP_SHARED, ST_NOT_BALANCED, ST_SHARED, ST_SPLIT, ST_SPLITTING,
     },
 };
 
@@ -193,6 +193,12 @@ fn ensure_split_slow(fd: c_int) {
             );
             return;
         };
+        if let Some(st) = duplicate_of_ours(fd, idx, pid) {
+            // A duplicate of the listener this process already handled: the same socket.
+            let _ =
+                slot.compare_exchange(e, entry(pid, st, idx), Ordering::AcqRel, Ordering::Relaxed);
+            return;
+        }
         if slot
             .compare_exchange(e, entry(pid, ST_SPLITTING, idx), Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
@@ -203,6 +209,81 @@ fn ensure_split_slow(fd: c_int) {
         finish_split(fd, idx, pid, st);
         start_thread();
         return;
+    }
+}
+
+/// SO_COOKIE (linux/socket.h): the socket's unique id, the same through every duplicate.
+const SO_COOKIE: c_int = 57;
+
+fn cookie(fd: c_int) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, SO_COOKIE, (&mut v as *mut u64).cast(), &mut len)
+    };
+    (r == 0 && v != 0).then_some(v)
+}
+
+/// If `fd` is another descriptor (`dup`, `socket.fromfd`) of this process's own socket or of the
+/// shared listener it keeps for address `idx`: the state it gets.
+fn duplicate_of_ours(fd: c_int, idx: usize, pid: u32) -> Option<u64> {
+    let c = cookie(fd)?;
+    let same = |v: &core::sync::atomic::AtomicU64| {
+        fd_if_ours(v.load(Ordering::Acquire), pid).is_some_and(|o| o != fd && cookie(o) == Some(c))
+    };
+    if same(&OWN_FD[idx]) {
+        return Some(ST_DUP_OWN);
+    }
+    if same(&SHARED_FD[idx]) || same(&SHARED_REF[idx]) {
+        return Some(ST_DUP_SHARED);
+    }
+    None
+}
+
+/// The app closed `fd`, a descriptor in state `st` of its listener of address `idx` (the close
+/// hook cleared its entry). The process leaves the group only when that was the last descriptor
+/// of the socket: if a duplicate remains, it takes the closed one's role. A scan of the table,
+/// on this rare path only.
+pub(crate) fn listener_closed(fd: c_int, idx: usize, st: u64) {
+    let pid = my_pid();
+    let own_class = |s: u64| matches!(s, ST_SPLIT | ST_DUP_OWN | ST_SPLITTING);
+    let shared_class = |s: u64| matches!(s, ST_SHARED | ST_DUP_SHARED | ST_SPLITTING);
+    let same_socket: &dyn Fn(u64) -> bool = match st {
+        ST_SPLIT | ST_DUP_OWN => &own_class,
+        ST_SHARED | ST_DUP_SHARED => &shared_class,
+        _ => &|_| false,
+    };
+    let other = (0..MAX_FDS).find(|&j| {
+        let e = FDS[j].load(Ordering::Acquire);
+        j != fd as usize
+            && e != 0
+            && (e >> 32) as u32 == pid
+            && (e & 0xff) as usize == idx
+            && same_socket(state_of(e))
+    });
+    let Some(j) = other else {
+        registration::leave(idx);
+        return;
+    };
+    let t = tagged(pid, fd);
+    let promote = |role: &core::sync::atomic::AtomicU64, from: u64, to: u64| {
+        if role
+            .compare_exchange(t, tagged(pid, j as c_int), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            let _ = FDS[j].compare_exchange(
+                entry(pid, from, idx),
+                entry(pid, to, idx),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    };
+    match st {
+        ST_SPLIT => promote(&OWN_FD[idx], ST_DUP_OWN, ST_SPLIT),
+        ST_SHARED => promote(&SHARED_FD[idx], ST_DUP_SHARED, ST_SHARED),
+        _ => {}
     }
 }
 

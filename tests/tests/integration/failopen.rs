@@ -850,3 +850,85 @@ fn lingering_descriptors_from_the_controller_do_not_block_the_worker() {
     assert!(first < Duration::from_secs(5), "the first answer took {first:?}");
     assert!(apps::alive(worker), "the worker died\n{}", app.log_tail(20));
 }
+
+// ---------------------------------------------------------------------------------------------
+// A duplicate of the listener is the same socket
+
+/// A one-worker prefork server in Python: the worker waits on its listener (the split), then
+/// waits on a duplicate of it (`sock.dup()`), closes the duplicate, and serves on the original.
+const DUP_APP: &str = r#"
+import os, select, socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen(64)
+pid = os.fork()
+if pid:
+    os.waitpid(pid, 0)
+    sys.exit(0)
+p = select.poll(); p.register(s, select.POLLIN); p.poll(0)
+d = s.dup()
+q = select.poll(); q.register(d, select.POLLIN); q.poll(0)
+q.unregister(d)
+d.close()
+print("worker", os.getpid(), "closed its duplicate", flush=True)
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    body = ("pid=%d" % os.getpid()).encode()
+    c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    c.close()
+"#;
+
+/// Closing a duplicate of the worker's listener must not take the worker out of the group: the
+/// original still serves (and is counted).
+#[test]
+fn closing_a_duplicate_listener_keeps_the_worker_in_the_group() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("python3");
+    let dir = TempDir::new("failopen-dup");
+    let script = dir.path().join("dup_app.py");
+    std::fs::write(&script, DUP_APP).unwrap();
+    let addr = loopback(free_port());
+    let socket = dir.path().join("shim.sock");
+    let registry = start_registry(&socket, addr);
+    let service = registry.service(addr).unwrap();
+    let cmdline = vec![
+        "python3".to_string(),
+        script.display().to_string(),
+        addr.ip().to_string(),
+        addr.port().to_string(),
+    ];
+    let app = spawn_with_shim(&cmdline, addr, &socket, &dir.path().join("app.log"));
+    assert!(
+        wait_until(Duration::from_secs(10), || app.log_text().contains("closed its duplicate")),
+        "the app did not start\n{}",
+        app.log_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || slot_pids(service).len() == 1),
+        "the worker did not register\n{}",
+        app.log_tail(20)
+    );
+    // The thread retries after a departure within a second or two; the shim must not leave at
+    // all, so look over 3 s.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert!(
+            !app.log_text().contains("left the group"),
+            "closing the duplicate took the worker out of the group\n{}",
+            app.log_tail(20)
+        );
+        assert_eq!(slot_pids(service).len(), 1, "the slot went away\n{}", app.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = service.group().slots().unwrap()[0];
+    for i in 0..20 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", app.log_tail(20)));
+    }
+    let after = service.group().slots().unwrap()[0];
+    println!("before {before:?}\nafter {after:?}\n{}", app.log_tail(6));
+    assert_eq!(after.accepted, before.accepted + 20, "the original is not counted any more");
+}
