@@ -297,7 +297,7 @@ fn registration_loop(pid: u32) {
             let got = unsafe {
                 libc::recv(pfds[k].fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT)
             };
-            if got > 0 || (got < 0 && errno().raw_os_error() == Some(libc::EAGAIN)) {
+            if got > 0 || (got < 0 && errno().0 == libc::EAGAIN) {
                 continue; // nothing is expected on this connection; ignore
             }
             // Keep counting in the load map we have: the program stays attached and keeps
