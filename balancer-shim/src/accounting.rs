@@ -9,10 +9,10 @@ use balancer_common::table_offsets;
 
 use crate::{
     config::config,
-    registration,
+    split::listener_closed,
     state::{
-        entry, in_vfork_child, my_pid, state_of, CONNS, FDS, MAX_FDS, REGS, ST_NOT_BALANCED,
-        ST_SHARED, ST_SPLIT, ST_SPLITTING,
+        entry, in_vfork_child, is_listener_state, my_pid, state_of, CONNS, FDS, MAX_FDS, REGS,
+        ST_DUP_OWN, ST_NOT_BALANCED, ST_SPLIT,
     },
 };
 
@@ -31,7 +31,7 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
         return;
     }
     let e = FDS[listener as usize].load(Ordering::Relaxed);
-    if (e >> 32) as u32 != pid || (e >> 8) & 0xff != ST_SPLIT {
+    if (e >> 32) as u32 != pid || !matches!(state_of(e), ST_SPLIT | ST_DUP_OWN) {
         return;
     }
     let idx = (e & 0xff) as usize;
@@ -47,7 +47,8 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
 
 /// `fd` is being closed or replaced (`closing`), or came back from `socket`/`accept` (a stale
 /// entry): clear what we know of it, count a completion if it was an accepted connection of a
-/// registered socket, and leave the group if the app closes its balanced listener.
+/// registered socket, and leave the group if the app closes its balanced listener (also while
+/// another thread splits it: that thread sees the entry gone and gives the split up).
 ///
 /// A vfork child runs this in its parent's memory: an entry that matters (a counted connection,
 /// a balanced listener) is only touched after a pid check, so `close` stays one load for other
@@ -64,7 +65,7 @@ pub(crate) fn forget_fd(fd: c_int, closing: bool) {
     if e == 0 && m == 0 {
         return;
     }
-    let marked = m != 0 || matches!(state_of(e), ST_SPLIT | ST_SHARED | ST_SPLITTING);
+    let marked = m != 0 || is_listener_state(state_of(e));
     if marked && in_vfork_child() {
         return;
     }
@@ -72,10 +73,10 @@ pub(crate) fn forget_fd(fd: c_int, closing: bool) {
         FDS[i].store(0, Ordering::Relaxed);
         if closing
             && (e >> 32) as u32 == my_pid()
-            && matches!(state_of(e), ST_SPLIT | ST_SHARED)
+            && is_listener_state(state_of(e))
             && (e & 0xff) < config().n_addrs as u64
         {
-            registration::leave((e & 0xff) as usize);
+            listener_closed(fd, (e & 0xff) as usize, state_of(e));
         }
     }
     if m != 0 {

@@ -1,4 +1,12 @@
-//! One datagram with one descriptor attached (SCM_RIGHTS), each way, with stack buffers only.
+//! One datagram with one descriptor attached (SCM_RIGHTS), each way, with stack buffers only;
+//! and the disposal of descriptors a peer sent that the shim does not keep.
+//!
+//! Invariants: the receive buffer holds as many descriptors as one message can carry
+//! (`SCM_MAX_FD`), so the kernel never closes surplus ones inside `recvmsg` (in the caller's
+//! thread, which may be a hook's). A received descriptor is never closed in a hook's thread:
+//! closing a lingering TCP socket or a FUSE file can block for as long as the peer likes, and
+//! that thread is the app's. [`dispose`] sets SO_LINGER {1, 0} (a TCP socket then closes with a
+//! reset at once) and hands the close to the registration thread ([`close_deferred`]).
 
 use core::{
     ffi::{c_int, c_void},
@@ -6,15 +14,77 @@ use core::{
     ptr,
 };
 
-use crate::real::Real;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use crate::{
+    log::shim_log,
+    real::Real,
+    registration::in_registration_thread,
+    state::{fd_if_ours, my_pid, tagged},
+};
+
+/// Most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
+const SCM_MAX_FD: usize = 253;
+
+/// CMSG_SPACE(SCM_MAX_FD * 4) on 64-bit Linux: a 16-byte header, the ints rounded up to 8.
+const CMSG_CAP: usize =
+    size_of::<libc::cmsghdr>() + (SCM_MAX_FD * size_of::<c_int>()).next_multiple_of(8);
 
 #[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
+struct CmsgBuf([u8; CMSG_CAP]);
+
+/// Received descriptors waiting for the registration thread to close them: `pid << 32 | fd`.
+static DEFERRED: [AtomicU64; 2 * SCM_MAX_FD] = [const { AtomicU64::new(0) }; 2 * SCM_MAX_FD];
+
+/// Gets rid of a received descriptor the shim does not keep, without blocking a hook: SO_LINGER
+/// {1, 0} first (fails harmlessly on anything but a socket), then closed here if this is the
+/// registration thread, else left to it. If its list is full the descriptor is leaked (it is
+/// close-on-exec): a peer that sends hundreds must not block the app.
+pub(crate) fn dispose(fd: c_int) {
+    let lg = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: setsockopt reads one linger from our stack; an error (not a socket) is harmless.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&lg as *const libc::linger).cast(),
+            size_of::<libc::linger>() as libc::socklen_t,
+        )
+    };
+    if in_registration_thread() {
+        // SAFETY: a descriptor we received and own; this thread is not the app's.
+        unsafe { Real::CLOSE()(fd) };
+        return;
+    }
+    let v = tagged(my_pid(), fd);
+    if !DEFERRED
+        .iter()
+        .any(|d| d.compare_exchange(0, v, Ordering::AcqRel, Ordering::Relaxed).is_ok())
+    {
+        shim_log!("too many descriptors from the controller to close: fd {fd} stays open");
+    }
+}
+
+/// Closes the descriptors [`dispose`] left to the registration thread (called by it).
+pub(crate) fn close_deferred() {
+    let pid = my_pid();
+    for d in &DEFERRED {
+        if d.load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let v = d.swap(0, Ordering::AcqRel);
+        if let Some(fd) = fd_if_ours(v, pid) {
+            // SAFETY: a received descriptor handed over by `dispose`: ours to close.
+            unsafe { Real::CLOSE()(fd) };
+        }
+    }
+}
 
 /// Sends `data` on `s` with `fd` attached; sendmsg's result.
 pub(crate) fn send_with_fd(s: c_int, data: &[u8], fd: c_int) -> isize {
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut c_void, iov_len: data.len() };
-    let mut cbuf = CmsgBuf([0; 64]);
+    let mut cbuf = CmsgBuf([0; CMSG_CAP]);
     // SAFETY: msghdr is plain data; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { zeroed() };
     msg.msg_iov = &mut iov;
@@ -22,7 +92,7 @@ pub(crate) fn send_with_fd(s: c_int, data: &[u8], fd: c_int) -> isize {
     msg.msg_control = cbuf.0.as_mut_ptr().cast();
     // SAFETY: CMSG_SPACE is arithmetic.
     msg.msg_controllen = unsafe { libc::CMSG_SPACE(size_of::<c_int>() as u32) } as usize;
-    // SAFETY: the control buffer (64 bytes, 8-aligned) holds CMSG_SPACE(4) = 24 bytes, so the
+    // SAFETY: the control buffer (CMSG_CAP bytes, 8-aligned) holds CMSG_SPACE(4) = 24 bytes, so the
     // first header and its data are inside it; iov and cbuf outlive sendmsg.
     unsafe {
         let c = libc::CMSG_FIRSTHDR(&msg);
@@ -35,10 +105,10 @@ pub(crate) fn send_with_fd(s: c_int, data: &[u8], fd: c_int) -> isize {
 }
 
 /// Receives one message; returns its length (None on error/EOF) and the first attached fd (-1).
-/// Any further descriptors are closed.
+/// Any further descriptors are [`dispose`]d.
 pub(crate) fn recv_with_fd(s: c_int, buf: &mut [u8]) -> (Option<usize>, c_int) {
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    let mut cbuf = CmsgBuf([0; 64]);
+    let mut cbuf = CmsgBuf([0; CMSG_CAP]);
     // SAFETY: msghdr is plain data; all zeroes is a valid value.
     let mut msg: libc::msghdr = unsafe { zeroed() };
     msg.msg_iov = &mut iov;
@@ -61,7 +131,7 @@ pub(crate) fn recv_with_fd(s: c_int, buf: &mut [u8]) -> (Option<usize>, c_int) {
                     if fd < 0 {
                         fd = f;
                     } else {
-                        Real::CLOSE()(f);
+                        dispose(f);
                     }
                 }
             }
@@ -70,8 +140,7 @@ pub(crate) fn recv_with_fd(s: c_int, buf: &mut [u8]) -> (Option<usize>, c_int) {
     }
     if n <= 0 {
         if fd >= 0 {
-            // SAFETY: a descriptor we just received and own.
-            unsafe { Real::CLOSE()(fd) };
+            dispose(fd);
         }
         return (None, -1);
     }

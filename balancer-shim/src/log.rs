@@ -38,9 +38,28 @@ macro_rules! shim_log {
 }
 pub(crate) use shim_log;
 
-/// The last OS error, for log lines.
-pub(crate) fn errno() -> std::io::Error {
-    std::io::Error::last_os_error()
+/// An OS error number, shown with its text (strerror_r into a stack buffer: no allocation, unlike
+/// `std::io::Error`'s Display).
+pub(crate) struct Errno(pub core::ffi::c_int);
+
+impl fmt::Display for Errno {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut buf = [0u8; 128];
+        // SAFETY: strerror_r (the XSI one in the libc crate) writes a NUL-terminated text of at
+        // most `buf.len()` bytes into our buffer.
+        let r = unsafe { libc::strerror_r(self.0, buf.as_mut_ptr().cast(), buf.len()) };
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+        match core::str::from_utf8(&buf[..end]) {
+            Ok(text) if r == 0 && !text.is_empty() => write!(f, "{text} (os error {})", self.0),
+            _ => write!(f, "os error {}", self.0),
+        }
+    }
+}
+
+/// The calling thread's last OS error, for log lines.
+pub(crate) fn errno() -> Errno {
+    // SAFETY: __errno_location returns this thread's errno.
+    Errno(unsafe { *libc::__errno_location() })
 }
 
 /// Shows an optional address, `?` if none.

@@ -25,7 +25,7 @@ use core::{
     ffi::{c_char, c_int},
     mem::{size_of, zeroed},
     ptr,
-    sync::atomic::{AtomicBool, AtomicI32, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering},
 };
 
 use balancer_common::{
@@ -34,7 +34,7 @@ use balancer_common::{
 };
 
 use crate::{
-    cmsg::{recv_with_fd, send_with_fd},
+    cmsg::{close_deferred, dispose, recv_with_fd, send_with_fd},
     config::{config, MAX_ADDRS},
     log::{errno, shim_log, DisplayAddr},
     real::Real,
@@ -50,6 +50,14 @@ static CONN_FDS: [AtomicI32; MAX_ADDRS] = [const { AtomicI32::new(-1) }; MAX_ADD
 static NEXT_RETRY_MS: [AtomicUsize; MAX_ADDRS] = [const { AtomicUsize::new(0) }; MAX_ADDRS];
 /// Refusals in a row per address (for the back-off).
 static REFUSALS: [AtomicUsize; MAX_ADDRS] = [const { AtomicUsize::new(0) }; MAX_ADDRS];
+/// pid of the process whose thread is registering a fresh socket for the address right now: a
+/// hook that needs a socket waits for that registration instead of starting a second one.
+static FRESH_IN_FLIGHT: [AtomicU32; MAX_ADDRS] = [const { AtomicU32::new(0) }; MAX_ADDRS];
+/// pid of the process that dropped the address's registration on purpose ([`drop_registration`]):
+/// the thread registers the own socket again at once, without logging a departure.
+static DROPPED: [AtomicU32; MAX_ADDRS] = [const { AtomicU32::new(0) }; MAX_ADDRS];
+/// Thread id of this process's registration thread (0: none).
+static THREAD_TID: AtomicI32 = AtomicI32::new(0);
 /// Set once a "controller not reachable" line was logged (per process, reset after registration).
 static SAID_UNREACHABLE: AtomicBool = AtomicBool::new(false);
 
@@ -60,6 +68,7 @@ const THREAD_TIMEOUT_MS: i64 = 5000;
 /// not ours (fork copied them; keeping them would keep the parent's sockets alive).
 pub(crate) fn forget_parent_registrations() {
     THREAD_PID.store(0, Ordering::Relaxed);
+    THREAD_TID.store(0, Ordering::Relaxed);
     for r in &REGS {
         r.deactivate();
     }
@@ -97,6 +106,46 @@ pub(crate) fn leave(idx: usize) {
             DisplayAddr(config().addrs[idx])
         );
     }
+}
+
+/// The registration of address `idx` no longer matches a socket the app serves on (a pending
+/// socket that lost to a rescue's own socket, see [`crate::split`]): stop counting in its slot and
+/// shut its connection down, so that the controller frees the slot; the thread then registers
+/// the own socket the process serves on. Unlike [`leave`], the process stays in the group.
+pub(crate) fn drop_registration(idx: usize) {
+    let pid = my_pid();
+    REGS[idx].deactivate();
+    let c = CONN_FDS[idx].load(Ordering::Acquire);
+    if c >= 0 {
+        DROPPED[idx].store(pid, Ordering::Release);
+        // SAFETY: shutdown of our own connection to the controller (the thread closes it).
+        unsafe { libc::shutdown(c, libc::SHUT_RDWR) };
+    }
+}
+
+/// Waits up to `max_ms` for a fresh socket the thread is registering for address `idx` (none in
+/// flight: returns at once); the registered socket, taken from [`PENDING`], if there is one.
+pub(crate) fn take_pending(idx: usize, pid: u32, max_ms: usize) -> Option<c_int> {
+    let deadline = now_ms() + max_ms;
+    loop {
+        let busy = FRESH_IN_FLIGHT[idx].load(Ordering::Acquire) == pid;
+        if let Some(fd) = fd_if_ours(PENDING[idx].swap(0, Ordering::AcqRel), pid) {
+            return Some(fd);
+        }
+        if !busy || now_ms() >= deadline {
+            return None;
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        // SAFETY: nanosleep reads one timespec; a null remainder is allowed.
+        unsafe { libc::nanosleep(&ts, ptr::null_mut()) };
+    }
+}
+
+/// True on this process's registration thread (a system call: for rare paths only).
+pub(crate) fn in_registration_thread() -> bool {
+    let tid = THREAD_TID.load(Ordering::Acquire);
+    // SAFETY: gettid has no preconditions.
+    tid != 0 && unsafe { libc::gettid() } == tid
 }
 
 /// Starts this process's registration thread, once.
@@ -169,7 +218,8 @@ fn tend(idx: usize, pid: u32) -> Option<c_int> {
         fd_if_ours(SHARED_REF[idx].load(Ordering::Acquire), pid),
         fd_if_ours(SHARED_FD[idx].load(Ordering::Acquire), pid),
     ) {
-        register_fresh(idx, shared, THREAD_TIMEOUT_MS).map(|fresh| {
+        FRESH_IN_FLIGHT[idx].store(pid, Ordering::Release);
+        let r = register_fresh(idx, shared, THREAD_TIMEOUT_MS).map(|fresh| {
             PENDING[idx].store(tagged(pid, fresh), Ordering::Release);
             PENDING_PID.store(pid, Ordering::Release);
             // The controller attached the migrating program before it said Ok: the shared
@@ -177,7 +227,9 @@ fn tend(idx: usize, pid: u32) -> Option<c_int> {
             // socket wakes up and splits.
             // SAFETY: shutdown through our private duplicate of the shared listener.
             unsafe { libc::shutdown(shared, libc::SHUT_RDWR) };
-        })
+        });
+        FRESH_IN_FLIGHT[idx].store(0, Ordering::Release);
+        r
     } else {
         return None;
     };
@@ -194,6 +246,8 @@ pub(crate) fn note_attempt<T>(idx: usize, result: &Result<T, RegisterError>) {
             0
         }
         Err(RegisterError::Unreachable) => 1000,
+        // Another registration of this address is under way or done: nothing to schedule.
+        Err(RegisterError::Busy) => return,
         // Each attempt with a fresh socket puts it in the kernel's hash for one round trip, and
         // what lands there is reset when a refusal closes it: back off, 5 s doubling to 80 s.
         Err(RegisterError::Rejected) => {
@@ -205,7 +259,10 @@ pub(crate) fn note_attempt<T>(idx: usize, result: &Result<T, RegisterError>) {
 }
 
 fn registration_loop(pid: u32) {
+    // SAFETY: gettid has no preconditions.
+    THREAD_TID.store(unsafe { libc::gettid() }, Ordering::Release);
     loop {
+        close_deferred();
         if my_pid() != pid || THREAD_PID.load(Ordering::Acquire) != pid {
             return;
         }
@@ -240,7 +297,7 @@ fn registration_loop(pid: u32) {
             let got = unsafe {
                 libc::recv(pfds[k].fd, b.as_mut_ptr().cast(), b.len(), libc::MSG_DONTWAIT)
             };
-            if got > 0 || (got < 0 && errno().raw_os_error() == Some(libc::EAGAIN)) {
+            if got > 0 || (got < 0 && errno().0 == libc::EAGAIN) {
                 continue; // nothing is expected on this connection; ignore
             }
             // Keep counting in the load map we have: the program stays attached and keeps
@@ -251,6 +308,10 @@ fn registration_loop(pid: u32) {
                 unsafe { Real::CLOSE()(fd) };
             }
             if LEFT[idx].load(Ordering::Acquire) == pid {
+                continue;
+            }
+            if DROPPED[idx].swap(0, Ordering::AcqRel) == pid {
+                NEXT_RETRY_MS[idx].store(0, Ordering::Relaxed);
                 continue;
             }
             NEXT_RETRY_MS[idx].store(now_ms() + 1000, Ordering::Relaxed);
@@ -266,6 +327,8 @@ pub(crate) enum RegisterError {
     Unreachable,
     /// The controller answered, but not with a usable Ok.
     Rejected,
+    /// Another registration of the address (the thread's or a hook's) is under way or won.
+    Busy,
 }
 
 fn set_timeout(s: c_int, opt: c_int, ms: i64) {
@@ -288,8 +351,18 @@ fn connect_controller() -> Result<c_int, RegisterError> {
     if cfg.socket_path_len == 0 {
         return Err(RegisterError::Unreachable);
     }
+    // Non-blocking connect: a unix connect blocks while the listener's backlog is full (a
+    // controller stopped, frozen, or stuck), and this runs inside the app's first wait/accept.
+    // EAGAIN then means "unreachable"; the connection is made blocking again once it is made
+    // (the replies are bounded by SO_RCVTIMEO/SO_SNDTIMEO instead).
     // SAFETY: socket() with constant arguments.
-    let s = unsafe { Real::SOCKET()(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0) };
+    let s = unsafe {
+        Real::SOCKET()(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            0,
+        )
+    };
     if s < 0 {
         return Err(RegisterError::Unreachable);
     }
@@ -314,6 +387,8 @@ fn connect_controller() -> Result<c_int, RegisterError> {
         unsafe { Real::CLOSE()(s) };
         return Err(RegisterError::Unreachable);
     }
+    // SAFETY: clears the status flags (O_NONBLOCK) of our own connected socket.
+    unsafe { libc::fcntl(s, libc::F_SETFL, 0) };
     Ok(move_high(s))
 }
 
@@ -327,7 +402,7 @@ pub(crate) fn register_fresh(
 ) -> Result<c_int, RegisterError> {
     let pid = my_pid();
     if CONN_FDS[idx].load(Ordering::Acquire) >= 0 || LEFT[idx].load(Ordering::Acquire) == pid {
-        return Err(RegisterError::Rejected);
+        return Err(RegisterError::Busy);
     }
     let conn = connect_controller()?;
     let Some(own) = create_own(idx, src) else {
@@ -384,8 +459,9 @@ fn register_on(
             return Err(RegisterError::Unreachable);
         }
     };
-    // SAFETY: a descriptor we received and own (only called when map_fd >= 0).
-    let close_map = || unsafe { Real::CLOSE()(map_fd) };
+    // Not checked yet: maybe not a map at all (a lingering socket, a FUSE file), so not closed in
+    // this thread, which may be a hook's (only called when map_fd >= 0).
+    let close_map = || dispose(map_fd);
     let addr = cfg.addrs[idx];
     let reply = match reply {
         Ok(r) => r,
@@ -440,7 +516,8 @@ fn register_on(
             0,
         )
     };
-    close_map();
+    // SAFETY: the load map checked above (a BPF map closes at once); ours to close.
+    unsafe { Real::CLOSE()(map_fd) };
     if base == libc::MAP_FAILED {
         shim_log!("mmap of the load map failed: {}", errno());
         close_s();
@@ -452,7 +529,7 @@ fn register_on(
         // SAFETY: unmaps our own mapping, published nowhere.
         unsafe { libc::munmap(base, LOADS_MMAP_LEN) };
         close_s();
-        return Err(RegisterError::Rejected);
+        return Err(RegisterError::Busy);
     }
     let reg = &REGS[idx];
     let s_old = reg.state.load(Ordering::Relaxed);

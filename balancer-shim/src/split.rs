@@ -36,6 +36,13 @@
 //!   socket, registered later by the thread) and accepts again, instead of handing the error back
 //!   to a loop that would spin on it. If even that fails (no descriptor
 //!   left), the hook sleeps 100 ms before returning, so the loop cannot spin at full speed.
+//!
+//! # Known limit: the select-only program
+//!
+//! Shutting the shared socket down migrates its queue only when the controller attached the
+//! migrating program. A controller that attached the select-only program (no migration) would
+//! see the shared socket's queue reset by that shutdown. The shim cannot tell which program is
+//! attached: that needs a flag in the protocol's `Reply`, which it does not carry yet.
 
 use core::{
     ffi::c_int,
@@ -52,8 +59,8 @@ use crate::{
     registration::{self, start_thread},
     state::{
         entry, fd_if_ours, in_vfork_child, my_pid, state_of, tagged, BACKLOG, EPOLLS, FDS, LEFT,
-        MAX_EPOLLS, MAX_FDS, OWN_FD, PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_NOT_BALANCED,
-        ST_SHARED, ST_SPLIT, ST_SPLITTING,
+        MAX_EPOLLS, MAX_FDS, OWN_FD, PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_DUP_OWN,
+        ST_DUP_SHARED, ST_NOT_BALANCED, ST_SHARED, ST_SPLIT, ST_SPLITTING,
     },
 };
 
@@ -186,6 +193,12 @@ fn ensure_split_slow(fd: c_int) {
             );
             return;
         };
+        if let Some(st) = duplicate_of_ours(fd, idx, pid) {
+            // A duplicate of the listener this process already handled: the same socket.
+            let _ =
+                slot.compare_exchange(e, entry(pid, st, idx), Ordering::AcqRel, Ordering::Relaxed);
+            return;
+        }
         if slot
             .compare_exchange(e, entry(pid, ST_SPLITTING, idx), Ordering::AcqRel, Ordering::Relaxed)
             .is_err()
@@ -193,10 +206,109 @@ fn ensure_split_slow(fd: c_int) {
             continue;
         }
         let st = first_split(fd, idx, pid);
-        slot.store(entry(pid, st, idx), Ordering::Release);
+        finish_split(fd, idx, pid, st);
         start_thread();
         return;
     }
+}
+
+/// SO_COOKIE (linux/socket.h): the socket's unique id, the same through every duplicate.
+const SO_COOKIE: c_int = 57;
+
+fn cookie(fd: c_int) -> Option<u64> {
+    let mut v: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `v`.
+    let r = unsafe {
+        libc::getsockopt(fd, libc::SOL_SOCKET, SO_COOKIE, (&mut v as *mut u64).cast(), &mut len)
+    };
+    (r == 0 && v != 0).then_some(v)
+}
+
+/// If `fd` is another descriptor (`dup`, `socket.fromfd`) of this process's own socket or of the
+/// shared listener it keeps for address `idx`: the state it gets.
+fn duplicate_of_ours(fd: c_int, idx: usize, pid: u32) -> Option<u64> {
+    let c = cookie(fd)?;
+    let same = |v: &core::sync::atomic::AtomicU64| {
+        fd_if_ours(v.load(Ordering::Acquire), pid).is_some_and(|o| o != fd && cookie(o) == Some(c))
+    };
+    if same(&OWN_FD[idx]) {
+        return Some(ST_DUP_OWN);
+    }
+    if same(&SHARED_FD[idx]) || same(&SHARED_REF[idx]) {
+        return Some(ST_DUP_SHARED);
+    }
+    None
+}
+
+/// The app closed `fd`, a descriptor in state `st` of its listener of address `idx` (the close
+/// hook cleared its entry). The process leaves the group only when that was the last descriptor
+/// of the socket: if a duplicate remains, it takes the closed one's role. A scan of the table,
+/// on this rare path only.
+pub(crate) fn listener_closed(fd: c_int, idx: usize, st: u64) {
+    let pid = my_pid();
+    let own_class = |s: u64| matches!(s, ST_SPLIT | ST_DUP_OWN | ST_SPLITTING);
+    let shared_class = |s: u64| matches!(s, ST_SHARED | ST_DUP_SHARED | ST_SPLITTING);
+    let same_socket: &dyn Fn(u64) -> bool = match st {
+        ST_SPLIT | ST_DUP_OWN => &own_class,
+        ST_SHARED | ST_DUP_SHARED => &shared_class,
+        _ => &|_| false,
+    };
+    let other = (0..MAX_FDS).find(|&j| {
+        let e = FDS[j].load(Ordering::Acquire);
+        j != fd as usize
+            && e != 0
+            && (e >> 32) as u32 == pid
+            && (e & 0xff) as usize == idx
+            && same_socket(state_of(e))
+    });
+    let Some(j) = other else {
+        registration::leave(idx);
+        return;
+    };
+    let t = tagged(pid, fd);
+    let promote = |role: &core::sync::atomic::AtomicU64, from: u64, to: u64| {
+        if role
+            .compare_exchange(t, tagged(pid, j as c_int), Ordering::AcqRel, Ordering::Relaxed)
+            .is_ok()
+        {
+            let _ = FDS[j].compare_exchange(
+                entry(pid, from, idx),
+                entry(pid, to, idx),
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            );
+        }
+    };
+    match st {
+        ST_SPLIT => promote(&OWN_FD[idx], ST_DUP_OWN, ST_SPLIT),
+        ST_SHARED => promote(&SHARED_FD[idx], ST_DUP_SHARED, ST_SHARED),
+        _ => {}
+    }
+}
+
+/// Ends a split of `fd` that this thread holds in [`ST_SPLITTING`], with the state `st`. False if
+/// the app closed `fd` meanwhile (the close hook cleared the entry and left the group): then what
+/// this split published about `fd` is withdrawn, since the number may be the app's again.
+fn finish_split(fd: c_int, idx: usize, pid: u32, st: u64) -> bool {
+    let done = FDS[fd as usize].compare_exchange(
+        entry(pid, ST_SPLITTING, idx),
+        entry(pid, st, idx),
+        Ordering::AcqRel,
+        Ordering::Relaxed,
+    );
+    if done.is_err() {
+        let t = tagged(pid, fd);
+        let _ = SHARED_FD[idx].compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+        let _ = OWN_FD[idx].compare_exchange(t, 0, Ordering::AcqRel, Ordering::Relaxed);
+    }
+    done.is_ok()
+}
+
+/// True while this thread still holds `fd` in [`ST_SPLITTING`] for address `idx` (the app did not
+/// close it meanwhile).
+fn still_splitting(fd: c_int, idx: usize, pid: u32) -> bool {
+    FDS[fd as usize].load(Ordering::Acquire) == entry(pid, ST_SPLITTING, idx)
 }
 
 /// The first look at an inherited listener: split if the controller registers our own socket
@@ -212,7 +324,9 @@ fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
         }
         // A shared socket that another worker already shut down (a worker respawned after the
         // group formed) is of no use: serve on an own socket, registered later by the thread.
-        if int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0) {
+        if still_splitting(fd, idx, pid)
+            && int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
+        {
             if let Some(own) = create_own(idx, fd) {
                 if swap_in(fd, idx, own, pid) {
                     return ST_SPLIT;
@@ -220,7 +334,9 @@ fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
             }
         }
     }
-    keep_shared(fd, idx, pid);
+    if still_splitting(fd, idx, pid) {
+        keep_shared(fd, idx, pid);
+    }
     ST_SHARED
 }
 
@@ -344,10 +460,14 @@ pub(crate) fn create_own(idx: usize, src: c_int) -> Option<c_int> {
 /// Order: shut the shared socket down (the controller attached the migrating program before it
 /// said Ok, so its queue moves to registered sockets), delete it from this process's epoll
 /// instances, `dup3`, add the own socket back.
+///
+/// The app may close `fd` while this runs (another thread): the entry is checked before the
+/// shutdown and again just before `dup3`, so that a number the app reused is left alone (a
+/// window of a few system calls remains between the last check and `dup3`).
 fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
     // SAFETY: fcntl query on the app's descriptor, which it is waiting on.
     let fdfl = unsafe { libc::fcntl(fd, libc::F_GETFD) };
-    if fdfl < 0 {
+    if fdfl < 0 || !still_splitting(fd, idx, pid) {
         // SAFETY: our own socket.
         unsafe { Real::CLOSE()(own) };
         return false;
@@ -365,15 +485,15 @@ fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
     }
     let cloexec = if fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
     // SAFETY: replaces the descriptor `fd` (the inherited listener) with our own socket.
-    let ok = unsafe { Real::DUP3()(own, fd, cloexec) } >= 0;
-    if !ok {
+    let ok = still_splitting(fd, idx, pid) && unsafe { Real::DUP3()(own, fd, cloexec) } >= 0;
+    if !ok && still_splitting(fd, idx, pid) {
         shim_log!("split of fd {fd}: dup3: {}", errno());
     }
     // SAFETY: our own descriptor (duplicated at `fd` now, or useless).
     unsafe { Real::CLOSE()(own) };
     for (k, rec) in EPOLLS[idx].iter().enumerate() {
         let Some(epfd) = fd_if_ours(rec.key.load(Ordering::Acquire), pid) else { continue };
-        if moved[k] {
+        if moved[k] && still_splitting(fd, idx, pid) {
             let mut ev = libc::epoll_event {
                 events: rec.events.load(Ordering::Relaxed),
                 u64: rec.data.load(Ordering::Relaxed),
@@ -428,7 +548,7 @@ fn swap_pending_slow(pid: u32) {
         match claimed {
             Some(fd) => {
                 let st = if swap_in(fd, idx, own, pid) { ST_SPLIT } else { ST_SHARED };
-                FDS[fd as usize].store(entry(pid, st, idx), Ordering::Release);
+                finish_split(fd, idx, pid, st);
             }
             None if fd.is_some_and(|fd| {
                 (fd as usize) < MAX_FDS
@@ -440,10 +560,15 @@ fn swap_pending_slow(pid: u32) {
                 PENDING_PID.store(pid, Ordering::Release);
             }
             None => {
-                // The app closed its listener meanwhile: it left (see the close hook).
-                registration::leave(idx);
-                // SAFETY: our own pending socket.
+                // No shared listener to replace: either the app closed it (the close hook left
+                // the group then), or a rescue swapped in an own socket while the thread was
+                // registering this one. Drop this registration, not the group: the thread
+                // registers the socket the process serves on.
+                // SAFETY: our own pending socket, published nowhere else.
                 unsafe { Real::CLOSE()(own) };
+                if LEFT[idx].load(Ordering::Acquire) != pid {
+                    registration::drop_registration(idx);
+                }
             }
         }
     }
@@ -498,7 +623,10 @@ fn rescue_slow(fd: c_int) -> bool {
             _ => return false,
         }
     }
-    let mut own = fd_if_ours(PENDING[idx].swap(0, Ordering::AcqRel), pid).or_else(|| {
+    // A registration the thread has under way wins over a second one of our own: wait for it (a
+    // little longer than a synchronous registration takes).
+    let wait = 2 * SYNC_TIMEOUT_MS as usize;
+    let mut own = registration::take_pending(idx, pid, wait).or_else(|| {
         let result = registration::register_fresh(idx, fd, SYNC_TIMEOUT_MS);
         registration::note_attempt(idx, &result);
         result.ok()
@@ -513,7 +641,9 @@ fn rescue_slow(fd: c_int) -> bool {
         }
     }
     let ok = own.is_some_and(|own| swap_in(fd, idx, own, pid));
-    slot.store(entry(pid, if ok { ST_SPLIT } else { ST_SHARED }, idx), Ordering::Release);
+    if !finish_split(fd, idx, pid, if ok { ST_SPLIT } else { ST_SHARED }) {
+        return false; // the app closed it meanwhile
+    }
     if !ok {
         let ts = libc::timespec { tv_sec: 0, tv_nsec: 100_000_000 };
         // SAFETY: nanosleep reads one timespec; a null remainder is allowed.

@@ -44,6 +44,17 @@ pub(crate) const ST_SPLITTING: u64 = 2;
 pub(crate) const ST_SPLIT: u64 = 3;
 /// The inherited, shared listener, kept because no registration succeeded yet (fail-open).
 pub(crate) const ST_SHARED: u64 = 4;
+/// Another descriptor of this process's own socket (`dup`, `socket.fromfd`): counted like it,
+/// never registered again, and closing it leaves the group only if it was the last one.
+pub(crate) const ST_DUP_OWN: u64 = 5;
+/// Another descriptor of the shared listener this process keeps ([`ST_SHARED`]).
+pub(crate) const ST_DUP_SHARED: u64 = 6;
+
+/// The states of a descriptor of this process's listener of a balanced address.
+#[inline(always)]
+pub(crate) fn is_listener_state(st: u64) -> bool {
+    matches!(st, ST_SPLIT | ST_SHARED | ST_SPLITTING | ST_DUP_OWN | ST_DUP_SHARED)
+}
 
 #[inline(always)]
 pub(crate) fn entry(pid: u32, state: u64, idx: usize) -> u64 {

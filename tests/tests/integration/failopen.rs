@@ -475,10 +475,11 @@ fn vfork_child_leaves_the_parent_alone() {
         (after.accepted + 1, after.completed + 1),
         "the listener lost its registration"
     );
-    // The controller connection: the worker's only unix socket.
+    // The controller connection: the worker's only unix socket. The worker's own view of the
+    // unix sockets: /proc/net is the test process's main thread's network namespace, not the
+    // private one this test thread entered.
     let worker = helper_workers(&app)[0];
-    // This thread's own network namespace (private_loopback), not the process's.
-    let unix_inodes: Vec<String> = std::fs::read_to_string("/proc/thread-self/net/unix")
+    let unix_inodes: Vec<String> = std::fs::read_to_string(format!("/proc/{worker}/net/unix"))
         .unwrap()
         .lines()
         .skip(1)
@@ -508,9 +509,9 @@ fn vfork_child_leaves_the_parent_alone() {
 // ---------------------------------------------------------------------------------------------
 // Issue 11.5: the load map is checked before it is mapped
 
-/// A fake controller: answers every registration Ok with `attach()` attached. Returns the
-/// number of replies sent, updated live.
-fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc<AtomicBool>) {
+/// A fake controller: answers every registration Ok with the descriptors of `attach()` attached.
+/// Returns the number of replies sent, updated live.
+fn fake_controller(path: &Path, attach: fn() -> Vec<OwnedFd>) -> (Arc<AtomicU64>, Arc<AtomicBool>) {
     // SAFETY: plain socket calls on descriptors owned right away.
     let listener = unsafe {
         let s = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
@@ -557,7 +558,9 @@ fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc
             // the attached listener.
             unsafe { libc::recv(c.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
             let reply = Reply::new(Status::Ok, 0, 1, "fake controller").encode();
-            send_with_fd(c.as_raw_fd(), &reply, attach().as_raw_fd());
+            let fds = attach();
+            let raw: Vec<RawFd> = fds.iter().map(|f| f.as_raw_fd()).collect();
+            send_with_fds(c.as_raw_fd(), &reply, &raw);
             r.fetch_add(1, Ordering::Relaxed);
             conns.push(c);
         }
@@ -565,27 +568,36 @@ fn fake_controller(path: &Path, attach: fn() -> OwnedFd) -> (Arc<AtomicU64>, Arc
     (replies, stop)
 }
 
-fn send_with_fd(s: RawFd, data: &[u8], fd: RawFd) {
-    // SAFETY: msghdr, iovec and control buffer outlive the sendmsg call that reads them.
+fn send_with_fds(s: RawFd, data: &[u8], fds: &[RawFd]) {
+    assert!(fds.len() <= 253, "more than SCM_MAX_FD descriptors");
+    let bytes = (fds.len() * 4) as u32;
+    // SAFETY: msghdr, iovec and control buffer (large enough for 253 descriptors) outlive the
+    // sendmsg call that reads them.
     unsafe {
         let mut iov =
             libc::iovec { iov_base: data.as_ptr() as *mut libc::c_void, iov_len: data.len() };
-        let mut cbuf = [0u64; 8];
+        let mut cbuf = [0u64; 160];
         let mut hdr: libc::msghdr = std::mem::zeroed();
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
         hdr.msg_control = cbuf.as_mut_ptr().cast();
-        hdr.msg_controllen = libc::CMSG_SPACE(4) as usize;
+        hdr.msg_controllen = libc::CMSG_SPACE(bytes) as usize;
         let c = libc::CMSG_FIRSTHDR(&hdr);
         (*c).cmsg_level = libc::SOL_SOCKET;
         (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>(), fd);
+        (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+        for (k, fd) in fds.iter().enumerate() {
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>().add(k), *fd);
+        }
         libc::sendmsg(s, &hdr, libc::MSG_NOSIGNAL);
     }
 }
 
-fn empty_memfd() -> OwnedFd {
+fn empty_memfd() -> Vec<OwnedFd> {
+    vec![empty_memfd_one()]
+}
+
+fn empty_memfd_one() -> OwnedFd {
     // SAFETY: memfd_create with a NUL-terminated name; owned right away. Size 0: any access
     // through a mapping of it is a SIGBUS.
     unsafe {
@@ -640,4 +652,262 @@ fn memfd_instead_of_the_load_map_does_not_kill_the_worker() {
         "the shim did not say why it refused the descriptor\n{}",
         app.log_tail(20)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// A controller that cannot accept must not stall the workers
+
+/// A unix SOCK_SEQPACKET listener at `path` with backlog 0 that never accepts, its backlog
+/// already full (connects until EAGAIN): a controller stopped with SIGSTOP looks like this. The
+/// descriptors must stay open for the test's length.
+fn stuck_controller(path: &Path) -> Vec<OwnedFd> {
+    let sun = |p: &Path| {
+        // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
+        let mut sun: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let b = p.as_os_str().as_encoded_bytes();
+        for (d, c) in sun.sun_path.iter_mut().zip(b) {
+            *d = *c as libc::c_char;
+        }
+        (sun, (std::mem::size_of::<libc::sa_family_t>() + b.len() + 1) as libc::socklen_t)
+    };
+    let (addr, len) = sun(path);
+    let mut fds = Vec::new();
+    // SAFETY: plain socket calls on descriptors owned right away; `addr` outlives them.
+    unsafe {
+        let s = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        assert!(s >= 0);
+        fds.push(OwnedFd::from_raw_fd(s));
+        assert_eq!(libc::bind(s, (&addr as *const libc::sockaddr_un).cast(), len), 0);
+        assert_eq!(libc::listen(s, 0), 0);
+        for _ in 0..64 {
+            let c = libc::socket(
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                0,
+            );
+            assert!(c >= 0);
+            fds.push(OwnedFd::from_raw_fd(c));
+            if libc::connect(c, (&addr as *const libc::sockaddr_un).cast(), len) != 0 {
+                let e = std::io::Error::last_os_error();
+                assert_eq!(e.raw_os_error(), Some(libc::EAGAIN), "filling the backlog: {e}");
+                return fds;
+            }
+        }
+    }
+    panic!("the backlog of the stuck controller never filled");
+}
+
+/// A controller whose backlog is full (stopped, frozen): the workers' first wait on the
+/// listener must not block in connect; the app serves at once, on the shared socket.
+#[test]
+fn stuck_controller_does_not_stall_the_workers() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("failopen-stuck");
+    let helper = build_helper(dir.path());
+    let addr = loopback(free_port());
+    let socket = dir.path().join("stuck.sock");
+    let _stuck = stuck_controller(&socket);
+    let started = Instant::now();
+    let app = spawn_with_shim(
+        &helper_cmdline(&helper, addr, 2, false),
+        addr,
+        &socket,
+        &dir.path().join("helper.log"),
+    );
+    // Bounded: without the fix the first poll never returns (connect waits for the backlog).
+    assert!(
+        wait_until(Duration::from_secs(10), || get_within(addr, "/", Duration::from_secs(2))
+            .is_ok()),
+        "the app does not serve while the controller's backlog is full\n{}",
+        app.log_tail(20)
+    );
+    let first = started.elapsed();
+    let mut pids = std::collections::HashSet::new();
+    for i in 0..100 {
+        let t = Instant::now();
+        let body = get_within(addr, "/", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", app.log_tail(20)));
+        assert!(t.elapsed() < Duration::from_secs(1), "request {i} took {:?}", t.elapsed());
+        pids.insert(body.trim().to_string());
+    }
+    println!("first answer after {first:?}; served by {pids:?}\n{}", app.log_tail(5));
+    assert!(first < Duration::from_secs(3), "the first answer took {first:?}");
+    assert_eq!(pids.len(), 2, "not both workers serve: {pids:?}\n{}", app.log_tail(20));
+    assert!(
+        !app.log_text().contains("own listening socket"),
+        "the shim split without a registration\n{}",
+        app.log_tail(20)
+    );
+}
+
+/// A connected loopback TCP socket whose close blocks for 30 s: unsent data towards a peer that
+/// never reads (zero window), SO_LINGER {1, 30}. The peer is leaked on purpose (kept open until
+/// the test process ends).
+fn lingering_tcp() -> OwnedFd {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let a = TcpStream::connect(l.local_addr().unwrap()).expect("connect");
+    let (peer, _) = l.accept().expect("accept");
+    let small: libc::c_int = 4096;
+    let lg = libc::linger { l_onoff: 1, l_linger: 30 };
+    // SAFETY: setsockopt reads the values from our stack; the descriptors are open.
+    unsafe {
+        let sz = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        let p = (&small as *const libc::c_int).cast();
+        libc::setsockopt(peer.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, p, sz);
+        libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, p, sz);
+        let lsz = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        let lp = (&lg as *const libc::linger).cast();
+        libc::setsockopt(a.as_raw_fd(), libc::SOL_SOCKET, libc::SO_LINGER, lp, lsz);
+    }
+    a.set_nonblocking(true).unwrap();
+    let chunk = [0u8; 4096];
+    let mut sent = 0usize;
+    for _ in 0..10_000 {
+        match (&a).write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    assert!(sent > 0, "nothing queued on the lingering socket");
+    std::mem::forget(peer);
+    OwnedFd::from(a)
+}
+
+/// 40 lingering TCP sockets: more than the old 64-byte control buffer held (the kernel closed
+/// the surplus inside recvmsg, in the hook's thread).
+fn lingering_sockets() -> Vec<OwnedFd> {
+    (0..40).map(|_| lingering_tcp()).collect()
+}
+
+/// A controller that answers Ok with lingering TCP sockets instead of the load map: closing them
+/// in the worker's first wait (or letting recvmsg drop the surplus) would block it for 30 s. The
+/// app must serve at once.
+#[test]
+fn lingering_descriptors_from_the_controller_do_not_block_the_worker() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("failopen-linger");
+    let helper = build_helper(dir.path());
+    let addr = loopback(free_port());
+    let socket = dir.path().join("fake.sock");
+    let (replies, stop) = fake_controller(&socket, lingering_sockets);
+    let started = Instant::now();
+    let app = spawn_with_shim(
+        &helper_cmdline(&helper, addr, 1, false),
+        addr,
+        &socket,
+        &dir.path().join("helper.log"),
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || get_within(addr, "/", Duration::from_secs(2))
+            .is_ok()),
+        "the helper does not serve\n{}",
+        app.log_tail(20)
+    );
+    let first = started.elapsed();
+    assert!(
+        wait_until(Duration::from_secs(10), || app.log_text().contains("not the load map")),
+        "the shim did not refuse the descriptor\n{}",
+        app.log_tail(20)
+    );
+    for i in 0..50 {
+        let t = Instant::now();
+        get_within(addr, "/", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", app.log_tail(20)));
+        assert!(t.elapsed() < Duration::from_secs(1), "request {i} took {:?}", t.elapsed());
+    }
+    stop.store(true, Ordering::Relaxed);
+    let worker = helper_workers(&app)[0];
+    println!(
+        "first answer after {first:?}; {} fake replies\n{}",
+        replies.load(Ordering::Relaxed),
+        app.log_tail(5)
+    );
+    assert!(replies.load(Ordering::Relaxed) >= 1, "no registration reached the fake controller");
+    assert!(first < Duration::from_secs(5), "the first answer took {first:?}");
+    assert!(apps::alive(worker), "the worker died\n{}", app.log_tail(20));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A duplicate of the listener is the same socket
+
+/// A one-worker prefork server in Python: the worker waits on its listener (the split), then
+/// waits on a duplicate of it (`sock.dup()`), closes the duplicate, and serves on the original.
+const DUP_APP: &str = r#"
+import os, select, socket, sys
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen(64)
+pid = os.fork()
+if pid:
+    os.waitpid(pid, 0)
+    sys.exit(0)
+p = select.poll(); p.register(s, select.POLLIN); p.poll(0)
+d = s.dup()
+q = select.poll(); q.register(d, select.POLLIN); q.poll(0)
+q.unregister(d)
+d.close()
+print("worker", os.getpid(), "closed its duplicate", flush=True)
+while True:
+    c, _ = s.accept()
+    c.recv(4096)
+    body = ("pid=%d" % os.getpid()).encode()
+    c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    c.close()
+"#;
+
+/// Closing a duplicate of the worker's listener must not take the worker out of the group: the
+/// original still serves (and is counted).
+#[test]
+fn closing_a_duplicate_listener_keeps_the_worker_in_the_group() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("python3");
+    let dir = TempDir::new("failopen-dup");
+    let script = dir.path().join("dup_app.py");
+    std::fs::write(&script, DUP_APP).unwrap();
+    let addr = loopback(free_port());
+    let socket = dir.path().join("shim.sock");
+    let registry = start_registry(&socket, addr);
+    let service = registry.service(addr).unwrap();
+    let cmdline = vec![
+        "python3".to_string(),
+        script.display().to_string(),
+        addr.ip().to_string(),
+        addr.port().to_string(),
+    ];
+    let app = spawn_with_shim(&cmdline, addr, &socket, &dir.path().join("app.log"));
+    assert!(
+        wait_until(Duration::from_secs(10), || app.log_text().contains("closed its duplicate")),
+        "the app did not start\n{}",
+        app.log_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || slot_pids(service).len() == 1),
+        "the worker did not register\n{}",
+        app.log_tail(20)
+    );
+    // The thread retries after a departure within a second or two; the shim must not leave at
+    // all, so look over 3 s.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        assert!(
+            !app.log_text().contains("left the group"),
+            "closing the duplicate took the worker out of the group\n{}",
+            app.log_tail(20)
+        );
+        assert_eq!(slot_pids(service).len(), 1, "the slot went away\n{}", app.log_tail(20));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let before = service.group().slots().unwrap()[0];
+    for i in 0..20 {
+        get(addr, "/").unwrap_or_else(|e| panic!("request {i} failed: {e}\n{}", app.log_tail(20)));
+    }
+    let after = service.group().slots().unwrap()[0];
+    println!("before {before:?}\nafter {after:?}\n{}", app.log_tail(6));
+    assert_eq!(after.accepted, before.accepted + 20, "the original is not counted any more");
 }
