@@ -104,9 +104,10 @@ impl Loop {
     ) -> std::io::Result<Self> {
         let adopted = super::adoption::adopted_slots(&shared, options.adoption_grace);
         let gauge_shared = shared.clone();
-        let closer = Closer::start(Arc::new(move |n| {
-            gauge_shared.counters.closing_backlog.store(n, Ordering::Relaxed)
-        }))?;
+        let closer = Closer::start(
+            shared.closer.clone(),
+            Arc::new(move |n| gauge_shared.counters.closing_backlog.store(n, Ordering::Relaxed)),
+        )?;
         Ok(Self {
             shared,
             listener,
