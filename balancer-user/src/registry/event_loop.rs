@@ -8,7 +8,8 @@
 //!
 //! Invariants: the loop turns at least once a second and beats the heartbeat each time; it only
 //! reads sockets without waiting and gives every peer descriptor to the [`Closer`]; accepting
-//! backs off (up to a second) when descriptors run out instead of spinning on EMFILE.
+//! takes at most [`ACCEPTS_PER_TURN`] connections per turn, and backs off (up to a second) when
+//! descriptors run out instead of spinning on EMFILE.
 use std::{
     collections::HashMap,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
@@ -93,6 +94,9 @@ pub(super) struct Loop {
 
 /// The loop turns at least this often, so that the heartbeat stays fresh.
 const MAX_TURN: Duration = Duration::from_secs(1);
+
+/// Connections accepted per turn of the loop at most.
+const ACCEPTS_PER_TURN: usize = 48;
 
 impl Loop {
     pub(super) fn new(
@@ -302,8 +306,11 @@ impl Loop {
         }
     }
 
+    /// Accepts what waits, at most [`ACCEPTS_PER_TURN`]: a connect/close flood must not keep the
+    /// thread here, away from departures, reconciliation and the heartbeat. The rest waits for
+    /// the next turn (the listener is still readable, so that turn comes at once).
     fn accept_all(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match sys::accept(self.listener.as_fd()) {
                 Ok(fd) => {
                     self.accept_backoff = Duration::ZERO;

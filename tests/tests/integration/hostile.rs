@@ -791,3 +791,51 @@ fn a_stuck_registry_shows_as_not_running() {
         "the registry did not recover once unblocked"
     );
 }
+
+#[test]
+fn a_connect_flood_does_not_starve_departures() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-flood");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let path = registry.socket_path().to_path_buf();
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (reply, conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    // Four threads connect and close as fast as they can, for 3 s.
+    let flood_end = Instant::now() + Duration::from_secs(3);
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < flood_end {
+                    if connect(&path).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let departures = || registry.counters().departures.load(std::sync::atomic::Ordering::Relaxed);
+    let before = departures();
+    let left = Instant::now();
+    drop(conn);
+    let processed =
+        integration_tests::apps::wait_until(Duration::from_millis(1500), || departures() > before);
+    let took = left.elapsed();
+    let mut healthy = true;
+    while Instant::now() < flood_end {
+        healthy &= registry.is_running();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let connects: u64 = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(connects > 1000, "only {connects} connections in 3 s: no flood to speak of");
+    assert!(processed, "the departure was not processed within 1.5 s of a connect flood");
+    assert!(took < Duration::from_millis(1500), "the departure took {took:?}");
+    assert!(healthy, "the registry reported itself stuck during the flood");
+    eprintln!("{connects} connections in 3 s; departure processed after {took:?}");
+}
