@@ -3,7 +3,8 @@
 //!
 //! Owns the registry's state: connections (keyed by an id that is never reused, so a stale event
 //! cannot reach a connection accepted later on the same descriptor number), registered workers
-//! (keyed by service and slot, their exit events carry the slot's epoch), adopted slots, and the
+//! (keyed by service and slot, their exit events carry the id of the registration connection,
+//! private to the registry, never the epoch workers can write), adopted slots, and the
 //! parked last sockets of services with no worker.
 //!
 //! Invariants: the loop turns at least once a second and beats the heartbeat each time; it only
@@ -36,8 +37,6 @@ pub(super) struct Conn {
 pub(super) struct Worker {
     pub pid: u32,
     pub uid: u32,
-    /// The slot's epoch when this worker took it.
-    pub epoch: u64,
     pub pidfd: OwnedFd,
     /// Our reference to the worker's socket: for the accept-queue figure. Closed (by the closer)
     /// when the worker leaves: if the worker is gone, so is its socket, and its queue migrates.
@@ -63,8 +62,16 @@ enum Source {
     Listener,
     Wake,
     Conn(u64),
-    Pidfd { key: (usize, u32), epoch: u64 },
-    AdoptedPidfd { key: (usize, u32), pid: u32 },
+    /// `conn`: the id of the worker's registration connection, registry-private and never
+    /// reused (the slot's epoch lives in the shared table, which workers can write).
+    Pidfd {
+        key: (usize, u32),
+        conn: u64,
+    },
+    AdoptedPidfd {
+        key: (usize, u32),
+        pid: u32,
+    },
 }
 
 pub(super) struct Loop {
@@ -154,7 +161,7 @@ impl Loop {
             }
             for (key, w) in &self.workers {
                 fds.push(w.pidfd.as_fd());
-                sources.push(Source::Pidfd { key: *key, epoch: w.epoch });
+                sources.push(Source::Pidfd { key: *key, conn: w.conn });
             }
             for (key, a) in &self.adopted {
                 fds.push(a.pidfd.as_fd());
@@ -178,10 +185,10 @@ impl Loop {
                     Source::Listener => self.accept_all(),
                     Source::Wake => sys::eventfd_drain(self.wake.as_fd()),
                     Source::Conn(id) => self.on_conn(id),
-                    Source::Pidfd { key, epoch } => {
+                    Source::Pidfd { key, conn } => {
                         // Only if the slot still has the owner this event was about.
                         match self.workers.get(&key) {
-                            Some(w) if w.epoch == epoch => {
+                            Some(w) if w.conn == conn => {
                                 log::info!(
                                     "worker {} exited: slot {} of {} freed",
                                     w.pid,

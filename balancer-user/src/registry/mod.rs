@@ -22,8 +22,8 @@
 //! - the loop beats a heartbeat at every turn (at least once a second): [`Registry::is_running`]
 //!   turns false when it has not for [`RegistryOptions::stall_limit`], and stopping waits for the
 //!   thread a bounded time;
-//! - events are keyed by what cannot be reused within one poll batch (connection ids, slot and
-//!   epoch), so a stale event never touches a new owner.
+//! - events are keyed by what cannot be reused and no peer can write (connection ids, which also
+//!   name a registration), so a stale event never touches a new owner.
 use std::{
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
