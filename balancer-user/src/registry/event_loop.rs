@@ -18,6 +18,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use balancer_common::protocol::{Reply, Status};
+
 use super::{adoption::Adopted, closer::Closer, RegistryOptions, Shared};
 use crate::{
     sys::{self, Received},
@@ -351,7 +353,8 @@ impl Loop {
         }
     }
 
-    /// Keeps a new connection within the caps on unregistered ones; returns its id.
+    /// Refuses a connection of a uid that may not register, before reading anything from it;
+    /// keeps the others within the caps on unregistered ones and returns the new id.
     fn admit_conn(&mut self, fd: OwnedFd) -> Option<u64> {
         let uid = match sys::peer_cred(fd.as_fd()) {
             Ok(c) => c.uid,
@@ -361,6 +364,16 @@ impl Loop {
                 return None;
             }
         };
+        if !self.shared.settings().allows(uid) {
+            let reason = format!("uid {uid} may not register here");
+            log::warn!("registration rejected ({}): {reason}", Status::UidNotAllowed.name());
+            self.shared.counters.count_reply(Status::UidNotAllowed);
+            // Without waiting; whatever it sent is never read, and closes with the connection.
+            let reply = Reply::new(Status::UidNotAllowed, 0, 0, &reason);
+            let _ = sys::send_with_fd(fd.as_fd(), &reply.encode(), None);
+            self.closer.close(fd);
+            return None;
+        }
         let pending = |conns: &HashMap<u64, Conn>, uid: Option<u32>| {
             conns.values().filter(|c| c.worker.is_none() && uid.is_none_or(|u| c.uid == u)).count()
         };

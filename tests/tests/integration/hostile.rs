@@ -55,7 +55,19 @@ fn msg() -> [u8; Register::SIZE] {
 /// The service still takes a legitimate worker and serves a connection through it.
 fn still_serving(registry: &Registry, addr: SocketAddr) {
     let path = registry.socket_path().to_path_buf();
-    let listener = bind_reuseport(addr, 16).unwrap();
+    // A refused socket of another uid on the same address closes on the registry's closer
+    // thread a moment after the reply: until then SO_REUSEPORT (same uid only) refuses the bind.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let listener = loop {
+        match bind_reuseport(addr, 16) {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("binding {addr} 2 s after the registry's last refusal: {e}"),
+        }
+    };
     let (reply, _conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
     assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
     let _client = TcpStream::connect(addr).expect("the service stopped serving");
@@ -133,6 +145,30 @@ fn another_uid_is_refused() {
     assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
     assert!(reply.reason().contains("65534"), "the reason should name the uid: {}", reply.reason());
     assert_eq!(registry.counters().replies(Status::UidNotAllowed), 1);
+    // Refused at accept, before anything is read: a connection that sends nothing gets the
+    // refusal too (a registry that reads first would wait for a message, then time it out).
+    let path: PathBuf = registry.socket_path().to_path_buf();
+    let reply = std::thread::spawn(move || {
+        // SAFETY: a raw setresuid on this thread alone, which ends right after.
+        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let conn = connect(&path).unwrap();
+        let mut buf = [0u8; 512];
+        let mut fds = [libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: one pollfd of a descriptor we own; recv into a local buffer.
+        let n = unsafe {
+            if libc::poll(fds.as_mut_ptr(), 1, 2000) != 1 {
+                return None;
+            }
+            libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+        };
+        (n > 0).then(|| balancer_common::protocol::Reply::decode(&buf[..n as usize]).unwrap())
+    })
+    .join()
+    .unwrap()
+    .expect("no refusal within 2 s of connecting as another uid without sending anything");
+    assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
+    assert_eq!(registry.counters().replies(Status::UidNotAllowed), 2);
     still_serving(&registry, addr);
 }
 
