@@ -279,3 +279,80 @@ impl Closer {
         self.tx = None;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        io::Write,
+        net::{TcpListener, TcpStream},
+        os::{fd::AsRawFd, unix::net::UnixDatagram},
+    };
+
+    use super::*;
+
+    /// A connected TCP socket with unsent data and `SO_LINGER {1, secs}`, and what keeps it so.
+    fn lingering(secs: i32) -> (TcpStream, TcpStream, TcpListener) {
+        let server = TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
+        let (peer, _) = server.accept().unwrap();
+        let small = socket2::SockRef::from(&peer);
+        small.set_recv_buffer_size(4096).unwrap();
+        socket2::SockRef::from(&client).set_send_buffer_size(4096).unwrap();
+        client.set_nonblocking(true).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (&client).write(&[0x55u8; 65536]).is_ok() {
+            assert!(Instant::now() < deadline, "the send buffer never filled");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        while (&client).write(&[0x55u8; 65536]).is_ok() {}
+        socket2::SockRef::from(&client).set_linger(Some(Duration::from_secs(secs as u64))).unwrap();
+        (client, peer, server)
+    }
+
+    /// `fd` inside `levels` unix sockets, each queued on the next: deeper than the closer reads.
+    fn nested(fd: OwnedFd, levels: usize) -> (OwnedFd, Vec<UnixDatagram>) {
+        let mut keep = Vec::new();
+        let mut inner = fd;
+        for _ in 0..levels {
+            let (a, b) = UnixDatagram::pair().unwrap();
+            sys::send_with_fd(b.as_fd(), b"x", Some(inner.as_fd())).unwrap();
+            keep.push(b);
+            inner = OwnedFd::from(a);
+        }
+        (inner, keep)
+    }
+
+    #[test]
+    fn a_stuck_close_gets_another_thread() {
+        let health = Arc::new(Health::new());
+        let mut closer = Closer::start(health.clone(), Arc::new(|_| {})).unwrap();
+        let (client, _peer, _server) = lingering(4);
+        let (stuck, _keep) = nested(OwnedFd::from(client), DEFUSE_DEPTH as usize + 1);
+        closer.close(stuck);
+        std::thread::sleep(Duration::from_millis(200));
+        // Behind it, a socket whose close we can see: its peer reads the end.
+        let (a, b) = std::os::unix::net::UnixStream::pair().unwrap();
+        closer.close(OwnedFd::from(a));
+        b.set_nonblocking(true).unwrap();
+        let started = Instant::now();
+        let mut closed = false;
+        while started.elapsed() < Duration::from_secs(3) {
+            closer.retry();
+            let mut buf = [0u8; 1];
+            // SAFETY: reads into a local buffer from a descriptor we own.
+            let n = unsafe { libc::recv(b.as_raw_fd(), buf.as_mut_ptr().cast(), 1, 0) };
+            if n == 0 {
+                closed = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(closed, "the close queued behind a stuck one did not happen within 3 s");
+        assert!(started.elapsed() < Duration::from_millis(2500), "{:?}", started.elapsed());
+        assert_eq!(health.threads.load(Ordering::Acquire), 2, "the watchdog started no thread");
+        assert!(!health.stalled(Duration::from_millis(500)), "nothing waits: not stalled");
+        // The stuck close was stuck: still under way.
+        assert_eq!(closer.backlog(), 1, "the nested lingering socket closed at once");
+        closer.finish(Duration::from_secs(6));
+    }
+}
