@@ -191,6 +191,22 @@ pub fn set_linger_zero(fd: BorrowedFd<'_>) -> Result<()> {
     rustix::net::sockopt::set_socket_linger(fd, Some(Duration::ZERO)).map_err(named("SO_LINGER"))
 }
 
+/// True if `fd` is a unix-domain socket.
+pub fn is_unix_socket(fd: BorrowedFd<'_>) -> bool {
+    rustix::net::sockopt::socket_domain(fd).is_ok_and(|d| d == AddressFamily::UNIX)
+}
+
+/// SO_ACCEPTCONN: the socket listens.
+pub fn is_listening(fd: BorrowedFd<'_>) -> Result<bool> {
+    rustix::net::sockopt::socket_acceptconn(fd).map_err(named("SO_ACCEPTCONN"))
+}
+
+/// FIONBIO: makes the open file non-blocking (for every holder of it: only for descriptors
+/// about to be closed, whose accepts must not wait).
+pub fn set_nonblocking(fd: BorrowedFd<'_>) -> Result<()> {
+    rustix::io::ioctl_fionbio(fd, true).map_err(named("FIONBIO"))
+}
+
 /// shutdown(SHUT_RDWR).
 pub fn shutdown(fd: BorrowedFd<'_>) -> Result<()> {
     rustix::net::shutdown(fd, Shutdown::Both).map_err(named("shutdown"))

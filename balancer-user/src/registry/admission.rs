@@ -263,7 +263,6 @@ impl Loop {
             Worker {
                 pid: c.cred.pid,
                 uid: c.cred.uid,
-                epoch,
                 pidfd: c.pidfd,
                 listener: socket,
                 conn: id,

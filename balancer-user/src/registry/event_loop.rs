@@ -3,18 +3,22 @@
 //!
 //! Owns the registry's state: connections (keyed by an id that is never reused, so a stale event
 //! cannot reach a connection accepted later on the same descriptor number), registered workers
-//! (keyed by service and slot, their exit events carry the slot's epoch), adopted slots, and the
+//! (keyed by service and slot, their exit events carry the id of the registration connection,
+//! private to the registry, never the epoch workers can write), adopted slots, and the
 //! parked last sockets of services with no worker.
 //!
 //! Invariants: the loop turns at least once a second and beats the heartbeat each time; it only
 //! reads sockets without waiting and gives every peer descriptor to the [`Closer`]; accepting
-//! backs off (up to a second) when descriptors run out instead of spinning on EMFILE.
+//! takes at most [`ACCEPTS_PER_TURN`] connections per turn, and backs off (up to a second) when
+//! descriptors run out instead of spinning on EMFILE.
 use std::{
     collections::HashMap,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
 };
+
+use balancer_common::protocol::{Reply, Status};
 
 use super::{adoption::Adopted, closer::Closer, RegistryOptions, Shared};
 use crate::{
@@ -35,8 +39,6 @@ pub(super) struct Conn {
 pub(super) struct Worker {
     pub pid: u32,
     pub uid: u32,
-    /// The slot's epoch when this worker took it.
-    pub epoch: u64,
     pub pidfd: OwnedFd,
     /// Our reference to the worker's socket: for the accept-queue figure. Closed (by the closer)
     /// when the worker leaves: if the worker is gone, so is its socket, and its queue migrates.
@@ -62,8 +64,16 @@ enum Source {
     Listener,
     Wake,
     Conn(u64),
-    Pidfd { key: (usize, u32), epoch: u64 },
-    AdoptedPidfd { key: (usize, u32), pid: u32 },
+    /// `conn`: the id of the worker's registration connection, registry-private and never
+    /// reused (the slot's epoch lives in the shared table, which workers can write).
+    Pidfd {
+        key: (usize, u32),
+        conn: u64,
+    },
+    AdoptedPidfd {
+        key: (usize, u32),
+        pid: u32,
+    },
 }
 
 pub(super) struct Loop {
@@ -94,6 +104,9 @@ pub(super) struct Loop {
 /// The loop turns at least this often, so that the heartbeat stays fresh.
 const MAX_TURN: Duration = Duration::from_secs(1);
 
+/// Connections accepted per turn of the loop at most.
+const ACCEPTS_PER_TURN: usize = 48;
+
 impl Loop {
     pub(super) fn new(
         shared: Arc<Shared>,
@@ -104,9 +117,10 @@ impl Loop {
     ) -> std::io::Result<Self> {
         let adopted = super::adoption::adopted_slots(&shared, options.adoption_grace);
         let gauge_shared = shared.clone();
-        let closer = Closer::start(Arc::new(move |n| {
-            gauge_shared.counters.closing_backlog.store(n, Ordering::Relaxed)
-        }))?;
+        let closer = Closer::start(
+            shared.closer.clone(),
+            Arc::new(move |n| gauge_shared.counters.closing_backlog.store(n, Ordering::Relaxed)),
+        )?;
         Ok(Self {
             shared,
             listener,
@@ -149,7 +163,7 @@ impl Loop {
             }
             for (key, w) in &self.workers {
                 fds.push(w.pidfd.as_fd());
-                sources.push(Source::Pidfd { key: *key, epoch: w.epoch });
+                sources.push(Source::Pidfd { key: *key, conn: w.conn });
             }
             for (key, a) in &self.adopted {
                 fds.push(a.pidfd.as_fd());
@@ -173,10 +187,10 @@ impl Loop {
                     Source::Listener => self.accept_all(),
                     Source::Wake => sys::eventfd_drain(self.wake.as_fd()),
                     Source::Conn(id) => self.on_conn(id),
-                    Source::Pidfd { key, epoch } => {
+                    Source::Pidfd { key, conn } => {
                         // Only if the slot still has the owner this event was about.
                         match self.workers.get(&key) {
-                            Some(w) if w.epoch == epoch => {
+                            Some(w) if w.conn == conn => {
                                 log::info!(
                                     "worker {} exited: slot {} of {} freed",
                                     w.pid,
@@ -301,8 +315,11 @@ impl Loop {
         }
     }
 
+    /// Accepts what waits, at most [`ACCEPTS_PER_TURN`]: a connect/close flood must not keep the
+    /// thread here, away from departures, reconciliation and the heartbeat. The rest waits for
+    /// the next turn (the listener is still readable, so that turn comes at once).
     fn accept_all(&mut self) {
-        loop {
+        for _ in 0..ACCEPTS_PER_TURN {
             match sys::accept(self.listener.as_fd()) {
                 Ok(fd) => {
                     self.accept_backoff = Duration::ZERO;
@@ -336,7 +353,8 @@ impl Loop {
         }
     }
 
-    /// Keeps a new connection within the caps on unregistered ones; returns its id.
+    /// Refuses a connection of a uid that may not register, before reading anything from it;
+    /// keeps the others within the caps on unregistered ones and returns the new id.
     fn admit_conn(&mut self, fd: OwnedFd) -> Option<u64> {
         let uid = match sys::peer_cred(fd.as_fd()) {
             Ok(c) => c.uid,
@@ -346,6 +364,16 @@ impl Loop {
                 return None;
             }
         };
+        if !self.shared.settings().allows(uid) {
+            let reason = format!("uid {uid} may not register here");
+            log::warn!("registration rejected ({}): {reason}", Status::UidNotAllowed.name());
+            self.shared.counters.count_reply(Status::UidNotAllowed);
+            // Without waiting; whatever it sent is never read, and closes with the connection.
+            let reply = Reply::new(Status::UidNotAllowed, 0, 0, &reason);
+            let _ = sys::send_with_fd(fd.as_fd(), &reply.encode(), None);
+            self.closer.close(fd);
+            return None;
+        }
         let pending = |conns: &HashMap<u64, Conn>, uid: Option<u32>| {
             conns.values().filter(|c| c.worker.is_none() && uid.is_none_or(|u| c.uid == u)).count()
         };

@@ -15,14 +15,15 @@
 //! One thread runs the loop; the groups are shared behind a `Mutex` so that the caller can read
 //! them while it runs. Invariants:
 //! - nothing a peer controls can stall that thread: every descriptor a peer handed over (and
-//!   every registration connection) is closed on a separate thread ([`closer`]), sockets are
+//!   every registration connection) is defused and closed on separate threads ([`closer`]),
+//!   which a watchdog adds to when a close is stuck; sockets are
 //!   only read without waiting, unregistered connections are capped per uid and in total and
 //!   must register within [`RegistryOptions::register_timeout`];
 //! - the loop beats a heartbeat at every turn (at least once a second): [`Registry::is_running`]
 //!   turns false when it has not for [`RegistryOptions::stall_limit`], and stopping waits for the
 //!   thread a bounded time;
-//! - events are keyed by what cannot be reused within one poll batch (connection ids, slot and
-//!   epoch), so a stale event never touches a new owner.
+//! - events are keyed by what cannot be reused and no peer can write (connection ids, which also
+//!   name a registration), so a stale event never touches a new owner.
 use std::{
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
@@ -198,6 +199,8 @@ struct Shared {
     started: Instant,
     /// Milliseconds since `started` at the loop's last turn.
     heartbeat_ms: AtomicU64,
+    /// What the closer threads are doing (stuck or not).
+    closer: Arc<closer::Health>,
 }
 
 /// What registrations must satisfy; changed by a configuration reload.
@@ -281,6 +284,7 @@ impl Registry {
             }),
             started: Instant::now(),
             heartbeat_ms: AtomicU64::new(0),
+            closer: Arc::new(closer::Health::new()),
         });
         let mut event_loop =
             event_loop::Loop::new(shared.clone(), listener, wake.clone(), netns, &options)
@@ -338,10 +342,13 @@ impl Registry {
     }
 
     /// True while the registration thread runs and keeps turning: false once it has not
-    /// completed a turn of its loop for [`RegistryOptions::stall_limit`] (stuck), or ended.
+    /// completed a turn of its loop for [`RegistryOptions::stall_limit`] (stuck), or ended, or
+    /// once peer descriptors wait to be closed and none has been closed for that long (every
+    /// closer thread stuck: sockets queued behind stay open).
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
             && self.shared.since_last_beat() < self.stall_limit
+            && !self.shared.closer.stalled(self.stall_limit)
     }
 
     /// How long ago the loop last completed a turn.

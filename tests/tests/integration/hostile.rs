@@ -55,7 +55,19 @@ fn msg() -> [u8; Register::SIZE] {
 /// The service still takes a legitimate worker and serves a connection through it.
 fn still_serving(registry: &Registry, addr: SocketAddr) {
     let path = registry.socket_path().to_path_buf();
-    let listener = bind_reuseport(addr, 16).unwrap();
+    // A refused socket of another uid on the same address closes on the registry's closer
+    // thread a moment after the reply: until then SO_REUSEPORT (same uid only) refuses the bind.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let listener = loop {
+        match bind_reuseport(addr, 16) {
+            Ok(l) => break l,
+            Err(e) if Instant::now() < deadline => {
+                let _ = e;
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("binding {addr} 2 s after the registry's last refusal: {e}"),
+        }
+    };
     let (reply, _conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
     assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
     let _client = TcpStream::connect(addr).expect("the service stopped serving");
@@ -133,6 +145,30 @@ fn another_uid_is_refused() {
     assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
     assert!(reply.reason().contains("65534"), "the reason should name the uid: {}", reply.reason());
     assert_eq!(registry.counters().replies(Status::UidNotAllowed), 1);
+    // Refused at accept, before anything is read: a connection that sends nothing gets the
+    // refusal too (a registry that reads first would wait for a message, then time it out).
+    let path: PathBuf = registry.socket_path().to_path_buf();
+    let reply = std::thread::spawn(move || {
+        // SAFETY: a raw setresuid on this thread alone, which ends right after.
+        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let conn = connect(&path).unwrap();
+        let mut buf = [0u8; 512];
+        let mut fds = [libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
+        // SAFETY: one pollfd of a descriptor we own; recv into a local buffer.
+        let n = unsafe {
+            if libc::poll(fds.as_mut_ptr(), 1, 2000) != 1 {
+                return None;
+            }
+            libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
+        };
+        (n > 0).then(|| balancer_common::protocol::Reply::decode(&buf[..n as usize]).unwrap())
+    })
+    .join()
+    .unwrap()
+    .expect("no refusal within 2 s of connecting as another uid without sending anything");
+    assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
+    assert_eq!(registry.counters().replies(Status::UidNotAllowed), 2);
     still_serving(&registry, addr);
 }
 
@@ -314,31 +350,73 @@ fn lingering_socket(secs: i32) -> (TcpStream, TcpStream, TcpListener) {
     (client, peer, server)
 }
 
-/// Sends `fd` to the registry in a registration message and closes our copy at once, so that
-/// the registry's copy (in flight, then received) is the last reference.
-fn hand_over_and_close(path: &std::path::Path, fd: TcpStream) -> std::os::fd::OwnedFd {
-    let conn = connect(path).unwrap();
-    let msg = msg();
+/// Sends one datagram on `conn`, with `fd` attached if given, without waiting; false if refused.
+fn send_on(conn: &impl AsRawFd, data: &[u8], fd: Option<i32>) -> bool {
     // SAFETY: CMSG_SPACE only computes a size.
     let space = unsafe { libc::CMSG_SPACE(4) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: msg.as_ptr() as *mut _, iov_len: msg.len() };
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
     // SAFETY: msghdr, iovec and control buffer outlive the sendmsg call that reads them.
     unsafe {
         let mut hdr: libc::msghdr = std::mem::zeroed();
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
-        hdr.msg_control = cbuf.as_mut_ptr().cast();
-        hdr.msg_controllen = space;
-        let c = libc::CMSG_FIRSTHDR(&hdr);
-        (*c).cmsg_level = libc::SOL_SOCKET;
-        (*c).cmsg_type = libc::SCM_RIGHTS;
-        (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-        std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd.as_raw_fd());
-        assert!(libc::sendmsg(conn.as_raw_fd(), &hdr, 0) > 0, "sendmsg");
+        if let Some(fd) = fd {
+            hdr.msg_control = cbuf.as_mut_ptr().cast();
+            hdr.msg_controllen = space;
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+        }
+        libc::sendmsg(conn.as_raw_fd(), &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) >= 0
     }
+}
+
+/// Sends `fd` to the registry in a registration message and closes our copy at once, so that
+/// the registry's copy (in flight, then received) is the last reference.
+fn hand_over_and_close(path: &std::path::Path, fd: TcpStream) -> std::os::fd::OwnedFd {
+    let conn = connect(path).unwrap();
+    assert!(send_on(&conn, &msg(), Some(fd.as_raw_fd())), "sendmsg");
     drop(fd);
     conn
+}
+
+/// Trick (a): a worker registers, then sends an empty message (which reads as its leaving)
+/// and, behind it, a message carrying a lingering socket: the registry closes the connection
+/// with that message still queued, and the close frees the socket in the closing thread.
+/// Returns what must stay open, and whether the second message was queued in time.
+fn lingering_behind_a_registration(
+    path: &std::path::Path,
+    addr: SocketAddr,
+) -> (Vec<Box<dyn std::any::Any>>, bool) {
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (client, peer, server) = lingering_socket(60);
+    let (reply, conn) = register_and_hold(path, &msg(), listener.as_raw_fd());
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    let landed = send_on(&conn, b"", None) && send_on(&conn, b"x", Some(client.as_raw_fd()));
+    drop(client);
+    (vec![Box::new(listener), Box::new(conn), Box::new(peer), Box::new(server)], landed)
+}
+
+/// Trick (b): a unix socket with a message carrying a lingering socket queued on it, handed
+/// over as the worker's socket: refused, and closing it frees the lingering socket.
+fn lingering_inside_a_unix_socket(path: &std::path::Path) -> Vec<Box<dyn std::any::Any>> {
+    let (client, peer, server) = lingering_socket(60);
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    assert!(send_on(&ours, b"x", Some(client.as_raw_fd())), "queueing on the socketpair");
+    drop(client);
+    let conn = connect(path).unwrap();
+    assert!(send_on(&conn, &msg(), Some(theirs.as_raw_fd())), "sendmsg");
+    drop(theirs);
+    let mut reply = [0u8; 256];
+    // SAFETY: reads into a local buffer from a descriptor we own.
+    let n = unsafe { libc::recv(conn.as_raw_fd(), reply.as_mut_ptr().cast(), 256, 0) };
+    assert!(n > 0, "no reply to a registration with a unix socket");
+    let reply = balancer_common::protocol::Reply::decode(&reply[..n as usize]).unwrap();
+    assert_ne!(reply.status(), Status::Ok, "a unix socket was registered as a worker's");
+    vec![Box::new(ours), Box::new(conn), Box::new(peer), Box::new(server)]
 }
 
 #[test]
@@ -349,15 +427,24 @@ fn a_lingering_socket_does_not_freeze_the_registry() {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let registry = start(&dir, addr);
     let path = registry.socket_path().to_path_buf();
-    // Three tries at the trick: one that lands is enough to stall a registry that closes peer
-    // descriptors on its own thread (for 60 s each).
-    let mut keep = Vec::new();
+    // Three tries at each trick: one that lands is enough to stall a registry that closes peer
+    // descriptors on its own thread, or a closer that closes them as they are (for 60 s each).
+    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut landed = 0;
     for _ in 0..3 {
+        // The socket itself, handed over.
         let (client, peer, server) = lingering_socket(60);
         let conn = hand_over_and_close(&path, client);
-        keep.push((conn, peer, server));
+        keep.extend([Box::new(conn) as Box<dyn std::any::Any>, Box::new(peer), Box::new(server)]);
+        // (a) queued behind a registration.
+        let (k, ok) = lingering_behind_a_registration(&path, addr);
+        keep.extend(k);
+        landed += ok as usize;
+        // (b) queued inside a unix socket handed over.
+        keep.extend(lingering_inside_a_unix_socket(&path));
         std::thread::sleep(Duration::from_millis(100));
     }
+    assert!(landed > 0, "trick (a) never queued its second message: the test proves nothing");
     // A legitimate worker still registers, and quickly.
     let started = Instant::now();
     let listener = bind_reuseport(addr, 16).unwrap();
@@ -376,7 +463,20 @@ fn a_lingering_socket_does_not_freeze_the_registry() {
         integration_tests::apps::wait_until(Duration::from_secs(2), || departures() > before),
         "the departure was not processed within 2 s"
     );
-    assert!(registry.is_running(), "the registry loop stopped turning");
+    // And the copy the registry held of a later worker's socket is closed when it leaves (a
+    // stuck closer keeps it open, and with it the socket in the group).
+    let other = bind_reuseport(addr, 16).unwrap();
+    let (r1, c1) = register_and_hold(&path, &msg(), listener.as_raw_fd());
+    let (r2, _c2) = register_and_hold(&path, &msg(), other.as_raw_fd());
+    assert_eq!((r1.status(), r2.status()), (Status::Ok, Status::Ok));
+    drop(c1);
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(2), || {
+            references(listener.as_raw_fd()) == 1
+        }),
+        "the registry still holds a departed worker's socket 2 s later: its closer is stuck"
+    );
+    assert!(registry.is_running(), "the registry reports itself stuck");
     // And it stops promptly.
     let started = Instant::now();
     registry.stop();
@@ -851,4 +951,51 @@ fn a_pid_written_into_the_shared_table_does_not_claim_a_slot_on_adoption() {
     );
     registry.stop();
     drop(app);
+
+#[test]
+fn a_connect_flood_does_not_starve_departures() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-flood");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let path = registry.socket_path().to_path_buf();
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (reply, conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    // Four threads connect and close as fast as they can, for 3 s.
+    let flood_end = Instant::now() + Duration::from_secs(3);
+    let flooders: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let mut n = 0u64;
+                while Instant::now() < flood_end {
+                    if connect(&path).is_ok() {
+                        n += 1;
+                    }
+                }
+                n
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let departures = || registry.counters().departures.load(std::sync::atomic::Ordering::Relaxed);
+    let before = departures();
+    let left = Instant::now();
+    drop(conn);
+    let processed =
+        integration_tests::apps::wait_until(Duration::from_millis(1500), || departures() > before);
+    let took = left.elapsed();
+    let mut healthy = true;
+    while Instant::now() < flood_end {
+        healthy &= registry.is_running();
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let connects: u64 = flooders.into_iter().map(|t| t.join().unwrap()).sum();
+    assert!(connects > 1000, "only {connects} connections in 3 s: no flood to speak of");
+    assert!(processed, "the departure was not processed within 1.5 s of a connect flood");
+    assert!(took < Duration::from_millis(1500), "the departure took {took:?}");
+    assert!(healthy, "the registry reported itself stuck during the flood");
+    eprintln!("{connects} connections in 3 s; departure processed after {took:?}");
 }
