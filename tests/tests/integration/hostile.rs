@@ -951,6 +951,7 @@ fn a_pid_written_into_the_shared_table_does_not_claim_a_slot_on_adoption() {
     );
     registry.stop();
     drop(app);
+}
 
 #[test]
 fn a_connect_flood_does_not_starve_departures() {
