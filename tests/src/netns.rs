@@ -4,7 +4,7 @@ use std::{
     fs::File,
     io,
     os::{
-        fd::{AsRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd},
         unix::process::CommandExt,
     },
     path::PathBuf,
@@ -13,6 +13,11 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
+use rustix::{
+    ioctl::{ioctl, Opcode, Updater},
+    net::{socket_with, AddressFamily, SocketFlags, SocketType},
+    thread::{move_into_link_name_space, unshare_unsafe, LinkNameSpaceType, UnshareFlags},
+};
 
 pub struct NetNs {
     fd: OwnedFd,
@@ -33,11 +38,8 @@ impl NetNs {
 
     /// Moves the calling thread into the namespace.
     pub fn enter(&self) -> Result<()> {
-        // SAFETY: setns with a namespace descriptor we own.
-        if unsafe { libc::setns(self.fd.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-            bail!("setns into the test namespace failed: {}", io::Error::last_os_error());
-        }
-        Ok(())
+        move_into_link_name_space(self.fd.as_fd(), Some(LinkNameSpaceType::Network))
+            .context("setns into the test namespace failed")
     }
 
     /// Runs `f` on a thread inside the namespace and returns its result.
@@ -74,12 +76,14 @@ impl NetNs {
     pub fn command(&self, program: &str) -> Command {
         let fd = self.fd.as_raw_fd();
         let mut cmd = Command::new(program);
-        // SAFETY: setns is async-signal-safe; fd stays open in the parent until spawn returns.
+        // SAFETY: the closure only makes the setns system call (async-signal-safe, no allocation)
+        // between fork and exec.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::setns(fd, libc::CLONE_NEWNET) != 0 {
-                    return Err(io::Error::last_os_error());
-                }
+                // SAFETY: fd is self.fd, which stays open in the parent (and so in the forked
+                // child) until spawn returns.
+                let fd = BorrowedFd::borrow_raw(fd);
+                move_into_link_name_space(fd, Some(LinkNameSpaceType::Network))?;
                 Ok(())
             })
         };
@@ -112,39 +116,36 @@ impl NetNs {
 /// For a thread that ends with its work: a test's own thread (libtest runs each test on a thread
 /// of its own) or the bench's main thread.
 pub fn isolate_thread() -> Result<()> {
-    // SAFETY: unshare on this thread only; CLONE_NEWNET is allowed in threaded processes.
-    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
-        bail!(
-            "unshare(CLONE_NEWNET) failed (tests must run as root): {}",
-            io::Error::last_os_error()
-        );
-    }
+    // SAFETY: only CLONE_NEWNET, not CLONE_FILES: the descriptor table stays shared, which is
+    // what unshare_unsafe's contract is about; a new network namespace for this thread alone is
+    // allowed in a threaded process.
+    unsafe { unshare_unsafe(UnshareFlags::NEWNET) }
+        .context("unshare(CLONE_NEWNET) failed (tests must run as root)")?;
     set_loopback_up().context("bringing lo up in the new network namespace")
 }
 
-/// `ip link set lo up`, with the SIOCSIFFLAGS ioctl.
+/// `SIOCGIFFLAGS` and `SIOCSIFFLAGS` (rustix has no interface-flags call): both take a
+/// `struct ifreq`, the first fills its flags, the second reads them.
+const SIOCGIFFLAGS: Opcode = libc::SIOCGIFFLAGS as Opcode;
+const SIOCSIFFLAGS: Opcode = libc::SIOCSIFFLAGS as Opcode;
+
+/// `ip link set lo up`, with the SIOCGIFFLAGS / SIOCSIFFLAGS ioctls.
 fn set_loopback_up() -> io::Result<()> {
-    // SAFETY: a plain datagram socket used only for the interface ioctls below.
-    let sock = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if sock < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: sock is ours; wrapping it closes it on every path.
-    let sock = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(sock) };
-    // SAFETY: zeroed ifreq with a NUL-terminated name; the kernel fills and reads ifr_flags.
+    // A plain datagram socket used only for the interface ioctls below.
+    let sock = socket_with(AddressFamily::INET, SocketType::DGRAM, SocketFlags::CLOEXEC, None)?;
+    // SAFETY: ifreq is plain old data (a name array and a union of integers and addresses), for
+    // which all zeroes is a valid value.
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
         *dst = *src as libc::c_char;
     }
-    // SAFETY: SIOCGIFFLAGS fills `req`, a valid ifreq naming lo, on our own socket.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFFLAGS, &mut req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: SIOCGIFFLAGS takes a struct ifreq naming the interface and fills its ifr_flags;
+    // `req` is one, NUL-terminated name "lo", on our own socket.
+    unsafe { ioctl(&sock, Updater::<SIOCGIFFLAGS, libc::ifreq>::new(&mut req)) }?;
     // SAFETY: ifr_flags is the union member SIOCGIFFLAGS just filled.
     unsafe { req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short };
-    // SAFETY: SIOCSIFFLAGS reads `req`, a valid ifreq naming lo, on our own socket.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFFLAGS, &req) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    // SAFETY: SIOCSIFFLAGS takes a struct ifreq naming the interface and reads its ifr_flags;
+    // `req` is the one SIOCGIFFLAGS filled, with IFF_UP added.
+    unsafe { ioctl(&sock, Updater::<SIOCSIFFLAGS, libc::ifreq>::new(&mut req)) }?;
     Ok(())
 }

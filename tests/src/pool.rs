@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context, Result};
 use balancer_common::Policy;
 use balancer_user::{listener::bind_reuseport, Group, GroupOptions, Mode};
+use rustix::thread::{sched_setaffinity, CpuSet};
 
 /// Backlog large enough to hold every connection a test leaves unaccepted.
 pub const BACKLOG: i32 = 4096;
@@ -90,12 +91,8 @@ fn drain_one(l: &TcpListener) -> io::Result<usize> {
 
 /// Pins the calling thread to CPU 0, so per-CPU state (round-robin position) is one sequence.
 pub fn pin_to_cpu0() -> Result<()> {
-    // SAFETY: a zeroed cpu_set_t with one bit set, for the calling thread.
-    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
-    // SAFETY: CPU_SET sets bit 0 of `set`, a valid cpu_set_t on our stack.
-    unsafe { libc::CPU_SET(0, &mut set) };
-    // SAFETY: sched_setaffinity reads `set` with its exact size, for the calling thread (0).
-    let ret = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
-    anyhow::ensure!(ret == 0, "sched_setaffinity: {}", io::Error::last_os_error());
-    Ok(())
+    let mut set = CpuSet::new();
+    set.set(0);
+    // None: the calling thread.
+    sched_setaffinity(None, &set).context("sched_setaffinity")
 }
