@@ -5,7 +5,9 @@
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use balancer_common::protocol::{DecodeError, Register, Reply, Status, MAGIC, REASON_LEN, VERSION};
+use balancer_common::protocol::{
+    DecodeError, Name, Register, Reply, Status, MAGIC, POD_LEN, REASON_LEN, TEMPLATE_LEN, VERSION,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -27,12 +29,18 @@ fn decode_register(b: &[u8]) {
             assert_eq!((r.magic, r.version), (MAGIC, VERSION));
             let again = r.encode();
             assert_eq!(Register::decode(&again), Ok(r), "decode(encode(x)) != x");
-            // Every byte is carried over (version 2 has no reserved bytes).
+            // Every byte is carried over (reserved bytes and name padding must be 0 to decode).
             assert_eq!(again[..], b[..]);
+            assert_eq!(r.template.as_str().len() + 1 <= TEMPLATE_LEN, true);
+            assert_eq!(r.pod.as_str().len() + 1 <= POD_LEN, true);
         }
         Err(e) => {
-            assert!(!header_ok(b, Register::SIZE), "rejected a good register ({e}): {b:02x?}");
-            check_error(e, b, Register::SIZE);
+            if header_ok(b, Register::SIZE) {
+                // Only the body can be wrong: unknown flags or a malformed name.
+                assert!(matches!(e, DecodeError::Flags(_) | DecodeError::Name), "{e}: {b:02x?}");
+            } else {
+                check_error(e, b, Register::SIZE);
+            }
         }
     }
 }
@@ -52,11 +60,14 @@ fn decode_reply(b: &[u8]) {
         Err(e) => {
             let status_ok = b.len() == Reply::SIZE
                 && Status::from_id(u16::from_le_bytes([b[6], b[7]])).is_some();
-            assert!(
-                !(header_ok(b, Reply::SIZE) && status_ok),
-                "rejected a good reply ({e}): {b:02x?}"
-            );
-            check_error(e, b, Reply::SIZE);
+            if header_ok(b, Reply::SIZE) && status_ok {
+                assert!(
+                    matches!(e, DecodeError::Flags(_)),
+                    "rejected a good reply ({e}): {b:02x?}"
+                );
+            } else {
+                check_error(e, b, Reply::SIZE);
+            }
         }
     }
 }
@@ -90,7 +101,23 @@ fn check_reason(r: &Reply) {
 }
 
 fn encode_register(u: &mut Unstructured) -> arbitrary::Result<()> {
-    let r = Register::new(u.arbitrary()?, u.arbitrary()?);
+    let mut r = Register::new(u.arbitrary()?, u.arbitrary()?);
+    r.flags = u.int_in_range(0..=Register::WANT_SOCKET)?;
+    // Names: whatever `Name::new` accepts round-trips; what it refuses is never built.
+    let (t, p) = (<&str>::arbitrary(u)?, <&str>::arbitrary(u)?);
+    if let Some(name) = Name::new(t) {
+        assert_eq!(name.as_str(), t);
+        r.template = name;
+    } else {
+        assert!(
+            t.len() >= TEMPLATE_LEN
+                || !t.bytes().all(|c| c.is_ascii_alphanumeric() || b".-_/:".contains(&c))
+        );
+    }
+    if let Some(name) = Name::new(p) {
+        assert_eq!(name.as_str(), p);
+        r.pod = name;
+    }
     let bytes = r.encode();
     assert_eq!(bytes.len(), Register::SIZE);
     assert_eq!(Register::decode(&bytes), Ok(r));
@@ -105,7 +132,8 @@ fn encode_reply(u: &mut Unstructured) -> arbitrary::Result<()> {
     let (slot, epoch): (u32, u64) = (u.arbitrary()?, u.arbitrary()?);
     let reason = <&str>::arbitrary(u)?;
     let map_id: u32 = u.arbitrary()?;
-    let r = Reply::new(status, slot, epoch, reason).with_map_id(map_id);
+    let flags = u.int_in_range(0..=Reply::SOCKET_ATTACHED)?;
+    let r = Reply::new(status, slot, epoch, reason).with_map_id(map_id).with_flags(flags);
     let bytes = r.encode();
     assert_eq!(bytes.len(), Reply::SIZE);
     let back = Reply::decode(&bytes).expect("an encoded reply decodes");
