@@ -7,8 +7,9 @@ pub const MAX_SLOTS: u32 = 256;
 /// Version of the [`LoadTable`] layout that the program, the shim and the controller share. Bump
 /// it with every change of [`LoadTable`], [`SlotRecord`], [`Config`], [`SlotOwner`] or of the set
 /// of maps: a shim of another layout is refused at registration, and pins of another layout are
-/// replaced, never adopted. Layout 3 added the `OWNERS` map.
-pub const LAYOUT_VERSION: u16 = 3;
+/// replaced, never adopted. Layout 3 added the `OWNERS` map; layout 4 [`LoadTable::progress`] and
+/// [`Config::blocked_after_ms`].
+pub const LAYOUT_VERSION: u16 = 4;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -60,6 +61,13 @@ pub struct LoadTable {
     pub inflight: [u64; MAX_SLOTS as usize],
     /// Relative capacity per slot; 0 counts as 1.
     pub weight: [u32; MAX_SLOTS as usize],
+    /// When each slot last made progress, in CLOCK_MONOTONIC nanoseconds: the program stores the
+    /// time when it gives a connection to a slot that had none in flight, the worker's shim when
+    /// it completes one, the controller when it gives the slot an owner or corrects its count.
+    /// A slot with connections in flight and no progress for [`Config::blocked_after_ms`] is
+    /// blocked (a worker stuck in a long call holding the GIL, say): the policy passes it over.
+    /// Plain stores; a value in the future (another clock) never counts as blocked.
+    pub progress: [u64; MAX_SLOTS as usize],
     /// Per-slot bookkeeping the program never reads.
     pub slots: [SlotRecord; MAX_SLOTS as usize],
 }
@@ -108,6 +116,9 @@ pub mod table_offsets {
     }
     pub const fn weight(slot: usize) -> usize {
         offset_of!(LoadTable, weight) + slot * 4
+    }
+    pub const fn progress(slot: usize) -> usize {
+        offset_of!(LoadTable, progress) + slot * 8
     }
     const fn record(slot: usize) -> usize {
         offset_of!(LoadTable, slots) + slot * size_of::<SlotRecord>()
@@ -159,6 +170,10 @@ pub struct Config {
     pub generation: u32,
     /// [`config_flags`] bits.
     pub flags: u32,
+    /// A slot with connections in flight and no [`LoadTable::progress`] for this long is passed
+    /// over by least-loaded and p2c while another slot is not blocked; 0 turns the check off.
+    pub blocked_after_ms: u32,
+    pub _reserved: u32,
     /// Dense list of the slots that take new connections.
     pub active: [u32; MAX_SLOTS as usize],
 }
@@ -171,7 +186,15 @@ pub mod config_flags {
 
 impl Config {
     pub const fn empty(policy: u32) -> Self {
-        Self { policy, n_active: 0, generation: 0, flags: 0, active: [NO_SLOT; MAX_SLOTS as usize] }
+        Self {
+            policy,
+            n_active: 0,
+            generation: 0,
+            flags: 0,
+            blocked_after_ms: 0,
+            _reserved: 0,
+            active: [NO_SLOT; MAX_SLOTS as usize],
+        }
     }
 
     /// The active slots, as a slice (clamped to the array, whatever `n_active` says).
@@ -199,10 +222,13 @@ pub enum Event {
     MigrateSelected = 4,
     /// A connection of a closing listener was left to the kernel's hash.
     MigrateFallback = 5,
+    /// A connection went to a worker that is not blocked while another candidate was blocked
+    /// (see [`Config::blocked_after_ms`]).
+    BlockedPassedOver = 6,
 }
 
 impl Event {
-    pub const COUNT: u32 = 6;
+    pub const COUNT: u32 = 7;
     pub const ALL: [Event; Self::COUNT as usize] = [
         Event::FallbackNoConfig,
         Event::FallbackNoActive,
@@ -210,6 +236,7 @@ impl Event {
         Event::FallbackSelectFailed,
         Event::MigrateSelected,
         Event::MigrateFallback,
+        Event::BlockedPassedOver,
     ];
 
     /// Short name for metrics labels and logs.
@@ -221,6 +248,7 @@ impl Event {
             Event::FallbackSelectFailed => "select_failed",
             Event::MigrateSelected => "migrated",
             Event::MigrateFallback => "migrate_fallback",
+            Event::BlockedPassedOver => "blocked_passed_over",
         }
     }
 
@@ -239,5 +267,5 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
-const _: () = assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 32));
-const _: () = assert!(core::mem::size_of::<Config>() == 16 + 4 * MAX_SLOTS as usize);
+const _: () = assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 32));
+const _: () = assert!(core::mem::size_of::<Config>() == 24 + 4 * MAX_SLOTS as usize);

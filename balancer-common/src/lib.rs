@@ -11,4 +11,4 @@ pub mod policy;
 pub mod protocol;
 
 pub use layout::*;
-pub use policy::{choose, Draw, LoadSource, Policy, Scan};
+pub use policy::{choose, decide, is_blocked, Choice, Draw, LoadSource, Policy, Scan};

@@ -79,12 +79,30 @@ pub struct Draw {
     pub hash: u32,
     /// This CPU's round-robin position.
     pub tick: u32,
+    /// CLOCK_MONOTONIC now, in ns, for the blocked check ([`Config::blocked_after_ms`]); 0
+    /// when the check is off.
+    pub now: u64,
+}
+
+/// What [`decide`] picked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Choice {
+    pub slot: u32,
+    /// A candidate was blocked and the pick is not (least-loaded: some active slot was blocked;
+    /// p2c: the lighter of its two was).
+    pub passed_blocked: bool,
 }
 
 /// Where [`choose`] reads each slot's load, and how it drives the least-loaded scan.
 pub trait LoadSource: Sized {
     /// `(connections in flight, weight)` of a slot, or `None` if it cannot be read.
     fn load(&self, slot: u32) -> Option<(u64, u32)>;
+
+    /// When the slot last made progress ([`crate::LoadTable::progress`]); read only for a slot
+    /// that would otherwise win, and only while the blocked check is on.
+    fn progress(&self, _slot: u32) -> u64 {
+        0
+    }
 
     /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
     /// the eBPF program overrides it with `bpf_loop`, so the verifier checks the chunk once instead
@@ -112,6 +130,35 @@ pub fn lighter(a: u64, wa: u32, b: u64, wb: u32) -> bool {
     a * wb < b * wa
 }
 
+/// Whether a slot with `load` in flight and `progress` as its last progress is blocked at `now`
+/// (`limit_ns` 0: never). A progress in the future (another clock) is not blocked.
+#[inline(always)]
+pub fn is_blocked(load: u64, progress: u64, now: u64, limit_ns: u64) -> bool {
+    limit_ns != 0 && load > 0 && (now.wrapping_sub(progress) as i64) > limit_ns as i64
+}
+
+/// All ones when a slot with `load` in flight and last progress `progress` is blocked at `now`
+/// past `limit_ns`, else 0; `enabled` is all ones when the check is on. Branch-free (sign bits
+/// of wrapping differences), so that the least-loaded scan keeps two paths per slot for the
+/// verifier. Agrees with [`is_blocked`] whenever the progress lies less than 2^62 ns from now.
+#[inline(always)]
+pub fn blocked_mask(load: u64, progress: u64, now: u64, limit_ns: u64, enabled: u64) -> u64 {
+    let age = now.wrapping_sub(progress) as i64;
+    let over = ((limit_ns as i64).wrapping_sub(age) >> 63) as u64;
+    let busy = ((load as i64).wrapping_neg() >> 63) as u64;
+    over & busy & enabled
+}
+
+/// The blocked limit of `cfg` in ns (0: off).
+#[inline(always)]
+fn blocked_limit_ns(cfg: &Config, draw: &Draw) -> u64 {
+    if draw.now == 0 {
+        0
+    } else {
+        cfg.blocked_after_ms as u64 * 1_000_000
+    }
+}
+
 /// Picks the slot for one connection, never `exclude` (pass [`NO_SLOT`] to allow every slot).
 ///
 /// Returns the fallback [`Event`] when there is nothing to choose: the caller then leaves the
@@ -123,6 +170,21 @@ pub fn choose<L: LoadSource>(
     exclude: u32,
     loads: &L,
 ) -> Result<u32, Event> {
+    decide(cfg, draw, exclude, loads).map(|c| c.slot)
+}
+
+/// [`choose`], also telling whether a blocked slot was passed over.
+///
+/// Least-loaded and p2c pass over a blocked slot (connections in flight, no progress for
+/// [`Config::blocked_after_ms`]) while another candidate is not blocked; when every candidate
+/// is blocked they pick as if none were. Round-robin and hash ignore the check.
+#[inline(always)]
+pub fn decide<L: LoadSource>(
+    cfg: &Config,
+    draw: &Draw,
+    exclude: u32,
+    loads: &L,
+) -> Result<Choice, Event> {
     let n = cfg.n_active;
     if n == 0 {
         return Err(Event::FallbackNoActive);
@@ -134,15 +196,19 @@ pub fn choose<L: LoadSource>(
         Some(p) => p,
         None => return Err(Event::FallbackBadConfig),
     };
+    let plain = |slot: u32| Choice { slot, passed_blocked: false };
     match policy {
         Policy::LeastLoaded => {
-            let mut scan = Scan::new(n, draw.random % n, exclude);
+            let mut scan =
+                Scan::new(n, draw.random % n, exclude, draw.now, blocked_limit_ns(cfg, draw));
             loads.run_scan(cfg, &mut scan);
             scan.result()
         }
-        Policy::PowerOfTwo => power_of_two(cfg, n, draw.random, exclude, loads),
-        Policy::RoundRobin => nth_usable(cfg, n, draw.tick % n, exclude),
-        Policy::Hash => nth_usable(cfg, n, draw.hash % n, exclude),
+        Policy::PowerOfTwo => {
+            power_of_two(cfg, n, draw, blocked_limit_ns(cfg, draw), exclude, loads)
+        }
+        Policy::RoundRobin => nth_usable(cfg, n, draw.tick % n, exclude).map(plain),
+        Policy::Hash => nth_usable(cfg, n, draw.hash % n, exclude).map(plain),
     }
 }
 
@@ -170,6 +236,12 @@ fn active_at(cfg: &Config, i: u32) -> u32 {
 /// State of the least-loaded scan: an exact pass over the active slots starting at dense index
 /// `start` and wrapping around, keeping the first strict minimum. With equal loads the winner is
 /// whichever comes first after a random start, so ties spread instead of piling on slot 0.
+///
+/// With the blocked check on (`limit_ns` > 0), a blocked slot's load is lifted by
+/// [`Scan::BLOCKED`] (and its weight taken as 1), above every slot that is not blocked: it wins
+/// only when every candidate is blocked, and then the one with the fewest in flight does. The
+/// lift is computed without a branch ([`blocked_mask`]), so the verifier still sees two paths per
+/// slot.
 #[derive(Clone, Copy, Debug)]
 pub struct Scan {
     pub n: u32,
@@ -178,6 +250,12 @@ pub struct Scan {
     pub best: u32,
     pub best_weight: u32,
     pub best_load: u64,
+    pub now: u64,
+    pub limit_ns: u64,
+    /// All ones when the blocked check is on.
+    pub enabled: u64,
+    /// All ones once a blocked candidate was seen.
+    pub blocked_seen: u64,
 }
 
 impl Scan {
@@ -185,15 +263,29 @@ impl Scan {
     /// lookup in between, where one call per slot would cost more than the slot itself.
     pub const CHUNK: u32 = 4;
 
-    /// Loads are capped here, so that [`Scan::NONE_YET`] is heavier than any real one.
-    const LOAD_CAP: u64 = (1 << 31) - 1;
+    /// Loads are capped here, so that a blocked load ([`Scan::BLOCKED`] + load) is heavier than
+    /// any other, and [`Scan::NONE_YET`] heavier than all.
+    const LOAD_CAP: u64 = (1 << 30) - 1;
+    /// Added to a blocked slot's load.
+    pub const BLOCKED: u64 = 1 << 30;
     /// The load of "no slot chosen yet". A sentinel rather than a test of `best == NO_SLOT`:
     /// comparing `best` with a constant makes the verifier track it exactly, and then it cannot
     /// merge the paths of a chunk, which multiply.
-    const NONE_YET: u64 = Self::LOAD_CAP + 1;
+    const NONE_YET: u64 = 1 << 31;
 
-    pub fn new(n: u32, start: u32, exclude: u32) -> Self {
-        Self { n, start, exclude, best: NO_SLOT, best_weight: 1, best_load: Self::NONE_YET }
+    pub fn new(n: u32, start: u32, exclude: u32, now: u64, limit_ns: u64) -> Self {
+        Self {
+            n,
+            start,
+            exclude,
+            best: NO_SLOT,
+            best_weight: 1,
+            best_load: Self::NONE_YET,
+            now,
+            limit_ns,
+            enabled: if limit_ns != 0 { u64::MAX } else { 0 },
+            blocked_seen: 0,
+        }
     }
 
     /// Number of chunks that cover `n` slots.
@@ -216,6 +308,10 @@ impl Scan {
     }
 
     /// Looks at the `k`-th slot of the pass (`k < n`).
+    ///
+    /// The blocked check runs for every slot, masked off when it is not enabled, rather than
+    /// behind a branch: a branch (or a second `bpf_loop` callback chosen at run time) doubles the
+    /// paths the verifier walks, and loading took 3-12 s instead of about 1.5 s that way.
     #[inline(always)]
     pub fn visit<L: LoadSource>(&mut self, cfg: &Config, k: u32, loads: &L) {
         let i = self.start.wrapping_add(k);
@@ -226,6 +322,11 @@ impl Scan {
         }
         let Some((load, weight)) = loads.load(slot) else { return };
         let load = if load > Self::LOAD_CAP { Self::LOAD_CAP } else { load };
+        let blocked =
+            blocked_mask(load, loads.progress(slot), self.now, self.limit_ns, self.enabled);
+        self.blocked_seen |= blocked;
+        let load = load + (blocked & Self::BLOCKED);
+        let weight = (weight & !(blocked as u32)) | (blocked as u32 & 1);
         if lighter(load, weight, self.best_load, self.best_weight) {
             self.best = slot;
             self.best_load = load;
@@ -233,27 +334,32 @@ impl Scan {
         }
     }
 
-    pub fn result(&self) -> Result<u32, Event> {
+    pub fn result(&self) -> Result<Choice, Event> {
         if self.best == NO_SLOT {
-            Err(Event::FallbackSelectFailed)
-        } else {
-            Ok(self.best)
+            return Err(Event::FallbackSelectFailed);
         }
+        // A blocked candidate was seen and the pick is not blocked: it was steered away.
+        let passed_blocked = self.blocked_seen != 0 && self.best_load < Self::BLOCKED;
+        Ok(Choice { slot: self.best, passed_blocked })
     }
 }
 
 /// Two distinct random active slots; the lighter one wins, the first on a tie (it is random too).
+/// A blocked one loses to one that is not.
 #[inline(always)]
 fn power_of_two<L: LoadSource>(
     cfg: &Config,
     n: u32,
-    random: u32,
+    draw: &Draw,
+    limit_ns: u64,
     exclude: u32,
     loads: &L,
-) -> Result<u32, Event> {
+) -> Result<Choice, Event> {
+    let plain = |slot: u32| Choice { slot, passed_blocked: false };
+    let random = draw.random;
     let a = (random & 0xffff) % n;
     if n == 1 {
-        return nth_usable(cfg, n, a, exclude);
+        return nth_usable(cfg, n, a, exclude).map(plain);
     }
     // Offset in 1..n, so b != a.
     let b = (a + 1 + (random >> 16) % (n - 1)) % n;
@@ -263,20 +369,28 @@ fn power_of_two<L: LoadSource>(
         return Err(Event::FallbackSelectFailed);
     }
     if x == NO_SLOT {
-        return Ok(y);
+        return Ok(plain(y));
     }
     if y == NO_SLOT {
-        return Ok(x);
+        return Ok(plain(x));
     }
     let (lx, wx) = match loads.load(x) {
         Some(l) => l,
-        None => return Ok(y),
+        None => return Ok(plain(y)),
     };
     let (ly, wy) = match loads.load(y) {
         Some(l) => l,
-        None => return Ok(x),
+        None => return Ok(plain(x)),
     };
-    Ok(if lighter(ly, wy, lx, wx) { y } else { x })
+    let (light, heavy) =
+        if lighter(ly, wy, lx, wx) { ((y, ly), (x, lx)) } else { ((x, lx), (y, ly)) };
+    if limit_ns != 0
+        && is_blocked(light.1, loads.progress(light.0), draw.now, limit_ns)
+        && !is_blocked(heavy.1, loads.progress(heavy.0), draw.now, limit_ns)
+    {
+        return Ok(Choice { slot: heavy.0, passed_blocked: true });
+    }
+    Ok(plain(light.0))
 }
 
 /// `slot`, or [`NO_SLOT`] if it is the excluded one.

@@ -18,7 +18,7 @@ fn config(policy: Policy, active: &[u32]) -> Config {
 }
 
 fn draw(random: u32) -> Draw {
-    Draw { random, hash: 0, tick: 0 }
+    Draw { random, hash: 0, tick: 0, now: 0 }
 }
 
 fn unweighted(loads: &[u64]) -> Loads {
@@ -81,7 +81,7 @@ fn exclusion_skips_the_closing_slot() {
     for policy in Policy::ALL {
         let cfg = config(policy, &[0, 1, 2]);
         for random in 0..50 {
-            let d = Draw { random, hash: random, tick: random };
+            let d = Draw { random, hash: random, tick: random, now: 0 };
             let slot = choose(&cfg, &d, 0, &loads).unwrap();
             assert_ne!(slot, 0, "{policy:?} chose the excluded slot");
         }
@@ -117,7 +117,9 @@ fn round_robin_cycles_through_active_slots() {
     let cfg = config(Policy::RoundRobin, &[2, 4, 6]);
     let loads = Loads(vec![(0, 1); 8]);
     let order: Vec<u32> = (0..6)
-        .map(|tick| choose(&cfg, &Draw { random: 0, hash: 0, tick }, NO_SLOT, &loads).unwrap())
+        .map(|tick| {
+            choose(&cfg, &Draw { random: 0, hash: 0, tick, now: 0 }, NO_SLOT, &loads).unwrap()
+        })
         .collect();
     assert_eq!(order, [2, 4, 6, 2, 4, 6]);
 }
@@ -126,8 +128,14 @@ fn round_robin_cycles_through_active_slots() {
 fn hash_maps_the_connection_hash_onto_active_slots() {
     let cfg = config(Policy::Hash, &[1, 3]);
     let loads = Loads(vec![(0, 1); 4]);
-    assert_eq!(choose(&cfg, &Draw { random: 0, hash: 10, tick: 0 }, NO_SLOT, &loads), Ok(1));
-    assert_eq!(choose(&cfg, &Draw { random: 0, hash: 11, tick: 0 }, NO_SLOT, &loads), Ok(3));
+    assert_eq!(
+        choose(&cfg, &Draw { random: 0, hash: 10, tick: 0, now: 0 }, NO_SLOT, &loads),
+        Ok(1)
+    );
+    assert_eq!(
+        choose(&cfg, &Draw { random: 0, hash: 11, tick: 0, now: 0 }, NO_SLOT, &loads),
+        Ok(3)
+    );
 }
 
 #[test]

@@ -2,6 +2,9 @@
 //! entries in and out of range, unknown policy ids), loads (huge, unreadable, weight 0), draws
 //! and exclusions.
 //!
+//! - The blocked check: least-loaded picks the lightest unblocked slot (the lightest blocked one
+//!   when all are), p2c changes its pick only to leave a blocked slot, and `blocked_mask` (the
+//!   branch-free form the scan uses) agrees with `is_blocked`.
 //! - `choose` never panics; `Ok(slot)` is always an active slot, in range, never the excluded one;
 //!   every error is the documented one for its cause.
 //! - least-loaded returns a lightest readable candidate (the first after its random start), and
@@ -13,7 +16,8 @@
 //!   choices on 64 slots (fixed seeds, bounds measured against an ideal two-choice process);
 //!   round robin is exact.
 use balancer_common::{
-    choose, policy::lighter, Config, Draw, Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT,
+    choose, decide, is_blocked, policy::lighter, Config, Draw, Event, LoadSource, Policy, Scan,
+    MAX_SLOTS, NO_SLOT,
 };
 use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRng};
 
@@ -27,6 +31,21 @@ struct Loads(Vec<Option<(u64, u32)>>);
 impl LoadSource for Loads {
     fn load(&self, slot: u32) -> Option<(u64, u32)> {
         self.0.get(slot as usize).copied().flatten()
+    }
+}
+
+/// Loads with a last-progress time per slot (the blocked check's input).
+struct TimedLoads {
+    loads: Loads,
+    progress: Vec<u64>,
+}
+
+impl LoadSource for TimedLoads {
+    fn load(&self, slot: u32) -> Option<(u64, u32)> {
+        self.loads.load(slot)
+    }
+    fn progress(&self, slot: u32) -> u64 {
+        self.progress.get(slot as usize).copied().unwrap_or(0)
     }
 }
 
@@ -82,6 +101,7 @@ fn draw() -> impl Strategy<Value = Draw> {
         random,
         hash,
         tick,
+        now: 0,
     })
 }
 
@@ -115,7 +135,7 @@ impl Exclude {
 /// What the scan compares: the load capped at 2^31 - 1, over the weight (0 counts as 1), as an
 /// exact fraction.
 fn weighted((load, weight): (u64, u32)) -> (u128, u128) {
-    (load.min((1 << 31) - 1) as u128, weight.max(1) as u128)
+    (load.min((1 << 30) - 1) as u128, weight.max(1) as u128)
 }
 
 fn no_heavier(a: (u64, u32), b: (u64, u32)) -> bool {
@@ -252,6 +272,79 @@ proptest! {
     }
 
     #[test]
+    fn least_loaded_passes_over_blocked_slots_while_another_is_free(
+        n in 1usize..=64, loads in vec((0u64..6, 1u32..3), 64), ages in vec(prop_oneof![0u64..2_000, 2_000u64..10_000, Just(u64::MAX / 4)], 64),
+        d in draw(), limit_ms in prop_oneof![Just(0u32), 1u32..5]
+    ) {
+        // Slots 0..n, ages in ms before `now`; one case in three is another clock (in the future).
+        let now: u64 = 1 << 40;
+        let progress: Vec<u64> = ages.iter().map(|&a| if a == u64::MAX / 4 { now + 5_000_000 } else { now - a * 1_000 }).collect();
+        let mut cfg = Config::empty(Policy::LeastLoaded as u32);
+        for i in 0..n { cfg.active[i] = i as u32; }
+        cfg.n_active = n as u32;
+        cfg.blocked_after_ms = limit_ms;
+        let timed = TimedLoads { loads: Loads(loads.iter().map(|&l| Some(l)).collect()), progress: progress.clone() };
+        let d = Draw { now, ..d };
+        let limit = limit_ms as u64 * 1_000_000;
+        let blocked = |s: usize| is_blocked(loads[s].0, progress[s], now, limit);
+        let choice = decide(&cfg, &d, NO_SLOT, &timed).unwrap();
+        let free: Vec<usize> = (0..n).filter(|&s| !blocked(s)).collect();
+        let pool: Vec<usize> = if free.is_empty() { (0..n).collect() } else { free.clone() };
+        // The choice is a lightest slot of the pool: the unblocked slots (by load per weight), or,
+        // when every slot is blocked, all of them (by load alone).
+        prop_assert!(pool.contains(&(choice.slot as usize)), "picked {} outside {:?}", choice.slot, pool);
+        let (l, w) = loads[choice.slot as usize];
+        for &s in &pool {
+            let heavier = if free.is_empty() { loads[s].0 < l } else { lighter(loads[s].0, loads[s].1, l, w) };
+            prop_assert!(!heavier, "slot {} is lighter than the pick {}", s, choice.slot);
+        }
+        // Counted as steered away: some slot was blocked, and the pick is not.
+        prop_assert_eq!(choice.passed_blocked, !free.is_empty() && (0..n).any(blocked));
+        // With the check off, or no clock, the pick is the plain least-loaded one.
+        if limit_ms == 0 {
+            prop_assert_eq!(Ok(choice.slot), choose(&cfg, &Draw { now: 0, ..d }, NO_SLOT, &timed.loads));
+        }
+        prop_assert_eq!(decide(&cfg, &Draw { now: 0, ..d }, NO_SLOT, &timed).map(|c| c.slot), choose(&cfg, &Draw { now: 0, ..d }, NO_SLOT, &timed.loads));
+    }
+
+    #[test]
+    fn the_branch_free_blocked_test_agrees_with_the_plain_one(
+        load in prop_oneof![Just(0u64), 1u64..100, any::<u64>()], now in any::<u64>(),
+        delta in prop_oneof![-(1i64 << 40)..(1i64 << 40), Just(0i64)], limit_ms in 0u32..=600_000
+    ) {
+        let limit = limit_ms as u64 * 1_000_000;
+        let progress = now.wrapping_sub(delta as u64);
+        let load = load.min((1 << 30) - 1);
+        let enabled = if limit != 0 { u64::MAX } else { 0 };
+        let mask = balancer_common::policy::blocked_mask(load, progress, now, limit, enabled);
+        prop_assert!(mask == 0 || mask == u64::MAX);
+        prop_assert_eq!(mask != 0, is_blocked(load, progress, now, limit));
+    }
+
+    #[test]
+    fn p2c_takes_the_unblocked_one_of_its_two(
+        n in 2usize..=64, loads in vec((0u64..6, 1u32..3), 64), stale in vec(any::<bool>(), 64), d in draw()
+    ) {
+        let now: u64 = 1 << 40;
+        let progress: Vec<u64> = stale.iter().map(|&st| if st { now - 10_000_000_000 } else { now }).collect();
+        let mut cfg = Config::empty(Policy::PowerOfTwo as u32);
+        for i in 0..n { cfg.active[i] = i as u32; }
+        cfg.n_active = n as u32;
+        cfg.blocked_after_ms = 1000;
+        let timed = TimedLoads { loads: Loads(loads.iter().map(|&l| Some(l)).collect()), progress };
+        let blocked = |s: u32| is_blocked(loads[s as usize].0, timed.progress[s as usize], now, 1_000_000_000);
+        let with = decide(&cfg, &Draw { now, ..d }, NO_SLOT, &timed).unwrap();
+        let without = decide(&cfg, &Draw { now: 0, ..d }, NO_SLOT, &timed).unwrap();
+        prop_assert!(!without.passed_blocked);
+        if with.slot != without.slot {
+            // Changed only to leave a blocked slot for one that is not.
+            prop_assert!(blocked(without.slot) && !blocked(with.slot) && with.passed_blocked);
+        } else {
+            prop_assert!(!with.passed_blocked);
+        }
+    }
+
+    #[test]
     fn lighter_is_exact_and_cannot_overflow(
         a in prop_oneof![0u64..8, any::<u64>()], wa in prop_oneof![0u32..4, any::<u32>()],
         b in prop_oneof![0u64..8, any::<u64>()], wb in prop_oneof![0u32..4, any::<u32>()],
@@ -305,7 +398,7 @@ fn group(policy: Policy, slots: &[u32], n: usize) -> Config {
 
 /// One connection, as the program handles it: choose, then count the assignment at once.
 fn assign(cfg: &Config, loads: &mut Loads, rng: &mut SplitMix, tick: u32) -> u32 {
-    let d = Draw { random: rng.u32(), hash: rng.u32(), tick };
+    let d = Draw { random: rng.u32(), hash: rng.u32(), tick, now: 0 };
     let slot = choose(cfg, &d, NO_SLOT, loads).expect("every slot is usable");
     let l = loads.0[slot as usize].as_mut().unwrap();
     l.0 += 1;

@@ -87,6 +87,11 @@ pub struct Service {
     /// Most workers registered at once (1..=[`MAX_SLOTS`]).
     #[serde(default = "default_max_workers", deserialize_with = "de_max_workers")]
     pub max_workers: u32,
+    /// Milliseconds (0..=[`MAX_BLOCKED_AFTER_MS`]) after which a worker with connections in flight
+    /// and no progress (no completion, no first connection) counts as blocked, and least-loaded
+    /// and p2c pass it over while another worker is not; 0 (the default) turns the check off.
+    #[serde(default, deserialize_with = "de_blocked_after_ms")]
+    pub blocked_after_ms: u32,
     /// Uids whose workers may register; `None`: only the daemon's own uid
     /// (see [`Service::allowed_uids_or`]).
     #[serde(default, deserialize_with = "de_opt_uids")]
@@ -633,6 +638,19 @@ impl<'de> DeserializeSeed<'de> for RangedV {
 fn de_max_workers<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     RangedV { field: "max_workers", expected: "an integer", min: 1, max: MAX_SLOTS as u64 }
         .deserialize(d)
+}
+
+/// The longest `blocked_after_ms`: ten minutes.
+pub const MAX_BLOCKED_AFTER_MS: u32 = 600_000;
+
+fn de_blocked_after_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    RangedV {
+        field: "blocked_after_ms",
+        expected: "milliseconds (0 turns the check off)",
+        min: 0,
+        max: MAX_BLOCKED_AFTER_MS as u64,
+    }
+    .deserialize(d)
 }
 
 fn de_weight<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {

@@ -34,14 +34,14 @@ use core::{
 
 use aya_ebpf::{
     bindings::sk_action::SK_PASS,
-    helpers::{bpf_get_prandom_u32, generated::bpf_loop},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_loop},
     macros::{map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
     programs::SkReuseportContext,
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    choose, config_flags, Config, Draw, Event, LoadSource, LoadTable, Policy, Scan, SlotOwner,
+    config_flags, decide, Config, Draw, Event, LoadSource, LoadTable, Policy, Scan, SlotOwner,
     BPF_F_MMAPABLE, MAX_SLOTS, NO_SLOT,
 };
 
@@ -96,17 +96,23 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         random: unsafe { bpf_get_prandom_u32() },
         hash: ctx.hash(),
         tick: if cfg.policy == Policy::RoundRobin as u32 { next_tick() } else { 0 },
+        // SAFETY: a helper with no arguments, allowed in every program type.
+        now: if cfg.blocked_after_ms != 0 { unsafe { bpf_ktime_get_ns() } } else { 0 },
     };
     let mut exclude = NO_SLOT;
     for _ in 0..ATTEMPTS {
         let Some(table) = LOADS.get_ptr(0) else {
             return fall_back(Event::FallbackNoConfig, migrating);
         };
-        match choose(cfg, &draw, exclude, &MapLoads(table)) {
-            Ok(slot) => {
+        match decide(cfg, &draw, exclude, &MapLoads(table)) {
+            Ok(choice) => {
+                let slot = choice.slot;
                 if SOCKETS.select_reuseport(ctx, slot).is_ok() {
                     if migrating || is_new_connection(ctx) {
-                        account(table, slot, migrating);
+                        account(table, slot, migrating, draw.now);
+                        if choice.passed_blocked {
+                            bump(&EVENTS, Event::BlockedPassedOver as u32);
+                        }
                     }
                     if cfg.flags & config_flags::LOG_SELECTIONS != 0 {
                         debug!(ctx, "slot {} selected (migrating: {})", slot, migrating as u32);
@@ -169,6 +175,15 @@ impl LoadSource for MapLoads {
         }
     }
 
+    #[inline(always)]
+    fn progress(&self, slot: u32) -> u64 {
+        if slot >= MAX_SLOTS {
+            return 0;
+        }
+        // SAFETY: as in `load`: inside the LOADS value, slot < MAX_SLOTS; written concurrently.
+        unsafe { read_volatile(addr_of!((*self.0).progress).cast::<u64>().add(slot as usize)) }
+    }
+
     /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over
     /// up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
@@ -197,15 +212,26 @@ extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
 
 /// Counts the connection against its slot right away, so a burst of connections arriving before
 /// any worker accepts does not all land on the same "least loaded" worker. Called only for what
-/// becomes a connection (see the module docs).
+/// becomes a connection (see the module docs). A slot that had nothing in flight starts its
+/// blocked clock now (`now` is 0 when the blocked check is off).
 #[inline(always)]
-fn account(table: *const LoadTable, slot: u32, migrating: bool) {
+fn account(table: *const LoadTable, slot: u32, migrating: bool, now: u64) {
     if slot < MAX_SLOTS {
         // SAFETY: `table` is the LOADS map's value and slot < MAX_SLOTS, the array's length.
         let counter =
             unsafe { addr_of!((*table).inflight).cast::<u64>().cast_mut().add(slot as usize) };
+        // The value just before the add, read apart: this target (`--cpu generic`) has no
+        // fetch-and-add, and a race only moves the clock's start by one connection.
+        // SAFETY: an aligned u64 inside map memory.
+        let before = unsafe { read_volatile(counter) };
         // SAFETY: an aligned u64 inside map memory, only ever changed by atomic adds.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+        if now != 0 && before as i64 <= 0 {
+            // SAFETY: inside the LOADS value, slot < MAX_SLOTS; a plain store of a u64.
+            unsafe {
+                addr_of!((*table).progress).cast::<u64>().cast_mut().add(slot as usize).write(now)
+            };
+        }
     }
     bump(&SELECTED, slot);
     if migrating {

@@ -1,7 +1,8 @@
 //! Accounting: `accept` on a registered own socket marks the new descriptor and adds 1 to the
-//! slot's `accepted`; closing a marked descriptor adds 1 to `completed` and takes 1 off
-//! `inflight`. Plain atomic adds on the shared load table; the only system call is the pid check
-//! that keeps a vfork child's `close` away from the parent's marks.
+//! slot's `accepted`; closing a marked descriptor adds 1 to `completed`, takes 1 off `inflight`
+//! and stores the time in `progress` (the program's blocked check reads it). Plain atomic adds
+//! and stores on the shared load table; the clock is the vDSO's CLOCK_MONOTONIC, and the only
+//! system call is the pid check that keeps a vfork child's `close` away from the parent's marks.
 
 use core::{ffi::c_int, sync::atomic::Ordering};
 
@@ -92,7 +93,20 @@ pub(crate) fn forget_fd(fd: c_int, closing: bool) {
                 if let Some((_, c)) = reg.counter(seq, table_offsets::inflight) {
                     c.fetch_sub(1, Ordering::Relaxed);
                 }
+                if let Some((_, c)) = reg.counter(seq, table_offsets::progress) {
+                    c.store(monotonic_ns(), Ordering::Relaxed);
+                }
             }
         }
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`, which the program compares with.
+/// Served by the vDSO, with no system call.
+#[inline(always)]
+fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the local it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }

@@ -30,6 +30,11 @@ use crate::{
     shared_loads::SharedLoads,
 };
 
+/// `Config::blocked_after_ms` for a limit: at least 1 ms when on, 0 when off.
+fn blocked_after_ms(limit: Option<std::time::Duration>) -> u32 {
+    limit.map_or(0, |d| d.as_millis().clamp(1, u32::MAX.into()) as u32)
+}
+
 /// Which program to run: defined with the config file that names it.
 pub use balancer_config::Mode;
 
@@ -39,6 +44,9 @@ pub struct GroupOptions {
     pub mode: Mode,
     /// Log every selection (costly: debugging only).
     pub log_selections: bool,
+    /// Pass over a worker with connections in flight that has made no progress for this long
+    /// (see `Config::blocked_after_ms`); `None` (the default) turns the check off.
+    pub blocked_after: Option<std::time::Duration>,
     /// A bpffs directory for this group's program and maps. If it holds a pinned group, that group
     /// is adopted (a controller restarting after a crash); if not, the new one is pinned there.
     pub pin_dir: Option<PathBuf>,
@@ -266,6 +274,7 @@ impl Group {
             Some(pinned_config),
         )?;
         group.config.policy = options.policy as u32;
+        group.config.blocked_after_ms = blocked_after_ms(options.blocked_after);
         group.write_config()?;
         log::info!(
             "adopted the group pinned at {} ({} workers)",
@@ -319,7 +328,10 @@ impl Group {
             owners,
             loads_map,
             loads,
-            config: pinned_config.unwrap_or(Config::empty(options.policy as u32)),
+            config: pinned_config.unwrap_or(Config {
+                blocked_after_ms: blocked_after_ms(options.blocked_after),
+                ..Config::empty(options.policy as u32)
+            }),
             occupied,
             _log: log,
         })
@@ -484,6 +496,20 @@ impl Group {
 
     pub fn policy(&self) -> Policy {
         Policy::from_id(self.config.policy).unwrap_or_default()
+    }
+
+    /// Sets (or with `None`, turns off) the blocked check, live.
+    pub fn set_blocked_after(&mut self, limit: Option<std::time::Duration>) -> Result<()> {
+        self.config.blocked_after_ms = blocked_after_ms(limit);
+        self.write_config()
+    }
+
+    /// The blocked check's limit, `None` when it is off.
+    pub fn blocked_after(&self) -> Option<std::time::Duration> {
+        match self.config.blocked_after_ms {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms.into())),
+        }
     }
 
     pub fn set_log_selections(&mut self, on: bool) -> Result<()> {

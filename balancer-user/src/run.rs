@@ -31,6 +31,12 @@ pub struct RunArgs {
     /// Selection policy: least-loaded, p2c, round-robin or hash.
     #[arg(long, default_value = "least-loaded", value_parser = parse_policy)]
     policy: Policy,
+    /// Pass over a worker that has had connections in flight and made no progress (no
+    /// completion) for this many milliseconds, while another worker has not (least-loaded and
+    /// p2c); 0 turns the check off.
+    #[arg(long, value_name = "MS", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=balancer_config::MAX_BLOCKED_AFTER_MS as i64))]
+    blocked_after_ms: u32,
     /// Path of the registration socket the workers' shim connects to.
     #[arg(long, value_name = "PATH", default_value = protocol::DEFAULT_SOCKET_PATH)]
     socket: PathBuf,
@@ -114,8 +120,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     let shim = find_shim(args.shim)?;
     let mut services = Vec::new();
     for addr in &args.listen {
-        let group = Group::new(GroupOptions { policy: args.policy, ..Default::default() })
-            .with_context(|| format!("creating the balanced group of {addr}"))?;
+        let blocked_after = (args.blocked_after_ms != 0)
+            .then(|| std::time::Duration::from_millis(args.blocked_after_ms.into()));
+        let group =
+            Group::new(GroupOptions { policy: args.policy, blocked_after, ..Default::default() })
+                .with_context(|| format!("creating the balanced group of {addr}"))?;
         log::info!(
             "{addr}: {} program loaded, policy {}",
             group.program().name(),

@@ -59,6 +59,7 @@ impl Running {
                 policy: svc.policy,
                 mode: svc.mode,
                 pin_dir: pin_dir.clone(),
+                blocked_after: blocked_after(svc),
                 ..Default::default()
             })
             .map_err(|error| Error::Group { addr: *addr, error: Box::new(error) })?;
@@ -112,6 +113,18 @@ impl Running {
                 }
             }
             log::info!("{name}: policy {} -> {}", old.policy.name(), new.policy.name());
+        }
+        if old.blocked_after_ms != new.blocked_after_ms {
+            for svc in self.registry.services() {
+                if let Err(e) = svc.group().set_blocked_after(blocked_after(new)) {
+                    log::error!("{name} {}: setting blocked_after_ms: {e}", svc.addr);
+                }
+            }
+            log::info!(
+                "{name}: blocked_after_ms {} -> {}",
+                old.blocked_after_ms,
+                new.blocked_after_ms
+            );
         }
         if old.weight != new.weight {
             self.registry.set_default_weight(new.weight);
@@ -259,6 +272,12 @@ impl Services {
         }
         n
     }
+}
+
+/// The service's blocked check, `None` when off.
+fn blocked_after(svc: &config::Service) -> Option<std::time::Duration> {
+    (svc.blocked_after_ms != 0)
+        .then(|| std::time::Duration::from_millis(svc.blocked_after_ms.into()))
 }
 
 fn own_uid() -> u32 {

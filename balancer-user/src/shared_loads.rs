@@ -78,8 +78,22 @@ impl SharedLoads {
         for field in [table_offsets::inflight, table_offsets::accepted, table_offsets::completed] {
             self.u64_at(slot, field).store(0, Ordering::Relaxed);
         }
+        self.mark_progress(slot);
         self.set_weight(slot, weight);
         self.set_owner(slot, pid, epoch);
+    }
+
+    /// Records that the slot made progress now (CLOCK_MONOTONIC, as the program and the shim
+    /// read it): a new owner, or a corrected count, starts the blocked clock again.
+    pub fn mark_progress(&self, slot: u32) {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
+        self.u64_at(slot, table_offsets::progress).store(ns, Ordering::Relaxed);
+    }
+
+    /// When the slot last made progress (CLOCK_MONOTONIC ns).
+    pub fn progress(&self, slot: u32) -> u64 {
+        self.u64_at(slot, table_offsets::progress).load(Ordering::Relaxed)
     }
 
     /// Writes the slot's owner pid and epoch as the controller recorded them (undoing whatever a

@@ -73,7 +73,7 @@ fuzz_target!(|input: Input| {
         1 if n > 0 => cfg.active[input.raw_exclude as usize % n],
         _ => input.raw_exclude,
     };
-    let draw = Draw { random: input.random, hash: input.hash, tick: input.tick };
+    let draw = Draw { random: input.random, hash: input.hash, tick: input.tick, now: 0 };
     let loads = Loads { loads: &input.loads, rest: input.rest };
     let result = choose(&cfg, &draw, exclude, &loads);
 

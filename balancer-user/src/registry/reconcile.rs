@@ -83,6 +83,7 @@ impl Loop {
             w.prev_diff = diff;
             if let Some(delta) = delta {
                 loads.add_inflight(slot, delta);
+                loads.mark_progress(slot);
                 self.shared.counters.adjustments.fetch_add(1, Ordering::Relaxed);
                 log::debug!(
                     "slot {slot}: in flight {}, kernel and worker disagree: adjust by {delta}",

@@ -319,3 +319,65 @@ fn emptying_a_slot_or_closing_its_socket_mid_traffic_loses_no_connection() {
         Ok(())
     });
 }
+
+/// The blocked check (`blocked_after`): a worker with connections in flight and no progress for
+/// the limit is passed over while another is not, and the program counts each time; with the
+/// check off (the control: the same group, the same loads) the connections go to that worker.
+/// A worker's clock starts at its first connection (the program stores the time), and when every
+/// worker is blocked the lightest one still gets the connection, from the program.
+#[test]
+fn a_blocked_worker_is_passed_over_and_the_control_picks_it() {
+    each_family(|_, ip| {
+        let limit = Duration::from_millis(200);
+        let options = balancer_user::GroupOptions {
+            policy: Policy::LeastLoaded,
+            blocked_after: Some(limit),
+            ..Default::default()
+        };
+        let mut pool = Pool::with_options(ip, 4, options)?;
+        let loads = Arc::clone(pool.group.loads());
+        let s = pool.slots.clone();
+        let passed = |pool: &Pool| pool.group.stats().map(|st| st.get(Event::BlockedPassedOver));
+        // Workers 0-2 have one connection each and no progress since they registered: blocked.
+        // The idle worker 3 (its last progress just as old) is not: it takes the connection,
+        // counted as steered away, and the program starts its clock then.
+        loads.add_inflight(s[0], 1);
+        loads.add_inflight(s[1], 1);
+        loads.add_inflight(s[2], 1);
+        thread::sleep(limit + Duration::from_millis(100));
+        let before = loads.progress(s[3]);
+        let _first = pool.connect_many(1)?;
+        ensure!(pool.which()? == 3, "the idle worker did not get the first connection");
+        ensure!(loads.progress(s[3]) > before, "the program did not start the idle worker's clock");
+        ensure!(passed(&pool)? == 1, "steered away {} times, expected 1", passed(&pool)?);
+
+        // Worker 0: 1 in flight and no progress for longer than the limit. Workers 1 and 2: more
+        // in flight, but progressing. Worker 3 out of the way.
+        loads.add_inflight(s[1], 3);
+        loads.add_inflight(s[2], 5);
+        loads.add_inflight(s[3], 100);
+        loads.mark_progress(s[1]);
+        loads.mark_progress(s[2]);
+        let conns = pool.connect_many(6)?;
+        let counts = pool.drain()?;
+        ensure!(counts[0] == 0, "the blocked worker got connections: {counts:?}");
+        ensure!(counts.iter().sum::<usize>() == conns.len(), "{counts:?}");
+        ensure!(passed(&pool)? == 7, "steered away {} times, expected 1 + 6", passed(&pool)?);
+
+        // The control: check off, same loads: the lightest (the blocked worker) gets them.
+        pool.group.set_blocked_after(None)?;
+        let conns = pool.connect_many(3)?;
+        let counts = pool.drain()?;
+        ensure!(counts[0] == 3, "with the check off, the lightest did not get them: {counts:?}");
+        ensure!(conns.len() == 3 && passed(&pool)? == 7);
+
+        // Every worker blocked: the lightest still gets the connection, from the program.
+        pool.group.set_blocked_after(Some(limit))?;
+        thread::sleep(limit + Duration::from_millis(100));
+        let _c = pool.connect_many(1)?;
+        ensure!(pool.which()? == 0, "with every worker blocked, the lightest was not picked");
+        let stats = pool.group.stats()?;
+        ensure!(stats.fallbacks() == 0 && passed(&pool)? == 7, "fallbacks or pass-overs counted");
+        Ok(())
+    });
+}
