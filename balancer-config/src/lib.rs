@@ -355,6 +355,14 @@ impl Config {
         }
         if let Some(pods) = &self.pods {
             pods.check().map_err(|(at, message)| Problem::new(at, message))?;
+            if let Some(i) = self.services.iter().position(|s| s.name == "pods") {
+                return Err(Problem::new(
+                    vec![Seg::Key("services"), Seg::Index(i), Seg::Key("name")],
+                    "the service name `pods` is taken by the pods section (its pins and metrics \
+                     label): expected another name"
+                        .to_owned(),
+                ));
+            }
             let socket = pods.shim_socket();
             if let Some(s) = self.services.iter().find(|s| s.shim_socket() == socket) {
                 return Err(Problem::new(

@@ -378,8 +378,13 @@ fn bad_pods_sections_are_refused_with_their_position() {
         ),
         (
             "services:\n  - name: pods\n    listen: 127.0.0.1:1\npods:\n  templates: [{name: default}]\n",
+            "test.yaml:2:11: ",
+            "services[0].name: the service name `pods` is taken by the pods section",
+        ),
+        (
+            "services:\n  - name: web\n    listen: 127.0.0.1:1\n    shim_socket: /run/reuselb/pods.sock\npods:\n  templates: [{name: default}]\n",
             "",
-            "pods.shim_socket: shim socket /run/reuselb/pods.sock is also the socket of service `pods`",
+            "pods.shim_socket: shim socket /run/reuselb/pods.sock is also the socket of service `web`",
         ),
         ("pin_path: /x\n", "test.yaml:", "no services: expected at least one, or a `pods:` section"),
     ];
