@@ -212,8 +212,10 @@ impl Counters {
 }
 
 struct Shared {
-    /// The groups by id: the listed services first (ids 0..), then the groups made on
-    /// registration. Ids are never reused, so a stale key never reaches a new group.
+    /// The listed services' groups, ids `0..listed.len()`; fixed for the registry's life.
+    listed: Vec<Arc<Service>>,
+    /// The groups made on registration, by id (from `listed.len()` up). Ids are never reused,
+    /// so a stale key never reaches a new group.
     services: Mutex<BTreeMap<usize, Arc<Service>>>,
     /// Id of the next group made on registration.
     next_service: AtomicU64,
@@ -254,13 +256,17 @@ impl Settings {
 impl Shared {
     /// The group with id `id`, if it still exists.
     fn service(&self, id: usize) -> Option<Arc<Service>> {
-        self.services.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned()
+        match self.listed.get(id) {
+            Some(s) => Some(s.clone()),
+            None => self.services.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned(),
+        }
     }
 
     /// Every group with its id, in id order.
     fn all_services(&self) -> Vec<(usize, Arc<Service>)> {
         let map = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        map.iter().map(|(id, s)| (*id, s.clone())).collect()
+        let listed = self.listed.iter().cloned().enumerate();
+        listed.chain(map.iter().map(|(id, s)| (*id, s.clone()))).collect()
     }
 
     fn settings(&self) -> MutexGuard<'_, Settings> {
@@ -320,13 +326,11 @@ impl Registry {
                 .map_err(|source| Error::Socket { path: options.socket_path.clone(), source })?,
         );
         let shared = Arc::new(Shared {
-            services: Mutex::new(
-                services
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (addr, group))| (i, Arc::new(Service::listed(addr, group))))
-                    .collect(),
-            ),
+            listed: services
+                .into_iter()
+                .map(|(addr, group)| Arc::new(Service::listed(addr, group)))
+                .collect(),
+            services: Mutex::new(BTreeMap::new()),
             next_service: AtomicU64::new(n_listed as u64),
             pods: options.pods.clone(),
             counters: Counters::default(),
@@ -366,11 +370,9 @@ impl Registry {
         self.shared.all_services().into_iter().map(|(_, s)| s).collect()
     }
 
-    /// The group of `addr` (a listed service's first, else the first pod group on it).
-    pub fn service(&self, addr: SocketAddr) -> Option<Arc<Service>> {
-        let all = self.services();
-        let listed = all.iter().find(|s| s.addr == addr && s.pod.is_none()).cloned();
-        listed.or_else(|| all.into_iter().find(|s| s.addr == addr))
+    /// The listed service's group of `addr`.
+    pub fn service(&self, addr: SocketAddr) -> Option<&Service> {
+        self.shared.listed.iter().find(|s| s.addr == addr).map(|s| &**s)
     }
 
     /// The groups made on registration (pods).
