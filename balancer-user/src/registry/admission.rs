@@ -30,7 +30,7 @@ impl Rejection {
 }
 
 /// A registration that passed the checks.
-struct Checked {
+pub(super) struct Checked {
     /// The group, or the pod group to make.
     target: Target,
     cred: Cred,
@@ -242,12 +242,31 @@ impl Loop {
         })
     }
 
+    /// Admits a registration that waited for its pod group `svc` to be made, or refuses it.
+    pub(super) fn admit_into(&mut self, id: u64, mut c: Checked, socket: OwnedFd, svc: usize) {
+        c.target = Target::Group(svc);
+        if let Err(rejection) = self.admit(id, c, socket) {
+            let _ = self.answer(id, None, Err(rejection));
+            self.close_conn(id);
+        }
+    }
+
+    /// Refuses a registration that waited for a pod group that could not be made.
+    pub(super) fn refuse_waiting(&mut self, id: u64, socket: OwnedFd, reason: String) {
+        self.closer.close(socket);
+        let _ = self.answer(id, None, Err(Rejection::new(Status::Internal, reason)));
+        self.close_conn(id);
+    }
+
     /// Puts a checked worker's socket into its group and answers it.
     fn admit(&mut self, id: u64, c: Checked, socket: OwnedFd) -> Result<(), Rejection> {
         let svc = match &c.target {
             Target::Group(svc) => *svc,
             Target::New { netns, addr, template } => {
-                self.make_pod_group(*netns, *addr, &template.clone())?
+                // Made on another thread; answered when it is ready (see `pods`).
+                let (netns, addr, template) = (*netns, *addr, template.clone());
+                self.make_pod_group(netns, addr, template, id, c, socket);
+                return Ok(());
             }
         };
         let service = self

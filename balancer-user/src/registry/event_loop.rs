@@ -82,7 +82,7 @@ enum Source {
 pub(super) struct Loop {
     pub shared: Arc<Shared>,
     listener: OwnedFd,
-    wake: Arc<OwnedFd>,
+    pub wake: Arc<OwnedFd>,
     pub netns: u64,
     interval: Duration,
     pub options: RegistryOptions,
@@ -100,6 +100,8 @@ pub(super) struct Loop {
     settings_generation: u64,
     /// Pod groups with no worker, since when (removed after the removal grace).
     pub pod_empty_since: HashMap<usize, Instant>,
+    /// Pod groups being made on other threads, with the registrations waiting for them.
+    pub making: HashMap<(u64, std::net::SocketAddr), super::pods::Making>,
     pub closer: Closer,
     /// Accepting is paused until then (descriptors ran out).
     accept_paused_until: Option<Instant>,
@@ -140,6 +142,7 @@ impl Loop {
             adopted,
             settings_generation: 0,
             pod_empty_since: HashMap::new(),
+            making: HashMap::new(),
             closer,
             accept_paused_until: None,
             accept_backoff: Duration::ZERO,
@@ -219,6 +222,7 @@ impl Loop {
                     }
                 }
             }
+            self.collect_made();
             if Instant::now() >= next_tick {
                 self.reconcile();
                 self.apply_settings();

@@ -16,19 +16,25 @@
 //! is bounded by [`PodOptions::max_groups`]: a worker that would make one more is refused
 //! (`no_free_slot`) and serves on the kernel's hash.
 //!
-//! Making a group loads a program on the registry thread (a bounded, one-time cost per group; a
-//! pod cannot make more than `max_groups` groups, nor make a group faster than the removal grace
-//! lets one go).
+//! Making a group loads a program and has the verifier check it (a second or more on a busy
+//! node): that happens on a thread of its own ([`Making`]), never on the registry thread. The
+//! registrations of the key wait for it (their connections stay open, their descriptors held) and
+//! are answered when it is ready; groups being made count against `max_groups`.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{atomic::Ordering, mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
 
 use balancer_common::{protocol::Status, Policy};
 
-use super::{admission::Rejection, event_loop::Loop, Service, Shared};
+use super::{
+    admission::{Checked, Rejection},
+    event_loop::Loop,
+    Service, Shared,
+};
 use crate::{group::Mode, Group, GroupOptions};
 
 /// Settings of the groups of the pods that name it (see `balancer_config::Template`).
@@ -87,6 +93,15 @@ impl PodGroup {
             *self.label.lock().unwrap_or_else(|e| e.into_inner()) = label.to_owned();
         }
     }
+}
+
+/// A pod group being made on a thread of its own, and the registrations waiting for it.
+pub(super) struct Making {
+    template: String,
+    started: Instant,
+    /// (connection id, the checked registration, its socket).
+    waiting: Vec<(u64, Checked, OwnedFd)>,
+    done: mpsc::Receiver<crate::error::Result<(Group, Option<PathBuf>)>>,
 }
 
 /// Where a checked registration goes.
@@ -241,6 +256,19 @@ impl Loop {
             .all_services()
             .into_iter()
             .find(|(_, s)| s.addr == addr && s.pod.as_ref().is_some_and(|p| p.netns == netns));
+        if let Some(m) = self.making.get(&(netns, addr)) {
+            if m.template != name {
+                return Err(Rejection::new(
+                    Status::UnknownTemplate,
+                    format!(
+                        "{addr} in this network namespace is being balanced with template `{}`, \
+                         not `{name}`: one address, one template",
+                        m.template
+                    ),
+                ));
+            }
+            return Ok((Target::New { netns, addr, template: name.to_owned() }, limits));
+        }
         match existing {
             Some((id, s)) => {
                 let group_template = s.pod.as_ref().map(|p| p.template.as_str()).unwrap_or("");
@@ -256,7 +284,8 @@ impl Loop {
                 Ok((Target::Group(id), limits))
             }
             None => {
-                let n = self.shared.all_services().iter().filter(|(_, s)| s.pod.is_some()).count();
+                let n = self.shared.all_services().iter().filter(|(_, s)| s.pod.is_some()).count()
+                    + self.making.len();
                 if n >= pods.max_groups {
                     return Err(Rejection::new(
                         Status::NoFreeSlot,
@@ -268,31 +297,107 @@ impl Loop {
         }
     }
 
-    /// Makes the group of a new key; returns its id.
+    /// Has the group of a new key made on a thread of its own; registration `id` waits for it
+    /// (with the others of the same key).
     pub(super) fn make_pod_group(
         &mut self,
         netns: u64,
         addr: SocketAddr,
-        template: &str,
-    ) -> Result<usize, Rejection> {
-        let pods = self.shared.pods.as_ref().expect("make_pod_group: pods enabled");
-        let t = pods.template(template).expect("checked by pod_target");
-        let started = Instant::now();
-        let (group, pin_dir) = make_group(pods, netns, addr, t).map_err(|e| {
-            Rejection::new(Status::Internal, format!("making the group of {addr}: {e}"))
-        })?;
-        log::info!(
-            "pod group {addr} (netns {netns}, template {template}): {} {} program, policy {}, \
-             in {:?}{}",
-            if group.adopted() { "adopted the pinned" } else { "new" },
-            group.program().name(),
-            t.policy.name(),
-            started.elapsed(),
-            pin_dir.map(|d| format!(", pinned at {}", d.display())).unwrap_or_default()
-        );
-        let pod =
-            PodGroup { netns, template: template.to_owned(), label: Mutex::new(String::new()) };
-        Ok(new_service(&self.shared, Service { addr, pod: Some(pod), group: Mutex::new(group) }))
+        template: String,
+        id: u64,
+        checked: Checked,
+        socket: OwnedFd,
+    ) {
+        if self.making.values().any(|m| m.waiting.iter().any(|(w, _, _)| *w == id)) {
+            // One registration per connection, waiting or not.
+            self.refuse_waiting(id, socket, "this connection registered already".into());
+            return;
+        }
+        if let Some(m) = self.making.get_mut(&(netns, addr)) {
+            m.waiting.push((id, checked, socket));
+            return;
+        }
+        let pods = self.shared.pods.clone().expect("make_pod_group: pods enabled");
+        let t = pods.template(&template).expect("checked by pod_target").clone();
+        let (tx, done) = mpsc::channel();
+        let wake = self.wake.clone();
+        let spawned = std::thread::Builder::new().name("reuselb-group".into()).spawn(move || {
+            let _ = tx.send(make_group(&pods, netns, addr, &t));
+            if let Err(e) = crate::sys::eventfd_signal(wake.as_fd()) {
+                log::warn!("waking the registry thread: {e}");
+            }
+        });
+        if let Err(e) = spawned {
+            self.refuse_waiting(
+                id,
+                socket,
+                format!("cannot start a thread to make the group: {e}"),
+            );
+            return;
+        }
+        let making = Making { template, started: Instant::now(), waiting: Vec::new(), done };
+        self.making.insert((netns, addr), making);
+        if let Some(m) = self.making.get_mut(&(netns, addr)) {
+            m.waiting.push((id, checked, socket));
+        }
+    }
+
+    /// Takes the pod groups made meanwhile and answers the registrations that waited for them.
+    pub(super) fn collect_made(&mut self) {
+        let ready: Vec<_> = self
+            .making
+            .iter()
+            .filter_map(|(key, m)| match m.done.try_recv() {
+                Ok(result) => Some((*key, Some(result))),
+                Err(mpsc::TryRecvError::Empty) => None,
+                Err(mpsc::TryRecvError::Disconnected) => Some((*key, None)),
+            })
+            .collect();
+        for ((netns, addr), result) in ready {
+            let Some(m) = self.making.remove(&(netns, addr)) else { continue };
+            let result = result.unwrap_or_else(|| {
+                Err(crate::Error::Socket {
+                    op: "making the group",
+                    source: std::io::Error::other("the thread ended without a group"),
+                })
+            });
+            match result {
+                Ok((group, pin_dir)) => {
+                    log::info!(
+                        "pod group {addr} (netns {netns}, template {}): {} {} program, policy {}, \
+                         made in {:?}{}",
+                        m.template,
+                        if group.adopted() { "adopted the pinned" } else { "new" },
+                        group.program().name(),
+                        group.policy().name(),
+                        m.started.elapsed(),
+                        pin_dir.map(|d| format!(", pinned at {}", d.display())).unwrap_or_default()
+                    );
+                    let pod = PodGroup {
+                        netns,
+                        template: m.template.clone(),
+                        label: Mutex::new(String::new()),
+                    };
+                    let svc = new_service(
+                        &self.shared,
+                        Service { addr, pod: Some(pod), group: Mutex::new(group) },
+                    );
+                    for (id, checked, socket) in m.waiting {
+                        if self.conns.contains_key(&id) {
+                            self.admit_into(id, checked, socket, svc);
+                        } else {
+                            self.closer.close(socket);
+                        }
+                    }
+                }
+                Err(e) => {
+                    log::error!("pod group {addr} (netns {netns}): {e}");
+                    for (id, _, socket) in m.waiting {
+                        self.refuse_waiting(id, socket, format!("making the group of {addr}: {e}"));
+                    }
+                }
+            }
+        }
     }
 
     /// Removes the pod groups that have had no worker (registered or adopted) for the removal
