@@ -471,7 +471,28 @@ pub fn summary(config: &Config) -> String {
             ),
         );
     }
-    by_name.into_values().collect::<Vec<_>>().join("\n")
+    let mut lines = by_name.into_values().collect::<Vec<_>>();
+    if let Some(p) = &config.pods {
+        lines.push(format!(
+            "{PODS}: groups made on registration, socket {}, at most {} groups, removed {} ms \
+             after their last worker; templates {} (default {})",
+            p.shim_socket().display(),
+            p.max_groups,
+            p.removal_grace_ms,
+            p.templates
+                .iter()
+                .map(|t| format!(
+                    "{} (policy {}, max_workers {})",
+                    t.name,
+                    t.policy.name(),
+                    t.max_workers
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            p.default_template
+        ));
+    }
+    lines.join("\n")
 }
 
 #[cfg(test)]
