@@ -268,6 +268,10 @@ fn example_file_parses() {
     assert_eq!(api.policy, Policy::PowerOfTwo);
     assert_eq!(api.shim_socket(), Path::new("/run/reuselb/api.sock"));
     assert_eq!(api.netns.as_deref(), Some(Path::new("/var/run/netns/pod1")));
+    let pods = c.pods.as_ref().expect("the example documents the pods section");
+    assert_eq!(pods.shim_socket(), Path::new("/run/reuselb/pods.sock"));
+    assert_eq!(pods.template("web").unwrap().allowed_uids, Some(vec![33, 1000]));
+    assert_eq!(pods.template("batch").unwrap().policy, Policy::PowerOfTwo);
 }
 
 #[test]

@@ -441,6 +441,27 @@ fn pod_groups_come_and_go_with_their_pods_and_survive_the_daemon() {
     let (requests, mine, _) = a.load(&node, 4, Duration::from_secs(1));
     assert!(mine as f64 >= 0.9 * requests as f64, "pod a: {mine} of {requests}");
 
+    // A pod naming a template the ConfigMap does not have: refused, no group, and it serves on
+    // the kernel's hash.
+    let refused_before =
+        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate);
+    let c = Pod::start(&node, "pod-c", Some("no-such-template"), 2, 4);
+    let refused = wait_until(Duration::from_secs(10), || {
+        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate)
+            >= refused_before + 2
+    });
+    assert!(refused, "pod c's workers were not refused: {:?}", node.status());
+    assert!(group_of(&node.status(), c.netns).is_none(), "a group for an unknown template");
+    let report = c.ns.run(|| Load::run(c.client(), 4, "/?ms=1", Duration::from_secs(1)));
+    assert_eq!(report.failed, 0, "pod c: {:?}", report.errors);
+    assert!(
+        report.ok > 50 && report.by_pid.len() == 2,
+        "pod c: {} ok, by pid {:?}",
+        report.ok,
+        report.by_pid
+    );
+    drop(c);
+
     // Pod b deleted: its group, pins and series go after the grace.
     let gone_netns = b.netns;
     let pins = |netns: u64| -> Vec<String> {
