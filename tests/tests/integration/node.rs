@@ -523,3 +523,38 @@ fn pod_groups_come_and_go_with_their_pods_and_survive_the_daemon() {
         println!("{} after the daemon's kill -9: adopted, selected {mine} / {requests}", pod.label);
     }
 }
+
+/// The number of pod groups is bounded: with `max_groups: 1`, a second pod is refused with a
+/// clear reason (`no_free_slot`, "max_groups (1) reached") while the first stays registered.
+#[test]
+fn pod_groups_beyond_max_groups_are_refused_clearly() {
+    integration_tests::private_loopback();
+    let dir = TempDir::new("node-max-groups");
+    let mut options = balancer_user::registry::RegistryOptions::new(dir.path().join("pods.sock"));
+    options.pods = Some(balancer_user::registry::PodOptions {
+        templates: vec![balancer_user::registry::PodTemplate {
+            name: "web".into(),
+            policy: Policy::LeastLoaded,
+            mode: balancer_user::Mode::Auto,
+            weight: 1,
+            max_workers: 4,
+            allowed_uids: vec![0],
+        }],
+        default_template: "web".into(),
+        max_groups: 1,
+        removal_grace: Duration::from_secs(5),
+        pin_root: None,
+    });
+    let registry = balancer_user::registry::Registry::start(options, Vec::new()).expect("registry");
+    let socket = registry.socket_path().to_path_buf();
+    let (a, b) = (NetNs::new().unwrap(), NetNs::new().unwrap());
+    let (first, _conn_a, _la) = register_from(&a, &socket, CLIENT.parse().unwrap(), "web", "a");
+    assert_eq!(first.status(), Status::Ok, "{}", first.reason());
+    let (second, _conn_b, _lb) = register_from(&b, &socket, CLIENT.parse().unwrap(), "", "b");
+    assert_eq!(second.status(), Status::NoFreeSlot, "{}", second.reason());
+    assert!(second.reason().contains("max_groups (1) reached"), "{}", second.reason());
+    let groups = registry.pod_groups();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].group().occupied_slots().count(), 1);
+    registry.stop();
+}
