@@ -24,6 +24,9 @@ use std::{
 };
 
 use balancer_common::{Policy, MAX_SLOTS};
+pub mod pods;
+pub use pods::{Pods, Template};
+
 use serde::{
     de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor},
     Deserialize,
@@ -62,7 +65,12 @@ pub struct Config {
     /// bpffs directory under which each service's programs and maps are pinned.
     #[serde(default = "default_pin_path", deserialize_with = "de_abs_path")]
     pub pin_path: PathBuf,
+    /// The services listed by address. May be empty when `pods` is given.
+    #[serde(default)]
     pub services: Vec<Service>,
+    /// Groups made on registration for workers nobody lists (pods): see [`pods`].
+    #[serde(default)]
+    pub pods: Option<Pods>,
 }
 
 /// One balanced service: its listen addresses share one set of workers.
@@ -206,6 +214,8 @@ pub struct ConfigDiff {
     pub recreated: Vec<String>,
     /// `shim_socket_dir`, `metrics_addr` or `pin_path` changed.
     pub globals_changed: bool,
+    /// The `pods` section changed (added, removed, or any of its values).
+    pub pods_changed: bool,
 }
 
 impl ConfigDiff {
@@ -295,6 +305,7 @@ impl Config {
             globals_changed: self.shim_socket_dir != new.shim_socket_dir
                 || self.metrics_addr != new.metrics_addr
                 || self.pin_path != new.pin_path,
+            pods_changed: self.pods != new.pods,
             ..ConfigDiff::default()
         };
         for s in &new.services {
@@ -330,17 +341,45 @@ impl Config {
                 s.shim_socket = Some(self.shim_socket_dir.join(format!("{}.sock", s.name)));
             }
         }
+        if let Some(p) = &mut self.pods {
+            if p.shim_socket.is_none() {
+                p.shim_socket = Some(self.shim_socket_dir.join("pods.sock"));
+            }
+        }
     }
 
     fn check(&self) -> Result<(), Problem> {
         let svc = |i: usize, field: &'static str| {
             vec![Seg::Key("services"), Seg::Index(i), Seg::Key(field)]
         };
-        if self.services.is_empty() {
+        if self.services.is_empty() && self.pods.is_none() {
             return Err(Problem::new(
                 vec![Seg::Key("services")],
-                "no services: expected at least one".to_owned(),
+                "no services: expected at least one, or a `pods:` section".to_owned(),
             ));
+        }
+        if let Some(pods) = &self.pods {
+            pods.check().map_err(|(at, message)| Problem::new(at, message))?;
+            if let Some(i) = self.services.iter().position(|s| s.name == "pods") {
+                return Err(Problem::new(
+                    vec![Seg::Key("services"), Seg::Index(i), Seg::Key("name")],
+                    "the service name `pods` is taken by the pods section (its pins and metrics \
+                     label): expected another name"
+                        .to_owned(),
+                ));
+            }
+            let socket = pods.shim_socket();
+            if let Some(s) = self.services.iter().find(|s| s.shim_socket() == socket) {
+                return Err(Problem::new(
+                    vec![Seg::Key("pods"), Seg::Key("shim_socket")],
+                    format!(
+                        "shim socket {} is also the socket of service `{}`: expected one socket \
+                         per service, and one for the pods",
+                        socket.display(),
+                        s.name
+                    ),
+                ));
+            }
         }
         let mut names: HashMap<&str, usize> = HashMap::new();
         let mut sockets: HashMap<&Path, usize> = HashMap::new();

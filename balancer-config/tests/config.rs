@@ -159,7 +159,7 @@ const BAD: &[Bad] = &[
         what: "missing services",
         text: "pin_path: /sys/fs/bpf/reuselb\n",
         prefix: "test.yaml:",
-        fragments: &["missing field `services`"],
+        fragments: &["no services: expected at least one, or a `pods:` section"],
     },
     Bad {
         what: "relative path",
@@ -268,6 +268,10 @@ fn example_file_parses() {
     assert_eq!(api.policy, Policy::PowerOfTwo);
     assert_eq!(api.shim_socket(), Path::new("/run/reuselb/api.sock"));
     assert_eq!(api.netns.as_deref(), Some(Path::new("/var/run/netns/pod1")));
+    let pods = c.pods.as_ref().expect("the example documents the pods section");
+    assert_eq!(pods.shim_socket(), Path::new("/run/reuselb/pods.sock"));
+    assert_eq!(pods.template("web").unwrap().allowed_uids, Some(vec![33, 1000]));
+    assert_eq!(pods.template("batch").unwrap().policy, Policy::PowerOfTwo);
 }
 
 #[test]
@@ -329,4 +333,68 @@ fn validate_checks_a_config_built_in_code() {
     c.services.push(twin);
     let err = c.validate().unwrap_err().to_string();
     assert_eq!(err, "<config>: services[1].name: duplicate service name `web`: services[0] has it already; expected unique names");
+}
+
+#[test]
+fn pods_section_takes_its_defaults_and_needs_no_services() {
+    let text = "shim_socket_dir: /run/reuselb\npods:\n  templates:\n    - name: default\n      policy: least-loaded\n      max_workers: 64\n      allowed_uids: [33]\n    - name: batch\n      policy: p2c\n      mode: select\n";
+    let c = Config::parse(text, FILE).unwrap_or_else(|e| panic!("{e}"));
+    assert!(c.services.is_empty());
+    let p = c.pods.as_ref().unwrap();
+    assert_eq!(p.shim_socket(), Path::new("/run/reuselb/pods.sock"));
+    assert_eq!(p.default_template, "default");
+    assert_eq!(p.max_groups, balancer_config::pods::DEFAULT_MAX_GROUPS);
+    assert_eq!(p.removal_grace_ms, balancer_config::pods::DEFAULT_REMOVAL_GRACE_MS);
+    let batch = p.template("batch").unwrap();
+    assert_eq!((batch.policy, batch.mode, batch.weight), (Policy::PowerOfTwo, Mode::Select, 1));
+    assert_eq!(p.template("default").unwrap().allowed_uids, Some(vec![33]));
+    assert!(c.validate().is_ok());
+    let mut other = c.clone();
+    other.pods.as_mut().unwrap().templates[1].policy = Policy::Hash;
+    let d = c.diff(&other);
+    assert!(d.pods_changed && d.added.is_empty() && d.updated.is_empty(), "{d:?}");
+    assert!(c.diff(&c).is_empty());
+}
+
+#[test]
+fn bad_pods_sections_are_refused_with_their_position() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "pods:\n  default_template: web\n  templates:\n    - name: default\n",
+            "test.yaml:2:21: ",
+            "pods.default_template: default_template `web` is not a template: expected one of default",
+        ),
+        (
+            "pods:\n  templates:\n    - name: default\n    - name: default\n",
+            "test.yaml:4:13: ",
+            "pods.templates[1].name: duplicate template name `default`",
+        ),
+        ("pods:\n  templates: []\n", "test.yaml:2:14: ", "pods.templates: no templates"),
+        (
+            "pods:\n  max_groups: 0\n  templates: [{name: default}]\n",
+            "test.yaml:2:15: ",
+            "max_groups must be 1..=1024, got 0",
+        ),
+        (
+            "pods:\n  templates: [{name: default, polcy: p2c}]\n",
+            "test.yaml:2:31: ",
+            "unknown field `polcy`",
+        ),
+        (
+            "services:\n  - name: pods\n    listen: 127.0.0.1:1\npods:\n  templates: [{name: default}]\n",
+            "test.yaml:2:11: ",
+            "services[0].name: the service name `pods` is taken by the pods section",
+        ),
+        (
+            "services:\n  - name: web\n    listen: 127.0.0.1:1\n    shim_socket: /run/reuselb/pods.sock\npods:\n  templates: [{name: default}]\n",
+            "",
+            "pods.shim_socket: shim socket /run/reuselb/pods.sock is also the socket of service `web`",
+        ),
+        ("pin_path: /x\n", "test.yaml:", "no services: expected at least one, or a `pods:` section"),
+    ];
+    for (text, prefix, fragment) in cases {
+        let err = Config::parse(text, FILE).unwrap_err().to_string();
+        assert!(err.starts_with(prefix), "{text:?}: {err}");
+        assert!(err.contains(fragment), "{text:?}: {err}");
+    }
 }

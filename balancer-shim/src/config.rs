@@ -1,10 +1,12 @@
 //! Configuration, read once from the environment in the constructor (before any other thread can
 //! exist) and read-only afterwards: the balanced addresses (`REUSELB_LISTEN`), the controller's
-//! socket (`REUSELB_SOCKET`) and the weight asked for (`REUSELB_WEIGHT`).
+//! socket (`REUSELB_SOCKET`), the weight asked for (`REUSELB_WEIGHT`), and for a pod, the template
+//! asked for (`REUSELB_TEMPLATE`) and the pod's label (`REUSELB_POD`), both sent as they are in
+//! every registration (a value that is not a protocol `Name` is logged and left out).
 
 use core::{cell::UnsafeCell, ffi::c_char, net::SocketAddr};
 
-use balancer_common::protocol;
+use balancer_common::protocol::{self, Name, Register, POD_LEN, TEMPLATE_LEN};
 
 use crate::log::shim_log;
 
@@ -17,6 +19,8 @@ pub(crate) struct Config {
     pub socket_path: [u8; 108],
     pub socket_path_len: usize,
     pub weight: u32,
+    pub template: Name<TEMPLATE_LEN>,
+    pub pod: Name<POD_LEN>,
 }
 
 struct ConfigCell(UnsafeCell<Config>);
@@ -30,6 +34,8 @@ static CONFIG: ConfigCell = ConfigCell(UnsafeCell::new(Config {
     socket_path_len: 0,
     // 0: not asked (REUSELB_WEIGHT unset): the controller gives the service's default weight.
     weight: 0,
+    template: Name::EMPTY,
+    pod: Name::EMPTY,
 }));
 
 /// The configuration (all empty before the constructor ran).
@@ -66,6 +72,18 @@ pub(crate) unsafe fn load() {
     } else {
         shim_log!("{}: path too long for a unix socket", protocol::ENV_SOCKET);
     }
+    if let Some(t) = env_str(protocol::ENV_TEMPLATE).map(str::trim).filter(|t| !t.is_empty()) {
+        match Name::new(t) {
+            Some(n) => cfg.template = n,
+            None => shim_log!("{}: not a template name: {t}", protocol::ENV_TEMPLATE),
+        }
+    }
+    if let Some(p) = env_str(protocol::ENV_POD).map(str::trim).filter(|p| !p.is_empty()) {
+        match Name::new(p) {
+            Some(n) => cfg.pod = n,
+            None => shim_log!("{}: not a label (letters, digits, .-_/:): {p}", protocol::ENV_POD),
+        }
+    }
     if let Some(w) = env_str("REUSELB_WEIGHT").and_then(|w| w.trim().parse::<u32>().ok()) {
         cfg.weight = w.max(1);
     }
@@ -85,6 +103,15 @@ fn env_str(name: &str) -> Option<&'static str> {
     // SAFETY: getenv returned a NUL-terminated string (see above for its lifetime).
     let s = unsafe { core::ffi::CStr::from_ptr(p) };
     s.to_str().ok()
+}
+
+/// The registration message of process `pid`: the weight, template and pod label configured.
+pub(crate) fn register_message(pid: u32) -> Register {
+    let cfg = config();
+    let mut msg = Register::new(pid, cfg.weight);
+    msg.template = cfg.template;
+    msg.pod = cfg.pod;
+    msg
 }
 
 /// Index of `addr` among the balanced addresses.

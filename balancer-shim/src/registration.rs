@@ -29,7 +29,7 @@ use core::{
 };
 
 use balancer_common::{
-    protocol::{Register, Reply, Status},
+    protocol::{Reply, Status},
     LoadTable, BPF_F_MMAPABLE, LOADS_MMAP_LEN,
 };
 
@@ -445,7 +445,7 @@ fn register_on(
     let close_s = || unsafe { Real::CLOSE()(conn) };
     set_timeout(conn, libc::SO_RCVTIMEO, timeout_ms);
     set_timeout(conn, libc::SO_SNDTIMEO, timeout_ms);
-    let msg = Register::new(pid, cfg.weight).encode();
+    let msg = crate::config::register_message(pid).encode();
     if send_with_fd(conn, &msg, listener) < 0 {
         close_s();
         return Err(RegisterError::Unreachable);

@@ -146,12 +146,13 @@ impl Daemon {
             return;
         }
         log::info!(
-            "reload: added {:?}, removed {:?}, updated {:?}, recreated {:?}{}",
+            "reload: added {:?}, removed {:?}, updated {:?}, recreated {:?}{}{}",
             diff.added,
             diff.removed,
             diff.updated,
             diff.recreated,
-            if diff.globals_changed { ", global settings changed" } else { "" }
+            if diff.globals_changed { ", global settings changed" } else { "" },
+            if diff.pods_changed { ", pods section changed" } else { "" }
         );
         let applied = self.services.apply(&self.config, &new);
         if self.config.pin_path != new.pin_path {
@@ -174,6 +175,9 @@ impl Daemon {
         // reload tries it again.
         let mut running = new;
         running.services.retain(|s| !applied.failed.contains(&s.name));
+        if applied.failed.iter().any(|n| n == balancer_user::service::PODS) {
+            running.pods = None;
+        }
         self.config = running;
         self.metrics.record_reload(applied.failed.is_empty());
         log::info!("reload done: {} services running", self.services.len());

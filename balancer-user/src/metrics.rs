@@ -25,6 +25,20 @@
 //! | `registry_closing_backlog` | gauge | service (peer descriptors not closed yet) |
 //! | `config_reloads_total` | counter | outcome (`success`, `failure`) |
 //! | `build_info` (=1) | gauge | version |
+//! | `pod_worker_inflight` | gauge | netns, pod, addr, slot |
+//! | `pod_worker_selected_total` | counter | netns, pod, addr, slot |
+//! | `pod_worker_accepted_total` | counter | netns, pod, addr, slot |
+//! | `pod_worker_completed_total` | counter | netns, pod, addr, slot |
+//! | `pod_workers` | gauge | netns, pod, addr |
+//! | `pod_group_info` (=1) | gauge | netns, pod, addr, template, policy, program |
+//!
+//! Groups made on registration (the `pods` section) have series of their own, per group:
+//! `netns` is the cookie of the pod's network namespace, `pod` the label its workers sent
+//! (`REUSELB_POD`, empty if none), `addr` the balanced address. Their workers' pids are not
+//! visible to the daemon (other pid namespaces), so a slot names a worker. The series of a removed
+//! group are gone at the next scrape: at most `max_groups` x `max_workers` series per family. The
+//! `pods` section's registrations, rejections, registry events and fallbacks are summed under
+//! `service="pods"` in the families above.
 //!
 //! A worker is one process: a worker that serves several addresses of a service is one series,
 //! with its figures summed over the service's groups (and the slot it has in the first group);
@@ -175,9 +189,17 @@ struct ReportCollector {
     rejected: IntCounterVec,
     registry_events: IntCounterVec,
     closing_backlog: IntGaugeVec,
+    pod_inflight: IntGaugeVec,
+    pod_selected: IntCounterVec,
+    pod_accepted: IntCounterVec,
+    pod_completed: IntCounterVec,
+    pod_workers: IntGaugeVec,
+    pod_info: IntGaugeVec,
 }
 
 const WORKER: &[&str] = &["service", "slot", "pid"];
+const POD_WORKER: &[&str] = &["netns", "pod", "addr", "slot"];
+const POD_GROUP: &[&str] = &["netns", "pod", "addr"];
 
 impl ReportCollector {
     fn new(shared: Arc<Shared>) -> Self {
@@ -217,15 +239,37 @@ impl ReportCollector {
                 "Peer descriptors handed to the registry's closing thread and not closed yet.",
                 &["service"],
             ),
+            pod_inflight: gauge_vec("reuselb_pod_worker_inflight", "Connections assigned to the pod's worker and not yet completed.", POD_WORKER),
+            pod_selected: counter_vec("reuselb_pod_worker_selected_total", "Connections the program sent to the pod's slot since its group was created.", POD_WORKER),
+            pod_accepted: counter_vec("reuselb_pod_worker_accepted_total", "Connections the pod's worker accepted since it took the slot.", POD_WORKER),
+            pod_completed: counter_vec("reuselb_pod_worker_completed_total", "Connections the pod's worker closed since it took the slot.", POD_WORKER),
+            pod_workers: gauge_vec("reuselb_pod_workers", "Workers registered in the pod's group.", POD_GROUP),
+            pod_info: gauge_vec(
+                "reuselb_pod_group_info",
+                "A group made on registration: its template, policy and program; always 1.",
+                &["netns", "pod", "addr", "template", "policy", "program"],
+            ),
         }
     }
 
-    fn gauges(&self) -> [&IntGaugeVec; 5] {
-        [&self.inflight, &self.weight, &self.workers, &self.info, &self.closing_backlog]
+    fn gauges(&self) -> [&IntGaugeVec; 8] {
+        [
+            &self.inflight,
+            &self.weight,
+            &self.workers,
+            &self.info,
+            &self.closing_backlog,
+            &self.pod_inflight,
+            &self.pod_workers,
+            &self.pod_info,
+        ]
     }
 
-    fn counters(&self) -> [&IntCounterVec; 8] {
+    fn counters(&self) -> [&IntCounterVec; 11] {
         [
+            &self.pod_selected,
+            &self.pod_accepted,
+            &self.pod_completed,
             &self.selected,
             &self.accepted,
             &self.completed,
@@ -242,10 +286,36 @@ impl ReportCollector {
             let service = s.name.as_str();
             // One series per worker process: the slot it has in the first group that holds it.
             let mut slot_of: BTreeMap<u32, String> = BTreeMap::new();
-            for w in s.workers() {
+            let listed = || s.groups.iter().filter(|g| g.pod.is_none()).flat_map(|g| &g.workers);
+            for w in listed() {
                 slot_of.entry(w.pid).or_insert_with(|| w.slot.to_string());
             }
-            for w in s.workers() {
+            for g in &s.groups {
+                let Some(pod) = &g.pod else { continue };
+                let netns = pod.netns.to_string();
+                let addr = g.addr.to_string();
+                let group = [netns.as_str(), pod.label.as_str(), addr.as_str()];
+                for w in &g.workers {
+                    let slot = w.slot.to_string();
+                    let labels = [group[0], group[1], group[2], slot.as_str()];
+                    self.pod_inflight.with_label_values(&labels).set(clamp(w.inflight));
+                    self.pod_selected.with_label_values(&labels).inc_by(w.selected);
+                    self.pod_accepted.with_label_values(&labels).inc_by(w.accepted);
+                    self.pod_completed.with_label_values(&labels).inc_by(w.completed);
+                }
+                self.pod_workers.with_label_values(&group).set(g.workers.len() as i64);
+                self.pod_info
+                    .with_label_values(&[
+                        group[0],
+                        group[1],
+                        group[2],
+                        pod.template.as_str(),
+                        g.policy.name(),
+                        g.program.name(),
+                    ])
+                    .set(1);
+            }
+            for w in listed() {
                 let pid = w.pid.to_string();
                 let labels = [service, slot_of[&w.pid].as_str(), pid.as_str()];
                 self.inflight.with_label_values(&labels).add(clamp(w.inflight));
@@ -256,7 +326,11 @@ impl ReportCollector {
             }
             self.workers.with_label_values(&[service]).set(slot_of.len() as i64);
             for g in &s.groups {
-                self.info.with_label_values(&[service, g.policy.name(), g.program.name()]).set(1);
+                if g.pod.is_none() {
+                    self.info
+                        .with_label_values(&[service, g.policy.name(), g.program.name()])
+                        .set(1);
+                }
                 for (event, n) in g.events.iter() {
                     let (vec, label) = match event {
                         Event::MigrateSelected => (&self.migrations, "migrated"),

@@ -279,6 +279,9 @@ pub struct GroupReport {
     pub program: Program,
     /// True if the group was adopted from pins left by an earlier controller.
     pub adopted: bool,
+    /// For a group made on registration: whose it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<PodReport>,
     pub workers: Vec<WorkerReport>,
     /// The program's events: fallbacks to the kernel's hash per reason, and migrations
     /// (`migrated`, `migrate_fallback`).
@@ -290,6 +293,17 @@ impl GroupReport {
     pub fn fallbacks(&self) -> u64 {
         self.events.iter().filter(|(e, _)| e.is_fallback()).map(|(_, n)| n).sum()
     }
+}
+
+/// Whose a group made on registration is: what `/status` and the metrics labels show of a pod.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodReport {
+    /// Cookie of the pod's network namespace (SO_NETNS_COOKIE of its sockets).
+    pub netns: u64,
+    /// The template its settings come from.
+    pub template: String,
+    /// The label its workers sent (`REUSELB_POD`, e.g. `namespace/pod`), empty if none.
+    pub label: String,
 }
 
 /// One worker (an occupied slot of a group).
@@ -350,6 +364,11 @@ pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
                 policy: group.policy(),
                 program: group.program(),
                 adopted: group.adopted(),
+                pod: svc.pod.as_ref().map(|p| PodReport {
+                    netns: p.netns,
+                    template: p.template.clone(),
+                    label: p.label(),
+                }),
                 workers: slots.iter().map(WorkerReport::from).collect(),
                 events: Counts::from(&stats),
             }
@@ -403,6 +422,7 @@ pub(crate) mod tests {
             policy: Policy::PowerOfTwo,
             program: Program::SelectOrMigrate,
             adopted: false,
+            pod: None,
             workers: workers
                 .iter()
                 .map(|&(slot, pid, selected)| WorkerReport {

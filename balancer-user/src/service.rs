@@ -19,7 +19,7 @@ use std::{
 
 use crate::{
     config::{self, Config},
-    registry::{self, Registry, RegistryOptions},
+    registry::{self, PodOptions, PodTemplate, Registry, RegistryOptions},
     report::{self, Mode, Report},
     sys, Group, GroupOptions,
 };
@@ -164,6 +164,76 @@ impl Running {
     }
 }
 
+/// The pods section running: one registration socket for every pod, groups made on registration
+/// (see [`crate::registry::pods`]), pinned under `<pin_path>/pods`.
+pub struct RunningPods {
+    pub config: config::Pods,
+    pub registry: Registry,
+}
+
+/// Name of the pods section in metrics labels, `/status` and under `pin_path`.
+pub const PODS: &str = "pods";
+
+impl RunningPods {
+    pub fn start(pods: &config::Pods, pin_path: Option<&Path>) -> Result<Self, Error> {
+        let own = own_uid();
+        let templates: Vec<PodTemplate> = pods
+            .templates
+            .iter()
+            .map(|t| PodTemplate {
+                name: t.name.clone(),
+                policy: t.policy,
+                mode: t.mode,
+                weight: t.weight,
+                max_workers: t.max_workers,
+                allowed_uids: t.allowed_uids_or(own),
+            })
+            .collect();
+        let uids: Vec<u32> = {
+            let mut u: Vec<u32> = templates.iter().flat_map(|t| t.allowed_uids.clone()).collect();
+            u.sort_unstable();
+            u.dedup();
+            u
+        };
+        let mut options = RegistryOptions::new(pods.shim_socket());
+        options.allowed_uids = uids.clone();
+        options.socket_mode = socket_mode(&uids);
+        options.pods = Some(PodOptions {
+            templates,
+            default_template: pods.default_template.clone(),
+            max_groups: pods.max_groups as usize,
+            removal_grace: std::time::Duration::from_millis(u64::from(pods.removal_grace_ms)),
+            pin_root: pin_path.map(|p| p.join(PODS)),
+        });
+        let registry = Registry::start(options, Vec::new()).map_err(Error::Registry)?;
+        log::info!(
+            "pods: workers of any pod register at {} (templates {}, default {}, at most {} \
+             groups, uids {uids:?}); {} pod groups adopted",
+            pods.shim_socket().display(),
+            pods.templates.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
+            pods.default_template,
+            pods.max_groups,
+            registry.pod_groups().len()
+        );
+        Ok(Self { config: pods.clone(), registry })
+    }
+
+    /// Stops for good: every pod group detached, its slots freed, its pins removed.
+    pub fn stop_for_good(self) {
+        for svc in self.registry.services() {
+            if let Err(e) = svc.group().unpin() {
+                log::warn!("pods {}: removing the pins: {e}", svc.describe());
+            }
+        }
+        self.registry.stop_and_detach();
+        log::info!("pods section stopped: pods serve with the kernel's hash");
+    }
+
+    pub fn report(&self) -> report::ServiceReport {
+        report::collect(PODS, &self.registry)
+    }
+}
+
 /// What a reload did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Applied {
@@ -174,6 +244,8 @@ pub struct Applied {
 /// The running services of a config, shared by the signal loop and the HTTP server.
 pub struct Services {
     running: Mutex<Vec<Running>>,
+    /// The pods section, if configured and running.
+    pods: Mutex<Option<RunningPods>>,
     /// Where groups are pinned (None: nothing can be pinned here). Fixed for the set's life.
     pin_path: Option<PathBuf>,
     started: Instant,
@@ -185,6 +257,7 @@ impl Services {
     pub fn start(config: &Config) -> Result<Self, Error> {
         let services = Self {
             running: Mutex::new(Vec::new()),
+            pods: Mutex::new(None),
             pin_path: prepare_pin_path(&config.pin_path),
             started: Instant::now(),
         };
@@ -193,11 +266,20 @@ impl Services {
                 .map_err(|e| Error::Start { name: svc.name.clone(), error: Box::new(e) })?;
             services.lock().push(running);
         }
+        if let Some(pods) = &config.pods {
+            let running = RunningPods::start(pods, services.pin_path.as_deref())
+                .map_err(|e| Error::Start { name: PODS.to_owned(), error: Box::new(e) })?;
+            *services.pods_lock() = Some(running);
+        }
         Ok(services)
     }
 
     fn lock(&self) -> MutexGuard<'_, Vec<Running>> {
         self.running.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn pods_lock(&self) -> MutexGuard<'_, Option<RunningPods>> {
+        self.pods.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn pin_path(&self) -> Option<&Path> {
@@ -245,30 +327,59 @@ impl Services {
                 }
             }
         }
+        if diff.pods_changed {
+            // Changed settings: a new registry adopts the pinned groups (the programs keep
+            // balancing meanwhile). Removed: every pod group goes back to the kernel's hash.
+            let old_pods = self.pods_lock().take();
+            match (old_pods, &new.pods) {
+                (Some(old), Some(_)) => old.registry.stop_keeping_slots(),
+                (Some(old), None) => old.stop_for_good(),
+                (None, _) => {}
+            }
+            if let Some(pods) = &new.pods {
+                match RunningPods::start(pods, self.pin_path()) {
+                    Ok(r) => *self.pods_lock() = Some(r),
+                    Err(e) => {
+                        log::error!("reload: the pods section could not start: {e}");
+                        applied.failed.push(PODS.to_owned());
+                    }
+                }
+            }
+        }
         applied
     }
 
     /// The report of every running service.
     pub fn report(&self) -> Report {
-        let services = self.lock().iter().map(Running::report).collect();
+        let mut services: Vec<_> = self.lock().iter().map(Running::report).collect();
+        if let Some(p) = self.pods_lock().as_ref() {
+            services.push(p.report());
+        }
         Report::new(Mode::Daemon, self.started, services)
     }
 
     /// `Err` naming the first service whose registration thread stopped.
     pub fn health(&self) -> Result<(), String> {
-        match self.lock().iter().find(|r| !r.registry.is_running()) {
-            Some(r) => Err(format!("service {}: the registration thread stopped", r.config.name)),
-            None => Ok(()),
+        if let Some(r) = self.lock().iter().find(|r| !r.registry.is_running()) {
+            return Err(format!("service {}: the registration thread stopped", r.config.name));
         }
+        if self.pods_lock().as_ref().is_some_and(|p| !p.registry.is_running()) {
+            return Err("pods: the registration thread stopped".to_owned());
+        }
+        Ok(())
     }
 
     /// Stops every registration socket and leaves every service serving, balanced (programs
     /// attached, slots as they are, pinned). Returns how many services were running.
     pub fn stop_keeping_slots(&self) -> usize {
         let services = std::mem::take(&mut *self.lock());
-        let n = services.len();
+        let mut n = services.len();
         for r in services {
             r.registry.stop_keeping_slots();
+        }
+        if let Some(p) = self.pods_lock().take() {
+            n += p.registry.pod_groups().len();
+            p.registry.stop_keeping_slots();
         }
         n
     }
@@ -379,7 +490,28 @@ pub fn summary(config: &Config) -> String {
             ),
         );
     }
-    by_name.into_values().collect::<Vec<_>>().join("\n")
+    let mut lines = by_name.into_values().collect::<Vec<_>>();
+    if let Some(p) = &config.pods {
+        lines.push(format!(
+            "{PODS}: groups made on registration, socket {}, at most {} groups, removed {} ms \
+             after their last worker; templates {} (default {})",
+            p.shim_socket().display(),
+            p.max_groups,
+            p.removal_grace_ms,
+            p.templates
+                .iter()
+                .map(|t| format!(
+                    "{} (policy {}, max_workers {})",
+                    t.name,
+                    t.policy.name(),
+                    t.max_workers
+                ))
+                .collect::<Vec<_>>()
+                .join(", "),
+            p.default_template
+        ));
+    }
+    lines.join("\n")
 }
 
 #[cfg(test)]

@@ -37,6 +37,7 @@ fn group(addr: &str, policy: Policy, program: Program, workers: Vec<WorkerReport
         policy,
         program,
         adopted: false,
+        pod: None,
         workers,
         events: Counts::default(),
     }

@@ -93,6 +93,7 @@ fn report() -> Report {
                 policy: Policy::LeastLoaded,
                 program: Program::SelectOrMigrate,
                 adopted: false,
+                pod: None,
                 workers: vec![worker(0, 4242, 300), worker(1, 4343, 100)],
                 events: Counts::default(),
             }],

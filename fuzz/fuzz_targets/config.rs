@@ -100,7 +100,16 @@ fn check_config(config: &Config) {
     if let Err(e) = config.validate() {
         panic!("parse accepted what validate refuses: {e}\n{config:#?}");
     }
-    assert!(!config.services.is_empty());
+    assert!(!config.services.is_empty() || config.pods.is_some());
+    if let Some(p) = &config.pods {
+        assert!(p.shim_socket().is_absolute());
+        assert!(p.template(&p.default_template).is_some());
+        assert!((1..=balancer_config::pods::MAX_GROUPS).contains(&p.max_groups));
+        for t in &p.templates {
+            assert!((1..=MAX_SLOTS).contains(&t.max_workers) && (1..=MAX_WEIGHT).contains(&t.weight));
+            assert!(t.allowed_uids.as_ref().is_none_or(|u| !u.is_empty()));
+        }
+    }
     assert!(config.shim_socket_dir.is_absolute() && config.pin_path.is_absolute());
     for s in &config.services {
         assert!(!s.name.is_empty() && s.name.len() <= MAX_NAME_LEN, "{:?}", s.name);

@@ -351,6 +351,29 @@ impl UwsgiConfig {
     }
 }
 
+/// Pids of the uWSGI workers running a request now (stats server on 127.0.0.1:`stats_port`:
+/// `status` "busy"); empty if it does not answer.
+pub fn busy_workers(stats_port: u16) -> std::collections::HashSet<u32> {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", stats_port)) else {
+        return Default::default();
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    let mut text = String::new();
+    if s.read_to_string(&mut text).is_err() {
+        return Default::default();
+    }
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return Default::default() };
+    v["workers"]
+        .as_array()
+        .map(|ws| {
+            ws.iter()
+                .filter(|w| w["status"].as_str() == Some("busy"))
+                .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// Reads uWSGI's stats server (raw JSON over TCP): `(pid, requests)` per worker.
 pub fn uwsgi_stats(port: u16) -> Option<Vec<(u32, u64)>> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;

@@ -11,6 +11,7 @@ use balancer_common::protocol::{Register, Reply, Status, LAYOUT_VERSION};
 
 use super::{
     event_loop::{Loop, Worker},
+    pods::{Limits, Target},
     MAX_WEIGHT,
 };
 use crate::sys::{self, Cred, Received};
@@ -23,16 +24,20 @@ pub(super) struct Rejection {
 }
 
 impl Rejection {
-    fn new(status: Status, reason: impl Into<String>) -> Self {
+    pub(super) fn new(status: Status, reason: impl Into<String>) -> Self {
         Self { status, reason: reason.into() }
     }
 }
 
 /// A registration that passed the checks.
-struct Checked {
-    svc: usize,
+pub(super) struct Checked {
+    /// The group, or the pod group to make.
+    target: Target,
     cred: Cred,
-    pidfd: OwnedFd,
+    /// `None` when the pid is not visible here (exit seen through the connection).
+    pidfd: Option<OwnedFd>,
+    /// The worker's label (`Register::pod`), shown for a pod group.
+    pod_label: String,
     weight: u32,
     asked_weight: u32,
     /// The adopted slot kept for this worker, if any.
@@ -108,15 +113,6 @@ impl Loop {
         let conn = &self.conns[&id];
         let cred = sys::peer_cred(conn.fd.as_fd())
             .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
-        if cred.pid == 0 {
-            // Exits are tracked by pidfd, and adopted slots by pid and socket: a worker whose pid the
-            // controller cannot see cannot be kept track of.
-            return Err(Rejection::new(
-                Status::Internal,
-                "the worker's pid is not visible here (another pid namespace): share the pid \
-                 namespace with the controller (shareProcessNamespace or hostPID)",
-            ));
-        }
         let settings = self.shared.settings().clone();
         if !settings.allows(cred.uid) {
             return Err(Rejection::new(
@@ -138,24 +134,39 @@ impl Loop {
         if let Some(p) = problem {
             return Err(Rejection::new(Status::NotAListener, p));
         }
-        let svc = facts
-            .local
-            .and_then(|a| self.shared.services.iter().position(|s| s.addr == a))
-            .ok_or_else(|| {
-            let local = facts.local.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
-            Rejection::new(
-                Status::NotAListener,
-                format!("{local} is not balanced by this controller"),
-            )
-        })?;
         let netns = sys::netns_cookie(socket)
             .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
-        if netns != self.netns {
-            return Err(Rejection::new(
-                Status::WrongNamespace,
-                "the socket is in another network namespace than the service",
-            ));
-        }
+        // The socket decides the group: its namespace and its address, as the kernel says.
+        let (target, limits) = match (&self.shared.pods, facts.local) {
+            (Some(_), Some(local)) => {
+                self.pod_target(netns, local, request.template.as_str(), cred.uid)?
+            }
+            _ => {
+                let svc = facts
+                    .local
+                    .and_then(|a| self.shared.all_services().into_iter().find(|(_, s)| s.addr == a))
+                    .map(|(id, _)| id)
+                    .ok_or_else(|| {
+                        let local =
+                            facts.local.map(|a| a.to_string()).unwrap_or_else(|| "?".into());
+                        Rejection::new(
+                            Status::NotAListener,
+                            format!("{local} is not balanced by this controller"),
+                        )
+                    })?;
+                if netns != self.netns {
+                    return Err(Rejection::new(
+                        Status::WrongNamespace,
+                        "the socket is in another network namespace than the service",
+                    ));
+                }
+                let limits = Limits {
+                    max_workers: settings.max_workers,
+                    default_weight: settings.default_weight,
+                };
+                (Target::Group(svc), limits)
+            }
+        };
         if request.pid != cred.pid {
             log::debug!(
                 "worker says pid {}, the kernel says {} (pid namespaces?): using the kernel's",
@@ -163,38 +174,50 @@ impl Loop {
                 cred.pid
             );
         }
-        let pidfd = sys::pidfd_open(cred.pid)
-            .map_err(|e| Rejection::new(Status::Internal, format!("{e} (pid {})", cred.pid)))?;
+        // pid 0: the worker is in a pid namespace the controller cannot see (a pod); its exit is
+        // seen through its registration connection, and an adopted slot is recognised by its
+        // socket alone.
+        let pidfd = match cred.pid {
+            0 => None,
+            pid => Some(
+                sys::pidfd_open(pid)
+                    .map_err(|e| Rejection::new(Status::Internal, format!("{e} (pid {pid})")))?,
+            ),
+        };
         // A worker that owned a slot of the adopted group gets it back, counters and all: it is
         // recognised by its socket's cookie (set by the kernel) and its pid (SO_PEERCRED), as the
         // controller recorded them, never by what the shared table says.
         let cookie = sys::socket_cookie(socket)
             .map_err(|e| Rejection::new(Status::Internal, e.to_string()))?;
-        let adopted = match self.adopted.iter().find(|((s, _), a)| *s == svc && a.cookie == cookie)
-        {
-            Some(((_, slot), a)) if a.pid == cred.pid => Some(*slot),
-            Some(((_, slot), a)) => {
-                return Err(Rejection::new(
-                    Status::Internal,
-                    format!(
+        let svc = match target {
+            Target::Group(svc) => Some(svc),
+            Target::New { .. } => None,
+        };
+        let adopted =
+            match self.adopted.iter().find(|((s, _), a)| Some(*s) == svc && a.cookie == cookie) {
+                Some(((_, slot), a)) if a.pid == cred.pid => Some(*slot),
+                Some(((_, slot), a)) => {
+                    return Err(Rejection::new(
+                        Status::Internal,
+                        format!(
                         "this socket is the one of adopted slot {slot}, kept for worker {}: only \
                          that worker may register it again",
                         a.pid
                     ),
-                ));
-            }
-            None => None,
-        };
-        let held = self.workers.keys().filter(|(s, _)| *s == svc).count()
-            + self.adopted.keys().filter(|(s, _)| *s == svc).count();
-        if adopted.is_none() && held >= settings.max_workers as usize {
+                    ));
+                }
+                None => None,
+            };
+        let held = self.workers.keys().filter(|(s, _)| Some(*s) == svc).count()
+            + self.adopted.keys().filter(|(s, _)| Some(*s) == svc).count();
+        if adopted.is_none() && held >= limits.max_workers as usize {
             return Err(Rejection::new(
                 Status::NoFreeSlot,
-                format!("max_workers ({}) reached", settings.max_workers),
+                format!("max_workers ({}) reached", limits.max_workers),
             ));
         }
         let weight = match request.weight {
-            0 => settings.default_weight,
+            0 => limits.default_weight,
             w if w > MAX_WEIGHT => {
                 log::warn!(
                     "worker {} asked for weight {w}: lowered to the maximum, {MAX_WEIGHT}",
@@ -208,13 +231,51 @@ impl Loop {
             }
             w => w,
         };
-        Ok(Checked { svc, cred, pidfd, weight, asked_weight: request.weight, adopted })
+        Ok(Checked {
+            target,
+            cred,
+            pidfd,
+            pod_label: request.pod.as_str().to_owned(),
+            weight,
+            asked_weight: request.weight,
+            adopted,
+        })
+    }
+
+    /// Admits a registration that waited for its pod group `svc` to be made, or refuses it.
+    pub(super) fn admit_into(&mut self, id: u64, mut c: Checked, socket: OwnedFd, svc: usize) {
+        c.target = Target::Group(svc);
+        if let Err(rejection) = self.admit(id, c, socket) {
+            let _ = self.answer(id, None, Err(rejection));
+            self.close_conn(id);
+        }
+    }
+
+    /// Refuses a registration that waited for a pod group that could not be made.
+    pub(super) fn refuse_waiting(&mut self, id: u64, socket: OwnedFd, reason: String) {
+        self.closer.close(socket);
+        let _ = self.answer(id, None, Err(Rejection::new(Status::Internal, reason)));
+        self.close_conn(id);
     }
 
     /// Puts a checked worker's socket into its group and answers it.
     fn admit(&mut self, id: u64, c: Checked, socket: OwnedFd) -> Result<(), Rejection> {
-        let shared = self.shared.clone();
-        let service = &shared.services[c.svc];
+        let svc = match &c.target {
+            Target::Group(svc) => *svc,
+            Target::New { netns, addr, template } => {
+                // Made on another thread; answered when it is ready (see `pods`).
+                let (netns, addr, template) = (*netns, *addr, template.clone());
+                self.make_pod_group(netns, addr, template, id, c, socket);
+                return Ok(());
+            }
+        };
+        let service = self
+            .shared
+            .service(svc)
+            .ok_or_else(|| Rejection::new(Status::Internal, "the group is gone"))?;
+        if let Some(pod) = &service.pod {
+            pod.set_label(&c.pod_label);
+        }
         let mut group = service.group();
         // Attaching on every registration is idempotent and also covers a reuseport group
         // that the kernel recreated after all its sockets were closed.
@@ -240,19 +301,19 @@ impl Loop {
             return Ok(());
         }
         drop(group);
-        let key = (c.svc, slot);
+        let key = (svc, slot);
         if self.adopted.remove(&key).is_some() {
             log::info!(
                 "worker {} registered again on {}: back in its slot {slot} (epoch {epoch}), \
                  counters kept",
                 c.cred.pid,
-                service.addr
+                service.describe()
             );
         } else {
             log::info!(
                 "worker {} registered on {} as slot {slot} (epoch {epoch})",
                 c.cred.pid,
-                service.addr
+                service.describe()
             );
         }
         if let Some(conn) = self.conns.get_mut(&id) {
@@ -274,7 +335,7 @@ impl Loop {
         if let Some(old) = previous {
             self.closer.close(old.listener);
         }
-        if let Some(parked) = self.parked.remove(&c.svc) {
+        if let Some(parked) = self.parked.remove(&svc) {
             // Its queue migrates to the new worker.
             self.closer.close(parked.fd);
         }

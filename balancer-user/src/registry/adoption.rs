@@ -26,7 +26,9 @@ pub(super) struct Adopted {
     pub pid: u32,
     /// SO_COOKIE of the owner's listening socket, as recorded.
     pub cookie: u64,
-    pub pidfd: OwnedFd,
+    /// `None` when the owner's pid is not visible here (pid 0): the slot is then kept for the
+    /// grace period, for the socket's holder to register it again.
+    pub pidfd: Option<OwnedFd>,
     pub deadline: Instant,
 }
 
@@ -34,7 +36,7 @@ pub(super) struct Adopted {
 /// slots of workers that exited while no controller ran are freed here.
 pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize, u32), Adopted> {
     let mut out = HashMap::new();
-    for (svc, service) in shared.services.iter().enumerate() {
+    for (svc, service) in shared.all_services() {
         let mut group = service.group();
         if !group.adopted() {
             continue;
@@ -42,15 +44,35 @@ pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize,
         let slots = match group.slots() {
             Ok(s) => s,
             Err(e) => {
-                log::warn!("{}: reading the adopted slots: {e}", service.addr);
+                log::warn!("{}: reading the adopted slots: {e}", service.describe());
                 continue;
             }
         };
         for view in slots {
+            if view.cookie != 0 && view.pid == 0 {
+                // A worker whose pid was not visible (another pid namespace): recognised by its
+                // socket alone when it registers again.
+                log::info!(
+                    "{}: adopted slot {} of a worker in another pid namespace: kept until its \
+                     socket registers again",
+                    service.describe(),
+                    view.slot
+                );
+                out.insert(
+                    (svc, view.slot),
+                    Adopted {
+                        pid: 0,
+                        cookie: view.cookie,
+                        pidfd: None,
+                        deadline: Instant::now() + grace,
+                    },
+                );
+                continue;
+            }
             if view.cookie == 0 || view.pid == 0 {
                 log::warn!(
                     "{}: adopted slot {} has no owner record: slot freed",
-                    service.addr,
+                    service.describe(),
                     view.slot
                 );
                 if let Err(e) = group.remove(view.slot) {
@@ -63,7 +85,7 @@ pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize,
                     log::info!(
                         "{}: adopted slot {} of worker {} ({} selected so far): kept until it \
                          registers again",
-                        service.addr,
+                        service.describe(),
                         view.slot,
                         view.pid,
                         view.selected_total
@@ -73,7 +95,7 @@ pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize,
                         Adopted {
                             pid: view.pid,
                             cookie: view.cookie,
-                            pidfd,
+                            pidfd: Some(pidfd),
                             deadline: Instant::now() + grace,
                         },
                     );
@@ -86,7 +108,7 @@ pub(super) fn adopted_slots(shared: &Shared, grace: Duration) -> HashMap<(usize,
                     };
                     log::info!(
                         "{}: worker {} of adopted slot {} {why}: slot freed",
-                        service.addr,
+                        service.describe(),
                         view.pid,
                         view.slot
                     );
@@ -104,14 +126,15 @@ impl Loop {
     /// Frees the slot of an adopted group kept for a worker that did not register again.
     pub(super) fn free_adopted(&mut self, key: (usize, u32), why: &str) {
         let Some(a) = self.adopted.remove(&key) else { return };
-        let service = &self.shared.services[key.0];
+        let Some(service) = self.shared.service(key.0) else { return };
         log::info!(
             "{}: worker {} of adopted slot {} {why}: slot freed",
-            service.addr,
+            service.describe(),
             a.pid,
             key.1
         );
-        if let Err(e) = service.group().remove(key.1) {
+        let removed = service.group().remove(key.1);
+        if let Err(e) = removed {
             log::warn!("freeing slot {}: {e}", key.1);
         }
     }

@@ -39,7 +39,10 @@ pub(super) struct Conn {
 pub(super) struct Worker {
     pub pid: u32,
     pub uid: u32,
-    pub pidfd: OwnedFd,
+    /// `None` when the worker's pid is not visible here (another pid namespace): its exit is
+    /// then seen through its registration connection, which the shim keeps open for the
+    /// worker's life (close-on-exec, and closed in a forked child).
+    pub pidfd: Option<OwnedFd>,
     /// Our reference to the worker's socket: for the accept-queue figure. Closed (by the closer)
     /// when the worker leaves: if the worker is gone, so is its socket, and its queue migrates.
     pub listener: OwnedFd,
@@ -79,7 +82,7 @@ enum Source {
 pub(super) struct Loop {
     pub shared: Arc<Shared>,
     listener: OwnedFd,
-    wake: Arc<OwnedFd>,
+    pub wake: Arc<OwnedFd>,
     pub netns: u64,
     interval: Duration,
     pub options: RegistryOptions,
@@ -95,6 +98,10 @@ pub(super) struct Loop {
     pub adopted: HashMap<(usize, u32), Adopted>,
     /// Generation of the settings last applied to registered workers.
     settings_generation: u64,
+    /// Pod groups with no worker, since when (removed after the removal grace).
+    pub pod_empty_since: HashMap<usize, Instant>,
+    /// Pod groups being made on other threads, with the registrations waiting for them.
+    pub making: HashMap<(u64, std::net::SocketAddr), super::pods::Making>,
     pub closer: Closer,
     /// Accepting is paused until then (descriptors ran out).
     accept_paused_until: Option<Instant>,
@@ -134,6 +141,8 @@ impl Loop {
             parked: HashMap::new(),
             adopted,
             settings_generation: 0,
+            pod_empty_since: HashMap::new(),
+            making: HashMap::new(),
             closer,
             accept_paused_until: None,
             accept_backoff: Duration::ZERO,
@@ -162,12 +171,16 @@ impl Loop {
                 sources.push(Source::Conn(*id));
             }
             for (key, w) in &self.workers {
-                fds.push(w.pidfd.as_fd());
-                sources.push(Source::Pidfd { key: *key, conn: w.conn });
+                if let Some(pidfd) = &w.pidfd {
+                    fds.push(pidfd.as_fd());
+                    sources.push(Source::Pidfd { key: *key, conn: w.conn });
+                }
             }
             for (key, a) in &self.adopted {
-                fds.push(a.pidfd.as_fd());
-                sources.push(Source::AdoptedPidfd { key: *key, pid: a.pid });
+                if let Some(pidfd) = &a.pidfd {
+                    fds.push(pidfd.as_fd());
+                    sources.push(Source::AdoptedPidfd { key: *key, pid: a.pid });
+                }
             }
             let mut until = next_tick.min(now + MAX_TURN);
             if let Some(t) = self.accept_paused_until {
@@ -195,7 +208,7 @@ impl Loop {
                                     "worker {} exited: slot {} of {} freed",
                                     w.pid,
                                     key.1,
-                                    self.shared.services[key.0].addr
+                                    self.describe(key.0)
                                 );
                                 self.remove_worker(key);
                             }
@@ -209,12 +222,14 @@ impl Loop {
                     }
                 }
             }
+            self.collect_made();
             if Instant::now() >= next_tick {
                 self.reconcile();
                 self.apply_settings();
                 self.expire_adopted();
                 self.expire_pending();
                 self.expire_parked();
+                self.expire_pod_groups();
                 next_tick = Instant::now() + self.interval;
             }
         }
@@ -224,7 +239,7 @@ impl Loop {
     /// What happens at stop, as the caller asked.
     fn finish(&mut self) {
         if self.shared.detach.load(Ordering::Acquire) {
-            for (svc, service) in self.shared.services.iter().enumerate() {
+            for (svc, service) in self.shared.all_services() {
                 let socket = self
                     .workers
                     .iter()
@@ -235,9 +250,9 @@ impl Loop {
                     match Group::detach(socket) {
                         Ok(()) => log::info!(
                             "{}: program detached; the kernel's hash spreads connections again",
-                            service.addr
+                            service.describe()
                         ),
-                        Err(e) => log::warn!("{}: detaching the program: {e}", service.addr),
+                        Err(e) => log::warn!("{}: detaching the program: {e}", service.describe()),
                     }
                 }
             }
@@ -282,10 +297,10 @@ impl Loop {
                 evict.push((svc, slot));
                 continue;
             }
-            if w.asked_weight == 0 {
-                if let Err(e) =
-                    self.shared.services[svc].group().set_weight(slot, settings.default_weight)
-                {
+            let Some(service) = self.shared.service(svc) else { continue };
+            // A pod group's default weight is its template's, which a reload does not change.
+            if w.asked_weight == 0 && service.pod.is_none() {
+                if let Err(e) = service.group().set_weight(slot, settings.default_weight) {
                     log::warn!("setting the weight of slot {slot}: {e}");
                 }
             }
@@ -297,7 +312,7 @@ impl Loop {
                     w.uid,
                     w.pid,
                     key.1,
-                    self.shared.services[key.0].addr
+                    self.describe(key.0)
                 );
             }
             self.shared.counters.evictions.fetch_add(1, Ordering::Relaxed);
@@ -435,7 +450,7 @@ impl Loop {
                 log::warn!(
                     "{}: no worker registered within {limit:?} of the last one leaving: closing \
                      its socket (connections are refused until a worker registers)",
-                    self.shared.services[svc].addr
+                    self.describe(svc)
                 );
                 self.shared.counters.parked_expired.fetch_add(1, Ordering::Relaxed);
                 self.closer.close(p.fd);
@@ -477,12 +492,17 @@ impl Loop {
                     "worker {} closed its registration: slot {} of {} freed",
                     w.pid,
                     key.1,
-                    self.shared.services[key.0].addr
+                    self.describe(key.0)
                 );
             }
             self.remove_worker(key);
         }
         self.closer.close(conn.fd);
+    }
+
+    /// The group's address (and pod) for log lines.
+    pub(super) fn describe(&self, svc: usize) -> String {
+        self.shared.service(svc).map(|s| s.describe()).unwrap_or_else(|| format!("group {svc}"))
     }
 
     pub(super) fn remove_worker(&mut self, key: (usize, u32)) {
@@ -493,8 +513,10 @@ impl Loop {
     /// with the worker): it stops listening, and the program moves its queue to the others.
     pub(super) fn remove_worker_and(&mut self, key: (usize, u32), retire: bool) {
         let Some(w) = self.workers.remove(&key) else { return };
-        if let Err(e) = self.shared.services[key.0].group().remove(key.1) {
-            log::warn!("freeing slot {}: {e}", key.1);
+        if let Some(service) = self.shared.service(key.0) {
+            if let Err(e) = service.group().remove(key.1) {
+                log::warn!("freeing slot {}: {e}", key.1);
+            }
         }
         if retire {
             if let Err(e) = sys::shutdown(w.listener.as_fd()) {
@@ -513,7 +535,7 @@ impl Loop {
             log::info!(
                 "{}: no worker left; keeping the last socket listening until one registers \
                  (at most {:?})",
-                self.shared.services[key.0].addr,
+                self.describe(key.0),
                 self.options.park_timeout
             );
             if let Some(old) =

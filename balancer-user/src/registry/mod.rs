@@ -7,6 +7,11 @@
 //! service's [`Group`], and answers with the load map. It then watches the worker (pidfd, and the
 //! registration connection) and frees the slot when the worker goes away ([`event_loop`]).
 //!
+//! With [`RegistryOptions::pods`], the registry also makes groups on registration ([`pods`]): a
+//! worker's socket, from any network namespace, joins the group of (that socket's network
+//! namespace, its bound address), which the first such worker creates (settings from the template
+//! it names) and which is removed, pins included, a short grace after its last worker left.
+//!
 //! It also keeps the loads honest ([`reconcile`]): every [`RegistryOptions::reconcile_interval`]
 //! it compares each slot's "in flight" figure with what the kernel and the worker say and
 //! corrects the slot when both disagree twice in a row. A controller that restarts takes over
@@ -25,6 +30,7 @@
 //! - events are keyed by what cannot be reused and no peer can write (connection ids, which also
 //!   name a registration), so a stale event never touches a new owner.
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
@@ -44,7 +50,10 @@ mod admission;
 mod adoption;
 mod closer;
 mod event_loop;
+pub mod pods;
 mod reconcile;
+
+pub use pods::{PodGroup, PodOptions, PodTemplate};
 
 pub use crate::sys::{accept_queue_len, netns_cookie, own_netns_cookie};
 
@@ -109,6 +118,8 @@ pub struct RegistryOptions {
     pub park_timeout: Duration,
     /// [`Registry::is_running`] turns false when the loop has not turned for this long.
     pub stall_limit: Duration,
+    /// Groups made on registration (pods): `None` for a registry of listed services only.
+    pub pods: Option<PodOptions>,
 }
 
 impl RegistryOptions {
@@ -127,6 +138,7 @@ impl RegistryOptions {
             max_pending: 512,
             park_timeout: Duration::from_secs(30),
             stall_limit: Duration::from_secs(3),
+            pods: None,
         }
     }
 }
@@ -134,10 +146,24 @@ impl RegistryOptions {
 /// One balanced address and its group.
 pub struct Service {
     pub addr: SocketAddr,
+    /// For a group made on registration: whose it is (network namespace, template, label).
+    pub pod: Option<PodGroup>,
     group: Mutex<Group>,
 }
 
 impl Service {
+    fn listed(addr: SocketAddr, group: Group) -> Self {
+        Self { addr, pod: None, group: Mutex::new(group) }
+    }
+
+    /// `addr`, and for a pod's group its network namespace cookie, for log lines.
+    pub fn describe(&self) -> String {
+        match &self.pod {
+            None => self.addr.to_string(),
+            Some(p) => format!("{} (netns {})", self.addr, p.netns),
+        }
+    }
+
     /// The group (slots, loads, stats). Hold the lock briefly: registrations wait for it.
     pub fn group(&self) -> MutexGuard<'_, Group> {
         self.group.lock().unwrap_or_else(|e| e.into_inner())
@@ -186,7 +212,15 @@ impl Counters {
 }
 
 struct Shared {
-    services: Vec<Service>,
+    /// The listed services' groups, ids `0..listed.len()`; fixed for the registry's life.
+    listed: Vec<Arc<Service>>,
+    /// The groups made on registration, by id (from `listed.len()` up). Ids are never reused,
+    /// so a stale key never reaches a new group.
+    services: Mutex<BTreeMap<usize, Arc<Service>>>,
+    /// Id of the next group made on registration.
+    next_service: AtomicU64,
+    /// Groups made on registration, if enabled.
+    pods: Option<PodOptions>,
     counters: Counters,
     stop: AtomicBool,
     /// At stop, leave every slot as it is (the program keeps balancing the workers, with the
@@ -220,6 +254,21 @@ impl Settings {
 }
 
 impl Shared {
+    /// The group with id `id`, if it still exists.
+    fn service(&self, id: usize) -> Option<Arc<Service>> {
+        match self.listed.get(id) {
+            Some(s) => Some(s.clone()),
+            None => self.services.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned(),
+        }
+    }
+
+    /// Every group with its id, in id order.
+    fn all_services(&self) -> Vec<(usize, Arc<Service>)> {
+        let map = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        let listed = self.listed.iter().cloned().enumerate();
+        listed.chain(map.iter().map(|(id, s)| (*id, s.clone()))).collect()
+    }
+
     fn settings(&self) -> MutexGuard<'_, Settings> {
         self.settings.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -261,17 +310,29 @@ impl Registry {
             Some(c) => c,
             None => own_netns_cookie().map_err(Error::Netns)?,
         };
-        let allowed = allowed_or_own(&options.allowed_uids);
+        let mut allowed = allowed_or_own(&options.allowed_uids);
+        if let Some(pods) = &options.pods {
+            // Who may connect at all: any template's uid (each template checks its own).
+            for t in &pods.templates {
+                allowed.extend(allowed_or_own(&t.allowed_uids));
+            }
+            allowed.sort_unstable();
+            allowed.dedup();
+        }
+        let n_listed = services.len();
         let listener = bind_seqpacket(&options.socket_path, options.socket_mode)?;
         let wake = Arc::new(
             sys::eventfd()
                 .map_err(|source| Error::Socket { path: options.socket_path.clone(), source })?,
         );
         let shared = Arc::new(Shared {
-            services: services
+            listed: services
                 .into_iter()
-                .map(|(addr, group)| Service { addr, group: Mutex::new(group) })
+                .map(|(addr, group)| Arc::new(Service::listed(addr, group)))
                 .collect(),
+            services: Mutex::new(BTreeMap::new()),
+            next_service: AtomicU64::new(n_listed as u64),
+            pods: options.pods.clone(),
             counters: Counters::default(),
             stop: AtomicBool::new(false),
             keep_slots: AtomicBool::new(false),
@@ -286,6 +347,7 @@ impl Registry {
             heartbeat_ms: AtomicU64::new(0),
             closer: Arc::new(closer::Health::new()),
         });
+        pods::adopt_pod_groups(&shared);
         let mut event_loop =
             event_loop::Loop::new(shared.clone(), listener, wake.clone(), netns, &options)
                 .map_err(Error::Thread)?;
@@ -303,12 +365,19 @@ impl Registry {
         })
     }
 
-    pub fn services(&self) -> &[Service] {
-        &self.shared.services
+    /// Every group: the listed services' and the pods'.
+    pub fn services(&self) -> Vec<Arc<Service>> {
+        self.shared.all_services().into_iter().map(|(_, s)| s).collect()
     }
 
+    /// The listed service's group of `addr`.
     pub fn service(&self, addr: SocketAddr) -> Option<&Service> {
-        self.shared.services.iter().find(|s| s.addr == addr)
+        self.shared.listed.iter().find(|s| s.addr == addr).map(|s| &**s)
+    }
+
+    /// The groups made on registration (pods).
+    pub fn pod_groups(&self) -> Vec<Arc<Service>> {
+        self.services().into_iter().filter(|s| s.pod.is_some()).collect()
     }
 
     pub fn counters(&self) -> &Counters {

@@ -53,17 +53,14 @@ impl Loop {
     /// attaches each service's program again.
     pub(super) fn reconcile(&mut self) {
         let mut retire = Vec::new();
-        let mut attached = vec![false; self.shared.services.len()];
+        let mut attached = std::collections::HashSet::new();
         for (&(svc, slot), w) in self.workers.iter_mut() {
-            let group = self.shared.services[svc].group();
-            if !attached[svc] {
-                attached[svc] = true;
+            let Some(service) = self.shared.service(svc) else { continue };
+            let group = service.group();
+            if attached.insert(svc) {
                 if let Err(e) = group.attach(&w.listener) {
                     self.shared.counters.reattach_failures.fetch_add(1, Ordering::Relaxed);
-                    log::warn!(
-                        "{}: attaching the program again: {e}",
-                        self.shared.services[svc].addr
-                    );
+                    log::warn!("{}: attaching the program again: {e}", service.describe());
                 }
             }
             let loads = group.loads();
@@ -96,7 +93,7 @@ impl Loop {
                 "worker {pid} stopped accepting and its main thread exited: slot {} of {} freed, \
                  its {queued} queued connections moved",
                 key.1,
-                self.shared.services[key.0].addr
+                self.describe(key.0)
             );
             self.remove_worker_and(key, true);
         }

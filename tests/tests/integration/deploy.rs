@@ -3,7 +3,12 @@
 //! keep their privileges where the design puts them: CAP_BPF + CAP_PERFMON and the seccomp
 //! profile that allows bpf() on the reuselb container only, app containers unprivileged with the
 //! socket directory read-only, the daemon's /status reachable only from the monitoring namespace.
-use std::{path::PathBuf, process::Command};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use balancer_common::protocol;
 
 use balancer_user::config::Config;
 use serde_yaml::Value;
@@ -179,11 +184,53 @@ fn app_pods_mount_the_socket_directory_read_only_and_no_host_path_in_the_sidecar
                 .map(|(_, c)| *c)
                 .expect("the sidecar");
             assert_eq!(reuselb["restartPolicy"].as_str(), Some("Always"), "a native sidecar");
-            // The daemon must see the workers' pids (tests/tests/container.rs).
-            assert_eq!(pod["shareProcessNamespace"].as_bool(), Some(true), "{dir}");
+            // The daemon tracks workers it cannot see by their connections
+            // (tests/tests/integration/container.rs): the app does not see or signal it.
+            assert!(pod["shareProcessNamespace"].is_null(), "{dir}: shares the pid namespace");
             assert!(reuselb["startupProbe"].is_mapping(), "the app waits for the daemon");
         }
     }
+}
+
+/// The DaemonSet balances pods nobody lists: its ConfigMap has a pods section (no per-pod
+/// service, no `netns:`), the example app registers on that section's socket with its label from
+/// the downward API and its template from an annotation, and neither needs the host's pids.
+#[test]
+fn the_daemonset_balances_pods_nobody_lists() {
+    let config = Config::load(repo().join("deploy/kubernetes/base/reuselb.yaml")).unwrap();
+    assert!(config.services.iter().all(|s| s.netns.is_none()), "a netns: entry");
+    let pods = config.pods.as_ref().expect("the ConfigMap has a pods section");
+    let base = objects("deploy/kubernetes/base");
+    for (pod, _) in containers(&base) {
+        assert!(pod["hostPID"].is_null() && pod["hostNetwork"].is_null(), "{pod:?}");
+    }
+    let app_objects = objects("deploy/kubernetes/example-uwsgi");
+    let all = containers(&app_objects);
+    let (pod, app) = all.iter().find(|(_, c)| c["name"].as_str() == Some("uwsgi")).unwrap();
+    assert!(pod["hostPID"].is_null() && pod["shareProcessNamespace"].is_null());
+    let env = app["env"].as_sequence().expect("the app's environment");
+    let var = |name: &str| {
+        env.iter()
+            .find(|e| e["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("no {name} in the app's environment"))
+    };
+    assert_eq!(
+        var(protocol::ENV_SOCKET)["value"].as_str().map(Path::new),
+        Some(pods.shim_socket()),
+        "the app registers elsewhere than the pods socket"
+    );
+    let template = &var(protocol::ENV_TEMPLATE)["valueFrom"]["fieldRef"]["fieldPath"];
+    let annotation = template.as_str().expect("the template comes from the pod's annotation");
+    let key = annotation
+        .strip_prefix("metadata.annotations['")
+        .and_then(|k| k.strip_suffix("']"))
+        .expect("an annotation");
+    let template_meta =
+        &app_objects.iter().find(|o| o["kind"].as_str() == Some("Deployment")).unwrap()["spec"]
+            ["template"]["metadata"]["annotations"][key];
+    let name = template_meta.as_str().expect("the example sets the annotation");
+    assert!(pods.template(name).is_some(), "template `{name}` is not in the ConfigMap");
+    assert!(var(protocol::ENV_POD)["value"].as_str().is_some_and(|v| v.contains("$(POD_NAME)")));
 }
 
 #[test]

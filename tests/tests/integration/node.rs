@@ -1,0 +1,560 @@
+//! A Kubernetes node simulated with namespaces: the DaemonSet's daemon and pods nobody lists.
+//!
+//! The daemon runs `reuselb daemon` with the shipped ConfigMap (deploy/kubernetes/base/
+//! reuselb.yaml, only its paths moved into the test's temp dir and pin dir) in network, mount and
+//! pid namespaces of its own, as a pod without `hostNetwork` or `hostPID` does: it cannot see the
+//! workers' pids (SO_PEERCRED says 0). Each "pod" is a network namespace created after the daemon
+//! started and named nowhere in its config, running uWSGI with the shim as the example Deployment
+//! sets it up (the same environment variables, `REUSELB_POD` as the downward API would make it),
+//! with the socket directory mounted read-only in a private mount namespace.
+//!
+//! The daemon listens on 127.0.0.1:9464 inside its own namespace (the ConfigMap's 0.0.0.0:9464);
+//! the test reads `/status` from a thread in that namespace.
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    os::fd::{AsRawFd, OwnedFd},
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use balancer_common::{
+    protocol::{self, Name, Register, Status},
+    Policy,
+};
+use balancer_user::report::{GroupReport, Report, ServiceReport};
+use integration_tests::{
+    apps::{
+        self, busy_workers, one_request, require, reuselb_bin, serial, shim_lib, wait_until,
+        workspace_root, Load, PinDir, Proc, TempDir, UwsgiConfig, UwsgiProto,
+    },
+    http, shim_client, NetNs,
+};
+use rustix::process::{kill_process, Pid, Signal};
+
+/// Where the daemon serves /status in its network namespace.
+const METRICS: &str = "127.0.0.1:9464";
+/// The app's address in every pod (as the example Deployment: 0.0.0.0:8000).
+const APP: &str = "0.0.0.0:8000";
+/// Where a pod's clients connect.
+const CLIENT: &str = "127.0.0.1:8000";
+
+/// The daemon's side of the node: its namespace, its files, the process.
+struct Node {
+    dir: TempDir,
+    pin: PinDir,
+    ns: NetNs,
+    config: PathBuf,
+}
+
+impl Node {
+    fn new(tag: &str) -> Self {
+        let dir = TempDir::new(&format!("node-{tag}"));
+        std::fs::create_dir_all(dir.path().join("run")).unwrap();
+        let pin = PinDir::new(&format!("node-{tag}"));
+        let ns = NetNs::new().expect("the daemon's network namespace");
+        let config = dir.path().join("reuselb.yaml");
+        let node = Self { dir, pin, ns, config };
+        node.write_config(Policy::LeastLoaded);
+        node
+    }
+
+    /// The shipped ConfigMap's config, its paths moved into the test's, with the default
+    /// template's policy `policy`.
+    fn write_config(&self, policy: Policy) {
+        let shipped = workspace_root().join("deploy/kubernetes/base/reuselb.yaml");
+        let text = std::fs::read_to_string(&shipped).expect("the shipped ConfigMap's config");
+        assert_eq!(text.matches("policy: least-loaded").count(), 1, "{text}");
+        let text = text
+            .replace("/sys/fs/bpf/reuselb", &self.pin.path().display().to_string())
+            .replace("/run/reuselb", &self.sockets().display().to_string())
+            .replace("policy: least-loaded", &format!("policy: {}", policy.name()));
+        std::fs::write(&self.config, text).unwrap();
+    }
+
+    fn sockets(&self) -> PathBuf {
+        self.dir.path().join("run")
+    }
+
+    fn pods_socket(&self) -> PathBuf {
+        self.sockets().join("pods.sock")
+    }
+
+    /// The daemon in its network namespace, in mount and pid namespaces of its own; waits until
+    /// /healthz answers.
+    fn start_daemon(&self, tag: &str) -> Proc {
+        let mut cmd = self.ns.command("unshare");
+        cmd.args(["--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc"])
+            .arg(reuselb_bin())
+            .args(["daemon", "--config"])
+            .arg(&self.config);
+        let daemon =
+            Proc::spawn("reuselb daemon", cmd, &self.dir.path().join(format!("daemon-{tag}.log")));
+        let up = wait_until(Duration::from_secs(30), || {
+            self.ns
+                .run(|| http::get(METRICS.parse().unwrap(), "/healthz"))
+                .is_some_and(|(code, _)| code == 200)
+        });
+        assert!(up, "the daemon did not come up:\n{}", daemon.log_tail(30));
+        daemon
+    }
+
+    fn status(&self) -> Report {
+        self.ns.run(|| http::status(METRICS.parse().unwrap()))
+    }
+
+    fn metrics(&self) -> String {
+        self.ns.run(|| http::get(METRICS.parse().unwrap(), "/metrics")).expect("/metrics").1
+    }
+}
+
+/// Signals the daemon itself (`unshare --fork` does not pass every signal on).
+fn signal_daemon(daemon: &Proc, signal: Signal) {
+    let children = apps::children_of(daemon.pid());
+    let pid = children.first().copied().expect("the daemon under unshare");
+    kill_process(Pid::from_raw(pid as i32).unwrap(), signal).expect("signalling the daemon");
+}
+
+fn pods_of(report: &Report) -> Option<&ServiceReport> {
+    report.services.iter().find(|s| s.name == "pods")
+}
+
+/// The group of the pod whose network namespace has cookie `netns`.
+fn group_of(report: &Report, netns: u64) -> Option<&GroupReport> {
+    pods_of(report)?.groups.iter().find(|g| g.pod.as_ref().is_some_and(|p| p.netns == netns))
+}
+
+fn selected(report: &Report, netns: u64) -> u64 {
+    group_of(report, netns).map(|g| g.workers.iter().map(|w| w.selected).sum()).unwrap_or(0)
+}
+
+/// One pod: its network namespace and its uWSGI.
+struct Pod {
+    label: String,
+    cfg: UwsgiConfig,
+    netns: u64,
+    app: Proc,
+    ns: NetNs,
+}
+
+impl Pod {
+    /// uWSGI `processes` x `threads` with the shim, as the example Deployment sets it up, in a
+    /// new network namespace; the socket directory read-only in its mount namespace.
+    fn start(
+        node: &Node,
+        name: &str,
+        template: Option<&str>,
+        processes: u32,
+        threads: u32,
+    ) -> Self {
+        let ns = NetNs::new().expect("the pod's network namespace");
+        let netns = ns.run(balancer_user::registry::own_netns_cookie).expect("netns cookie");
+        let mut cfg = UwsgiConfig::new(APP.parse().unwrap(), UwsgiProto::Http);
+        cfg.processes = processes;
+        cfg.threads = threads;
+        let label = format!("default/{name}");
+        let script = format!(
+            "mount --bind {d} {d} && mount -o remount,bind,ro {d} && \
+             if touch {d}/probe 2>/dev/null || rm -f {d}/pods.sock 2>/dev/null && \
+             [ ! -e {d}/pods.sock ]; then echo 'socket dir writable'; exit 1; fi && exec \"$@\"",
+            d = node.sockets().display()
+        );
+        let mut cmd = ns.command("unshare");
+        cmd.args(["--mount", "--propagation", "private", "sh", "-c", &script, "sh"])
+            .args(cfg.command_line())
+            .env("LD_PRELOAD", shim_lib())
+            .env(protocol::ENV_LISTEN, APP)
+            .env(protocol::ENV_SOCKET, node.pods_socket())
+            .env(protocol::ENV_POD, &label);
+        if let Some(t) = template {
+            cmd.env(protocol::ENV_TEMPLATE, t);
+        }
+        let app = Proc::spawn(name, cmd, &node.dir.path().join(format!("uwsgi-{name}.log")));
+        let ready = ns.run(|| cfg.wait_ready(Duration::from_secs(30)));
+        assert!(ready, "uWSGI did not start in {name}:\n{}", app.log_tail(30));
+        Self { label, cfg, netns, app, ns }
+    }
+
+    fn client(&self) -> SocketAddr {
+        CLIENT.parse().unwrap()
+    }
+
+    /// Waits until `n` workers hold slots of this pod's group.
+    fn wait_registered(&self, node: &Node, n: usize, daemon: &Proc) {
+        let ok = wait_until(Duration::from_secs(30), || {
+            group_of(&node.status(), self.netns).is_some_and(|g| g.workers.len() == n)
+        });
+        assert!(
+            ok,
+            "{}: not {n} workers registered: {:?}\ndaemon:\n{}\nuWSGI:\n{}",
+            self.label,
+            group_of(&node.status(), self.netns),
+            daemon.log_tail(30),
+            self.app.log_tail(20)
+        );
+    }
+
+    /// Runs `clients` clients of `/?ms=1` for `duration`; returns (requests served, the
+    /// program's selections in this pod's group, selections in every other group).
+    fn load(&self, node: &Node, clients: usize, duration: Duration) -> (u64, u64, u64) {
+        let before = node.status();
+        let report = self.ns.run(|| Load::run(self.client(), clients, "/?ms=1", duration));
+        assert_eq!(report.failed, 0, "{}: requests failed: {:?}", self.label, report.errors);
+        let after = node.status();
+        let all = |r: &Report| -> u64 {
+            pods_of(r).map(|s| s.workers().map(|w| w.selected).sum()).unwrap_or(0)
+        };
+        let mine = selected(&after, self.netns) - selected(&before, self.netns);
+        let others = (all(&after) - all(&before)).saturating_sub(mine);
+        (report.ok, mine, others)
+    }
+}
+
+/// How long a blocking request holds its worker process (GIL-holding busy loop).
+const BLOCK_MS: u64 = 5000;
+/// How long the short requests run (well inside the block).
+const WINDOW: Duration = Duration::from_millis(1800);
+
+/// Blocks two distinct worker processes of `pod` with a long GIL-holding request each, then runs
+/// one client of short requests for [`WINDOW`]; returns the share of them served by the blocked
+/// processes, how many that was, and the total.
+fn share_sent_to_blocked(pod: &Pod) -> (f64, u64, u64) {
+    pod.ns.run(|| {
+        let port = pod.cfg.stats_port;
+        assert!(
+            wait_until(Duration::from_secs(15), || busy_workers(port).is_empty()),
+            "{}: workers still busy",
+            pod.label
+        );
+        let addr = pod.client();
+        let request = format!("/?ms={BLOCK_MS}");
+        let started = Instant::now();
+        let mut blockers = Vec::new();
+        let mut blocked = HashSet::new();
+        // Threads started here live in the pod's network namespace too.
+        for _ in 0..8 {
+            let request = request.clone();
+            blockers.push(std::thread::spawn(move || one_request(addr, &request)));
+            wait_until(Duration::from_millis(500), || busy_workers(port).len() > blocked.len());
+            blocked = busy_workers(port);
+            if blocked.len() >= 2 {
+                break;
+            }
+        }
+        assert!(blocked.len() >= 2, "{}: could not block two workers: {blocked:?}", pod.label);
+        let setup = started.elapsed();
+        assert!(
+            setup + WINDOW + Duration::from_secs(1) < Duration::from_millis(BLOCK_MS),
+            "{}: blocking two workers took {setup:?}: no time left inside the block",
+            pod.label
+        );
+        let report = Load::run(addr, 1, "/?ms=2", WINDOW);
+        let to_blocked: u64 = report
+            .by_pid
+            .iter()
+            .filter(|(pid, _)| blocked.contains(pid))
+            .map(|(_, n)| n)
+            .sum::<u64>()
+            + report.failed;
+        let total = report.ok + report.failed;
+        // The blocks end before the next measurement starts.
+        for b in blockers {
+            let _ = b.join();
+        }
+        (to_blocked as f64 / total.max(1) as f64, to_blocked, total)
+    })
+}
+
+/// Three pods nobody listed, each balanced in a group of its own, with load awareness shown
+/// against the hash policy on the same pods.
+#[test]
+fn pods_nobody_listed_are_each_balanced_in_a_group_of_their_own() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("uwsgi");
+    let started = Instant::now();
+    let node = Node::new("balanced");
+    let daemon = node.start_daemon("1");
+    // Pods come after the daemon; the third names no template (the default one applies).
+    let templates = [Some("web"), Some("web"), None];
+    let pods: Vec<Pod> = templates
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Pod::start(&node, &format!("pod-{i}"), *t, 4, 20))
+        .collect();
+    for pod in &pods {
+        pod.wait_registered(&node, 4, &daemon);
+        let report = node.status();
+        let g = group_of(&report, pod.netns).unwrap();
+        let p = g.pod.as_ref().unwrap();
+        assert_eq!((p.label.as_str(), p.template.as_str()), (pod.label.as_str(), "web"));
+        assert_eq!(g.policy, Policy::LeastLoaded);
+        // The daemon cannot see the pods' pids: tracked by their connections.
+        assert!(g.workers.iter().all(|w| w.pid == 0), "{g:?}");
+        let uwsgi = apps::registered_count(&pod.app.log_text());
+        assert_eq!(uwsgi, 4, "{}: the shim logged {uwsgi} registrations", pod.label);
+    }
+    assert_eq!(pods_of(&node.status()).unwrap().groups.len(), 3);
+    let metrics = node.metrics();
+    for pod in &pods {
+        let series = format!(
+            "reuselb_pod_workers{{addr=\"{APP}\",netns=\"{}\",pod=\"{}\"}} 4",
+            pod.netns, pod.label
+        );
+        assert!(metrics.contains(&series), "no {series} in\n{metrics}");
+    }
+
+    let mut figures = Vec::new();
+    for pod in &pods {
+        let (requests, mine, others) = pod.load(&node, 8, Duration::from_secs(2));
+        assert!(requests >= 100, "{}: too few requests: {requests}", pod.label);
+        assert!(
+            mine as f64 >= 0.9 * requests as f64,
+            "{}: the program selected {mine} of {requests}",
+            pod.label
+        );
+        assert_eq!(others, 0, "{}: load selected other pods' workers", pod.label);
+        figures.push((requests, mine));
+    }
+
+    let least_loaded: Vec<_> = pods.iter().map(share_sent_to_blocked).collect();
+
+    // The control: the hash policy on the same pods (a reload: the pods' registry starts again
+    // and adopts every group with the new policy; the workers register again).
+    node.write_config(Policy::Hash);
+    signal_daemon(&daemon, Signal::HUP);
+    let reloaded = wait_until(Duration::from_secs(30), || {
+        let r = node.status();
+        pods_of(&r).is_some_and(|s| {
+            s.registrations.get(Status::Ok) >= 12
+                && pods.iter().all(|p| {
+                    group_of(&r, p.netns).is_some_and(|g| {
+                        g.policy == Policy::Hash && g.adopted && g.workers.len() == 4
+                    })
+                })
+        })
+    });
+    assert!(
+        reloaded,
+        "the reload did not adopt every group: {:?}\n{}",
+        node.status(),
+        daemon.log_tail(30)
+    );
+    let hash: Vec<_> = pods.iter().map(share_sent_to_blocked).collect();
+
+    for (i, pod) in pods.iter().enumerate() {
+        let (ll, ll_blocked, ll_total) = least_loaded[i];
+        let (h, h_blocked, h_total) = hash[i];
+        println!(
+            "{}: 4 workers registered, selected {} / {} requests; short requests to the 2 \
+             blocked processes of 4: least-loaded {ll_blocked}/{ll_total} ({:.1}%), hash \
+             {h_blocked}/{h_total} ({:.1}%)",
+            pod.label,
+            figures[i].1,
+            figures[i].0,
+            ll * 100.0,
+            h * 100.0
+        );
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        let (ll, _, ll_total) = least_loaded[i];
+        let (h, _, _) = hash[i];
+        assert!(ll_total >= 50, "{}: too few short requests: {ll_total}", pod.label);
+        // The two blocked processes spin on the machine's two cores: a free process starved of
+        // CPU may not have closed its last connection when the next one arrives (a tie with
+        // the blocked ones), so a few short requests do land on them; the hash sends them
+        // about half.
+        assert!(
+            ll <= 0.2 && ll * 3.0 <= h,
+            "{}: least-loaded sent {:.1}% to the blocked processes (hash {:.1}%)",
+            pod.label,
+            ll * 100.0,
+            h * 100.0
+        );
+        assert!(
+            h >= 0.30,
+            "{}: hash sent only {:.1}%: the scene blocked nothing",
+            pod.label,
+            h * 100.0
+        );
+    }
+    signal_daemon(&daemon, Signal::TERM);
+    drop(daemon);
+    println!("node test: {:.1?}", started.elapsed());
+}
+
+/// A registration of a socket bound to `addr` in `ns`, naming `template` and `pod`: the reply,
+/// the connection (held: closing it leaves) and the socket.
+fn register_from(
+    ns: &NetNs,
+    socket: &Path,
+    addr: SocketAddr,
+    template: &str,
+    pod: &str,
+) -> (protocol::Reply, OwnedFd, std::net::TcpListener) {
+    let listener = ns
+        .run(|| balancer_user::listener::bind_reuseport(addr, 16))
+        .expect("a reuseport listener in the pod");
+    let mut msg = Register::new(std::process::id(), 0);
+    msg.template = Name::new(template).unwrap();
+    msg.pod = Name::new(pod).unwrap();
+    let (reply, conn) = shim_client::register_and_hold(socket, &msg.encode(), listener.as_raw_fd());
+    (reply, conn, listener)
+}
+
+/// Pod deleted -> its group, pins and series gone; recreated -> a new group. A pod cannot
+/// register into another pod's group whatever it claims. Daemon killed -> pods keep serving, and
+/// the next daemon adopts every pod's group.
+#[test]
+fn pod_groups_come_and_go_with_their_pods_and_survive_the_daemon() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("uwsgi");
+    let node = Node::new("lifecycle");
+    let daemon = node.start_daemon("1");
+    let a = Pod::start(&node, "pod-a", Some("web"), 2, 4);
+    let b = Pod::start(&node, "pod-b", Some("web"), 2, 4);
+    a.wait_registered(&node, 2, &daemon);
+    b.wait_registered(&node, 2, &daemon);
+
+    // Pod a claims to be pod b, with a socket of its own: it lands in its own group.
+    let (reply, conn, listener) =
+        register_from(&a.ns, &node.pods_socket(), APP.parse().unwrap(), "web", &b.label);
+    assert_eq!(reply.status(), Status::Ok, "{reply:?}");
+    let r = node.status();
+    assert_eq!(group_of(&r, a.netns).unwrap().workers.len(), 3, "{r:?}");
+    assert_eq!(group_of(&r, b.netns).unwrap().workers.len(), 2, "pod a reached pod b's group");
+    drop(conn);
+    drop(listener);
+    // Another template on the same address: refused (one address, one template); an unknown one
+    // too, and the app serves on.
+    for (template, status) in
+        [("batch", Status::UnknownTemplate), ("nope", Status::UnknownTemplate)]
+    {
+        let (reply, _conn, _l) =
+            register_from(&a.ns, &node.pods_socket(), APP.parse().unwrap(), template, &a.label);
+        assert_eq!(reply.status(), status, "{template}: {reply:?}");
+    }
+    assert!(wait_until(Duration::from_secs(5), || {
+        group_of(&node.status(), a.netns).is_some_and(|g| g.workers.len() == 2)
+    }));
+    let (requests, mine, _) = a.load(&node, 4, Duration::from_secs(1));
+    assert!(mine as f64 >= 0.9 * requests as f64, "pod a: {mine} of {requests}");
+
+    // A pod naming a template the ConfigMap does not have: refused, no group, and it serves on
+    // the kernel's hash.
+    let refused_before =
+        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate);
+    let c = Pod::start(&node, "pod-c", Some("no-such-template"), 2, 4);
+    let refused = wait_until(Duration::from_secs(10), || {
+        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate)
+            >= refused_before + 2
+    });
+    assert!(refused, "pod c's workers were not refused: {:?}", node.status());
+    assert!(group_of(&node.status(), c.netns).is_none(), "a group for an unknown template");
+    let report = c.ns.run(|| Load::run(c.client(), 4, "/?ms=1", Duration::from_secs(1)));
+    assert_eq!(report.failed, 0, "pod c: {:?}", report.errors);
+    assert!(
+        report.ok > 50 && report.by_pid.len() == 2,
+        "pod c: {} ok, by pid {:?}",
+        report.ok,
+        report.by_pid
+    );
+    drop(c);
+
+    // Pod b deleted: its group, pins and series go after the grace.
+    let gone_netns = b.netns;
+    let pins = |netns: u64| -> Vec<String> {
+        std::fs::read_dir(node.pin.path().join("pods"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("n{netns}_")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(pins(gone_netns).len(), 1, "pod b's group is not pinned");
+    let deleted = Instant::now();
+    drop(b);
+    let removed =
+        wait_until(Duration::from_secs(20), || group_of(&node.status(), gone_netns).is_none());
+    assert!(removed, "pod b's group outlived it: {:?}\n{}", node.status(), daemon.log_tail(20));
+    println!("pod b deleted: its group removed after {:.1?}", deleted.elapsed());
+    assert!(pins(gone_netns).is_empty(), "pod b's pins are left: {:?}", pins(gone_netns));
+    let metrics = node.metrics();
+    assert!(
+        !metrics.contains(&format!("netns=\"{gone_netns}\"")),
+        "pod b's series are left:\n{metrics}"
+    );
+    assert!(metrics.contains(&format!("netns=\"{}\"", a.netns)), "{metrics}");
+
+    // Recreated: a new group (a new namespace, so a new key).
+    let b = Pod::start(&node, "pod-b", Some("web"), 2, 4);
+    b.wait_registered(&node, 2, &daemon);
+    assert_ne!(b.netns, gone_netns);
+    assert_eq!(pods_of(&node.status()).unwrap().groups.len(), 2);
+
+    // Daemon killed: the pods keep serving (their programs stay attached), and the next daemon
+    // adopts both groups; the workers register again into their slots.
+    drop(daemon);
+    for pod in [&a, &b] {
+        let report = pod.ns.run(|| Load::run(pod.client(), 4, "/?ms=1", Duration::from_secs(1)));
+        assert_eq!(report.failed, 0, "{} without a daemon: {:?}", pod.label, report.errors);
+        assert!(report.ok > 50, "{}: {}", pod.label, report.ok);
+    }
+    let daemon = node.start_daemon("2");
+    for pod in [&a, &b] {
+        let adopted = wait_until(Duration::from_secs(30), || {
+            let r = node.status();
+            group_of(&r, pod.netns).is_some_and(|g| g.adopted && g.workers.len() == 2)
+                && pods_of(&r).is_some_and(|s| s.registrations.get(Status::Ok) >= 4)
+        });
+        assert!(
+            adopted,
+            "{}: not adopted: {:?}\n{}",
+            pod.label,
+            node.status(),
+            daemon.log_tail(30)
+        );
+        let (requests, mine, others) = pod.load(&node, 4, Duration::from_secs(1));
+        assert!(mine as f64 >= 0.9 * requests as f64, "{}: {mine} of {requests}", pod.label);
+        assert_eq!(others, 0);
+        println!("{} after the daemon's kill -9: adopted, selected {mine} / {requests}", pod.label);
+    }
+}
+
+/// The number of pod groups is bounded: with `max_groups: 1`, a second pod is refused with a
+/// clear reason (`no_free_slot`, "max_groups (1) reached") while the first stays registered.
+#[test]
+fn pod_groups_beyond_max_groups_are_refused_clearly() {
+    integration_tests::private_loopback();
+    let dir = TempDir::new("node-max-groups");
+    let mut options = balancer_user::registry::RegistryOptions::new(dir.path().join("pods.sock"));
+    options.pods = Some(balancer_user::registry::PodOptions {
+        templates: vec![balancer_user::registry::PodTemplate {
+            name: "web".into(),
+            policy: Policy::LeastLoaded,
+            mode: balancer_user::Mode::Auto,
+            weight: 1,
+            max_workers: 4,
+            allowed_uids: vec![0],
+        }],
+        default_template: "web".into(),
+        max_groups: 1,
+        removal_grace: Duration::from_secs(5),
+        pin_root: None,
+    });
+    let registry = balancer_user::registry::Registry::start(options, Vec::new()).expect("registry");
+    let socket = registry.socket_path().to_path_buf();
+    let (a, b) = (NetNs::new().unwrap(), NetNs::new().unwrap());
+    let (first, _conn_a, _la) = register_from(&a, &socket, CLIENT.parse().unwrap(), "web", "a");
+    assert_eq!(first.status(), Status::Ok, "{}", first.reason());
+    let (second, _conn_b, _lb) = register_from(&b, &socket, CLIENT.parse().unwrap(), "", "b");
+    assert_eq!(second.status(), Status::NoFreeSlot, "{}", second.reason());
+    assert!(second.reason().contains("max_groups (1) reached"), "{}", second.reason());
+    let groups = registry.pod_groups();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(groups[0].group().occupied_slots().count(), 1);
+    registry.stop();
+}
