@@ -15,6 +15,7 @@ mod deploy;
 mod failopen;
 mod hostile;
 mod migrate;
+mod privdrop;
 mod restart;
 mod selector;
 mod uwsgi;
