@@ -574,11 +574,9 @@ fn register_on(
         }
         // SAFETY: fcntl query on the shared listener, which the app holds open.
         let fl = unsafe { libc::fcntl(listener, libc::F_GETFL) };
-        // SAFETY: sets a status flag of the socket the controller handed to us.
-        if fl >= 0
-            && fl & libc::O_NONBLOCK != 0
-            && unsafe { libc::fcntl(given, libc::F_SETFL, libc::O_NONBLOCK) } != 0
-        {
+        // SAFETY: sets a status flag of the socket the controller handed to us (ours now).
+        let set_nonblock = || unsafe { libc::fcntl(given, libc::F_SETFL, libc::O_NONBLOCK) };
+        if fl >= 0 && fl & libc::O_NONBLOCK != 0 && set_nonblock() != 0 {
             close_map();
             drop_given();
             close_s();

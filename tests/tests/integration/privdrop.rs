@@ -450,3 +450,61 @@ fn privilege_dropping_app_with_no_controller_serves_as_without_the_shim() {
     assert_eq!(shim_listeners, 1);
     assert_eq!(shim_workers, WORKERS, "not every worker served with the shim");
 }
+
+/// With any uid allowed (`reuselb run`'s default), the caps on unregistered connections still
+/// hold per uid: 30 idle connections of `nobody` over a cap of 10 are closed at once (20 of
+/// them, long before `register_timeout`), a registration of `nobody` with no listener on the
+/// address is refused as such (not for its uid), and root's worker still registers meanwhile.
+#[test]
+fn any_uid_keeps_the_per_uid_caps_and_still_wants_a_listener() {
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::Ordering;
+
+    use balancer_common::protocol::Register;
+    use balancer_user::listener::bind_reuseport;
+    use integration_tests::shim_client::{connect, register_and_hold, register_raw};
+
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("privdrop-caps");
+    let addr = loopback(free_port());
+    let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
+    options.any_uid = true;
+    options.socket_mode = 0o666;
+    options.max_pending_per_uid = 10;
+    let registry = Registry::start(options, vec![(addr, least_loaded_group(Mode::Auto))])
+        .expect("start the registry");
+    let path = registry.socket_path().to_path_buf();
+    let msg = Register::new(std::process::id(), 1).encode();
+    let (idle, refused) = std::thread::spawn(move || {
+        // Credentials are per thread at the system-call level: only this thread becomes nobody.
+        // SAFETY: a raw setresuid on this thread alone, which ends right after.
+        let ret = unsafe { libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY) };
+        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let idle: Vec<_> = (0..30).map(|_| connect(&path).expect("nobody connects")).collect();
+        // A UDP socket is no listener on the address.
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        (idle, register_raw(&path, &msg, &[udp.as_raw_fd()]))
+    })
+    .join()
+    .unwrap();
+    assert_eq!(refused.status(), Status::NotAListener, "{}", refused.reason());
+    let closed = || registry.counters().pending_closed.load(Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(2), || closed() >= 20),
+        "{} of the 20 idle connections over the cap closed",
+        closed()
+    );
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (reply, _conn) = register_and_hold(registry.socket_path(), &msg, listener.as_raw_fd());
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    println!(
+        "any uid: {} idle connections of nobody closed over the cap of 10, a registration with \
+         no listener refused ({}), root's worker registered",
+        closed(),
+        refused.status().name()
+    );
+    assert_eq!(registry.counters().replies(Status::UidNotAllowed), 0);
+    drop(idle);
+    registry.stop();
+}
