@@ -25,7 +25,10 @@
 //!   the load map (`Reply::SOCKET_ATTACHED`). The shim uses it only if it is a listening TCP
 //!   socket with SO_REUSEPORT on the shared socket's address, in place of the socket it would
 //!   have created (same path from there on); anything else is logged, disposed of, and the worker
-//!   keeps the shared socket.
+//!   keeps the shared socket. Known limit: such a worker started after the group formed (the
+//!   shared socket already shut down) while the controller is unreachable has no socket it may
+//!   serve on until the controller answers; the registered workers serve meanwhile (nothing is
+//!   queued on a socket it could lose).
 //! - When the app closes its listener (a graceful worker exit: gunicorn gthread/gevent close
 //!   their listeners, then finish in-flight requests), [`leave`] shuts the connection down at once
 //!   and the address is never registered again by this process.
