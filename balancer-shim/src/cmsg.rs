@@ -104,9 +104,11 @@ pub(crate) fn send_with_fd(s: c_int, data: &[u8], fd: c_int) -> isize {
     }
 }
 
-/// Receives one message; returns its length (None on error/EOF) and the first attached fd (-1).
-/// Any further descriptors are [`dispose`]d.
-pub(crate) fn recv_with_fd(s: c_int, buf: &mut [u8]) -> (Option<usize>, c_int) {
+/// Receives one message; returns its length (None on error/EOF), with the first attached
+/// descriptors in `out` (in the order sent; -1 where none came). Any further descriptors are
+/// [`dispose`]d, and so is every one on error/EOF.
+pub(crate) fn recv_with_fds(s: c_int, buf: &mut [u8], out: &mut [c_int]) -> Option<usize> {
+    out.fill(-1);
     let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
     let mut cbuf = CmsgBuf([0; CMSG_CAP]);
     // SAFETY: msghdr is plain data; all zeroes is a valid value.
@@ -117,7 +119,7 @@ pub(crate) fn recv_with_fd(s: c_int, buf: &mut [u8]) -> (Option<usize>, c_int) {
     msg.msg_controllen = cbuf.0.len();
     // SAFETY: iov and cbuf outlive the call; the kernel writes within their lengths.
     let n = unsafe { libc::recvmsg(s, &mut msg, libc::MSG_CMSG_CLOEXEC) };
-    let mut fd = -1;
+    let mut kept = 0;
     // SAFETY: walks the control headers the kernel wrote into cbuf with the CMSG_* macros, which
     // stay within msg_controllen; descriptors received are ours to keep or close.
     unsafe {
@@ -128,8 +130,9 @@ pub(crate) fn recv_with_fd(s: c_int, buf: &mut [u8]) -> (Option<usize>, c_int) {
                 let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / size_of::<c_int>();
                 for k in 0..count {
                     let f = ptr::read_unaligned(data.cast::<c_int>().add(k));
-                    if fd < 0 {
-                        fd = f;
+                    if kept < out.len() {
+                        out[kept] = f;
+                        kept += 1;
                     } else {
                         dispose(f);
                     }
@@ -139,10 +142,11 @@ pub(crate) fn recv_with_fd(s: c_int, buf: &mut [u8]) -> (Option<usize>, c_int) {
         }
     }
     if n <= 0 {
-        if fd >= 0 {
-            dispose(fd);
+        for fd in out.iter_mut().filter(|fd| **fd >= 0) {
+            dispose(*fd);
+            *fd = -1;
         }
-        return (None, -1);
+        return None;
     }
-    (Some(n as usize), fd)
+    Some(n as usize)
 }

@@ -17,6 +17,18 @@
 //!   is reset when the refusal closes it): for an own
 //!   socket, it registers that socket again; for a process still on the shared socket, it
 //!   registers a fresh socket and leaves it in [`PENDING`] for the hooks (see [`crate::split`]).
+//! - A worker that does not run as the uid owning the shared socket (an app server that bound it
+//!   as root and then dropped privileges: gunicorn `--user`, uWSGI `shared-socket` + `uid`)
+//!   cannot put a socket of its own into the group (the kernel wants one owner uid per reuseport
+//!   group). It registers with `Register::WANT_SOCKET` and the shared socket attached, as the
+//!   proof of its address; the controller creates the listener and attaches it to the reply after
+//!   the load map (`Reply::SOCKET_ATTACHED`). The shim uses it only if it is a listening TCP
+//!   socket with SO_REUSEPORT on the shared socket's address, in place of the socket it would
+//!   have created (same path from there on); anything else is logged, disposed of, and the worker
+//!   keeps the shared socket. Known limit: such a worker started after the group formed (the
+//!   shared socket already shut down) while the controller is unreachable has no socket it may
+//!   serve on until the controller answers; the registered workers serve meanwhile (nothing is
+//!   queued on a socket it could lose).
 //! - When the app closes its listener (a graceful worker exit: gunicorn gthread/gevent close
 //!   their listeners, then finish in-flight requests), [`leave`] shuts the connection down at once
 //!   and the address is never registered again by this process.
@@ -34,11 +46,11 @@ use balancer_common::{
 };
 
 use crate::{
-    cmsg::{close_deferred, dispose, recv_with_fd, send_with_fd},
+    cmsg::{close_deferred, dispose, recv_with_fds, send_with_fd},
     config::{config, MAX_ADDRS},
     log::{errno, shim_log, DisplayAddr},
     real::Real,
-    split::{create_own, move_high},
+    split::{create_own, int_opt, move_high, sockname},
     state::{
         fd_if_ours, my_pid, tagged, LEFT, OWN_FD, PENDING, PENDING_PID, REGS, SHARED_FD,
         SHARED_REF, THREAD_PID,
@@ -405,19 +417,53 @@ pub(crate) fn register_fresh(
         return Err(RegisterError::Busy);
     }
     let conn = connect_controller()?;
-    let Some(own) = create_own(idx, src) else {
-        // SAFETY: our own connection, not yet published.
-        unsafe { Real::CLOSE()(conn) };
-        return Err(RegisterError::Rejected);
+    // A socket of ours joins the group only if we run as the uid that owns it (the kernel's
+    // reuseport owner rule): a worker whose master bound the shared socket and then dropped
+    // privileges asks the controller for one instead (see `registry::handover` there).
+    let own = if owns_socket(src) { create_own(idx, src) } else { None };
+    let Some(own) = own else {
+        return register_on(conn, idx, src, pid, timeout_ms, Want::Socket);
     };
-    match register_on(conn, idx, own, pid, timeout_ms) {
-        Ok(()) => Ok(own),
+    match register_on(conn, idx, own, pid, timeout_ms, Want::MapOnly) {
+        Ok(_) => Ok(own),
         Err(e) => {
             // SAFETY: our own socket, never published (the controller closes its copy).
             unsafe { Real::CLOSE()(own) };
             Err(e)
         }
     }
+}
+
+/// True if this process runs as the uid that owns the socket `fd` (its inode's owner, the uid
+/// the kernel compares when a socket joins a reuseport group).
+fn owns_socket(fd: c_int) -> bool {
+    // SAFETY: stat is plain data; all zeroes is a valid value.
+    let mut st: libc::stat = unsafe { zeroed() };
+    // SAFETY: fstat writes one stat into our storage.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    // SAFETY: geteuid has no preconditions.
+    ok && st.st_uid == unsafe { libc::geteuid() }
+}
+
+/// What a registration asks the controller for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Want {
+    /// The load map: the attached socket is the worker's own listener.
+    MapOnly,
+    /// The load map and a listener created by the controller (`Register::WANT_SOCKET`): the
+    /// attached socket is the shared one, the proof of the address.
+    Socket,
+}
+
+/// True if `fd`, a listener the controller created for us, is what we asked for: a listening
+/// TCP socket with SO_REUSEPORT on the address of `shared`.
+fn is_listener_like(fd: c_int, shared: c_int) -> bool {
+    int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
+        && int_opt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
+        && int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
+        && int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1)
+        && sockname(fd).is_some()
+        && sockname(fd) == sockname(shared)
 }
 
 /// Registers (again) the own socket `listener` of address `idx`.
@@ -428,30 +474,45 @@ fn register_listener(
     timeout_ms: i64,
 ) -> Result<(), RegisterError> {
     let conn = connect_controller()?;
-    register_on(conn, idx, listener, pid, timeout_ms)
+    register_on(conn, idx, listener, pid, timeout_ms, Want::MapOnly).map(drop)
 }
 
 /// Sends the registration of `listener` on `conn` (consumed) and takes the reply; on Ok, maps
 /// the load table, publishes the registration and keeps `conn` as this address's connection.
+/// With [`Want::Socket`], `listener` is the shared socket and the reply must carry a listener on
+/// its address, which is returned (ours, close-on-exec, at a high number, with the shared
+/// socket's O_NONBLOCK); otherwise the result is `listener`.
 fn register_on(
     conn: c_int,
     idx: usize,
     listener: c_int,
     pid: u32,
     timeout_ms: i64,
-) -> Result<(), RegisterError> {
+    want: Want,
+) -> Result<c_int, RegisterError> {
     let cfg = config();
     // SAFETY: our own connection, not yet published.
     let close_s = || unsafe { Real::CLOSE()(conn) };
     set_timeout(conn, libc::SO_RCVTIMEO, timeout_ms);
     set_timeout(conn, libc::SO_SNDTIMEO, timeout_ms);
-    let msg = crate::config::register_message(pid).encode();
-    if send_with_fd(conn, &msg, listener) < 0 {
+    let mut msg = crate::config::register_message(pid);
+    if want == Want::Socket {
+        msg.flags |= balancer_common::protocol::Register::WANT_SOCKET;
+    }
+    if send_with_fd(conn, &msg.encode(), listener) < 0 {
         close_s();
         return Err(RegisterError::Unreachable);
     }
     let mut buf = [0u8; Reply::SIZE + 16];
-    let (n, map_fd) = recv_with_fd(conn, &mut buf);
+    let mut fds = [-1; 2];
+    let n = recv_with_fds(conn, &mut buf, &mut fds);
+    let [map_fd, given] = fds;
+    // Not checked yet, like the map: disposed (never closed in this thread) unless kept.
+    let drop_given = || {
+        if given >= 0 {
+            dispose(given)
+        }
+    };
     let reply = match n {
         Some(n) => Reply::decode(&buf[..n]),
         None => {
@@ -459,6 +520,9 @@ fn register_on(
             return Err(RegisterError::Unreachable);
         }
     };
+    if want == Want::MapOnly {
+        drop_given();
+    }
     // Not checked yet: maybe not a map at all (a lingering socket, a FUSE file), so not closed in
     // this thread, which may be a hook's (only called when map_fd >= 0).
     let close_map = || dispose(map_fd);
@@ -469,6 +533,9 @@ fn register_on(
             shim_log!("registration of {}: bad reply from the controller: {e}", DisplayAddr(addr));
             if map_fd >= 0 {
                 close_map();
+            }
+            if want == Want::Socket {
+                drop_given();
             }
             close_s();
             return Err(RegisterError::Rejected);
@@ -488,9 +555,44 @@ fn register_on(
         if map_fd >= 0 {
             close_map();
         }
+        if want == Want::Socket {
+            drop_given();
+        }
         close_s();
         return Err(RegisterError::Rejected);
     }
+    let mut result = listener;
+    if want == Want::Socket {
+        let attached = reply.flags & Reply::SOCKET_ATTACHED != 0;
+        if !attached || given < 0 || !is_listener_like(given, listener) {
+            shim_log!(
+                "registration of {}: the controller did not hand over a listener on this \
+                 address; serving on the shared socket, unbalanced",
+                DisplayAddr(addr)
+            );
+            close_map();
+            drop_given();
+            close_s();
+            return Err(RegisterError::Rejected);
+        }
+        // SAFETY: fcntl query on the shared listener, which the app holds open.
+        let fl = unsafe { libc::fcntl(listener, libc::F_GETFL) };
+        // SAFETY: sets a status flag of the socket the controller handed to us (ours now).
+        let set_nonblock = || unsafe { libc::fcntl(given, libc::F_SETFL, libc::O_NONBLOCK) };
+        if fl >= 0 && fl & libc::O_NONBLOCK != 0 && set_nonblock() != 0 {
+            close_map();
+            drop_given();
+            close_s();
+            return Err(RegisterError::Rejected);
+        }
+        result = move_high(given);
+    }
+    // From here on `result` is ours: every failure below closes it with the registration.
+    let fail_given = || {
+        if want == Want::Socket {
+            dispose(result)
+        }
+    };
     let map_id = match check_load_map(map_fd, reply.map_id) {
         Ok(id) => id,
         Err(why) => {
@@ -500,6 +602,7 @@ fn register_on(
                 DisplayAddr(addr)
             );
             close_map();
+            fail_given();
             close_s();
             return Err(RegisterError::Rejected);
         }
@@ -520,6 +623,7 @@ fn register_on(
     unsafe { Real::CLOSE()(map_fd) };
     if base == libc::MAP_FAILED {
         shim_log!("mmap of the load map failed: {}", errno());
+        fail_given();
         close_s();
         return Err(RegisterError::Rejected);
     }
@@ -528,6 +632,7 @@ fn register_on(
     if CONN_FDS[idx].compare_exchange(-1, conn, Ordering::AcqRel, Ordering::Acquire).is_err() {
         // SAFETY: unmaps our own mapping, published nowhere.
         unsafe { libc::munmap(base, LOADS_MMAP_LEN) };
+        fail_given();
         close_s();
         return Err(RegisterError::Busy);
     }
@@ -554,8 +659,14 @@ fn register_on(
     let new_state = if same { s_now } else { (((s_now >> 1).wrapping_add(1)) << 1) | 1 };
     reg.state.store(new_state, Ordering::Release);
     SAID_UNREACHABLE.store(false, Ordering::Relaxed);
-    shim_log!("registered {} as slot {} (epoch {})", DisplayAddr(addr), reply.slot, reply.epoch);
-    Ok(())
+    shim_log!(
+        "registered {} as slot {} (epoch {}){}",
+        DisplayAddr(addr),
+        reply.slot,
+        reply.epoch,
+        if want == Want::Socket { ", on a listener the controller created" } else { "" }
+    );
+    Ok(result)
 }
 
 /// What `/proc/self/fdinfo/<fd>` says about a BPF map descriptor.

@@ -56,6 +56,12 @@ pub struct RunArgs {
     /// Serve no metrics at all.
     #[arg(long, conflicts_with = "metrics_addr")]
     no_metrics: bool,
+    /// Only workers of this uid (and root) may register; repeat for several. Default: any uid,
+    /// so that workers that drop privileges (uWSGI `uid`, gunicorn `--user`) register: admission
+    /// then rests on the listener each worker must hand over, a socket on the balanced address
+    /// that only the app's own uid can bind (docs/SECURITY.md).
+    #[arg(long = "allow-uid", value_name = "UID")]
+    allow_uid: Vec<u32>,
     /// Service name in the metrics and the status (default: the command's file name).
     #[arg(long, value_name = "NAME")]
     name: Option<String>,
@@ -115,8 +121,26 @@ fn find_shim(explicit: Option<PathBuf>) -> Result<PathBuf> {
     std::fs::canonicalize(&path).with_context(|| format!("resolving {}", path.display()))
 }
 
+/// The registration socket of `reuselb run`: with no `--allow-uid`, any uid may connect (0666) and
+/// register, so that the workers of an app server that drops privileges after binding (uWSGI
+/// `uid`/`gid`, gunicorn `--user`) register too; the proof a registration needs is a listener on
+/// the balanced address (or the app's shared socket), which another uid cannot bind while the
+/// app holds it. With `--allow-uid`, only those uids and root (0600 when that is only our own).
+fn registry_options(args: &RunArgs) -> RegistryOptions {
+    let mut options = RegistryOptions::new(&args.socket);
+    if args.allow_uid.is_empty() {
+        options.any_uid = true;
+        options.socket_mode = 0o666;
+    } else {
+        options.allowed_uids = args.allow_uid.clone();
+        options.socket_mode = balancer_user::service::socket_mode(&args.allow_uid);
+    }
+    options
+}
+
 /// Runs the command under the controller; returns its exit status (128 + signal if killed).
 pub fn run(args: RunArgs) -> Result<i32> {
+    let options = registry_options(&args);
     let shim = find_shim(args.shim)?;
     let mut services = Vec::new();
     for addr in &args.listen {
@@ -132,8 +156,8 @@ pub fn run(args: RunArgs) -> Result<i32> {
         );
         services.push((*addr, group));
     }
-    let registry = Registry::start(RegistryOptions::new(&args.socket), services)
-        .context("starting the registration socket")?;
+    let registry =
+        Registry::start(options, services).context("starting the registration socket")?;
     install_forwarding()?;
 
     let preload = match std::env::var_os("LD_PRELOAD") {

@@ -166,12 +166,19 @@ pub fn recv_with_fds(fd: BorrowedFd<'_>, buf: &mut [u8]) -> Result<Received> {
 
 /// Sends one message, with `fd` attached (SCM_RIGHTS) if given, without waiting.
 pub fn send_with_fd(sock: BorrowedFd<'_>, data: &[u8], fd: Option<BorrowedFd<'_>>) -> Result<()> {
-    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    match fd {
+        Some(fd) => send_with_fds(sock, data, &[fd]),
+        None => send_with_fds(sock, data, &[]),
+    }
+}
+
+/// Sends one message with up to two descriptors attached (SCM_RIGHTS, in this order), without
+/// waiting.
+pub fn send_with_fds(sock: BorrowedFd<'_>, data: &[u8], fds: &[BorrowedFd<'_>]) -> Result<()> {
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(2))];
     let mut control = SendAncillaryBuffer::new(&mut space);
-    let fds;
-    if let Some(fd) = fd {
-        fds = [fd];
-        control.push(SendAncillaryMessage::ScmRights(&fds));
+    if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+        return Err(Error::new("sendmsg", Errno::INVAL));
     }
     rustix::net::sendmsg(
         sock,
@@ -227,6 +234,8 @@ unsafe trait PlainData: Sized {}
 
 // SAFETY: an integer.
 unsafe impl PlainData for u64 {}
+// SAFETY: an integer.
+unsafe impl PlainData for u32 {}
 // SAFETY: three C integers (pid_t, uid_t, gid_t).
 unsafe impl PlainData for libc::ucred {}
 // SAFETY: C integers only (u8, u32 and u64 fields).
@@ -277,6 +286,73 @@ pub fn accept_queue_len(fd: BorrowedFd<'_>) -> Result<u32> {
     let info: libc::tcp_info = get_opt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, "TCP_INFO")?;
     const TCP_LISTEN: u8 = 10;
     Ok(if info.tcpi_state == TCP_LISTEN { info.tcpi_unacked } else { 0 })
+}
+
+/// The uid that owns the socket `fd` (its inode's owner, `fstat`): the uid it was created as,
+/// which is the one the kernel compares when the socket joins a reuseport group.
+pub fn socket_owner_uid(fd: BorrowedFd<'_>) -> Result<u32> {
+    rustix::fs::fstat(fd).map(|st| st.st_uid).map_err(named("fstat"))
+}
+
+/// The backlog a listener was given (`sk_max_ack_backlog`, TCP_INFO's `tcpi_sacked` on a
+/// listener); `None` for a socket that does not listen.
+pub fn listen_backlog(fd: BorrowedFd<'_>) -> Result<Option<u32>> {
+    let info: libc::tcp_info = get_opt(fd, libc::IPPROTO_TCP, libc::TCP_INFO, "TCP_INFO")?;
+    const TCP_LISTEN: u8 = 10;
+    Ok((info.tcpi_state == TCP_LISTEN).then_some(info.tcpi_sacked))
+}
+
+/// A new listening TCP socket made like the TCP socket `like` (a listener, or one shut down), as
+/// this process's uid and in its network namespace: same family and address (`getsockname`),
+/// SO_REUSEADDR and SO_REUSEPORT, the same IPV6_V6ONLY, the options accepted connections inherit
+/// (TCP_NODELAY, TCP_DEFER_ACCEPT, SO_KEEPALIVE), listening with `backlog`; close-on-exec,
+/// blocking (the receiver sets its own status flags). What the shim's `create_own` does in a
+/// worker, for a worker that cannot (see `registry::handover`).
+pub fn listener_like(like: BorrowedFd<'_>, backlog: u32) -> Result<OwnedFd> {
+    use socket2::{Domain, SockRef, Socket, Type};
+    let io = |call: &'static str| move |source: std::io::Error| Error { call, source };
+    let src = SockRef::from(&like);
+    let addr = src.local_addr().map_err(io("getsockname"))?;
+    let domain = addr.domain();
+    let socket = Socket::new(domain, Type::STREAM, None).map_err(io("socket"))?;
+    socket.set_reuse_address(true).map_err(io("SO_REUSEADDR"))?;
+    socket.set_reuse_port(true).map_err(io("SO_REUSEPORT"))?;
+    if domain == Domain::IPV6 {
+        let v6only = src.only_v6().map_err(io("IPV6_V6ONLY"))?;
+        socket.set_only_v6(v6only).map_err(io("IPV6_V6ONLY"))?;
+    }
+    if src.tcp_nodelay().map_err(io("TCP_NODELAY"))? {
+        socket.set_tcp_nodelay(true).map_err(io("TCP_NODELAY"))?;
+    }
+    if src.keepalive().map_err(io("SO_KEEPALIVE"))? {
+        socket.set_keepalive(true).map_err(io("SO_KEEPALIVE"))?;
+    }
+    let defer: u32 = get_opt(like, libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, "TCP_DEFER_ACCEPT")?;
+    if defer != 0 {
+        set_int_opt(socket.as_fd(), libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT, defer as i32)
+            .map_err(|source| Error { call: "TCP_DEFER_ACCEPT", source })?;
+    }
+    socket.bind(&addr).map_err(io("bind"))?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32).map_err(io("listen"))?;
+    Ok(socket.into())
+}
+
+/// setsockopt of one C int.
+fn set_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, value: i32) -> std::io::Result<()> {
+    // SAFETY: setsockopt reads `size_of::<i32>()` bytes from `value`, which outlives the call.
+    let ret = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            level,
+            opt,
+            (&value as *const i32).cast(),
+            size_of::<i32>() as libc::socklen_t,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -401,6 +477,38 @@ mod tests {
         assert!(e.to_string().starts_with("pidfd_open: "), "{e}");
         let e = statfs(Path::new("/nonexistent/reuselb")).unwrap_err();
         assert!(e.to_string().starts_with("statfs: "), "{e}");
+    }
+
+    #[test]
+    fn a_listener_like_another_joins_its_address() {
+        let first = crate::listener::bind_reuseport("127.0.0.1:0".parse().unwrap(), 77).unwrap();
+        let addr = first.local_addr().unwrap();
+        let backlog = listen_backlog(first.as_fd()).unwrap();
+        assert_eq!(backlog, Some(77));
+        let second = listener_like(first.as_fd(), 77).unwrap();
+        let facts = crate::listener::socket_facts(second.as_fd()).unwrap();
+        assert_eq!(facts.local, Some(addr));
+        assert!(facts.tcp && facts.listening && facts.reuseport, "{facts:?}");
+        assert_eq!(listen_backlog(second.as_fd()).unwrap(), Some(77));
+        assert_eq!(socket_owner_uid(second.as_fd()).unwrap(), rustix::process::geteuid().as_raw());
+        // A socket that does not listen has no backlog to copy.
+        shutdown(first.as_fd()).unwrap();
+        assert_eq!(listen_backlog(first.as_fd()).unwrap(), None);
+    }
+
+    #[test]
+    fn two_descriptors_travel_in_order() {
+        let (a, b) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        let (x, y) = (eventfd().unwrap(), eventfd().unwrap());
+        eventfd_signal(y.as_fd()).unwrap();
+        send_with_fds(a.as_fd(), b"two", &[x.as_fd(), y.as_fd()]).unwrap();
+        let mut buf = [0u8; 8];
+        let got = recv_with_fds(b.as_fd(), &mut buf).unwrap();
+        assert_eq!(got.fds.len(), 2);
+        let mut v = [0u8; 8];
+        // The second one is `y`, the one signalled.
+        assert!(rustix::io::read(&got.fds[0], &mut v).is_err());
+        assert_eq!(rustix::io::read(&got.fds[1], &mut v).unwrap(), 8);
     }
 
     #[test]

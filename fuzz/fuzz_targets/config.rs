@@ -106,7 +106,9 @@ fn check_config(config: &Config) {
         assert!(p.template(&p.default_template).is_some());
         assert!((1..=balancer_config::pods::MAX_GROUPS).contains(&p.max_groups));
         for t in &p.templates {
-            assert!((1..=MAX_SLOTS).contains(&t.max_workers) && (1..=MAX_WEIGHT).contains(&t.weight));
+            assert!(
+                (1..=MAX_SLOTS).contains(&t.max_workers) && (1..=MAX_WEIGHT).contains(&t.weight)
+            );
             assert!(t.allowed_uids.as_ref().is_none_or(|u| !u.is_empty()));
         }
     }

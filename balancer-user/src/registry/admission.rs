@@ -5,6 +5,11 @@
 //! answers. Every refusal is a [`Rejection`]; the reply is sent and counted in one place
 //! ([`Loop::answer`]), and every descriptor received with a refused message goes to the closer.
 //! A connection carries one registration attempt: after a refusal it is closed.
+//!
+//! A registration with `Register::WANT_SOCKET` hands over the app's shared socket as the proof of
+//! its address (it may have been shut down by another worker's split already); the listener that
+//! joins the group is created here ([`super::handover`]) and goes back with the reply, after the
+//! load map.
 use std::os::fd::{AsFd, OwnedFd};
 
 use balancer_common::protocol::{Register, Reply, Status, LAYOUT_VERSION};
@@ -42,6 +47,9 @@ pub(super) struct Checked {
     asked_weight: u32,
     /// The adopted slot kept for this worker, if any.
     adopted: Option<u32>,
+    /// The worker asked for a listener created here ([`Register::WANT_SOCKET`], see
+    /// [`super::handover`]): the socket it handed over is only the proof of its address.
+    want_socket: bool,
 }
 
 impl Loop {
@@ -50,7 +58,19 @@ impl Loop {
         let truncated = msg.truncated;
         let mut fds = msg.fds;
         let outcome = self.check(id, data, &fds, truncated).and_then(|checked| {
-            let socket = fds.pop().expect("checked: exactly one descriptor");
+            let socket = if checked.want_socket {
+                let svc = match checked.target {
+                    Target::Group(svc) => Some(svc),
+                    Target::New { .. } => None,
+                };
+                let like = self.workers.iter().find(|((s, _), _)| Some(*s) == svc);
+                super::handover::listener_for(
+                    fds[0].as_fd(),
+                    like.map(|(_, w)| w.listener.as_fd()),
+                )?
+            } else {
+                fds.pop().expect("checked: exactly one descriptor")
+            };
             self.admit(id, checked, socket)
         });
         for fd in fds {
@@ -58,16 +78,17 @@ impl Loop {
         }
         if let Err(rejection) = outcome {
             // The connection closes right after: a failed send changes nothing.
-            let _ = self.answer(id, None, Err(rejection));
+            let _ = self.answer(id, &[], Err(rejection));
             self.close_conn(id);
         }
     }
 
     /// Sends the reply to connection `id` and counts it: the only place that does.
+    /// `fds`: the load map, then the worker's listener when this controller created it.
     fn answer(
         &self,
         id: u64,
-        map: Option<std::os::fd::BorrowedFd<'_>>,
+        fds: &[std::os::fd::BorrowedFd<'_>],
         outcome: Result<Reply, Rejection>,
     ) -> Result<(), sys::Error> {
         let Some(conn) = self.conns.get(&id) else { return Ok(()) };
@@ -79,7 +100,7 @@ impl Loop {
             }
         };
         self.shared.counters.count_reply(reply.status());
-        sys::send_with_fd(conn.fd.as_fd(), &reply.encode(), map)
+        sys::send_with_fds(conn.fd.as_fd(), &reply.encode(), fds)
     }
 
     /// Every check a registration must pass before it touches the group.
@@ -122,9 +143,12 @@ impl Loop {
         }
         let facts = crate::listener::socket_facts(socket)
             .map_err(|e| Rejection::new(Status::NotAListener, format!("not a socket: {e}")))?;
+        let want_socket = request.flags & Register::WANT_SOCKET != 0;
         let problem = if !facts.tcp {
             Some("not a TCP socket")
-        } else if !facts.listening {
+        } else if !facts.listening && !want_socket {
+            // With WANT_SOCKET the socket is only the proof of the address: the shared socket,
+            // which another worker may have shut down already (it still holds the address).
             Some("not listening")
         } else if !facts.reuseport {
             Some("SO_REUSEPORT is not set")
@@ -239,6 +263,7 @@ impl Loop {
             weight,
             asked_weight: request.weight,
             adopted,
+            want_socket,
         })
     }
 
@@ -246,7 +271,7 @@ impl Loop {
     pub(super) fn admit_into(&mut self, id: u64, mut c: Checked, socket: OwnedFd, svc: usize) {
         c.target = Target::Group(svc);
         if let Err(rejection) = self.admit(id, c, socket) {
-            let _ = self.answer(id, None, Err(rejection));
+            let _ = self.answer(id, &[], Err(rejection));
             self.close_conn(id);
         }
     }
@@ -254,7 +279,7 @@ impl Loop {
     /// Refuses a registration that waited for a pod group that could not be made.
     pub(super) fn refuse_waiting(&mut self, id: u64, socket: OwnedFd, reason: String) {
         self.closer.close(socket);
-        let _ = self.answer(id, None, Err(Rejection::new(Status::Internal, reason)));
+        let _ = self.answer(id, &[], Err(Rejection::new(Status::Internal, reason)));
         self.close_conn(id);
     }
 
@@ -291,8 +316,13 @@ impl Loop {
             e => Rejection::new(Status::Internal, e.to_string()),
         })?;
         let map_id = group.loads_map_id();
-        let reply = Reply::new(Status::Ok, slot, epoch, "registered").with_map_id(map_id);
-        if let Err(e) = self.answer(id, Some(group.loads_fd()), Ok(reply)) {
+        let mut reply = Reply::new(Status::Ok, slot, epoch, "registered").with_map_id(map_id);
+        let mut fds = vec![group.loads_fd()];
+        if c.want_socket {
+            reply = reply.with_flags(Reply::SOCKET_ATTACHED);
+            fds.push(socket.as_fd());
+        }
+        if let Err(e) = self.answer(id, &fds, Ok(reply)) {
             log::warn!("reply to worker {}: {e}", c.cred.pid);
             let _ = group.remove(slot);
             drop(group);
@@ -311,9 +341,10 @@ impl Loop {
             );
         } else {
             log::info!(
-                "worker {} registered on {} as slot {slot} (epoch {epoch})",
+                "worker {} registered on {} as slot {slot} (epoch {epoch}){}",
                 c.cred.pid,
-                service.describe()
+                service.describe(),
+                if c.want_socket { ", on a listener created for it (uid drop)" } else { "" }
             );
         }
         if let Some(conn) = self.conns.get_mut(&id) {

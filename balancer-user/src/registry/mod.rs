@@ -50,6 +50,7 @@ mod admission;
 mod adoption;
 mod closer;
 mod event_loop;
+mod handover;
 pub mod pods;
 mod reconcile;
 
@@ -90,6 +91,11 @@ pub struct RegistryOptions {
     pub socket_path: PathBuf,
     /// Uids whose workers may register; root may always. Empty: the controller's own uid.
     pub allowed_uids: Vec<u32>,
+    /// Any uid may register (`allowed_uids` is then ignored): what `reuselb run` does by default,
+    /// so that workers that dropped privileges register. Admission then rests on the listener a
+    /// worker must hand over (a socket on the service's address, which only the app's uid can
+    /// bind, see docs/SECURITY.md); the caps on unregistered connections still apply per uid.
+    pub any_uid: bool,
     /// Mode of the socket file.
     pub socket_mode: u32,
     /// Network namespace the services live in, as a netns cookie (SO_NETNS_COOKIE); `None`: the
@@ -127,6 +133,7 @@ impl RegistryOptions {
         Self {
             socket_path: socket_path.into(),
             allowed_uids: Vec::new(),
+            any_uid: false,
             socket_mode: 0o660,
             netns_cookie: None,
             reconcile_interval: Duration::from_millis(250),
@@ -241,6 +248,7 @@ struct Shared {
 #[derive(Clone, Debug)]
 struct Settings {
     allowed_uids: Vec<u32>,
+    any_uid: bool,
     max_workers: u32,
     default_weight: u32,
     /// Bumped at each change, so the loop applies a change once.
@@ -249,7 +257,7 @@ struct Settings {
 
 impl Settings {
     fn allows(&self, uid: u32) -> bool {
-        uid == 0 || self.allowed_uids.contains(&uid)
+        uid == 0 || self.any_uid || self.allowed_uids.contains(&uid)
     }
 }
 
@@ -339,6 +347,7 @@ impl Registry {
             detach: AtomicBool::new(false),
             settings: Mutex::new(Settings {
                 allowed_uids: allowed,
+                any_uid: options.any_uid,
                 max_workers: options.max_workers.clamp(1, MAX_SLOTS),
                 default_weight: options.default_weight.clamp(1, MAX_WEIGHT),
                 generation: 0,

@@ -16,6 +16,7 @@ mod failopen;
 mod hostile;
 mod migrate;
 mod node;
+mod privdrop;
 mod restart;
 mod selector;
 mod uwsgi;
