@@ -57,11 +57,18 @@ fn send_and_receive(conn: &OwnedFd, msg: &[u8], fds: &[RawFd]) -> io::Result<Vec
                 std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>().add(i), *fd);
             }
         }
+        let mut flags = 0;
         if libc::sendmsg(conn.as_raw_fd(), &hdr, 0) < 0 {
-            return Err(io::Error::last_os_error());
+            let e = io::Error::last_os_error();
+            // A peer refused at accept (its uid) gets the refusal and the close before it sends:
+            // the refusal is still queued for it to read.
+            if !matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
+                return Err(e);
+            }
+            flags = libc::MSG_DONTWAIT;
         }
         let mut buf = [0u8; 512];
-        let n = libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+        let n = libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags);
         if n < 0 {
             return Err(io::Error::last_os_error());
         }
