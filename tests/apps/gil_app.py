@@ -1,11 +1,14 @@
 """WSGI app for the reuselb tests: each request holds the GIL for a few milliseconds.
 
 GET /?ms=N busy-loops in pure Python for N milliseconds (default 5), then answers with the
-worker's pid, so a test can also tell which worker served it.
+worker's pid, so a test can also tell which worker served it. GET /?mb=N also keeps N more
+megabytes alive in the worker (its RSS grows: what uWSGI's reload-on-rss watches).
 """
 import os
 import time
 from urllib.parse import parse_qs
+
+_kept = []
 
 
 def application(environ, start_response):
@@ -14,6 +17,12 @@ def application(environ, start_response):
         ms = float(qs.get("ms", ["5"])[0])
     except ValueError:
         ms = 5.0
+    try:
+        mb = int(qs.get("mb", ["0"])[0])
+    except ValueError:
+        mb = 0
+    if mb > 0:
+        _kept.append(b"x" * (mb << 20))
     end = time.perf_counter() + ms / 1000.0
     n = 0
     while time.perf_counter() < end:

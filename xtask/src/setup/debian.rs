@@ -16,6 +16,7 @@ use crate::command;
 const PACKAGES: &[&str] = &[
     "uwsgi",
     "uwsgi-plugin-python3",
+    "uwsgi-plugin-gevent-python3",
     "nginx",
     "wrk",
     "bpftool",
@@ -23,6 +24,7 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "kubectl",
     "gunicorn",
+    "python3-gevent",
     "python3-django",
     "podman",
     "runc",
