@@ -110,7 +110,8 @@ pub fn blocked_scene(
         "requests still in flight before the scene: {:?}",
         service.group().slots()
     );
-    let request = format!("/?ms={}", block.as_millis());
+    // One C call holding the GIL: no other thread of a blocked worker runs Python meanwhile.
+    let request = format!("/?ms=0&hold={}", block.as_millis());
     let started = Instant::now();
     let mut blockers = Vec::new();
     let mut blocked = HashSet::new();
