@@ -438,6 +438,11 @@ fn record(test: &str, label: &str, f: &Figures) {
         f.least_loaded * 100.0,
         f.hash * 100.0
     );
+    record_line(test, &line);
+}
+
+/// Prints a README table line and writes it to `target/compat-matrix/<test>.md`.
+fn record_line(test: &str, line: &str) {
     println!("matrix row: {line}");
     let dir = apps::workspace_root().join("target/compat-matrix");
     let _ = std::fs::create_dir_all(&dir);
@@ -552,6 +557,119 @@ rows! {
         |_| Row { during: During::Signal(libc::SIGHUP), served_by: 7, ..Row::gunicorn("sync", &[]) };
 }
 
+/// Where a refusal row's clients reach the app.
+enum Reach {
+    Tcp(SocketAddr),
+    /// HTTP over a unix stream socket.
+    Unix(PathBuf),
+}
+
+impl Reach {
+    /// One `GET path` (HTTP/1.0); Ok if answered 200.
+    fn get(&self, path: &str) -> Result<(), String> {
+        match self {
+            Reach::Tcp(addr) => apps::one_request(*addr, path).map(drop),
+            Reach::Unix(socket) => {
+                use std::io::{Read, Write};
+                let mut s = std::os::unix::net::UnixStream::connect(socket)
+                    .map_err(|e| format!("connect {}: {e}", socket.display()))?;
+                s.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
+                s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+                    .map_err(|e| e.to_string())?;
+                let mut answer = String::new();
+                s.read_to_string(&mut answer).map_err(|e| e.to_string())?;
+                answer
+                    .lines()
+                    .next()
+                    .is_some_and(|l| l.contains(" 200 "))
+                    .then_some(())
+                    .ok_or(answer)
+            }
+        }
+    }
+}
+
+/// A setting reuselb cannot balance: started as a user would (`reuselb run --listen ADDR --
+/// COMMAND`, `command` built from ADDR and the test's directory), the log must say `expect`
+/// (each line) at start, and the app must still answer 20 requests in a row (one at a time:
+/// light load, where a stalled connection shows).
+fn run_refusal(
+    test: &str,
+    label: &str,
+    expect: &[&str],
+    build: impl FnOnce(SocketAddr, &Path) -> (Vec<String>, Reach),
+) {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new(&format!("compat-{test}"));
+    let addr = loopback(free_port());
+    let (command, reach) = build(addr, dir.path());
+    require(&command[0]);
+    let run = apps::spawn_reuselb_run(
+        &command,
+        addr,
+        &dir.path().join("shim.sock"),
+        &dir.path().join("run.log"),
+        &["--no-metrics", "--status-every", "0"],
+    );
+    assert!(
+        wait_until(Duration::from_secs(30), || reach.get("/?ms=0").is_ok()),
+        "{label}: the app does not serve: {}",
+        run.log_tail(40)
+    );
+    let log = run.log_text();
+    for line in expect {
+        assert!(log.contains(line), "{label}: the log does not say {line:?}:\n{log}");
+    }
+    let failed: Vec<String> = (0..20).filter_map(|_| reach.get("/?ms=1").err()).collect();
+    println!("{label}: 20 requests in a row, {} failed {failed:?}", failed.len());
+    assert!(failed.is_empty(), "{label}: requests failed: {failed:?}\n{}", run.log_tail(30));
+    let said: Vec<&str> = log.lines().filter(|l| expect.iter().any(|e| l.contains(e))).collect();
+    println!("{label}: the log says:\n{}", said.join("\n"));
+    record_line(test, &format!("| {label} | {} | 20/20 |", expect.join(" / ")));
+}
+
+/// The refusals: `test_name: "README label", [lines the log must have] => |addr, dir| (command,
+/// reach)`; [`REFUSALS`] lists the labels for the README check.
+macro_rules! refusals {
+    ($($test:ident: $label:literal, $expect:expr => $build:expr;)*) => {
+        /// The labels of the refusal rows, in the README's order.
+        const REFUSALS: &[&str] = &[$($label),*];
+        $(
+            #[test]
+            fn $test() {
+                run_refusal(stringify!($test), $label, &$expect, $build);
+            }
+        )*
+    };
+}
+
+refusals! {
+    refuse_unix_socket: "uWSGI on a unix socket (`http-socket = /path/app.sock`)",
+        ["is a unix socket: reuselb cannot balance it", "is not balanced: SO_REUSEPORT is TCP/UDP only"] =>
+        |_, dir| {
+            let sock = dir.join("app.sock");
+            let mut command = uwsgi_base(Some(4));
+            command.extend(strings(&["--http-socket", &sock.display().to_string()]));
+            (command, Reach::Unix(sock))
+        };
+    refuse_http_router: "uWSGI's `--http` router",
+        ["uWSGI's http router", "is a proxy hop of its own"] =>
+        |addr, _| {
+            let mut command = uwsgi_base(Some(4));
+            command[2] = "python3,http".into();
+            command.extend(strings(&["--http", &addr.to_string()]));
+            (command, Reach::Tcp(addr))
+        };
+    refuse_thunder_lock: "uWSGI `thunder-lock`",
+        ["thunder-lock is set", "WITHOUT the shim"] =>
+        |addr, _| {
+            let mut command = uwsgi_base(Some(4));
+            command.extend(strings(&["--thunder-lock", "--http-socket", &addr.to_string()]));
+            (command, Reach::Tcp(addr))
+        };
+}
+
 /// The README's "Works with" table lists every row of the matrix (and nothing is left blank).
 #[test]
 fn readme_table_lists_every_row() {
@@ -563,7 +681,7 @@ fn readme_table_lists_every_row() {
         .lines()
         .filter(|l| l.starts_with("| "))
         .collect();
-    for label in ROWS {
+    for label in ROWS.iter().chain(REFUSALS) {
         let line = table
             .iter()
             .find(|l| l.split('|').nth(1).map(str::trim) == Some(*label))
