@@ -81,10 +81,9 @@ unsafe fn prepare_bind(fd: c_int, addr: *const libc::sockaddr, len: libc::sockle
 #[no_mangle]
 pub unsafe extern "C" fn listen(fd: c_int, backlog: c_int) -> c_int {
     if config().n_addrs > 0 {
-        let _ = std::panic::catch_unwind(|| {
-            if let Some(idx) = sockname(fd).and_then(|a| addr_index(&a)) {
-                BACKLOG[idx].store(backlog, Ordering::Relaxed);
-            }
+        let _ = std::panic::catch_unwind(|| match sockname(fd).and_then(|a| addr_index(&a)) {
+            Some(idx) => BACKLOG[idx].store(backlog, Ordering::Relaxed),
+            None => crate::notices::on_listen(fd),
         });
     }
     // SAFETY: the caller's arguments, passed through.

@@ -21,6 +21,7 @@
 //! - `registration`: the background thread and the protocol with the controller.
 //! - `cmsg`: sending and receiving one descriptor over a unix socket.
 //! - `log`: one-line messages to stderr without allocation.
+//! - `notices`: what the shim sees and cannot balance (a listening unix socket), said at once.
 //!
 //! What it does, per process:
 //! - `bind` to a balanced address (`REUSELB_LISTEN`): sets SO_REUSEADDR and SO_REUSEPORT first, so
@@ -53,6 +54,7 @@ mod cmsg;
 mod config;
 mod hooks;
 mod log;
+mod notices;
 mod real;
 mod registration;
 mod split;

@@ -12,6 +12,7 @@ use balancer_user::{
 use clap::{Parser, Subcommand};
 
 mod daemon;
+mod preflight;
 mod run;
 mod status;
 mod top;

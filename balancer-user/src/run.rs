@@ -142,6 +142,16 @@ fn registry_options(args: &RunArgs) -> RegistryOptions {
 pub fn run(args: RunArgs) -> Result<i32> {
     let options = registry_options(&args);
     let shim = find_shim(args.shim)?;
+    // What the app's settings ask that reuselb cannot balance, said before anything starts.
+    let findings = crate::preflight::inspect(&args.command);
+    for finding in &findings {
+        if finding.disables_shim() {
+            log::error!("{}", finding.message());
+        } else {
+            log::warn!("{}", finding.message());
+        }
+    }
+    let with_shim = !findings.iter().any(crate::preflight::Finding::disables_shim);
     let mut services = Vec::new();
     for addr in &args.listen {
         let blocked_after = (args.blocked_after_ms != 0)
@@ -171,9 +181,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
     };
     let listen = args.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let mut command = Command::new(&args.command[0]);
+    if with_shim {
+        command.env("LD_PRELOAD", preload);
+    }
     command
         .args(&args.command[1..])
-        .env("LD_PRELOAD", preload)
         .env(protocol::ENV_LISTEN, &listen)
         .env(protocol::ENV_SOCKET, &args.socket)
         // Its own process group: a terminal's Ctrl-C reaches it once, through us.
@@ -186,11 +198,19 @@ pub fn run(args: RunArgs) -> Result<i32> {
         }
     };
     CHILD.store(child.id() as i32, Ordering::Relaxed);
-    log::info!(
-        "started {:?} (pid {}) with the shim preloaded, balancing {listen}",
-        args.command[0],
-        child.id()
-    );
+    if with_shim {
+        log::info!(
+            "started {:?} (pid {}) with the shim preloaded, balancing {listen}",
+            args.command[0],
+            child.id()
+        );
+    } else {
+        log::error!(
+            "started {:?} (pid {}) WITHOUT the shim: {listen} is not balanced (see above)",
+            args.command[0],
+            child.id()
+        );
+    }
 
     let registry = Arc::new(registry);
     let name = args.name.clone().unwrap_or_else(|| {

@@ -226,6 +226,15 @@ pub fn children_of(pid: u32) -> Vec<u32> {
         .collect()
 }
 
+/// The processes `depth` generations below `pid` (1: its children, 2: its grandchildren).
+pub fn descendants(pid: u32, depth: u32) -> Vec<u32> {
+    let mut level = vec![pid];
+    for _ in 0..depth {
+        level = level.iter().flat_map(|p| children_of(*p)).collect();
+    }
+    level
+}
+
 pub fn alive(pid: u32) -> bool {
     self::pid(pid).is_some_and(|pid| test_kill_process(pid).is_ok())
 }
@@ -400,10 +409,22 @@ pub fn spawn_plain(cmdline: &[String], log: &Path) -> Proc {
 /// Starts an app server with the shim preloaded by hand (the controller may be elsewhere, or not
 /// running yet).
 pub fn spawn_with_shim(cmdline: &[String], listen: SocketAddr, socket: &Path, log: &Path) -> Proc {
+    spawn_with_shim_listening(cmdline, &[listen], socket, log)
+}
+
+/// [`spawn_with_shim`] balancing several addresses (`REUSELB_LISTEN` lists them all, as
+/// `reuselb run --listen A --listen B` does).
+pub fn spawn_with_shim_listening(
+    cmdline: &[String],
+    listen: &[SocketAddr],
+    socket: &Path,
+    log: &Path,
+) -> Proc {
+    let listen: Vec<String> = listen.iter().map(|a| a.to_string()).collect();
     let mut cmd = Command::new(&cmdline[0]);
     cmd.args(&cmdline[1..])
         .env("LD_PRELOAD", shim_lib())
-        .env(balancer_common::protocol::ENV_LISTEN, listen.to_string())
+        .env(balancer_common::protocol::ENV_LISTEN, listen.join(","))
         .env(balancer_common::protocol::ENV_SOCKET, socket);
     Proc::spawn(&cmdline[0], cmd, log)
 }

@@ -2,16 +2,25 @@
 //! process) serving one address with a least-loaded [`Group`], and uWSGI started with the shim
 //! under it, waited for until every worker holds a slot.
 //!
+//! The load-awareness scene any registered app can be put through: two workers blocked by a long
+//! GIL-holding request, short requests counted by the worker that answered them
+//! ([`blocked_scene`]).
+//!
 //! Loading the program needs root and BPF: these helpers panic with the reason, never skip.
-use std::{net::SocketAddr, path::Path, time::Duration};
+use std::{
+    collections::HashSet,
+    net::SocketAddr,
+    path::Path,
+    time::{Duration, Instant},
+};
 
-use balancer_common::Policy;
+use balancer_common::{layout::MAX_SLOTS, Policy};
 use balancer_user::{
     registry::{Registry, RegistryOptions, Service},
     Group, GroupOptions, Mode,
 };
 
-use crate::apps::{wait_until, Proc, UwsgiConfig};
+use crate::apps::{one_request, wait_until, Load, Proc, UwsgiConfig};
 
 /// A least-loaded group running `mode`. Panics if the program cannot be loaded.
 pub fn least_loaded_group(mode: Mode) -> Group {
@@ -23,8 +32,20 @@ pub fn least_loaded_group(mode: Mode) -> Group {
 
 /// A registry on `socket` serving `addr` with a least-loaded group (`Mode::Auto`).
 pub fn start_registry(socket: &Path, addr: SocketAddr) -> Registry {
-    Registry::start(RegistryOptions::new(socket), vec![(addr, least_loaded_group(Mode::Auto))])
-        .expect("start the registry")
+    start_registry_for(socket, &[addr])
+}
+
+/// A registry on `socket` serving each of `addrs` with a least-loaded group of its own.
+pub fn start_registry_for(socket: &Path, addrs: &[SocketAddr]) -> Registry {
+    let services = addrs.iter().map(|a| (*a, least_loaded_group(Mode::Auto))).collect();
+    Registry::start(RegistryOptions::new(socket), services).expect("start the registry")
+}
+
+/// The program's selections for `service` since its group was created, over every slot (also
+/// those of workers gone since).
+pub fn total_selections(service: &Service) -> u64 {
+    let group = service.group();
+    (0..MAX_SLOTS).map(|slot| group.selected_total(slot).unwrap_or(0)).sum()
 }
 
 /// The pids in the service's slots, in slot order. Panics if the slots cannot be read.
@@ -47,4 +68,94 @@ pub fn uwsgi_under(registry: &Registry, cfg: &UwsgiConfig, log: &Path) -> Proc {
         app.log_tail(60)
     );
     app
+}
+
+/// What the short requests of one [`blocked_scene`] met.
+#[derive(Clone, Copy, Debug)]
+pub struct BlockedShare {
+    /// Short requests answered by a blocked worker, plus those that failed (they waited past the
+    /// client's timeout behind a block).
+    pub to_blocked: u64,
+    /// Short requests sent.
+    pub total: u64,
+}
+
+impl BlockedShare {
+    pub fn share(&self) -> f64 {
+        self.to_blocked as f64 / self.total.max(1) as f64
+    }
+}
+
+/// The load-awareness scene, under `service`'s current policy: with nothing in flight, sends long
+/// GIL-holding requests (`block`) to `entry` until two distinct workers hold one (read from the
+/// slots' in-flight counts: the program counts a connection from its selection), then `clients`
+/// clients send short requests for `window` (well inside the block). Returns where those went;
+/// waits for the long requests to end. Panics if two workers cannot be blocked in time.
+pub fn blocked_scene(
+    service: &Service,
+    entry: SocketAddr,
+    block: Duration,
+    window: Duration,
+    clients: usize,
+) -> BlockedShare {
+    let busy = || -> HashSet<u32> {
+        service
+            .group()
+            .slots()
+            .map(|s| s.iter().filter(|v| v.inflight > 0).map(|v| v.pid).collect())
+            .unwrap_or_default()
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || busy().is_empty()),
+        "requests still in flight before the scene: {:?}",
+        service.group().slots()
+    );
+    // One C call holding the GIL: no other thread of a blocked worker runs Python meanwhile.
+    let request = format!("/?ms=0&hold={}", block.as_millis());
+    let started = Instant::now();
+    let mut blockers = Vec::new();
+    let mut blocked = HashSet::new();
+    // Under the hash policy a long request may land on a worker that is blocked already: send
+    // more (bounded) until two distinct workers hold one.
+    for _ in 0..8 {
+        let request = request.clone();
+        blockers.push(std::thread::spawn(move || one_request(entry, &request)));
+        wait_until(Duration::from_millis(300), || busy().len() > blocked.len());
+        blocked = busy();
+        if blocked.len() >= 2 {
+            break;
+        }
+    }
+    assert!(blocked.len() >= 2, "could not block two workers: in flight on {blocked:?}");
+    let setup = started.elapsed();
+    assert!(
+        setup + window + Duration::from_millis(500) < block,
+        "blocking two workers took {setup:?}: no time left to measure inside the block"
+    );
+    let report = Load::run(entry, clients, "/?ms=2", window);
+    for b in blockers {
+        let _ = b.join();
+    }
+    let answered: u64 =
+        report.by_pid.iter().filter(|(pid, _)| blocked.contains(pid)).map(|(_, n)| n).sum();
+    BlockedShare { to_blocked: answered + report.failed, total: report.ok + report.failed }
+}
+
+/// [`blocked_scene`] under least-loaded, then under the hash policy (the control: the same scene
+/// must send the blocked workers their share there, or it blocked nothing); the policy is
+/// least-loaded again afterwards.
+pub fn blocked_scene_with_control(
+    service: &Service,
+    entry: SocketAddr,
+    block: Duration,
+    window: Duration,
+    clients: usize,
+) -> (BlockedShare, BlockedShare) {
+    let mut shares = Vec::new();
+    for policy in [Policy::LeastLoaded, Policy::Hash] {
+        service.group().set_policy(policy).expect("set the policy");
+        shares.push(blocked_scene(service, entry, block, window, clients));
+    }
+    service.group().set_policy(Policy::LeastLoaded).expect("set the policy");
+    (shares[0], shares[1])
 }

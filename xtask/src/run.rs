@@ -60,8 +60,47 @@ pub fn run(ws: &Workspace, args: &DemoArgs) -> Result<()> {
     let report = command::probe(&mut wrk)?;
     ensure!(report.status.success(), "wrk failed: {}", String::from_utf8_lossy(&report.stderr));
     server.stop()?;
-    println!("\nxtask: wrk report\n{}", String::from_utf8_lossy(&report.stdout));
+    let text = String::from_utf8_lossy(&report.stdout);
+    println!("\nxtask: wrk report\n{text}");
+    println!("{}", explain(&text));
     Ok(())
+}
+
+/// What the wrk report means, in plain words: `Connection: close` makes uWSGI's http-socket
+/// close every connection after its answer, and wrk 4 counts a close it reads before it
+/// reconnects as a "read" socket error, so read errors are not failed requests. Failures show as
+/// connect or timeout errors or non-2xx answers; this names those counts.
+fn explain(report: &str) -> String {
+    let count = |label: &str| -> u64 {
+        report
+            .split(label)
+            .nth(1)
+            .and_then(|rest| rest.trim_start().split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let requests = report
+        .lines()
+        .find(|l| l.contains(" requests in "))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    let (read, connect, timeout) = (count("read "), count("connect "), count("timeout "));
+    let non_2xx = count("Non-2xx or 3xx responses:");
+    let failures = connect + timeout + non_2xx;
+    let mut out = format!(
+        "xtask: {requests} requests answered; failed: {failures} (connect errors {connect}, \
+         timeouts {timeout}, non-2xx answers {non_2xx})."
+    );
+    if read > 0 {
+        out.push_str(&format!(
+            "\nxtask: the {read} \"read\" socket errors are not failures: wrk asked for \
+             `Connection: close` (a new connection per request, as nginx's uwsgi_pass makes them: \
+             that is what reuselb balances), so uWSGI closes each connection after its complete \
+             answer, and wrk counts a close it reads before reconnecting as a read error."
+        ));
+    }
+    out
 }
 
 /// Waits until the app answers on `addr`, or fails if `child` exits first.
@@ -109,4 +148,19 @@ impl Drop for Stopper {
 fn signal(child: &Child, name: &str) -> Result<()> {
     command::stdout_of(Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()))
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A report of wrk 4.1 from the demo: read errors are closes, the failures are counted apart.
+    #[test]
+    fn explains_read_errors() {
+        let report = "Running 5s test @ http://127.0.0.1:8000/\n  2 threads and 64 connections\n  \
+             6047 requests in 5.01s, 601.08KB read\n  Socket errors: connect 0, read 6043, write 0, \
+             timeout 2\n  Non-2xx or 3xx responses: 1\nRequests/sec:   1206.77\n";
+        let text = super::explain(report);
+        let failures = "failed: 3 (connect errors 0, timeouts 2, non-2xx answers 1)";
+        assert!(text.contains(&format!("6047 requests answered; {failures}")), "{text}");
+        assert!(text.contains("the 6043 \"read\" socket errors are not failures"), "{text}");
+    }
 }

@@ -9,6 +9,7 @@
 //! never measure each other.
 
 mod claims;
+mod compat;
 mod container;
 mod daemon;
 mod deploy;

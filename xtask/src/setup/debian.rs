@@ -1,5 +1,6 @@
 //! The Debian packages of the real components the tests and the demo start (application servers,
-//! proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
+//! with uWSGI's gevent plugin and python3-gevent for gunicorn's gevent workers, both rows of the
+//! compatibility matrix; proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
 //! handshakes half-open in the migration tests, kubectl to render the Kubernetes manifests
 //! with its built-in kustomize; apt serves it on these machines; tmux, the terminal that the test
 //! of `reuselb top` drives), and podman with runc for the container image (`cargo xtask image`)
@@ -16,6 +17,7 @@ use crate::command;
 const PACKAGES: &[&str] = &[
     "uwsgi",
     "uwsgi-plugin-python3",
+    "uwsgi-plugin-gevent-python3",
     "nginx",
     "wrk",
     "bpftool",
@@ -23,6 +25,7 @@ const PACKAGES: &[&str] = &[
     "nftables",
     "kubectl",
     "gunicorn",
+    "python3-gevent",
     "python3-django",
     "podman",
     "runc",
