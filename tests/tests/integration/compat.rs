@@ -286,7 +286,8 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
     assert_all_registered(label, &registry, &row, &app);
 
     // Balance: a bounded load on every service at once, the row's event in the middle.
-    let selected_before: Vec<u64> = registry.services().iter().map(total_selections).collect();
+    let selected_before: Vec<u64> =
+        registry.services().iter().map(|s| total_selections(s)).collect();
     let per_service = (CONCURRENCY / entries.len()).max(1);
     let loads: Vec<Load> =
         entries.iter().map(|e| Load::start(*e, per_service, PATH, row.load)).collect();
@@ -299,7 +300,8 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
     }
     // Let the last selections land (nginx may still be connecting upstream).
     std::thread::sleep(Duration::from_millis(300));
-    let selected_after: Vec<u64> = registry.services().iter().map(total_selections).collect();
+    let selected_after: Vec<u64> =
+        registry.services().iter().map(|s| total_selections(s)).collect();
     let mut requests = 0;
     let mut failed = 0;
     let mut selected = 0;
@@ -393,7 +395,7 @@ fn assert_all_registered(label: &str, registry: &Registry, row: &Row, app: &Proc
     let state = || {
         let mut workers = descendants(app.pid(), row.depth);
         // A worker of an instance with several balanced sockets holds a slot in each service.
-        let mut slots: Vec<u32> = registry.services().iter().flat_map(slot_pids).collect();
+        let mut slots: Vec<u32> = registry.services().iter().flat_map(|s| slot_pids(s)).collect();
         workers.sort();
         slots.sort();
         slots.dedup();
