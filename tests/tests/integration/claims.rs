@@ -8,8 +8,7 @@
 //! pass.
 use std::{
     collections::HashSet,
-    io::Read,
-    net::{SocketAddr, TcpStream},
+    net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
 };
@@ -22,8 +21,8 @@ use balancer_user::{
 };
 use integration_tests::{
     apps::{
-        free_port, loopback, one_request, require, serial, wait_until, Load, Proc, TempDir,
-        UwsgiConfig, UwsgiProto,
+        busy_workers, free_port, loopback, one_request, require, serial, wait_until, Load, Proc,
+        TempDir, UwsgiConfig, UwsgiProto,
     },
     registered::{least_loaded_group, uwsgi_under},
     NetNs, Pool,
@@ -38,26 +37,6 @@ fn start_uwsgi(dir: &TempDir, cfg: &UwsgiConfig, reconcile: Duration) -> (Regist
         .expect("registry");
     let app = uwsgi_under(&registry, cfg, &dir.path().join("uwsgi.log"));
     (registry, app)
-}
-
-/// Pids of the uWSGI workers running a request now (stats server: `status` "busy").
-fn busy_workers(stats_port: u16) -> HashSet<u32> {
-    let Ok(mut s) = TcpStream::connect(("127.0.0.1", stats_port)) else { return HashSet::new() };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-    let mut text = String::new();
-    if s.read_to_string(&mut text).is_err() {
-        return HashSet::new();
-    }
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else { return HashSet::new() };
-    v["workers"]
-        .as_array()
-        .map(|ws| {
-            ws.iter()
-                .filter(|w| w["status"].as_str() == Some("busy"))
-                .filter_map(|w| w["pid"].as_u64().map(|p| p as u32))
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// How long a blocking request holds its worker (one thread per worker: the whole process).
