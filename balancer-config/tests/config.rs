@@ -96,6 +96,12 @@ const BAD: &[Bad] = &[
         fragments: &["max_workers must be 1..=256, got 257"],
     },
     Bad {
+        what: "blocked_after_ms over ten minutes",
+        text: "services:\n  - name: web\n    listen: 127.0.0.1:8000\n    blocked_after_ms: 600001\n",
+        prefix: "test.yaml:4:23: ",
+        fragments: &["blocked_after_ms must be 0..=600000, got 600001"],
+    },
+    Bad {
         what: "bad name",
         text: "services:\n  - name: Web.App\n    listen: 127.0.0.1:8000\n",
         prefix: "test.yaml:2:11: ",
