@@ -367,7 +367,12 @@ impl Loop {
             self.closer.close(old.listener);
         }
         if let Some(parked) = self.parked.remove(&svc) {
-            // Its queue migrates to the new worker.
+            // Its queue migrates to the new worker. Shut down first: the parked socket may be
+            // that of a worker still hanging on its way out (see `remove_worker_and`), which
+            // holds it open; closing only our copy would leave its queue waiting for it.
+            if let Err(e) = sys::shutdown(parked.fd.as_fd()) {
+                log::debug!("shutting the parked socket down: {e}");
+            }
             self.closer.close(parked.fd);
         }
         Ok(())

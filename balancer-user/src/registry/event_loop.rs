@@ -511,6 +511,9 @@ impl Loop {
 
     /// Frees the worker's slot; with `retire`, also shuts its socket down (the socket is shared
     /// with the worker): it stops listening, and the program moves its queue to the others.
+    /// The last worker of a service is never shut down: there is no other to take its queue,
+    /// and new connections would be refused. Its socket is parked instead, and shut down when
+    /// the next worker registers (its queue then moves to that one).
     pub(super) fn remove_worker_and(&mut self, key: (usize, u32), retire: bool) {
         let Some(w) = self.workers.remove(&key) else { return };
         if let Some(service) = self.shared.service(key.0) {
@@ -518,7 +521,8 @@ impl Loop {
                 log::warn!("freeing slot {}: {e}", key.1);
             }
         }
-        if retire {
+        let last = !self.workers.keys().any(|(svc, _)| *svc == key.0);
+        if retire && !last {
             if let Err(e) = sys::shutdown(w.listener.as_fd()) {
                 log::warn!("retiring the socket of worker {}: {e}", w.pid);
             }
@@ -527,7 +531,6 @@ impl Loop {
         if let Some(conn) = self.conns.remove(&w.conn) {
             self.closer.close(conn.fd);
         }
-        let last = !self.workers.keys().any(|(svc, _)| *svc == key.0);
         if last
             && !self.shared.stop.load(Ordering::Relaxed)
             && crate::listener::socket_facts(w.listener.as_fd()).is_ok_and(|f| f.listening)

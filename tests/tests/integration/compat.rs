@@ -352,7 +352,9 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
     let service = &registry.services()[0];
     // Fewer clients than free workers, so that a free worker with nothing in flight is always
     // there to pick (with as many clients as free workers, the blocked ones tie with them).
-    let free = (workers / row.services.len()).saturating_sub(2);
+    // The service's own workers: every worker of the instance when its sockets share them (two
+    // sockets), a vassal's when each service has its own (the Emperor).
+    let free = slot_pids(service).len().saturating_sub(2);
     let clients = (free / 2).clamp(1, 3);
     let (ll, hash) = blocked_scene_with_control(service, entries[0], BLOCK, WINDOW, clients);
     println!(
@@ -529,6 +531,15 @@ rows! {
     uwsgi_max_requests: "uWSGI max-requests (workers recycled under load)" =>
         |_| Row {
             served_by: 9,
+            // uWSGI 2.0.21's threaded workers can hang on their way out after max-requests
+            // (unbit/uwsgi#2615) until worker-reload-mercy kills them, with requests in flight:
+            // uWSGI alone lost 3 of 792 requests that way in the fail-open test's control (CI,
+            // 2026-11-29); with reuselb this row lost 1 of 1279 under load. At most one request
+            // per client is in flight.
+            may_fail: Some((
+                CONCURRENCY as u64,
+                "uWSGI's threaded workers that hang after max-requests are killed by                  worker-reload-mercy with requests in flight (measured without reuselb)",
+            )),
             ..Row::uwsgi("http-socket", &[
                 "--max-requests", "150", "--min-worker-lifetime", "1", "--worker-reload-mercy", "5",
             ])
