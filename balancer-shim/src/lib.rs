@@ -14,6 +14,7 @@
 //! - `config`: the balanced addresses and the controller's socket, from the environment.
 //! - `real`: the real libc functions (dlsym), so that a hook can call what it replaces.
 //! - `hooks`: the exported functions (`accept`, `close`, `epoll_ctl`, ...).
+//! - `io`: the exported read and write functions, where a request is answered or starts.
 //! - `split`: which descriptor is an inherited balanced listener, and replacing it with the
 //!   worker's own socket.
 //! - `accounting`: counting accepted and completed connections in the shared load table.
@@ -37,8 +38,9 @@
 //!   late workers (their hooks swap the own socket in), and keeps each registration connection
 //!   open; closing it (also at once when the app closes its listener) is how a worker leaves.
 //! - Accounting: `accept`/`accept4` on an own socket marks the new descriptor and adds 1 to the
-//!   slot's `accepted`; closing a marked descriptor (`close`, `dup2`/`dup3` over it, `close_range`)
-//!   adds 1 to `completed`. Plain atomic adds on shared memory, mapped only after
+//!   slot's `accepted`; its first write (the answer), or its close if it closes unanswered
+//!   (`close`, `dup2`/`dup3` over it, `close_range`), adds 1 to `completed`; data read on an
+//!   answered connection (kept alive) starts the next request. Plain atomic adds on shared memory, mapped only after
 //!   `/proc/self/fdinfo` showed it is the load map (no `bpf()` call).
 //!
 //! Rules kept here: no panic crosses the C boundary (the hooks do no indexing that can fail and
@@ -53,6 +55,7 @@ mod accounting;
 mod cmsg;
 mod config;
 mod hooks;
+mod io;
 mod log;
 mod notices;
 mod real;

@@ -88,6 +88,59 @@ real!(
 real!(CLOSE, "close", unsafe extern "C" fn(c_int) -> c_int);
 real!(DUP2, "dup2", unsafe extern "C" fn(c_int, c_int) -> c_int);
 real!(DUP3, "dup3", unsafe extern "C" fn(c_int, c_int, c_int) -> c_int);
+real!(WRITE, "write", unsafe extern "C" fn(c_int, *const c_void, usize) -> isize);
+real!(WRITEV, "writev", unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> isize);
+real!(SEND, "send", unsafe extern "C" fn(c_int, *const c_void, usize, c_int) -> isize);
+real!(
+    SENDTO,
+    "sendto",
+    unsafe extern "C" fn(
+        c_int,
+        *const c_void,
+        usize,
+        c_int,
+        *const libc::sockaddr,
+        libc::socklen_t,
+    ) -> isize
+);
+real!(SENDMSG, "sendmsg", unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> isize);
+real!(SENDFILE, "sendfile", unsafe extern "C" fn(c_int, c_int, *mut i64, usize) -> isize);
+real!(SENDFILE64, "sendfile64", unsafe extern "C" fn(c_int, c_int, *mut i64, usize) -> isize);
+real!(READ, "read", unsafe extern "C" fn(c_int, *mut c_void, usize) -> isize);
+real!(READ_CHK, "__read_chk", unsafe extern "C" fn(c_int, *mut c_void, usize, usize) -> isize);
+real!(READV, "readv", unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> isize);
+real!(RECV, "recv", unsafe extern "C" fn(c_int, *mut c_void, usize, c_int) -> isize);
+real!(
+    RECV_CHK,
+    "__recv_chk",
+    unsafe extern "C" fn(c_int, *mut c_void, usize, usize, c_int) -> isize
+);
+real!(
+    RECVFROM,
+    "recvfrom",
+    unsafe extern "C" fn(
+        c_int,
+        *mut c_void,
+        usize,
+        c_int,
+        *mut libc::sockaddr,
+        *mut libc::socklen_t,
+    ) -> isize
+);
+real!(
+    RECVFROM_CHK,
+    "__recvfrom_chk",
+    unsafe extern "C" fn(
+        c_int,
+        *mut c_void,
+        usize,
+        usize,
+        c_int,
+        *mut libc::sockaddr,
+        *mut libc::socklen_t,
+    ) -> isize
+);
+real!(RECVMSG, "recvmsg", unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> isize);
 
 type CloseRangeFn = unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
 static CLOSE_RANGE: AtomicPtr<c_void> = AtomicPtr::new(ptr::null_mut());
@@ -105,6 +158,10 @@ pub(crate) fn resolve_all() {
         Real::DUP2(),
         Real::DUP3(),
     );
+    let _ = (Real::WRITE(), Real::WRITEV(), Real::SEND(), Real::SENDTO(), Real::SENDMSG());
+    let _ = (Real::SENDFILE(), Real::SENDFILE64(), Real::READ(), Real::READ_CHK(), Real::READV());
+    let _ =
+        (Real::RECV(), Real::RECV_CHK(), Real::RECVFROM(), Real::RECVFROM_CHK(), Real::RECVMSG());
     // SAFETY: dlsym with a NUL-terminated name; a null result is handled by real_close_range.
     let p = unsafe { libc::dlsym(libc::RTLD_NEXT, c"close_range".as_ptr()) };
     CLOSE_RANGE.store(p, Ordering::Relaxed);

@@ -87,7 +87,8 @@ pub(crate) fn in_vfork_child() -> bool {
     unsafe { libc::getpid() as u32 != my_pid() }
 }
 
-/// Accepted connections of a registered own socket: `seq << 8 | (address index + 1)`, 0 if none.
+/// Accepted connections of a registered own socket: `seq << 8 | (address index + 1)`, 0 if none;
+/// bit 31 is set once the connection has answered (see `accounting`).
 pub(crate) static CONNS: [AtomicU32; MAX_FDS] = [const { AtomicU32::new(0) }; MAX_FDS];
 
 /// Backlog seen in `listen` per balanced address (survives fork, on purpose).
@@ -166,7 +167,8 @@ impl Registration {
     }
 
     /// The counter at `field` of our slot, if registered and the slot is still ours, with the
-    /// registration's sequence number (24 bits, as stored in connection marks); `want_seq`
+    /// registration's sequence number (23 bits, as stored in connection marks, whose bit 31 says
+    /// whether the connection answered); `want_seq`
     /// restricts to that registration.
     #[inline(always)]
     pub(crate) fn counter(
@@ -175,7 +177,7 @@ impl Registration {
         field: fn(usize) -> usize,
     ) -> Option<(u32, &'static AtomicU64)> {
         let s = self.state.load(Ordering::Acquire);
-        let seq = (s >> 1) & 0xff_ffff;
+        let seq = (s >> 1) & 0x7f_ffff;
         if s & 1 == 0 || want_seq.is_some_and(|w| w != seq) {
             return None;
         }

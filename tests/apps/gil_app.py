@@ -5,7 +5,9 @@ worker's pid, so a test can also tell which worker served it. GET /?mb=N also ke
 megabytes alive in the worker (its RSS grows: what uWSGI's reload-on-rss watches). GET /?hold=N
 holds the GIL for about N milliseconds in one C call (sum over a range): unlike the loop of ?ms,
 which lets other threads run at every switch interval (5 ms), nothing else of the process runs
-Python meanwhile.
+Python meanwhile. GET /?linger=N answers at once and then keeps the connection for N more
+milliseconds: the server calls the answer's close() (PEP 3333) after sending it and before it
+closes the connection, as uWSGI does; the wait there is what a worker taking the GIL back costs.
 """
 import os
 import time
@@ -28,6 +30,20 @@ def _timed_sum(n):
     start = time.perf_counter()
     sum(range(n))
     return time.perf_counter() - start
+
+
+class _Linger:
+    """An answer whose close() (called after it was sent) waits `ms` milliseconds."""
+
+    def __init__(self, body, ms):
+        self.body = body
+        self.ms = ms
+
+    def __iter__(self):
+        yield self.body
+
+    def close(self):
+        time.sleep(self.ms / 1000.0)
 
 
 def application(environ, start_response):
@@ -54,4 +70,10 @@ def application(environ, start_response):
         n += 1  # pure Python: holds the GIL
     body = ("pid=%d loops=%d\n" % (os.getpid(), n)).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    try:
+        linger = float(qs.get("linger", ["0"])[0])
+    except ValueError:
+        linger = 0.0
+    if linger > 0:
+        return _Linger(body, linger)
     return [body]

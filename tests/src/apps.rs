@@ -268,6 +268,8 @@ pub enum UwsgiProto {
     Http,
     /// `socket`: the uwsgi protocol (behind nginx `uwsgi_pass`).
     Uwsgi,
+    /// `http11-socket`: HTTP/1.1 with keep-alive.
+    Http11,
 }
 
 /// A uWSGI configuration with the seed's settings.
@@ -320,6 +322,7 @@ impl UwsgiConfig {
             match self.proto {
                 UwsgiProto::Http => "--http-socket".into(),
                 UwsgiProto::Uwsgi => "--socket".into(),
+                UwsgiProto::Http11 => "--http11-socket".into(),
             },
             self.addr.to_string(),
         ];

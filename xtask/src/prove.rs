@@ -52,12 +52,15 @@ impl Broken {
                 ("claims", "least_loaded_avoids_blocked_workers_and_the_hash_policy_does_not"),
                 ("claims", "shim_counters_equal_requests_served_with_reconciliation_off"),
                 ("claims", "stray_acks_are_not_counted_and_bare_syns_are"),
+                ("answers", "a_worker_is_free_once_it_answered_before_it_closes"),
                 ("migrate", "a_closing_listener_hands_its_queue_to_the_others"),
                 ("worker_restarts", "max_requests_recycling_under_load_keeps_connections"),
             ],
-            Broken::NoCount => {
-                &[("claims", "shim_counters_equal_requests_served_with_reconciliation_off")]
-            }
+            Broken::NoCount => &[
+                ("claims", "shim_counters_equal_requests_served_with_reconciliation_off"),
+                ("answers", "a_worker_is_free_once_it_answered_before_it_closes"),
+                ("answers", "each_request_of_a_kept_alive_connection_is_counted"),
+            ],
         }
     }
 }

@@ -8,6 +8,7 @@
 //! load tests of different modules share one lock (`integration_tests::apps::serial`), so they
 //! never measure each other.
 
+mod answers;
 mod claims;
 mod compat;
 mod container;

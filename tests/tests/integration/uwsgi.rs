@@ -100,6 +100,7 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
     let dir = TempDir::new("uwsgi-balance");
     let label = match (proto, behind_nginx) {
         (UwsgiProto::Http, _) => "uWSGI http-socket",
+        (UwsgiProto::Http11, _) => "uWSGI http11-socket",
         (UwsgiProto::Uwsgi, true) => "uWSGI socket behind nginx",
         (UwsgiProto::Uwsgi, false) => "uWSGI socket",
     };
