@@ -8,8 +8,9 @@ pub const MAX_SLOTS: u32 = 256;
 /// it with every change of [`LoadTable`], [`SlotRecord`], [`Config`], [`SlotOwner`] or of the set
 /// of maps: a shim of another layout is refused at registration, and pins of another layout are
 /// replaced, never adopted. Layout 3 added the `OWNERS` map; layout 4 [`LoadTable::progress`] and
-/// [`Config::blocked_after_ms`].
-pub const LAYOUT_VERSION: u16 = 4;
+/// [`Config::blocked_after_ms`]; layout 5 the work figures ([`LoadTable::mean_us`],
+/// [`LoadTable::working`], [`LoadTable::start_sum_us`]) and counts a request done at its answer.
+pub const LAYOUT_VERSION: u16 = 5;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -68,6 +69,18 @@ pub struct LoadTable {
     /// blocked (a worker stuck in a long call holding the GIL, say): the policy passes it over.
     /// Plain stores; a value in the future (another clock) never counts as blocked.
     pub progress: [u64; MAX_SLOTS as usize],
+    /// Mean time from accept to answer of the slot's recent requests, in microseconds: an
+    /// average that moves 1/8 of the way to each new figure (the shim, at each answer; 0 until
+    /// the first). The `work-left` policy reads it.
+    pub mean_us: [u64; MAX_SLOTS as usize],
+    /// Requests the worker accepted and has not answered (the shim: +1 at accept, -1 at the
+    /// answer), two's complement like `inflight`.
+    pub working: [u64; MAX_SLOTS as usize],
+    /// Sum of the accept times (CLOCK_MONOTONIC, microseconds) of those `working` requests, so
+    /// that `working * now - start_sum_us` is the sum of their ages. The shim adds a start before
+    /// it counts the request in `working`, and counts the answer out of `working` before it takes
+    /// the start away: a reader between two updates sees less age, never more.
+    pub start_sum_us: [u64; MAX_SLOTS as usize],
     /// Per-slot bookkeeping the program never reads.
     pub slots: [SlotRecord; MAX_SLOTS as usize],
 }
@@ -119,6 +132,15 @@ pub mod table_offsets {
     }
     pub const fn progress(slot: usize) -> usize {
         offset_of!(LoadTable, progress) + slot * 8
+    }
+    pub const fn mean_us(slot: usize) -> usize {
+        offset_of!(LoadTable, mean_us) + slot * 8
+    }
+    pub const fn working(slot: usize) -> usize {
+        offset_of!(LoadTable, working) + slot * 8
+    }
+    pub const fn start_sum_us(slot: usize) -> usize {
+        offset_of!(LoadTable, start_sum_us) + slot * 8
     }
     const fn record(slot: usize) -> usize {
         offset_of!(LoadTable, slots) + slot * size_of::<SlotRecord>()
@@ -267,5 +289,6 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
-const _: () = assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 32));
+const _: () =
+    assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 3 * 8 + 32));
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 4 * MAX_SLOTS as usize);

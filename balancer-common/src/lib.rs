@@ -11,4 +11,6 @@ pub mod policy;
 pub mod protocol;
 
 pub use layout::*;
-pub use policy::{choose, decide, is_blocked, Choice, Draw, LoadSource, Policy, Scan};
+pub use policy::{
+    choose, decide, is_blocked, next_in_turn, work_left, Choice, Draw, LoadSource, Policy, Scan,
+};

@@ -19,11 +19,20 @@ pub enum Policy {
     RoundRobin = 2,
     /// The connection's 4-tuple hash picks the slot, as the kernel itself would.
     Hash = 3,
+    /// Exact scan for the least work left: each request in flight counts the slot's mean
+    /// service time, and each request being worked on also its age so far (with heavy-tailed
+    /// requests, one that has run long has long to go). See [`work_left`].
+    WorkLeft = 4,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 4] =
-        [Policy::LeastLoaded, Policy::PowerOfTwo, Policy::RoundRobin, Policy::Hash];
+    pub const ALL: [Policy; 5] = [
+        Policy::LeastLoaded,
+        Policy::PowerOfTwo,
+        Policy::RoundRobin,
+        Policy::Hash,
+        Policy::WorkLeft,
+    ];
 
     pub const fn from_id(id: u32) -> Option<Policy> {
         match id {
@@ -31,6 +40,7 @@ impl Policy {
             1 => Some(Policy::PowerOfTwo),
             2 => Some(Policy::RoundRobin),
             3 => Some(Policy::Hash),
+            4 => Some(Policy::WorkLeft),
             _ => None,
         }
     }
@@ -42,6 +52,7 @@ impl Policy {
             Policy::PowerOfTwo => "p2c",
             Policy::RoundRobin => "round-robin",
             Policy::Hash => "hash",
+            Policy::WorkLeft => "work-left",
         }
     }
 }
@@ -52,7 +63,9 @@ pub struct UnknownPolicy;
 
 impl core::fmt::Display for UnknownPolicy {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str("unknown policy: expected one of least-loaded, p2c, round-robin, hash")
+        f.write_str(
+            "unknown policy: expected one of least-loaded, work-left, p2c, round-robin, hash",
+        )
     }
 }
 
@@ -65,6 +78,7 @@ impl core::str::FromStr for Policy {
             "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Policy::PowerOfTwo),
             "round-robin" | "round_robin" | "rr" => Ok(Policy::RoundRobin),
             "hash" => Ok(Policy::Hash),
+            "work-left" | "work_left" => Ok(Policy::WorkLeft),
             _ => Err(UnknownPolicy),
         }
     }
@@ -73,14 +87,15 @@ impl core::str::FromStr for Policy {
 /// The per-connection inputs that are not in the maps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Draw {
-    /// A fresh random number: tie-break start for least-loaded, the two picks for p2c.
+    /// A fresh random number: the two picks of p2c.
     pub random: u32,
     /// The connection's 4-tuple hash (the kernel's own `reuseport` hash).
     pub hash: u32,
-    /// This CPU's round-robin position.
+    /// This CPU's round-robin position: the turn of round-robin, and where the scans of
+    /// least-loaded and work-left start, so that equally loaded slots take turns.
     pub tick: u32,
-    /// CLOCK_MONOTONIC now, in ns, for the blocked check ([`Config::blocked_after_ms`]); 0
-    /// when the check is off.
+    /// CLOCK_MONOTONIC now, in ns, for the blocked check ([`Config::blocked_after_ms`]) and the
+    /// ages of work-left; 0 when neither is on.
     pub now: u64,
 }
 
@@ -102,6 +117,12 @@ pub trait LoadSource: Sized {
     /// that would otherwise win, and only while the blocked check is on.
     fn progress(&self, _slot: u32) -> u64 {
         0
+    }
+
+    /// The slot's work figures, raw: `(mean_us, working, start_sum_us)` as in
+    /// [`crate::LoadTable`]. Every value may be anything a worker wrote.
+    fn work(&self, _slot: u32) -> (u64, u64, u64) {
+        (0, 0, 0)
     }
 
     /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
@@ -147,6 +168,50 @@ pub fn blocked_mask(load: u64, progress: u64, now: u64, limit_ns: u64, enabled: 
     let over = ((limit_ns as i64).wrapping_sub(age) >> 63) as u64;
     let busy = ((load as i64).wrapping_neg() >> 63) as u64;
     over & busy & enabled
+}
+
+/// `x`, hidden from LLVM: it cannot see that a mask is all ones or all zeros, so it cannot turn
+/// the masking around it back into a comparison and a jump (BPF has no conditional move), which
+/// would double the paths the verifier walks for every slot of the scan.
+#[inline(always)]
+fn opaque(x: u64) -> u64 {
+    // SAFETY: `&x` is a valid, aligned reference to a local u64.
+    unsafe { core::ptr::read_volatile(&x) }
+}
+
+/// All ones if `x` (as i64) is negative, else 0. Branch-free.
+#[inline(always)]
+fn negative(x: u64) -> u64 {
+    opaque(((x as i64) >> 63) as u64)
+}
+
+/// Branch-free `min(x, cap)` for `x` and `cap` below 2^62.
+#[inline(always)]
+fn min_below(x: u64, cap: u64) -> u64 {
+    let over = negative(cap.wrapping_sub(x));
+    x ^ ((x ^ cap) & over)
+}
+
+/// The work-left cost of a slot, in microseconds: `(inflight + 1) * (mean + 1)`, the mean
+/// service time for each request in flight and the new one, plus the sum of the ages of the
+/// requests being worked on (`working * now - start_sum`, 0 if that is negative).
+///
+/// A heuristic for heavy-tailed requests (a few long ones among many short ones): a request that
+/// has run long probably has long to go, so a worker busy with an old request weighs more than
+/// one busy with a young one, where least-loaded sees two equal counts. Every figure is
+/// untrusted (workers write them): each is bounded first, and the arithmetic cannot overflow.
+/// Branch-free, like the rest of the scan.
+#[inline(always)]
+pub fn work_left(inflight: u64, mean_us: u64, working: u64, start_sum_us: u64, now_us: u64) -> u64 {
+    const MASK: u64 = (1 << 62) - 1;
+    // A negative (two's complement) count reads as 0.
+    let working = working & !negative(working);
+    let working = min_below(working & MASK, 1 << 20) & ((1 << 21) - 1);
+    let mean = min_below(mean_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let age = working.wrapping_mul(now_us & ((1 << 42) - 1)).wrapping_sub(start_sum_us);
+    let age = min_below((age & !negative(age)) & MASK, Scan::LOAD_CAP) & Scan::LOAD_CAP;
+    let inflight = min_below(inflight & MASK, Scan::LOAD_CAP) & Scan::LOAD_CAP;
+    (inflight + 1) * (mean + 1) + age
 }
 
 /// The blocked limit of `cfg` in ns (0: off).
@@ -198,9 +263,10 @@ pub fn decide<L: LoadSource>(
     };
     let plain = |slot: u32| Choice { slot, passed_blocked: false };
     match policy {
-        Policy::LeastLoaded => {
+        Policy::LeastLoaded | Policy::WorkLeft => {
             let mut scan =
-                Scan::new(n, draw.random % n, exclude, draw.now, blocked_limit_ns(cfg, draw));
+                Scan::new(n, draw.tick % n, exclude, draw.now, blocked_limit_ns(cfg, draw));
+            scan.set_work_left(policy == Policy::WorkLeft);
             loads.run_scan(cfg, &mut scan);
             scan.result()
         }
@@ -233,9 +299,13 @@ fn active_at(cfg: &Config, i: u32) -> u32 {
     }
 }
 
-/// State of the least-loaded scan: an exact pass over the active slots starting at dense index
-/// `start` and wrapping around, keeping the first strict minimum. With equal loads the winner is
-/// whichever comes first after a random start, so ties spread instead of piling on slot 0.
+/// State of the least-loaded (and work-left) scan: an exact pass over the active slots starting
+/// at dense index `start` and wrapping around, keeping the first strict minimum. The start moves
+/// on by one slot per connection (this CPU's tick), so equally loaded slots take turns instead of
+/// piling on slot 0; a random start, used before, gave one slot two or three in a row as often.
+///
+/// The load is the count in flight, or with work-left its [`work_left`] cost (selected by a mask,
+/// not a branch).
 ///
 /// With the blocked check on (`limit_ns` > 0), a blocked slot's load is lifted by
 /// [`Scan::BLOCKED`] (and its weight taken as 1), above every slot that is not blocked: it wins
@@ -256,16 +326,22 @@ pub struct Scan {
     pub enabled: u64,
     /// All ones once a blocked candidate was seen.
     pub blocked_seen: u64,
+    /// All ones for work-left: the load is the [`work_left`] cost instead of the count.
+    pub work_on: u64,
+    /// `now` in microseconds.
+    pub now_us: u64,
 }
 
 impl Scan {
     /// Slots visited per [`Scan::visit_chunk`]: a straight run of code with no call or map
     /// lookup in between, where one call per slot would cost more than the slot itself.
-    pub const CHUNK: u32 = 4;
+    pub const CHUNK: u32 = 2;
 
     /// Loads are capped here, so that a blocked load ([`Scan::BLOCKED`] + load) is heavier than
     /// any other, and [`Scan::NONE_YET`] heavier than all.
-    const LOAD_CAP: u64 = (1 << 30) - 1;
+    pub const LOAD_CAP: u64 = (1 << 30) - 1;
+    /// A slot's mean service time is capped here (about 16 s) in the work-left cost.
+    pub const MEAN_CAP_US: u64 = 1 << 24;
     /// Added to a blocked slot's load.
     pub const BLOCKED: u64 = 1 << 30;
     /// The load of "no slot chosen yet". A sentinel rather than a test of `best == NO_SLOT`:
@@ -285,7 +361,14 @@ impl Scan {
             limit_ns,
             enabled: if limit_ns != 0 { u64::MAX } else { 0 },
             blocked_seen: 0,
+            work_on: 0,
+            now_us: now / 1000,
         }
+    }
+
+    /// Weighs each slot by its [`work_left`] cost instead of its count.
+    pub fn set_work_left(&mut self, on: bool) {
+        self.work_on = if on { u64::MAX } else { 0 };
     }
 
     /// Number of chunks that cover `n` slots.
@@ -320,10 +403,16 @@ impl Scan {
         if slot == NO_SLOT || slot == self.exclude {
             return;
         }
-        let Some((load, weight)) = loads.load(slot) else { return };
-        let load = if load > Self::LOAD_CAP { Self::LOAD_CAP } else { load };
+        let Some((count, weight)) = loads.load(slot) else { return };
+        let count = if count > Self::LOAD_CAP { Self::LOAD_CAP } else { count };
         let blocked =
-            blocked_mask(load, loads.progress(slot), self.now, self.limit_ns, self.enabled);
+            blocked_mask(count, loads.progress(slot), self.now, self.limit_ns, self.enabled);
+        let (mean, working, start_sum) = loads.work(slot);
+        let work = work_left(count, mean, working, start_sum, self.now_us);
+        // Masked as well as capped: the mask is what tells the verifier the bound (a value it
+        // cannot bound makes every comparison below a path of its own).
+        let work = min_below(work, Self::LOAD_CAP) & Self::LOAD_CAP;
+        let load = (count & !self.work_on) | (work & self.work_on);
         self.blocked_seen |= blocked;
         let load = load + (blocked & Self::BLOCKED);
         let weight = (weight & !(blocked as u32)) | (blocked as u32 & 1);
@@ -391,6 +480,17 @@ fn power_of_two<L: LoadSource>(
         return Ok(Choice { slot: heavy.0, passed_blocked: true });
     }
     Ok(plain(light.0))
+}
+
+/// The slot to try when `failed`, the chosen one, has no socket: the active slot in turn after
+/// this CPU's tick, or the one after it if that is `failed`.
+#[inline(always)]
+pub fn next_in_turn(cfg: &Config, draw: &Draw, failed: u32) -> Result<u32, Event> {
+    let n = cfg.n_active;
+    if n == 0 || n > MAX_SLOTS {
+        return Err(Event::FallbackSelectFailed);
+    }
+    nth_usable(cfg, n, draw.tick.wrapping_add(1) % n, failed)
 }
 
 /// `slot`, or [`NO_SLOT`] if it is the excluded one.

@@ -17,8 +17,10 @@ fn config(policy: Policy, active: &[u32]) -> Config {
     cfg
 }
 
-fn draw(random: u32) -> Draw {
-    Draw { random, hash: 0, tick: 0, now: 0 }
+/// A draw whose random number and tick are both `n` (the scans start at the tick, p2c picks
+/// with the random number).
+fn draw(n: u32) -> Draw {
+    Draw { random: n, hash: 0, tick: n, now: 0 }
 }
 
 fn unweighted(loads: &[u64]) -> Loads {
@@ -61,6 +63,26 @@ fn least_loaded_ties_spread_over_all_tied_slots() {
             "tied slot {slot} chosen only {} times of 800: {seen:?}",
             seen[slot]
         );
+    }
+}
+
+/// Equal loads take turns: over `n` consecutive ticks every one of `n` equally loaded slots wins
+/// exactly once (a random start gave some two or three in a row).
+#[test]
+fn least_loaded_and_work_left_rotate_among_equal_slots() {
+    for policy in [Policy::LeastLoaded, Policy::WorkLeft] {
+        let cfg = config(policy, &[4, 7, 9]);
+        let mut raw = vec![(0, 1); 16];
+        raw[4] = (2, 1);
+        raw[7] = (2, 1);
+        raw[9] = (2, 1);
+        for first in [0u32, 5, 1000] {
+            let mut won: Vec<u32> = (first..first + 3)
+                .map(|t| choose(&cfg, &draw(t), NO_SLOT, &Loads(raw.clone())).unwrap())
+                .collect();
+            won.sort();
+            assert_eq!(won, [4, 7, 9], "{policy:?} from tick {first}");
+        }
     }
 }
 
@@ -183,5 +205,5 @@ fn policy_names_round_trip() {
         assert_eq!(Policy::from_id(p as u32), Some(p));
     }
     assert!("fastest".parse::<Policy>().is_err());
-    assert_eq!(Policy::from_id(4), None);
+    assert_eq!(Policy::from_id(Policy::ALL.len() as u32), None);
 }

@@ -2,12 +2,14 @@
 //! entries in and out of range, unknown policy ids), loads (huge, unreadable, weight 0), draws
 //! and exclusions.
 //!
+//! - work-left: its cost never overflows or panics whatever a worker wrote, grows with the count
+//!   and with the ages, and the scan picks a cheapest candidate (chunked like the program).
 //! - The blocked check: least-loaded picks the lightest unblocked slot (the lightest blocked one
 //!   when all are), p2c changes its pick only to leave a blocked slot, and `blocked_mask` (the
 //!   branch-free form the scan uses) agrees with `is_blocked`.
 //! - `choose` never panics; `Ok(slot)` is always an active slot, in range, never the excluded one;
 //!   every error is the documented one for its cause.
-//! - least-loaded returns a lightest readable candidate (the first after its random start), and
+//! - least-loaded returns a lightest readable candidate (the first after its start, the tick), and
 //!   fails only when there is none; the `bpf_loop`-style scan (one call per chunk, as the program runs it) agrees with the plain loop.
 //! - Fairness, simulating the program (each choice counted at once, as its atomic add does):
 //!   least-loaded keeps equal-weight slots within 1 of each other when nothing completes, and
@@ -16,8 +18,8 @@
 //!   choices on 64 slots (fixed seeds, bounds measured against an ideal two-choice process);
 //!   round robin is exact.
 use balancer_common::{
-    choose, decide, is_blocked, policy::lighter, Config, Draw, Event, LoadSource, Policy, Scan,
-    MAX_SLOTS, NO_SLOT,
+    choose, decide, is_blocked, policy::lighter, work_left, Config, Draw, Event, LoadSource,
+    Policy, Scan, MAX_SLOTS, NO_SLOT,
 };
 use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRng};
 
@@ -216,10 +218,10 @@ proptest! {
                 prop_assert!(candidates.is_empty(), "nothing chosen among {:?}", candidates);
             }
         }
-        // Ties go to the first lightest slot after the random start (so ties spread).
+        // Ties go to the first lightest slot after the start, this CPU's tick (so ties take turns).
         let n = cfg.active_slots().len();
         if n > 0 && !candidates.is_empty() {
-            let start = d.random as usize % n;
+            let start = d.tick as usize % n;
             let min = candidates.iter().map(|&(_, l)| l).reduce(|a, b| if no_heavier(a, b) { a } else { b }).unwrap();
             let first = (0..n)
                 .map(|k| cfg.active[(start + k) % n])
@@ -536,4 +538,74 @@ fn p2c_stays_within_a_few_connections_over_10k_choices() {
     let mean = finals.iter().sum::<u64>() as f64 / runs as f64;
     assert!(mean <= 6.0, "mean spread {mean:.2} after 10,000 choices on 64 slots: {finals:?}");
     println!("p2c, 64 slots, 10,000 choices: final spread {finals:?}, mean {mean:.2}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// work-left
+
+/// Loads with work figures per slot: `(mean_us, working, start_sum_us)`.
+struct WorkLoads {
+    loads: Loads,
+    work: Vec<(u64, u64, u64)>,
+}
+
+impl LoadSource for WorkLoads {
+    fn load(&self, slot: u32) -> Option<(u64, u32)> {
+        self.loads.load(slot)
+    }
+    fn work(&self, slot: u32) -> (u64, u64, u64) {
+        self.work.get(slot as usize).copied().unwrap_or((0, 0, 0))
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    /// Any figures (a worker may write anything): no panic (debug builds check overflow), and
+    /// the cost stays below 2^62.
+    #[test]
+    fn work_left_is_total(inflight in any::<u64>(), mean in any::<u64>(), working in any::<u64>(), sum in any::<u64>(), now in any::<u64>()) {
+        prop_assert!(work_left(inflight, mean, working, sum, now) < 1 << 62);
+    }
+
+    /// With sane figures: one more in flight never costs less, and older requests (an earlier
+    /// start, the same count) never cost less.
+    #[test]
+    fn work_left_grows_with_count_and_age(inflight in 0u64..1000, mean in 0u64..1_000_000, working in 1u64..100, age in 0u64..10_000_000, now in 100_000_000u64..1_000_000_000_000, older in 1u64..1_000_000) {
+        let sum = working * now - age;
+        let cost = work_left(inflight, mean, working, sum, now);
+        prop_assert!(work_left(inflight + 1, mean, working, sum, now) >= cost);
+        prop_assert!(work_left(inflight, mean, working, sum.saturating_sub(older), now) >= cost);
+        // The ages add up: `working` requests started at `sum` have `age` between them.
+        prop_assert_eq!(cost, (inflight + 1) * (mean + 1) + age.min((1 << 30) - 1));
+    }
+
+    /// work-left picks a candidate of the least cost (readable, usable, per weight), and the
+    /// chunked scan of the program agrees.
+    #[test]
+    fn work_left_picks_a_cheapest_candidate(
+        mut cfg in config(), loads in vec((0u64..64, 1u32..4), 1..=64), work in vec((0u64..50_000, 0u64..8, 0u64..400_000), 64), d in draw(), now in 1_000_000u64..2_000_000
+    ) {
+        cfg.policy = Policy::WorkLeft as u32;
+        cfg.n_active = cfg.n_active.min(MAX_SLOTS);
+        let now_us = now;
+        let d = Draw { now: now_us * 1000, ..d };
+        let loads = WorkLoads { loads: Loads(loads.into_iter().map(Some).collect()), work };
+        let cost = |s: u32| {
+            let (count, weight) = loads.load(s).unwrap();
+            let (m, w, sum) = loads.work(s);
+            (work_left(count, m, w, sum, now_us).min((1 << 30) - 1), weight)
+        };
+        let candidates: Vec<u32> = cfg.active_slots().iter().copied().filter(|&s| loads.load(s).is_some()).collect();
+        match choose(&cfg, &d, NO_SLOT, &loads) {
+            Ok(slot) => {
+                let (c, w) = cost(slot);
+                for &other in &candidates {
+                    let (oc, ow) = cost(other);
+                    prop_assert!(!lighter(oc, ow, c, w), "slot {} {:?} is dearer than slot {} {:?}", slot, (c, w), other, (oc, ow));
+                }
+            }
+            Err(_) => prop_assert!(candidates.is_empty(), "nothing chosen among {:?}", candidates),
+        }
+    }
 }

@@ -41,8 +41,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    config_flags, decide, Config, Draw, Event, LoadSource, LoadTable, Policy, Scan, SlotOwner,
-    BPF_F_MMAPABLE, MAX_SLOTS, NO_SLOT,
+    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, LoadSource, LoadTable, Scan,
+    SlotOwner, BPF_F_MMAPABLE, MAX_SLOTS, NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -76,55 +76,60 @@ pub fn select_or_migrate(ctx: SkReuseportContext) -> u32 {
     run(&ctx, true)
 }
 
-/// Attempts per connection: when the chosen slot has no socket (its worker just went away), the
-/// next best is tried once before giving up to the kernel's hash. A migration needs this too: the
-/// kernel takes the closing listener out of the socket array before asking where its queue goes.
-const ATTEMPTS: u32 = 2;
-
 #[inline(always)]
 fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
     if cfg!(feature = "broken-sk-pass") {
         return SK_PASS;
     }
-    let migrating = may_migrate && ctx.migrating_sk().is_some();
+    // Whether this is a migration is read where it is used, after the scan: a value the
+    // verifier knows before the scan would have it walk the scan once for each.
+    let migrating = || may_migrate && ctx.migrating_sk().is_some();
     let Some(cfg) = CONFIG.get(0) else {
         keep_owners();
-        return fall_back(Event::FallbackNoConfig, migrating);
+        return fall_back(Event::FallbackNoConfig, migrating());
     };
     let draw = Draw {
         // SAFETY: a helper with no arguments, allowed in every program type.
         random: unsafe { bpf_get_prandom_u32() },
         hash: ctx.hash(),
-        tick: if cfg.policy == Policy::RoundRobin as u32 { next_tick() } else { 0 },
+        // Both read for every connection, whatever the policy: a branch here would have the
+        // verifier walk the scan once more for each outcome.
+        tick: next_tick(),
         // SAFETY: a helper with no arguments, allowed in every program type.
-        now: if cfg.blocked_after_ms != 0 { unsafe { bpf_ktime_get_ns() } } else { 0 },
+        now: unsafe { bpf_ktime_get_ns() },
     };
-    let mut exclude = NO_SLOT;
-    for _ in 0..ATTEMPTS {
-        let Some(table) = LOADS.get_ptr(0) else {
-            return fall_back(Event::FallbackNoConfig, migrating);
-        };
-        match decide(cfg, &draw, exclude, &MapLoads(table)) {
-            Ok(choice) => {
-                let slot = choice.slot;
-                if SOCKETS.select_reuseport(ctx, slot).is_ok() {
-                    if migrating || is_new_connection(ctx) {
-                        account(table, slot, migrating, draw.now);
-                        if choice.passed_blocked {
-                            bump(&EVENTS, Event::BlockedPassedOver as u32);
-                        }
-                    }
-                    if cfg.flags & config_flags::LOG_SELECTIONS != 0 {
-                        debug!(ctx, "slot {} selected (migrating: {})", slot, migrating as u32);
-                    }
-                    return SK_PASS;
-                }
-                exclude = slot;
+    let Some(table) = LOADS.get_ptr(0) else {
+        return fall_back(Event::FallbackNoConfig, migrating());
+    };
+    let choice = match decide(cfg, &draw, NO_SLOT, &MapLoads(table)) {
+        Ok(choice) => choice,
+        Err(event) => return fall_back(event, migrating()),
+    };
+    // The chosen slot may have no socket (its worker just left; a migration asks after the
+    // closing listener left the array): then the next slot in turn, not a second scan, which
+    // would double what the verifier walks.
+    let choice = if SOCKETS.select_reuseport(ctx, choice.slot).is_ok() {
+        choice
+    } else {
+        match next_in_turn(cfg, &draw, choice.slot) {
+            Ok(slot) if SOCKETS.select_reuseport(ctx, slot).is_ok() => {
+                Choice { slot, passed_blocked: false }
             }
-            Err(event) => return fall_back(event, migrating),
+            _ => return fall_back(Event::FallbackSelectFailed, migrating()),
+        }
+    };
+    let slot = choice.slot;
+    let migrating = migrating();
+    if migrating || is_new_connection(ctx) {
+        account(table, slot, migrating, draw.now);
+        if choice.passed_blocked {
+            bump(&EVENTS, Event::BlockedPassedOver as u32);
         }
     }
-    fall_back(Event::FallbackSelectFailed, migrating)
+    if cfg.flags & config_flags::LOG_SELECTIONS != 0 {
+        debug!(ctx, "slot {} selected (migrating: {})", slot, migrating as u32);
+    }
+    SK_PASS
 }
 
 /// Keeps `OWNERS` in the object: the linker drops a map that no program references. One lookup
@@ -182,6 +187,22 @@ impl LoadSource for MapLoads {
         }
         // SAFETY: as in `load`: inside the LOADS value, slot < MAX_SLOTS; written concurrently.
         unsafe { read_volatile(addr_of!((*self.0).progress).cast::<u64>().add(slot as usize)) }
+    }
+
+    #[inline(always)]
+    fn work(&self, slot: u32) -> (u64, u64, u64) {
+        if slot >= MAX_SLOTS {
+            return (0, 0, 0);
+        }
+        let i = slot as usize;
+        // SAFETY: as in `load`: inside the LOADS value, slot < MAX_SLOTS; written concurrently.
+        unsafe {
+            (
+                read_volatile(addr_of!((*self.0).mean_us).cast::<u64>().add(i)),
+                read_volatile(addr_of!((*self.0).working).cast::<u64>().add(i)),
+                read_volatile(addr_of!((*self.0).start_sum_us).cast::<u64>().add(i)),
+            )
+        }
     }
 
     /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over

@@ -12,6 +12,10 @@
 //! answered still looks busy to that placement, and least-loaded degrades to a coin toss between
 //! workers that look equally loaded. nginx `least_conn` counts the same way: until the answer.
 //!
+//! For the `work-left` policy the shim also keeps, per slot, the requests it is working on
+//! (`working`), the sum of their start times (`start_sum_us`) and the mean time from accept to
+//! answer (`mean_us`); a connection's start sits in [`STARTS`] until its answer.
+//!
 //! So `inflight` counts requests being worked on (queued, or accepted and not yet answered), and
 //! the reconciliation's invariant stays `inflight = queued + accepted - completed`. Plain atomic
 //! adds and stores on the shared load table; the clock is the vDSO's CLOCK_MONOTONIC, and the
@@ -58,8 +62,50 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
     }
     let Some(reg) = REGS.get(idx) else { return };
     if let Some((seq, c)) = reg.counter(None, table_offsets::accepted) {
+        let m = (seq << 8) | (idx as u32 + 1);
+        work_started(m, conn);
         c.fetch_add(1, Ordering::Relaxed);
-        CONNS[conn as usize].store((seq << 8) | (idx as u32 + 1), Ordering::Relaxed);
+        CONNS[conn as usize].store(m, Ordering::Relaxed);
+    }
+}
+
+/// When each marked connection's current request started (CLOCK_MONOTONIC, microseconds).
+static STARTS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
+
+/// A request of mark `m` starts on `fd` now: its start goes into the slot's `start_sum_us`
+/// before it counts in `working` (so a reader in between sees less age, never more).
+#[inline(always)]
+fn work_started(m: u32, fd: c_int) {
+    let now = monotonic_ns() / 1000;
+    STARTS[fd as usize].store(now, Ordering::Relaxed);
+    if let Some(c) = mark_counter(m, table_offsets::start_sum_us) {
+        c.fetch_add(now, Ordering::Relaxed);
+    }
+    if let Some(c) = mark_counter(m, table_offsets::working) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// The request of mark `m` on `fd` is done at `now_ns`: out of `working` first, then its start
+/// out of `start_sum_us`; its time from accept to answer moves the slot's mean 1/8 of the way.
+/// The mean's read-modify-write may lose a concurrent update of another thread: one figure.
+#[inline(always)]
+fn work_done(m: u32, fd: c_int, now_ns: u64) {
+    let start = STARTS[fd as usize].swap(0, Ordering::Relaxed);
+    if start == 0 {
+        return;
+    }
+    if let Some(c) = mark_counter(m, table_offsets::working) {
+        c.fetch_sub(1, Ordering::Relaxed);
+    }
+    if let Some(c) = mark_counter(m, table_offsets::start_sum_us) {
+        c.fetch_sub(start, Ordering::Relaxed);
+    }
+    if let Some(c) = mark_counter(m, table_offsets::mean_us) {
+        let took = (now_ns / 1000).saturating_sub(start);
+        let mean = c.load(Ordering::Relaxed);
+        let next = if mean == 0 { took } else { mean - mean / 8 + took / 8 };
+        c.store(next.max(1), Ordering::Relaxed);
     }
 }
 
@@ -80,7 +126,7 @@ pub(crate) fn on_write(fd: c_int) {
     }
     // Whoever flips the bit counts: a concurrent close or write on the same descriptor does not.
     if slot.compare_exchange(m, m | ANSWERED, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-        request_done(m);
+        request_done(m, fd);
     }
 }
 
@@ -97,7 +143,7 @@ pub(crate) fn on_read(fd: c_int, n: isize) {
         return;
     }
     if slot.compare_exchange(m, m & !ANSWERED, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-        request_started(m);
+        request_started(m & !ANSWERED, fd);
     }
 }
 
@@ -109,9 +155,12 @@ fn mark_counter(m: u32, field: fn(usize) -> usize) -> Option<&'static AtomicU64>
     REGS.get(idx)?.counter(seq, field).map(|(_, c)| c)
 }
 
-/// The request of mark `m` is done: 1 more completed, 1 less in flight, progress now.
+/// The request of mark `m` on `fd` is done: 1 more completed, 1 less in flight and working,
+/// progress now.
 #[inline(always)]
-fn request_done(m: u32) {
+fn request_done(m: u32, fd: c_int) {
+    let now = monotonic_ns();
+    work_done(m, fd, now);
     // Only count if the registration that counted the accept is still the current one.
     if let Some(c) = mark_counter(m, table_offsets::completed) {
         c.fetch_add(1, Ordering::Relaxed);
@@ -120,17 +169,15 @@ fn request_done(m: u32) {
         c.fetch_sub(1, Ordering::Relaxed);
     }
     if let Some(c) = mark_counter(m, table_offsets::progress) {
-        c.store(monotonic_ns(), Ordering::Relaxed);
+        c.store(now, Ordering::Relaxed);
     }
 }
 
 /// The connection of mark `m` carries a new request: 1 more accepted and in flight; a slot that
 /// had nothing in flight starts its blocked clock now, as the program does for a new connection.
 #[inline(always)]
-fn request_started(m: u32) {
-    if cfg!(feature = "broken-no-count") {
-        return;
-    }
+fn request_started(m: u32, fd: c_int) {
+    work_started(m, fd);
     if let Some(c) = mark_counter(m, table_offsets::accepted) {
         c.fetch_add(1, Ordering::Relaxed);
     }
@@ -180,7 +227,7 @@ pub(crate) fn forget_fd(fd: c_int, closing: bool) {
         // Closed unanswered (a client that gave up, an error): done now.
         let m = CONNS[i].swap(0, Ordering::Relaxed);
         if m != 0 && m & ANSWERED == 0 {
-            request_done(m);
+            request_done(m, fd);
         }
     }
 }

@@ -75,7 +75,14 @@ impl SharedLoads {
     /// (the controller's, from the slot's owner record: never derived from this table, which
     /// workers can write).
     pub fn reset(&self, slot: u32, pid: u32, weight: u32, epoch: u64) {
-        for field in [table_offsets::inflight, table_offsets::accepted, table_offsets::completed] {
+        for field in [
+            table_offsets::inflight,
+            table_offsets::accepted,
+            table_offsets::completed,
+            table_offsets::mean_us,
+            table_offsets::working,
+            table_offsets::start_sum_us,
+        ] {
             self.u64_at(slot, field).store(0, Ordering::Relaxed);
         }
         self.mark_progress(slot);
