@@ -35,6 +35,11 @@ pub struct SlotSnapshot {
     pub completed: u64,
     pub epoch: u64,
     pub pid: u32,
+    /// The work figures (see [`LoadTable`]): requests being worked on (raw, signed), the sum of
+    /// their start times and the mean service time, in microseconds.
+    pub working: i64,
+    pub start_sum_us: u64,
+    pub mean_us: u64,
 }
 
 impl SharedLoads {
@@ -68,6 +73,9 @@ impl SharedLoads {
             completed: self.u64_at(slot, table_offsets::completed).load(Ordering::Relaxed),
             epoch: self.u64_at(slot, table_offsets::epoch).load(Ordering::Relaxed),
             pid: self.u32_at(slot, table_offsets::pid).load(Ordering::Relaxed),
+            working: self.u64_at(slot, table_offsets::working).load(Ordering::Relaxed) as i64,
+            start_sum_us: self.u64_at(slot, table_offsets::start_sum_us).load(Ordering::Relaxed),
+            mean_us: self.u64_at(slot, table_offsets::mean_us).load(Ordering::Relaxed),
         }
     }
 
@@ -119,6 +127,21 @@ impl SharedLoads {
     /// standing for connections in flight.
     pub fn add_inflight(&self, slot: u32, delta: i64) {
         self.u64_at(slot, table_offsets::inflight).fetch_add(delta as u64, Ordering::Relaxed);
+    }
+
+    /// Writes the slot's work figures as a worker's shim would: `working` requests started at
+    /// `started_us` in total (CLOCK_MONOTONIC microseconds), and a mean service time of `mean_us`
+    /// (tests standing for workers; the `work-left` policy reads them).
+    pub fn set_work(&self, slot: u32, mean_us: u64, working: u64, started_us: u64) {
+        self.u64_at(slot, table_offsets::start_sum_us).store(started_us, Ordering::Relaxed);
+        self.u64_at(slot, table_offsets::working).store(working, Ordering::Relaxed);
+        self.u64_at(slot, table_offsets::mean_us).store(mean_us, Ordering::Relaxed);
+    }
+
+    /// CLOCK_MONOTONIC now, in microseconds: the clock of the work figures.
+    pub fn now_us() -> u64 {
+        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+        now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
     }
 
     /// Counts `n` connections accepted by the worker, as its shim does.

@@ -14,6 +14,7 @@ use std::{
 
 use balancer_user::{
     registry::{Registry, RegistryOptions, Service},
+    shared_loads::SharedLoads,
     Mode,
 };
 use integration_tests::{
@@ -28,6 +29,16 @@ fn totals(service: &Service) -> (u64, u64, i64) {
     slots.iter().fold((0, 0, 0), |(a, c, f), s| {
         let r = group.loads().read(s.slot);
         (a + r.accepted, c + r.completed, f + r.raw_inflight)
+    })
+}
+
+/// (working, start sum, largest mean in microseconds) over the service's slots.
+fn work(service: &Service) -> (i64, u64, u64) {
+    let group = service.group();
+    let slots = group.slots().expect("slots");
+    slots.iter().fold((0, 0, 0), |(w, s, m), slot| {
+        let r = group.loads().read(slot.slot);
+        (w + r.working, s.wrapping_add(r.start_sum_us), m.max(r.mean_us))
     })
 }
 
@@ -111,6 +122,12 @@ fn a_worker_is_free_once_it_answered_before_it_closes() {
     let (a2, c2, f2) = totals(service);
     println!("after the close: accepted +{}, completed +{}, in flight {f2}", a2 - a0, c2 - c0);
     assert_eq!((a2 - a0, c2 - c0, f2), (1, 1, 0), "the close counted the request again");
+    // The work figures: nothing being worked on, and a mean service time learnt (the request
+    // took about 1 ms; its linger after the answer is not service time).
+    let (working, sum, mean) = work(service);
+    println!("work figures: working {working}, start sum {sum}, mean {mean} us");
+    assert_eq!((working, sum), (0, 0), "work figures not back to 0");
+    assert!(mean > 0 && mean < 1_000_000, "mean service time {mean} us");
     drop(app);
     registry.stop();
 }
@@ -136,6 +153,8 @@ fn each_request_of_a_kept_alive_connection_is_counted() {
     write!(s, "GET /?ms=1500 HTTP/1.1\r\nHost: test\r\n\r\n").expect("send");
     std::thread::sleep(Duration::from_millis(600));
     let during = totals(service);
+    let (working, sum, _) = work(service);
+    let age_ms = (SharedLoads::now_us() * working as u64).saturating_sub(sum) / 1000;
     let mut rest = Vec::new();
     let mut chunk = [0u8; 4096];
     while !String::from_utf8_lossy(&rest).contains("loops=") {
@@ -161,6 +180,9 @@ fn each_request_of_a_kept_alive_connection_is_counted() {
     );
     assert_eq!(rel(between), (1, 1, 0), "after the first answer");
     assert_eq!(rel(during), (2, 1, 1), "while the second request runs");
+    println!("while the slow request runs: working {working}, its age {age_ms} ms");
+    assert_eq!(working, 1, "working while the slow request runs");
+    assert!((400..1400).contains(&age_ms), "its age: {age_ms} ms, sent 600 ms before");
     assert!(settled, "one connection, three requests: expected (3, 3, 0), got {:?}", rel(end));
     drop(app);
     registry.stop();

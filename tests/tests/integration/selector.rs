@@ -381,3 +381,42 @@ fn a_blocked_worker_is_passed_over_and_the_control_picks_it() {
         Ok(())
     });
 }
+
+/// work-left weighs a request's age: of two workers with one request each, the one whose request
+/// has run for 2 s gets none of 6 new connections (its work left outweighs 6 young requests);
+/// least-loaded, the control on the same table, sees two equal counts and gives it its turns.
+#[test]
+fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
+    each_family(|_, ip| {
+        let options =
+            balancer_user::GroupOptions { policy: Policy::WorkLeft, ..Default::default() };
+        let mut pool = Pool::with_options(ip, 2, options)?;
+        let loads = Arc::clone(pool.group.loads());
+        let s = pool.slots.clone();
+        let set_scene = || {
+            let now = balancer_user::shared_loads::SharedLoads::now_us();
+            // Both: one request in flight and being worked on, 5 ms mean service time.
+            loads.set_work(s[0], 5_000, 1, now - 2_000_000);
+            loads.set_work(s[1], 5_000, 1, now);
+        };
+        loads.add_inflight(s[0], 1);
+        loads.add_inflight(s[1], 1);
+        set_scene();
+        let conns = pool.connect_many(6)?;
+        let counts = pool.drain()?;
+        ensure!(conns.len() == 6 && counts.iter().sum::<usize>() == 6, "{counts:?}");
+        ensure!(
+            counts[0] == 0,
+            "work-left sent connections to the old request's worker: {counts:?}"
+        );
+        // Back to one each, then the control.
+        loads.add_inflight(s[1], -6);
+        set_scene();
+        pool.group.set_policy(Policy::LeastLoaded)?;
+        let conns = pool.connect_many(6)?;
+        let counts = pool.drain()?;
+        ensure!(conns.len() == 6, "{counts:?}");
+        ensure!(counts[0] >= 2, "least-loaded (the control) did not share the tie: {counts:?}");
+        Ok(())
+    });
+}
