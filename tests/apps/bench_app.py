@@ -6,6 +6,10 @@ apart from the interpreter's own switches between threads). The work is counted 
 wall time: a request preempted by the scheduler or waiting for the GIL still does the same work, so
 a saturated machine serves fewer requests per second, as it would with a real view.
 
+GET /?hold=H holds the GIL for about H milliseconds in one C call (`sum(range(n))`, calibrated
+once per process), as a C extension does: no other thread of the process runs meanwhile. It is
+the blocked-worker workload's stuck request.
+
 The answer carries the worker's pid (`pid=N`), so the bench can tell which process served it.
 """
 import os
@@ -25,16 +29,37 @@ def burn(ms):
     return n
 
 
+_sums_per_ms = None
+
+
+def _timed_sum(n):
+    start = time.perf_counter()
+    sum(range(n))
+    return time.perf_counter() - start
+
+
+def hold_gil(ms):
+    """One C call of about `ms` milliseconds (never shorter: calibrated on the fastest of three)."""
+    global _sums_per_ms
+    if _sums_per_ms is None:
+        best = min(_timed_sum(2_000_000) for _ in range(3))
+        _sums_per_ms = 2_000_000 / max(best * 1000.0, 1e-6)
+    sum(range(int(ms * _sums_per_ms)))
+
+
 def application(environ, start_response):
     qs = parse_qs(environ.get("QUERY_STRING", ""))
     try:
         cpu = float(qs.get("cpu", ["0"])[0])
         io = float(qs.get("io", ["0"])[0])
+        hold = float(qs.get("hold", ["0"])[0])
     except ValueError:
-        cpu, io = 0.0, 0.0
+        cpu, io, hold = 0.0, 0.0, 0.0
+    if hold > 0:
+        hold_gil(hold)
     if io > 0:
         time.sleep(io / 1000.0)
     n = burn(cpu) if cpu > 0 else 0
-    body = ("pid=%d cpu=%g io=%g loops=%d\n" % (PID, cpu, io, n)).encode()
+    body = ("pid=%d cpu=%g io=%g hold=%g loops=%d\n" % (PID, cpu, io, hold, n)).encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
