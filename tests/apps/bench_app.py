@@ -7,7 +7,7 @@ wall time: a request preempted by the scheduler or waiting for the GIL still doe
 a saturated machine serves fewer requests per second, as it would with a real view.
 
 GET /?hold=H holds the GIL for about H milliseconds in one C call (`sum(range(n))`, calibrated
-once per process), as a C extension does: no other thread of the process runs meanwhile. It is
+when the process loads the app), as a C extension does: no other thread of the process runs meanwhile. It is
 the blocked-worker workload's stuck request.
 
 The answer carries the worker's pid (`pid=N`), so the bench can tell which process served it.
@@ -29,22 +29,20 @@ def burn(ms):
     return n
 
 
-_sums_per_ms = None
-
-
 def _timed_sum(n):
     start = time.perf_counter()
     sum(range(n))
     return time.perf_counter() - start
 
 
+# Calibrated once, when the worker loads the app (before it serves anything), on the fastest of
+# five: a hold is never shorter than asked, and a calibration under load would make it shorter.
+_SUMS_PER_MS = 2_000_000 / max(min(_timed_sum(2_000_000) for _ in range(5)) * 1000.0, 1e-6)
+
+
 def hold_gil(ms):
-    """One C call of about `ms` milliseconds (never shorter: calibrated on the fastest of three)."""
-    global _sums_per_ms
-    if _sums_per_ms is None:
-        best = min(_timed_sum(2_000_000) for _ in range(3))
-        _sums_per_ms = 2_000_000 / max(best * 1000.0, 1e-6)
-    sum(range(int(ms * _sums_per_ms)))
+    """One C call of about `ms` milliseconds: no other thread of this process runs meanwhile."""
+    sum(range(int(ms * _SUMS_PER_MS)))
 
 
 def application(environ, start_response):

@@ -154,14 +154,17 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
     let m = &raw.machine;
     writeln!(
         w,
-        "{} mode: {} rounds, closed-loop runs of {} s, open-loop runs of at least {} s (lengthened to {} ordinary requests \
-         per point over the rounds), {} s warm-up per configuration and workload, {} bootstrap replicates. Run time {:.0} s; \
+        "{} mode: {} rounds, closed-loop runs of {} s, open-loop runs of at least {} s{}, {} s warm-up per configuration and workload, {} bootstrap replicates. Run time {:.0} s; \
          commit `{}`.\n",
         if o.full { "Full" } else { "Quick" },
         o.rounds,
         o.closed_secs,
         o.open_secs,
-        o.min_samples,
+        if o.min_samples > 0 {
+            format!(" (lengthened to {} ordinary requests per point over the rounds)", o.min_samples)
+        } else {
+            String::new()
+        },
         o.warmup_secs,
         o.bootstrap,
         m.elapsed_secs,
@@ -506,4 +509,86 @@ fn chart_svg(
         &format!("reuselb bench compare: {} processes × {} threads", v.processes, v.threads),
         &panels,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{
+        compare::raw::{Machine, PointCounters, RawOptions, FORMAT},
+        loadgen::Rng,
+    };
+
+    /// A small synthetic run: A slow, E and F fast, two rounds, one workload, one level.
+    fn synthetic() -> Raw {
+        let mut rng = Rng::new(7);
+        let mut points = Vec::new();
+        for round in 0..2 {
+            for (c, scale, tp) in
+                [('A', 30_000.0, 300.0), ('E', 10_000.0, 400.0), ('F', 9_000.0, 410.0)]
+            {
+                let mut lat: Vec<u32> =
+                    (0..600).map(|_| (scale * (0.2 + rng.exp(1.0))) as u32).collect();
+                lat[5] = FAILED;
+                lat.sort_unstable();
+                let base = Point {
+                    config: c,
+                    workload: "skewed".into(),
+                    round,
+                    secs: 2.0,
+                    per_worker: vec![300, 290],
+                    c: PointCounters {
+                        answered: 590,
+                        bpf_ns: 1_000_000,
+                        bpf_runs: 1000,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                points.push(Point { throughput: tp + round as f64, ..base.clone() });
+                points.push(Point { level: 0.9, rate: 270.0, lat_us: lat, failed: 1, ..base });
+            }
+        }
+        Raw {
+            format: FORMAT,
+            options: RawOptions {
+                rounds: 2,
+                closed_secs: 1.0,
+                open_secs: 2.0,
+                levels: vec![0.9],
+                workloads: vec!["skewed".into()],
+                configs: "AEF".into(),
+                bootstrap: 200,
+                ..Default::default()
+            },
+            machine: Machine { cpus: 2, git_commit: "test".into(), ..Default::default() },
+            variants: vec![RawVariant {
+                processes: 2,
+                threads: 20,
+                orders: vec!["AFE".into(), "EAF".into()],
+                base: vec![("skewed".into(), 300.0)],
+                points,
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn the_report_is_a_function_of_the_raw_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.json.gz");
+        let raw = synthetic();
+        raw.write(&path).unwrap();
+        let back = Raw::read(&path).unwrap();
+        assert_eq!(back, raw);
+        let one = render(&back).unwrap();
+        let two = render(&Raw::read(&path).unwrap()).unwrap();
+        assert_eq!(one.markdown, two.markdown);
+        assert_eq!(one.charts, two.charts);
+        // The synthetic truth shows: A is worse than the best non-reuselb (E), by the rule.
+        let a_row = one.markdown.lines().find(|l| l.starts_with("| A uWSGI")).unwrap();
+        assert!(a_row.contains("worse"), "{a_row}");
+        assert!(one.markdown.contains("| 1200 |"), "pooled count per point printed");
+        assert!(one.charts[0].1.contains("95% CI"), "error bars in the chart");
+    }
 }

@@ -187,16 +187,24 @@ mod tests {
         (verdict(c, true), c)
     }
 
+    /// Two samples of one distribution: the rule says "no difference" about 95% of the time (a
+    /// 95% interval), and errs to either side alike.
     #[test]
     fn identical_distributions_make_no_difference() {
-        for s in 0..5u64 {
+        let (mut none, mut better, mut worse) = (0, 0, 0);
+        for s in 0..40u64 {
             let a: Vec<Vec<u32>> = (0..5).map(|r| sample(100 * s + r, 1000, 10_000.0)).collect();
             let b: Vec<Vec<u32>> =
                 (0..5).map(|r| sample(100 * s + r + 50, 1000, 10_000.0)).collect();
-            let (v, c) = p99_verdict(&a, &b);
-            assert_eq!(v, Verdict::NoDifference, "seed {s}: interval {c:?}");
-            assert!(c.0 < 1.0 && c.1 > 1.0);
+            match p99_verdict(&a, &b).0 {
+                Verdict::NoDifference => none += 1,
+                Verdict::Better => better += 1,
+                Verdict::Worse => worse += 1,
+                Verdict::Unknown => panic!("no interval"),
+            }
         }
+        assert!(none >= 34, "no difference {none}/40 (better {better}, worse {worse})");
+        assert!(better <= 4 && worse <= 4, "better {better}, worse {worse}");
     }
 
     #[test]
