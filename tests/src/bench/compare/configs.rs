@@ -320,7 +320,7 @@ impl Options {
             match arg.as_str() {
                 "--full" => {}
                 "--rounds" | "--reps" => {
-                    let n: usize = val(arg)?.parse().with_context(|| format!("{arg}"))?;
+                    let n: usize = val(arg)?.parse().with_context(|| format!("{arg}: not a count"))?;
                     o.rounds = Some(n);
                 }
                 "--closed-secs" => o.closed_secs = num(arg, val(arg)?)?,

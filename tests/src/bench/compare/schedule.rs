@@ -36,7 +36,7 @@ pub fn order(n: usize, round: usize) -> Vec<usize> {
 /// Whether `rounds` rounds of `n` configurations are balanced for position (every configuration
 /// in every position equally often).
 pub fn balanced(n: usize, rounds: usize) -> bool {
-    n > 0 && rounds % n == 0
+    n > 0 && rounds.is_multiple_of(n)
 }
 
 #[cfg(test)]
