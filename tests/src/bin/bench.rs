@@ -55,6 +55,11 @@ fn run() -> Result<()> {
         }
         other => bail!("unknown bench `{other}`; valid: {}, all", list()),
     };
+    if names == ["compare"] && rest.iter().any(|a| a == "--plan") {
+        // The plan only: nothing measured, no report written.
+        println!("{}", bench::compare::plan(&bench::compare::Options::parse(rest)?));
+        return Ok(());
+    }
     for n in names {
         let report = bench::run(n, rest)?;
         println!("{report}");

@@ -266,23 +266,25 @@ pub struct Options {
     pub configs: Vec<CfgRef>,
     pub bootstrap: usize,
     pub no_netns: bool,
+    /// Print the plan (rounds, order balance, expected duration) and run nothing.
+    pub plan_only: bool,
 }
 
 pub const USAGE: &str =
     "bench compare [--full] [--rounds N] [--closed-secs S] [--open-secs S] [--warmup-secs S] \
      [--min-samples N] [--levels 60,90] [--bootstrap B] [--configs ABCDEFGH] \
-     [--workloads uniform,io+cpu,skewed,blocked] [--variants 8x20,2x20] [--no-netns]";
+     [--workloads uniform,io+cpu,skewed,blocked] [--variants 8x20,2x20] [--no-netns] [--plan]";
 
 impl Options {
     fn quick() -> Self {
         Self {
             full: false,
             rounds: Some(2),
-            closed_secs: 1.5,
-            open_secs: 1.5,
-            warmup_secs: 0.5,
+            closed_secs: 1.0,
+            open_secs: 1.0,
+            warmup_secs: 0.3,
             min_samples: 0,
-            levels: vec![0.6, 0.9],
+            levels: vec![0.9],
             variants: vec![
                 Variant { processes: 8, threads: 20 },
                 Variant { processes: cores().max(1) as u32, threads: 20 },
@@ -291,6 +293,7 @@ impl Options {
             configs: default_configs(),
             bootstrap: 1000,
             no_netns: false,
+            plan_only: false,
         }
     }
 
@@ -299,9 +302,9 @@ impl Options {
         if args.iter().any(|a| a == "--full") {
             o.full = true;
             o.rounds = None;
-            o.closed_secs = 2.0;
+            o.closed_secs = 1.5;
             o.open_secs = 1.0;
-            o.warmup_secs = 1.0;
+            o.warmup_secs = 0.5;
             o.min_samples = 5000;
             o.levels = vec![0.9];
         }
@@ -320,7 +323,8 @@ impl Options {
             match arg.as_str() {
                 "--full" => {}
                 "--rounds" | "--reps" => {
-                    let n: usize = val(arg)?.parse().with_context(|| format!("{arg}: not a count"))?;
+                    let n: usize =
+                        val(arg)?.parse().with_context(|| format!("{arg}: not a count"))?;
                     o.rounds = Some(n);
                 }
                 "--closed-secs" => o.closed_secs = num(arg, val(arg)?)?,
@@ -369,6 +373,7 @@ impl Options {
                         .collect::<Result<_>>()?;
                 }
                 "--no-netns" => o.no_netns = true,
+                "--plan" => o.plan_only = true,
                 "-h" | "--help" => bail!("usage: {USAGE}"),
                 other => bail!("unknown argument `{other}`; usage: {USAGE}"),
             }

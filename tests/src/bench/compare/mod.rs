@@ -40,7 +40,7 @@ use std::{
 use anyhow::{Context, Result};
 
 pub use configs::Options;
-use configs::{cores, CfgRef, Variant, Workload};
+use configs::{cores, CfgRef, Variant, Workload, HOLD_MS};
 use counters::{
     clock_hz, git_commit, loadavg, loadavg1, machine, machine_ticks, own_cpu_ns, own_ticks,
     prog_counters, raise_nofile,
@@ -85,11 +85,13 @@ pub fn estimate_secs(o: &Options) -> f64 {
         .workloads
         .iter()
         .map(|&w| {
-            let closed = r * c * (o.closed_secs + 0.4);
+            // A hold request still running when the window ends is waited for.
+            let tail = if w.hold_path().is_some() { HOLD_MS as f64 / 1000.0 * 0.75 } else { 0.0 };
+            let closed = r * c * (o.closed_secs + 0.4 + tail);
             let open: f64 = o
                 .levels
                 .iter()
-                .map(|l| r * c * (open_secs(o, nominal_capacity(w) * l) + 0.6))
+                .map(|l| r * c * (open_secs(o, nominal_capacity(w) * l) + 0.6 + tail))
                 .sum();
             c * (o.warmup_secs + 0.4) + closed + open
         })
@@ -192,21 +194,11 @@ fn measure(
     })
 }
 
-fn median_of(v: &mut [f64]) -> f64 {
-    stats::median(v)
-}
-
-/// Runs the bench, writes the raw samples, and returns the report rendered from them (the
-/// charts are written beside the raw file).
-pub fn run(o: &Options) -> Result<String> {
-    let started = Instant::now();
-    loadgen::install_interrupt_handler();
-    require("uwsgi");
-    require("nginx");
-    let rounds = o.rounds();
-    let n = o.configs.len();
+/// What a run will do and how long it should take (printed first; `--plan` prints only this).
+pub fn plan(o: &Options) -> String {
+    let (rounds, n) = (o.rounds(), o.configs.len());
     let balanced = schedule::balanced(n, rounds);
-    eprintln!(
+    format!(
         "bench compare: {} mode, {rounds} rounds ({}), {} configurations × {} workloads × {} variants, levels {:?}; \
          expected duration ~{:.0} min",
         if o.full { "full" } else { "quick" },
@@ -216,7 +208,24 @@ pub fn run(o: &Options) -> Result<String> {
         o.variants.len(),
         o.levels.iter().map(|l| l * 100.0).collect::<Vec<_>>(),
         estimate_secs(o) / 60.0
-    );
+    )
+}
+
+fn median_of(v: &mut [f64]) -> f64 {
+    stats::median(v)
+}
+
+/// Runs the bench, writes the raw samples, and returns the report rendered from them (the
+/// charts are written beside the raw file).
+pub fn run(o: &Options) -> Result<String> {
+    let started = Instant::now();
+    eprintln!("{}", plan(o));
+    loadgen::install_interrupt_handler();
+    require("uwsgi");
+    require("nginx");
+    let rounds = o.rounds();
+    let n = o.configs.len();
+    let balanced = schedule::balanced(n, rounds);
     let netns = choose_netns(o.no_netns);
     raise_nofile();
     let bins = snapshot_binaries()?;

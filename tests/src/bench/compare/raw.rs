@@ -88,10 +88,13 @@ pub struct Point {
     pub secs: f64,
     /// Closed loop: ordinary requests answered within the window per second.
     pub throughput: f64,
-    /// Ordinary requests' latencies (µs, sorted; [`FAILED`] = failed). Open loop only.
+    /// Ordinary requests' latencies (µs, sorted; [`FAILED`] = failed). Open loop only. Stored
+    /// as differences from the previous value (small numbers compress well).
+    #[serde(with = "deltas")]
     pub lat_us: Vec<u32>,
     pub failed: u64,
-    /// Hold requests (blocked workload): sent, and their latencies (µs, [`FAILED`] = failed).
+    /// Hold requests (blocked workload): their latencies (µs, sorted, [`FAILED`] = failed).
+    #[serde(with = "deltas")]
     pub hold_us: Vec<u32>,
     /// Answers per worker (workers known at the start, then any other pid that answered).
     pub per_worker: Vec<u64>,
@@ -117,6 +120,32 @@ pub struct PointCounters {
     pub other_cpus: f64,
     /// 1-minute load average at the end of the point.
     pub loadavg1: f64,
+}
+
+/// A sorted `Vec<u32>` as the differences between neighbours (the first from 0).
+mod deltas {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let mut prev = 0u32;
+        s.collect_seq(v.iter().map(|&x| {
+            let d = x.wrapping_sub(prev);
+            prev = x;
+            d
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        let diffs = Vec::<u32>::deserialize(d)?;
+        let mut acc = 0u32;
+        diffs
+            .into_iter()
+            .map(|x| {
+                acc = acc.checked_add(x).ok_or_else(|| D::Error::custom("latencies not sorted"))?;
+                Ok(acc)
+            })
+            .collect()
+    }
 }
 
 impl Raw {
