@@ -6,7 +6,7 @@ apart from the interpreter's own switches between threads). The work is counted 
 wall time: a request preempted by the scheduler or waiting for the GIL still does the same work, so
 a saturated machine serves fewer requests per second, as it would with a real view.
 
-GET /?hold=H holds the GIL for about H milliseconds in one C call (`sum(range(n))`, calibrated
+GET /?hold=H holds the GIL for about H milliseconds of CPU in one C call (`sum(range(n))`, calibrated
 when the process loads the app), as a C extension does: no other thread of the process runs meanwhile. It is
 the blocked-worker workload's stuck request.
 
@@ -30,18 +30,20 @@ def burn(ms):
 
 
 def _timed_sum(n):
-    start = time.perf_counter()
+    """This thread's CPU time for one `sum(range(n))`: immune to other processes on the CPUs
+    (every worker calibrates at once when uWSGI starts them)."""
+    start = time.thread_time()
     sum(range(n))
-    return time.perf_counter() - start
+    return time.thread_time() - start
 
 
-# Calibrated once, when the worker loads the app (before it serves anything), on the fastest of
-# five: a hold is never shorter than asked, and a calibration under load would make it shorter.
+# Calibrated once, when the worker loads the app, on the fastest of five, in CPU time: a hold
+# burns about `ms` of CPU in one C call, like `cpu=` burns its CPU in Python.
 _SUMS_PER_MS = 2_000_000 / max(min(_timed_sum(2_000_000) for _ in range(5)) * 1000.0, 1e-6)
 
 
 def hold_gil(ms):
-    """One C call of about `ms` milliseconds: no other thread of this process runs meanwhile."""
+    """One C call of about `ms` ms of CPU: no other thread of this process runs meanwhile."""
     sum(range(int(ms * _SUMS_PER_MS)))
 
 

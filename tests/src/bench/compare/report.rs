@@ -260,6 +260,7 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
                 let tp_ci = interval(ci(&r.tp_reps), |x| format!("{x:.0}"));
                 let mut row = format!("| {} | {:.0} {tp_ci} |", r.cfg.short(), r.tp);
                 match a {
+                    Some(a) if a.cfg == r.cfg => row.push_str(" (itself) |"),
                     Some(a) => {
                         write!(row, " {} |", compare(&r.tp_reps, &a.tp_reps, r.tp, a.tp, false).0)?
                     }
@@ -428,7 +429,9 @@ pub const RULE: &str = "Statistics: every open-loop point pools every ordinary r
 requests count as infinitely slow); a percentile marked † has fewer than 50 samples beyond it and is indicative only (p99 needs \
 5,000 requests, p99.9 50,000). Intervals are 95% percentile-bootstrap intervals (seeded; resampling within each round, then \
 pooling); a ratio's interval resamples both sides independently; maximum throughput is one value per round, its interval that of \
-the median over resampled rounds. **One rule for every comparison**: a ratio is \"better\" if its whole 95% interval lies on the \
+the median over resampled rounds. The latency intervals describe the sampling noise of the pooled requests of the rounds that \
+were run; they do not include the drift of the machine's state from round to round (the per-round p99s are listed below), which \
+the balanced order spreads evenly over the configurations. **One rule for every comparison**: a ratio is \"better\" if its whole 95% interval lies on the \
 better side of 1, \"worse\" if it lies entirely on the worse side, and \"no difference\" otherwise, for wins and losses alike.";
 
 const COLUMNS: &str = "Columns: **max** = closed-loop throughput (median over the rounds) with 2 requests' worth of work per process \
