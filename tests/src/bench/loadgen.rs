@@ -11,6 +11,10 @@
 //! - **Closed loop** with `clients` connections in flight: each completion starts the next request;
 //!   throughput is what completed within the window.
 //!
+//! - **Hold requests** (optional): a few extra requests of one path, each on its own connection,
+//!   sent at fixed offsets from the start in either mode and counted apart (the blocked-worker
+//!   workload's requests that hold the GIL for seconds).
+//!
 //! Everything is bounded: the run's length, the requests in flight (open loop), each request's
 //! time, and the drain after the window. A request that fails, times out or could not be sent
 //! counts as failed and as an infinitely slow one in the percentiles.

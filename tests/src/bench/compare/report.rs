@@ -308,8 +308,9 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
                         let c = ci(&ratio_reps(&lt.reps[1], &bp.lat[top].reps[1]));
                         let ct = ci(&ratio_reps(&r.tp_reps, &bt.tp_reps));
                         let rp = stats::ratio(lt.est[1], bp.lat[top].est[1]);
+                        let won = rounds_won(&r.top, &bp.top);
                         targets.push(format!(
-                            "| {vname} | {} | {} | {} {} ({}) {} | {} | {} {} ({}) {} |",
+                            "| {vname} | {} | {} | {} {} ({}) {} | {} | {won} | {} {} ({}) {} |",
                             wl.name(),
                             r.cfg.letter,
                             r2(rp),
@@ -413,8 +414,8 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
         writeln!(w, "## Against the target\n")?;
         writeln!(w, "Target (issue 15): p99 at {} of A's maximum <= 0.8 × the best non-reuselb configuration, the whole 95% interval \
              of the ratio at or below 0.8; maximum throughput >= 1.0 × the best non-reuselb configuration. Verdicts by the rule above.\n", pct(top_l))?;
-        writeln!(w, "| variant | workload | config | p99 / best non-reuselb [CI] (best) verdict | p99 <= 0.8× | max / best non-reuselb [CI] (best) verdict |")?;
-        writeln!(w, "|---|---|---|---:|---|---:|")?;
+        writeln!(w, "| variant | workload | config | p99 / best non-reuselb [CI] (best) verdict | p99 <= 0.8× | rounds with the lower p99 | max / best non-reuselb [CI] (best) verdict |")?;
+        writeln!(w, "|---|---|---|---:|---|---:|---:|")?;
         for t in &targets {
             writeln!(w, "{t}")?;
         }
@@ -443,6 +444,20 @@ nginx per request; **nginx µs/req**, **router µs/req** = CPU of nginx and of t
 request; **BPF ns/selection** = the kernel's run time per run of reuselb's program under this load (BPF run-time statistics); \
 **load generator CPU** = the bench process's CPU (share of one CPU); **other CPUs** = what processes outside the bench used during \
 the point; **loadavg** = 1-minute load average after the point.";
+
+/// In how many rounds `a`'s p99 was below `b`'s (same round), as "k/n": a descriptive count of
+/// the round-to-round agreement, not part of the verdict.
+fn rounds_won(a: &[Point], b: &[Point]) -> String {
+    let pairs: Vec<(f64, f64)> = a
+        .iter()
+        .filter_map(|p| {
+            let q = b.iter().find(|q| q.round == p.round)?;
+            Some((pct_sorted(&p.lat_us, 0.99), pct_sorted(&q.lat_us, 0.99)))
+        })
+        .collect();
+    let won = pairs.iter().filter(|(x, y)| x < y).count();
+    format!("{won}/{}", pairs.len())
+}
 
 /// Busiest over ideal, and the coefficient of variation, of per-worker answer counts.
 fn share(counts: &[u64]) -> (f64, f64) {
