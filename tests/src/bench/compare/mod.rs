@@ -60,14 +60,19 @@ pub fn raw_path() -> PathBuf {
     target_dir().join("bench").join("compare-raw.json.gz")
 }
 
-/// Rough maximum throughput (req/s) of A per workload on a 2-core machine, for the time estimate
-/// only.
-fn nominal_capacity(w: Workload) -> f64 {
-    match w {
-        Workload::Uniform => 400.0,
-        Workload::IoCpu => 750.0,
-        Workload::Skewed => 400.0,
-        Workload::Blocked => 330.0,
+/// Rough maximum throughput (req/s) of A per workload on a 2-core machine (measured in earlier
+/// runs), for the time estimate only. With as many processes as cores, a hold request blocks
+/// half of them, and A's closed-loop clients queue behind it.
+fn nominal_capacity(w: Workload, v: Variant) -> f64 {
+    let few = v.processes as usize <= cores();
+    match (w, few) {
+        (Workload::Uniform, false) => 435.0,
+        (Workload::Uniform, true) => 326.0,
+        (Workload::IoCpu, _) => 760.0,
+        (Workload::Skewed, false) => 440.0,
+        (Workload::Skewed, true) => 338.0,
+        (Workload::Blocked, false) => 250.0,
+        (Workload::Blocked, true) => 90.0,
     }
 }
 
@@ -81,22 +86,32 @@ fn open_secs(o: &Options, rate: f64) -> f64 {
 /// The expected run time in seconds (before any measurement: from nominal capacities).
 pub fn estimate_secs(o: &Options) -> f64 {
     let (r, c) = (o.rounds() as f64, o.configs.len() as f64);
-    let per_variant: f64 = o
-        .workloads
-        .iter()
-        .map(|&w| {
-            // A hold request still running when the window ends is waited for.
-            let tail = if w.hold_path().is_some() { HOLD_MS as f64 / 1000.0 * 0.75 } else { 0.0 };
-            let closed = r * c * (o.closed_secs + 0.4 + tail);
-            let open: f64 = o
-                .levels
-                .iter()
-                .map(|l| r * c * (open_secs(o, nominal_capacity(w) * l) + 0.6 + tail))
-                .sum();
-            c * (o.warmup_secs + 0.4) + closed + open
-        })
-        .sum();
-    o.variants.len() as f64 * (per_variant + 10.0 + 3.0 * c)
+    let per_variant = |v: Variant| -> f64 {
+        let total: f64 = o
+            .workloads
+            .iter()
+            .map(|&w| {
+                // A hold request still running when the window ends is waited for.
+                let tail =
+                    if w.hold_path().is_some() { HOLD_MS as f64 / 1000.0 * 0.5 } else { 0.0 };
+                let closed = r * c * (o.closed_secs + 0.25 + tail);
+                let open: f64 = o
+                    .levels
+                    .iter()
+                    .map(|l| r * c * (open_secs(o, nominal_capacity(w, v) * l) + 0.3 + tail))
+                    .sum();
+                c * (o.warmup_secs + 0.25) + closed + open
+            })
+            .sum();
+        total + 5.0 + 1.5 * c
+    };
+    o.variants.iter().map(|&v| per_variant(v)).sum()
+}
+
+/// The expected time of a variant's open-loop phase, now that the rates are known.
+fn open_phase_secs(o: &Options, rates: &[f64], tail: f64) -> f64 {
+    let (r, c) = (o.rounds() as f64, o.configs.len() as f64);
+    rates.iter().map(|&rate| r * c * (open_secs(o, rate) + 0.3) + tail * r * c).sum()
 }
 
 /// Measures one point: a closed-loop run (`level` 0) or an open-loop one.
@@ -200,7 +215,7 @@ pub fn plan(o: &Options) -> String {
     let balanced = schedule::balanced(n, rounds);
     format!(
         "bench compare: {} mode, {rounds} rounds ({}), {} configurations × {} workloads × {} variants, levels {:?}; \
-         expected duration ~{:.0} min",
+         expected duration ~{:.1} min",
         if o.full { "full" } else { "quick" },
         if balanced { "balanced order" } else { "order NOT balanced" },
         n,
@@ -357,6 +372,18 @@ fn run_variant(
         b.iter().find(|(n, _)| n == w.name()).map(|(_, x)| *x).unwrap_or(f64::NAN)
     };
     // 2. Latency at fixed offered rates, open loop.
+    let rates: Vec<f64> = o
+        .workloads
+        .iter()
+        .flat_map(|&w| o.levels.iter().map(move |l| (w, l)))
+        .map(|(w, l)| base_of(w, &out.base) * l)
+        .collect();
+    let holds = o.workloads.iter().filter(|w| w.hold_path().is_some()).count() as f64;
+    eprintln!(
+        "  open-loop phase of {}: expected ~{:.1} min",
+        v.name(),
+        open_phase_secs(o, &rates, holds * o.levels.len() as f64 * HOLD_MS as f64 / 2000.0) / 60.0
+    );
     for (r, order) in orders.iter().enumerate() {
         for &w in &o.workloads {
             let base = base_of(w, &out.base);
