@@ -203,18 +203,23 @@ pub fn own_cpu_ns() -> u64 {
     process_totals(std::process::id()).1
 }
 
-/// The commit the bench was built from (`git rev-parse HEAD` in the workspace), if known.
+/// The commit the bench was built from (`git rev-parse HEAD` in the workspace), marked when the
+/// work tree has uncommitted changes; "unknown" outside a git checkout.
 pub fn git_commit() -> String {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    std::process::Command::new("git")
-        .arg("-C")
-        .arg(root)
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .ok()
-        .filter(|o| o.status.success())
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .unwrap_or_else(|| "unknown".into())
+    let git = |args: &[&str]| {
+        std::process::Command::new("git").arg("-C").arg(&root).args(args).output().ok()
+    };
+    let Some(head) = git(&["rev-parse", "HEAD"]).filter(|o| o.status.success()) else {
+        return "unknown".into();
+    };
+    let head = String::from_utf8_lossy(&head.stdout).trim().to_string();
+    match git(&["status", "--porcelain", "--untracked-files=no"]) {
+        Some(o) if o.status.success() && !o.stdout.is_empty() => {
+            format!("{head} (with uncommitted changes)")
+        }
+        _ => head,
+    }
 }
 
 /// Clock ticks per second.
