@@ -139,7 +139,13 @@ fn measure(
         seed,
         timeout: Duration::from_secs(10),
         max_inflight: 4000,
-        drain: Duration::from_secs(5),
+        // A hold request (2 s of CPU, longer on a busy machine) and what queued behind it are
+        // waited for, not failed: the next configuration's run must not share the CPU with it.
+        drain: Duration::from_secs(if holds.is_empty() {
+            5
+        } else {
+            5 + 2 * HOLD_MS as u64 / 1000
+        }),
         holds: &holds,
         hold_path: w.hold_path().unwrap_or(0),
     };
@@ -311,9 +317,23 @@ fn run_variant(
     for &c in &o.configs {
         check_interrupted()?;
         let t = Instant::now();
-        deps.push(
-            deploy(c, v, bins).with_context(|| format!("starting {} ({})", c.short(), v.name()))?,
-        );
+        // A start can fail for a reason of the moment (a port picked as free taken by another
+        // instance before it binds): try again twice (the failed attempt's processes are gone with
+        // its guard) before giving up.
+        let mut attempt = 1;
+        let dep = loop {
+            match deploy(c, v, bins) {
+                Ok(d) => break d,
+                Err(e) if attempt < 3 => {
+                    let why = format!("{e:#}");
+                    let why = why.lines().next().unwrap_or_default();
+                    eprintln!("  {} did not start (attempt {attempt}), again: {why}", c.short());
+                    attempt += 1;
+                }
+                Err(e) => return Err(e.context(format!("starting {} ({})", c.short(), v.name()))),
+            }
+        };
+        deps.push(dep);
         eprintln!(
             "  {} up in {:.1} s ({} workers)",
             c.short(),
