@@ -14,6 +14,9 @@ pub struct Panel {
     pub reference: Option<f64>,
     /// Logarithmic y axis.
     pub log: bool,
+    /// Error bars: `errors[group][series]` = (low, high), e.g. a 95% confidence interval; NaN
+    /// ends draw no bar, an infinite high end is capped at the top of the axis.
+    pub errors: Option<Vec<Vec<(f64, f64)>>>,
 }
 
 const COLORS: [&str; 8] =
@@ -66,8 +69,15 @@ fn fmt_value(v: f64) -> String {
 fn panel(svg: &mut String, p: &Panel, y0: f64) {
     let plot_w = W - LEFT - RIGHT;
     let plot_h = PANEL_H - TOP - BOTTOM;
-    let finite: Vec<f64> =
-        p.values.iter().flatten().copied().filter(|v| v.is_finite() && *v > 0.0).collect();
+    let highs = p.errors.iter().flatten().flatten().flat_map(|(l, h)| [*l, *h]);
+    let finite: Vec<f64> = p
+        .values
+        .iter()
+        .flatten()
+        .copied()
+        .chain(highs)
+        .filter(|v| v.is_finite() && *v > 0.0)
+        .collect();
     let vmax = finite.iter().copied().fold(p.reference.unwrap_or(0.0), f64::max);
     let (lo, hi) = if p.log {
         let vmin = finite
@@ -152,6 +162,21 @@ fn panel(svg: &mut String, p: &Panel, y0: f64) {
                 esc(&p.series[si]),
                 if v.is_infinite() { "∞ (failures)".to_string() } else { format!("{v:.3}") }
             );
+            if let Some(&(el, eh)) = p.errors.as_ref().and_then(|e| e.get(gi)?.get(si)) {
+                if !el.is_nan() && !eh.is_nan() {
+                    let (yl, yh) = (y_of(el), if eh.is_infinite() { y0 + TOP } else { y_of(eh) });
+                    let cx = x + bw / 2.0;
+                    let cap = (bw * 0.3).max(1.5);
+                    let _ = writeln!(
+                        svg,
+                        r##"<path d="M{:.1},{yl:.1}H{:.1}M{cx:.1},{yl:.1}V{yh:.1}M{:.1},{yh:.1}H{:.1}" stroke="#000" stroke-width="1" fill="none"><title>95% CI {el:.3} to {eh:.3}</title></path>"##,
+                        cx - cap,
+                        cx + cap,
+                        cx - cap,
+                        cx + cap
+                    );
+                }
+            }
             let label = if v.is_infinite() { "∞".to_string() } else { fmt_value(v) };
             let _ = writeln!(
                 svg,

@@ -11,6 +11,10 @@
 //! - **Closed loop** with `clients` connections in flight: each completion starts the next request;
 //!   throughput is what completed within the window.
 //!
+//! - **Hold requests** (optional): a few extra requests of one path, each on its own connection,
+//!   sent at fixed offsets from the start in either mode and counted apart (the blocked-worker
+//!   workload's requests that hold the GIL for seconds).
+//!
 //! Everything is bounded: the run's length, the requests in flight (open loop), each request's
 //! time, and the drain after the window. A request that fails, times out or could not be sent
 //! counts as failed and as an infinitely slow one in the percentiles.
@@ -103,6 +107,11 @@ pub struct Spec<'a> {
     pub max_inflight: usize,
     /// After the window, wait at most this long for the requests still in flight.
     pub drain: Duration,
+    /// Extra requests of path `hold_path`, each on its own connection, sent at these offsets
+    /// from the start (open and closed loop alike); counted apart from the ordinary ones
+    /// ([`Outcome::hold_us`]), never in the percentiles, the throughput or the per-worker shares.
+    pub holds: &'a [Duration],
+    pub hold_path: usize,
 }
 
 /// What a run measured.
@@ -119,6 +128,8 @@ pub struct Outcome {
     /// Answers per serving worker (the `pid=` of the body).
     pub by_pid: HashMap<u32, u64>,
     pub window: Duration,
+    /// Latency in µs of every hold request (see [`Spec::holds`]); failures are `u32::MAX`.
+    pub hold_us: Vec<u32>,
     /// Largest number of requests in flight at once.
     pub peak_inflight: usize,
     pub errors: Vec<String>,
@@ -162,6 +173,8 @@ struct Conn {
     path: usize,
     buf: Vec<u8>,
     in_window: bool,
+    /// A hold request (counted apart).
+    hold: bool,
 }
 
 const TIMER: u64 = u64::MAX;
@@ -268,9 +281,10 @@ impl Gen {
         unsafe { libc::timerfd_settime(self.timerfd, 0, &spec, std::ptr::null_mut()) };
     }
 
-    fn fail(&mut self, intended: Instant, in_window: bool, msg: String) {
-        let _ = intended;
-        if in_window {
+    fn fail(&mut self, in_window: bool, hold: bool, msg: String) {
+        if hold {
+            self.out.hold_us.push(u32::MAX);
+        } else if in_window {
             self.out.failed += 1;
             self.out.latencies_us.push(u32::MAX);
         }
@@ -280,8 +294,8 @@ impl Gen {
     }
 
     /// Starts one request scheduled at `intended`.
-    fn launch(&mut self, intended: Instant, path: usize, in_window: bool) {
-        if in_window {
+    fn launch(&mut self, intended: Instant, path: usize, in_window: bool, hold: bool) {
+        if in_window && !hold {
             self.out.started += 1;
         }
         // SAFETY: socket/connect/epoll_ctl on a descriptor we own; the address is a valid sockaddr_in.
@@ -294,7 +308,7 @@ impl Gen {
         };
         if fd < 0 {
             let e = io::Error::last_os_error();
-            return self.fail(intended, in_window, format!("socket: {e}"));
+            return self.fail(in_window, hold, format!("socket: {e}"));
         }
         // SAFETY: connect reads `self.addr`, a valid sockaddr_in, with its exact size; fd is ours.
         let rc = unsafe {
@@ -309,7 +323,7 @@ impl Gen {
             if e.raw_os_error() != Some(libc::EINPROGRESS) {
                 // SAFETY: fd was created above and is not stored anywhere: closed once.
                 unsafe { libc::close(fd) };
-                return self.fail(intended, in_window, format!("connect: {e}"));
+                return self.fail(in_window, hold, format!("connect: {e}"));
             }
         }
         let slot = match self.free.pop() {
@@ -326,7 +340,7 @@ impl Gen {
             // SAFETY: fd is not registered anywhere yet: closed once.
             unsafe { libc::close(fd) };
             self.free.push(slot);
-            return self.fail(intended, in_window, format!("epoll_ctl: {e}"));
+            return self.fail(in_window, hold, format!("epoll_ctl: {e}"));
         }
         self.conns[slot] = Some(Conn {
             fd,
@@ -335,6 +349,7 @@ impl Gen {
             path,
             buf: Vec::with_capacity(512),
             in_window,
+            hold,
         });
         self.inflight += 1;
         self.out.peak_inflight = self.out.peak_inflight.max(self.inflight);
@@ -354,6 +369,10 @@ impl Gen {
         self.free.push(slot);
         self.inflight -= 1;
         match result {
+            Ok(_) if c.hold => {
+                let us = now.saturating_duration_since(c.intended).as_micros();
+                self.out.hold_us.push(us.min(u32::MAX as u128 - 1) as u32);
+            }
             Ok(pid) => {
                 if c.in_window {
                     self.out.ok += 1;
@@ -368,7 +387,7 @@ impl Gen {
                     }
                 }
             }
-            Err(msg) => self.fail(c.intended, c.in_window, msg),
+            Err(msg) => self.fail(c.in_window, c.hold, msg),
         }
     }
 
@@ -450,9 +469,10 @@ impl Gen {
         if let Mode::Closed { clients } = spec.mode {
             for _ in 0..clients {
                 let p = (spec.pick)(&mut mix);
-                self.launch(start, p, true);
+                self.launch(start, p, true, false);
             }
         }
+        let mut next_hold = 0;
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             check_interrupted()?;
@@ -460,18 +480,22 @@ impl Gen {
             if sending && now >= window_end {
                 sending = false;
             }
+            while sending && next_hold < spec.holds.len() && start + spec.holds[next_hold] <= now {
+                self.launch(start + spec.holds[next_hold], spec.hold_path, true, true);
+                next_hold += 1;
+            }
             if let (true, Mode::Open { rate }) = (sending, spec.mode) {
                 while next_send <= now && next_send < window_end {
                     let p = (spec.pick)(&mut mix);
                     if self.inflight >= spec.max_inflight {
                         self.out.started += 1;
                         self.fail(
-                            next_send,
                             true,
+                            false,
                             format!("over {} requests in flight", spec.max_inflight),
                         );
                     } else {
-                        self.launch(next_send, p, true);
+                        self.launch(next_send, p, true, false);
                     }
                     next_send += Duration::from_secs_f64(arrivals.exp(1.0 / rate));
                 }
@@ -516,6 +540,9 @@ impl Gen {
                 if let Mode::Open { .. } = spec.mode {
                     wake = wake.min(next_send);
                 }
+                if let Some(h) = spec.holds.get(next_hold) {
+                    wake = wake.min(start + *h);
+                }
                 wake = wake.min(window_end);
             }
             self.arm(wake.saturating_duration_since(now));
@@ -541,11 +568,13 @@ impl Gen {
                 let slot = token as usize;
                 if let Some(result) = self.progress(slot, flags) {
                     let done = Instant::now();
+                    let holds_before = self.out.hold_us.len();
                     self.finish(slot, result, done, window_end);
-                    if let Mode::Closed { .. } = spec.mode {
+                    let was_hold = self.out.hold_us.len() > holds_before;
+                    if let (Mode::Closed { .. }, false) = (spec.mode, was_hold) {
                         if done < window_end {
                             let p = (spec.pick)(&mut mix);
-                            self.launch(done, p, true);
+                            self.launch(done, p, true, false);
                         }
                     }
                 }

@@ -23,7 +23,9 @@ pub const BENCHES: &[(&str, &str)] = &[
     (
         "compare",
         "nginx -> uWSGI: shared socket, thunder-lock, kernel hash, fastrouter, nginx least_conn, reuselb \
-         least-loaded and p2c; throughput, latency at fixed rates, balance, wake-ups, CPU (--full: longer)",
+         policies; uniform, io+cpu, skewed, blocked; throughput, latency at fixed rates with bootstrap \
+         intervals, balance, wake-ups, CPU; raw samples in target/bench/compare-raw.json.gz \
+         (--full: balanced rounds, >= 5,000 requests per point; --plan: the expected duration)",
     ),
 ];
 

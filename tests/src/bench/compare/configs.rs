@@ -1,0 +1,440 @@
+//! What `bench compare` compares and how it is asked to: the configurations (one table entry
+//! each, [`CONFIGS`]), the workloads, the process × thread variants and the command-line options.
+//!
+//! Invariants: every configuration has a distinct letter; whether a configuration is "reuselb"
+//! (and so excluded from "the best non-reuselb configuration") follows from its [`How`] alone.
+use anyhow::{bail, Context, Result};
+
+use crate::bench::loadgen::Rng;
+
+/// How a configuration spreads connections over the workers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum How {
+    /// One uWSGI instance, every worker accepting from the one shared socket
+    /// (`thunder_lock`: with `--thunder-lock`).
+    Shared { thunder_lock: bool },
+    /// uWSGI fastrouter with two instances of half the processes each subscribed.
+    Fastrouter,
+    /// nginx `least_conn` over one single-process uWSGI instance per process.
+    NginxLeastConn,
+    /// `reuselb run --policy <policy> <extra...> -- uwsgi ...`.
+    Reuselb { policy: &'static str, extra: &'static [&'static str] },
+}
+
+/// One configuration: its letter, its label and how it runs.
+#[derive(Debug)]
+pub struct Cfg {
+    pub letter: char,
+    pub label: &'static str,
+    /// One sentence for the report.
+    pub describe: &'static str,
+    pub how: How,
+}
+
+/// A configuration, by reference into [`CONFIGS`].
+pub type CfgRef = &'static Cfg;
+
+/// Every configuration there is. A new reuselb policy (or a policy with other flags) is one line.
+pub const CONFIGS: &[Cfg] = &[
+    Cfg {
+        letter: 'A',
+        label: "uWSGI shared socket",
+        describe: "uWSGI as installed: every worker accepts from the one shared listening socket",
+        how: How::Shared { thunder_lock: false },
+    },
+    Cfg {
+        letter: 'B',
+        label: "uWSGI thunder-lock",
+        describe: "the same with `--thunder-lock` (accept() serialized across processes)",
+        how: How::Shared { thunder_lock: true },
+    },
+    Cfg {
+        letter: 'C',
+        label: "SO_REUSEPORT, kernel hash",
+        describe: "`reuselb run --policy hash`: each worker its own SO_REUSEPORT socket, the kernel's 4-tuple hash picks (loads counted, not used)",
+        how: How::Reuselb { policy: "hash", extra: &[] },
+    },
+    Cfg {
+        letter: 'D',
+        label: "fastrouter, 2 instances",
+        describe: "uWSGI fastrouter (`--fastrouter`, subscription server) with two uWSGI instances of half the processes each subscribed; nginx passes to the fastrouter",
+        how: How::Fastrouter,
+    },
+    Cfg {
+        letter: 'E',
+        label: "nginx least_conn",
+        describe: "nginx `upstream { least_conn; }` over one single-process uWSGI instance per process",
+        how: How::NginxLeastConn,
+    },
+    Cfg {
+        letter: 'F',
+        label: "reuselb least-loaded",
+        describe: "`reuselb run --policy least-loaded`: the worker with the fewest connections in flight",
+        how: How::Reuselb { policy: "least-loaded", extra: &[] },
+    },
+    Cfg {
+        letter: 'G',
+        label: "reuselb p2c",
+        describe: "`reuselb run --policy p2c`: the lighter of two random workers",
+        how: How::Reuselb { policy: "p2c", extra: &[] },
+    },
+    Cfg {
+        letter: 'H',
+        label: "reuselb least-loaded, blocked 500 ms",
+        describe: "`reuselb run --policy least-loaded --blocked-after-ms 500`: least-loaded, skipping a worker with requests in flight and no completion for 500 ms",
+        how: How::Reuselb { policy: "least-loaded", extra: &["--blocked-after-ms", "500"] },
+    },
+];
+
+impl Cfg {
+    pub fn by_letter(c: char) -> Option<CfgRef> {
+        CONFIGS.iter().find(|k| k.letter == c.to_ascii_uppercase())
+    }
+
+    pub fn short(&self) -> String {
+        format!("{} {}", self.letter, self.label)
+    }
+
+    /// A reuselb configuration (its own policy in the kernel), as opposed to what people run today.
+    pub fn is_reuselb(&self) -> bool {
+        matches!(self.how, How::Reuselb { .. })
+    }
+
+    /// Has a balancing process besides nginx whose CPU is reported (fastrouter or controller).
+    pub fn has_router(&self) -> bool {
+        matches!(self.how, How::Fastrouter | How::Reuselb { .. })
+    }
+}
+
+impl PartialEq for Cfg {
+    fn eq(&self, other: &Self) -> bool {
+        self.letter == other.letter
+    }
+}
+
+impl Eq for Cfg {}
+
+impl std::hash::Hash for Cfg {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.letter.hash(state)
+    }
+}
+
+/// The configurations run by default: all but the ones added for experiments after A-G.
+pub fn default_configs() -> Vec<CfgRef> {
+    CONFIGS.iter().collect()
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Workload {
+    /// Every request: 4 ms of CPU.
+    Uniform,
+    /// Every request: a 10 ms wait (GIL released), then 2 ms of CPU.
+    IoCpu,
+    /// 95% of requests 2 ms of CPU, 5% 50 ms (the demo app's mix).
+    Skewed,
+    /// The skewed mix, plus one request every ~3 s that holds the GIL for 2 s in one C call.
+    Blocked,
+}
+
+pub const ALL_WORKLOADS: [Workload; 4] =
+    [Workload::Uniform, Workload::IoCpu, Workload::Skewed, Workload::Blocked];
+
+/// The blocked workload's hold requests: how long each holds the GIL, and how often one comes.
+pub const HOLD_MS: u32 = 2000;
+pub const HOLD_EVERY_SECS: f64 = 3.0;
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::Uniform => "uniform",
+            Workload::IoCpu => "io+cpu",
+            Workload::Skewed => "skewed",
+            Workload::Blocked => "blocked",
+        }
+    }
+
+    pub fn by_name(s: &str) -> Option<Self> {
+        ALL_WORKLOADS
+            .iter()
+            .copied()
+            .find(|x| x.name() == s || (s == "io" && *x == Workload::IoCpu))
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Workload::Uniform => "every request burns 4 ms of CPU under the GIL (`/?cpu=4`)",
+            Workload::IoCpu => "every request waits 10 ms with the GIL released, then burns 2 ms of CPU (`/?io=10&cpu=2`)",
+            Workload::Skewed => "95% of requests burn 2 ms of CPU, 5% burn 50 ms (`/?cpu=2`, `/?cpu=50`; the demo app's mix)",
+            Workload::Blocked => "the skewed mix, plus one request about every 3 s (seeded schedule, its own connection through nginx) that holds the GIL for 2 s in one C call (`/?hold=2000`, like a C extension); percentiles are over the ordinary requests, the hold requests are counted apart",
+        }
+    }
+
+    /// Request paths; the index of the hold request's path (if any) is [`Self::hold_path`].
+    pub fn paths(self) -> Vec<String> {
+        match self {
+            Workload::Uniform => vec!["/?cpu=4".into()],
+            Workload::IoCpu => vec!["/?io=10&cpu=2".into()],
+            Workload::Skewed => vec!["/?cpu=2".into(), "/?cpu=50".into()],
+            Workload::Blocked => {
+                vec!["/?cpu=2".into(), "/?cpu=50".into(), format!("/?hold={HOLD_MS}")]
+            }
+        }
+    }
+
+    pub fn hold_path(self) -> Option<usize> {
+        (self == Workload::Blocked).then_some(2)
+    }
+
+    /// The path of an ordinary request, from the mix RNG.
+    pub fn pick(self, rng: &mut Rng) -> usize {
+        match self {
+            Workload::Skewed | Workload::Blocked => usize::from(rng.unit() < 0.05),
+            _ => 0,
+        }
+    }
+
+    /// Mean CPU and mean wall time of an ordinary request's work, in ms.
+    pub fn means(self) -> (f64, f64) {
+        match self {
+            Workload::Uniform => (4.0, 4.0),
+            Workload::IoCpu => (2.0, 12.0),
+            Workload::Skewed | Workload::Blocked => {
+                (0.95 * 2.0 + 0.05 * 50.0, 0.95 * 2.0 + 0.05 * 50.0)
+            }
+        }
+    }
+
+    /// Closed-loop clients: two requests' worth of work per process, counting the waits.
+    pub fn clients(self, processes: u32) -> usize {
+        let (cpu, wall) = self.means();
+        (2.0 * processes as f64 * wall / cpu).ceil() as usize
+    }
+
+    /// The hold requests' send times within a run of `secs` (seeded): the first 0.2-0.5 s in,
+    /// then one every [`HOLD_EVERY_SECS`] ± 0.5 s.
+    pub fn hold_schedule(self, secs: f64, seed: u64) -> Vec<f64> {
+        if self.hold_path().is_none() {
+            return Vec::new();
+        }
+        let mut rng = Rng::new(seed ^ 0x401d);
+        let mut t = 0.2 + 0.3 * rng.unit();
+        let mut out = Vec::new();
+        while t < secs {
+            out.push(t);
+            t += HOLD_EVERY_SECS - 0.5 + rng.unit();
+        }
+        out
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub processes: u32,
+    pub threads: u32,
+}
+
+impl Variant {
+    pub fn name(self) -> String {
+        format!("{}x{}", self.processes, self.threads)
+    }
+
+    pub fn parse(s: &str) -> Result<Self> {
+        let (p, t) = s.split_once('x').with_context(|| format!("variant `{s}` is not PxT"))?;
+        Ok(Variant {
+            processes: p.parse().with_context(|| format!("processes in `{s}`"))?,
+            threads: t.parse().with_context(|| format!("threads in `{s}`"))?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub full: bool,
+    /// Rounds; `None`: the default of the mode (full: a multiple of the configurations, >= 5).
+    pub rounds: Option<usize>,
+    pub closed_secs: f64,
+    /// The shortest open-loop run; full mode lengthens it to reach `min_samples`.
+    pub open_secs: f64,
+    pub warmup_secs: f64,
+    /// Ordinary requests wanted per open-loop point, pooled over the rounds.
+    pub min_samples: u64,
+    /// Offered rates, as shares of A's maximum throughput.
+    pub levels: Vec<f64>,
+    pub variants: Vec<Variant>,
+    pub workloads: Vec<Workload>,
+    pub configs: Vec<CfgRef>,
+    pub bootstrap: usize,
+    pub no_netns: bool,
+    /// Print the plan (rounds, order balance, expected duration) and run nothing.
+    pub plan_only: bool,
+}
+
+pub const USAGE: &str =
+    "bench compare [--full] [--rounds N] [--closed-secs S] [--open-secs S] [--warmup-secs S] \
+     [--min-samples N] [--levels 60,90] [--bootstrap B] [--configs ABCDEFGH] \
+     [--workloads uniform,io+cpu,skewed,blocked] [--variants 8x20,2x20] [--no-netns] [--plan]";
+
+impl Options {
+    fn quick() -> Self {
+        Self {
+            full: false,
+            rounds: Some(2),
+            closed_secs: 1.0,
+            open_secs: 1.0,
+            warmup_secs: 0.3,
+            min_samples: 0,
+            levels: vec![0.9],
+            variants: vec![
+                Variant { processes: 8, threads: 20 },
+                Variant { processes: cores().max(1) as u32, threads: 20 },
+            ],
+            workloads: ALL_WORKLOADS.to_vec(),
+            configs: default_configs(),
+            bootstrap: 1000,
+            no_netns: false,
+            plan_only: false,
+        }
+    }
+
+    pub fn parse(args: &[String]) -> Result<Self> {
+        let mut o = Self::quick();
+        if args.iter().any(|a| a == "--full") {
+            o.full = true;
+            o.rounds = None;
+            o.closed_secs = 1.5;
+            o.open_secs = 1.0;
+            o.warmup_secs = 0.5;
+            o.min_samples = 5000;
+            o.levels = vec![0.9];
+        }
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut val = |name: &str| -> Result<String> {
+                it.next().cloned().with_context(|| format!("{name} needs a value; usage: {USAGE}"))
+            };
+            let num = |name: &str, v: String| -> Result<f64> {
+                let x: f64 = v.parse().with_context(|| format!("{name}: `{v}` is not a number"))?;
+                if !x.is_finite() || x < 0.0 {
+                    bail!("{name}: `{v}` must be a finite number >= 0");
+                }
+                Ok(x)
+            };
+            match arg.as_str() {
+                "--full" => {}
+                "--rounds" | "--reps" => {
+                    let n: usize =
+                        val(arg)?.parse().with_context(|| format!("{arg}: not a count"))?;
+                    o.rounds = Some(n);
+                }
+                "--closed-secs" => o.closed_secs = num(arg, val(arg)?)?,
+                "--open-secs" => o.open_secs = num(arg, val(arg)?)?,
+                "--warmup-secs" => o.warmup_secs = num(arg, val(arg)?)?,
+                "--min-samples" => o.min_samples = num(arg, val(arg)?)? as u64,
+                "--bootstrap" => o.bootstrap = num(arg, val(arg)?)? as usize,
+                "--levels" => {
+                    o.levels = val(arg)?
+                        .split(',')
+                        .map(|s| {
+                            let p = num("--levels", s.to_string())?;
+                            if p <= 0.0 || p > 200.0 {
+                                bail!("--levels: `{s}` is not a percentage in (0, 200]");
+                            }
+                            Ok(p / 100.0)
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "--configs" => {
+                    o.configs = val(arg)?
+                        .chars()
+                        .map(|c| {
+                            Cfg::by_letter(c).with_context(|| {
+                                format!(
+                                    "--configs: no configuration `{c}` (there are {})",
+                                    CONFIGS.iter().map(|c| c.letter).collect::<String>()
+                                )
+                            })
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "--workloads" => {
+                    o.workloads = val(arg)?
+                        .split(',')
+                        .map(|w| {
+                            Workload::by_name(w)
+                                .with_context(|| format!("--workloads: no workload `{w}`"))
+                        })
+                        .collect::<Result<_>>()?;
+                }
+                "--variants" => {
+                    o.variants = val(arg)?
+                        .split(',')
+                        .map(|s| Variant::parse(s).context("--variants"))
+                        .collect::<Result<_>>()?;
+                }
+                "--no-netns" => o.no_netns = true,
+                "--plan" => o.plan_only = true,
+                "-h" | "--help" => bail!("usage: {USAGE}"),
+                other => bail!("unknown argument `{other}`; usage: {USAGE}"),
+            }
+        }
+        if o.rounds == Some(0)
+            || o.configs.is_empty()
+            || o.workloads.is_empty()
+            || o.variants.is_empty()
+            || o.levels.is_empty()
+        {
+            bail!("nothing to run; usage: {USAGE}");
+        }
+        if o.closed_secs <= 0.0 || o.open_secs <= 0.0 {
+            bail!("durations must be positive; usage: {USAGE}");
+        }
+        if o.bootstrap < 100 {
+            bail!("--bootstrap: at least 100 replicates");
+        }
+        o.configs.dedup();
+        o.variants.dedup();
+        o.levels.sort_by(f64::total_cmp);
+        o.levels.dedup();
+        Ok(o)
+    }
+
+    /// The number of rounds: as given, or (full mode) the number of configurations, or its
+    /// smallest multiple >= 5, so that a balanced order puts each in each position equally often.
+    pub fn rounds(&self) -> usize {
+        self.rounds.unwrap_or_else(|| {
+            let n = self.configs.len();
+            n * 5usize.div_ceil(n)
+        })
+    }
+}
+
+pub fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn letters_are_distinct_and_reuselb_follows_the_table() {
+        let mut l: Vec<char> = CONFIGS.iter().map(|c| c.letter).collect();
+        l.sort_unstable();
+        l.dedup();
+        assert_eq!(l.len(), CONFIGS.len());
+        assert!(Cfg::by_letter('f').unwrap().is_reuselb());
+        assert!(!Cfg::by_letter('E').unwrap().is_reuselb());
+        assert!(Cfg::by_letter('H').unwrap().is_reuselb());
+    }
+
+    #[test]
+    fn full_mode_rounds_are_a_multiple_of_the_configurations() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        assert_eq!(Options::parse(&args("--full")).unwrap().rounds(), CONFIGS.len());
+        assert_eq!(Options::parse(&args("--full --configs AEF")).unwrap().rounds(), 6);
+        assert_eq!(Options::parse(&args("--full --configs AE")).unwrap().rounds(), 6);
+        assert_eq!(Options::parse(&args("--configs AEF")).unwrap().rounds(), 2);
+        assert!(Options::parse(&args("--configs AZ")).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! Starting and stopping one configuration of `bench compare`: nginx in front, the uWSGI
+//! instances (and the fastrouter or `reuselb run`) behind it, as [`super::configs::How`] says.
+//!
+//! Invariant: a [`Deployment`] owns every process it started; dropping it kills nginx first, then
+//! every app server (each [`Proc`] kills its process group, and `reuselb run`'s app group too),
+//! then removes its files. `deploy` returns only when every worker answers through nginx.
+use std::{
+    fs,
+    net::{SocketAddr, TcpStream},
+    path::{Path, PathBuf},
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+
+use crate::apps::{self, free_port, wait_until, Proc, TempDir, UwsgiConfig, UwsgiProto};
+use crate::bench::loadgen::check_interrupted;
+
+use super::configs::{CfgRef, How, Variant};
+
+/// Each configuration's processes. Dropping it kills nginx first, then every app server (each
+/// [`Proc`] kills its process group, and `reuselb run`'s app group too), then removes its files.
+pub struct Deployment {
+    pub cfg: CfgRef,
+    /// nginx's address: where the load goes.
+    pub front: SocketAddr,
+    pub nginx: Option<Proc>,
+    pub procs: Vec<Proc>,
+    /// The uWSGI instances that run the app (their stats servers).
+    pub instances: Vec<UwsgiConfig>,
+    /// Roots of the process trees behind nginx (app servers, fastrouter, `reuselb run`).
+    pub roots: Vec<u32>,
+    /// The balancing process besides nginx: the fastrouter (its whole tree) or `reuselb run`
+    /// (that process only, not the app it started).
+    pub router: Option<(u32, bool)>,
+    /// Worker process pids.
+    pub workers: Vec<u32>,
+    dir: TempDir,
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        self.nginx.take();
+        self.procs.clear();
+    }
+}
+
+pub struct Binaries {
+    reuselb: PathBuf,
+    shim: PathBuf,
+    _dir: TempDir,
+}
+
+/// Copies of reuselb and the shim in a private directory, so a rebuild during the bench does not
+/// swap them under a running configuration.
+pub fn snapshot_binaries() -> Result<Binaries> {
+    let dir = TempDir::new("bench-bin");
+    let reuselb = dir.path().join("reuselb");
+    let shim = dir.path().join("libbalancer_shim.so");
+    fs::copy(apps::reuselb_bin(), &reuselb).context("copying reuselb")?;
+    fs::copy(apps::shim_lib(), &shim).context("copying the shim")?;
+    Ok(Binaries { reuselb, shim, _dir: dir })
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+fn uwsgi_config(addr: SocketAddr, processes: u32, threads: u32, extra: &[&str]) -> UwsgiConfig {
+    let mut c = UwsgiConfig::new(addr, UwsgiProto::Uwsgi);
+    c.processes = processes;
+    c.threads = threads;
+    c.app = apps::apps_dir().join("bench_app.py");
+    c.extra = ["--listen", "1024"].iter().chain(extra).map(|s| s.to_string()).collect();
+    c
+}
+
+/// nginx in the foreground, one process, on `port`, passing every request to `upstreams` over the
+/// uwsgi protocol.
+fn spawn_nginx(
+    dir: &Path,
+    port: u16,
+    upstreams: &[SocketAddr],
+    least_conn: bool,
+    fastrouter_key: Option<&str>,
+) -> Result<Proc> {
+    let conf = dir.join("nginx.conf");
+    let d = dir.display();
+    let servers: String = upstreams.iter().map(|u| format!("    server {u};\n")).collect();
+    let balance = if least_conn { "    least_conn;\n" } else { "" };
+    let key = fastrouter_key
+        .map(|k| format!("      uwsgi_param UWSGI_FASTROUTER_KEY {k};\n"))
+        .unwrap_or_default();
+    fs::write(
+        &conf,
+        format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
+             events {{ worker_connections 8192; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+             upstream app {{\n{balance}{servers}  }}\n\
+             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{\n      include /etc/nginx/uwsgi_params;\n{key}\
+                   uwsgi_pass app;\n    }}\n  }}\n}}\n"
+        ),
+    )
+    .context("writing nginx.conf")?;
+    let mut cmd = Command::new("nginx");
+    cmd.arg("-p").arg(dir).arg("-c").arg(&conf);
+    let p = Proc::spawn("nginx", cmd, &dir.join("nginx.log"));
+    if !wait_until(Duration::from_secs(5), || TcpStream::connect(loopback(port)).is_ok()) {
+        bail!(
+            "nginx did not start: {}\n{}",
+            p.log_tail(20),
+            fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+        );
+    }
+    Ok(p)
+}
+
+fn wait_ready(cfg: &UwsgiConfig, p: &Proc) -> Result<()> {
+    if !cfg.wait_ready(Duration::from_secs(40)) {
+        bail!("uWSGI on {} did not start: {}", cfg.addr, p.log_tail(30));
+    }
+    Ok(())
+}
+
+/// Starts configuration `cfg` of `variant`; returns when every worker answers through nginx.
+pub fn deploy(cfg: CfgRef, v: Variant, bins: &Binaries) -> Result<Deployment> {
+    let dir = TempDir::new(&format!("compare-{}", cfg.letter));
+    let front_port = free_port();
+    let mut dep = Deployment {
+        cfg,
+        front: loopback(front_port),
+        nginx: None,
+        procs: Vec::new(),
+        instances: Vec::new(),
+        roots: Vec::new(),
+        router: None,
+        workers: Vec::new(),
+        dir,
+    };
+    let d = dep.dir.path().to_path_buf();
+    let mut upstreams = Vec::new();
+    let mut least_conn = false;
+    let mut key = None;
+    match cfg.how {
+        How::Shared { thunder_lock } => {
+            let addr = loopback(free_port());
+            let extra: &[&str] = if thunder_lock { &["--thunder-lock"] } else { &[] };
+            let u = uwsgi_config(addr, v.processes, v.threads, extra);
+            let p = apps::spawn_plain(&u.command_line(), &d.join("uwsgi.log"));
+            dep.roots.push(p.pid());
+            dep.procs.push(p);
+            wait_ready(&u, dep.procs.last().unwrap())?;
+            dep.instances.push(u);
+            upstreams.push(addr);
+        }
+        How::Reuselb { policy, extra } => {
+            let addr = loopback(free_port());
+            let u = uwsgi_config(addr, v.processes, v.threads, &[]);
+            let socket = d.join("shim.sock");
+            let mut cmd = Command::new(&bins.reuselb);
+            cmd.arg("run").arg("--listen").arg(addr.to_string()).arg("--socket").arg(&socket);
+            cmd.args(["--policy", policy]).args(extra);
+            cmd.args(["--status-every", "0", "--log-level", "warn"]).arg("--shim").arg(&bins.shim);
+            cmd.arg("--").args(u.command_line());
+            let mut p = Proc::spawn("reuselb run", cmd, &d.join("run.log"));
+            // The app server runs in a process group of its own: remember it for the cleanup.
+            wait_until(Duration::from_secs(5), || !p.children().is_empty());
+            p.adopt_child_groups();
+            dep.roots.push(p.pid());
+            dep.router = Some((p.pid(), false));
+            dep.procs.push(p);
+            wait_ready(&u, dep.procs.last().unwrap())?;
+            // Every worker has its own listening socket (and the master none).
+            let ok = wait_until(Duration::from_secs(20), || {
+                apps::listening_sockets(addr.port()) == v.processes as usize
+            });
+            if !ok {
+                bail!(
+                    "{}: expected {} listening sockets on {addr}, found {}: {}",
+                    cfg.short(),
+                    v.processes,
+                    apps::listening_sockets(addr.port()),
+                    dep.procs[0].log_tail(30)
+                );
+            }
+            dep.instances.push(u);
+            upstreams.push(addr);
+        }
+        How::Fastrouter => {
+            let fr = loopback(free_port());
+            let sub = loopback(free_port());
+            let mut cmd = Command::new("uwsgi");
+            cmd.args([
+                "--plugin",
+                "fastrouter",
+                "--master",
+                "--die-on-term",
+                "--disable-logging",
+                "--listen",
+                "1024",
+            ]);
+            cmd.arg("--fastrouter")
+                .arg(fr.to_string())
+                .arg("--fastrouter-subscription-server")
+                .arg(sub.to_string());
+            let p = Proc::spawn("fastrouter", cmd, &d.join("fastrouter.log"));
+            dep.roots.push(p.pid());
+            dep.router = Some((p.pid(), true));
+            dep.procs.push(p);
+            if !wait_until(Duration::from_secs(10), || TcpStream::connect(fr).is_ok()) {
+                bail!("the fastrouter did not start: {}", dep.procs[0].log_tail(20));
+            }
+            let halves = [v.processes.div_ceil(2), v.processes / 2];
+            for (i, n) in halves.into_iter().enumerate().filter(|(_, n)| *n > 0) {
+                let addr = loopback(free_port());
+                let subscribe = format!("{sub}:app");
+                let u = uwsgi_config(addr, n, v.threads, &["--subscribe-to", &subscribe]);
+                let p = apps::spawn_plain(&u.command_line(), &d.join(format!("uwsgi{i}.log")));
+                dep.roots.push(p.pid());
+                dep.procs.push(p);
+                wait_ready(&u, dep.procs.last().unwrap())?;
+                dep.instances.push(u);
+            }
+            upstreams.push(fr);
+            key = Some("app");
+        }
+        How::NginxLeastConn => {
+            for i in 0..v.processes {
+                let addr = loopback(free_port());
+                let u = uwsgi_config(addr, 1, v.threads, &[]);
+                let p = apps::spawn_plain(&u.command_line(), &d.join(format!("uwsgi{i}.log")));
+                dep.roots.push(p.pid());
+                dep.procs.push(p);
+                dep.instances.push(u);
+                upstreams.push(addr);
+            }
+            for (u, p) in dep.instances.iter().zip(&dep.procs) {
+                wait_ready(u, p)?;
+            }
+            least_conn = true;
+        }
+    }
+    let nginx_dir = d.join("nginx");
+    fs::create_dir_all(&nginx_dir)?;
+    dep.nginx = Some(spawn_nginx(&nginx_dir, front_port, &upstreams, least_conn, key)?);
+    for u in &dep.instances {
+        let stats = u.stats().with_context(|| {
+            format!("{}: stats server of {} does not answer", cfg.short(), u.addr)
+        })?;
+        dep.workers.extend(stats.iter().map(|(pid, _)| *pid));
+    }
+    // Serving through nginx, and (fastrouter) both instances subscribed.
+    let mut seen: Vec<u32> = Vec::new();
+    let instance_of = |pid: u32| {
+        dep.instances
+            .iter()
+            .position(|u| u.stats().unwrap_or_default().iter().any(|(p, _)| *p == pid))
+    };
+    let mut instances_seen = vec![false; dep.instances.len()];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        check_interrupted()?;
+        if let Ok(pid) = apps::one_request(dep.front, "/?cpu=0") {
+            if !seen.contains(&pid) {
+                seen.push(pid);
+                if let Some(i) = instance_of(pid) {
+                    instances_seen[i] = true;
+                }
+            }
+            if cfg.how != How::Fastrouter || instances_seen.iter().all(|s| *s) {
+                break;
+            }
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{}: not serving through nginx on {} (instances answering: {instances_seen:?}): {}",
+                cfg.short(),
+                dep.front,
+                dep.procs.iter().map(|p| p.log_tail(10)).collect::<Vec<_>>().join("\n")
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(dep)
+}

@@ -1,0 +1,180 @@
+//! The raw samples of a `bench compare` run: everything the report needs, and nothing computed
+//! from it, written as gzip-compressed JSON (`target/bench/compare-raw.json.gz`).
+//!
+//! The report (tables and charts) is a function of this file alone ([`super::report::render`]):
+//! a run renders its own report from the file it has just written, read back, so `bench report
+//! <file>` gives the identical report. Latencies are integer microseconds, sorted per point and
+//! round (their order carries no information the report uses); [`FAILED`] marks a request that
+//! failed or timed out (counted as infinitely slow).
+use std::{
+    fs,
+    io::{Read, Write},
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+use flate2::{read::GzDecoder, write::GzEncoder, Compression};
+use serde::{Deserialize, Serialize};
+
+/// The latency of a request that failed or timed out.
+pub const FAILED: u32 = u32::MAX;
+
+/// Bumped when the format changes incompatibly.
+pub const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Raw {
+    pub format: u32,
+    pub options: RawOptions,
+    pub machine: Machine,
+    pub variants: Vec<RawVariant>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RawOptions {
+    pub full: bool,
+    pub rounds: usize,
+    pub closed_secs: f64,
+    pub open_secs: f64,
+    pub warmup_secs: f64,
+    pub min_samples: u64,
+    pub levels: Vec<f64>,
+    pub workloads: Vec<String>,
+    /// Letters, in the order of the tables.
+    pub configs: String,
+    pub bootstrap: usize,
+    /// The run's order is balanced (every configuration in every position equally often).
+    pub balanced: bool,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Machine {
+    pub cpus: usize,
+    pub model: String,
+    pub kernel: String,
+    pub netns: String,
+    pub git_commit: String,
+    pub load_before: String,
+    pub load_after: String,
+    pub elapsed_secs: f64,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct RawVariant {
+    pub processes: u32,
+    pub threads: u32,
+    /// Per round, the configuration letters in run order.
+    pub orders: Vec<String>,
+    /// Per workload: A's (or the base configuration's) median maximum, the base of the rates.
+    pub base: Vec<(String, f64)>,
+    /// Wall time of the measurements, and what processes outside the bench and the hypervisor
+    /// used meanwhile (CPUs on average).
+    pub secs: f64,
+    pub other_cpus: f64,
+    pub steal_cpus: f64,
+    pub points: Vec<Point>,
+}
+
+/// Closed loop (`level` 0) or open loop at `level` of the base.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Point {
+    pub config: char,
+    pub workload: String,
+    /// 0 for the closed loop, else the share of the base rate.
+    pub level: f64,
+    /// Offered rate (open loop), req/s.
+    pub rate: f64,
+    pub round: usize,
+    pub secs: f64,
+    /// Closed loop: ordinary requests answered within the window per second.
+    pub throughput: f64,
+    /// Ordinary requests' latencies (µs, sorted; [`FAILED`] = failed). Open loop only. Stored
+    /// as differences from the previous value (small numbers compress well).
+    #[serde(with = "deltas")]
+    pub lat_us: Vec<u32>,
+    pub failed: u64,
+    /// Hold requests (blocked workload): their latencies (µs, sorted, [`FAILED`] = failed).
+    #[serde(with = "deltas")]
+    pub hold_us: Vec<u32>,
+    /// Answers per worker (workers known at the start, then any other pid that answered).
+    pub per_worker: Vec<u64>,
+    pub c: PointCounters,
+    /// A few of the failures' messages.
+    pub errors: Vec<String>,
+}
+
+/// Counter differences over one point (nanoseconds of CPU, counts).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PointCounters {
+    /// Answered requests the counters are divided by.
+    pub answered: u64,
+    pub behind_ctxsw: u64,
+    pub nginx_cpu_ns: u64,
+    pub router_cpu_ns: u64,
+    /// Kernel's run time (ns) and count of reuselb's program(s), if measured.
+    pub bpf_ns: u64,
+    pub bpf_runs: u64,
+    /// CPU of the bench process (the load generator's thread and the bench's bookkeeping).
+    pub loadgen_cpu_ns: u64,
+    /// CPU of processes outside the bench during the point, in CPUs on average.
+    pub other_cpus: f64,
+    /// 1-minute load average at the end of the point.
+    pub loadavg1: f64,
+}
+
+/// A sorted `Vec<u32>` as the differences between neighbours (the first from 0).
+mod deltas {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+        let mut prev = 0u32;
+        s.collect_seq(v.iter().map(|&x| {
+            let d = x.wrapping_sub(prev);
+            prev = x;
+            d
+        }))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+        let diffs = Vec::<u32>::deserialize(d)?;
+        let mut acc = 0u32;
+        diffs
+            .into_iter()
+            .map(|x| {
+                acc = acc.checked_add(x).ok_or_else(|| D::Error::custom("latencies not sorted"))?;
+                Ok(acc)
+            })
+            .collect()
+    }
+}
+
+impl Raw {
+    pub fn write(&self, path: &Path) -> Result<()> {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let json = serde_json::to_vec(self).context("encoding the raw samples")?;
+        let mut gz = GzEncoder::new(Vec::new(), Compression::best());
+        gz.write_all(&json).context("compressing the raw samples")?;
+        let bytes = gz.finish().context("compressing the raw samples")?;
+        fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    }
+
+    pub fn read(path: &Path) -> Result<Self> {
+        let bytes = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        let mut json = Vec::new();
+        GzDecoder::new(&bytes[..])
+            .read_to_end(&mut json)
+            .with_context(|| format!("{}: not a gzip file", path.display()))?;
+        let raw: Raw = serde_json::from_slice(&json)
+            .with_context(|| format!("{}: not a bench compare raw file", path.display()))?;
+        if raw.format != FORMAT {
+            anyhow::bail!(
+                "{}: format {} (this bench reads format {FORMAT})",
+                path.display(),
+                raw.format
+            );
+        }
+        Ok(raw)
+    }
+}

@@ -1,0 +1,612 @@
+//! The report of `bench compare` (markdown tables and SVG charts), a pure function of the raw
+//! samples ([`render`]): the run and `bench report <file>` call the same function on the same file,
+//! so their reports are identical. Intervals and verdicts come from [`super::stats`].
+use std::fmt::Write as _;
+
+use anyhow::{Context, Result};
+
+use super::{
+    configs::{Cfg, CfgRef, Workload},
+    raw::{Point, Raw, RawVariant, FAILED},
+    stats::{self, beyond, ci, pct_sorted, ratio_reps, seed_of, verdict, Verdict, MIN_BEYOND},
+};
+use crate::bench::chart::{self, Panel};
+
+/// The markdown report and the charts (file name, SVG text).
+pub struct Rendered {
+    pub markdown: String,
+    pub charts: Vec<(String, String)>,
+}
+
+const QS: [f64; 3] = [0.5, 0.99, 0.999];
+
+/// One open-loop point pooled over its rounds, with its bootstrap replicates.
+struct Lat {
+    n: usize,
+    est: [f64; 3],
+    reps: Vec<Vec<f64>>,
+}
+
+/// One configuration of one workload of one variant.
+struct Row {
+    cfg: CfgRef,
+    tp: f64,
+    tp_reps: Vec<f64>,
+    lat: Vec<Lat>,
+    /// Points at the highest level, one per round.
+    top: Vec<Point>,
+    closed: Vec<Point>,
+    open: Vec<Vec<Point>>,
+}
+
+fn points<'a>(v: &'a RawVariant, c: char, w: &str, level: f64) -> Vec<&'a Point> {
+    let mut p: Vec<&Point> = v
+        .points
+        .iter()
+        .filter(|p| p.config == c && p.workload == w && (p.level - level).abs() < 1e-9)
+        .collect();
+    p.sort_by_key(|p| p.round);
+    p
+}
+
+fn rows(raw: &Raw, v: &RawVariant, w: &str, cfgs: &[CfgRef]) -> Vec<Row> {
+    let b = raw.options.bootstrap;
+    let vname = format!("{}x{}", v.processes, v.threads);
+    cfgs.iter()
+        .map(|&cfg| {
+            let closed: Vec<Point> = points(v, cfg.letter, w, 0.0).into_iter().cloned().collect();
+            let tp_rounds: Vec<f64> = closed.iter().map(|p| p.throughput).collect();
+            let tp_reps = stats::median_replicates(
+                &tp_rounds,
+                b,
+                seed_of(&format!("{vname}/{w}/{}/max", cfg.letter)),
+            );
+            let tp = stats::median(&mut tp_rounds.clone());
+            let mut lat = Vec::new();
+            let mut open = Vec::new();
+            for &l in &raw.options.levels {
+                let pts: Vec<Point> = points(v, cfg.letter, w, l).into_iter().cloned().collect();
+                let per_round: Vec<&[u32]> = pts.iter().map(|p| p.lat_us.as_slice()).collect();
+                let mut pool: Vec<u32> = per_round.concat();
+                pool.sort_unstable();
+                let seed = seed_of(&format!("{vname}/{w}/{}/{l}", cfg.letter));
+                lat.push(Lat {
+                    n: pool.len(),
+                    est: QS.map(|q| pct_sorted(&pool, q)),
+                    reps: stats::replicates(&per_round, &QS, b, seed),
+                });
+                open.push(pts);
+            }
+            let top = open.last().cloned().unwrap_or_default();
+            Row { cfg, tp, tp_reps, lat, top, closed, open }
+        })
+        .collect()
+}
+
+fn ms(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else if v.is_infinite() {
+        "∞".into()
+    } else if v >= 100.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.1}")
+    }
+}
+
+fn interval((lo, hi): (f64, f64), f: fn(f64) -> String) -> String {
+    if lo.is_nan() {
+        "—".into()
+    } else {
+        format!("[{}, {}]", f(lo), f(hi))
+    }
+}
+
+fn r2(v: f64) -> String {
+    if v.is_nan() {
+        "—".into()
+    } else if v.is_infinite() {
+        "∞".into()
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn med(v: impl Iterator<Item = f64>) -> f64 {
+    let mut v: Vec<f64> = v.filter(|x| !x.is_nan()).collect();
+    stats::median(&mut v)
+}
+
+/// A ratio, its interval and the verdict, as table cells: "0.81 [0.70, 0.93] better".
+fn compare(a: &[f64], b: &[f64], ea: f64, eb: f64, lower_is_better: bool) -> (String, Verdict) {
+    let c = ci(&ratio_reps(a, b));
+    let v = verdict(c, lower_is_better);
+    (format!("{} {} {}", r2(stats::ratio(ea, eb)), interval(c, r2), v.word()), v)
+}
+
+/// Marks a percentile with fewer than 50 samples beyond it as indicative (†).
+fn mark(n: usize, q: f64) -> &'static str {
+    if beyond(n, q) < MIN_BEYOND {
+        "†"
+    } else {
+        ""
+    }
+}
+
+pub fn render(raw: &Raw) -> Result<Rendered> {
+    let o = &raw.options;
+    let cfgs: Vec<CfgRef> = o
+        .configs
+        .chars()
+        .map(|c| Cfg::by_letter(c).with_context(|| format!("unknown configuration `{c}`")))
+        .collect::<Result<_>>()?;
+    let workloads: Vec<Workload> = o
+        .workloads
+        .iter()
+        .map(|w| Workload::by_name(w).with_context(|| format!("unknown workload `{w}`")))
+        .collect::<Result<_>>()?;
+    let top_l = o.levels.last().copied().unwrap_or(f64::NAN);
+    let pct = |l: f64| format!("{:.0}%", l * 100.0);
+    let mut md = String::new();
+    let w = &mut md;
+    writeln!(w, "# reuselb bench: compare\n")?;
+    let m = &raw.machine;
+    writeln!(
+        w,
+        "{} mode: {} rounds, closed-loop runs of {} s, open-loop runs of at least {} s{}, {} s warm-up per configuration and workload, {} bootstrap replicates. Run time {:.0} s; \
+         commit `{}`.\n",
+        if o.full { "Full" } else { "Quick" },
+        o.rounds,
+        o.closed_secs,
+        o.open_secs,
+        if o.min_samples > 0 {
+            format!(" (lengthened to {} ordinary requests per point over the rounds)", o.min_samples)
+        } else {
+            String::new()
+        },
+        o.warmup_secs,
+        o.bootstrap,
+        m.elapsed_secs,
+        m.git_commit
+    )?;
+    if o.balanced {
+        writeln!(w, "Run order: a balanced Latin square (Williams design): over the {} rounds every configuration runs in every position \
+             equally often (and, over 2 × n rounds for n odd or n rounds for n even, after every other configuration equally often).\n", o.rounds)?;
+    } else {
+        writeln!(w, "**Run order NOT balanced**: {} rounds of {} configurations cannot put every configuration in every position equally \
+             often (quick mode, or a chosen --rounds that is not a multiple of the configurations). Use `--full` for figures to quote.\n",
+             o.rounds, cfgs.len())?;
+    }
+    writeln!(
+        w,
+        "Machine: {} CPUs ({}), kernel {}, in {}; load average (1, 5, 15 min) {} at the start, {} at the end (the bench itself \
+         keeps both CPUs busy).",
+        m.cpus, m.model, m.kernel, m.netns, m.load_before, m.load_after
+    )?;
+    for v in &raw.variants {
+        writeln!(
+            w,
+            "While {}x{} ran ({:.0} s), processes outside the bench used {:.2} CPUs on average (user + system time), and the \
+             hypervisor stole {:.2}.",
+            v.processes, v.threads, v.secs, v.other_cpus, v.steal_cpus
+        )?;
+    }
+    writeln!(w, "\nConfigurations (all behind one single-process nginx, `uwsgi_pass`; uWSGI `--listen 1024`, `--lazy-apps`):\n")?;
+    for c in &cfgs {
+        let kind = if c.is_reuselb() { "reuselb" } else { "non-reuselb" };
+        writeln!(w, "- **{}** {} ({kind}): {}", c.letter, c.label, c.describe)?;
+    }
+    writeln!(w, "\nWorkloads (`tests/apps/bench_app.py`; CPU is the thread's CPU time, so a preempted request still does all its work):\n")?;
+    for wl in &workloads {
+        writeln!(w, "- **{}**: {}", wl.name(), wl.describe())?;
+    }
+    writeln!(w, "\n{RULE}\n")?;
+    writeln!(w, "{COLUMNS}\n")?;
+    let mut targets: Vec<String> = Vec::new();
+    let mut charts = Vec::new();
+    for v in &raw.variants {
+        let vname = format!("{}x{}", v.processes, v.threads);
+        writeln!(w, "## {} processes × {} threads\n", v.processes, v.threads)?;
+        let orders: Vec<String> =
+            v.orders.iter().enumerate().map(|(i, o)| format!("{}: {o}", i + 1)).collect();
+        writeln!(w, "Order of each round: {}.\n", orders.join(", "))?;
+        let mut chart_rows: Vec<Vec<Row>> = Vec::new();
+        for &wl in &workloads {
+            let base = v.base.iter().find(|(n, _)| n == wl.name()).map(|(_, x)| *x);
+            let base = base.unwrap_or(f64::NAN);
+            let rs = rows(raw, v, wl.name(), &cfgs);
+            writeln!(
+                w,
+                "### {}: {} closed-loop clients; A's median maximum {base:.0} req/s; offered {}\n",
+                wl.name(),
+                wl.clients(v.processes),
+                o.levels
+                    .iter()
+                    .map(|l| format!("{} = {:.0} req/s", pct(*l), base * l))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )?;
+            let a = rs.iter().find(|r| r.cfg.letter == 'A');
+            let top = rs[0].lat.len().saturating_sub(1);
+            let best_p99 = rs
+                .iter()
+                .filter(|r| !r.cfg.is_reuselb() && !r.lat[top].est[1].is_nan())
+                .min_by(|x, y| x.lat[top].est[1].total_cmp(&y.lat[top].est[1]));
+            let best_tp = rs
+                .iter()
+                .filter(|r| !r.cfg.is_reuselb() && !r.tp.is_nan())
+                .max_by(|x, y| x.tp.total_cmp(&y.tp));
+            let best_name =
+                |b: Option<&Row>| b.map(|r| r.cfg.letter.to_string()).unwrap_or("—".into());
+            // Table 1: throughput and latency.
+            let mut head = String::from("| config | max req/s [95% CI] | max ×A [CI] |");
+            let mut sep = String::from("|---|---:|---:|");
+            for l in &o.levels {
+                let p = pct(*l);
+                write!(head, " n @{p} | p50 @{p} | p99 @{p} [CI] | p99.9 @{p} [CI] |")?;
+                sep.push_str("---:|---:|---:|---:|");
+            }
+            let tp = pct(top_l);
+            write!(
+                head,
+                " p99 @{tp} ×A [CI] | p99 @{tp} × best non-reuselb ({}) [CI] | max × best non-reuselb ({}) [CI] |",
+                best_name(best_p99),
+                best_name(best_tp)
+            )?;
+            sep.push_str("---:|---:|---:|");
+            writeln!(w, "{head}\n{sep}")?;
+            for r in &rs {
+                let tp_ci = interval(ci(&r.tp_reps), |x| format!("{x:.0}"));
+                let mut row = format!("| {} | {:.0} {tp_ci} |", r.cfg.short(), r.tp);
+                match a {
+                    Some(a) if a.cfg == r.cfg => row.push_str(" (itself) |"),
+                    Some(a) => {
+                        write!(row, " {} |", compare(&r.tp_reps, &a.tp_reps, r.tp, a.tp, false).0)?
+                    }
+                    None => row.push_str(" — |"),
+                }
+                for lat in &r.lat {
+                    let c99 = ci(&lat.reps[1]);
+                    let c999 = ci(&lat.reps[2]);
+                    write!(
+                        row,
+                        " {} | {}{} | {}{} {} | {}{} {} |",
+                        lat.n,
+                        ms(lat.est[0]),
+                        mark(lat.n, 0.5),
+                        ms(lat.est[1]),
+                        mark(lat.n, 0.99),
+                        interval(c99, ms),
+                        ms(lat.est[2]),
+                        mark(lat.n, 0.999),
+                        interval(c999, ms)
+                    )?;
+                }
+                let lt = &r.lat[top];
+                let vs = |b: Option<&Row>| match b {
+                    Some(b) if b.cfg == r.cfg => ("(itself)".to_string(), Verdict::Unknown),
+                    Some(b) => compare(
+                        &lt.reps[1],
+                        &b.lat[top].reps[1],
+                        lt.est[1],
+                        b.lat[top].est[1],
+                        true,
+                    ),
+                    None => ("—".to_string(), Verdict::Unknown),
+                };
+                let (vs_a, _) = vs(a);
+                let (vs_best, _) = vs(best_p99);
+                let (tp_best, _) = match best_tp {
+                    Some(b) if b.cfg == r.cfg => ("(itself)".to_string(), Verdict::Unknown),
+                    Some(b) => compare(&r.tp_reps, &b.tp_reps, r.tp, b.tp, false),
+                    None => ("—".to_string(), Verdict::Unknown),
+                };
+                writeln!(w, "{row} {vs_a} | {vs_best} | {tp_best} |")?;
+                if r.cfg.is_reuselb() {
+                    if let (Some(bp), Some(bt)) = (best_p99, best_tp) {
+                        let c = ci(&ratio_reps(&lt.reps[1], &bp.lat[top].reps[1]));
+                        let ct = ci(&ratio_reps(&r.tp_reps, &bt.tp_reps));
+                        let rp = stats::ratio(lt.est[1], bp.lat[top].est[1]);
+                        let won = rounds_won(&r.top, &bp.top);
+                        targets.push(format!(
+                            "| {vname} | {} | {} | {} {} ({}) {} | {} | {won} | {} {} ({}) {} |",
+                            wl.name(),
+                            r.cfg.letter,
+                            r2(rp),
+                            interval(c, r2),
+                            bp.cfg.letter,
+                            verdict(c, true).word(),
+                            if c.1 <= 0.8 { "met" } else { "missed" },
+                            r2(r.tp / bt.tp),
+                            interval(ct, r2),
+                            bt.cfg.letter,
+                            verdict(ct, false).word()
+                        ));
+                    }
+                }
+            }
+            // Table 2: balance and costs at the highest level.
+            writeln!(w, "\nAt {tp} (medians over the rounds):\n")?;
+            writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection | load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
+            writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+            for r in &rs {
+                let per = |f: &dyn Fn(&Point) -> f64| med(r.top.iter().map(f));
+                let (busiest, cv) =
+                    (per(&|p| share(&p.per_worker).0), per(&|p| share(&p.per_worker).1));
+                let per_req = |x: u64, p: &Point| x as f64 / p.c.answered.max(1) as f64;
+                let router = if r.cfg.has_router() {
+                    format!("{:.1}", per(&|p| per_req(p.c.router_cpu_ns, p) / 1000.0))
+                } else {
+                    "—".into()
+                };
+                let bpf = per(&|p| {
+                    if p.c.bpf_runs == 0 {
+                        f64::NAN
+                    } else {
+                        p.c.bpf_ns as f64 / p.c.bpf_runs as f64
+                    }
+                });
+                let failed: u64 =
+                    r.closed.iter().chain(r.open.iter().flatten()).map(|p| p.failed).sum();
+                let holds: Vec<u32> = r
+                    .closed
+                    .iter()
+                    .chain(r.open.iter().flatten())
+                    .flat_map(|p| p.hold_us.iter().copied())
+                    .collect();
+                let hold = if holds.is_empty() {
+                    "—".to_string()
+                } else {
+                    let mut ok: Vec<f64> =
+                        holds.iter().filter(|&&x| x != FAILED).map(|&x| x as f64 / 1e6).collect();
+                    format!("{}/{}, {:.2}", ok.len(), holds.len(), stats::median(&mut ok))
+                };
+                writeln!(
+                    w,
+                    "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} | {:.0}% | {:.2} | {:.2} | {failed} | {hold} |",
+                    r.cfg.short(),
+                    busiest,
+                    cv,
+                    per(&|p| per_req(p.c.behind_ctxsw, p)),
+                    per(&|p| per_req(p.c.nginx_cpu_ns, p) / 1000.0),
+                    if bpf.is_nan() { "—".to_string() } else { format!("{bpf:.0}") },
+                    per(&|p| p.c.loadgen_cpu_ns as f64 / 1e9 / p.secs.max(1e-3) * 100.0),
+                    per(&|p| p.c.other_cpus),
+                    per(&|p| p.c.loadavg1),
+                )?;
+            }
+            writeln!(w)?;
+            chart_rows.push(rs);
+        }
+        // Raw runs, per configuration in round order.
+        writeln!(w, "Per round (round order): closed-loop req/s; p99 ms at each offered rate.\n")?;
+        for (wl, rs) in workloads.iter().zip(&chart_rows) {
+            writeln!(w, "- {vname} {}:", wl.name())?;
+            for r in rs {
+                let tp: Vec<String> =
+                    r.closed.iter().map(|p| format!("{:.0}", p.throughput)).collect();
+                let mut line = format!("  - {}: max {}", r.cfg.letter, tp.join(" "));
+                for (l, pts) in o.levels.iter().zip(&r.open) {
+                    let p: Vec<String> =
+                        pts.iter().map(|p| ms(pct_sorted(&p.lat_us, 0.99))).collect();
+                    write!(line, "; p99 @{} {}", pct(*l), p.join(" "))?;
+                }
+                let errs: Vec<&String> = r
+                    .closed
+                    .iter()
+                    .chain(r.open.iter().flatten())
+                    .flat_map(|p| &p.errors)
+                    .take(2)
+                    .collect();
+                if !errs.is_empty() {
+                    write!(line, "; errors e.g. {errs:?}")?;
+                }
+                writeln!(w, "{line}")?;
+            }
+        }
+        writeln!(w)?;
+        let name = format!("compare-{vname}.svg");
+        writeln!(w, "![{} processes x {} threads]({name})\n", v.processes, v.threads)?;
+        charts.push((name, chart_svg(v, &workloads, &cfgs, &chart_rows, top_l)));
+    }
+    if !targets.is_empty() {
+        writeln!(w, "## Against the target\n")?;
+        writeln!(w, "Target (issue 15): p99 at {} of A's maximum <= 0.8 × the best non-reuselb configuration, the whole 95% interval \
+             of the ratio at or below 0.8; maximum throughput >= 1.0 × the best non-reuselb configuration. Verdicts by the rule above.\n", pct(top_l))?;
+        writeln!(w, "| variant | workload | config | p99 / best non-reuselb [CI] (best) verdict | p99 <= 0.8× | rounds with the lower p99 | max / best non-reuselb [CI] (best) verdict |")?;
+        writeln!(w, "|---|---|---|---:|---|---:|---:|")?;
+        for t in &targets {
+            writeln!(w, "{t}")?;
+        }
+        writeln!(w)?;
+    }
+    writeln!(w, "The selector's cost in isolation is `cargo xtask bench selector`'s table (`target/bench/selector.md`).")?;
+    Ok(Rendered { markdown: md, charts })
+}
+
+/// The statistical rule, as the report and docs/BENCHMARKS.md state it.
+pub const RULE: &str = "Statistics: every open-loop point pools every ordinary request's latency over the rounds (failed or timed-out \
+requests count as infinitely slow); a percentile marked † has fewer than 50 samples beyond it and is indicative only (p99 needs \
+5,000 requests, p99.9 50,000). Intervals are 95% percentile-bootstrap intervals (seeded; resampling within each round, then \
+pooling); a ratio's interval resamples both sides independently; maximum throughput is one value per round, its interval that of \
+the median over resampled rounds. The latency intervals describe the sampling noise of the pooled requests of the rounds that \
+were run; they do not include the drift of the machine's state from round to round (the per-round p99s are listed below), which \
+the balanced order spreads evenly over the configurations. **One rule for every comparison**: a ratio is \"better\" if its whole 95% interval lies on the \
+better side of 1, \"worse\" if it lies entirely on the worse side, and \"no difference\" otherwise, for wins and losses alike.";
+
+const COLUMNS: &str = "Columns: **max** = closed-loop throughput (median over the rounds) with 2 requests' worth of work per process \
+in flight; **n** = ordinary requests of the point over all rounds; **p50/p99/p99.9** = open-loop latency in ms of the pooled \
+samples, Poisson arrivals, from each request's scheduled send time (∞ = the percentile falls on failed requests); **×A** and \
+**× best non-reuselb** = the ratio, its interval and the verdict; **busiest/ideal** and **CV** = the busiest worker's answers over \
+an even share and the coefficient of variation of the per-worker answers; **ctxsw/req** = context switches of every process behind \
+nginx per request; **nginx µs/req**, **router µs/req** = CPU of nginx and of the fastrouter or the `reuselb run` controller per \
+request; **BPF ns/selection** = the kernel's run time per run of reuselb's program under this load (BPF run-time statistics); \
+**load generator CPU** = the bench process's CPU (share of one CPU); **other CPUs** = what processes outside the bench used during \
+the point; **loadavg** = 1-minute load average after the point.";
+
+/// In how many rounds `a`'s p99 was below `b`'s (same round), as "k/n": a descriptive count of
+/// the round-to-round agreement, not part of the verdict.
+fn rounds_won(a: &[Point], b: &[Point]) -> String {
+    let pairs: Vec<(f64, f64)> = a
+        .iter()
+        .filter_map(|p| {
+            let q = b.iter().find(|q| q.round == p.round)?;
+            Some((pct_sorted(&p.lat_us, 0.99), pct_sorted(&q.lat_us, 0.99)))
+        })
+        .collect();
+    let won = pairs.iter().filter(|(x, y)| x < y).count();
+    format!("{won}/{}", pairs.len())
+}
+
+/// Busiest over ideal, and the coefficient of variation, of per-worker answer counts.
+fn share(counts: &[u64]) -> (f64, f64) {
+    let total: u64 = counts.iter().sum();
+    if counts.is_empty() || total == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = total as f64 / counts.len() as f64;
+    let max = *counts.iter().max().unwrap() as f64;
+    let var = counts.iter().map(|&c| (c as f64 - mean).powi(2)).sum::<f64>() / counts.len() as f64;
+    (max / mean, var.sqrt() / mean)
+}
+
+fn chart_svg(
+    v: &RawVariant,
+    wls: &[Workload],
+    cfgs: &[CfgRef],
+    rows: &[Vec<Row>],
+    top_l: f64,
+) -> String {
+    let groups: Vec<String> = wls.iter().map(|w| w.name().to_string()).collect();
+    let series: Vec<String> = cfgs.iter().map(|c| c.short()).collect();
+    let table = |f: &dyn Fn(&Row, &[Row]) -> f64| -> Vec<Vec<f64>> {
+        rows.iter().map(|rs| rs.iter().map(|r| f(r, rs)).collect()).collect()
+    };
+    let a_tp =
+        |rs: &[Row]| rs.iter().find(|r| r.cfg.letter == 'A').map(|r| r.tp).unwrap_or(f64::NAN);
+    let top = |r: &Row| r.lat.len().saturating_sub(1);
+    let errors: Vec<Vec<(f64, f64)>> =
+        rows.iter().map(|rs| rs.iter().map(|r| ci(&r.lat[top(r)].reps[1])).collect()).collect();
+    let panels = vec![
+        Panel {
+            title: format!(
+                "p99 latency at {:.0}% of A's maximum (ms, log scale; bars: 95% bootstrap CI; lower is better)",
+                top_l * 100.0
+            ),
+            y_label: "p99 ms".into(),
+            groups: groups.clone(),
+            series: series.clone(),
+            values: table(&|r, _| r.lat[top(r)].est[1]),
+            reference: None,
+            log: true,
+            errors: Some(errors),
+        },
+        Panel {
+            title: "maximum throughput, closed loop (ratio to A's median; higher is better)".into(),
+            y_label: "× A".into(),
+            groups: groups.clone(),
+            series: series.clone(),
+            values: table(&|r, rs| r.tp / a_tp(rs)),
+            reference: Some(1.0),
+            log: false,
+            errors: None,
+        },
+        Panel {
+            title: format!("busiest worker / ideal share at {:.0}% (1 = even)", top_l * 100.0),
+            y_label: "busiest / ideal".into(),
+            groups,
+            series,
+            values: table(&|r, _| med(r.top.iter().map(|p| share(&p.per_worker).0))),
+            reference: Some(1.0),
+            log: false,
+            errors: None,
+        },
+    ];
+    chart::svg(
+        &format!("reuselb bench compare: {} processes × {} threads", v.processes, v.threads),
+        &panels,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::{
+        compare::raw::{Machine, PointCounters, RawOptions, FORMAT},
+        loadgen::Rng,
+    };
+
+    /// A small synthetic run: A slow, E and F fast, two rounds, one workload, one level.
+    fn synthetic() -> Raw {
+        let mut rng = Rng::new(7);
+        let mut points = Vec::new();
+        for round in 0..2 {
+            for (c, scale, tp) in
+                [('A', 30_000.0, 300.0), ('E', 10_000.0, 400.0), ('F', 9_000.0, 410.0)]
+            {
+                let mut lat: Vec<u32> =
+                    (0..600).map(|_| (scale * (0.2 + rng.exp(1.0))) as u32).collect();
+                lat[5] = FAILED;
+                lat.sort_unstable();
+                let base = Point {
+                    config: c,
+                    workload: "skewed".into(),
+                    round,
+                    secs: 2.0,
+                    per_worker: vec![300, 290],
+                    c: PointCounters {
+                        answered: 590,
+                        bpf_ns: 1_000_000,
+                        bpf_runs: 1000,
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                };
+                points.push(Point { throughput: tp + round as f64, ..base.clone() });
+                points.push(Point { level: 0.9, rate: 270.0, lat_us: lat, failed: 1, ..base });
+            }
+        }
+        Raw {
+            format: FORMAT,
+            options: RawOptions {
+                rounds: 2,
+                closed_secs: 1.0,
+                open_secs: 2.0,
+                levels: vec![0.9],
+                workloads: vec!["skewed".into()],
+                configs: "AEF".into(),
+                bootstrap: 200,
+                ..Default::default()
+            },
+            machine: Machine { cpus: 2, git_commit: "test".into(), ..Default::default() },
+            variants: vec![RawVariant {
+                processes: 2,
+                threads: 20,
+                orders: vec!["AFE".into(), "EAF".into()],
+                base: vec![("skewed".into(), 300.0)],
+                points,
+                ..Default::default()
+            }],
+        }
+    }
+
+    #[test]
+    fn the_report_is_a_function_of_the_raw_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.json.gz");
+        let raw = synthetic();
+        raw.write(&path).unwrap();
+        let back = Raw::read(&path).unwrap();
+        assert_eq!(back, raw);
+        let one = render(&back).unwrap();
+        let two = render(&Raw::read(&path).unwrap()).unwrap();
+        assert_eq!(one.markdown, two.markdown);
+        assert_eq!(one.charts, two.charts);
+        // The synthetic truth shows: A is worse than the best non-reuselb (E), by the rule.
+        let a_row = one.markdown.lines().find(|l| l.starts_with("| A uWSGI")).unwrap();
+        assert!(a_row.contains("worse"), "{a_row}");
+        assert!(one.markdown.contains("| 1200 |"), "pooled count per point printed");
+        assert!(one.charts[0].1.contains("95% CI"), "error bars in the chart");
+    }
+}
