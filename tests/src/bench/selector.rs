@@ -23,7 +23,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context, Result};
 use balancer_common::Policy;
-use balancer_user::shared_loads::SharedLoads;
+use balancer_user::{shared_loads::SharedLoads, Mode};
 
 use super::{
     bpf_stats_sysctl, choose_netns, kernel_release,
@@ -60,6 +60,9 @@ pub struct Options {
     pub burst: usize,
     /// Stay in the current network namespace.
     pub no_netns: bool,
+    /// Which of reuselb's programs the groups load (`auto`: select-or-migrate where the kernel
+    /// takes it, as reuselb itself does).
+    pub program: Mode,
 }
 
 impl Default for Options {
@@ -73,11 +76,12 @@ impl Default for Options {
             warmup: 1000,
             burst: 0,
             no_netns: false,
+            program: Mode::Auto,
         }
     }
 }
 
-const USAGE: &str = "bench selector [--conns N] [--reps N] [--rate-conns N] [--rate-reps N] [--slice N] [--warmup N] [--burst N] [--no-netns]";
+const USAGE: &str = "bench selector [--conns N] [--reps N] [--rate-conns N] [--rate-reps N] [--slice N] [--warmup N] [--burst N] [--program auto|select|select-or-migrate] [--no-netns]";
 
 impl Options {
     pub fn parse(args: &[String]) -> Result<Self> {
@@ -98,6 +102,19 @@ impl Options {
                 "--warmup" => o.warmup = num("--warmup")?,
                 "--burst" => o.burst = num("--burst")? as usize,
                 "--no-netns" => o.no_netns = true,
+                "--program" => {
+                    let v = it
+                        .next()
+                        .with_context(|| format!("--program needs a value; usage: {USAGE}"))?;
+                    o.program = match v.as_str() {
+                        "auto" => Mode::Auto,
+                        "select" => Mode::Select,
+                        "select-or-migrate" => Mode::SelectOrMigrate,
+                        other => {
+                            bail!("--program {other}: expected auto, select or select-or-migrate")
+                        }
+                    };
+                }
                 "-h" | "--help" => bail!("usage: {USAGE}"),
                 other => bail!("unknown argument `{other}`; usage: {USAGE}"),
             }
@@ -402,10 +419,10 @@ pub fn run(o: &Options) -> Result<String> {
     eprintln!("bench selector: binding the listeners on 127.0.0.1, loading the programs");
     let beds = vec![
         Bed::new(BedKind::SkPass, 64)?,
-        Bed::new(BedKind::Group(Policy::LeastLoaded), 1)?,
-        Bed::new(BedKind::Group(Policy::LeastLoaded), 8)?,
-        Bed::new(BedKind::Group(Policy::LeastLoaded), 64)?,
-        Bed::new(BedKind::Group(Policy::LeastLoaded), 256)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded, o.program), 1)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded, o.program), 8)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded, o.program), 64)?,
+        Bed::new(BedKind::Group(Policy::LeastLoaded, o.program), 256)?,
         Bed::new(BedKind::KernelHash, 8)?,
     ];
     let acceptors = Acceptors::start(&beds, ACCEPT_THREADS)?;
