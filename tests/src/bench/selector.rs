@@ -580,7 +580,7 @@ pub fn run(o: &Options) -> Result<String> {
          (`/proc/sys/kernel/bpf_stats_enabled` shows only what was written to the sysctl, not the fd's reference: \
          before {sysctl_before}, during {sysctl_during}, after {sysctl_after}.) Every figure includes the \
          statistics' own two clock reads per run, which is most of what the SK_PASS-only program shows; \
-         \"− SK_PASS\" is the program's own cost (contended minus the SK_PASS program's contended figure).\n",
+         \"− SK_PASS\" (each mode's median minus the SK_PASS program's median in the same mode) is the program's own cost.\n",
         o.conns,
         if o.burst > 0 { format!("opened {} at a time, back to back", o.burst) } else { "one at a time".to_string() },
         o.reps,
