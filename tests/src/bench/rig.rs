@@ -132,7 +132,8 @@ impl Bed {
 pub enum BedKind {
     KernelHash,
     SkPass,
-    Group(Policy),
+    /// reuselb's group with this policy, loading the program(s) `Mode` says.
+    Group(Policy, balancer_user::Mode),
 }
 
 /// Listeners bound to one port: the first to port 0, the others to the port it got.
@@ -174,8 +175,8 @@ impl Bed {
                 }
                 bed.attached = true;
             }
-            BedKind::Group(policy) => {
-                let mut group = Group::new(GroupOptions { policy, ..Default::default() })
+            BedKind::Group(policy, mode) => {
+                let mut group = Group::new(GroupOptions { policy, mode, ..Default::default() })
                     .context("creating a balanced group (loading the eBPF program)")?;
                 let pid = std::process::id();
                 for l in &bed.listeners {
