@@ -84,6 +84,12 @@ pub const CONFIGS: &[Cfg] = &[
         describe: "`reuselb run --policy least-loaded --blocked-after-ms 500`: least-loaded, skipping a worker with requests in flight and no completion for 500 ms",
         how: How::Reuselb { policy: "least-loaded", extra: &["--blocked-after-ms", "500"] },
     },
+    Cfg {
+        letter: 'I',
+        label: "reuselb work-left",
+        describe: "`reuselb run --policy work-left`: the least work left, each request in flight counting the worker's mean service time and each one being worked on also its age",
+        how: How::Reuselb { policy: "work-left", extra: &[] },
+    },
 ];
 
 impl Cfg {
