@@ -62,7 +62,7 @@ pub struct SlotView {
     pub epoch: u64,
     /// SO_COOKIE of the owner's listening socket.
     pub cookie: u64,
-    /// Connections assigned and not yet completed.
+    /// Requests in flight: queued, or accepted and not yet answered.
     pub inflight: u64,
     pub accepted: u64,
     pub completed: u64,

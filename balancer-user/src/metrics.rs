@@ -206,7 +206,7 @@ impl ReportCollector {
         Self {
             shared,
             busy: Mutex::new(()),
-            inflight: gauge_vec("reuselb_worker_inflight", "Connections assigned to the worker and not yet completed.", WORKER),
+            inflight: gauge_vec("reuselb_worker_inflight", "Requests in flight on the worker: queued, or accepted and not yet answered.", WORKER),
             weight: gauge_vec("reuselb_worker_weight", "Relative capacity of the worker.", WORKER),
             selected: counter_vec(
                 "reuselb_worker_selected_total",
@@ -239,7 +239,7 @@ impl ReportCollector {
                 "Peer descriptors handed to the registry's closing thread and not closed yet.",
                 &["service"],
             ),
-            pod_inflight: gauge_vec("reuselb_pod_worker_inflight", "Connections assigned to the pod's worker and not yet completed.", POD_WORKER),
+            pod_inflight: gauge_vec("reuselb_pod_worker_inflight", "Requests in flight on the pod's worker: queued, or accepted and not yet answered.", POD_WORKER),
             pod_selected: counter_vec("reuselb_pod_worker_selected_total", "Connections the program sent to the pod's slot since its group was created.", POD_WORKER),
             pod_accepted: counter_vec("reuselb_pod_worker_accepted_total", "Connections the pod's worker accepted since it took the slot.", POD_WORKER),
             pod_completed: counter_vec("reuselb_pod_worker_completed_total", "Connections the pod's worker closed since it took the slot.", POD_WORKER),

@@ -313,7 +313,7 @@ pub struct WorkerReport {
     pub pid: u32,
     pub weight: u32,
     pub epoch: u64,
-    /// Connections assigned and not yet completed.
+    /// Requests in flight: queued, or accepted and not yet answered.
     pub inflight: u64,
     /// Selections of the slot since its group was created (survives slot reuse).
     pub selected: u64,
