@@ -33,8 +33,8 @@ use crate::{
     config::config,
     split::listener_closed,
     state::{
-        entry, in_vfork_child, is_listener_state, my_pid, state_of, CONNS, FDS, MAX_FDS, REGS,
-        ST_DUP_OWN, ST_NOT_BALANCED, ST_SPLIT,
+        entry, in_vfork_child, is_listener_state, my_pid, state_of, SlotRef, CONNS, FDS, MAX_FDS,
+        REGS, ST_DUP_OWN, ST_NOT_BALANCED, ST_SPLIT,
     },
 };
 
@@ -61,10 +61,10 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
         return; // `cargo xtask prove` only: nothing accepted or completed is counted.
     }
     let Some(reg) = REGS.get(idx) else { return };
-    if let Some((seq, c)) = reg.counter(None, table_offsets::accepted) {
+    if let Some((seq, slot)) = reg.slot(None) {
         let m = (seq << 8) | (idx as u32 + 1);
-        work_started(m, conn);
-        c.fetch_add(1, Ordering::Relaxed);
+        work_started(slot, conn);
+        slot.field(table_offsets::accepted).fetch_add(1, Ordering::Relaxed);
         CONNS[conn as usize].store(m, Ordering::Relaxed);
     }
 }
@@ -72,41 +72,29 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
 /// When each marked connection's current request started (CLOCK_MONOTONIC, microseconds).
 static STARTS: [AtomicU64; MAX_FDS] = [const { AtomicU64::new(0) }; MAX_FDS];
 
-/// A request of mark `m` starts on `fd` now: its start goes into the slot's `start_sum_us`
+/// A request starts on `fd` now, in `slot`: its start goes into the slot's `start_sum_us`
 /// before it counts in `working` (so a reader in between sees less age, never more).
 #[inline(always)]
-fn work_started(m: u32, fd: c_int) {
+fn work_started(slot: SlotRef, fd: c_int) {
     let now = monotonic_ns() / 1000;
     STARTS[fd as usize].store(now, Ordering::Relaxed);
-    if let Some(c) = mark_counter(m, table_offsets::start_sum_us) {
-        c.fetch_add(now, Ordering::Relaxed);
-    }
-    if let Some(c) = mark_counter(m, table_offsets::working) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
+    slot.field(table_offsets::start_sum_us).fetch_add(now, Ordering::Relaxed);
+    slot.field(table_offsets::working).fetch_add(1, Ordering::Relaxed);
 }
 
-/// The request of mark `m` on `fd` is done at `now_ns`: out of `working` first, then its start
-/// out of `start_sum_us`; its time from accept to answer moves the slot's mean 1/8 of the way.
-/// The mean's read-modify-write may lose a concurrent update of another thread: one figure.
+/// The request that started at `start` (microseconds) is done at `now_ns`, in `slot`: out of
+/// `working` first, then its start out of `start_sum_us`; its time from accept to answer moves
+/// the slot's mean 1/8 of the way. The mean's read-modify-write may lose a concurrent update of
+/// another thread: one figure.
 #[inline(always)]
-fn work_done(m: u32, fd: c_int, now_ns: u64) {
-    let start = STARTS[fd as usize].swap(0, Ordering::Relaxed);
-    if start == 0 {
-        return;
-    }
-    if let Some(c) = mark_counter(m, table_offsets::working) {
-        c.fetch_sub(1, Ordering::Relaxed);
-    }
-    if let Some(c) = mark_counter(m, table_offsets::start_sum_us) {
-        c.fetch_sub(start, Ordering::Relaxed);
-    }
-    if let Some(c) = mark_counter(m, table_offsets::mean_us) {
-        let took = (now_ns / 1000).saturating_sub(start);
-        let mean = c.load(Ordering::Relaxed);
-        let next = if mean == 0 { took } else { mean - mean / 8 + took / 8 };
-        c.store(next.max(1), Ordering::Relaxed);
-    }
+fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
+    slot.field(table_offsets::working).fetch_sub(1, Ordering::Relaxed);
+    slot.field(table_offsets::start_sum_us).fetch_sub(start, Ordering::Relaxed);
+    let mean = slot.field(table_offsets::mean_us);
+    let took = (now_ns / 1000).saturating_sub(start);
+    let old = mean.load(Ordering::Relaxed);
+    let next = if old == 0 { took } else { old - old / 8 + took / 8 };
+    mean.store(next.max(1), Ordering::Relaxed);
 }
 
 /// Set in a connection's mark ([`CONNS`]) once it has answered: its request is done.
@@ -147,45 +135,39 @@ pub(crate) fn on_read(fd: c_int, n: isize) {
     }
 }
 
-/// The registration and the slot a mark `m` counts against, if it is still the current one.
+/// The slot a mark `m` counts against, if the registration that counted the accept is still
+/// the current one.
 #[inline(always)]
-fn mark_counter(m: u32, field: fn(usize) -> usize) -> Option<&'static AtomicU64> {
+fn mark_slot(m: u32) -> Option<SlotRef> {
     let idx = ((m & 0xff) as usize).wrapping_sub(1);
     let seq = Some((m & !ANSWERED) >> 8);
-    REGS.get(idx)?.counter(seq, field).map(|(_, c)| c)
+    REGS.get(idx)?.slot(seq).map(|(_, s)| s)
 }
 
 /// The request of mark `m` on `fd` is done: 1 more completed, 1 less in flight and working,
 /// progress now.
 #[inline(always)]
 fn request_done(m: u32, fd: c_int) {
+    let start = STARTS[fd as usize].swap(0, Ordering::Relaxed);
+    let Some(slot) = mark_slot(m) else { return };
     let now = monotonic_ns();
-    work_done(m, fd, now);
-    // Only count if the registration that counted the accept is still the current one.
-    if let Some(c) = mark_counter(m, table_offsets::completed) {
-        c.fetch_add(1, Ordering::Relaxed);
+    if start != 0 {
+        work_done(slot, start, now);
     }
-    if let Some(c) = mark_counter(m, table_offsets::inflight) {
-        c.fetch_sub(1, Ordering::Relaxed);
-    }
-    if let Some(c) = mark_counter(m, table_offsets::progress) {
-        c.store(now, Ordering::Relaxed);
-    }
+    slot.field(table_offsets::completed).fetch_add(1, Ordering::Relaxed);
+    slot.field(table_offsets::inflight).fetch_sub(1, Ordering::Relaxed);
+    slot.field(table_offsets::progress).store(now, Ordering::Relaxed);
 }
 
 /// The connection of mark `m` carries a new request: 1 more accepted and in flight; a slot that
 /// had nothing in flight starts its blocked clock now, as the program does for a new connection.
 #[inline(always)]
 fn request_started(m: u32, fd: c_int) {
-    work_started(m, fd);
-    if let Some(c) = mark_counter(m, table_offsets::accepted) {
-        c.fetch_add(1, Ordering::Relaxed);
-    }
-    let Some(c) = mark_counter(m, table_offsets::inflight) else { return };
-    if (c.fetch_add(1, Ordering::Relaxed) as i64) <= 0 {
-        if let Some(p) = mark_counter(m, table_offsets::progress) {
-            p.store(monotonic_ns(), Ordering::Relaxed);
-        }
+    let Some(slot) = mark_slot(m) else { return };
+    work_started(slot, fd);
+    slot.field(table_offsets::accepted).fetch_add(1, Ordering::Relaxed);
+    if (slot.field(table_offsets::inflight).fetch_add(1, Ordering::Relaxed) as i64) <= 0 {
+        slot.field(table_offsets::progress).store(monotonic_ns(), Ordering::Relaxed);
     }
 }
 

@@ -166,16 +166,12 @@ impl Registration {
         self.state.store(((s >> 1).wrapping_add(1)) << 1, Ordering::Release);
     }
 
-    /// The counter at `field` of our slot, if registered and the slot is still ours, with the
+    /// Our slot of the load table, if registered and the slot is still ours, with the
     /// registration's sequence number (23 bits, as stored in connection marks, whose bit 31 says
-    /// whether the connection answered); `want_seq`
-    /// restricts to that registration.
+    /// whether the connection answered); `want_seq` restricts to that registration. Checked once
+    /// per event, however many of the slot's counters the event then changes.
     #[inline(always)]
-    pub(crate) fn counter(
-        &self,
-        want_seq: Option<u32>,
-        field: fn(usize) -> usize,
-    ) -> Option<(u32, &'static AtomicU64)> {
+    pub(crate) fn slot(&self, want_seq: Option<u32>) -> Option<(u32, SlotRef)> {
         let s = self.state.load(Ordering::Acquire);
         let seq = (s >> 1) & 0x7f_ffff;
         if s & 1 == 0 || want_seq.is_some_and(|w| w != seq) {
@@ -189,14 +185,31 @@ impl Registration {
         if slot >= balancer_common::MAX_SLOTS as usize {
             return None;
         }
-        // SAFETY: the mapping covers the whole table (its size was checked before mmap) and is
-        // never unmapped while the process lives; the counters are 8-aligned and only accessed
-        // atomically.
-        let epoch = unsafe { AtomicU64::from_ptr(base.add(table_offsets::epoch(slot)).cast()) };
-        if epoch.load(Ordering::Relaxed) != self.epoch.load(Ordering::Relaxed) {
+        let found = SlotRef { base, slot };
+        if found.field(table_offsets::epoch).load(Ordering::Relaxed)
+            != self.epoch.load(Ordering::Relaxed)
+        {
             return None;
         }
-        // SAFETY: as above, for the field of the same slot.
-        Some((seq, unsafe { AtomicU64::from_ptr(base.add(field(slot)).cast()) }))
+        Some((seq, found))
+    }
+}
+
+/// One slot of the mapped load table (a base that is never unmapped, a slot < MAX_SLOTS), as
+/// [`Registration::slot`] found it.
+#[derive(Clone, Copy)]
+pub(crate) struct SlotRef {
+    base: *mut u8,
+    slot: usize,
+}
+
+impl SlotRef {
+    /// The slot's counter at `field` (a [`table_offsets`] function).
+    #[inline(always)]
+    pub(crate) fn field(self, field: fn(usize) -> usize) -> &'static AtomicU64 {
+        // SAFETY: the mapping covers the whole table (its size was checked before mmap) and is
+        // never unmapped while the process lives; `slot` < MAX_SLOTS, and every field is 8-aligned
+        // and only accessed atomically.
+        unsafe { AtomicU64::from_ptr(self.base.add(field(self.slot)).cast()) }
     }
 }
