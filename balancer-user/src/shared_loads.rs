@@ -101,9 +101,7 @@ impl SharedLoads {
     /// Records that the slot made progress now (CLOCK_MONOTONIC, as the program and the shim
     /// read it): a new owner, or a corrected count, starts the blocked clock again.
     pub fn mark_progress(&self, slot: u32) {
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let ns = now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64;
-        self.u64_at(slot, table_offsets::progress).store(ns, Ordering::Relaxed);
+        self.u64_at(slot, table_offsets::progress).store(monotonic_ns(), Ordering::Relaxed);
     }
 
     /// When the slot last made progress (CLOCK_MONOTONIC ns).
@@ -140,8 +138,7 @@ impl SharedLoads {
 
     /// CLOCK_MONOTONIC now, in microseconds: the clock of the work figures.
     pub fn now_us() -> u64 {
-        let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        now.tv_sec as u64 * 1_000_000 + now.tv_nsec as u64 / 1000
+        monotonic_ns() / 1000
     }
 
     /// Counts `n` connections accepted by the worker, as its shim does.
@@ -163,4 +160,10 @@ impl Drop for SharedLoads {
             log::warn!("unmapping the load table: {e}");
         }
     }
+}
+
+/// CLOCK_MONOTONIC in ns: the clock of the program (`bpf_ktime_get_ns`) and of the shims.
+fn monotonic_ns() -> u64 {
+    let now = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
 }
