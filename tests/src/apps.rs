@@ -2,7 +2,7 @@
 //! without the reuselb shim, killed with their whole process group when dropped (panics included);
 //! a bounded HTTP load generator (the library's HTTP client); uWSGI's stats server.
 use std::{
-    collections::HashMap,
+    collections::{BTreeSet, HashMap},
     io::Read,
     net::{SocketAddr, TcpListener, TcpStream},
     os::unix::{fs::PermissionsExt, process::CommandExt},
@@ -466,9 +466,19 @@ pub fn listening_sockets(port: u16) -> usize {
         .count()
 }
 
-/// Lines of `text` that say a worker registered (from the shim or the controller).
-pub fn registered_count(text: &str) -> usize {
-    text.lines().filter(|l| l.contains("reuselb-shim") && l.contains(": registered ")).count()
+/// The processes whose shim logged a registration in `text` (`reuselb-shim[pid]: registered …`).
+///
+/// Processes, not lines: a process may register more than once (a fresh socket that lost a race
+/// to a rescue's own socket is registered, dropped and replaced; a controller that went away is
+/// registered with again), and each registration logs a line.
+pub fn registered_pids(text: &str) -> BTreeSet<u32> {
+    text.lines()
+        .filter_map(|l| {
+            let rest = &l[l.find("reuselb-shim[")? + "reuselb-shim[".len()..];
+            let (pid, tail) = rest.split_once("]: ")?;
+            tail.starts_with("registered ").then(|| pid.parse().ok())?
+        })
+        .collect()
 }
 
 // ---------------------------------------------------------------------------------------------

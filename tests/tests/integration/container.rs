@@ -23,7 +23,7 @@ use std::{
 use balancer_user::report::Report;
 use integration_tests::{
     apps::{
-        apps_dir, one_request, registered_count, reuselb_bin, shim_lib, wait_until, workspace_root,
+        apps_dir, one_request, registered_pids, reuselb_bin, shim_lib, wait_until, workspace_root,
         Proc, TempDir, UwsgiConfig, UwsgiProto,
     },
     NetNs,
@@ -333,7 +333,7 @@ fn the_image_runs_the_daemon_as_a_sidecar_sharing_the_pods_network_and_pids() {
         daemon.logs(),
         app.log_tail(30)
     );
-    assert_eq!(registered_count(&app.log_text()), WORKERS as usize, "{}", app.log_tail(30));
+    assert_eq!(registered_pids(&app.log_text()).len(), WORKERS as usize, "{}", app.log_tail(30));
 
     let before = status(&pod).unwrap();
     let request = "/?ms=0".to_owned();

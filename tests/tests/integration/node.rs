@@ -291,8 +291,15 @@ fn pods_nobody_listed_are_each_balanced_in_a_group_of_their_own() {
         assert_eq!(g.policy, Policy::LeastLoaded);
         // The daemon cannot see the pods' pids: tracked by their connections.
         assert!(g.workers.iter().all(|w| w.pid == 0), "{g:?}");
-        let uwsgi = apps::registered_count(&pod.app.log_text());
-        assert_eq!(uwsgi, 4, "{}: the shim logged {uwsgi} registrations", pod.label);
+        let log = pod.app.log_text();
+        let uwsgi = apps::registered_pids(&log);
+        assert_eq!(
+            uwsgi.len(),
+            4,
+            "{}: the shim logged registrations by {uwsgi:?}\nuWSGI:\n{log}\ndaemon:\n{}",
+            pod.label,
+            daemon.log_tail(60)
+        );
     }
     assert_eq!(pods_of(&node.status()).unwrap().groups.len(), 3);
     let metrics = node.metrics();

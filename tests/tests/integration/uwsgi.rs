@@ -139,7 +139,7 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
         run.log_tail(40)
     );
     assert!(
-        wait_until(Duration::from_secs(20), || apps::registered_count(&run.log_text())
+        wait_until(Duration::from_secs(20), || apps::registered_pids(&run.log_text()).len()
             >= cfg.processes as usize),
         "not every worker registered: {}",
         run.log_tail(60)
@@ -391,7 +391,7 @@ fn gunicorn_sync_workers_are_balanced() {
     let cmd = apps::gunicorn_command_line(addr, workers);
     let run = spawn_reuselb_run(&cmd, addr, &socket, &dir.path().join("run.log"), &[]);
     assert!(
-        wait_until(Duration::from_secs(20), || apps::registered_count(&run.log_text())
+        wait_until(Duration::from_secs(20), || apps::registered_pids(&run.log_text()).len()
             >= workers as usize),
         "not every gunicorn worker registered: {}",
         run.log_tail(40)
