@@ -119,10 +119,16 @@ pub trait LoadSource: Sized {
         0
     }
 
-    /// The slot's work figures, raw: `(mean_us, working, start_sum_us)` as in
-    /// [`crate::LoadTable`]. Every value may be anything a worker wrote.
-    fn work(&self, _slot: u32) -> (u64, u64, u64) {
-        (0, 0, 0)
+    /// The slot's work figures, raw: `(working, start_sum_us)` as in [`crate::LoadTable`].
+    /// Every value may be anything a worker wrote.
+    fn work(&self, _slot: u32) -> (u64, u64) {
+        (0, 0)
+    }
+
+    /// The group's mean service time, raw ([`crate::GroupFigures::mean_us`]); read once per
+    /// connection, and only by work-left.
+    fn group_mean_us(&self) -> u64 {
+        0
     }
 
     /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
@@ -192,8 +198,8 @@ fn min_below(x: u64, cap: u64) -> u64 {
     x ^ ((x ^ cap) & over)
 }
 
-/// The work-left cost of a slot, in microseconds: `(inflight + 1) * (mean + 1)`, the mean
-/// service time for each request in flight and the new one, plus the sum of the ages of the
+/// The work-left cost of a slot, in microseconds: `(inflight + 1) * (mean + 1)`, the group's
+/// mean service time for each request in flight and the new one, plus the sum of the ages of the
 /// requests being worked on (`working * now - start_sum`, 0 if that is negative).
 ///
 /// A heuristic for heavy-tailed requests (a few long ones among many short ones): a request that
@@ -266,7 +272,9 @@ pub fn decide<L: LoadSource>(
         Policy::LeastLoaded | Policy::WorkLeft => {
             let mut scan =
                 Scan::new(n, draw.tick % n, exclude, draw.now, blocked_limit_ns(cfg, draw));
-            scan.set_work_left(policy == Policy::WorkLeft);
+            if policy == Policy::WorkLeft {
+                scan.set_work_left(loads.group_mean_us());
+            }
             loads.run_scan(cfg, &mut scan);
             scan.result()
         }
@@ -330,6 +338,8 @@ pub struct Scan {
     pub work_on: u64,
     /// `now` in microseconds.
     pub now_us: u64,
+    /// The group's mean service time (work-left only), raw.
+    pub mean_us: u64,
 }
 
 impl Scan {
@@ -363,12 +373,15 @@ impl Scan {
             blocked_seen: 0,
             work_on: 0,
             now_us: now / 1000,
+            mean_us: 0,
         }
     }
 
-    /// Weighs each slot by its [`work_left`] cost instead of its count.
-    pub fn set_work_left(&mut self, on: bool) {
-        self.work_on = if on { u64::MAX } else { 0 };
+    /// Weighs each slot by its [`work_left`] cost instead of its count, with `mean_us` (raw) as
+    /// the group's mean service time.
+    pub fn set_work_left(&mut self, mean_us: u64) {
+        self.work_on = u64::MAX;
+        self.mean_us = mean_us;
     }
 
     /// Number of chunks that cover `n` slots.
@@ -407,8 +420,8 @@ impl Scan {
         let count = if count > Self::LOAD_CAP { Self::LOAD_CAP } else { count };
         let blocked =
             blocked_mask(count, loads.progress(slot), self.now, self.limit_ns, self.enabled);
-        let (mean, working, start_sum) = loads.work(slot);
-        let work = work_left(count, mean, working, start_sum, self.now_us);
+        let (working, start_sum) = loads.work(slot);
+        let work = work_left(count, self.mean_us, working, start_sum, self.now_us);
         // Masked as well as capped: the mask is what tells the verifier the bound (a value it
         // cannot bound makes every comparison below a path of its own).
         let work = min_below(work, Self::LOAD_CAP) & Self::LOAD_CAP;

@@ -543,18 +543,22 @@ fn p2c_stays_within_a_few_connections_over_10k_choices() {
 // ---------------------------------------------------------------------------------------------
 // work-left
 
-/// Loads with work figures per slot: `(mean_us, working, start_sum_us)`.
+/// Loads with work figures per slot, `(working, start_sum_us)`, and the group's mean.
 struct WorkLoads {
     loads: Loads,
-    work: Vec<(u64, u64, u64)>,
+    work: Vec<(u64, u64)>,
+    mean_us: u64,
 }
 
 impl LoadSource for WorkLoads {
     fn load(&self, slot: u32) -> Option<(u64, u32)> {
         self.loads.load(slot)
     }
-    fn work(&self, slot: u32) -> (u64, u64, u64) {
-        self.work.get(slot as usize).copied().unwrap_or((0, 0, 0))
+    fn work(&self, slot: u32) -> (u64, u64) {
+        self.work.get(slot as usize).copied().unwrap_or((0, 0))
+    }
+    fn group_mean_us(&self) -> u64 {
+        self.mean_us
     }
 }
 
@@ -584,17 +588,17 @@ proptest! {
     /// chunked scan of the program agrees.
     #[test]
     fn work_left_picks_a_cheapest_candidate(
-        mut cfg in config(), loads in vec((0u64..64, 1u32..4), 1..=64), work in vec((0u64..50_000, 0u64..8, 0u64..400_000), 64), d in draw(), now in 1_000_000u64..2_000_000
+        mut cfg in config(), loads in vec((0u64..64, 1u32..4), 1..=64), work in vec((0u64..8, 0u64..400_000), 64), mean_us in 0u64..50_000, d in draw(), now in 1_000_000u64..2_000_000
     ) {
         cfg.policy = Policy::WorkLeft as u32;
         cfg.n_active = cfg.n_active.min(MAX_SLOTS);
         let now_us = now;
         let d = Draw { now: now_us * 1000, ..d };
-        let loads = WorkLoads { loads: Loads(loads.into_iter().map(Some).collect()), work };
+        let loads = WorkLoads { loads: Loads(loads.into_iter().map(Some).collect()), work, mean_us };
         let cost = |s: u32| {
             let (count, weight) = loads.load(s).unwrap();
-            let (m, w, sum) = loads.work(s);
-            (work_left(count, m, w, sum, now_us).min((1 << 30) - 1), weight)
+            let (w, sum) = loads.work(s);
+            (work_left(count, mean_us, w, sum, now_us).min((1 << 30) - 1), weight)
         };
         let candidates: Vec<u32> = cfg.active_slots().iter().copied().filter(|&s| loads.load(s).is_some()).collect();
         match choose(&cfg, &d, NO_SLOT, &loads) {

@@ -190,19 +190,24 @@ impl LoadSource for MapLoads {
     }
 
     #[inline(always)]
-    fn work(&self, slot: u32) -> (u64, u64, u64) {
+    fn work(&self, slot: u32) -> (u64, u64) {
         if slot >= MAX_SLOTS {
-            return (0, 0, 0);
+            return (0, 0);
         }
         let i = slot as usize;
         // SAFETY: as in `load`: inside the LOADS value, slot < MAX_SLOTS; written concurrently.
         unsafe {
             (
-                read_volatile(addr_of!((*self.0).mean_us).cast::<u64>().add(i)),
                 read_volatile(addr_of!((*self.0).working).cast::<u64>().add(i)),
                 read_volatile(addr_of!((*self.0).start_sum_us).cast::<u64>().add(i)),
             )
         }
+    }
+
+    #[inline(always)]
+    fn group_mean_us(&self) -> u64 {
+        // SAFETY: inside the LOADS value; written concurrently by the workers.
+        unsafe { read_volatile(addr_of!((*self.0).group.mean_us)) }
     }
 
     /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over

@@ -13,8 +13,9 @@
 //! workers that look equally loaded. nginx `least_conn` counts the same way: until the answer.
 //!
 //! For the `work-left` policy the shim also keeps, per slot, the requests it is working on
-//! (`working`), the sum of their start times (`start_sum_us`) and the mean time from accept to
-//! answer (`mean_us`); a connection's start sits in [`STARTS`] until its answer.
+//! (`working`) and the sum of their start times (`start_sum_us`), and for the whole group the
+//! mean time from accept to answer (`group.mean_us`); a connection's start sits in [`STARTS`]
+//! until its answer.
 //!
 //! So `inflight` counts requests being worked on (queued, or accepted and not yet answered), and
 //! the reconciliation's invariant stays `inflight = queued + accepted - completed`. Plain atomic
@@ -84,16 +85,16 @@ fn work_started(slot: SlotRef, fd: c_int) {
 
 /// The request that started at `start` (microseconds) is done at `now_ns`, in `slot`: out of
 /// `working` first, then its start out of `start_sum_us`; its time from accept to answer moves
-/// the slot's mean 1/8 of the way. The mean's read-modify-write may lose a concurrent update of
-/// another thread: one figure.
+/// the group's mean 1/16 of the way. The mean's read-modify-write may lose a concurrent update
+/// of another worker: one figure.
 #[inline(always)]
 fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     slot.field(table_offsets::working).fetch_sub(1, Ordering::Relaxed);
     slot.field(table_offsets::start_sum_us).fetch_sub(start, Ordering::Relaxed);
-    let mean = slot.field(table_offsets::mean_us);
+    let mean = slot.field(table_offsets::group_mean_us);
     let took = (now_ns / 1000).saturating_sub(start);
     let old = mean.load(Ordering::Relaxed);
-    let next = if old == 0 { took } else { old - old / 8 + took / 8 };
+    let next = if old == 0 { took } else { old - old / 16 + took / 16 };
     mean.store(next.max(1), Ordering::Relaxed);
 }
 

@@ -35,11 +35,10 @@ pub struct SlotSnapshot {
     pub completed: u64,
     pub epoch: u64,
     pub pid: u32,
-    /// The work figures (see [`LoadTable`]): requests being worked on (raw, signed), the sum of
-    /// their start times and the mean service time, in microseconds.
+    /// The work figures (see [`LoadTable`]): requests being worked on (raw, signed) and the sum
+    /// of their start times, in microseconds.
     pub working: i64,
     pub start_sum_us: u64,
-    pub mean_us: u64,
 }
 
 impl SharedLoads {
@@ -75,8 +74,18 @@ impl SharedLoads {
             pid: self.u32_at(slot, table_offsets::pid).load(Ordering::Relaxed),
             working: self.u64_at(slot, table_offsets::working).load(Ordering::Relaxed) as i64,
             start_sum_us: self.u64_at(slot, table_offsets::start_sum_us).load(Ordering::Relaxed),
-            mean_us: self.u64_at(slot, table_offsets::mean_us).load(Ordering::Relaxed),
         }
+    }
+
+    /// The group's mean service time in microseconds, as the shims keep it (0 before the first
+    /// answer).
+    pub fn group_mean_us(&self) -> u64 {
+        self.u64_at(0, table_offsets::group_mean_us).load(Ordering::Relaxed)
+    }
+
+    /// Sets the group's mean service time (tests standing for workers).
+    pub fn set_group_mean_us(&self, mean_us: u64) {
+        self.u64_at(0, table_offsets::group_mean_us).store(mean_us, Ordering::Relaxed);
     }
 
     /// Gives the slot to a new owner: counters to zero, then weight, pid, and its new `epoch`
@@ -87,7 +96,6 @@ impl SharedLoads {
             table_offsets::inflight,
             table_offsets::accepted,
             table_offsets::completed,
-            table_offsets::mean_us,
             table_offsets::working,
             table_offsets::start_sum_us,
         ] {
@@ -128,12 +136,11 @@ impl SharedLoads {
     }
 
     /// Writes the slot's work figures as a worker's shim would: `working` requests started at
-    /// `started_us` in total (CLOCK_MONOTONIC microseconds), and a mean service time of `mean_us`
-    /// (tests standing for workers; the `work-left` policy reads them).
-    pub fn set_work(&self, slot: u32, mean_us: u64, working: u64, started_us: u64) {
+    /// `started_us` in total (CLOCK_MONOTONIC microseconds) (tests standing for workers; the
+    /// `work-left` policy reads them).
+    pub fn set_work(&self, slot: u32, working: u64, started_us: u64) {
         self.u64_at(slot, table_offsets::start_sum_us).store(started_us, Ordering::Relaxed);
         self.u64_at(slot, table_offsets::working).store(working, Ordering::Relaxed);
-        self.u64_at(slot, table_offsets::mean_us).store(mean_us, Ordering::Relaxed);
     }
 
     /// CLOCK_MONOTONIC now, in microseconds: the clock of the work figures.

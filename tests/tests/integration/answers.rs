@@ -32,14 +32,15 @@ fn totals(service: &Service) -> (u64, u64, i64) {
     })
 }
 
-/// (working, start sum, largest mean in microseconds) over the service's slots.
+/// (working, start sum) over the service's slots, and the group's mean, in microseconds.
 fn work(service: &Service) -> (i64, u64, u64) {
     let group = service.group();
     let slots = group.slots().expect("slots");
-    slots.iter().fold((0, 0, 0), |(w, s, m), slot| {
+    let (working, sum) = slots.iter().fold((0, 0), |(w, s): (i64, u64), slot| {
         let r = group.loads().read(slot.slot);
-        (w + r.working, s.wrapping_add(r.start_sum_us), m.max(r.mean_us))
-    })
+        (w + r.working, s.wrapping_add(r.start_sum_us))
+    });
+    (working, sum, group.loads().group_mean_us())
 }
 
 /// uWSGI (`proto`, 2 single-threaded workers, gil_app) under an in-process registry that never

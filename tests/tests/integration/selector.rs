@@ -395,9 +395,10 @@ fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
         let s = pool.slots.clone();
         let set_scene = || {
             let now = balancer_user::shared_loads::SharedLoads::now_us();
-            // Both: one request in flight and being worked on, 5 ms mean service time.
-            loads.set_work(s[0], 5_000, 1, now - 2_000_000);
-            loads.set_work(s[1], 5_000, 1, now);
+            // Both: one request in flight and being worked on; 5 ms mean service time.
+            loads.set_group_mean_us(5_000);
+            loads.set_work(s[0], 1, now - 2_000_000);
+            loads.set_work(s[1], 1, now);
         };
         loads.add_inflight(s[0], 1);
         loads.add_inflight(s[1], 1);
