@@ -10,7 +10,8 @@ pub const MAX_SLOTS: u32 = 256;
 /// replaced, never adopted. Layout 3 added the `OWNERS` map; layout 4 [`LoadTable::progress`] and
 /// [`Config::blocked_after_ms`]; layout 5 the work figures (a per-slot mean service time,
 /// [`LoadTable::working`], [`LoadTable::start_sum_us`]) and counts a request done at its answer;
-/// layout 6 replaces the per-slot mean with the group's ([`LoadTable::group`]).
+/// layout 6 replaces the per-slot mean with the group's ([`LoadTable::group`]) and adds the
+/// peak-EWMA figures ([`LoadTable::ewma_us`], [`LoadTable::ewma_at_us`]).
 pub const LAYOUT_VERSION: u16 = 6;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
@@ -78,6 +79,12 @@ pub struct LoadTable {
     /// it counts the request in `working`, and counts the answer out of `working` before it takes
     /// the start away: a reader between two updates sees less age, never more.
     pub start_sum_us: [u64; MAX_SLOTS as usize],
+    /// The slot's service time estimate for `peak-ewma`, in microseconds (the shim, at each
+    /// answer): a request that took longer than the estimate sets it (the peak), a shorter one
+    /// moves it 1/8 of the way down. See [`crate::policy::peak_ewma`] for how it decays.
+    pub ewma_us: [u64; MAX_SLOTS as usize],
+    /// When `ewma_us` was last set (CLOCK_MONOTONIC, microseconds).
+    pub ewma_at_us: [u64; MAX_SLOTS as usize],
     /// Figures of the whole group, on a cache line of their own.
     pub group: GroupFigures,
     /// Per-slot bookkeeping the program never reads.
@@ -158,6 +165,12 @@ pub mod table_offsets {
     }
     pub const fn start_sum_us(slot: usize) -> usize {
         offset_of!(LoadTable, start_sum_us) + slot * 8
+    }
+    pub const fn ewma_us(slot: usize) -> usize {
+        offset_of!(LoadTable, ewma_us) + slot * 8
+    }
+    pub const fn ewma_at_us(slot: usize) -> usize {
+        offset_of!(LoadTable, ewma_at_us) + slot * 8
     }
     const fn record(slot: usize) -> usize {
         offset_of!(LoadTable, slots) + slot * size_of::<SlotRecord>()
@@ -306,7 +319,8 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
-const _: () =
-    assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 2 * 8 + 32) + 64);
+const _: () = assert!(
+    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 4 * 8 + 32) + 64
+);
 const _: () = assert!(core::mem::size_of::<GroupFigures>() == 64);
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 4 * MAX_SLOTS as usize);

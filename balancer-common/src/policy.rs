@@ -23,15 +23,21 @@ pub enum Policy {
     /// service time, and each request being worked on also its age so far (with heavy-tailed
     /// requests, one that has run long has long to go). See [`work_left`].
     WorkLeft = 4,
+    /// Exact scan for the least peak-EWMA cost: the slot's service time estimate times its
+    /// requests in flight plus one, in the spirit of Finagle's and Linkerd's peak-EWMA. See
+    /// [`peak_ewma`].
+    PeakEwma = 6,
 }
 
 impl Policy {
-    pub const ALL: [Policy; 5] = [
+    /// Every policy, in the order messages list them.
+    pub const ALL: [Policy; 6] = [
         Policy::LeastLoaded,
+        Policy::WorkLeft,
+        Policy::PeakEwma,
         Policy::PowerOfTwo,
         Policy::RoundRobin,
         Policy::Hash,
-        Policy::WorkLeft,
     ];
 
     pub const fn from_id(id: u32) -> Option<Policy> {
@@ -41,6 +47,7 @@ impl Policy {
             2 => Some(Policy::RoundRobin),
             3 => Some(Policy::Hash),
             4 => Some(Policy::WorkLeft),
+            6 => Some(Policy::PeakEwma),
             _ => None,
         }
     }
@@ -53,7 +60,24 @@ impl Policy {
             Policy::RoundRobin => "round-robin",
             Policy::Hash => "hash",
             Policy::WorkLeft => "work-left",
+            Policy::PeakEwma => "peak-ewma",
         }
+    }
+}
+
+/// The names of [`Policy::ALL`], comma-separated, for messages.
+#[derive(Debug, Clone, Copy)]
+pub struct PolicyNames;
+
+impl core::fmt::Display for PolicyNames {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        for (i, p) in Policy::ALL.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            f.write_str(p.name())?;
+        }
+        Ok(())
     }
 }
 
@@ -63,9 +87,7 @@ pub struct UnknownPolicy;
 
 impl core::fmt::Display for UnknownPolicy {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        f.write_str(
-            "unknown policy: expected one of least-loaded, work-left, p2c, round-robin, hash",
-        )
+        write!(f, "unknown policy: expected one of {PolicyNames}")
     }
 }
 
@@ -79,6 +101,7 @@ impl core::str::FromStr for Policy {
             "round-robin" | "round_robin" | "rr" => Ok(Policy::RoundRobin),
             "hash" => Ok(Policy::Hash),
             "work-left" | "work_left" => Ok(Policy::WorkLeft),
+            "peak-ewma" | "peak_ewma" => Ok(Policy::PeakEwma),
             _ => Err(UnknownPolicy),
         }
     }
@@ -125,8 +148,13 @@ pub trait LoadSource: Sized {
         (0, 0)
     }
 
+    /// The slot's peak-EWMA figures, raw: `(ewma_us, ewma_at_us)` as in [`crate::LoadTable`].
+    fn ewma(&self, _slot: u32) -> (u64, u64) {
+        (0, 0)
+    }
+
     /// The group's mean service time, raw ([`crate::GroupFigures::mean_us`]); read once per
-    /// connection, and only by work-left.
+    /// connection, and only by work-left and peak-ewma.
     fn group_mean_us(&self) -> u64 {
         0
     }
@@ -220,6 +248,45 @@ pub fn work_left(inflight: u64, mean_us: u64, working: u64, start_sum_us: u64, n
     (inflight + 1) * (mean + 1) + age
 }
 
+/// The peak-EWMA estimate halves its distance to the group's mean every 2^16 µs (about 65 ms)
+/// without an answer.
+pub const EWMA_HALF_LIFE_SHIFT: u32 = 16;
+
+/// A slot's peak-EWMA service time estimate at `now_us`, in microseconds: `ewma_us`, set at
+/// `ewma_at_us`, moved toward the group's mean `mean_us` by half the distance for every
+/// [`EWMA_HALF_LIFE_SHIFT`] half-life since (a stamp in the future: no time passed). Always
+/// between the two figures, so below 2^25 whatever the inputs (workers write them).
+///
+/// Finagle and tower decay the estimate toward 0, to probe a backend again; here the workers of
+/// a group are alike, so a worker that has not answered for a while is taken for an average one,
+/// not a free one: toward 0, a worker with many requests queued and none answered yet would look
+/// cheap. Without any decay, one long request would keep a worker looking expensive, and idle,
+/// until it got traffic again, which it would not (what sank work-left's per-worker mean).
+/// Branch-free, like the rest of the scan; the shim uses it too, before it folds in an answer.
+#[inline(always)]
+pub fn ewma_now(ewma_us: u64, ewma_at_us: u64, mean_us: u64, now_us: u64) -> u64 {
+    const MASK: u64 = (1 << 62) - 1;
+    let est = min_below(ewma_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let mean = min_below(mean_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let since = now_us.wrapping_sub(ewma_at_us);
+    let since = since & !negative(since);
+    let halves = min_below((since & MASK) >> EWMA_HALF_LIFE_SHIFT, 63) & 63;
+    // An arithmetic shift rounds toward minus infinity: the result stays within [est, mean]
+    // when est < mean, and within [mean, est] otherwise.
+    let diff = (est.wrapping_sub(mean) as i64) >> halves;
+    mean.wrapping_add(diff as u64) & ((1 << 25) - 1)
+}
+
+/// The peak-EWMA cost of a slot: `(estimate + 1) * (inflight + 1)`, the estimate as
+/// [`ewma_now`] gives it. Below 2^56 whatever the inputs.
+#[inline(always)]
+pub fn peak_ewma(inflight: u64, ewma_us: u64, ewma_at_us: u64, mean_us: u64, now_us: u64) -> u64 {
+    const MASK: u64 = (1 << 62) - 1;
+    let est = ewma_now(ewma_us, ewma_at_us, mean_us, now_us);
+    let inflight = min_below(inflight & MASK, Scan::LOAD_CAP) & Scan::LOAD_CAP;
+    (est + 1) * (inflight + 1)
+}
+
 /// The blocked limit of `cfg` in ns (0: off).
 #[inline(always)]
 fn blocked_limit_ns(cfg: &Config, draw: &Draw) -> u64 {
@@ -269,12 +336,10 @@ pub fn decide<L: LoadSource>(
     };
     let plain = |slot: u32| Choice { slot, passed_blocked: false };
     match policy {
-        Policy::LeastLoaded | Policy::WorkLeft => {
+        Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma => {
             let mut scan =
                 Scan::new(n, draw.tick % n, exclude, draw.now, blocked_limit_ns(cfg, draw));
-            if policy == Policy::WorkLeft {
-                scan.set_work_left(loads.group_mean_us());
-            }
+            scan.set_cost(cfg, loads.group_mean_us());
             loads.run_scan(cfg, &mut scan);
             scan.result()
         }
@@ -336,9 +401,11 @@ pub struct Scan {
     pub blocked_seen: u64,
     /// All ones for work-left: the load is the [`work_left`] cost instead of the count.
     pub work_on: u64,
+    /// All ones for peak-ewma: the load is the [`peak_ewma`] cost instead of the count.
+    pub peak_on: u64,
     /// `now` in microseconds.
     pub now_us: u64,
-    /// The group's mean service time (work-left only), raw.
+    /// The group's mean service time (work-left and peak-ewma), raw.
     pub mean_us: u64,
 }
 
@@ -372,15 +439,26 @@ impl Scan {
             enabled: if limit_ns != 0 { u64::MAX } else { 0 },
             blocked_seen: 0,
             work_on: 0,
+            peak_on: 0,
             now_us: now / 1000,
             mean_us: 0,
         }
     }
 
-    /// Weighs each slot by its [`work_left`] cost instead of its count, with `mean_us` (raw) as
-    /// the group's mean service time.
-    pub fn set_work_left(&mut self, mean_us: u64) {
-        self.work_on = u64::MAX;
+    /// Weighs each slot by the cost of `cfg`'s policy ([`work_left`] for work-left,
+    /// [`peak_ewma`] for peak-ewma; the count for any other), with `mean_us` (raw) as the group's
+    /// mean service time.
+    ///
+    /// The masks come from the policy id read again from `cfg`, without a branch: the verifier
+    /// knows the id exactly on each path of the caller's `match`, and masks it knows exactly
+    /// would have it walk the whole scan once per cost policy.
+    #[inline(always)]
+    pub fn set_cost(&mut self, cfg: &Config, mean_us: u64) {
+        // SAFETY: `cfg.policy` is a valid, aligned u32 (a reference's field).
+        let id = unsafe { core::ptr::read_volatile(&cfg.policy) } as u64;
+        let is = |want: Policy| negative((id ^ want as u64).wrapping_sub(1));
+        self.work_on = is(Policy::WorkLeft);
+        self.peak_on = is(Policy::PeakEwma);
         self.mean_us = mean_us;
     }
 
@@ -425,7 +503,12 @@ impl Scan {
         // Masked as well as capped: the mask is what tells the verifier the bound (a value it
         // cannot bound makes every comparison below a path of its own).
         let work = min_below(work, Self::LOAD_CAP) & Self::LOAD_CAP;
-        let load = (count & !self.work_on) | (work & self.work_on);
+        let (ewma, ewma_at) = loads.ewma(slot);
+        let peak = peak_ewma(count, ewma, ewma_at, self.mean_us, self.now_us);
+        let peak = min_below(peak, Self::LOAD_CAP) & Self::LOAD_CAP;
+        let load = (count & !(self.work_on | self.peak_on))
+            | (work & self.work_on)
+            | (peak & self.peak_on);
         self.blocked_seen |= blocked;
         let load = load + (blocked & Self::BLOCKED);
         let weight = (weight & !(blocked as u32)) | (blocked as u32 & 1);

@@ -69,8 +69,8 @@ fn least_loaded_ties_spread_over_all_tied_slots() {
 /// Equal loads take turns: over `n` consecutive ticks every one of `n` equally loaded slots wins
 /// exactly once (a random start gave some two or three in a row).
 #[test]
-fn least_loaded_and_work_left_rotate_among_equal_slots() {
-    for policy in [Policy::LeastLoaded, Policy::WorkLeft] {
+fn least_loaded_work_left_and_peak_ewma_rotate_among_equal_slots() {
+    for policy in [Policy::LeastLoaded, Policy::WorkLeft, Policy::PeakEwma] {
         let cfg = config(policy, &[4, 7, 9]);
         let mut raw = vec![(0, 1); 16];
         raw[4] = (2, 1);
@@ -205,5 +205,7 @@ fn policy_names_round_trip() {
         assert_eq!(Policy::from_id(p as u32), Some(p));
     }
     assert!("fastest".parse::<Policy>().is_err());
-    assert_eq!(Policy::from_id(Policy::ALL.len() as u32), None);
+    let past = Policy::ALL.iter().map(|&p| p as u32).max().unwrap() + 1;
+    assert_eq!(Policy::from_id(past), None);
+    assert_eq!(Policy::from_id(u32::MAX), None);
 }

@@ -4,6 +4,9 @@
 //!
 //! - work-left: its cost never overflows or panics whatever a worker wrote, grows with the count
 //!   and with the ages, and the scan picks a cheapest candidate (chunked like the program).
+//! - peak-ewma: the decayed estimate always lies between the worker's estimate and the group's
+//!   mean, moves toward the mean as time passes, and the cost never overflows; the scan picks a
+//!   cheapest candidate.
 //! - The blocked check: least-loaded picks the lightest unblocked slot (the lightest blocked one
 //!   when all are), p2c changes its pick only to leave a blocked slot, and `blocked_mask` (the
 //!   branch-free form the scan uses) agrees with `is_blocked`.
@@ -18,8 +21,8 @@
 //!   choices on 64 slots (fixed seeds, bounds measured against an ideal two-choice process);
 //!   round robin is exact.
 use balancer_common::{
-    choose, decide, is_blocked, policy::lighter, work_left, Config, Draw, Event, LoadSource,
-    Policy, Scan, MAX_SLOTS, NO_SLOT,
+    choose, decide, ewma_now, is_blocked, peak_ewma, policy::lighter, work_left, Config, Draw,
+    Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT,
 };
 use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRng};
 
@@ -599,6 +602,83 @@ proptest! {
             let (count, weight) = loads.load(s).unwrap();
             let (w, sum) = loads.work(s);
             (work_left(count, mean_us, w, sum, now_us).min((1 << 30) - 1), weight)
+        };
+        let candidates: Vec<u32> = cfg.active_slots().iter().copied().filter(|&s| loads.load(s).is_some()).collect();
+        match choose(&cfg, &d, NO_SLOT, &loads) {
+            Ok(slot) => {
+                let (c, w) = cost(slot);
+                for &other in &candidates {
+                    let (oc, ow) = cost(other);
+                    prop_assert!(!lighter(oc, ow, c, w), "slot {} {:?} is dearer than slot {} {:?}", slot, (c, w), other, (oc, ow));
+                }
+            }
+            Err(_) => prop_assert!(candidates.is_empty(), "nothing chosen among {:?}", candidates),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// peak-ewma
+
+/// Loads with a peak-EWMA estimate per slot, `(ewma_us, ewma_at_us)`, and the group's mean.
+struct EwmaLoads {
+    loads: Loads,
+    ewma: Vec<(u64, u64)>,
+    mean_us: u64,
+}
+
+impl LoadSource for EwmaLoads {
+    fn load(&self, slot: u32) -> Option<(u64, u32)> {
+        self.loads.load(slot)
+    }
+    fn ewma(&self, slot: u32) -> (u64, u64) {
+        self.ewma.get(slot as usize).copied().unwrap_or((0, 0))
+    }
+    fn group_mean_us(&self) -> u64 {
+        self.mean_us
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    /// Any figures: no panic, the cost stays below 2^56, and the estimate below 2^25.
+    #[test]
+    fn peak_ewma_is_total(inflight in any::<u64>(), ewma in any::<u64>(), at in any::<u64>(), mean in any::<u64>(), now in any::<u64>()) {
+        prop_assert!(ewma_now(ewma, at, mean, now) < 1 << 25);
+        prop_assert!(peak_ewma(inflight, ewma, at, mean, now) < 1 << 56);
+    }
+
+    /// With sane figures: the estimate lies between the worker's and the group's, is the
+    /// worker's when no time passed, gets no farther from the mean as time passes, is the mean
+    /// after 63 half-lives; one more in flight never costs less.
+    #[test]
+    fn peak_ewma_decays_toward_the_group_mean(ewma in 0u64..(1 << 24), mean in 0u64..(1 << 24), at in 0u64..1 << 40, since in 0u64..1 << 30, later in 0u64..1 << 30, inflight in 0u64..1000) {
+        let now = at + since;
+        let est = ewma_now(ewma, at, mean, now);
+        prop_assert!(ewma.min(mean) <= est && est <= ewma.max(mean), "{} not within {}..{}", est, ewma, mean);
+        prop_assert_eq!(ewma_now(ewma, at, mean, at), ewma);
+        let after = ewma_now(ewma, at, mean, now + later);
+        prop_assert!(after.abs_diff(mean) <= est.abs_diff(mean));
+        prop_assert!(ewma_now(ewma, at, mean, at + (63 << 16)).abs_diff(mean) <= 1);
+        let cost = peak_ewma(inflight, ewma, at, mean, now);
+        prop_assert_eq!(cost, (est + 1) * (inflight + 1));
+        prop_assert!(peak_ewma(inflight + 1, ewma, at, mean, now) >= cost);
+    }
+
+    /// peak-ewma picks a candidate of the least cost (readable, usable, per weight).
+    #[test]
+    fn peak_ewma_picks_a_cheapest_candidate(
+        mut cfg in config(), loads in vec((0u64..64, 1u32..4), 1..=64), ewma in vec((0u64..100_000, 0u64..2_000_000), 64), mean_us in 0u64..50_000, d in draw(), now in 1_000_000u64..2_000_000
+    ) {
+        cfg.policy = Policy::PeakEwma as u32;
+        cfg.n_active = cfg.n_active.min(MAX_SLOTS);
+        let d = Draw { now: now * 1000, ..d };
+        let loads = EwmaLoads { loads: Loads(loads.into_iter().map(Some).collect()), ewma, mean_us };
+        let cost = |s: u32| {
+            let (count, weight) = loads.load(s).unwrap();
+            let (e, at) = loads.ewma(s);
+            (peak_ewma(count, e, at, mean_us, now).min((1 << 30) - 1), weight)
         };
         let candidates: Vec<u32> = cfg.active_slots().iter().copied().filter(|&s| loads.load(s).is_some()).collect();
         match choose(&cfg, &d, NO_SLOT, &loads) {

@@ -4,7 +4,7 @@
 //! the line and column of the offending node, the field, the bad value and what was expected:
 //!
 //! ```text
-//! /etc/reuselb/reuselb.yaml:7:13: services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, p2c, round-robin, hash
+//! /etc/reuselb/reuselb.yaml:7:13: services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, peak-ewma, p2c, round-robin, hash
 //! ```
 //!
 //! Checks of one value (policy names, addresses, ranges, paths) run while the file is read, so
@@ -23,7 +23,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use balancer_common::{Policy, MAX_SLOTS};
+use balancer_common::{Policy, PolicyNames, MAX_SLOTS};
 pub mod pods;
 pub use pods::{Pods, Template};
 
@@ -556,10 +556,8 @@ fn de_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
-    de_str(d, "one of least-loaded, work-left, p2c, round-robin, hash", |v| {
-        v.parse().map_err(|_| {
-            format!("unknown policy `{v}`: expected one of least-loaded, work-left, p2c, round-robin, hash")
-        })
+    de_str(d, format!("one of {PolicyNames}"), |v| {
+        v.parse().map_err(|_| format!("unknown policy `{v}`: expected one of {PolicyNames}"))
     })
 }
 

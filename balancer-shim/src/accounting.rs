@@ -15,7 +15,8 @@
 //! For the `work-left` policy the shim also keeps, per slot, the requests it is working on
 //! (`working`) and the sum of their start times (`start_sum_us`), and for the whole group the
 //! mean time from accept to answer (`group.mean_us`); a connection's start sits in [`STARTS`]
-//! until its answer.
+//! until its answer. For `peak-ewma` it keeps the slot's service time estimate (`ewma_us`, set at
+//! `ewma_at_us`): see [`work_done`].
 //!
 //! So `inflight` counts requests being worked on (queued, or accepted and not yet answered), and
 //! the reconciliation's invariant stays `inflight = queued + accepted - completed`. Plain atomic
@@ -28,7 +29,7 @@ use core::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use balancer_common::table_offsets;
+use balancer_common::{ewma_now, table_offsets};
 
 use crate::{
     config::config,
@@ -85,17 +86,26 @@ fn work_started(slot: SlotRef, fd: c_int) {
 
 /// The request that started at `start` (microseconds) is done at `now_ns`, in `slot`: out of
 /// `working` first, then its start out of `start_sum_us`; its time from accept to answer moves
-/// the group's mean 1/16 of the way. The mean's read-modify-write may lose a concurrent update
-/// of another worker: one figure.
+/// the group's mean 1/16 of the way, and the slot's peak-EWMA estimate: up to it if it took
+/// longer than the estimate (as decayed to now, [`ewma_now`]), else 1/8 of the way down. The
+/// read-modify-writes may lose a concurrent update of another worker (the mean) or thread (the
+/// estimate): one figure.
 #[inline(always)]
 fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     slot.field(table_offsets::working).fetch_sub(1, Ordering::Relaxed);
     slot.field(table_offsets::start_sum_us).fetch_sub(start, Ordering::Relaxed);
     let mean = slot.field(table_offsets::group_mean_us);
-    let took = (now_ns / 1000).saturating_sub(start);
+    let now_us = now_ns / 1000;
+    let took = now_us.saturating_sub(start);
     let old = mean.load(Ordering::Relaxed);
     let next = if old == 0 { took } else { old - old / 16 + took / 16 };
     mean.store(next.max(1), Ordering::Relaxed);
+    let ewma = slot.field(table_offsets::ewma_us);
+    let at = slot.field(table_offsets::ewma_at_us);
+    let est = ewma_now(ewma.load(Ordering::Relaxed), at.load(Ordering::Relaxed), old, now_us);
+    let est = if took >= est { took } else { est - est / 8 + took / 8 };
+    ewma.store(est, Ordering::Relaxed);
+    at.store(now_us, Ordering::Relaxed);
 }
 
 /// Set in a connection's mark ([`CONNS`]) once it has answered: its request is done.

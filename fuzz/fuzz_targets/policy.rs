@@ -6,7 +6,7 @@
 
 use arbitrary::Arbitrary;
 use balancer_common::{
-    choose, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
+    choose, peak_ewma, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -58,7 +58,11 @@ fn lighter_or_equal(a: (u64, u32), b: (u64, u32)) -> bool {
 }
 
 fuzz_target!(|input: Input| {
-    let policy = if input.policy < 240 { (input.policy % 5) as u32 } else { input.raw_policy };
+    let policy = if input.policy < 240 {
+        Policy::ALL[input.policy as usize % Policy::ALL.len()] as u32
+    } else {
+        input.raw_policy
+    };
     let mut cfg = Config::empty(policy);
     for (dst, &e) in cfg.active.iter_mut().zip(&input.active) {
         *dst = if e & 0x8000_0000 == 0 { e & 0x1ff } else { e };
@@ -102,11 +106,14 @@ fuzz_target!(|input: Input| {
     }
     let active = cfg.active_slots();
     match Policy::from_id(policy).unwrap() {
-        p @ (Policy::LeastLoaded | Policy::WorkLeft) => {
-            // work-left with no work figures (all 0): the count plus one, per weight.
+        p @ (Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma) => {
+            // work-left and peak-ewma with no work figures (all 0): the count plus one, per
+            // weight.
             let cost = |(l, w): (u64, u32)| {
                 if p == Policy::WorkLeft {
                     (work_left(l, 0, 0, 0, 0).min((1 << 30) - 1), w)
+                } else if p == Policy::PeakEwma {
+                    (peak_ewma(l, 0, 0, 0, 0).min((1 << 30) - 1), w)
                 } else {
                     (l, w)
                 }

@@ -421,3 +421,43 @@ fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
         Ok(())
     });
 }
+
+/// peak-ewma weighs each worker's recent service time: of two workers with one request each,
+/// the one whose last answer took 50 ms (10 times the other's) gets none of 6 new connections;
+/// least-loaded, the control on the same table, shares them. The same estimate set 2 s ago has
+/// decayed to the group's mean (about 30 half-lives), and peak-ewma shares again.
+#[test]
+fn peak_ewma_passes_over_a_slow_worker_until_its_estimate_decays() {
+    each_family(|_, ip| {
+        let options =
+            balancer_user::GroupOptions { policy: Policy::PeakEwma, ..Default::default() };
+        let mut pool = Pool::with_options(ip, 2, options)?;
+        let loads = Arc::clone(pool.group.loads());
+        let s = pool.slots.clone();
+        loads.add_inflight(s[0], 1);
+        loads.add_inflight(s[1], 1);
+        loads.set_group_mean_us(5_000);
+        // The scene: slot 0's estimate is 50 ms, set `ago` microseconds ago; slot 1's is 5 ms.
+        let round = |pool: &mut Pool, ago: u64| -> anyhow::Result<Vec<usize>> {
+            let now = balancer_user::shared_loads::SharedLoads::now_us();
+            loads.set_ewma(s[0], 50_000, now - ago);
+            loads.set_ewma(s[1], 5_000, now);
+            let conns = pool.connect_many(6)?;
+            let counts = pool.drain()?;
+            ensure!(conns.len() == 6 && counts.iter().sum::<usize>() == 6, "{counts:?}");
+            // Back to one in flight each.
+            for (slot, n) in s.iter().zip(&counts) {
+                loads.add_inflight(*slot, -(*n as i64));
+            }
+            Ok(counts)
+        };
+        let counts = round(&mut pool, 0)?;
+        ensure!(counts[0] == 0, "peak-ewma sent connections to the slow worker: {counts:?}");
+        let counts = round(&mut pool, 2_000_000)?;
+        ensure!(counts[0] >= 2, "a 2 s old estimate did not decay: {counts:?}");
+        pool.group.set_policy(Policy::LeastLoaded)?;
+        let counts = round(&mut pool, 0)?;
+        ensure!(counts[0] >= 2, "least-loaded (the control) did not share the tie: {counts:?}");
+        Ok(())
+    });
+}

@@ -87,8 +87,14 @@ pub const CONFIGS: &[Cfg] = &[
     Cfg {
         letter: 'I',
         label: "reuselb work-left",
-        describe: "`reuselb run --policy work-left`: the least work left, each request in flight counting the worker's mean service time and each one being worked on also its age",
+        describe: "`reuselb run --policy work-left`: the least work left, each request in flight counting the group's mean service time and each one being worked on also its age",
         how: How::Reuselb { policy: "work-left", extra: &[] },
+    },
+    Cfg {
+        letter: 'K',
+        label: "reuselb peak-ewma",
+        describe: "`reuselb run --policy peak-ewma`: the least (service time estimate + 1) × (in flight + 1), the estimate jumping to a slower answer and decaying toward the group's mean (half-life 65 ms)",
+        how: How::Reuselb { policy: "peak-ewma", extra: &[] },
     },
 ];
 
