@@ -55,6 +55,8 @@ impl Broken {
                 ("answers", "a_worker_is_free_once_it_answered_before_it_closes"),
                 ("migrate", "a_closing_listener_hands_its_queue_to_the_others"),
                 ("worker_restarts", "max_requests_recycling_under_load_keeps_connections"),
+                ("selector", "work_left_passes_over_an_old_request_and_least_loaded_does_not"),
+                ("selector", "peak_ewma_passes_over_a_slow_worker_until_its_estimate_decays"),
             ],
             Broken::NoCount => &[
                 ("claims", "shim_counters_equal_requests_served_with_reconciliation_off"),
