@@ -507,31 +507,55 @@ pub fn gunicorn_command_line(addr: SocketAddr, workers: u32) -> Vec<String> {
 /// nginx in the foreground, one process, listening on `port` and passing every request to the
 /// uwsgi-protocol socket `upstream`. Its files live in `dir`.
 pub fn spawn_nginx(dir: &Path, port: u16, upstream: SocketAddr) -> Proc {
+    start_nginx(dir, port, &Nginx { upstreams: &[upstream], ..Nginx::default() })
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// How nginx passes requests on: to these uwsgi-protocol sockets, with `least_conn` or its
+/// default round robin, and with a fastrouter key if one is given.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Nginx<'a> {
+    pub upstreams: &'a [SocketAddr],
+    pub least_conn: bool,
+    pub fastrouter_key: Option<&'a str>,
+}
+
+/// nginx in the foreground, one process, listening on `port` and passing every request on as
+/// `how` says. Its files live in `dir`. Returns once it accepts connections; an error with its
+/// logs if it did not start within 5 s.
+pub fn start_nginx(dir: &Path, port: u16, how: &Nginx<'_>) -> Result<Proc, String> {
     let conf = dir.join("nginx.conf");
     let d = dir.display();
+    let servers: String = how.upstreams.iter().map(|u| format!("    server {u};\n")).collect();
+    let balance = if how.least_conn { "    least_conn;\n" } else { "" };
+    let key = how
+        .fastrouter_key
+        .map(|k| format!("      uwsgi_param UWSGI_FASTROUTER_KEY {k};\n"))
+        .unwrap_or_default();
     std::fs::write(
         &conf,
         format!(
             "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-             events {{ worker_connections 4096; }}\n\
+             events {{ worker_connections 8192; }}\n\
              http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
              fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             upstream app {{ server {upstream}; }}\n\
-             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{\n      include /etc/nginx/uwsgi_params;\n\
-             uwsgi_pass app;\n    }}\n  }}\n}}\n"
+             upstream app {{\n{balance}{servers}  }}\n\
+             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{\n      include /etc/nginx/uwsgi_params;\n{key}\
+                   uwsgi_pass app;\n    }}\n  }}\n}}\n"
         ),
     )
-    .expect("write nginx.conf");
+    .map_err(|e| format!("writing {}: {e}", conf.display()))?;
     let mut cmd = Command::new("nginx");
     cmd.arg("-p").arg(dir).arg("-c").arg(&conf);
     let p = Proc::spawn("nginx", cmd, &dir.join("nginx.log"));
-    assert!(
-        wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok()),
-        "nginx did not start: {}\n{}",
-        p.log_tail(20),
-        std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
-    );
-    p
+    if !wait_until(Duration::from_secs(5), || TcpStream::connect(("127.0.0.1", port)).is_ok()) {
+        return Err(format!(
+            "nginx did not start: {}\n{}",
+            p.log_tail(20),
+            std::fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
+        ));
+    }
+    Ok(p)
 }
 
 // ---------------------------------------------------------------------------------------------

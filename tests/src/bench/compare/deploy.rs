@@ -7,14 +7,16 @@
 use std::{
     fs,
     net::{SocketAddr, TcpStream},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::Command,
     time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context, Result};
 
-use crate::apps::{self, free_port, wait_until, Proc, TempDir, UwsgiConfig, UwsgiProto};
+use crate::apps::{
+    self, free_port, start_nginx, wait_until, Nginx, Proc, TempDir, UwsgiConfig, UwsgiProto,
+};
 use crate::bench::loadgen::check_interrupted;
 
 use super::configs::{CfgRef, How, Variant};
@@ -74,48 +76,6 @@ fn uwsgi_config(addr: SocketAddr, processes: u32, threads: u32, extra: &[&str]) 
     c.app = apps::apps_dir().join("bench_app.py");
     c.extra = ["--listen", "1024"].iter().chain(extra).map(|s| s.to_string()).collect();
     c
-}
-
-/// nginx in the foreground, one process, on `port`, passing every request to `upstreams` over the
-/// uwsgi protocol.
-fn spawn_nginx(
-    dir: &Path,
-    port: u16,
-    upstreams: &[SocketAddr],
-    least_conn: bool,
-    fastrouter_key: Option<&str>,
-) -> Result<Proc> {
-    let conf = dir.join("nginx.conf");
-    let d = dir.display();
-    let servers: String = upstreams.iter().map(|u| format!("    server {u};\n")).collect();
-    let balance = if least_conn { "    least_conn;\n" } else { "" };
-    let key = fastrouter_key
-        .map(|k| format!("      uwsgi_param UWSGI_FASTROUTER_KEY {k};\n"))
-        .unwrap_or_default();
-    fs::write(
-        &conf,
-        format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log warn;\n\
-             events {{ worker_connections 8192; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
-             fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-             upstream app {{\n{balance}{servers}  }}\n\
-             server {{\n    listen 127.0.0.1:{port} backlog=4096;\n    location / {{\n      include /etc/nginx/uwsgi_params;\n{key}\
-                   uwsgi_pass app;\n    }}\n  }}\n}}\n"
-        ),
-    )
-    .context("writing nginx.conf")?;
-    let mut cmd = Command::new("nginx");
-    cmd.arg("-p").arg(dir).arg("-c").arg(&conf);
-    let p = Proc::spawn("nginx", cmd, &dir.join("nginx.log"));
-    if !wait_until(Duration::from_secs(5), || TcpStream::connect(loopback(port)).is_ok()) {
-        bail!(
-            "nginx did not start: {}\n{}",
-            p.log_tail(20),
-            fs::read_to_string(dir.join("nginx-error.log")).unwrap_or_default()
-        );
-    }
-    Ok(p)
 }
 
 fn wait_ready(cfg: &UwsgiConfig, p: &Proc) -> Result<()> {
@@ -245,7 +205,8 @@ pub fn deploy(cfg: CfgRef, v: Variant, bins: &Binaries) -> Result<Deployment> {
     }
     let nginx_dir = d.join("nginx");
     fs::create_dir_all(&nginx_dir)?;
-    dep.nginx = Some(spawn_nginx(&nginx_dir, front_port, &upstreams, least_conn, key)?);
+    let how = Nginx { upstreams: &upstreams, least_conn, fastrouter_key: key };
+    dep.nginx = Some(start_nginx(&nginx_dir, front_port, &how).map_err(anyhow::Error::msg)?);
     for u in &dep.instances {
         let stats = u.stats().with_context(|| {
             format!("{}: stats server of {} does not answer", cfg.short(), u.addr)
