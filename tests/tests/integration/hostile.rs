@@ -23,7 +23,7 @@ use integration_tests::{
     NetNs,
 };
 
-fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
+pub(super) fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
     let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
     // World-writable, so the uid check (not the file mode) is what stops other users.
     options.socket_mode = 0o666;
@@ -37,6 +37,21 @@ fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
 /// How many of this process's descriptors refer to `socket`'s open file (`socket:[inode]`): the
 /// socket itself and every copy received with a message. Only those: the other tests of this
 /// binary run in the same process and open and close descriptors of their own meanwhile.
+pub(super) fn start_with(
+    dir: &TempDir,
+    addr: SocketAddr,
+    tune: impl FnOnce(&mut RegistryOptions),
+) -> Registry {
+    let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
+    options.socket_mode = 0o666;
+    tune(&mut options);
+    let group = Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() })
+        .unwrap_or_else(|e| {
+            panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}")
+        });
+    Registry::start(options, vec![(addr, group)]).expect("starting the registry")
+}
+
 fn open_fds_of(socket: &impl AsRawFd) -> usize {
     let link = |fd: &std::path::Path| std::fs::read_link(fd).ok();
     let target = link(std::path::Path::new(&format!("/proc/self/fd/{}", socket.as_raw_fd())));
@@ -48,12 +63,12 @@ fn open_fds_of(socket: &impl AsRawFd) -> usize {
         .count()
 }
 
-fn msg() -> [u8; Register::SIZE] {
+pub(super) fn msg() -> [u8; Register::SIZE] {
     Register::new(std::process::id(), 1).encode()
 }
 
 /// The service still takes a legitimate worker and serves a connection through it.
-fn still_serving(registry: &Registry, addr: SocketAddr) {
+pub(super) fn still_serving(registry: &Registry, addr: SocketAddr) {
     let path = registry.socket_path().to_path_buf();
     // A refused socket of another uid on the same address closes on the registry's closer
     // thread a moment after the reply: until then SO_REUSEPORT (same uid only) refuses the bind.
@@ -271,299 +286,6 @@ fn raise_fd_limit() {
         lim.rlim_cur = lim.rlim_max.min(65536);
         libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Issue 11: peers that try to stall, outlive or outweigh the registry.
-
-fn start_with(
-    dir: &TempDir,
-    addr: SocketAddr,
-    tune: impl FnOnce(&mut RegistryOptions),
-) -> Registry {
-    let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
-    options.socket_mode = 0o666;
-    tune(&mut options);
-    let group = Group::new(GroupOptions { policy: Policy::LeastLoaded, ..Default::default() })
-        .unwrap_or_else(|e| {
-            panic!("cannot load the SK_REUSEPORT program (these tests need root and BPF): {e}")
-        });
-    Registry::start(options, vec![(addr, group)]).expect("starting the registry")
-}
-
-fn setsockopt_int(fd: i32, level: i32, opt: i32, value: i32) {
-    // SAFETY: a c_int option value of the stated size, on a descriptor we own.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as _,
-        )
-    };
-    assert_eq!(r, 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
-}
-
-/// A connected TCP socket with unsent data and `SO_LINGER {1, secs}`: closing its last reference
-/// blocks for `secs`. Returns it and the server side (which never reads: keep it open).
-fn lingering_socket(secs: i32) -> (TcpStream, TcpStream, TcpListener) {
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
-    let (peer, _) = server.accept().unwrap();
-    setsockopt_int(peer.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
-    setsockopt_int(client.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096);
-    client.set_nonblocking(true).unwrap();
-    let chunk = [0x55u8; 65536];
-    let mut sent = 0usize;
-    let deadline = Instant::now() + Duration::from_secs(5);
-    use std::io::Write;
-    loop {
-        match (&client).write(&chunk) {
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                // Full; give the window a moment, and stop when it stays full.
-                std::thread::sleep(Duration::from_millis(50));
-                match (&client).write(&chunk) {
-                    Ok(n) => sent += n,
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                    Err(e) => panic!("filling the send buffer: {e}"),
-                }
-            }
-            Err(e) => panic!("filling the send buffer: {e}"),
-        }
-        assert!(Instant::now() < deadline, "the send buffer never filled ({sent} bytes sent)");
-    }
-    assert!(sent > 0);
-    let linger = libc::linger { l_onoff: 1, l_linger: secs };
-    // SAFETY: a struct linger of the stated size, on a descriptor we own.
-    let r = unsafe {
-        libc::setsockopt(
-            client.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&linger as *const libc::linger).cast(),
-            std::mem::size_of::<libc::linger>() as _,
-        )
-    };
-    assert_eq!(r, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
-    (client, peer, server)
-}
-
-/// Sends one datagram on `conn`, with `fd` attached if given, without waiting; false if refused.
-fn send_on(conn: &impl AsRawFd, data: &[u8], fd: Option<i32>) -> bool {
-    // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
-    let mut cbuf = vec![0u64; space.div_ceil(8)];
-    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
-    // SAFETY: msghdr, iovec and control buffer outlive the sendmsg call that reads them.
-    unsafe {
-        let mut hdr: libc::msghdr = std::mem::zeroed();
-        hdr.msg_iov = &mut iov;
-        hdr.msg_iovlen = 1;
-        if let Some(fd) = fd {
-            hdr.msg_control = cbuf.as_mut_ptr().cast();
-            hdr.msg_controllen = space;
-            let c = libc::CMSG_FIRSTHDR(&hdr);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
-        }
-        libc::sendmsg(conn.as_raw_fd(), &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) >= 0
-    }
-}
-
-/// Sends `fd` to the registry in a registration message and closes our copy at once, so that
-/// the registry's copy (in flight, then received) is the last reference.
-fn hand_over_and_close(path: &std::path::Path, fd: TcpStream) -> std::os::fd::OwnedFd {
-    let conn = connect(path).unwrap();
-    assert!(send_on(&conn, &msg(), Some(fd.as_raw_fd())), "sendmsg");
-    drop(fd);
-    conn
-}
-
-/// Trick (a): a worker registers, then sends an empty message (which reads as its leaving)
-/// and, behind it, a message carrying a lingering socket: the registry closes the connection
-/// with that message still queued, and the close frees the socket in the closing thread.
-/// Returns what must stay open, and whether the second message was queued in time.
-fn lingering_behind_a_registration(
-    path: &std::path::Path,
-    addr: SocketAddr,
-) -> (Vec<Box<dyn std::any::Any>>, bool) {
-    let listener = bind_reuseport(addr, 16).unwrap();
-    let (client, peer, server) = lingering_socket(60);
-    let (reply, conn) = register_and_hold(path, &msg(), listener.as_raw_fd());
-    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
-    let landed = send_on(&conn, b"", None) && send_on(&conn, b"x", Some(client.as_raw_fd()));
-    drop(client);
-    (vec![Box::new(listener), Box::new(conn), Box::new(peer), Box::new(server)], landed)
-}
-
-/// Trick (b): a unix socket with a message carrying a lingering socket queued on it, handed
-/// over as the worker's socket: refused, and closing it frees the lingering socket.
-fn lingering_inside_a_unix_socket(path: &std::path::Path) -> Vec<Box<dyn std::any::Any>> {
-    let (client, peer, server) = lingering_socket(60);
-    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    assert!(send_on(&ours, b"x", Some(client.as_raw_fd())), "queueing on the socketpair");
-    drop(client);
-    let conn = connect(path).unwrap();
-    assert!(send_on(&conn, &msg(), Some(theirs.as_raw_fd())), "sendmsg");
-    drop(theirs);
-    let mut reply = [0u8; 256];
-    // SAFETY: reads into a local buffer from a descriptor we own.
-    let n = unsafe { libc::recv(conn.as_raw_fd(), reply.as_mut_ptr().cast(), 256, 0) };
-    assert!(n > 0, "no reply to a registration with a unix socket");
-    let reply = balancer_common::protocol::Reply::decode(&reply[..n as usize]).unwrap();
-    assert_ne!(reply.status(), Status::Ok, "a unix socket was registered as a worker's");
-    vec![Box::new(ours), Box::new(conn), Box::new(peer), Box::new(server)]
-}
-
-#[test]
-fn a_lingering_socket_does_not_freeze_the_registry() {
-    integration_tests::private_loopback();
-    let _serial = serial();
-    let dir = TempDir::new("hostile-linger");
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let registry = start(&dir, addr);
-    let path = registry.socket_path().to_path_buf();
-    // Three tries at each trick: one that lands is enough to stall a registry that closes peer
-    // descriptors on its own thread, or a closer that closes them as they are (for 60 s each).
-    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
-    let mut landed = 0;
-    for _ in 0..3 {
-        // The socket itself, handed over.
-        let (client, peer, server) = lingering_socket(60);
-        let conn = hand_over_and_close(&path, client);
-        keep.extend([Box::new(conn) as Box<dyn std::any::Any>, Box::new(peer), Box::new(server)]);
-        // (a) queued behind a registration.
-        let (k, ok) = lingering_behind_a_registration(&path, addr);
-        keep.extend(k);
-        landed += ok as usize;
-        // (b) queued inside a unix socket handed over.
-        keep.extend(lingering_inside_a_unix_socket(&path));
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(landed > 0, "trick (a) never queued its second message: the test proves nothing");
-    // A legitimate worker still registers, and quickly.
-    let started = Instant::now();
-    let listener = bind_reuseport(addr, 16).unwrap();
-    let (reply, conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
-    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "registration took {:?} after the linger trick",
-        started.elapsed()
-    );
-    // Departures are still processed.
-    let departures = || registry.counters().departures.load(std::sync::atomic::Ordering::Relaxed);
-    let before = departures();
-    drop(conn);
-    assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(2), || departures() > before),
-        "the departure was not processed within 2 s"
-    );
-    // And the copy the registry held of a later worker's socket is closed when it leaves (a
-    // stuck closer keeps it open, and with it the socket in the group).
-    let other = bind_reuseport(addr, 16).unwrap();
-    let (r1, c1) = register_and_hold(&path, &msg(), listener.as_raw_fd());
-    let (r2, _c2) = register_and_hold(&path, &msg(), other.as_raw_fd());
-    assert_eq!((r1.status(), r2.status()), (Status::Ok, Status::Ok));
-    drop(c1);
-    assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(2), || {
-            references(listener.as_raw_fd()) == 1
-        }),
-        "the registry still holds a departed worker's socket 2 s later: its closer is stuck"
-    );
-    assert!(registry.is_running(), "the registry reports itself stuck");
-    // And it stops promptly.
-    let started = Instant::now();
-    registry.stop();
-    assert!(started.elapsed() < Duration::from_secs(6), "stop took {:?}", started.elapsed());
-    drop(keep);
-}
-
-#[test]
-fn unregistered_connections_are_capped_and_timed_out() {
-    integration_tests::private_loopback();
-    let _serial = serial();
-    let dir = TempDir::new("hostile-pending");
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let registry = start_with(&dir, addr, |o| {
-        o.max_pending_per_uid = 10;
-        o.register_timeout = Duration::from_secs(1);
-    });
-    let idle: Vec<_> = (0..30).map(|_| connect(registry.socket_path()).unwrap()).collect();
-    let closed = || registry.counters().pending_closed.load(std::sync::atomic::Ordering::Relaxed);
-    // 20 over the cap are closed at once, the other 10 when their second is up.
-    assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(3), || closed() >= 30),
-        "{} of 30 idle connections closed",
-        closed()
-    );
-    // Closed on the peer's side too: a read sees the end.
-    // (The registry hands them to its closer thread, which closes them a moment later.)
-    for c in &idle {
-        let at_end = || {
-            let mut b = [0u8; 8];
-            // SAFETY: reads into a local buffer from a descriptor we own.
-            let n =
-                unsafe { libc::recv(c.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT) };
-            n == 0
-        };
-        assert!(
-            integration_tests::apps::wait_until(Duration::from_secs(2), at_end),
-            "an idle connection is still open 2 s after the registry closed it"
-        );
-    }
-    still_serving(&registry, addr);
-}
-
-/// How many of this process's descriptors refer to the same socket as `fd`.
-fn references(fd: i32) -> usize {
-    let target = std::fs::read_link(format!("/proc/self/fd/{fd}")).unwrap();
-    std::fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
-        .filter(|l| *l == target)
-        .count()
-}
-
-#[test]
-fn a_departed_worker_socket_is_closed_at_once_and_a_parked_one_after_its_time() {
-    integration_tests::private_loopback();
-    let _serial = serial();
-    let dir = TempDir::new("hostile-park");
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let registry = start_with(&dir, addr, |o| o.park_timeout = Duration::from_secs(2));
-    let path = registry.socket_path().to_path_buf();
-    let first = bind_reuseport(addr, 16).unwrap();
-    let second = bind_reuseport(addr, 16).unwrap();
-    let (r1, c1) = register_and_hold(&path, &msg(), first.as_raw_fd());
-    let (r2, c2) = register_and_hold(&path, &msg(), second.as_raw_fd());
-    assert_eq!((r1.status(), r2.status()), (Status::Ok, Status::Ok));
-    assert_eq!(references(first.as_raw_fd()), 2, "the registry keeps a copy while registered");
-    // The first worker leaves (the shim closes its connection when the app closes the listener):
-    // the registry's copy goes at once, so the socket leaves the group when the app's does.
-    drop(c1);
-    assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(1), || {
-            references(first.as_raw_fd()) == 1
-        }),
-        "the registry still holds the departed worker's socket"
-    );
-    // The last worker leaves: its socket is parked (kept listening), then closed after 2 s.
-    drop(c2);
-    std::thread::sleep(Duration::from_millis(500));
-    assert_eq!(references(second.as_raw_fd()), 2, "the last socket was not parked");
-    assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(4), || {
-            references(second.as_raw_fd()) == 1
-        }),
-        "the parked socket was not closed after park_timeout"
-    );
-    assert_eq!(registry.counters().parked_expired.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 
 #[test]
@@ -951,52 +673,4 @@ fn a_pid_written_into_the_shared_table_does_not_claim_a_slot_on_adoption() {
     );
     registry.stop();
     drop(app);
-}
-
-#[test]
-fn a_connect_flood_does_not_starve_departures() {
-    integration_tests::private_loopback();
-    let _serial = serial();
-    let dir = TempDir::new("hostile-flood");
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let registry = start(&dir, addr);
-    let path = registry.socket_path().to_path_buf();
-    let listener = bind_reuseport(addr, 16).unwrap();
-    let (reply, conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
-    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
-    // Four threads connect and close as fast as they can, for 3 s.
-    let flood_end = Instant::now() + Duration::from_secs(3);
-    let flooders: Vec<_> = (0..4)
-        .map(|_| {
-            let path = path.clone();
-            std::thread::spawn(move || {
-                let mut n = 0u64;
-                while Instant::now() < flood_end {
-                    if connect(&path).is_ok() {
-                        n += 1;
-                    }
-                }
-                n
-            })
-        })
-        .collect();
-    std::thread::sleep(Duration::from_secs(1));
-    let departures = || registry.counters().departures.load(std::sync::atomic::Ordering::Relaxed);
-    let before = departures();
-    let left = Instant::now();
-    drop(conn);
-    let processed =
-        integration_tests::apps::wait_until(Duration::from_millis(1500), || departures() > before);
-    let took = left.elapsed();
-    let mut healthy = true;
-    while Instant::now() < flood_end {
-        healthy &= registry.is_running();
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let connects: u64 = flooders.into_iter().map(|t| t.join().unwrap()).sum();
-    assert!(connects > 1000, "only {connects} connections in 3 s: no flood to speak of");
-    assert!(processed, "the departure was not processed within 1.5 s of a connect flood");
-    assert!(took < Duration::from_millis(1500), "the departure took {took:?}");
-    assert!(healthy, "the registry reported itself stuck during the flood");
-    eprintln!("{connects} connections in 3 s; departure processed after {took:?}");
 }

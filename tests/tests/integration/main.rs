@@ -21,5 +21,6 @@ mod node;
 mod privdrop;
 mod restart;
 mod selector;
+mod stalling;
 mod uwsgi;
 mod worker_restarts;
