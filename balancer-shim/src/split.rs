@@ -349,6 +349,17 @@ fn keep_shared(fd: c_int, idx: usize, pid: u32) {
         let dup = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd_floor()) };
         if dup >= 0 {
             SHARED_REF[idx].store(tagged(pid, dup), Ordering::Release);
+        } else {
+            // Without the duplicate the thread cannot register this process later: say so,
+            // instead of leaving it unbalanced without a word (it keeps serving on the shared
+            // listener either way).
+            shim_log!(
+                "cannot keep a duplicate of the shared listener (fd {fd}) at fd {} or above: {}; \
+                 this process is not registered later if the controller is not reachable now \
+                 (raise the descriptor limit)",
+                high_fd_floor(),
+                errno()
+            );
         }
     }
 }
