@@ -212,7 +212,9 @@ pub struct Config {
     /// A slot with connections in flight and no [`LoadTable::progress`] for this long is passed
     /// over by least-loaded and p2c while another slot is not blocked; 0 turns the check off.
     pub blocked_after_ms: u32,
-    pub _reserved: u32,
+    /// The pack policy's depth: connections in flight per unit of weight that fill a slot
+    /// before the next one takes new connections; 0 counts as 1.
+    pub pack_depth: u32,
     /// Dense list of the slots that take new connections.
     pub active: [u32; MAX_SLOTS as usize],
 }
@@ -231,7 +233,7 @@ impl Config {
             generation: 0,
             flags: 0,
             blocked_after_ms: 0,
-            _reserved: 0,
+            pack_depth: 0,
             active: [NO_SLOT; MAX_SLOTS as usize],
         }
     }
@@ -306,7 +308,8 @@ mod pod {
 
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
-const _: () =
-    assert!(core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 2 * 8 + 32) + 64);
+const _: () = assert!(
+    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 2 * 8 + 32) + 64
+);
 const _: () = assert!(core::mem::size_of::<GroupFigures>() == 64);
 const _: () = assert!(core::mem::size_of::<Config>() == 24 + 4 * MAX_SLOTS as usize);

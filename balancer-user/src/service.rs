@@ -60,6 +60,7 @@ impl Running {
                 mode: svc.mode,
                 pin_dir: pin_dir.clone(),
                 blocked_after: blocked_after(svc),
+                pack_depth: svc.pack_depth,
                 ..Default::default()
             })
             .map_err(|error| Error::Group { addr: *addr, error: Box::new(error) })?;
@@ -102,7 +103,8 @@ impl Running {
         Ok(Self { config: svc.clone(), registry })
     }
 
-    /// Applies what can change while a service runs: policy, default weight, max_workers, uids.
+    /// Applies what can change while a service runs: policy, blocked_after_ms, pack_depth,
+    /// default weight, max_workers, uids.
     pub fn update(&mut self, new: &config::Service) {
         let name = &new.name;
         let old = &self.config;
@@ -125,6 +127,14 @@ impl Running {
                 old.blocked_after_ms,
                 new.blocked_after_ms
             );
+        }
+        if old.pack_depth != new.pack_depth {
+            for svc in self.registry.services() {
+                if let Err(e) = svc.group().set_pack_depth(new.pack_depth) {
+                    log::error!("{name} {}: setting pack_depth: {e}", svc.addr);
+                }
+            }
+            log::info!("{name}: pack_depth {} -> {}", old.pack_depth, new.pack_depth);
         }
         if old.weight != new.weight {
             self.registry.set_default_weight(new.weight);
@@ -186,6 +196,7 @@ impl RunningPods {
                 mode: t.mode,
                 weight: t.weight,
                 max_workers: t.max_workers,
+                pack_depth: t.pack_depth,
                 allowed_uids: t.allowed_uids_or(own),
             })
             .collect();
