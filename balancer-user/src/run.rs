@@ -171,7 +171,7 @@ pub fn run(args: RunArgs) -> Result<i32> {
         log::info!(
             "{addr}: {} program loaded, policy {}",
             group.program().name(),
-            args.policy.name()
+            balancer_user::service::policy_label(args.policy, args.pack_depth)
         );
         services.push((*addr, group));
     }

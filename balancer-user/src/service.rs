@@ -17,6 +17,8 @@ use std::{
     time::Instant,
 };
 
+use balancer_common::Policy;
+
 use crate::{
     config::{self, Config},
     registry::{self, PodOptions, PodTemplate, Registry, RegistryOptions},
@@ -80,7 +82,7 @@ impl Running {
                     "{} {addr}: {} program loaded, policy {}{pinned}",
                     svc.name,
                     group.program().name(),
-                    svc.policy.name()
+                    policy_label(svc.policy, svc.pack_depth)
                 );
             }
             groups.push((*addr, group));
@@ -485,6 +487,14 @@ pub fn prepare_pin_path(pin_path: &Path) -> Option<PathBuf> {
     Some(pin_path.to_owned())
 }
 
+/// A policy's name, with its depth under pack (0 counts as 1): `pack (depth 2)`.
+pub fn policy_label(policy: Policy, pack_depth: u32) -> String {
+    match policy {
+        Policy::Pack => format!("pack (depth {})", pack_depth.max(1)),
+        p => p.name().to_owned(),
+    }
+}
+
 /// For `reuselb check-config`: what a good file holds, one line per service.
 pub fn summary(config: &Config) -> String {
     let mut by_name = BTreeMap::new();
@@ -495,7 +505,7 @@ pub fn summary(config: &Config) -> String {
                 "{}: {} policy {} max_workers {} socket {}",
                 s.name,
                 s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
-                s.policy.name(),
+                policy_label(s.policy, s.pack_depth),
                 s.max_workers,
                 s.shim_socket().display()
             ),
@@ -514,7 +524,7 @@ pub fn summary(config: &Config) -> String {
                 .map(|t| format!(
                     "{} (policy {}, max_workers {})",
                     t.name,
-                    t.policy.name(),
+                    policy_label(t.policy, t.pack_depth),
                     t.max_workers
                 ))
                 .collect::<Vec<_>>()
