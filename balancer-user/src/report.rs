@@ -488,6 +488,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn pack_depth_is_reported_under_pack_only() {
+        let plain = serde_json::to_string(&group("127.0.0.1:1", &[])).unwrap();
+        assert!(!plain.contains("pack_depth"), "{plain}");
+        let mut g = group("127.0.0.1:1", &[]);
+        g.policy = Policy::Pack;
+        g.pack_depth = Some(3);
+        let text = serde_json::to_string(&g).unwrap();
+        assert!(text.contains(r#""policy":"pack","pack_depth":3"#), "{text}");
+        assert_eq!(serde_json::from_str::<GroupReport>(&text).unwrap(), g);
+        // A report from before pack_depth existed still reads.
+        assert_eq!(serde_json::from_str::<GroupReport>(&plain).unwrap().pack_depth, None);
+    }
+
+    #[test]
     fn unknown_reasons_are_ignored_bad_names_are_errors() {
         let c: Counts<Status> = serde_json::from_str(r#"{"ok":1,"from_the_future":9}"#).unwrap();
         assert_eq!((c.get(Status::Ok), c.get(Status::Internal)), (1, 0));
