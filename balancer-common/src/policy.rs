@@ -267,7 +267,8 @@ pub fn choose<L: LoadSource>(
 ///
 /// Least-loaded, work-left, pack and p2c pass over a blocked slot (connections in flight, no
 /// progress for [`Config::blocked_after_ms`]) while another candidate is not blocked; when every
-/// candidate is blocked they pick as if none were (pack: least-loaded does). Round-robin and hash ignore the check.
+/// candidate is blocked they pick as if none were (pack: least-loaded picks). Round-robin and
+/// hash ignore the check.
 #[inline(always)]
 pub fn decide<L: LoadSource>(
     cfg: &Config,
