@@ -287,7 +287,9 @@ proptest! {
         let loads = Loads(loads);
         let exclude = ex.slot(&cfg);
         let result = choose(&cfg, &d, exclude, &loads);
-        let room = |(count, weight): (u64, u32)| (count as u128) < depth.max(1) as u128 * weight.max(1) as u128;
+        let room = |(count, weight): (u64, u32)| {
+            (count as u128) < depth.max(1) as u128 * weight.max(1) as u128
+        };
         // Dense order is the order of `active`, whatever the slot numbers.
         let first = cfg
             .active_slots()
@@ -309,8 +311,12 @@ proptest! {
 
     #[test]
     fn pack_passes_over_blocked_slots(
-        n in 1usize..=64, loads in vec((0u64..6, 0u32..3), 64), ages in vec(prop_oneof![0u64..2_000, 2_000u64..10_000], 64),
-        d in draw(), limit_ms in prop_oneof![Just(0u32), 1u32..5], depth in 0u32..4
+        n in 1usize..=64,
+        loads in vec((0u64..6, 0u32..3), 64),
+        ages in vec(prop_oneof![0u64..2_000, 2_000u64..10_000], 64),
+        d in draw(),
+        limit_ms in prop_oneof![Just(0u32), 1u32..5],
+        depth in 0u32..4
     ) {
         let now: u64 = 1 << 40;
         let progress: Vec<u64> = ages.iter().map(|&a| now - a * 1_000).collect();
@@ -319,7 +325,10 @@ proptest! {
         cfg.n_active = n as u32;
         cfg.blocked_after_ms = limit_ms;
         cfg.pack_depth = depth;
-        let timed = TimedLoads { loads: Loads(loads.iter().map(|&l| Some(l)).collect()), progress: progress.clone() };
+        let timed = TimedLoads {
+            loads: Loads(loads.iter().map(|&l| Some(l)).collect()),
+            progress: progress.clone(),
+        };
         let d = Draw { now, ..d };
         let limit = limit_ms as u64 * 1_000_000;
         let blocked = |s: usize| is_blocked(loads[s].0, progress[s], now, limit);
