@@ -225,7 +225,9 @@ pub struct Config {
     /// A slot with connections in flight and no [`LoadTable::progress`] for this long is passed
     /// over by least-loaded and p2c while another slot is not blocked; 0 turns the check off.
     pub blocked_after_ms: u32,
-    pub _reserved: u32,
+    /// The pack policy's depth: connections in flight per unit of weight that fill a slot
+    /// before the next one takes new connections; 0 counts as 1.
+    pub pack_depth: u32,
     /// Dense list of the slots that take new connections.
     pub active: [u32; MAX_SLOTS as usize],
 }
@@ -244,7 +246,7 @@ impl Config {
             generation: 0,
             flags: 0,
             blocked_after_ms: 0,
-            _reserved: 0,
+            pack_depth: 0,
             active: [NO_SLOT; MAX_SLOTS as usize],
         }
     }

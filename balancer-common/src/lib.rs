@@ -13,5 +13,5 @@ pub mod protocol;
 pub use layout::*;
 pub use policy::{
     choose, decide, ewma_now, is_blocked, next_in_turn, peak_ewma, work_left, Choice, Draw,
-    LoadSource, Policy, PolicyNames, Scan,
+    LoadSource, PackScan, Policy, PolicyNames, Scan,
 };

@@ -23,6 +23,10 @@ pub enum Policy {
     /// service time, and each request being worked on also its age so far (with heavy-tailed
     /// requests, one that has run long has long to go). See [`work_left`].
     WorkLeft = 4,
+    /// Fills the active slots in dense (slot) order: the first whose connections in flight per
+    /// weight are below [`Config::pack_depth`] wins, so that few workers stay warm; when every
+    /// slot is full, least-loaded decides. See [`PackScan`].
+    Pack = 5,
     /// Exact scan for the least peak-EWMA cost: the slot's service time estimate times its
     /// requests in flight plus one, in the spirit of Finagle's and Linkerd's peak-EWMA. See
     /// [`peak_ewma`].
@@ -31,13 +35,14 @@ pub enum Policy {
 
 impl Policy {
     /// Every policy, in the order messages list them.
-    pub const ALL: [Policy; 6] = [
+    pub const ALL: [Policy; 7] = [
         Policy::LeastLoaded,
         Policy::WorkLeft,
         Policy::PeakEwma,
         Policy::PowerOfTwo,
         Policy::RoundRobin,
         Policy::Hash,
+        Policy::Pack,
     ];
 
     pub const fn from_id(id: u32) -> Option<Policy> {
@@ -48,6 +53,7 @@ impl Policy {
             3 => Some(Policy::Hash),
             4 => Some(Policy::WorkLeft),
             6 => Some(Policy::PeakEwma),
+            5 => Some(Policy::Pack),
             _ => None,
         }
     }
@@ -61,6 +67,7 @@ impl Policy {
             Policy::Hash => "hash",
             Policy::WorkLeft => "work-left",
             Policy::PeakEwma => "peak-ewma",
+            Policy::Pack => "pack",
         }
     }
 }
@@ -102,6 +109,7 @@ impl core::str::FromStr for Policy {
             "hash" => Ok(Policy::Hash),
             "work-left" | "work_left" => Ok(Policy::WorkLeft),
             "peak-ewma" | "peak_ewma" => Ok(Policy::PeakEwma),
+            "pack" => Ok(Policy::Pack),
             _ => Err(UnknownPolicy),
         }
     }
@@ -157,6 +165,17 @@ pub trait LoadSource: Sized {
     /// connection, and only by work-left and peak-ewma.
     fn group_mean_us(&self) -> u64 {
         0
+    }
+
+    /// Calls [`PackScan::visit`] for each dense index of `0..scan.n` until it returns true (a slot
+    /// was found). The default is a plain loop; the eBPF program overrides it with `bpf_loop`.
+    #[inline(always)]
+    fn run_pack(&self, cfg: &Config, scan: &mut PackScan) {
+        for i in 0..MAX_SLOTS {
+            if i >= scan.n || scan.visit(cfg, i, self) {
+                break;
+            }
+        }
     }
 
     /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
@@ -313,9 +332,10 @@ pub fn choose<L: LoadSource>(
 
 /// [`choose`], also telling whether a blocked slot was passed over.
 ///
-/// Least-loaded and p2c pass over a blocked slot (connections in flight, no progress for
-/// [`Config::blocked_after_ms`]) while another candidate is not blocked; when every candidate
-/// is blocked they pick as if none were. Round-robin and hash ignore the check.
+/// Least-loaded, work-left, pack and p2c pass over a blocked slot (connections in flight, no
+/// progress for [`Config::blocked_after_ms`]) while another candidate is not blocked; when every
+/// candidate is blocked they pick as if none were (pack: least-loaded picks). Round-robin and
+/// hash ignore the check.
 #[inline(always)]
 pub fn decide<L: LoadSource>(
     cfg: &Config,
@@ -336,9 +356,16 @@ pub fn decide<L: LoadSource>(
     };
     let plain = |slot: u32| Choice { slot, passed_blocked: false };
     match policy {
-        Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma => {
-            let mut scan =
-                Scan::new(n, draw.tick % n, exclude, draw.now, blocked_limit_ns(cfg, draw));
+        Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma | Policy::Pack => {
+            let limit_ns = blocked_limit_ns(cfg, draw);
+            if policy == Policy::Pack {
+                let mut pack = PackScan::new(n, exclude, cfg.pack_depth, draw.now, limit_ns);
+                loads.run_pack(cfg, &mut pack);
+                if pack.found != NO_SLOT {
+                    return Ok(pack.result());
+                }
+            }
+            let mut scan = Scan::new(n, draw.tick % n, exclude, draw.now, limit_ns);
             scan.set_cost(cfg, loads.group_mean_us());
             loads.run_scan(cfg, &mut scan);
             scan.result()
@@ -526,6 +553,72 @@ impl Scan {
         // A blocked candidate was seen and the pick is not blocked: it was steered away.
         let passed_blocked = self.blocked_seen != 0 && self.best_load < Self::BLOCKED;
         Ok(Choice { slot: self.best, passed_blocked })
+    }
+}
+
+/// State of the pack scan: a pass over the active slots in dense order (the controller keeps
+/// `cfg.active` sorted by slot, so that is slot order), stopping at the first slot whose
+/// connections in flight are below `depth * weight` (a weight of 0 counts as 1, a depth of 0 as
+/// 1). The `exclude` slot is never picked, and a slot the blocked check calls blocked is passed
+/// over like a full one.
+///
+/// When no slot is found (all full, blocked or excluded), [`decide`] falls back to the
+/// least-loaded [`Scan`], which handles the blocked slots its own way (a blocked one wins only
+/// when every candidate is blocked). A separate scan rather than a mask in [`Scan::visit`]: it
+/// stops at the first slot that fits, and it adds nothing to the paths the verifier walks in the
+/// least-loaded scan.
+#[derive(Clone, Copy, Debug)]
+pub struct PackScan {
+    pub n: u32,
+    pub exclude: u32,
+    /// Connections in flight per unit of weight that fill a slot (at least 1).
+    pub depth: u32,
+    pub now: u64,
+    pub limit_ns: u64,
+    /// The slot picked, or [`NO_SLOT`] while none is.
+    pub found: u32,
+    /// A blocked slot was passed over before `found`.
+    pub blocked_seen: bool,
+}
+
+impl PackScan {
+    pub fn new(n: u32, exclude: u32, depth: u32, now: u64, limit_ns: u64) -> Self {
+        Self {
+            n,
+            exclude,
+            depth: if depth == 0 { 1 } else { depth },
+            now,
+            limit_ns,
+            found: NO_SLOT,
+            blocked_seen: false,
+        }
+    }
+
+    /// Looks at the active slot at dense index `i` (`i < n`); true once a slot was found, which
+    /// ends the pass.
+    #[inline(always)]
+    pub fn visit<L: LoadSource>(&mut self, cfg: &Config, i: u32, loads: &L) -> bool {
+        let slot = active_at(cfg, i);
+        if slot == NO_SLOT || slot == self.exclude {
+            return false;
+        }
+        let Some((count, weight)) = loads.load(slot) else { return false };
+        let weight = if weight == 0 { 1 } else { weight as u64 };
+        // depth and weight are both u32: the product fits in 64 bits.
+        if count >= self.depth as u64 * weight {
+            return false;
+        }
+        if self.limit_ns != 0 && is_blocked(count, loads.progress(slot), self.now, self.limit_ns) {
+            self.blocked_seen = true;
+            return false;
+        }
+        self.found = slot;
+        true
+    }
+
+    /// The pick (call only when `found` is a slot).
+    pub fn result(&self) -> Choice {
+        Choice { slot: self.found, passed_blocked: self.blocked_seen }
     }
 }
 

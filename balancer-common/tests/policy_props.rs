@@ -14,6 +14,9 @@
 //!   every error is the documented one for its cause.
 //! - least-loaded returns a lightest readable candidate (the first after its start, the tick), and
 //!   fails only when there is none; the `bpf_loop`-style scan (one call per chunk, as the program runs it) agrees with the plain loop.
+//! - pack picks the first slot in dense order (never the excluded one) whose count is below
+//!   depth x weight (depth 0 counting as 1), passing over blocked slots; when there is none it
+//!   picks exactly what least-loaded picks on the same input.
 //! - Fairness, simulating the program (each choice counted at once, as its atomic add does):
 //!   least-loaded keeps equal-weight slots within 1 of each other when nothing completes, and
 //!   weighted slots within one connection of their share; after random completions it never
@@ -70,7 +73,7 @@ impl LoadSource for ChunkedLoads<'_> {
 }
 
 fn policy_id() -> impl Strategy<Value = u32> {
-    prop_oneof![8 => 0u32..4, 1 => 4u32..8, 1 => any::<u32>()]
+    prop_oneof![8 => 0u32..6, 1 => 6u32..10, 1 => any::<u32>()]
 }
 
 /// Mostly valid slots; sometimes just out of range, anything, or the "no slot" sentinel.
@@ -274,6 +277,77 @@ proptest! {
         let slot = choose(&cfg, &d, NO_SLOT, &loads);
         prop_assert!(slot.is_ok());
         prop_assert_ne!(slot.unwrap(), heavy);
+    }
+
+    #[test]
+    fn pack_takes_the_first_slot_below_its_depth_and_else_the_least_loaded(
+        mut cfg in config(), loads in vec(one_load(), 0..=300), d in draw(), ex in exclude(),
+        depth in prop_oneof![Just(0u32), 1u32..6, Just(u32::MAX)]
+    ) {
+        cfg.policy = Policy::Pack as u32;
+        cfg.n_active = cfg.n_active.min(MAX_SLOTS);
+        cfg.pack_depth = depth;
+        let loads = Loads(loads);
+        let exclude = ex.slot(&cfg);
+        let result = choose(&cfg, &d, exclude, &loads);
+        let room = |(count, weight): (u64, u32)| {
+            (count as u128) < depth.max(1) as u128 * weight.max(1) as u128
+        };
+        // Dense order is the order of `active`, whatever the slot numbers.
+        let first = cfg
+            .active_slots()
+            .iter()
+            .copied()
+            .find(|&s| usable(s, exclude) && loads.load(s).is_some_and(room));
+        match first {
+            Some(slot) => prop_assert_eq!(result, Ok(slot)),
+            None => {
+                let mut ll = cfg;
+                ll.policy = Policy::LeastLoaded as u32;
+                prop_assert_eq!(result, choose(&ll, &d, exclude, &loads));
+            }
+        }
+        if let Ok(slot) = result {
+            prop_assert_ne!(slot, exclude, "the excluded slot");
+        }
+    }
+
+    #[test]
+    fn pack_passes_over_blocked_slots(
+        n in 1usize..=64,
+        loads in vec((0u64..6, 0u32..3), 64),
+        ages in vec(prop_oneof![0u64..2_000, 2_000u64..10_000], 64),
+        d in draw(),
+        limit_ms in prop_oneof![Just(0u32), 1u32..5],
+        depth in 0u32..4
+    ) {
+        let now: u64 = 1 << 40;
+        let progress: Vec<u64> = ages.iter().map(|&a| now - a * 1_000).collect();
+        let mut cfg = Config::empty(Policy::Pack as u32);
+        for i in 0..n { cfg.active[i] = i as u32; }
+        cfg.n_active = n as u32;
+        cfg.blocked_after_ms = limit_ms;
+        cfg.pack_depth = depth;
+        let timed = TimedLoads {
+            loads: Loads(loads.iter().map(|&l| Some(l)).collect()),
+            progress: progress.clone(),
+        };
+        let d = Draw { now, ..d };
+        let limit = limit_ms as u64 * 1_000_000;
+        let blocked = |s: usize| is_blocked(loads[s].0, progress[s], now, limit);
+        let room = |s: usize| loads[s].0 < depth.max(1) as u64 * loads[s].1.max(1) as u64;
+        let choice = decide(&cfg, &d, NO_SLOT, &timed).unwrap();
+        match (0..n).find(|&s| room(s) && !blocked(s)) {
+            Some(s) => {
+                prop_assert_eq!(choice.slot as usize, s);
+                prop_assert_eq!(choice.passed_blocked, (0..s).any(|b| room(b) && blocked(b)));
+            }
+            None => {
+                let mut ll = cfg;
+                ll.policy = Policy::LeastLoaded as u32;
+                prop_assert_eq!(Ok(choice), decide(&ll, &d, NO_SLOT, &timed));
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! the line and column of the offending node, the field, the bad value and what was expected:
 //!
 //! ```text
-//! /etc/reuselb/reuselb.yaml:7:13: services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, peak-ewma, p2c, round-robin, hash
+//! /etc/reuselb/reuselb.yaml:7:13: services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, peak-ewma, p2c, round-robin, hash, pack
 //! ```
 //!
 //! Checks of one value (policy names, addresses, ranges, paths) run while the file is read, so
@@ -100,6 +100,11 @@ pub struct Service {
     /// and p2c pass it over while another worker is not; 0 (the default) turns the check off.
     #[serde(default, deserialize_with = "de_blocked_after_ms")]
     pub blocked_after_ms: u32,
+    /// The pack policy's depth (0..=[`MAX_PACK_DEPTH`]): connections in flight per unit of
+    /// weight that fill a worker before the next one gets new connections; 0 (the default)
+    /// counts as 1. Read only while the policy is `pack`.
+    #[serde(default, deserialize_with = "de_pack_depth")]
+    pub pack_depth: u32,
     /// Uids whose workers may register; `None`: only the daemon's own uid
     /// (see [`Service::allowed_uids_or`]).
     #[serde(default, deserialize_with = "de_opt_uids")]
@@ -208,7 +213,8 @@ pub struct ConfigDiff {
     pub added: Vec<String>,
     /// In the old config only.
     pub removed: Vec<String>,
-    /// Changed in what applies to a running group: policy, weight, max_workers, allowed_uids.
+    /// Changed in what applies to a running group: policy, blocked_after_ms, pack_depth, weight,
+    /// max_workers, allowed_uids.
     pub updated: Vec<String>,
     /// Changed in what needs a new group: listen, netns, mode or shim_socket.
     pub recreated: Vec<String>,
@@ -686,6 +692,19 @@ fn de_blocked_after_ms<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error>
         expected: "milliseconds (0 turns the check off)",
         min: 0,
         max: MAX_BLOCKED_AFTER_MS as u64,
+    }
+    .deserialize(d)
+}
+
+/// The largest `pack_depth`.
+pub const MAX_PACK_DEPTH: u32 = 65_535;
+
+fn de_pack_depth<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    RangedV {
+        field: "pack_depth",
+        expected: "connections in flight per unit of weight (0 counts as 1)",
+        min: 0,
+        max: MAX_PACK_DEPTH as u64,
     }
     .deserialize(d)
 }

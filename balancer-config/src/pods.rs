@@ -14,8 +14,8 @@ use balancer_common::{Policy, MAX_SLOTS};
 use serde::Deserialize;
 
 use super::{
-    de_max_workers, de_mode, de_name, de_opt_abs_path, de_opt_uids, de_policy, de_weight,
-    default_max_workers, default_weight, Mode, RangedV, Seg, MAX_WEIGHT,
+    de_max_workers, de_mode, de_name, de_opt_abs_path, de_opt_uids, de_pack_depth, de_policy,
+    de_weight, default_max_workers, default_weight, Mode, RangedV, Seg, MAX_PACK_DEPTH, MAX_WEIGHT,
 };
 
 /// Default of `pods.max_groups`.
@@ -69,6 +69,10 @@ pub struct Template {
     /// Most workers per group (1..=[`MAX_SLOTS`]).
     #[serde(default = "default_max_workers", deserialize_with = "de_max_workers")]
     pub max_workers: u32,
+    /// The pack policy's depth, as in a service's `pack_depth` (0..=[`MAX_PACK_DEPTH`]; 0
+    /// counts as 1).
+    #[serde(default, deserialize_with = "de_pack_depth")]
+    pub pack_depth: u32,
     /// Uids whose workers may use this template; `None`: only the daemon's own uid.
     #[serde(default, deserialize_with = "de_opt_uids")]
     pub allowed_uids: Option<Vec<u32>>,
@@ -144,6 +148,12 @@ impl Pods {
                 return Err((
                     at(i, "weight"),
                     format!("weight must be 1..={MAX_WEIGHT}, got {}", t.weight),
+                ));
+            }
+            if t.pack_depth > MAX_PACK_DEPTH {
+                return Err((
+                    at(i, "pack_depth"),
+                    format!("pack_depth must be 0..={MAX_PACK_DEPTH}, got {}", t.pack_depth),
                 ));
             }
             if t.allowed_uids.as_ref().is_some_and(|u| u.is_empty()) {

@@ -33,7 +33,7 @@ const BAD: &[Bad] = &[
         what: "bad policy",
         text: "services:\n  - name: web\n    listen: 127.0.0.1:8000\n    policy: fastest\n",
         prefix: "test.yaml:4:13: ",
-        fragments: &["services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, peak-ewma, p2c, round-robin, hash"],
+        fragments: &["services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, peak-ewma, p2c, round-robin, hash, pack"],
     },
     Bad {
         what: "bad address",
@@ -100,6 +100,18 @@ const BAD: &[Bad] = &[
         text: "services:\n  - name: web\n    listen: 127.0.0.1:8000\n    blocked_after_ms: 600001\n",
         prefix: "test.yaml:4:23: ",
         fragments: &["blocked_after_ms must be 0..=600000, got 600001"],
+    },
+    Bad {
+        what: "pack_depth over 65535",
+        text: "services:\n  - name: web\n    listen: 127.0.0.1:8000\n    pack_depth: 65536\n",
+        prefix: "test.yaml:4:17: ",
+        fragments: &["pack_depth must be 0..=65535, got 65536"],
+    },
+    Bad {
+        what: "pack_depth negative",
+        text: "services:\n  - name: web\n    listen: 127.0.0.1:8000\n    policy: pack\n    pack_depth: -1\n",
+        prefix: "test.yaml:5:17: ",
+        fragments: &["pack_depth"],
     },
     Bad {
         what: "bad name",
@@ -289,7 +301,7 @@ fn fixture_files_load() {
         ["web", "web-v6"]
     );
     let err = Config::load(dir.join("bad-policy.yaml")).unwrap_err().to_string();
-    assert!(err.ends_with("tests/configs/bad-policy.yaml:6:13: services[0].policy: unknown policy `least_busy`: expected one of least-loaded, work-left, peak-ewma, p2c, round-robin, hash"), "{err}");
+    assert!(err.ends_with("tests/configs/bad-policy.yaml:6:13: services[0].policy: unknown policy `least_busy`: expected one of least-loaded, work-left, peak-ewma, p2c, round-robin, hash, pack"), "{err}");
     let err = Config::load(dir.join("does-not-exist.yaml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     assert!(err.to_string().contains("does-not-exist.yaml: cannot read the config"), "{err}");
@@ -343,7 +355,7 @@ fn validate_checks_a_config_built_in_code() {
 
 #[test]
 fn pods_section_takes_its_defaults_and_needs_no_services() {
-    let text = "shim_socket_dir: /run/reuselb\npods:\n  templates:\n    - name: default\n      policy: least-loaded\n      max_workers: 64\n      allowed_uids: [33]\n    - name: batch\n      policy: p2c\n      mode: select\n";
+    let text = "shim_socket_dir: /run/reuselb\npods:\n  templates:\n    - name: default\n      policy: least-loaded\n      max_workers: 64\n      allowed_uids: [33]\n    - name: batch\n      policy: p2c\n      mode: select\n    - name: warm\n      policy: pack\n      pack_depth: 4\n";
     let c = Config::parse(text, FILE).unwrap_or_else(|e| panic!("{e}"));
     assert!(c.services.is_empty());
     let p = c.pods.as_ref().unwrap();
@@ -354,6 +366,9 @@ fn pods_section_takes_its_defaults_and_needs_no_services() {
     let batch = p.template("batch").unwrap();
     assert_eq!((batch.policy, batch.mode, batch.weight), (Policy::PowerOfTwo, Mode::Select, 1));
     assert_eq!(p.template("default").unwrap().allowed_uids, Some(vec![33]));
+    let warm = p.template("warm").unwrap();
+    assert_eq!((warm.policy, warm.pack_depth), (Policy::Pack, 4));
+    assert_eq!(p.template("default").unwrap().pack_depth, 0);
     assert!(c.validate().is_ok());
     let mut other = c.clone();
     other.pods.as_mut().unwrap().templates[1].policy = Policy::Hash;

@@ -41,8 +41,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, LoadSource, LoadTable, Scan,
-    SlotOwner, BPF_F_MMAPABLE, MAX_SLOTS, NO_SLOT,
+    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, LoadSource, LoadTable,
+    PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, MAX_SLOTS, NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -234,6 +234,25 @@ impl LoadSource for MapLoads {
         unsafe {
             bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0)
         };
+    }
+
+    /// The pack scan through `bpf_loop`, one slot per call to [`pack_step`], which ends the loop
+    /// at the first slot that fits.
+    #[inline(always)]
+    fn run_pack(&self, _cfg: &Config, scan: &mut PackScan) {
+        // SAFETY: bpf_loop calls `pack_step` with the context pointer we pass, `scan`, which
+        // outlives the call; the verifier checks the callback's signature.
+        unsafe { bpf_loop(scan.n, pack_step as *mut c_void, (scan as *mut PackScan).cast(), 0) };
+    }
+}
+
+/// One `bpf_loop` iteration of the pack scan: one slot. Returns 1 (stop) once a slot was found.
+extern "C" fn pack_step(index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `&mut PackScan` that `run_pack` gave it, alive for the loop.
+    let scan = unsafe { &mut *ctx.cast::<PackScan>() };
+    match (CONFIG.get(0), LOADS.get_ptr(0)) {
+        (Some(cfg), Some(table)) => scan.visit(cfg, index as u32, &MapLoads(table)) as i64,
+        _ => 1,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct GroupOptions {
     /// Pass over a worker with connections in flight that has made no progress for this long
     /// (see `Config::blocked_after_ms`); `None` (the default) turns the check off.
     pub blocked_after: Option<std::time::Duration>,
+    /// The pack policy's depth (see `Config::pack_depth`; 0 counts as 1).
+    pub pack_depth: u32,
     /// A bpffs directory for this group's program and maps. If it holds a pinned group, that group
     /// is adopted (a controller restarting after a crash); if not, the new one is pinned there.
     pub pin_dir: Option<PathBuf>,
@@ -275,6 +277,7 @@ impl Group {
         )?;
         group.config.policy = options.policy as u32;
         group.config.blocked_after_ms = blocked_after_ms(options.blocked_after);
+        group.config.pack_depth = options.pack_depth;
         group.write_config()?;
         log::info!(
             "adopted the group pinned at {} ({} workers)",
@@ -330,6 +333,7 @@ impl Group {
             loads,
             config: pinned_config.unwrap_or(Config {
                 blocked_after_ms: blocked_after_ms(options.blocked_after),
+                pack_depth: options.pack_depth,
                 ..Config::empty(options.policy as u32)
             }),
             occupied,
@@ -510,6 +514,17 @@ impl Group {
             0 => None,
             ms => Some(std::time::Duration::from_millis(ms.into())),
         }
+    }
+
+    /// Sets the pack policy's depth, live (0 counts as 1).
+    pub fn set_pack_depth(&mut self, depth: u32) -> Result<()> {
+        self.config.pack_depth = depth;
+        self.write_config()
+    }
+
+    /// The pack policy's depth as the program applies it (0 reads as 1).
+    pub fn pack_depth(&self) -> u32 {
+        self.config.pack_depth.max(1)
     }
 
     pub fn set_log_selections(&mut self, on: bool) -> Result<()> {

@@ -275,6 +275,10 @@ pub struct GroupReport {
     pub addr: SocketAddr,
     #[serde(with = "policy_name")]
     pub policy: Policy,
+    /// The pack policy's depth as applied (0 in the config reads 1); `None` under any other
+    /// policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack_depth: Option<u32>,
     #[serde(with = "program_name")]
     pub program: Program,
     /// True if the group was adopted from pins left by an earlier controller.
@@ -362,6 +366,7 @@ pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
             GroupReport {
                 addr: svc.addr,
                 policy: group.policy(),
+                pack_depth: (group.policy() == Policy::Pack).then(|| group.pack_depth()),
                 program: group.program(),
                 adopted: group.adopted(),
                 pod: svc.pod.as_ref().map(|p| PodReport {
@@ -420,6 +425,7 @@ pub(crate) mod tests {
         GroupReport {
             addr: addr.parse().unwrap(),
             policy: Policy::PowerOfTwo,
+            pack_depth: None,
             program: Program::SelectOrMigrate,
             adopted: false,
             pod: None,
@@ -479,6 +485,20 @@ pub(crate) mod tests {
         assert_eq!(r.services[0].rejected(), 3);
         assert_eq!(r.services[0].workers().count(), 3);
         assert_eq!(r.services[0].groups[0].fallbacks(), 2);
+    }
+
+    #[test]
+    fn pack_depth_is_reported_under_pack_only() {
+        let plain = serde_json::to_string(&group("127.0.0.1:1", &[])).unwrap();
+        assert!(!plain.contains("pack_depth"), "{plain}");
+        let mut g = group("127.0.0.1:1", &[]);
+        g.policy = Policy::Pack;
+        g.pack_depth = Some(3);
+        let text = serde_json::to_string(&g).unwrap();
+        assert!(text.contains(r#""policy":"pack","pack_depth":3"#), "{text}");
+        assert_eq!(serde_json::from_str::<GroupReport>(&text).unwrap(), g);
+        // A report from before pack_depth existed still reads.
+        assert_eq!(serde_json::from_str::<GroupReport>(&plain).unwrap().pack_depth, None);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub struct RunArgs {
     /// Balanced address (ADDR:PORT) the app server binds; repeat for several.
     #[arg(long = "listen", value_name = "ADDR:PORT", required = true)]
     listen: Vec<SocketAddr>,
-    /// Selection policy: least-loaded, work-left, peak-ewma, p2c, round-robin or hash.
+    /// Selection policy: least-loaded, work-left, peak-ewma, p2c, round-robin, hash or pack.
     #[arg(long, default_value = "least-loaded", value_parser = parse_policy)]
     policy: Policy,
     /// Pass over a worker that has had connections in flight and made no progress (no
@@ -37,6 +37,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "MS", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=balancer_config::MAX_BLOCKED_AFTER_MS as i64))]
     blocked_after_ms: u32,
+    /// With `--policy pack`: connections in flight per unit of weight that fill a worker before
+    /// the next one gets new connections (0 counts as 1).
+    #[arg(long, value_name = "N", default_value_t = 0,
+          value_parser = clap::value_parser!(u32).range(0..=balancer_config::MAX_PACK_DEPTH as i64))]
+    pack_depth: u32,
     /// Path of the registration socket the workers' shim connects to.
     #[arg(long, value_name = "PATH", default_value = protocol::DEFAULT_SOCKET_PATH)]
     socket: PathBuf,
@@ -156,13 +161,17 @@ pub fn run(args: RunArgs) -> Result<i32> {
     for addr in &args.listen {
         let blocked_after = (args.blocked_after_ms != 0)
             .then(|| std::time::Duration::from_millis(args.blocked_after_ms.into()));
-        let group =
-            Group::new(GroupOptions { policy: args.policy, blocked_after, ..Default::default() })
-                .with_context(|| format!("creating the balanced group of {addr}"))?;
+        let group = Group::new(GroupOptions {
+            policy: args.policy,
+            blocked_after,
+            pack_depth: args.pack_depth,
+            ..Default::default()
+        })
+        .with_context(|| format!("creating the balanced group of {addr}"))?;
         log::info!(
             "{addr}: {} program loaded, policy {}",
             group.program().name(),
-            args.policy.name()
+            balancer_user::service::policy_label(args.policy, args.pack_depth)
         );
         services.push((*addr, group));
     }

@@ -17,6 +17,8 @@ use std::{
     time::Instant,
 };
 
+use balancer_common::Policy;
+
 use crate::{
     config::{self, Config},
     registry::{self, PodOptions, PodTemplate, Registry, RegistryOptions},
@@ -60,6 +62,7 @@ impl Running {
                 mode: svc.mode,
                 pin_dir: pin_dir.clone(),
                 blocked_after: blocked_after(svc),
+                pack_depth: svc.pack_depth,
                 ..Default::default()
             })
             .map_err(|error| Error::Group { addr: *addr, error: Box::new(error) })?;
@@ -79,7 +82,7 @@ impl Running {
                     "{} {addr}: {} program loaded, policy {}{pinned}",
                     svc.name,
                     group.program().name(),
-                    svc.policy.name()
+                    policy_label(svc.policy, svc.pack_depth)
                 );
             }
             groups.push((*addr, group));
@@ -102,7 +105,8 @@ impl Running {
         Ok(Self { config: svc.clone(), registry })
     }
 
-    /// Applies what can change while a service runs: policy, default weight, max_workers, uids.
+    /// Applies what can change while a service runs: policy, blocked_after_ms, pack_depth,
+    /// default weight, max_workers, uids.
     pub fn update(&mut self, new: &config::Service) {
         let name = &new.name;
         let old = &self.config;
@@ -125,6 +129,14 @@ impl Running {
                 old.blocked_after_ms,
                 new.blocked_after_ms
             );
+        }
+        if old.pack_depth != new.pack_depth {
+            for svc in self.registry.services() {
+                if let Err(e) = svc.group().set_pack_depth(new.pack_depth) {
+                    log::error!("{name} {}: setting pack_depth: {e}", svc.addr);
+                }
+            }
+            log::info!("{name}: pack_depth {} -> {}", old.pack_depth, new.pack_depth);
         }
         if old.weight != new.weight {
             self.registry.set_default_weight(new.weight);
@@ -186,6 +198,7 @@ impl RunningPods {
                 mode: t.mode,
                 weight: t.weight,
                 max_workers: t.max_workers,
+                pack_depth: t.pack_depth,
                 allowed_uids: t.allowed_uids_or(own),
             })
             .collect();
@@ -474,6 +487,14 @@ pub fn prepare_pin_path(pin_path: &Path) -> Option<PathBuf> {
     Some(pin_path.to_owned())
 }
 
+/// A policy's name, with its depth under pack (0 counts as 1): `pack (depth 2)`.
+pub fn policy_label(policy: Policy, pack_depth: u32) -> String {
+    match policy {
+        Policy::Pack => format!("pack (depth {})", pack_depth.max(1)),
+        p => p.name().to_owned(),
+    }
+}
+
 /// For `reuselb check-config`: what a good file holds, one line per service.
 pub fn summary(config: &Config) -> String {
     let mut by_name = BTreeMap::new();
@@ -484,7 +505,7 @@ pub fn summary(config: &Config) -> String {
                 "{}: {} policy {} max_workers {} socket {}",
                 s.name,
                 s.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(","),
-                s.policy.name(),
+                policy_label(s.policy, s.pack_depth),
                 s.max_workers,
                 s.shim_socket().display()
             ),
@@ -503,7 +524,7 @@ pub fn summary(config: &Config) -> String {
                 .map(|t| format!(
                     "{} (policy {}, max_workers {})",
                     t.name,
-                    t.policy.name(),
+                    policy_label(t.policy, t.pack_depth),
                     t.max_workers
                 ))
                 .collect::<Vec<_>>()

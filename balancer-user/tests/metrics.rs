@@ -35,6 +35,7 @@ fn group(addr: &str, policy: Policy, program: Program, workers: Vec<WorkerReport
     GroupReport {
         addr: addr.parse().unwrap(),
         policy,
+        pack_depth: None,
         program,
         adopted: false,
         pod: None,

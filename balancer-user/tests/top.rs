@@ -91,6 +91,7 @@ fn report() -> Report {
             groups: vec![GroupReport {
                 addr: "127.0.0.1:8000".parse().unwrap(),
                 policy: Policy::LeastLoaded,
+                pack_depth: None,
                 program: Program::SelectOrMigrate,
                 adopted: false,
                 pod: None,

@@ -1,7 +1,8 @@
 //! The selection policy on arbitrary configs, draws and loads: `choose` never panics, never
 //! returns a slot that is not in the active list (or not a slot at all), never the excluded
 //! slot; its errors are the documented ones; least-loaded returns a lightest readable slot and
-//! fails only when there is none; round robin and hash take the drawn slot or the next usable.
+//! fails only when there is none; round robin and hash take the drawn slot or the next usable;
+//! pack takes the first usable slot in dense order below its depth, else what least-loaded takes.
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -27,6 +28,8 @@ struct Input {
     random: u32,
     hash: u32,
     tick: u32,
+    /// The pack policy's depth.
+    pack_depth: u32,
     /// Index into the active list, or a raw slot, or none.
     exclude_mode: u8,
     raw_exclude: u32,
@@ -64,6 +67,7 @@ fuzz_target!(|input: Input| {
         input.raw_policy
     };
     let mut cfg = Config::empty(policy);
+    cfg.pack_depth = input.pack_depth;
     for (dst, &e) in cfg.active.iter_mut().zip(&input.active) {
         *dst = if e & 0x8000_0000 == 0 { e & 0x1ff } else { e };
     }
@@ -150,6 +154,22 @@ fuzz_target!(|input: Input| {
                 Err(Event::FallbackSelectFailed)
             };
             assert_eq!(result, expected);
+        }
+        Policy::Pack => {
+            let depth = input.pack_depth.max(1) as u128;
+            let first = active.iter().copied().find(|&s| {
+                usable(s)
+                    && loads.load(s).is_some_and(|(l, w)| (l as u128) < depth * w.max(1) as u128)
+            });
+            let expected = match first {
+                Some(slot) => Ok(slot),
+                None => {
+                    let mut ll = cfg;
+                    ll.policy = Policy::LeastLoaded as u32;
+                    choose(&ll, &draw, exclude, &loads)
+                }
+            };
+            assert_eq!(result, expected, "pack at depth {depth}");
         }
         Policy::PowerOfTwo => {
             // With every active slot usable and readable, p2c finds one.

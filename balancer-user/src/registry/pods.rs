@@ -47,6 +47,8 @@ pub struct PodTemplate {
     pub weight: u32,
     /// Most workers per group.
     pub max_workers: u32,
+    /// The pack policy's depth (0 counts as 1).
+    pub pack_depth: u32,
     /// Uids whose workers may use it (root always may); empty: the controller's own uid.
     pub allowed_uids: Vec<u32>,
 }
@@ -162,6 +164,7 @@ fn make_group(
     let group = Group::new(GroupOptions {
         policy: template.policy,
         mode: template.mode,
+        pack_depth: template.pack_depth,
         pin_dir: pin_dir.clone(),
         ..Default::default()
     })?;

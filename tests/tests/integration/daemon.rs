@@ -184,6 +184,7 @@ fn check_config_accepts_a_good_file_and_locates_errors_in_a_bad_one() {
             "bad2.yaml:4:11: services[1].name: duplicate service name `web`",
         ),
         ("services:\n  - name: web\n    listen: 127.0.0.1:0\n", "bad3.yaml:3:13: services[0].listen: invalid listen address `127.0.0.1:0`"),
+        ("services:\n  - name: web\n    listen: 127.0.0.1:8000\n    policy: pack\n    pack_depth: 70000\n", "bad4.yaml:5:17: services[0].pack_depth: pack_depth must be 0..=65535, got 70000"),
     ];
     for (i, (text, expected)) in bad.iter().enumerate() {
         let path = dir.path().join(format!("bad{i}.yaml"));
@@ -545,12 +546,12 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     assert!(text.contains("reuselb_config_reloads_total{outcome=\"success\"} 1"), "{text}");
     assert!(text.contains("reuselb_config_reloads_total{outcome=\"failure\"} 1"), "{text}");
 
-    // Removing a service stops it and removes its pins.
+    // Removing a service stops it and removes its pins; web changes to pack, with its depth.
     write_config(
         &dir,
         "reuselb.yaml",
         &pin,
-        &[Svc { name: "web", addr: cfg.addr, extra: "policy: round-robin" }],
+        &[Svc { name: "web", addr: cfg.addr, extra: "policy: pack\npack_depth: 3" }],
     );
     daemon.signal(libc::SIGHUP);
     assert!(
@@ -558,6 +559,12 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
         "{}",
         daemon.log_tail(20)
     );
+    let packed = wait_until(Duration::from_secs(10), || {
+        service(&status(metrics), "web").is_some_and(|s| {
+            s.groups.iter().all(|g| g.policy == Policy::Pack && g.pack_depth == Some(3))
+        })
+    });
+    assert!(packed, "pack with depth 3 was not applied: {:?}", status(metrics));
     // (It leaves /status first, then stops.)
     let gone = wait_until(Duration::from_secs(5), || {
         !pin.path().join("extra").exists() && !shim_socket(&dir, "extra").exists()

@@ -545,6 +545,7 @@ fn pod_groups_beyond_max_groups_are_refused_clearly() {
             mode: balancer_user::Mode::Auto,
             weight: 1,
             max_workers: 4,
+            pack_depth: 0,
             allowed_uids: vec![0],
         }],
         default_template: "web".into(),

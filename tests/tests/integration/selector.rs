@@ -461,3 +461,58 @@ fn peak_ewma_passes_over_a_slow_worker_until_its_estimate_decays() {
         Ok(())
     });
 }
+
+/// pack fills the workers in slot order: with depth 3 each new connection goes to the lowest slot
+/// with fewer than 3 in flight per unit of weight (a weight of 2 holds 6), and once every worker is
+/// full, least-loaded spreads the rest. The control, least-loaded on the same pool a moment before,
+/// gives 4 back-to-back connections to 4 different workers, where pack gives the first 3 to one.
+/// The switch to pack and a new depth take effect on the next connection. Nobody accepts for
+/// real: every connection stays counted in flight (the program counts it), as a busy worker's do.
+#[test]
+fn pack_fills_the_lowest_slot_to_its_depth_and_least_loaded_spreads() {
+    each_family(|_, ip| {
+        pin_to_cpu0()?;
+        let options = balancer_user::GroupOptions {
+            policy: Policy::LeastLoaded,
+            pack_depth: 3,
+            ..Default::default()
+        };
+        let mut pool = Pool::with_options(ip, 4, options)?;
+        let loads = Arc::clone(pool.group.loads());
+        // Dense order is slot order: `dense[d]` is the listener of the d-th lowest slot.
+        let mut dense: Vec<usize> = (0..4).collect();
+        dense.sort_by_key(|&i| pool.slots[i]);
+        let one = |pool: &Pool| -> Result<usize> {
+            let _c = pool.connect_many(1)?;
+            let listener = pool.which()?;
+            Ok(dense.iter().position(|&l| l == listener).expect("a listener of the pool"))
+        };
+        // Control: least-loaded spreads 4 connections over the 4 workers.
+        let control = (0..4).map(|_| one(&pool)).collect::<Result<Vec<_>>>()?;
+        let mut seen = control.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        ensure!(seen.len() == 4, "least-loaded (the control) did not spread: {control:?}");
+        for &slot in &pool.slots {
+            loads.add_inflight(slot, -1);
+        }
+        // pack, live, with the second worker at weight 2: 3, 6, 3 and 3 connections, in order.
+        loads.set_weight(pool.slots[dense[1]], 2);
+        pool.group.set_policy(Policy::Pack)?;
+        let expected: Vec<usize> =
+            [(0, 3), (1, 6), (2, 3), (3, 3)].iter().flat_map(|&(d, k)| [d].repeat(k)).collect();
+        let got = (0..expected.len()).map(|_| one(&pool)).collect::<Result<Vec<_>>>()?;
+        ensure!(got == expected, "pack at depth 3 filled {got:?}, expected {expected:?}");
+        // All full (3 per unit of weight): least-loaded decides, one to each.
+        let full = (0..4).map(|_| one(&pool)).collect::<Result<Vec<_>>>()?;
+        let mut seen = full.clone();
+        seen.sort_unstable();
+        seen.dedup();
+        ensure!(seen.len() == 4, "with every worker full, pack did not spread: {full:?}");
+        // A deeper pack, live: the first worker (4 in flight) has room again.
+        pool.group.set_pack_depth(10)?;
+        ensure!(one(&pool)? == 0, "a new depth did not take effect on the next connection");
+        ensure!(pool.group.stats()?.fallbacks() == 0, "connections fell back to the kernel's hash");
+        Ok(())
+    });
+}

@@ -567,3 +567,57 @@ fn registry_rejects_what_is_not_a_worker_socket() {
         slot_pids(service)
     );
 }
+
+/// pack end to end: `reuselb run --policy pack --pack-depth 3` over 4 uWSGI processes, with 2
+/// clients in a closed loop (a fresh connection per request), never has more than 2 in flight, so
+/// one worker (the lowest slot) serves nearly every request; the control, least-loaded on the same
+/// app and load, spreads them. What the shim counts (in flight -1 per answer) is what keeps the
+/// first worker below its depth: a shim or program that ignored pack fails one side or the other.
+#[test]
+fn uwsgi_under_pack_keeps_one_worker_warm_and_least_loaded_spreads() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("uwsgi");
+    let _ = least_loaded_group(Mode::Auto); // fail early and clearly without BPF
+    let dir = TempDir::new("uwsgi-pack");
+    let busiest_share = |tag: &str, policy: &[&str]| -> f64 {
+        let addr = loopback(free_port());
+        let mut cfg = UwsgiConfig::new(addr, UwsgiProto::Http);
+        cfg.processes = 4;
+        let mut extra = vec!["--no-metrics", "--status-every", "0"];
+        extra.extend_from_slice(policy);
+        let mut run = spawn_reuselb_run(
+            &cfg.command_line(),
+            addr,
+            &dir.path().join(format!("{tag}.sock")),
+            &dir.path().join(format!("{tag}.log")),
+            &extra,
+        );
+        assert!(cfg.wait_ready(Duration::from_secs(30)), "{tag}: {}", run.log_tail(40));
+        assert!(
+            wait_until(Duration::from_secs(20), || apps::registered_pids(&run.log_text()).len()
+                >= cfg.processes as usize),
+            "{tag}: not every worker registered: {}",
+            run.log_tail(60)
+        );
+        wait_serving(addr, addr);
+        let report = Load::run(addr, 2, PATH, Duration::from_secs(4));
+        run.signal(libc::SIGTERM);
+        run.wait_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|| panic!("{tag}: reuselb run did not exit: {}", run.log_tail(30)));
+        let mut counts: Vec<u64> = report.by_pid.values().copied().collect();
+        counts.sort_unstable_by(|a, b| b.cmp(a));
+        let share = counts.first().copied().unwrap_or(0) as f64 / report.ok.max(1) as f64;
+        println!(
+            "{tag}: ok {}, failed {}, per worker {counts:?}, busiest share {share:.3}",
+            report.ok, report.failed
+        );
+        assert_eq!(report.failed, 0, "{tag}: requests failed: {:?}", report.errors);
+        assert!(report.ok >= 100, "{tag}: only {} requests in 4 s", report.ok);
+        share
+    };
+    let pack = busiest_share("pack", &["--policy", "pack", "--pack-depth", "3"]);
+    let control = busiest_share("least-loaded", &["--policy", "least-loaded"]);
+    assert!(pack >= 0.9, "pack at depth 3 with 2 clients left the first worker at {pack:.3}");
+    assert!(control <= 0.6, "least-loaded (the control) did not spread: busiest {control:.3}");
+}

@@ -90,6 +90,16 @@ pub const CONFIGS: &[Cfg] = &[
         describe: "`reuselb run --policy work-left`: the least work left, each request in flight counting the group's mean service time and each one being worked on also its age",
         how: How::Reuselb { policy: "work-left", extra: &[] },
     },
+    // Depth 2, not the 20 threads: a GIL-bound process works on one request at a time, so a
+    // second in flight keeps it busy across the first one's I/O and the hand-over, and a third
+    // would only wait for the GIL. Depth 20 would queue up to 20 requests behind one GIL before
+    // the next process got any: the right depth for an app whose threads run in parallel.
+    Cfg {
+        letter: 'J',
+        label: "reuselb pack, depth 2",
+        describe: "`reuselb run --policy pack --pack-depth 2`: the lowest-numbered worker with fewer than 2 requests in flight (few workers stay warm), least-loaded when every worker has 2",
+        how: How::Reuselb { policy: "pack", extra: &["--pack-depth", "2"] },
+    },
     Cfg {
         letter: 'K',
         label: "reuselb peak-ewma",
