@@ -12,5 +12,6 @@ pub mod protocol;
 
 pub use layout::*;
 pub use policy::{
-    choose, decide, is_blocked, next_in_turn, work_left, Choice, Draw, LoadSource, Policy, Scan,
+    choose, decide, find_idle, is_blocked, lowest_byte, next_in_turn, work_left, Choice, Draw,
+    LoadSource, Policy, Scan, IDLE_WORDS,
 };

@@ -106,6 +106,8 @@ pub struct Choice {
     /// A candidate was blocked and the pick is not (least-loaded: some active slot was blocked;
     /// p2c: the lighter of its two was).
     pub passed_blocked: bool,
+    /// The fast path found it ([`find_idle`]), with no scan.
+    pub fast: bool,
 }
 
 /// Where [`choose`] reads each slot's load, and how it drives the least-loaded scan.
@@ -130,6 +132,16 @@ pub trait LoadSource: Sized {
     fn group_mean_us(&self) -> u64 {
         0
     }
+
+    /// Word `w` (< [`IDLE_WORDS`]) of the idle bytes ([`crate::LoadTable::idle`]), slots
+    /// `8 w .. 8 w + 8`, little-endian (slot `8 w` in the low byte). The default, all zeros,
+    /// never takes the fast path.
+    fn idle_word(&self, _w: u32) -> u64 {
+        0
+    }
+
+    /// Clears the slot's idle byte: the fast path found it stale.
+    fn clear_idle(&self, _slot: u32) {}
 
     /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
     /// the eBPF program overrides it with `bpf_loop`, so the verifier checks the chunk once instead
@@ -267,9 +279,13 @@ pub fn decide<L: LoadSource>(
         Some(p) => p,
         None => return Err(Event::FallbackBadConfig),
     };
-    let plain = |slot: u32| Choice { slot, passed_blocked: false };
+    let plain = |slot: u32| Choice { slot, passed_blocked: false, fast: false };
     match policy {
         Policy::LeastLoaded | Policy::WorkLeft => {
+            let fast = find_idle(cfg, draw, exclude, policy == Policy::WorkLeft, loads);
+            if fast != NO_SLOT {
+                return Ok(Choice { slot: fast, passed_blocked: false, fast: true });
+            }
             let mut scan =
                 Scan::new(n, draw.tick % n, exclude, draw.now, blocked_limit_ns(cfg, draw));
             if policy == Policy::WorkLeft {
@@ -284,6 +300,120 @@ pub fn decide<L: LoadSource>(
         Policy::RoundRobin => nth_usable(cfg, n, draw.tick % n, exclude).map(plain),
         Policy::Hash => nth_usable(cfg, n, draw.hash % n, exclude).map(plain),
     }
+}
+
+/// Number of u64 words of idle bytes (and of [`Config::active_mask`]): 8 slots each.
+pub const IDLE_WORDS: u32 = MAX_SLOTS / 8;
+
+/// The fast path of least-loaded and work-left: an active, idle slot, or [`NO_SLOT`].
+///
+/// A slot with nothing in flight is a minimum for least-loaded (0 per any weight, never
+/// blocked), and for work-left (with the group's weights all the same, see
+/// [`Config::uniform_weight`]) when its cost is `mean + 1`, the least possible: nothing being
+/// worked on either. So if one is found, the scan's answer can be no better.
+///
+/// Reads the idle bytes ([`crate::LoadTable::idle`], a hint every worker can write) 8 at a time,
+/// ANDed with the controller's [`Config::active_mask`], from this CPU's tick on (the byte
+/// `tick % (8 * idle_words)`, wrapping around), so idle slots take turns as the scan's rotating
+/// start makes equal ones do. In each word the first nonzero byte, found without a branch
+/// (lowest set bit, then a population count), is only a candidate: the slot's own counts decide.
+/// A stale byte (the slot has work) is cleared, and the search goes on with the next word (the
+/// rest of that word waits for the next connection: one candidate per word keeps the loop
+/// straight for the verifier). At most `idle_words + 1` words are read; when nothing qualifies the
+/// caller runs the exact scan.
+#[inline(always)]
+pub fn find_idle<L: LoadSource>(
+    cfg: &Config,
+    draw: &Draw,
+    exclude: u32,
+    work_left_on: bool,
+    loads: &L,
+) -> u32 {
+    let words = cfg.idle_words;
+    if words == 0 || words > IDLE_WORDS {
+        return NO_SLOT;
+    }
+    if work_left_on && cfg.uniform_weight == 0 {
+        return NO_SLOT;
+    }
+    // `checked_rem`: LLVM keeps a division-by-zero check here, and a panic does not load.
+    let start = draw.tick.checked_rem(words * 8).unwrap_or(0);
+    let first = start / 8;
+    // Bytes at or after the start's byte in the first word; the others come last.
+    let later = u64::MAX << ((start % 8) * 8);
+    // The excluded slot's byte, in its word.
+    let ex_word = if exclude < MAX_SLOTS { exclude / 8 } else { IDLE_WORDS };
+    let ex_bits = 0xffu64 << ((exclude % 8) * 8);
+    let (mean, now_us) =
+        if work_left_on { (loads.group_mean_us(), draw.now / 1000) } else { (0, 0) };
+    let least_work = work_left(0, mean, 0, 0, now_us);
+    for k in 0..=IDLE_WORDS {
+        if k > words {
+            break;
+        }
+        let w = first + k;
+        let w = if w >= words { w - words } else { w };
+        let mut x = loads.idle_word(w) & active_word(cfg, w);
+        if k == 0 {
+            x &= later;
+        }
+        if k == words {
+            x &= !later;
+        }
+        if w == ex_word {
+            x &= !ex_bits;
+        }
+        if x == 0 {
+            continue;
+        }
+        let slot = w * 8 + lowest_byte(x);
+        // Hidden from LLVM, which can prove `slot` < MAX_SLOTS and would drop the bounds checks
+        // of the reads below that the verifier needs.
+        // SAFETY: `&slot` is a valid, aligned reference to a local u32.
+        let slot = unsafe { core::ptr::read_volatile(&slot) };
+        let Some((count, weight)) = loads.load(slot) else { continue };
+        let ok = if work_left_on {
+            let (working, start_sum) = loads.work(slot);
+            count == 0
+                && weight == cfg.uniform_weight
+                && work_left(0, mean, working, start_sum, now_us) == least_work
+        } else {
+            count == 0
+        };
+        if ok {
+            return slot;
+        }
+        loads.clear_idle(slot);
+    }
+    NO_SLOT
+}
+
+/// Word `w` (< [`IDLE_WORDS`]) of [`Config::active_mask`], as [`LoadSource::idle_word`] reads
+/// the idle bytes.
+#[inline(always)]
+fn active_word(cfg: &Config, w: u32) -> u64 {
+    // Hidden from LLVM, which can prove the bound and would drop the check the verifier needs.
+    // SAFETY: `&w` is a valid, aligned reference to a local u32.
+    let w = unsafe { core::ptr::read_volatile(&w) };
+    if w >= IDLE_WORDS {
+        return 0;
+    }
+    // SAFETY: `w` < IDLE_WORDS, so the 8 bytes lie inside `active_mask`, which is 8-aligned
+    // (Config is `align(8)` and the offset is asserted in layout.rs).
+    unsafe { core::ptr::read_volatile(cfg.active_mask.as_ptr().cast::<u64>().add(w as usize)) }
+}
+
+/// Index (0..8) of the lowest nonzero byte of `x` (nonzero), without a branch: the lowest set
+/// bit, minus 1, is a run of ones whose length (a population count) / 8 is the byte.
+#[inline(always)]
+pub fn lowest_byte(x: u64) -> u32 {
+    let below = (x & x.wrapping_neg()).wrapping_sub(1);
+    // SWAR population count.
+    let c = below - ((below >> 1) & 0x5555_5555_5555_5555);
+    let c = (c & 0x3333_3333_3333_3333) + ((c >> 2) & 0x3333_3333_3333_3333);
+    let c = (c + (c >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    let c = c.wrapping_mul(0x0101_0101_0101_0101) >> 56;
+    (c as u32 >> 3) & 7
 }
 
 /// The active slot at dense index `i` (< `n`), or [`NO_SLOT`] if the record is out of range.
@@ -442,7 +572,7 @@ impl Scan {
         }
         // A blocked candidate was seen and the pick is not blocked: it was steered away.
         let passed_blocked = self.blocked_seen != 0 && self.best_load < Self::BLOCKED;
-        Ok(Choice { slot: self.best, passed_blocked })
+        Ok(Choice { slot: self.best, passed_blocked, fast: false })
     }
 }
 
@@ -457,7 +587,7 @@ fn power_of_two<L: LoadSource>(
     exclude: u32,
     loads: &L,
 ) -> Result<Choice, Event> {
-    let plain = |slot: u32| Choice { slot, passed_blocked: false };
+    let plain = |slot: u32| Choice { slot, passed_blocked: false, fast: false };
     let random = draw.random;
     let a = (random & 0xffff) % n;
     if n == 1 {
@@ -490,7 +620,7 @@ fn power_of_two<L: LoadSource>(
         && is_blocked(light.1, loads.progress(light.0), draw.now, limit_ns)
         && !is_blocked(heavy.1, loads.progress(heavy.0), draw.now, limit_ns)
     {
-        return Ok(Choice { slot: heavy.0, passed_blocked: true });
+        return Ok(Choice { slot: heavy.0, passed_blocked: true, fast: false });
     }
     Ok(plain(light.0))
 }
