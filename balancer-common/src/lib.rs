@@ -13,5 +13,5 @@ pub mod protocol;
 pub use layout::*;
 pub use policy::{
     choose, decide, find_idle, is_blocked, lowest_byte, next_in_turn, work_left, Choice, Draw,
-    LoadSource, Policy, Scan, IDLE_WORDS,
+    Fast, LoadSource, Policy, Scan, IDLE_WORDS, STALE_TRIES,
 };

@@ -143,6 +143,17 @@ pub trait LoadSource: Sized {
     /// Clears the slot's idle byte: the fast path found it stale.
     fn clear_idle(&self, _slot: u32) {}
 
+    /// Calls [`Fast::step`] until it says the walk is over, at most [`Fast::MAX_STEPS`] times.
+    /// The default is a plain loop; the eBPF program overrides it with `bpf_loop`.
+    #[inline(always)]
+    fn run_fast(&self, cfg: &Config, fast: &mut Fast) {
+        for _ in 0..Fast::MAX_STEPS {
+            if fast.step(cfg, self) {
+                break;
+            }
+        }
+    }
+
     /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
     /// the eBPF program overrides it with `bpf_loop`, so the verifier checks the chunk once instead
     /// of walking every iteration of every path.
@@ -302,6 +313,9 @@ pub fn decide<L: LoadSource>(
     }
 }
 
+/// Stale idle bytes the fast path clears per connection before it leaves the choice to the scan.
+pub const STALE_TRIES: u32 = 8;
+
 /// Number of u64 words of idle bytes (and of [`Config::active_mask`]): 8 slots each.
 pub const IDLE_WORDS: u32 = MAX_SLOTS / 8;
 
@@ -313,14 +327,17 @@ pub const IDLE_WORDS: u32 = MAX_SLOTS / 8;
 /// worked on either. So if one is found, the scan's answer can be no better.
 ///
 /// Reads the idle bytes ([`crate::LoadTable::idle`], a hint every worker can write) 8 at a time,
-/// ANDed with the controller's [`Config::active_mask`], from this CPU's tick on (the byte
-/// `tick % (8 * idle_words)`, wrapping around), so idle slots take turns as the scan's rotating
-/// start makes equal ones do. In each word the first nonzero byte, found without a branch
-/// (lowest set bit, then a population count), is only a candidate: the slot's own counts decide.
-/// A stale byte (the slot has work) is cleared, and the search goes on with the next word (the
-/// rest of that word waits for the next connection: one candidate per word keeps the loop
-/// straight for the verifier). At most `idle_words + 1` words are read; when nothing qualifies the
-/// caller runs the exact scan.
+/// ANDed with the controller's [`Config::active_mask`], from the slot where the scan would start
+/// on (the active slot at this CPU's tick), wrapping around, so idle slots take turns as the
+/// scan's rotating start makes equal ones do (with every slot idle both pick the same one).
+/// In each word the first nonzero byte, found without a branch (lowest set bit, then a population
+/// count), is only a candidate: the slot's own counts decide. A stale byte (the slot has work) is
+/// cleared, and the search goes on. At most `idle_words + 1` words are read and [`STALE_TRIES`]
+/// stale bytes cleared; when nothing qualifies the caller runs the exact scan.
+///
+/// Driven by [`LoadSource::run_fast`], one [`Fast::step`] at a time (the eBPF program: its own
+/// `bpf_loop` callback, checked once by the verifier; a plain loop unrolled into the program made
+/// it exceed the verifier's budget).
 #[inline(always)]
 pub fn find_idle<L: LoadSource>(
     cfg: &Config,
@@ -329,63 +346,137 @@ pub fn find_idle<L: LoadSource>(
     work_left_on: bool,
     loads: &L,
 ) -> u32 {
-    let words = cfg.idle_words;
-    if words == 0 || words > IDLE_WORDS {
-        return NO_SLOT;
+    match Fast::new(cfg, draw, exclude, work_left_on, loads) {
+        Some(mut fast) => {
+            loads.run_fast(cfg, &mut fast);
+            fast.found
+        }
+        None => NO_SLOT,
     }
-    if work_left_on && cfg.uniform_weight == 0 {
-        return NO_SLOT;
+}
+
+/// State of the fast path's walk over the idle bytes (see [`find_idle`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Fast {
+    /// Words to walk ([`Config::idle_words`]).
+    pub words: u32,
+    /// The word the walk starts in.
+    pub first: u32,
+    /// Bytes of the first word at or after the start; the others are walked last.
+    pub later: u64,
+    /// The excluded slot's word (or [`IDLE_WORDS`]: none) and its byte.
+    pub ex_word: u32,
+    pub ex_bits: u64,
+    /// All ones for work-left.
+    pub work_on: bool,
+    pub mean: u64,
+    pub now_us: u64,
+    /// The least work-left cost there is: an idle slot's.
+    pub least_work: u64,
+    pub uniform_weight: u32,
+    /// The next word of the walk to read (0 ..= words: the first word twice, its two parts).
+    pub next: u32,
+    /// The current word and its remaining candidates.
+    pub w: u32,
+    pub x: u64,
+    /// The slot found, or [`NO_SLOT`].
+    pub found: u32,
+}
+
+impl Fast {
+    /// Turns a walk takes at most: `words + 1` reads and [`STALE_TRIES`] stale candidates.
+    pub const MAX_STEPS: u32 = IDLE_WORDS + 1 + STALE_TRIES;
+
+    /// The walk for one connection, or `None` when the fast path does not apply.
+    #[inline(always)]
+    pub fn new<L: LoadSource>(
+        cfg: &Config,
+        draw: &Draw,
+        exclude: u32,
+        work_on: bool,
+        loads: &L,
+    ) -> Option<Self> {
+        let words = cfg.idle_words;
+        if words == 0 || words > IDLE_WORDS || (work_on && cfg.uniform_weight == 0) {
+            return None;
+        }
+        // The slot the scan would start from (the active slot at this CPU's tick): with every
+        // slot idle, both pick it, and idle slots take turns in the active list's order.
+        // `checked_rem`: LLVM keeps a division-by-zero check here, and a panic does not load.
+        let start = active_at(cfg, draw.tick.checked_rem(cfg.n_active).unwrap_or(0));
+        let start = if start < words * 8 { start } else { 0 };
+        let (mean, now_us) =
+            if work_on { (loads.group_mean_us(), draw.now / 1000) } else { (0, 0) };
+        Some(Self {
+            words,
+            first: start / 8,
+            later: u64::MAX << ((start % 8) * 8),
+            ex_word: if exclude < MAX_SLOTS { exclude / 8 } else { IDLE_WORDS },
+            ex_bits: 0xffu64 << ((exclude % 8) * 8),
+            work_on,
+            mean,
+            now_us,
+            least_work: work_left(0, mean, 0, 0, now_us),
+            uniform_weight: cfg.uniform_weight,
+            next: 0,
+            w: 0,
+            x: 0,
+            found: NO_SLOT,
+        })
     }
-    // `checked_rem`: LLVM keeps a division-by-zero check here, and a panic does not load.
-    let start = draw.tick.checked_rem(words * 8).unwrap_or(0);
-    let first = start / 8;
-    // Bytes at or after the start's byte in the first word; the others come last.
-    let later = u64::MAX << ((start % 8) * 8);
-    // The excluded slot's byte, in its word.
-    let ex_word = if exclude < MAX_SLOTS { exclude / 8 } else { IDLE_WORDS };
-    let ex_bits = 0xffu64 << ((exclude % 8) * 8);
-    let (mean, now_us) =
-        if work_left_on { (loads.group_mean_us(), draw.now / 1000) } else { (0, 0) };
-    let least_work = work_left(0, mean, 0, 0, now_us);
-    for k in 0..=IDLE_WORDS {
-        if k > words {
-            break;
+
+    /// One turn: reads the next word if the current one has no candidate left, then checks one
+    /// candidate. True when the walk is over (found, or nothing left).
+    #[inline(always)]
+    pub fn step<L: LoadSource>(&mut self, cfg: &Config, loads: &L) -> bool {
+        if self.x == 0 {
+            let k = self.next;
+            if k > self.words {
+                return true;
+            }
+            self.next = k + 1;
+            let w = self.first + k;
+            let w = if w >= self.words { w - self.words } else { w };
+            let mut x = loads.idle_word(w) & active_word(cfg, w);
+            if k == 0 {
+                x &= self.later;
+            }
+            if k == self.words {
+                x &= !self.later;
+            }
+            if w == self.ex_word {
+                x &= !self.ex_bits;
+            }
+            self.w = w;
+            self.x = x;
+            if x == 0 {
+                return false;
+            }
         }
-        let w = first + k;
-        let w = if w >= words { w - words } else { w };
-        let mut x = loads.idle_word(w) & active_word(cfg, w);
-        if k == 0 {
-            x &= later;
-        }
-        if k == words {
-            x &= !later;
-        }
-        if w == ex_word {
-            x &= !ex_bits;
-        }
-        if x == 0 {
-            continue;
-        }
-        let slot = w * 8 + lowest_byte(x);
-        // Hidden from LLVM, which can prove `slot` < MAX_SLOTS and would drop the bounds checks
-        // of the reads below that the verifier needs.
+        let byte = lowest_byte(self.x);
+        let slot = self.w.wrapping_mul(8).wrapping_add(byte);
+        // Hidden from LLVM, which may prove `slot` < MAX_SLOTS and drop the bounds checks of the
+        // reads below that the verifier needs.
         // SAFETY: `&slot` is a valid, aligned reference to a local u32.
         let slot = unsafe { core::ptr::read_volatile(&slot) };
-        let Some((count, weight)) = loads.load(slot) else { continue };
-        let ok = if work_left_on {
+        let Some((count, weight)) = loads.load(slot) else { return true };
+        let ok = if self.work_on {
             let (working, start_sum) = loads.work(slot);
             count == 0
-                && weight == cfg.uniform_weight
-                && work_left(0, mean, working, start_sum, now_us) == least_work
+                && weight == self.uniform_weight
+                && work_left(0, self.mean, working, start_sum, self.now_us) == self.least_work
         } else {
             count == 0
         };
         if ok {
-            return slot;
+            self.found = slot;
+            return true;
         }
+        // Stale: cleared for the next connections; on to the next candidate of this word.
         loads.clear_idle(slot);
+        self.x &= !(0xffu64 << (byte * 8));
+        false
     }
-    NO_SLOT
 }
 
 /// Word `w` (< [`IDLE_WORDS`]) of [`Config::active_mask`], as [`LoadSource::idle_word`] reads

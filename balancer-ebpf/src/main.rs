@@ -41,8 +41,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, LoadSource, LoadTable, Scan,
-    SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS, NO_SLOT,
+    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, Fast, LoadSource, LoadTable,
+    Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS, NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -231,6 +231,16 @@ impl LoadSource for MapLoads {
         unsafe { read_volatile(addr_of!((*self.0).group.mean_us)) }
     }
 
+    /// The fast path through `bpf_loop`: the verifier checks [`fast_step`] once.
+    #[inline(always)]
+    fn run_fast(&self, _cfg: &Config, fast: &mut Fast) {
+        // SAFETY: bpf_loop calls `fast_step` with the context pointer we pass, `fast`, which
+        // outlives the call; the verifier checks the callback's signature.
+        unsafe {
+            bpf_loop(Fast::MAX_STEPS, fast_step as *mut c_void, (fast as *mut Fast).cast(), 0)
+        };
+    }
+
     /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over
     /// up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
@@ -240,6 +250,17 @@ impl LoadSource for MapLoads {
         unsafe {
             bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0)
         };
+    }
+}
+
+/// One `bpf_loop` iteration of the fast path ([`Fast::step`]). Looks up the config and the table
+/// itself, as [`scan_step`] does.
+extern "C" fn fast_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `&mut Fast` that `run_fast` gave it, alive for the loop.
+    let fast = unsafe { &mut *ctx.cast::<Fast>() };
+    match (CONFIG.get(0), LOADS.get_ptr(0)) {
+        (Some(cfg), Some(table)) => fast.step(cfg, &MapLoads(table)) as i64,
+        _ => 1,
     }
 }
 
