@@ -3,6 +3,10 @@
 //! Written for both worlds: the eBPF program calls [`choose`] with loads read from its maps, the
 //! host tests call it with plain arrays. Everything is `#[inline(always)]` and loops are bounded
 //! by [`MAX_SLOTS`] so the verifier accepts it.
+//!
+//! Least-loaded and work-left first try the fast path ([`find_idle`]: an active slot with nothing
+//! in flight, from the load table's idle bytes, checked against its counts), then the exact scan
+//! ([`Scan`]). Either way the answer is a minimum of the policy's cost.
 
 use crate::layout::{Config, Event, MAX_SLOTS, NO_SLOT};
 

@@ -146,7 +146,8 @@ fuzz_target!(|input: Input| {
             // work-left with no work figures (all 0): the count plus one, per weight.
             let cost = |(l, w): (u64, u32)| {
                 if p == Policy::WorkLeft {
-                    (work_left(l, 0, 0, 0, 0).min((1 << 30) - 1), w)
+                    // The scan caps the count first (a count of 2^63 + k is not k).
+                    (work_left(l.min((1 << 30) - 1), 0, 0, 0, 0).min((1 << 30) - 1), w)
                 } else {
                     (l, w)
                 }
