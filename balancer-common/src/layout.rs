@@ -11,7 +11,9 @@ pub const MAX_SLOTS: u32 = 256;
 /// [`Config::blocked_after_ms`]; layout 5 the work figures (a per-slot mean service time,
 /// [`LoadTable::working`], [`LoadTable::start_sum_us`]) and counts a request done at its answer;
 /// layout 6 replaces the per-slot mean with the group's ([`LoadTable::group`]) and adds the
-/// peak-EWMA figures ([`LoadTable::ewma_us`], [`LoadTable::ewma_at_us`]).
+/// peak-EWMA figures ([`LoadTable::ewma_us`], [`LoadTable::ewma_at_us`]) and the fast path's
+/// hints ([`LoadTable::idle`], [`Config::active_mask`], [`Config::idle_words`],
+/// [`Config::uniform_weight`]).
 pub const LAYOUT_VERSION: u16 = 6;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
@@ -87,6 +89,14 @@ pub struct LoadTable {
     pub ewma_at_us: [u64; MAX_SLOTS as usize],
     /// Figures of the whole group, on a cache line of their own.
     pub group: GroupFigures,
+    /// One byte per slot, nonzero when the slot had nothing in flight when last written: the
+    /// hint of the least-loaded and work-left fast path ([`crate::policy::find_idle`]), which
+    /// reads it 8 slots at a time. The worker's shim sets its byte when an answer takes its
+    /// in-flight count to 0; the program clears it when it gives the slot a connection, or finds
+    /// it stale (the slot has work after all); the controller recomputes every byte at each
+    /// reconciliation. Only a hint: races leave it stale either way, and the program checks the
+    /// slot's counts before it takes one, so a wrong byte costs time, never a wrong choice.
+    pub idle: [u8; MAX_SLOTS as usize],
     /// Per-slot bookkeeping the program never reads.
     pub slots: [SlotRecord; MAX_SLOTS as usize],
 }
@@ -172,6 +182,10 @@ pub mod table_offsets {
     pub const fn ewma_at_us(slot: usize) -> usize {
         offset_of!(LoadTable, ewma_at_us) + slot * 8
     }
+    /// The slot's byte of [`super::LoadTable::idle`].
+    pub const fn idle(slot: usize) -> usize {
+        offset_of!(LoadTable, idle) + slot
+    }
     const fn record(slot: usize) -> usize {
         offset_of!(LoadTable, slots) + slot * size_of::<SlotRecord>()
     }
@@ -211,7 +225,9 @@ impl LoadTable {
 /// The controller rewrites it whole; the program may see a half-written record, and every
 /// outcome of that is safe: a stale slot either still has its socket or fails the selection,
 /// which falls back to the kernel's hash.
-#[repr(C)]
+///
+/// Aligned to 8 so that the fast path can read [`Config::active_mask`] a u64 at a time.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// A [`crate::Policy`] id.
@@ -228,8 +244,20 @@ pub struct Config {
     /// The pack policy's depth: connections in flight per unit of weight that fill a slot
     /// before the next one takes new connections; 0 counts as 1.
     pub pack_depth: u32,
+    /// How many 8-slot words of [`Config::active_mask`] (and of [`LoadTable::idle`]) the fast
+    /// path reads: the highest active slot / 8 + 1; 0 turns the fast path off.
+    pub idle_words: u32,
+    /// The weight every active slot has, if they all have the same one, else 0. Work-left takes
+    /// its fast path only then (with weights, an idle slot is not always the lightest); it takes
+    /// a slot whose weight in the table is not this one only through the scan.
+    pub uniform_weight: u32,
     /// Dense list of the slots that take new connections.
     pub active: [u32; MAX_SLOTS as usize],
+    /// The same set as bytes, 0xff for an active slot and 0 for any other: the fast path ANDs
+    /// it with the load table's idle bytes, 8 slots at a time. Written by the controller only,
+    /// like the rest of this record: a worker can set idle bytes (the load table is mapped into
+    /// every worker) but cannot make a slot active (a draining worker is never picked).
+    pub active_mask: [u8; MAX_SLOTS as usize],
 }
 
 /// Bits of [`Config::flags`].
@@ -247,8 +275,33 @@ impl Config {
             flags: 0,
             blocked_after_ms: 0,
             pack_depth: 0,
+            idle_words: 0,
+            uniform_weight: 0,
             active: [NO_SLOT; MAX_SLOTS as usize],
+            active_mask: [0; MAX_SLOTS as usize],
         }
+    }
+
+    /// Makes `slots` (in range, at most [`MAX_SLOTS`] of them; others are dropped) the active
+    /// ones: the dense list, the byte mask and the fast path's word count. `uniform_weight` as
+    /// in [`Config::uniform_weight`].
+    pub fn set_active(&mut self, slots: &[u32], uniform_weight: u32) {
+        self.active = [NO_SLOT; MAX_SLOTS as usize];
+        self.active_mask = [0; MAX_SLOTS as usize];
+        let mut n = 0;
+        let mut top = 0;
+        for &slot in slots.iter().filter(|&&s| s < MAX_SLOTS) {
+            if n == MAX_SLOTS as usize {
+                break;
+            }
+            self.active[n] = slot;
+            self.active_mask[slot as usize] = 0xff;
+            top = top.max(slot / 8 + 1);
+            n += 1;
+        }
+        self.n_active = n as u32;
+        self.idle_words = top;
+        self.uniform_weight = uniform_weight;
     }
 
     /// The active slots, as a slice (clamped to the array, whatever `n_active` says).
@@ -279,10 +332,13 @@ pub enum Event {
     /// A connection went to a worker that is not blocked while another candidate was blocked
     /// (see [`Config::blocked_after_ms`]).
     BlockedPassedOver = 6,
+    /// Least-loaded or work-left took an idle slot from the fast path, with no scan
+    /// ([`crate::policy::find_idle`]).
+    FastPath = 7,
 }
 
 impl Event {
-    pub const COUNT: u32 = 7;
+    pub const COUNT: u32 = 8;
     pub const ALL: [Event; Self::COUNT as usize] = [
         Event::FallbackNoConfig,
         Event::FallbackNoActive,
@@ -291,6 +347,7 @@ impl Event {
         Event::MigrateSelected,
         Event::MigrateFallback,
         Event::BlockedPassedOver,
+        Event::FastPath,
     ];
 
     /// Short name for metrics labels and logs.
@@ -303,6 +360,7 @@ impl Event {
             Event::MigrateSelected => "migrated",
             Event::MigrateFallback => "migrate_fallback",
             Event::BlockedPassedOver => "blocked_passed_over",
+            Event::FastPath => "fast_path",
         }
     }
 
@@ -322,7 +380,10 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
 const _: () = assert!(
-    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 4 * 8 + 32) + 64
+    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 4 * 8 + 1 + 32) + 64
 );
 const _: () = assert!(core::mem::size_of::<GroupFigures>() == 64);
-const _: () = assert!(core::mem::size_of::<Config>() == 24 + 4 * MAX_SLOTS as usize);
+const _: () = assert!(core::mem::size_of::<Config>() == 32 + 5 * MAX_SLOTS as usize);
+// The fast path reads the idle bytes as u64 words.
+const _: () = assert!(core::mem::offset_of!(LoadTable, idle) % 8 == 0);
+const _: () = assert!(core::mem::offset_of!(Config, active_mask) % 8 == 0);

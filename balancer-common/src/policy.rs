@@ -3,6 +3,10 @@
 //! Written for both worlds: the eBPF program calls [`choose`] with loads read from its maps, the
 //! host tests call it with plain arrays. Everything is `#[inline(always)]` and loops are bounded
 //! by [`MAX_SLOTS`] so the verifier accepts it.
+//!
+//! Least-loaded and work-left first try the fast path ([`find_idle`]: an active slot with nothing
+//! in flight, from the load table's idle bytes, checked against its counts), then the exact scan
+//! ([`Scan`]). Either way the answer is a minimum of the policy's cost.
 
 use crate::layout::{Config, Event, MAX_SLOTS, NO_SLOT};
 
@@ -137,6 +141,8 @@ pub struct Choice {
     /// A candidate was blocked and the pick is not (least-loaded: some active slot was blocked;
     /// p2c: the lighter of its two was).
     pub passed_blocked: bool,
+    /// The fast path found it ([`find_idle`]), with no scan.
+    pub fast: bool,
 }
 
 /// Where [`choose`] reads each slot's load, and how it drives the least-loaded scan.
@@ -173,6 +179,27 @@ pub trait LoadSource: Sized {
     fn run_pack(&self, cfg: &Config, scan: &mut PackScan) {
         for i in 0..MAX_SLOTS {
             if i >= scan.n || scan.visit(cfg, i, self) {
+                break;
+            }
+        }
+    }
+
+    /// Word `w` (< [`IDLE_WORDS`]) of the idle bytes ([`crate::LoadTable::idle`]), slots
+    /// `8 w .. 8 w + 8`, little-endian (slot `8 w` in the low byte). The default, all zeros,
+    /// never takes the fast path.
+    fn idle_word(&self, _w: u32) -> u64 {
+        0
+    }
+
+    /// Clears the slot's idle byte: the fast path found it stale.
+    fn clear_idle(&self, _slot: u32) {}
+
+    /// Calls [`Fast::step`] until it says the walk is over, at most [`Fast::MAX_STEPS`] times.
+    /// The default is a plain loop; the eBPF program overrides it with `bpf_loop`.
+    #[inline(always)]
+    fn run_fast(&self, cfg: &Config, fast: &mut Fast) {
+        for _ in 0..Fast::MAX_STEPS {
+            if fast.step(cfg, self) {
                 break;
             }
         }
@@ -232,10 +259,11 @@ fn opaque(x: u64) -> u64 {
     unsafe { core::ptr::read_volatile(&x) }
 }
 
-/// All ones if `x` (as i64) is negative, else 0. Branch-free.
+/// All ones if `x` (as i64) is negative, else 0. Branch-free: `x` is hidden from LLVM too, or
+/// it sees that the sign of `cap - x` is `x > cap` and compiles a comparison and a jump.
 #[inline(always)]
 fn negative(x: u64) -> u64 {
-    opaque(((x as i64) >> 63) as u64)
+    opaque(((opaque(x) as i64) >> 63) as u64)
 }
 
 /// Branch-free `min(x, cap)` for `x` and `cap` below 2^62.
@@ -354,7 +382,7 @@ pub fn decide<L: LoadSource>(
         Some(p) => p,
         None => return Err(Event::FallbackBadConfig),
     };
-    let plain = |slot: u32| Choice { slot, passed_blocked: false };
+    let plain = |slot: u32| Choice { slot, passed_blocked: false, fast: false };
     match policy {
         Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma | Policy::Pack => {
             let limit_ns = blocked_limit_ns(cfg, draw);
@@ -363,6 +391,15 @@ pub fn decide<L: LoadSource>(
                 loads.run_pack(cfg, &mut pack);
                 if pack.found != NO_SLOT {
                     return Ok(pack.result());
+                }
+            }
+            // An idle slot is a least-loaded and (checked) a work-left minimum, not always a
+            // peak-ewma one (a slow worker's estimate may outweigh a fast one's queue), and when
+            // pack found no slot below its depth none is idle.
+            if policy == Policy::LeastLoaded || policy == Policy::WorkLeft {
+                let fast = find_idle(cfg, draw, exclude, policy == Policy::WorkLeft, loads);
+                if fast != NO_SLOT {
+                    return Ok(Choice { slot: fast, passed_blocked: false, fast: true });
                 }
             }
             let mut scan = Scan::new(n, draw.tick % n, exclude, draw.now, limit_ns);
@@ -376,6 +413,200 @@ pub fn decide<L: LoadSource>(
         Policy::RoundRobin => nth_usable(cfg, n, draw.tick % n, exclude).map(plain),
         Policy::Hash => nth_usable(cfg, n, draw.hash % n, exclude).map(plain),
     }
+}
+
+/// Stale idle bytes the fast path clears per connection before it leaves the choice to the scan.
+pub const STALE_TRIES: u32 = 8;
+
+/// Number of u64 words of idle bytes (and of [`Config::active_mask`]): 8 slots each.
+pub const IDLE_WORDS: u32 = MAX_SLOTS / 8;
+
+/// The fast path of least-loaded and work-left: an active, idle slot, or [`NO_SLOT`].
+///
+/// A slot with nothing in flight is a minimum for least-loaded (0 per any weight, never
+/// blocked), and for work-left (with the group's weights all the same, see
+/// [`Config::uniform_weight`]) when its cost is `mean + 1`, the least possible: nothing being
+/// worked on either. So if one is found, the scan's answer can be no better.
+///
+/// Reads the idle bytes ([`crate::LoadTable::idle`], a hint every worker can write) 8 at a time,
+/// ANDed with the controller's [`Config::active_mask`], from the slot where the scan would start
+/// on (the active slot at this CPU's tick), wrapping around, so idle slots take turns as the
+/// scan's rotating start makes equal ones do (with every slot idle both pick the same one).
+/// In each word the first nonzero byte, found without a branch (lowest set bit, then a population
+/// count), is only a candidate: the slot's own counts decide. A stale byte (the slot has work) is
+/// cleared, and the search goes on. At most `idle_words + 1` words are read and [`STALE_TRIES`]
+/// stale bytes cleared; when nothing qualifies the caller runs the exact scan.
+///
+/// Driven by [`LoadSource::run_fast`], one [`Fast::step`] at a time (the eBPF program: its own
+/// `bpf_loop` callback, checked once by the verifier; a plain loop unrolled into the program made
+/// it exceed the verifier's budget).
+#[inline(always)]
+pub fn find_idle<L: LoadSource>(
+    cfg: &Config,
+    draw: &Draw,
+    exclude: u32,
+    work_left_on: bool,
+    loads: &L,
+) -> u32 {
+    match Fast::new(cfg, draw, exclude, work_left_on, loads) {
+        Some(mut fast) => {
+            loads.run_fast(cfg, &mut fast);
+            fast.found
+        }
+        None => NO_SLOT,
+    }
+}
+
+/// State of the fast path's walk over the idle bytes (see [`find_idle`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Fast {
+    /// Words to walk ([`Config::idle_words`]).
+    pub words: u32,
+    /// The word the walk starts in.
+    pub first: u32,
+    /// Bytes of the first word at or after the start; the others are walked last.
+    pub later: u64,
+    /// The excluded slot's word (or [`IDLE_WORDS`]: none) and its byte.
+    pub ex_word: u32,
+    pub ex_bits: u64,
+    /// All ones for work-left.
+    pub work_on: bool,
+    pub mean: u64,
+    pub now_us: u64,
+    /// The least work-left cost there is: an idle slot's.
+    pub least_work: u64,
+    pub uniform_weight: u32,
+    /// The next word of the walk to read (0 ..= words: the first word twice, its two parts).
+    pub next: u32,
+    /// The current word and its remaining candidates.
+    pub w: u32,
+    pub x: u64,
+    /// The slot found, or [`NO_SLOT`].
+    pub found: u32,
+}
+
+impl Fast {
+    /// Turns a walk takes at most: `words + 1` reads and [`STALE_TRIES`] stale candidates.
+    pub const MAX_STEPS: u32 = IDLE_WORDS + 1 + STALE_TRIES;
+
+    /// The walk for one connection, or `None` when the fast path does not apply.
+    #[inline(always)]
+    pub fn new<L: LoadSource>(
+        cfg: &Config,
+        draw: &Draw,
+        exclude: u32,
+        work_on: bool,
+        loads: &L,
+    ) -> Option<Self> {
+        let words = cfg.idle_words;
+        if words == 0 || words > IDLE_WORDS || (work_on && cfg.uniform_weight == 0) {
+            return None;
+        }
+        // The slot the scan would start from (the active slot at this CPU's tick): with every
+        // slot idle, both pick it, and idle slots take turns in the active list's order.
+        // `checked_rem`: LLVM keeps a division-by-zero check here, and a panic does not load.
+        let start = active_at(cfg, draw.tick.checked_rem(cfg.n_active).unwrap_or(0));
+        let start = if start < words * 8 { start } else { 0 };
+        let (mean, now_us) =
+            if work_on { (loads.group_mean_us(), draw.now / 1000) } else { (0, 0) };
+        Some(Self {
+            words,
+            first: start / 8,
+            later: u64::MAX << ((start % 8) * 8),
+            ex_word: if exclude < MAX_SLOTS { exclude / 8 } else { IDLE_WORDS },
+            ex_bits: 0xffu64 << ((exclude % 8) * 8),
+            work_on,
+            mean,
+            now_us,
+            least_work: work_left(0, mean, 0, 0, now_us),
+            uniform_weight: cfg.uniform_weight,
+            next: 0,
+            w: 0,
+            x: 0,
+            found: NO_SLOT,
+        })
+    }
+
+    /// One turn: reads the next word if the current one has no candidate left, then checks one
+    /// candidate. True when the walk is over (found, or nothing left).
+    #[inline(always)]
+    pub fn step<L: LoadSource>(&mut self, cfg: &Config, loads: &L) -> bool {
+        if self.x == 0 {
+            let k = self.next;
+            if k > self.words {
+                return true;
+            }
+            self.next = k + 1;
+            let w = self.first + k;
+            let w = if w >= self.words { w - self.words } else { w };
+            let mut x = loads.idle_word(w) & active_word(cfg, w);
+            if k == 0 {
+                x &= self.later;
+            }
+            if k == self.words {
+                x &= !self.later;
+            }
+            if w == self.ex_word {
+                x &= !self.ex_bits;
+            }
+            self.w = w;
+            self.x = x;
+            if x == 0 {
+                return false;
+            }
+        }
+        let byte = lowest_byte(self.x);
+        let slot = self.w.wrapping_mul(8).wrapping_add(byte);
+        // Hidden from LLVM, which may prove `slot` < MAX_SLOTS and drop the bounds checks of the
+        // reads below that the verifier needs.
+        // SAFETY: `&slot` is a valid, aligned reference to a local u32.
+        let slot = unsafe { core::ptr::read_volatile(&slot) };
+        let Some((count, weight)) = loads.load(slot) else { return true };
+        let ok = if self.work_on {
+            let (working, start_sum) = loads.work(slot);
+            count == 0
+                && weight == self.uniform_weight
+                && work_left(0, self.mean, working, start_sum, self.now_us) == self.least_work
+        } else {
+            count == 0
+        };
+        if ok {
+            self.found = slot;
+            return true;
+        }
+        // Stale: cleared for the next connections; on to the next candidate of this word.
+        loads.clear_idle(slot);
+        self.x &= !(0xffu64 << (byte * 8));
+        false
+    }
+}
+
+/// Word `w` (< [`IDLE_WORDS`]) of [`Config::active_mask`], as [`LoadSource::idle_word`] reads
+/// the idle bytes.
+#[inline(always)]
+fn active_word(cfg: &Config, w: u32) -> u64 {
+    // Hidden from LLVM, which can prove the bound and would drop the check the verifier needs.
+    // SAFETY: `&w` is a valid, aligned reference to a local u32.
+    let w = unsafe { core::ptr::read_volatile(&w) };
+    if w >= IDLE_WORDS {
+        return 0;
+    }
+    // SAFETY: `w` < IDLE_WORDS, so the 8 bytes lie inside `active_mask`, which is 8-aligned
+    // (Config is `align(8)` and the offset is asserted in layout.rs).
+    unsafe { core::ptr::read_volatile(cfg.active_mask.as_ptr().cast::<u64>().add(w as usize)) }
+}
+
+/// Index (0..8) of the lowest nonzero byte of `x` (nonzero), without a branch: the lowest set
+/// bit, minus 1, is a run of ones whose length (a population count) / 8 is the byte.
+#[inline(always)]
+pub fn lowest_byte(x: u64) -> u32 {
+    let below = (x & x.wrapping_neg()).wrapping_sub(1);
+    // SWAR population count.
+    let c = below - ((below >> 1) & 0x5555_5555_5555_5555);
+    let c = (c & 0x3333_3333_3333_3333) + ((c >> 2) & 0x3333_3333_3333_3333);
+    let c = (c + (c >> 4)) & 0x0f0f_0f0f_0f0f_0f0f;
+    let c = c.wrapping_mul(0x0101_0101_0101_0101) >> 56;
+    (c as u32 >> 3) & 7
 }
 
 /// The active slot at dense index `i` (< `n`), or [`NO_SLOT`] if the record is out of range.
@@ -552,7 +783,7 @@ impl Scan {
         }
         // A blocked candidate was seen and the pick is not blocked: it was steered away.
         let passed_blocked = self.blocked_seen != 0 && self.best_load < Self::BLOCKED;
-        Ok(Choice { slot: self.best, passed_blocked })
+        Ok(Choice { slot: self.best, passed_blocked, fast: false })
     }
 }
 
@@ -618,7 +849,7 @@ impl PackScan {
 
     /// The pick (call only when `found` is a slot).
     pub fn result(&self) -> Choice {
-        Choice { slot: self.found, passed_blocked: self.blocked_seen }
+        Choice { slot: self.found, passed_blocked: self.blocked_seen, fast: false }
     }
 }
 
@@ -633,7 +864,7 @@ fn power_of_two<L: LoadSource>(
     exclude: u32,
     loads: &L,
 ) -> Result<Choice, Event> {
-    let plain = |slot: u32| Choice { slot, passed_blocked: false };
+    let plain = |slot: u32| Choice { slot, passed_blocked: false, fast: false };
     let random = draw.random;
     let a = (random & 0xffff) % n;
     if n == 1 {
@@ -666,7 +897,7 @@ fn power_of_two<L: LoadSource>(
         && is_blocked(light.1, loads.progress(light.0), draw.now, limit_ns)
         && !is_blocked(heavy.1, loads.progress(heavy.0), draw.now, limit_ns)
     {
-        return Ok(Choice { slot: heavy.0, passed_blocked: true });
+        return Ok(Choice { slot: heavy.0, passed_blocked: true, fast: false });
     }
     Ok(plain(light.0))
 }

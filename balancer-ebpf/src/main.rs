@@ -41,8 +41,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, LoadSource, LoadTable,
-    PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, MAX_SLOTS, NO_SLOT,
+    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, Fast, LoadSource, LoadTable,
+    PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS, NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -113,7 +113,7 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
     } else {
         match next_in_turn(cfg, &draw, choice.slot) {
             Ok(slot) if SOCKETS.select_reuseport(ctx, slot).is_ok() => {
-                Choice { slot, passed_blocked: false }
+                Choice { slot, passed_blocked: false, fast: false }
             }
             _ => return fall_back(Event::FallbackSelectFailed, migrating()),
         }
@@ -124,6 +124,9 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         account(table, slot, migrating, draw.now);
         if choice.passed_blocked {
             bump(&EVENTS, Event::BlockedPassedOver as u32);
+        }
+        if choice.fast {
+            bump(&EVENTS, Event::FastPath as u32);
         }
     }
     if cfg.flags & config_flags::LOG_SELECTIONS != 0 {
@@ -220,9 +223,37 @@ impl LoadSource for MapLoads {
     }
 
     #[inline(always)]
+    fn idle_word(&self, w: u32) -> u64 {
+        // Hidden from LLVM, which can prove the bound and would drop the check the verifier needs.
+        // SAFETY: `&w` is a valid, aligned reference to a local u32.
+        let w = unsafe { read_volatile(&w) };
+        if w >= IDLE_WORDS {
+            return 0;
+        }
+        // SAFETY: inside the LOADS value: `idle` is 8-aligned (asserted in balancer-common) and
+        // has IDLE_WORDS * 8 bytes; written concurrently by the workers and the controller.
+        unsafe { read_volatile(addr_of!((*self.0).idle).cast::<u64>().add(w as usize)) }
+    }
+
+    #[inline(always)]
+    fn clear_idle(&self, slot: u32) {
+        clear_idle(self.0, slot);
+    }
+
+    #[inline(always)]
     fn group_mean_us(&self) -> u64 {
         // SAFETY: inside the LOADS value; written concurrently by the workers.
         unsafe { read_volatile(addr_of!((*self.0).group.mean_us)) }
+    }
+
+    /// The fast path through `bpf_loop`: the verifier checks [`fast_step`] once.
+    #[inline(always)]
+    fn run_fast(&self, _cfg: &Config, fast: &mut Fast) {
+        // SAFETY: bpf_loop calls `fast_step` with the context pointer we pass, `fast`, which
+        // outlives the call; the verifier checks the callback's signature.
+        unsafe {
+            bpf_loop(Fast::MAX_STEPS, fast_step as *mut c_void, (fast as *mut Fast).cast(), 0)
+        };
     }
 
     /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over
@@ -252,6 +283,17 @@ extern "C" fn pack_step(index: u64, ctx: *mut c_void) -> i64 {
     let scan = unsafe { &mut *ctx.cast::<PackScan>() };
     match (CONFIG.get(0), LOADS.get_ptr(0)) {
         (Some(cfg), Some(table)) => scan.visit(cfg, index as u32, &MapLoads(table)) as i64,
+        _ => 1,
+    }
+}
+
+/// One `bpf_loop` iteration of the fast path ([`Fast::step`]). Looks up the config and the table
+/// itself, as [`scan_step`] does.
+extern "C" fn fast_step(_index: u64, ctx: *mut c_void) -> i64 {
+    // SAFETY: bpf_loop passes back the `&mut Fast` that `run_fast` gave it, alive for the loop.
+    let fast = unsafe { &mut *ctx.cast::<Fast>() };
+    match (CONFIG.get(0), LOADS.get_ptr(0)) {
+        (Some(cfg), Some(table)) => fast.step(cfg, &MapLoads(table)) as i64,
         _ => 1,
     }
 }
@@ -286,6 +328,10 @@ fn account(table: *const LoadTable, slot: u32, migrating: bool, now: u64) {
         let before = unsafe { read_volatile(counter) };
         // SAFETY: an aligned u64 inside map memory, only ever changed by atomic adds.
         unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, 1) };
+        if before as i64 <= 0 {
+            // No longer idle: off the fast path until its worker answers.
+            clear_idle(table, slot);
+        }
         if now != 0 && before as i64 <= 0 {
             // SAFETY: inside the LOADS value, slot < MAX_SLOTS; a plain store of a u64.
             unsafe {
@@ -296,6 +342,16 @@ fn account(table: *const LoadTable, slot: u32, migrating: bool, now: u64) {
     bump(&SELECTED, slot);
     if migrating {
         bump(&EVENTS, Event::MigrateSelected as u32);
+    }
+}
+
+/// Clears the slot's idle byte ([`LoadTable::idle`]).
+#[inline(always)]
+fn clear_idle(table: *const LoadTable, slot: u32) {
+    if slot < MAX_SLOTS {
+        // SAFETY: inside the LOADS value, slot < MAX_SLOTS, the array's length; a plain store of
+        // a byte that others write concurrently (a lost race leaves a hint stale, checked anyway).
+        unsafe { addr_of!((*table).idle).cast::<u8>().cast_mut().add(slot as usize).write(0) };
     }
 }
 

@@ -18,6 +18,10 @@
 //! until its answer. For `peak-ewma` it keeps the slot's service time estimate (`ewma_us`, set at
 //! `ewma_at_us`): see [`work_done`].
 //!
+//! An answer that takes the slot's `inflight` to 0 sets its `idle` byte (the program's fast
+//! path looks for one; it clears the byte when it gives the slot a connection), and a kept-alive
+//! connection's next request clears it again.
+//!
 //! So `inflight` counts requests being worked on (queued, or accepted and not yet answered), and
 //! the reconciliation's invariant stays `inflight = queued + accepted - completed`. Plain atomic
 //! adds and stores on the shared load table; the clock is the vDSO's CLOCK_MONOTONIC, and the
@@ -166,8 +170,12 @@ fn request_done(m: u32, fd: c_int) {
         work_done(slot, start, now);
     }
     slot.field(table_offsets::completed).fetch_add(1, Ordering::Relaxed);
-    slot.field(table_offsets::inflight).fetch_sub(1, Ordering::Relaxed);
+    let before = slot.field(table_offsets::inflight).fetch_sub(1, Ordering::Relaxed);
     slot.field(table_offsets::progress).store(now, Ordering::Relaxed);
+    if before as i64 <= 1 {
+        // Nothing left in flight: the program's fast path may take this slot with no scan.
+        slot.set_idle(true);
+    }
 }
 
 /// The connection of mark `m` carries a new request: 1 more accepted and in flight; a slot that
@@ -179,6 +187,7 @@ fn request_started(m: u32, fd: c_int) {
     slot.field(table_offsets::accepted).fetch_add(1, Ordering::Relaxed);
     if (slot.field(table_offsets::inflight).fetch_add(1, Ordering::Relaxed) as i64) <= 0 {
         slot.field(table_offsets::progress).store(monotonic_ns(), Ordering::Relaxed);
+        slot.set_idle(false);
     }
 }
 

@@ -8,7 +8,7 @@
 use core::{
     ffi::c_int,
     ptr,
-    sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, AtomicU64, AtomicU8, Ordering},
 };
 
 use balancer_common::table_offsets;
@@ -211,5 +211,15 @@ impl SlotRef {
         // never unmapped while the process lives; `slot` < MAX_SLOTS, and every field is 8-aligned
         // and only accessed atomically.
         unsafe { AtomicU64::from_ptr(self.base.add(field(self.slot)).cast()) }
+    }
+
+    /// The slot's idle byte ([`balancer_common::LoadTable::idle`]): the program's fast path
+    /// looks for a set one.
+    #[inline(always)]
+    pub(crate) fn set_idle(self, idle: bool) {
+        // SAFETY: as in `field`: inside the mapping, `slot` < MAX_SLOTS; a byte has no alignment
+        // and is only accessed atomically.
+        let byte = unsafe { AtomicU8::from_ptr(self.base.add(table_offsets::idle(self.slot))) };
+        byte.store(idle as u8, Ordering::Relaxed);
     }
 }

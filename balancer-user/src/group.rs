@@ -539,7 +539,8 @@ impl Group {
     pub fn set_weight(&mut self, slot: u32, weight: u32) -> Result<()> {
         self.check_slot(slot)?;
         self.loads.set_weight(slot, weight);
-        Ok(())
+        // The fast path's `uniform_weight` follows the weights.
+        self.publish_active()
     }
 
     /// The shared load records. The mapping keeps the map alive, so the handle stays valid after
@@ -607,13 +608,15 @@ impl Group {
         }
     }
 
+    /// Writes the active slots into the config record, with the fast path's hints: the active
+    /// mask, and the weight they all share (read from the table, where the controller wrote
+    /// them; 0 if they differ).
     fn publish_active(&mut self) -> Result<()> {
-        let mut n = 0;
-        for slot in self.occupied.iter().enumerate().filter(|(_, o)| **o).map(|(i, _)| i as u32) {
-            self.config.active[n] = slot;
-            n += 1;
-        }
-        self.config.n_active = n as u32;
+        let slots: Vec<u32> = self.occupied_slots().collect();
+        let mut weights = slots.iter().map(|&s| self.loads.read(s).weight.max(1));
+        let first = weights.next().unwrap_or(1);
+        let uniform = if weights.all(|w| w == first) { first } else { 0 };
+        self.config.set_active(&slots, uniform);
         self.write_config()
     }
 

@@ -19,6 +19,7 @@
 //! | `service_info` (=1) | gauge | service, policy, program |
 //! | `fallbacks_total` | counter | service, reason (`no_config`, `no_active_slot`, `bad_config`, `select_failed`) |
 //! | `migrations_total` | counter | service, outcome (`migrated`, `kernel_hash`) |
+//! | `fast_path_total` | counter | service (least-loaded and work-left picks of an idle slot, no scan) |
 //! | `registrations_total` | counter | service (accepted registrations) |
 //! | `registrations_rejected_total` | counter | service, reason (a `protocol::Status` name) |
 //! | `registry_events_total` | counter | service, event (`departure`, `adjustment`, `pending_closed`, `accept_backoff`, `eviction`, `weight_capped`, `parked_expired`, `reattach_failure`) |
@@ -185,6 +186,7 @@ struct ReportCollector {
     info: IntGaugeVec,
     fallbacks: IntCounterVec,
     migrations: IntCounterVec,
+    fast_path: IntCounterVec,
     registrations: IntCounterVec,
     rejected: IntCounterVec,
     registry_events: IntCounterVec,
@@ -227,6 +229,11 @@ impl ReportCollector {
                 "Connections of a closing listener placed on another worker (migrated) or left to the kernel's hash (kernel_hash).",
                 &["service", "outcome"],
             ),
+            fast_path: counter_vec(
+                "reuselb_fast_path_total",
+                "Connections least-loaded or work-left gave to an idle worker from the idle bytes, without a scan.",
+                &["service"],
+            ),
             registrations: counter_vec("reuselb_registrations_total", "Worker registrations accepted.", &["service"]),
             rejected: counter_vec("reuselb_registrations_rejected_total", "Worker registrations refused, by reason.", &["service", "reason"]),
             registry_events: counter_vec(
@@ -265,7 +272,7 @@ impl ReportCollector {
         ]
     }
 
-    fn counters(&self) -> [&IntCounterVec; 11] {
+    fn counters(&self) -> [&IntCounterVec; 12] {
         [
             &self.pod_selected,
             &self.pod_accepted,
@@ -275,6 +282,7 @@ impl ReportCollector {
             &self.completed,
             &self.fallbacks,
             &self.migrations,
+            &self.fast_path,
             &self.registrations,
             &self.rejected,
             &self.registry_events,
@@ -335,6 +343,10 @@ impl ReportCollector {
                     let (vec, label) = match event {
                         Event::MigrateSelected => (&self.migrations, "migrated"),
                         Event::MigrateFallback => (&self.migrations, "kernel_hash"),
+                        Event::FastPath => {
+                            self.fast_path.with_label_values(&[service]).inc_by(n);
+                            continue;
+                        }
                         e => (&self.fallbacks, e.name()),
                     };
                     vec.with_label_values(&[service, label]).inc_by(n);

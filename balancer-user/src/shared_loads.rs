@@ -6,7 +6,7 @@
 use std::{
     os::fd::BorrowedFd,
     ptr::NonNull,
-    sync::atomic::{AtomicU32, AtomicU64, Ordering},
+    sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering},
 };
 
 use balancer_common::{table_offsets, LoadTable, LOADS_MMAP_LEN, MAX_SLOTS};
@@ -110,6 +110,31 @@ impl SharedLoads {
         self.mark_progress(slot);
         self.set_weight(slot, weight);
         self.set_owner(slot, pid, epoch);
+        self.set_idle(slot, true);
+    }
+
+    fn idle_byte(&self, slot: u32) -> &AtomicU8 {
+        assert!(slot < MAX_SLOTS, "slot {slot} out of range");
+        // SAFETY: in bounds of the mapping (one byte of `idle`), only ever accessed atomically.
+        unsafe { AtomicU8::from_ptr(self.base.as_ptr().add(table_offsets::idle(slot as usize))) }
+    }
+
+    /// The slot's idle byte ([`LoadTable::idle`]): the fast path's hint.
+    pub fn idle(&self, slot: u32) -> bool {
+        self.idle_byte(slot).load(Ordering::Relaxed) != 0
+    }
+
+    /// Sets or clears the slot's idle byte (tests standing for workers or for the program).
+    pub fn set_idle(&self, slot: u32, idle: bool) {
+        self.idle_byte(slot).store(idle as u8, Ordering::Relaxed);
+    }
+
+    /// Recomputes the slot's idle byte from its counts (the reconciliation, each tick): set when
+    /// nothing is in flight or being worked on. Races with the shim and the program leave it
+    /// stale either way, which the program's check of the counts absorbs.
+    pub fn refresh_idle(&self, slot: u32) {
+        let rec = self.read(slot);
+        self.set_idle(slot, rec.raw_inflight <= 0 && rec.working <= 0);
     }
 
     /// Records that the slot made progress now (CLOCK_MONOTONIC, as the program and the shim
@@ -166,10 +191,15 @@ impl SharedLoads {
         self.u64_at(slot, table_offsets::accepted).fetch_add(n, Ordering::Relaxed);
     }
 
-    /// Counts `n` connections closed by the worker, as its shim does: no longer in flight.
+    /// Counts `n` connections answered by the worker, as its shim does: no longer in flight,
+    /// and the slot idle (its [`LoadTable::idle`] byte set) if that took its count to 0.
     pub fn add_completed(&self, slot: u32, n: u64) {
         self.u64_at(slot, table_offsets::completed).fetch_add(n, Ordering::Relaxed);
-        self.add_inflight(slot, -(n as i64));
+        let before =
+            self.u64_at(slot, table_offsets::inflight).fetch_sub(n, Ordering::Relaxed) as i64;
+        if before <= n as i64 {
+            self.set_idle(slot, true);
+        }
     }
 }
 

@@ -3,13 +3,16 @@
 //! slot; its errors are the documented ones; least-loaded returns a lightest readable slot and
 //! fails only when there is none; round robin and hash take the drawn slot or the next usable;
 //! pack takes the first usable slot in dense order below its depth, else what least-loaded takes.
+//! With the fast path on (idle bytes of any value, the controller's active mask), all of that
+//! still holds, and a slot the fast path takes has nothing in flight.
 #![no_main]
 
 use arbitrary::Arbitrary;
 use balancer_common::{
-    choose, peak_ewma, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
+    decide, peak_ewma, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
 };
 use libfuzzer_sys::fuzz_target;
+use std::cell::RefCell;
 
 #[derive(Arbitrary, Debug)]
 struct Input {
@@ -33,11 +36,16 @@ struct Input {
     /// Index into the active list, or a raw slot, or none.
     exclude_mode: u8,
     raw_exclude: u32,
+    /// The fast path on (the active mask and word count from the active list) or off.
+    fast: bool,
+    /// Idle bytes, as any worker could write them (slots beyond: 0).
+    idle: Vec<u8>,
 }
 
 struct Loads<'a> {
     loads: &'a [Option<(u64, u32)>],
     rest: Option<(u64, u32)>,
+    idle: RefCell<[u8; MAX_SLOTS as usize]>,
 }
 
 impl LoadSource for Loads<'_> {
@@ -46,6 +54,13 @@ impl LoadSource for Loads<'_> {
             Some(l) => *l,
             None => self.rest,
         }
+    }
+    fn idle_word(&self, w: u32) -> u64 {
+        let i = w as usize * 8;
+        u64::from_le_bytes(self.idle.borrow()[i..i + 8].try_into().expect("8 bytes"))
+    }
+    fn clear_idle(&self, slot: u32) {
+        self.idle.borrow_mut()[slot as usize] = 0;
     }
 }
 
@@ -83,8 +98,33 @@ fuzz_target!(|input: Input| {
         _ => input.raw_exclude,
     };
     let draw = Draw { random: input.random, hash: input.hash, tick: input.tick, now: 0 };
-    let loads = Loads { loads: &input.loads, rest: input.rest };
-    let result = choose(&cfg, &draw, exclude, &loads);
+    let mut idle = [0u8; MAX_SLOTS as usize];
+    for (dst, &b) in idle.iter_mut().zip(&input.idle) {
+        *dst = b;
+    }
+    let loads = Loads { loads: &input.loads, rest: input.rest, idle: RefCell::new(idle) };
+    if input.fast {
+        // As the controller's `set_active`, on whatever the active list holds; work-left only
+        // with one weight for the whole group, as the controller publishes it.
+        let active: Vec<u32> =
+            cfg.active_slots().iter().copied().filter(|&s| s < MAX_SLOTS).collect();
+        for &s in &active {
+            cfg.active_mask[s as usize] = 0xff;
+            cfg.idle_words = cfg.idle_words.max(s / 8 + 1);
+        }
+        let weights: Vec<u32> = active.iter().filter_map(|&s| loads.load(s)).map(|l| l.1).collect();
+        cfg.uniform_weight = match weights.first() {
+            Some(&w) if weights.iter().all(|&x| x == w) => w,
+            _ => 0,
+        };
+    }
+    let decided = decide(&cfg, &draw, exclude, &loads);
+    if let Ok(c) = decided {
+        if c.fast {
+            assert_eq!(loads.load(c.slot).map(|l| l.0), Some(0), "the fast path took a busy slot");
+        }
+    }
+    let result = decided.map(|c| c.slot);
 
     // Errors: exactly the documented ones.
     if cfg.n_active == 0 {
@@ -115,9 +155,10 @@ fuzz_target!(|input: Input| {
             // weight.
             let cost = |(l, w): (u64, u32)| {
                 if p == Policy::WorkLeft {
-                    (work_left(l, 0, 0, 0, 0).min((1 << 30) - 1), w)
+                    // The scan caps the count first (a count of 2^63 + k is not k).
+                    (work_left(l.min((1 << 30) - 1), 0, 0, 0, 0).min((1 << 30) - 1), w)
                 } else if p == Policy::PeakEwma {
-                    (peak_ewma(l, 0, 0, 0, 0).min((1 << 30) - 1), w)
+                    (peak_ewma(l.min((1 << 30) - 1), 0, 0, 0, 0).min((1 << 30) - 1), w)
                 } else {
                     (l, w)
                 }

@@ -53,6 +53,7 @@ impl Broken {
                 ("claims", "shim_counters_equal_requests_served_with_reconciliation_off"),
                 ("claims", "stray_acks_are_not_counted_and_bare_syns_are"),
                 ("answers", "a_worker_is_free_once_it_answered_before_it_closes"),
+                ("selector", "the_fast_path_rotates_idle_slots_and_checks_each_hint"),
                 ("migrate", "a_closing_listener_hands_its_queue_to_the_others"),
                 ("worker_restarts", "max_requests_recycling_under_load_keeps_connections"),
                 ("selector", "work_left_passes_over_an_old_request_and_least_loaded_does_not"),

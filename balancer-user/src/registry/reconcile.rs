@@ -87,6 +87,8 @@ impl Loop {
                     rec.raw_inflight
                 );
             }
+            // The fast path's hint, from the counts as they are now.
+            loads.refresh_idle(slot);
         }
         for (key, pid, queued) in retire {
             log::info!(

@@ -21,7 +21,7 @@ use std::{
 };
 
 use anyhow::{anyhow, bail, Context, Result};
-use balancer_common::Policy;
+use balancer_common::{Event, Policy};
 use balancer_user::{listener::bind_reuseport, shared_loads::SharedLoads, Group, GroupOptions};
 
 use super::sk_pass::{RawInfo, SkPassProgram};
@@ -107,6 +107,16 @@ impl Bed {
     pub fn fallbacks(&self) -> Result<u64> {
         match self.group() {
             Some(g) => Ok(g.stats().context("reading the group's statistics")?.fallbacks()),
+            None => Ok(0),
+        }
+    }
+
+    /// Group-wide count of selections the fast path made (an idle slot, no scan).
+    pub fn fast_path(&self) -> Result<u64> {
+        match self.group() {
+            Some(g) => {
+                Ok(g.stats().context("reading the group's statistics")?.get(Event::FastPath))
+            }
             None => Ok(0),
         }
     }

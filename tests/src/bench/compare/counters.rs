@@ -3,6 +3,9 @@
 //! program, the bench's own CPU, what other processes used, and the machine's description.
 use std::fs;
 
+use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
+use balancer_common::{maps, Event, MAX_SLOTS};
+
 use crate::{apps, bench::kernel_release};
 
 use super::deploy::Deployment;
@@ -104,6 +107,49 @@ impl Deployment {
         }
         ids
     }
+}
+
+/// (selections the fast path made, selections) of the group behind the programs `ids`, summed over
+/// the CPUs: the `EVENTS` counter [`Event::FastPath`] and the `SELECTED` counters of every slot,
+/// read through the programs' own map ids. `None` if neither map can be read.
+pub fn fast_path_counts(ids: &[u32]) -> Option<(u64, u64)> {
+    let mut map_ids = Vec::new();
+    for info in aya::programs::loaded_programs().flatten() {
+        if ids.contains(&info.id()) {
+            for m in info.map_ids().ok().flatten().unwrap_or_default() {
+                if !map_ids.contains(&m) {
+                    map_ids.push(m);
+                }
+            }
+        }
+    }
+    let per_cpu = |id: u32| -> Option<PerCpuArray<MapData, u64>> {
+        let map = Map::from_map_data(MapData::from_id(id).ok()?).ok()?;
+        PerCpuArray::try_from(map).ok()
+    };
+    let sum = |a: &PerCpuArray<MapData, u64>, i: u32| -> u64 {
+        a.get(&i, 0).map(|v| v.iter().sum()).unwrap_or(0)
+    };
+    let (mut fast, mut selected, mut found) = (0, 0, false);
+    for id in map_ids {
+        let Ok(info) = MapInfo::from_id(id) else { continue };
+        match info.name_as_str() {
+            Some(n) if n == maps::EVENTS => {
+                if let Some(a) = per_cpu(id) {
+                    fast += sum(&a, Event::FastPath as u32);
+                    found = true;
+                }
+            }
+            Some(n) if n == maps::SELECTED => {
+                if let Some(a) = per_cpu(id) {
+                    selected += (0..MAX_SLOTS).map(|i| sum(&a, i)).sum::<u64>();
+                    found = true;
+                }
+            }
+            _ => {}
+        }
+    }
+    found.then_some((fast, selected))
 }
 
 /// Summed (run time ns, run count) of the programs `ids`.

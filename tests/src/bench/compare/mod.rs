@@ -42,8 +42,8 @@ use anyhow::{Context, Result};
 pub use configs::Options;
 use configs::{cores, CfgRef, Variant, Workload, HOLD_MS};
 use counters::{
-    clock_hz, git_commit, loadavg, loadavg1, machine, machine_ticks, own_cpu_ns, own_ticks,
-    prog_counters, raise_nofile,
+    clock_hz, fast_path_counts, git_commit, loadavg, loadavg1, machine, machine_ticks, own_cpu_ns,
+    own_ticks, prog_counters, raise_nofile,
 };
 use deploy::{deploy, snapshot_binaries, Deployment};
 use raw::{Machine, Point, PointCounters, Raw, RawOptions, RawVariant, FAILED, FORMAT};
@@ -158,10 +158,12 @@ fn measure(
     let (t0, (busy0, _), own0, self0) =
         (Instant::now(), machine_ticks(), own_ticks(deps), own_cpu_ns());
     let p0 = prog_counters(&ids);
+    let f0 = fast_path_counts(&ids);
     let c0 = dep.counters();
     let out = loadgen::run(&spec)?;
     let c1 = dep.counters();
     let p1 = prog_counters(&ids);
+    let f1 = fast_path_counts(&ids);
     drop(stats_fd);
     let (busy1, _) = machine_ticks();
     let own1 = own_ticks(deps);
@@ -169,6 +171,10 @@ fn measure(
     let other = busy1.saturating_sub(busy0) as f64 - own1.saturating_sub(own0) as f64;
     let (bpf_ns, bpf_runs) = match (p0, p1) {
         (Some((t0, n0)), Some((t1, n1))) => (t1.saturating_sub(t0), n1.saturating_sub(n0)),
+        _ => (0, 0),
+    };
+    let (fast_path, selected) = match (f0, f1) {
+        (Some((a0, s0)), Some((a1, s1))) => (a1.saturating_sub(a0), s1.saturating_sub(s0)),
         _ => (0, 0),
     };
     let mut per_worker: Vec<u64> =
@@ -207,6 +213,8 @@ fn measure(
             router_cpu_ns: c1.router_cpu_ns.saturating_sub(c0.router_cpu_ns),
             bpf_ns,
             bpf_runs,
+            fast_path,
+            selected,
             loadgen_cpu_ns: own_cpu_ns().saturating_sub(self0),
             other_cpus: (other.max(0.0) / hz / elapsed.max(1e-3) * 1000.0).round() / 1000.0,
             loadavg1: loadavg1(),

@@ -114,6 +114,12 @@ pub struct PointCounters {
     /// Kernel's run time (ns) and count of reuselb's program(s), if measured.
     pub bpf_ns: u64,
     pub bpf_runs: u64,
+    /// Selections reuselb's least-loaded or work-left made from the fast path (an idle worker, no
+    /// scan), and all its selections, if counted (0 in samples from before the fast path).
+    #[serde(default)]
+    pub fast_path: u64,
+    #[serde(default)]
+    pub selected: u64,
     /// CPU of the bench process (the load generator's thread and the bench's bookkeeping).
     pub loadgen_cpu_ns: u64,
     /// CPU of processes outside the bench during the point, in CPUs on average.

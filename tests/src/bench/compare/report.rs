@@ -328,8 +328,8 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
             }
             // Table 2: balance and costs at the highest level.
             writeln!(w, "\nAt {tp} (medians over the rounds):\n")?;
-            writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection | load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
-            writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+            writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection | fast path | load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
+            writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
             for r in &rs {
                 let per = |f: &dyn Fn(&Point) -> f64| med(r.top.iter().map(f));
                 let (busiest, cv) =
@@ -345,6 +345,14 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
                         f64::NAN
                     } else {
                         p.c.bpf_ns as f64 / p.c.bpf_runs as f64
+                    }
+                });
+                // Share of reuselb's selections made by the fast path (least-loaded, work-left).
+                let fast = per(&|p| {
+                    if p.c.selected == 0 {
+                        f64::NAN
+                    } else {
+                        100.0 * p.c.fast_path as f64 / p.c.selected as f64
                     }
                 });
                 let failed: u64 =
@@ -364,13 +372,14 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
                 };
                 writeln!(
                     w,
-                    "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} | {:.0}% | {:.2} | {:.2} | {failed} | {hold} |",
+                    "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} | {} | {:.0}% | {:.2} | {:.2} | {failed} | {hold} |",
                     r.cfg.short(),
                     busiest,
                     cv,
                     per(&|p| per_req(p.c.behind_ctxsw, p)),
                     per(&|p| per_req(p.c.nginx_cpu_ns, p) / 1000.0),
                     if bpf.is_nan() { "—".to_string() } else { format!("{bpf:.0}") },
+                    if fast.is_nan() { "—".to_string() } else { format!("{fast:.0}%") },
                     per(&|p| p.c.loadgen_cpu_ns as f64 / 1e9 / p.secs.max(1e-3) * 100.0),
                     per(&|p| p.c.other_cpus),
                     per(&|p| p.c.loadavg1),
