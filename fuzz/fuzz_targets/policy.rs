@@ -9,7 +9,8 @@
 
 use arbitrary::Arbitrary;
 use balancer_common::{
-    decide, peak_ewma, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
+    choose, decide, peak_ewma, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy,
+    MAX_SLOTS, NO_SLOT,
 };
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
