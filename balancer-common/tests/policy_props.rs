@@ -33,7 +33,7 @@ use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRng}
 // Inputs
 
 /// Loads of slots 0..N (`None`: unreadable); slots beyond the vector are unreadable too.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 struct Loads(Vec<Option<(u64, u32)>>);
 
 impl LoadSource for Loads {
@@ -620,19 +620,26 @@ fn p2c_stays_within_a_few_connections_over_10k_choices() {
 // ---------------------------------------------------------------------------------------------
 // work-left
 
-/// Loads with work figures per slot, `(working, start_sum_us)`, and the group's mean.
-struct WorkLoads {
+/// Loads with the figures of the cost policies: per slot the work figures `(working,
+/// start_sum_us)` and the peak-EWMA estimate `(ewma_us, ewma_at_us)` (missing: 0), and the
+/// group's mean.
+#[derive(Default)]
+struct FigureLoads {
     loads: Loads,
     work: Vec<(u64, u64)>,
+    ewma: Vec<(u64, u64)>,
     mean_us: u64,
 }
 
-impl LoadSource for WorkLoads {
+impl LoadSource for FigureLoads {
     fn load(&self, slot: u32) -> Option<(u64, u32)> {
         self.loads.load(slot)
     }
     fn work(&self, slot: u32) -> (u64, u64) {
         self.work.get(slot as usize).copied().unwrap_or((0, 0))
+    }
+    fn ewma(&self, slot: u32) -> (u64, u64) {
+        self.ewma.get(slot as usize).copied().unwrap_or((0, 0))
     }
     fn group_mean_us(&self) -> u64 {
         self.mean_us
@@ -671,7 +678,7 @@ proptest! {
         cfg.n_active = cfg.n_active.min(MAX_SLOTS);
         let now_us = now;
         let d = Draw { now: now_us * 1000, ..d };
-        let loads = WorkLoads { loads: Loads(loads.into_iter().map(Some).collect()), work, mean_us };
+        let loads = FigureLoads { loads: Loads(loads.into_iter().map(Some).collect()), work, mean_us, ..Default::default() };
         let cost = |s: u32| {
             let (count, weight) = loads.load(s).unwrap();
             let (w, sum) = loads.work(s);
@@ -693,25 +700,6 @@ proptest! {
 
 // ---------------------------------------------------------------------------------------------
 // peak-ewma
-
-/// Loads with a peak-EWMA estimate per slot, `(ewma_us, ewma_at_us)`, and the group's mean.
-struct EwmaLoads {
-    loads: Loads,
-    ewma: Vec<(u64, u64)>,
-    mean_us: u64,
-}
-
-impl LoadSource for EwmaLoads {
-    fn load(&self, slot: u32) -> Option<(u64, u32)> {
-        self.loads.load(slot)
-    }
-    fn ewma(&self, slot: u32) -> (u64, u64) {
-        self.ewma.get(slot as usize).copied().unwrap_or((0, 0))
-    }
-    fn group_mean_us(&self) -> u64 {
-        self.mean_us
-    }
-}
 
 proptest! {
     #![proptest_config(cases(2000))]
@@ -748,7 +736,7 @@ proptest! {
         cfg.policy = Policy::PeakEwma as u32;
         cfg.n_active = cfg.n_active.min(MAX_SLOTS);
         let d = Draw { now: now * 1000, ..d };
-        let loads = EwmaLoads { loads: Loads(loads.into_iter().map(Some).collect()), ewma, mean_us };
+        let loads = FigureLoads { loads: Loads(loads.into_iter().map(Some).collect()), ewma, mean_us, ..Default::default() };
         let cost = |s: u32| {
             let (count, weight) = loads.load(s).unwrap();
             let (e, at) = loads.ewma(s);
