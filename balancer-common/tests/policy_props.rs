@@ -646,6 +646,36 @@ impl LoadSource for FigureLoads {
     }
 }
 
+/// `choose` picks a readable active candidate of the least `cost` (per weight), and fails only
+/// when there is none.
+fn chooses_a_cheapest(
+    cfg: &Config,
+    d: &Draw,
+    loads: &FigureLoads,
+    cost: impl Fn(u32) -> (u64, u32),
+) -> Result<(), TestCaseError> {
+    let candidates: Vec<u32> =
+        cfg.active_slots().iter().copied().filter(|&s| loads.load(s).is_some()).collect();
+    match choose(cfg, d, NO_SLOT, loads) {
+        Ok(slot) => {
+            let (c, w) = cost(slot);
+            for &other in &candidates {
+                let (oc, ow) = cost(other);
+                prop_assert!(
+                    !lighter(oc, ow, c, w),
+                    "slot {} {:?} is dearer than slot {} {:?}",
+                    slot,
+                    (c, w),
+                    other,
+                    (oc, ow)
+                );
+            }
+        }
+        Err(_) => prop_assert!(candidates.is_empty(), "nothing chosen among {:?}", candidates),
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(cases(2000))]
 
@@ -684,17 +714,7 @@ proptest! {
             let (w, sum) = loads.work(s);
             (work_left(count, mean_us, w, sum, now_us).min((1 << 30) - 1), weight)
         };
-        let candidates: Vec<u32> = cfg.active_slots().iter().copied().filter(|&s| loads.load(s).is_some()).collect();
-        match choose(&cfg, &d, NO_SLOT, &loads) {
-            Ok(slot) => {
-                let (c, w) = cost(slot);
-                for &other in &candidates {
-                    let (oc, ow) = cost(other);
-                    prop_assert!(!lighter(oc, ow, c, w), "slot {} {:?} is dearer than slot {} {:?}", slot, (c, w), other, (oc, ow));
-                }
-            }
-            Err(_) => prop_assert!(candidates.is_empty(), "nothing chosen among {:?}", candidates),
-        }
+        chooses_a_cheapest(&cfg, &d, &loads, cost)?;
     }
 }
 
@@ -742,16 +762,6 @@ proptest! {
             let (e, at) = loads.ewma(s);
             (peak_ewma(count, e, at, mean_us, now).min((1 << 30) - 1), weight)
         };
-        let candidates: Vec<u32> = cfg.active_slots().iter().copied().filter(|&s| loads.load(s).is_some()).collect();
-        match choose(&cfg, &d, NO_SLOT, &loads) {
-            Ok(slot) => {
-                let (c, w) = cost(slot);
-                for &other in &candidates {
-                    let (oc, ow) = cost(other);
-                    prop_assert!(!lighter(oc, ow, c, w), "slot {} {:?} is dearer than slot {} {:?}", slot, (c, w), other, (oc, ow));
-                }
-            }
-            Err(_) => prop_assert!(candidates.is_empty(), "nothing chosen among {:?}", candidates),
-        }
+        chooses_a_cheapest(&cfg, &d, &loads, cost)?;
     }
 }
