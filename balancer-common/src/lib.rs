@@ -6,6 +6,7 @@
 //! that the host unit tests exercise.
 #![no_std]
 
+pub mod broken;
 pub mod layout;
 pub mod policy;
 pub mod protocol;

@@ -18,9 +18,11 @@
 //! default) corrects both within about a second: a connection completed from a SYN cookie is not
 //! counted, and a SYN whose handshake never completes (a SYN flood) is.
 //!
-//! Deliberately broken builds (`cargo xtask prove`), never used by `cargo xtask build` or
-//! `cargo xtask test`: the cargo feature `broken-sk-pass` makes both programs return SK_PASS at
-//! once, selecting nothing, so that the tests can show they notice a balancer that does nothing.
+//! Deliberately broken builds (`cargo xtask prove`, see `balancer_common::broken`), never made by
+//! `cargo xtask build`: with the cargo feature `broken`, the loader sets the global [`BROKEN`] and
+//! the programs either return SK_PASS at once, selecting nothing (`sk-pass`), or give every
+//! connection to the next active slot in turn, ignoring the load table (`ignore-load`), so that
+//! the tests can show they notice a balancer that does nothing or decides blindly.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -41,8 +43,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    config_flags, decide, next_in_turn, Choice, Config, Draw, Event, Fast, LoadSource, LoadTable,
-    PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS, NO_SLOT,
+    broken::Broken, config_flags, decide, next_in_turn, Choice, Config, Draw, Event, Fast,
+    LoadSource, LoadTable, PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS,
+    NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -76,9 +79,30 @@ pub fn select_or_migrate(ctx: SkReuseportContext) -> u32 {
     run(&ctx, true)
 }
 
+/// Which part a broken build breaks (`balancer_common::broken::Broken` as u32, 0 for none), set by
+/// the loader in `.rodata`, so the verifier knows it and walks only the path it takes.
+#[cfg(feature = "broken")]
+#[unsafe(no_mangle)]
+static BROKEN: u32 = 0;
+
+/// The broken part this program was loaded with (always none without the feature `broken`).
+#[inline(always)]
+fn broken() -> Option<Broken> {
+    #[cfg(feature = "broken")]
+    {
+        // SAFETY: a plain read of a global the loader sets before the program is loaded.
+        Broken::from_id(unsafe { read_volatile(addr_of!(BROKEN)) })
+    }
+    #[cfg(not(feature = "broken"))]
+    {
+        None
+    }
+}
+
 #[inline(always)]
 fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
-    if cfg!(feature = "broken-sk-pass") {
+    let broken = broken();
+    if broken == Some(Broken::SkPass) {
         return SK_PASS;
     }
     // Whether this is a migration is read where it is used, after the scan: a value the
@@ -101,7 +125,16 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
     let Some(table) = LOADS.get_ptr(0) else {
         return fall_back(Event::FallbackNoConfig, migrating());
     };
-    let choice = match decide(cfg, &draw, NO_SLOT, &MapLoads(table)) {
+    let decided = if broken == Some(Broken::IgnoreLoad) {
+        next_in_turn(cfg, &draw, NO_SLOT).map(|slot| Choice {
+            slot,
+            passed_blocked: false,
+            fast: false,
+        })
+    } else {
+        decide(cfg, &draw, NO_SLOT, &MapLoads(table))
+    };
+    let choice = match decided {
         Ok(choice) => choice,
         Err(event) => return fall_back(event, migrating()),
     };

@@ -33,10 +33,10 @@ use core::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use balancer_common::{ewma_now, table_offsets};
+use balancer_common::{broken::Broken, ewma_now, table_offsets};
 
 use crate::{
-    config::config,
+    config::{config, is_broken},
     split::listener_closed,
     state::{
         entry, in_vfork_child, is_listener_state, my_pid, state_of, SlotRef, CONNS, FDS, MAX_FDS,
@@ -63,7 +63,7 @@ pub(crate) fn on_accepted(listener: c_int, conn: c_int) {
         return;
     }
     let idx = (e & 0xff) as usize;
-    if cfg!(feature = "broken-no-count") {
+    if is_broken(Broken::NoCount) {
         return; // `cargo xtask prove` only: nothing accepted or completed is counted.
     }
     let Some(reg) = REGS.get(idx) else { return };
@@ -124,7 +124,7 @@ pub(crate) fn on_write(fd: c_int) {
     }
     let slot = &CONNS[fd as usize];
     let m = slot.load(Ordering::Relaxed);
-    if m == 0 || m & ANSWERED != 0 || in_vfork_child() {
+    if m == 0 || m & ANSWERED != 0 || in_vfork_child() || is_broken(Broken::NoAnswers) {
         return;
     }
     // Whoever flips the bit counts: a concurrent close or write on the same descriptor does not.

@@ -6,7 +6,10 @@
 
 use core::{cell::UnsafeCell, ffi::c_char, net::SocketAddr};
 
-use balancer_common::protocol::{self, Name, Register, POD_LEN, TEMPLATE_LEN};
+use balancer_common::{
+    broken::{self, Broken},
+    protocol::{self, Name, Register, POD_LEN, TEMPLATE_LEN},
+};
 
 use crate::log::shim_log;
 
@@ -21,6 +24,9 @@ pub(crate) struct Config {
     pub weight: u32,
     pub template: Name<TEMPLATE_LEN>,
     pub pod: Name<POD_LEN>,
+    /// The part a deliberately broken build breaks (`REUSELB_BROKEN`, read only with the cargo
+    /// feature `broken`, which only `cargo xtask prove` turns on).
+    pub broken: Option<Broken>,
 }
 
 struct ConfigCell(UnsafeCell<Config>);
@@ -36,6 +42,7 @@ static CONFIG: ConfigCell = ConfigCell(UnsafeCell::new(Config {
     weight: 0,
     template: Name::EMPTY,
     pod: Name::EMPTY,
+    broken: None,
 }));
 
 /// The configuration (all empty before the constructor ran).
@@ -87,6 +94,18 @@ pub(crate) unsafe fn load() {
     if let Some(w) = env_str("REUSELB_WEIGHT").and_then(|w| w.trim().parse::<u32>().ok()) {
         cfg.weight = w.max(1);
     }
+    if cfg!(feature = "broken") {
+        if let Some(name) = env_str(broken::ENV_BROKEN) {
+            cfg.broken = Broken::from_name(name);
+            shim_log!("deliberately broken build: {name} ({})", broken::ENV_BROKEN);
+        }
+    }
+}
+
+/// Whether this build was asked to break `kind` (never without the feature `broken`).
+#[inline(always)]
+pub(crate) fn is_broken(kind: Broken) -> bool {
+    cfg!(feature = "broken") && config().broken == Some(kind)
 }
 
 fn env_str(name: &str) -> Option<&'static str> {

@@ -4,6 +4,7 @@
 //! The binary (`reuselb`, in `main.rs`) is a thin CLI over this library; the integration tests and
 //! benchmarks drive the same library against the real kernel.
 
+pub mod broken;
 pub mod doctor;
 pub mod ebpf_log;
 pub mod error;

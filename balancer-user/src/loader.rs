@@ -28,7 +28,13 @@ impl Program {
 /// Loads the object's maps and the given program into the kernel. The attach type (select, or
 /// select-or-migrate) comes from the program's ELF section.
 pub fn load(program: Program) -> Result<Ebpf> {
-    let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+    let mut loader = EbpfLoader::new();
+    // A deliberately broken build (`cargo xtask prove` only) tells the programs what to break.
+    #[cfg(feature = "broken")]
+    let id = crate::broken::broken().map_or(0u32, |b| b as u32);
+    #[cfg(feature = "broken")]
+    loader.set_global(balancer_common::broken::GLOBAL_BROKEN, &id, true);
+    let mut ebpf = loader.load(OBJECT)?;
     let prog: &mut SkReuseport = ebpf
         .program_mut(program.name())
         .ok_or(Error::Program {

@@ -15,8 +15,10 @@
 //! `SO_ATTACH_REUSEPORT_EBPF`) undoes that for at most one tick.
 use std::{os::fd::AsFd, sync::atomic::Ordering};
 
+use balancer_common::broken::Broken;
+
 use super::event_loop::Loop;
-use crate::sys;
+use crate::{broken, sys};
 
 /// The correction to apply to a slot's in-flight counter, given its raw counter (`current`), the
 /// worker's `accepted` and `completed` counters, the accept queue, and the disagreement seen at
@@ -77,6 +79,8 @@ impl Loop {
             }
             let (delta, diff) =
                 correction(rec.raw_inflight, rec.accepted, rec.completed, queued, w.prev_diff);
+            // `cargo xtask prove` only: a controller that never corrects a count.
+            let delta = delta.filter(|_| !broken::is(Broken::NoReconcile));
             w.prev_diff = diff;
             if let Some(delta) = delta {
                 loads.add_inflight(slot, delta);
@@ -87,8 +91,11 @@ impl Loop {
                     rec.raw_inflight
                 );
             }
-            // The fast path's hint, from the counts as they are now.
-            loads.refresh_idle(slot);
+            // The fast path's hint, from the counts as they are now (never, in the proof's
+            // build that breaks it).
+            if !broken::is(Broken::NoIdleRefresh) {
+                loads.refresh_idle(slot);
+            }
         }
         for (key, pid, queued) in retire {
             log::info!(
