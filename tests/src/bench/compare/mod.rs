@@ -273,6 +273,7 @@ pub fn run(o: &Options) -> Result<String> {
             configs: o.configs.iter().map(|c| c.letter).collect(),
             bootstrap: o.bootstrap,
             balanced,
+            descriptions: o.configs.iter().map(|c| (c.letter, c.describe.to_string())).collect(),
         },
         machine: Machine {
             cpus: cores(),

@@ -45,6 +45,12 @@ pub struct RawOptions {
     pub bootstrap: usize,
     /// The run's order is balanced (every configuration in every position equally often).
     pub balanced: bool,
+    /// Each configuration's description as the code that ran it wrote it, by letter: the report
+    /// prints these, so a report of an older run keeps what that run measured even after a
+    /// configuration's letter is reused or its policy changes. Empty in a file from before this
+    /// field: the report then takes the current code's descriptions.
+    #[serde(default)]
+    pub descriptions: Vec<(char, String)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -146,6 +146,9 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
         .iter()
         .map(|w| Workload::by_name(w).with_context(|| format!("unknown workload `{w}`")))
         .collect::<Result<_>>()?;
+    // The fast path's share is a column only where the run counted it (samples from before the
+    // fast path have no selections counted): a report regenerates as the code that ran made it.
+    let has_fast = raw.variants.iter().flat_map(|v| &v.points).any(|p| p.c.selected > 0);
     let top_l = o.levels.last().copied().unwrap_or(f64::NAN);
     let pct = |l: f64| format!("{:.0}%", l * 100.0);
     let mut md = String::new();
@@ -195,7 +198,9 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
     writeln!(w, "\nConfigurations (all behind one single-process nginx, `uwsgi_pass`; uWSGI `--listen 1024`, `--lazy-apps`):\n")?;
     for c in &cfgs {
         let kind = if c.is_reuselb() { "reuselb" } else { "non-reuselb" };
-        writeln!(w, "- **{}** {} ({kind}): {}", c.letter, c.label, c.describe)?;
+        let recorded = raw.options.descriptions.iter().find(|(l, _)| *l == c.letter);
+        let describe = recorded.map_or(c.describe, |(_, d)| d.as_str());
+        writeln!(w, "- **{}** {} ({kind}): {describe}", c.letter, c.label)?;
     }
     writeln!(w, "\nWorkloads (`tests/apps/bench_app.py`; CPU is the thread's CPU time, so a preempted request still does all its work):\n")?;
     for wl in &workloads {
@@ -328,8 +333,10 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
             }
             // Table 2: balance and costs at the highest level.
             writeln!(w, "\nAt {tp} (medians over the rounds):\n")?;
-            writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection | fast path | load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
-            writeln!(w, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")?;
+            let (fast_head, fast_rule) =
+                if has_fast { (" fast path |", "---:|") } else { ("", "") };
+            writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection |{fast_head} load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
+            writeln!(w, "|---|---:|---:|---:|---:|---:|---:|{fast_rule}---:|---:|---:|---:|---:|")?;
             for r in &rs {
                 let per = |f: &dyn Fn(&Point) -> f64| med(r.top.iter().map(f));
                 let (busiest, cv) =
@@ -372,14 +379,18 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
                 };
                 writeln!(
                     w,
-                    "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} | {} | {:.0}% | {:.2} | {:.2} | {failed} | {hold} |",
+                    "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} |{} {:.0}% | {:.2} | {:.2} | {failed} | {hold} |",
                     r.cfg.short(),
                     busiest,
                     cv,
                     per(&|p| per_req(p.c.behind_ctxsw, p)),
                     per(&|p| per_req(p.c.nginx_cpu_ns, p) / 1000.0),
                     if bpf.is_nan() { "—".to_string() } else { format!("{bpf:.0}") },
-                    if fast.is_nan() { "—".to_string() } else { format!("{fast:.0}%") },
+                    match (has_fast, fast.is_nan()) {
+                        (false, _) => String::new(),
+                        (true, true) => " — |".to_string(),
+                        (true, false) => format!(" {fast:.0}% |"),
+                    },
                     per(&|p| p.c.loadgen_cpu_ns as f64 / 1e9 / p.secs.max(1e-3) * 100.0),
                     per(&|p| p.c.other_cpus),
                     per(&|p| p.c.loadavg1),
