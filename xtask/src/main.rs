@@ -17,6 +17,7 @@ mod workspace;
 
 use std::process::ExitCode;
 
+use balancer_common::broken::Broken;
 use clap::{Parser, Subcommand};
 
 use crate::workspace::Workspace;
@@ -54,20 +55,14 @@ enum Task {
         #[arg(last = true)]
         cargo_args: Vec<String>,
     },
-    /// Prove the claim tests: build deliberately broken variants (programs that return SK_PASS, a
-    /// shim that counts nothing) in target directories of their own, run the claim tests against
-    /// each and list which tests failed. Fails if a claim test did not catch its broken build.
+    /// Prove the claim tests (docs/CLAIMS.md): each passes on the good build, then fails on the
+    /// deliberately broken build it names, for its own reason (one build with the feature
+    /// `broken`, in a target directory of its own; `cargo xtask test` runs this too).
     Prove {
-        /// Which broken build (repeatable); both if omitted.
-        #[arg(long, value_enum)]
-        broken: Vec<prove::Broken>,
-        /// Modules of the integration binary to run (repeatable), e.g. `--module selector`; the
-        /// modules of the claim tests if omitted.
-        #[arg(long = "module")]
-        tests: Vec<String>,
-        /// Extra arguments for the test binaries (e.g. a test name filter).
-        #[arg(last = true)]
-        test_args: Vec<String>,
+        /// Which broken build (repeatable): sk-pass, ignore-load, no-count, no-answers,
+        /// no-reconcile, no-idle-refresh; all if omitted.
+        #[arg(long, value_parser = parse_broken)]
+        broken: Vec<Broken>,
     },
     /// Build, then the demo: uWSGI (8 processes x 20 threads) balanced by reuselb under a
     /// bounded wrk load, with reuselb's live per-worker view.
@@ -97,6 +92,14 @@ enum Task {
     },
 }
 
+/// A broken build's name (`balancer_common::broken`), for `prove --broken`.
+fn parse_broken(name: &str) -> Result<Broken, String> {
+    Broken::from_name(name).ok_or_else(|| {
+        let known: Vec<_> = Broken::ALL.iter().map(|b| b.name()).collect();
+        format!("no broken build called `{name}` (known: {})", known.join(", "))
+    })
+}
+
 /// Prints an error as one line with its causes (not anyhow's Debug form with a backtrace).
 fn main() -> ExitCode {
     match dispatch(Cli::parse()) {
@@ -117,13 +120,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Task::Image { tag } => image::run(&ws, &tag),
         Task::Lint => lint::run(&ws),
         Task::Test { cargo_args } => test::run(&ws, &cargo_args),
-        Task::Prove { broken, tests, test_args } => {
+        Task::Prove { broken } => {
             anyhow::ensure!(
                 privilege::is_root()?,
                 "the claim tests load BPF programs and create network namespaces: run as root"
             );
-            build::run(&ws)?;
-            prove::run(&ws, &broken, &tests, &test_args)
+            setup::run(&ws)?;
+            prove::run(&ws, &broken, None)
         }
         Task::Run(args) => run::run(&ws, &args),
         Task::Bench { what, args } => bench::run(&ws, &what, &args),
