@@ -9,7 +9,7 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex,
     },
     time::{Duration, Instant},
@@ -61,11 +61,23 @@ pub fn require(program: &str) {
     );
 }
 
-/// One test at a time in the test binary: the load tests of every module share this lock, so they
-/// never measure each other (the machines have few cores), nor share ports or processes.
-pub fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    LOCK.lock().unwrap_or_else(|e| e.into_inner())
+/// The machine, as the tests of this binary share it: a test that measures holds it alone
+/// ([`serial`]); a test that loads it (starts processes, opens many connections, builds an image)
+/// but measures nothing timing-dependent shares it with others like it ([`shared`]), never with
+/// one that measures. The machines have few cores: a measurement beside another test's load
+/// would measure that load.
+static MACHINE: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// The machine to itself, for a test that measures (balance, latency, timing): no other test of
+/// the binary runs meanwhile, nor shares its ports or processes.
+pub fn serial() -> std::sync::RwLockWriteGuard<'static, ()> {
+    MACHINE.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The machine shared with other such tests, for a test that loads it but measures nothing
+/// timing-dependent: it waits while a measuring test runs ([`serial`]).
+pub fn shared() -> std::sync::RwLockReadGuard<'static, ()> {
+    MACHINE.read().unwrap_or_else(|e| e.into_inner())
 }
 
 /// 127.0.0.1:`port`.
@@ -597,6 +609,8 @@ pub struct Load {
     threads: Vec<std::thread::JoinHandle<()>>,
     report: Arc<Mutex<LoadReport>>,
     started: Instant,
+    /// Requests answered so far, live (the report adds them up only at the end).
+    served: Arc<AtomicU64>,
 }
 
 impl Load {
@@ -604,10 +618,12 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let report = Arc::new(Mutex::new(LoadReport::default()));
         let started = Instant::now();
+        let served = Arc::new(AtomicU64::new(0));
         let threads = (0..concurrency)
             .map(|_| {
                 let stop = stop.clone();
                 let report = report.clone();
+                let served = served.clone();
                 let path = path.to_owned();
                 std::thread::spawn(move || {
                     let mut local = LoadReport::default();
@@ -616,6 +632,7 @@ impl Load {
                         match crate::http::worker_pid(&client, addr, &path) {
                             Ok(pid) => {
                                 local.ok += 1;
+                                served.fetch_add(1, Ordering::Relaxed);
                                 *local.by_pid.entry(pid).or_default() += 1;
                             }
                             Err(e) => {
@@ -645,7 +662,12 @@ impl Load {
                 })
             })
             .collect();
-        Self { stop, threads, report, started }
+        Self { stop, threads, report, started, served }
+    }
+
+    /// Requests answered so far.
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
     }
 
     /// Stops the load and returns what happened.
@@ -657,6 +679,42 @@ impl Load {
         let mut r = self.report.lock().unwrap().clone();
         r.elapsed = self.started.elapsed();
         r.failure_times.sort();
+        r
+    }
+
+    /// An open loop: `count` GETs of `path`, started evenly over `window` whatever happened to
+    /// the earlier ones, each on a thread and a connection of its own; waits for every answer (or
+    /// the client's timeout). Every request is counted however long it waits, unlike a closed
+    /// loop, whose clients stop sending while one of their requests is stuck.
+    pub fn paced(addr: SocketAddr, count: usize, path: &str, window: Duration) -> LoadReport {
+        let started = Instant::now();
+        let step = window / count.max(1) as u32;
+        let threads: Vec<_> = (0..count)
+            .map(|i| {
+                let at = step * i as u32;
+                std::thread::sleep(at.saturating_sub(started.elapsed()));
+                let path = path.to_owned();
+                std::thread::spawn(move || (crate::http::one_request(addr, &path), at))
+            })
+            .collect();
+        let mut r = LoadReport::default();
+        for t in threads {
+            match t.join().expect("a paced request's thread") {
+                (Ok(pid), _) => {
+                    r.ok += 1;
+                    *r.by_pid.entry(pid).or_default() += 1;
+                }
+                (Err(e), at) => {
+                    r.failed += 1;
+                    r.empty_answers += u64::from(e == EMPTY_ANSWER);
+                    r.failure_times.push(at);
+                    if r.errors.len() < 10 {
+                        r.errors.push(e);
+                    }
+                }
+            }
+        }
+        r.elapsed = started.elapsed();
         r
     }
 

@@ -22,6 +22,17 @@ pub fn status(addr: SocketAddr) -> Report {
     }
 }
 
+/// Where `reuselb run` and `reuselb daemon` serve `/status` unless told otherwise (in a test's
+/// private network namespace, its own).
+pub const DEFAULT_METRICS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9464);
+
+/// The program's selections so far, summed over every worker of every service in the `/status`
+/// at `addr` (each worker's count since its group was created).
+pub fn selections(addr: SocketAddr) -> u64 {
+    status(addr).services.iter().flat_map(|s| s.workers()).map(|w| w.selected).sum()
+}
+
 /// What [`worker_pid`] returns for a connection closed with no answer at all.
 pub const EMPTY_ANSWER: &str = "empty answer: the connection closed before any response";
 

@@ -88,15 +88,17 @@ impl BlockedShare {
 
 /// The load-awareness scene, under `service`'s current policy: with nothing in flight, sends long
 /// GIL-holding requests (`block`) to `entry` until two distinct workers hold one (read from the
-/// slots' in-flight counts: the program counts a connection from its selection), then `clients`
-/// clients send short requests for `window` (well inside the block). Returns where those went;
-/// waits for the long requests to end. Panics if two workers cannot be blocked in time.
+/// slots' in-flight counts: the program counts a connection from its selection), then `requests`
+/// short requests, started evenly over `window` (well inside the block: an open loop, so a
+/// request stuck behind a block does not stop the others, and every policy is judged on the same
+/// count). Returns where those went; waits for the long requests to end. Panics if two workers
+/// cannot be blocked in time.
 pub fn blocked_scene(
     service: &Service,
     entry: SocketAddr,
     block: Duration,
     window: Duration,
-    clients: usize,
+    requests: usize,
 ) -> BlockedShare {
     let busy = || -> HashSet<u32> {
         service
@@ -132,7 +134,7 @@ pub fn blocked_scene(
         setup + window + Duration::from_millis(500) < block,
         "blocking two workers took {setup:?}: no time left to measure inside the block"
     );
-    let report = Load::run(entry, clients, "/?ms=2", window);
+    let report = Load::paced(entry, requests, "/?ms=2", window);
     for b in blockers {
         let _ = b.join();
     }
@@ -149,12 +151,12 @@ pub fn blocked_scene_with_control(
     entry: SocketAddr,
     block: Duration,
     window: Duration,
-    clients: usize,
+    requests: usize,
 ) -> (BlockedShare, BlockedShare) {
     let mut shares = Vec::new();
     for policy in [Policy::LeastLoaded, Policy::Hash] {
         service.group().set_policy(policy).expect("set the policy");
-        shares.push(blocked_scene(service, entry, block, window, clients));
+        shares.push(blocked_scene(service, entry, block, window, requests));
     }
     service.group().set_policy(Policy::LeastLoaded).expect("set the policy");
     (shares[0], shares[1])

@@ -50,6 +50,15 @@ const PATH: &str = "/?ms=5";
 /// How long a blocking request holds the GIL, and how long the short requests run inside it.
 const BLOCK: Duration = Duration::from_millis(3000);
 const WINDOW: Duration = Duration::from_millis(1500);
+/// Short requests of the load-awareness scene, under each policy, started evenly over
+/// [`WINDOW`]: with two of 6 to 8 workers blocked the hash policy sends them a quarter to a third
+/// (25 to 33 expected), so its floor below is far outside chance.
+const SHORT_REQUESTS: usize = 100;
+/// Busiest/ideal over the workers' answers, for the rows that keep their workers: a bound on gross
+/// imbalance over 3 s of load (the README's column quotes 1.02-1.16 on a quiet machine; gunicorn's
+/// gevent workers measured 1.38 once on a machine busy with a build). That the program, not the
+/// kernel's hash, placed the requests is the selections' check.
+const MAX_IMBALANCE: f64 = 1.5;
 /// Least-loaded may send at most this share of the short requests to the blocked workers...
 const MAX_SHARE_LEAST_LOADED: f64 = 0.05;
 /// ... and the hash policy must send them at least this share (else the scene blocked nothing).
@@ -348,15 +357,20 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         app.log_tail(30)
     );
 
-    // Load awareness on the first service, with the hash policy as the control.
+    // Balance, where the row keeps its workers (the README's busiest/ideal column).
+    let busiest_over_ideal = (row.served_by == 0).then(|| LoadReport::imbalance(&counts));
+    if let Some(ratio) = busiest_over_ideal {
+        assert!(
+            ratio <= MAX_IMBALANCE,
+            "{label}: busiest/ideal {ratio:.3} > {MAX_IMBALANCE} over the workers' answers {counts:?}"
+        );
+    }
+
+    // Load awareness on the first service, with the hash policy as the control: the same number
+    // of short requests under each (an open loop), so the control is judged on as many as
+    // least-loaded.
     let service = &registry.services()[0];
-    // Fewer clients than free workers, so that a free worker with nothing in flight is always
-    // there to pick (with as many clients as free workers, the blocked ones tie with them).
-    // The service's own workers: every worker of the instance when its sockets share them (two
-    // sockets), a vassal's when each service has its own (the Emperor).
-    let free = slot_pids(service).len().saturating_sub(2);
-    let clients = (free / 2).clamp(1, 3);
-    let (ll, hash) = blocked_scene_with_control(service, entries[0], BLOCK, WINDOW, clients);
+    let (ll, hash) = blocked_scene_with_control(service, entries[0], BLOCK, WINDOW, SHORT_REQUESTS);
     println!(
         "{label}: two workers blocked: least-loaded sent them {} of {} short requests ({:.1}%), hash {} of {} ({:.1}%)",
         ll.to_blocked,
@@ -366,7 +380,12 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         hash.total,
         hash.share() * 100.0
     );
-    assert!(ll.total >= 50, "{label}: too few short requests under least-loaded: {}", ll.total);
+    assert!(
+        ll.total == SHORT_REQUESTS as u64 && hash.total == SHORT_REQUESTS as u64,
+        "{label}: short requests sent: {} under least-loaded, {} under hash, of {SHORT_REQUESTS}",
+        ll.total,
+        hash.total
+    );
     assert!(
         ll.share() <= MAX_SHARE_LEAST_LOADED,
         "{label}: least-loaded sent {:.1}% of the short requests to the blocked workers",
@@ -377,15 +396,8 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         "{label}: the control (hash) sent only {:.1}% to the blocked workers: the scene blocked nothing",
         hash.share() * 100.0
     );
-    let figures = Figures {
-        requests,
-        failed,
-        selected,
-        workers,
-        busiest_over_ideal: (row.served_by == 0).then(|| LoadReport::imbalance(&counts)),
-        least_loaded: ll,
-        hash,
-    };
+    let figures =
+        Figures { requests, failed, selected, workers, busiest_over_ideal, least_loaded: ll, hash };
     record(test, label, &figures);
     drop(app);
     registry.stop();

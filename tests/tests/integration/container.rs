@@ -164,6 +164,7 @@ fn line<'a>(report: &'a str, name: &str) -> &'a str {
 
 #[test]
 fn doctor_in_the_image_passes_with_the_profile_and_names_seccomp_without_it() {
+    let _machine = integration_tests::apps::shared();
     let started = Instant::now();
     let image = Image::build("doctor");
     let built = started.elapsed();
@@ -315,6 +316,7 @@ fn start_app(pod: &NetNs, dir: &TempDir, tag: &str) -> (Proc, UwsgiConfig) {
 
 #[test]
 fn the_image_runs_the_daemon_as_a_sidecar_sharing_the_pods_network_and_pids() {
+    let _machine = integration_tests::apps::shared();
     let started = Instant::now();
     let image = Image::build("sidecar");
     let pod = NetNs::new().expect("the pod's network namespace");

@@ -52,6 +52,7 @@ fn validate(dir: &str, rendered: &str) {
 
 #[test]
 fn kubernetes_manifests_render_and_validate() {
+    let _machine = integration_tests::apps::shared();
     for dir in [
         "deploy/kubernetes/base",
         "deploy/kubernetes/overlays/bpffs-bidirectional",
@@ -66,6 +67,7 @@ fn kubernetes_manifests_render_and_validate() {
 
 #[test]
 fn the_daemonset_runs_with_two_capabilities_and_probes_healthz() {
+    let _machine = integration_tests::apps::shared();
     let rendered = render("deploy/kubernetes/base");
     for needle in [
         "kind: DaemonSet",
@@ -132,6 +134,7 @@ const PROFILE: &str = "reuselb/reuselb.json";
 
 #[test]
 fn only_the_reuselb_container_gets_bpf_capabilities_and_the_bpf_seccomp_profile() {
+    let _machine = integration_tests::apps::shared();
     for dir in ["deploy/kubernetes/base", "deploy/kubernetes/sidecar"] {
         let objects = objects(dir);
         let all = containers(&objects);
@@ -161,6 +164,7 @@ fn only_the_reuselb_container_gets_bpf_capabilities_and_the_bpf_seccomp_profile(
 
 #[test]
 fn app_pods_mount_the_socket_directory_read_only_and_no_host_path_in_the_sidecar_form() {
+    let _machine = integration_tests::apps::shared();
     for dir in ["deploy/kubernetes/example-uwsgi", "deploy/kubernetes/sidecar"] {
         let objects = objects(dir);
         let all = containers(&objects);
@@ -197,6 +201,7 @@ fn app_pods_mount_the_socket_directory_read_only_and_no_host_path_in_the_sidecar
 /// the downward API and its template from an annotation, and neither needs the host's pids.
 #[test]
 fn the_daemonset_balances_pods_nobody_lists() {
+    let _machine = integration_tests::apps::shared();
     let config = Config::load(repo().join("deploy/kubernetes/base/reuselb.yaml")).unwrap();
     assert!(config.services.iter().all(|s| s.netns.is_none()), "a netns: entry");
     let pods = config.pods.as_ref().expect("the ConfigMap has a pods section");
@@ -235,6 +240,7 @@ fn the_daemonset_balances_pods_nobody_lists() {
 
 #[test]
 fn the_daemon_status_is_open_only_to_the_monitoring_namespace() {
+    let _machine = integration_tests::apps::shared();
     let objects = objects("deploy/kubernetes/base");
     let policies = of_kind(&objects, "NetworkPolicy");
     assert_eq!(policies.len(), 1, "the DaemonSet's NetworkPolicy");
@@ -262,6 +268,7 @@ fn the_daemon_status_is_open_only_to_the_monitoring_namespace() {
 
 #[test]
 fn the_seccomp_profile_allows_bpf_and_keeps_what_the_default_denies_denied() {
+    let _machine = integration_tests::apps::shared();
     let path = repo().join("deploy/seccomp/reuselb.json");
     let profile: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).expect("profile is JSON");

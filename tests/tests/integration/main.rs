@@ -9,6 +9,7 @@
 //! never measure each other.
 
 mod answers;
+mod bench;
 mod claims;
 mod compat;
 mod container;

@@ -120,9 +120,13 @@ fn close_a_listener_with_queued_connections(
     {
         let _hold = HoldAcks::new(ns, pool.addr.port())?;
         clients.extend(pool.connect_many(HALF_OPEN)?);
-        ensure!(
-            pool.group.selected_total(pool.slots[0])? == (ESTABLISHED + HALF_OPEN) as u64,
-            "not all queued on listener 0"
+        // Not asserted here: the test's own assertions need every client queued on listener 0
+        // (the control serves none of them, the migration moves every one), and a build whose
+        // program places nothing must fail those, not this setup.
+        println!(
+            "[{ip}] queued on listener 0 by the program: {} of {}",
+            pool.group.selected_total(pool.slots[0])?,
+            ESTABLISHED + HALF_OPEN
         );
         // The worker of slot 0 exits.
         drop(pool.listeners.remove(0));
@@ -134,39 +138,40 @@ fn close_a_listener_with_queued_connections(
     Ok((served, pool.group.stats()?.get(Event::MigrateSelected)))
 }
 
+/// The README's claim, "0 of 16 queued clients served without it, 16 of 16 with it", with its
+/// control in the same test: the select-only program (no migration) on the same scene first.
 #[test]
 fn a_closing_listener_hands_its_queue_to_the_others() {
+    let _machine = integration_tests::apps::shared();
+    let total = ESTABLISHED + HALF_OPEN;
     for ip in LOOPBACKS {
-        let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
-        let (served, migrated) = ns
-            .run(|| close_a_listener_with_queued_connections(&ns, ip, Mode::SelectOrMigrate))
-            .unwrap_or_else(|e| panic!("[{ip}] {e:#}"));
-        let total = ESTABLISHED + HALF_OPEN;
-        assert_eq!(served, total, "[{ip}] only {served} of {total} clients served");
-        assert_eq!(migrated, total as u64, "[{ip}] migrations counted");
-    }
-}
-
-#[test]
-fn without_migration_the_queue_is_reset() {
-    // The control: the same scene with the select-only program loses the queue, so the test
-    // above would notice if migration stopped working.
-    for ip in LOOPBACKS {
-        let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
-        let (served, migrated) = ns
-            .run(|| close_a_listener_with_queued_connections(&ns, ip, Mode::Select))
-            .unwrap_or_else(|e| panic!("[{ip}] {e:#}"));
-        assert_eq!(migrated, 0, "[{ip}]");
-        assert!(
-            served < ESTABLISHED + HALF_OPEN,
-            "[{ip}] select-only served every client: the scene did not queue anything"
+        let scene = |mode| {
+            let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
+            ns.run(|| close_a_listener_with_queued_connections(&ns, ip, mode))
+                .unwrap_or_else(|e| panic!("[{ip}] {e:#}"))
+        };
+        let (served, migrated) = scene(Mode::SelectOrMigrate);
+        println!(
+            "[{ip}] select-or-migrate: {served} of {total} clients served, {migrated} migrated"
         );
-        println!("[{ip}] select-only: {served} of {} clients served", ESTABLISHED + HALF_OPEN);
+        assert_eq!(served, total, "[{ip}] only {served} of {total} clients served");
+        assert_eq!(
+            migrated, total as u64,
+            "[{ip}] the program migrated {migrated} of the {total} queued clients"
+        );
+        let (control, control_migrated) = scene(Mode::Select);
+        println!("[{ip}] select-only (the control): {control} of {total} clients served");
+        assert_eq!(control_migrated, 0, "[{ip}] the select-only program migrated");
+        assert_eq!(
+            control, 0,
+            "[{ip}] select-only served {control} of {total} queued clients: the scene did not queue them all on the closing listener"
+        );
     }
 }
 
 #[test]
 fn the_group_reports_which_program_runs() {
+    let _machine = integration_tests::apps::shared();
     let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");
     ns.run(|| -> Result<()> {
         let auto = Pool::new("127.0.0.1", 1, Policy::LeastLoaded, Mode::Auto)?;

@@ -15,6 +15,7 @@ fn options(pin: &PinDir, policy: Policy) -> GroupOptions {
 
 #[test]
 fn balancing_survives_the_controller_and_the_next_one_adopts_it() {
+    let _machine = integration_tests::apps::shared();
     for (n, ip) in LOOPBACKS.iter().enumerate() {
         let pin = PinDir::new(&n.to_string());
         let ns = NetNs::new().expect("creating a network namespace (tests must run as root)");

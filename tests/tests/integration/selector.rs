@@ -26,6 +26,7 @@ fn each_family(test: impl Fn(&NetNs, &str) -> Result<()> + Sync) {
 
 #[test]
 fn least_loaded_picks_the_minimum() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         let pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;
         let loads = pool.group.loads();
@@ -47,6 +48,7 @@ fn least_loaded_picks_the_minimum() {
 
 #[test]
 fn equal_loads_spread_evenly_and_back_to_back_connections_do_not_herd() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         let pool = Pool::new(ip, 8, Policy::LeastLoaded, Mode::Auto)?;
         // Nobody accepts: each connection is counted in the program, so the next one sees it.
@@ -72,6 +74,7 @@ fn equal_loads_spread_evenly_and_back_to_back_connections_do_not_herd() {
 
 #[test]
 fn ties_do_not_always_fall_on_the_lowest_slot() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         let pool = Pool::new(ip, 8, Policy::LeastLoaded, Mode::Auto)?;
         let mut seen = [0usize; 8];
@@ -90,6 +93,7 @@ fn ties_do_not_always_fall_on_the_lowest_slot() {
 
 #[test]
 fn power_of_two_choices_balances_and_avoids_the_busy_worker() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         let pool = Pool::new(ip, 8, Policy::PowerOfTwo, Mode::Auto)?;
         pool.group.loads().add_inflight(pool.slots[0], 1_000_000);
@@ -106,6 +110,7 @@ fn power_of_two_choices_balances_and_avoids_the_busy_worker() {
 
 #[test]
 fn round_robin_cycles_through_the_workers() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         pin_to_cpu0()?;
         let pool = Pool::new(ip, 5, Policy::RoundRobin, Mode::Auto)?;
@@ -124,6 +129,7 @@ fn round_robin_cycles_through_the_workers() {
 
 #[test]
 fn hash_policy_spreads_by_connection() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         let pool = Pool::new(ip, 4, Policy::Hash, Mode::Auto)?;
         // Even a heavily loaded slot gets its share: hashing ignores load.
@@ -137,6 +143,7 @@ fn hash_policy_spreads_by_connection() {
 
 #[test]
 fn a_policy_switch_takes_effect_on_the_next_connection() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         pin_to_cpu0()?;
         let mut pool = Pool::new(ip, 2, Policy::LeastLoaded, Mode::Auto)?;
@@ -161,6 +168,7 @@ fn a_policy_switch_takes_effect_on_the_next_connection() {
 
 #[test]
 fn detach_gives_back_kernel_hashing() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         let pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;
         for slot in &pool.slots[1..] {
@@ -187,6 +195,7 @@ fn detach_gives_back_kernel_hashing() {
 
 #[test]
 fn errors_return_sk_pass_and_count_the_reason() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         // Listener 0 is in slot 0; listeners 1 and 2 are in the group but in no slot, like
         // sockets the balancer does not manage. Only the kernel's hash can reach them.
@@ -246,6 +255,7 @@ fn serve(
 
 #[test]
 fn emptying_a_slot_or_closing_its_socket_mid_traffic_loses_no_connection() {
+    let _machine = integration_tests::apps::shared();
     const TOTAL: u64 = 10_000;
     const CLIENTS: u64 = 4;
     each_family(|ns, ip| {
@@ -327,6 +337,7 @@ fn emptying_a_slot_or_closing_its_socket_mid_traffic_loses_no_connection() {
 /// worker is blocked the lightest one still gets the connection, from the program.
 #[test]
 fn a_blocked_worker_is_passed_over_and_the_control_picks_it() {
+    let _serial = integration_tests::apps::serial();
     each_family(|_, ip| {
         let limit = Duration::from_millis(200);
         let options = balancer_user::GroupOptions {
@@ -389,6 +400,7 @@ fn a_blocked_worker_is_passed_over_and_the_control_picks_it() {
 /// least-loaded, the control on the same table, sees two equal counts and gives it its turns.
 #[test]
 fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
+    let _serial = integration_tests::apps::serial();
     each_family(|_, ip| {
         let options =
             balancer_user::GroupOptions { policy: Policy::WorkLeft, ..Default::default() };
@@ -430,6 +442,7 @@ fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
 /// decayed to the group's mean (about 30 half-lives), and peak-ewma shares again.
 #[test]
 fn peak_ewma_passes_over_a_slow_worker_until_its_estimate_decays() {
+    let _serial = integration_tests::apps::serial();
     each_family(|_, ip| {
         let options =
             balancer_user::GroupOptions { policy: Policy::PeakEwma, ..Default::default() };
@@ -472,6 +485,7 @@ fn peak_ewma_passes_over_a_slow_worker_until_its_estimate_decays() {
 /// real: every connection stays counted in flight (the program counts it), as a busy worker's do.
 #[test]
 fn pack_fills_the_lowest_slot_to_its_depth_and_least_loaded_spreads() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         pin_to_cpu0()?;
         let options = balancer_user::GroupOptions {
@@ -525,6 +539,7 @@ fn pack_fills_the_lowest_slot_to_its_depth_and_least_loaded_spreads() {
 /// program's own `FastPath` counter, so a program that scans every time fails the first part.
 #[test]
 fn the_fast_path_rotates_idle_slots_and_checks_each_hint() {
+    let _machine = integration_tests::apps::shared();
     each_family(|_, ip| {
         pin_to_cpu0()?;
         let mut pool = Pool::new(ip, 4, Policy::LeastLoaded, Mode::Auto)?;

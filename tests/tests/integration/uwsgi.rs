@@ -18,6 +18,7 @@ use integration_tests::apps::{
     self, free_port, loopback, require, serial, spawn_nginx, spawn_plain, spawn_reuselb_run,
     uwsgi_stats, wait_until, Load, LoadReport, Proc, TempDir, UwsgiConfig, UwsgiProto,
 };
+use integration_tests::http;
 use integration_tests::registered::{self, least_loaded_group, slot_pids, uwsgi_under};
 use integration_tests::shim_client::register_raw;
 
@@ -25,7 +26,28 @@ use integration_tests::shim_client::register_raw;
 const CONCURRENCY: usize = 48;
 /// Request path: each request holds the GIL for 5 ms.
 const PATH: &str = "/?ms=5";
-const MAX_IMBALANCE: f64 = 1.25;
+/// The README's balance claim, as asserted: busiest/ideal with reuselb at most this (the README
+/// quotes 1.02-1.07; the kernel's hash, which an SK_PASS program gives, measures 1.13-1.17 in the
+/// benchmark) ...
+const MAX_IMBALANCE: f64 = 1.15;
+/// ... and without reuselb at least this (the README quotes 1.38-1.57): else the run did not
+/// show the problem reuselb solves, and its "with" figure proves nothing.
+const MIN_CONTROL_IMBALANCE: f64 = 1.30;
+/// The bound of the tests whose balance is not the README's headline (a late controller, gunicorn's
+/// sync workers): what they claim is caught by their selections.
+const LOOSE_MAX_IMBALANCE: f64 = 1.25;
+/// The program must have selected the worker of at least this share of the requests (else the
+/// kernel's hash balanced them, not reuselb).
+const MIN_SELECTED: f64 = 0.9;
+
+/// Asserts that the program selected the worker of at least [`MIN_SELECTED`] of `sent` requests.
+fn assert_selected(label: &str, selected: u64, sent: u64) {
+    println!("{label}: the program selected the worker of {selected} of {sent} requests");
+    assert!(
+        selected as f64 >= MIN_SELECTED * sent as f64,
+        "{label}: the program selected the worker of only {selected} of {sent} requests"
+    );
+}
 
 /// An in-process controller for `addr`, on a socket in `dir`.
 fn start_registry(dir: &TempDir, addr: SocketAddr) -> Registry {
@@ -151,12 +173,19 @@ fn balance_test(proto: UwsgiProto, behind_nginx: bool) {
         listeners, cfg.processes as usize,
         "expected one LISTEN socket per worker on {addr}"
     );
+    let selected_before = http::selections(http::DEFAULT_METRICS);
     let (counts, report) = measure(&cfg, via, Duration::from_secs(10));
+    let selected = http::selections(http::DEFAULT_METRICS) - selected_before;
     let ratio = describe(&format!("{label}, with reuselb"), &counts, &report);
     println!("{label}: busiest/ideal without reuselb {plain:.3}, with reuselb {ratio:.3}");
 
     assert_eq!(report.failed, 0, "requests failed under reuselb: {:?}", report.errors);
     assert!(counts.iter().all(|&n| n > 0), "a worker served nothing: {counts:?}");
+    assert!(
+        plain >= MIN_CONTROL_IMBALANCE,
+        "the control (without reuselb) measured busiest/ideal {plain:.3} < {MIN_CONTROL_IMBALANCE}: the scene shows no imbalance to correct"
+    );
+    assert_selected(label, selected, report.ok + report.failed);
     assert!(
         ratio <= MAX_IMBALANCE,
         "busiest/ideal {ratio:.3} > {MAX_IMBALANCE}: {counts:?}\n{}",
@@ -361,7 +390,7 @@ fn controller_started_after_the_app() {
         report.errors
     );
     assert!(picked.iter().all(|&n| n > 0), "the program is not picking every worker: {picked:?}");
-    assert!(ratio <= MAX_IMBALANCE, "not balanced once the controller is up: {counts:?}");
+    assert!(ratio <= LOOSE_MAX_IMBALANCE, "not balanced once the controller is up: {counts:?}");
     assert_idle_zero(service);
 }
 
@@ -397,16 +426,19 @@ fn gunicorn_sync_workers_are_balanced() {
         run.log_tail(40)
     );
     wait_serving(addr, addr);
+    let selected_before = http::selections(http::DEFAULT_METRICS);
     let report = Load::run(addr, concurrency, PATH, Duration::from_secs(10));
+    let selected = http::selections(http::DEFAULT_METRICS) - selected_before;
     let counts: Vec<u64> = report.by_pid.values().copied().collect();
     let ratio = describe("gunicorn -w 4, with reuselb", &counts, &report);
+    assert_selected("gunicorn -w 4", selected, report.ok + report.failed);
     println!("gunicorn: busiest/ideal without reuselb {plain:.3}, with reuselb {ratio:.3}");
     assert_eq!(report.failed, 0, "requests failed: {:?}", report.errors);
     assert_eq!(counts.len(), workers as usize, "not every worker served: {:?}", report.by_pid);
     // Sync workers serve one request at a time, so on a busy 2-core machine request counts
     // spread unevenly whoever picks (gunicorn alone measured 1.13-1.41 here): the bound is 1.25,
     // or what gunicorn without reuselb reached in the same run if that was worse.
-    let bound = MAX_IMBALANCE.max(plain * 1.1);
+    let bound = LOOSE_MAX_IMBALANCE.max(plain * 1.1);
     assert!(ratio <= bound, "busiest/ideal {ratio:.3} > {bound:.3}: {counts:?}");
 }
 

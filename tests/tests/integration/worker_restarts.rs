@@ -75,15 +75,30 @@ fn max_requests_recycling_under_load_keeps_connections() {
     // migration counter says so, and the select-only program never migrates.
     assert!(migrated > 0, "no connection was migrated by the program while workers recycled");
     assert_eq!(migrated_without, 0, "the select-only program counted migrations");
-    // Seen on a quiet machine: 0 failed with migration, 926 without. On a machine loaded by other
-    // work, uWSGI 2.0.21's own recycling also drops a few connections its workers had accepted
-    // (32 with, 189 without): migration must remove at least three quarters of the losses, and
-    // leave under 0.5% of the requests.
+    // Seen on a quiet machine: 0 failed with migration, 926 without. What reuselb answers for
+    // is the connection (the README: the queue of a recycled worker is moved, nothing lost): with
+    // migration none may be refused or reset, while the control, in the same test, loses some.
+    // uWSGI 2.0.21's own recycling may also close a connection its worker had accepted without
+    // answering (an empty answer: a hung worker killed by worker-reload-mercy, with or without
+    // reuselb), which must stay under 0.5% of the requests.
+    let lost = |r: &LoadReport| r.failed - r.empty_answers;
+    println!(
+        "refused or reset: {} with migration, {} without; empty answers {} with, {} without",
+        lost(&with),
+        lost(&without),
+        with.empty_answers,
+        without.empty_answers
+    );
     assert!(
-        with.failed * 4 <= without.failed,
-        "migration did not prevent the resets: {} with, {} without",
-        with.failed,
-        without.failed
+        lost(&without) > 0,
+        "the control (no migration) lost no connection: the scene queued nothing on a recycled worker"
+    );
+    assert_eq!(
+        lost(&with),
+        0,
+        "connections refused or reset with migration ({} without): {:?}",
+        lost(&without),
+        with.errors
     );
     assert!(
         with.failed * 200 <= with.ok,
