@@ -33,7 +33,7 @@ pub fn load(program: Program) -> Result<Ebpf> {
     #[cfg(feature = "broken")]
     let id = crate::broken::broken().map_or(0u32, |b| b as u32);
     #[cfg(feature = "broken")]
-    loader.set_global(balancer_common::broken::GLOBAL_BROKEN, &id, true);
+    loader.override_global(balancer_common::broken::GLOBAL_BROKEN, &id, true);
     let mut ebpf = loader.load(OBJECT)?;
     let prog: &mut SkReuseport = ebpf
         .program_mut(program.name())

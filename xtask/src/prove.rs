@@ -122,7 +122,8 @@ pub fn run(ws: &Workspace, which: &[Broken], good: Option<&Outcomes>) -> Result<
         }
     }
     let broken_run = broken_build(ws)?;
-    let mut caught: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // Per claim, per test: the broken builds it caught and how.
+    let mut caught: BTreeMap<(&str, &str), Vec<String>> = BTreeMap::new();
     for kind in &which {
         let mine: Vec<&&Claim> = listed.iter().filter(|c| c.broken == Some(*kind)).collect();
         if mine.is_empty() {
@@ -135,7 +136,8 @@ pub fn run(ws: &Workspace, which: &[Broken], good: Option<&Outcomes>) -> Result<
         for c in mine {
             match judge(c, outcomes.get(&c.test)) {
                 Ok(how) => {
-                    caught.entry(&c.test).or_default().push(format!("{}: {how}", kind.name()))
+                    let how = format!("{}: {how}", kind.name());
+                    caught.entry((&c.claim, &c.test)).or_default().push(how)
                 }
                 Err(why) => problems.push(format!("{} against {}: {why}", c.test, kind.name())),
             }
@@ -177,12 +179,17 @@ fn first_panic(output: &str) -> String {
     output.lines().last().unwrap_or("(no output)").trim().to_string()
 }
 
-fn report(caught: &BTreeMap<&str, Vec<String>>) {
-    println!("\nxtask prove: per test, the broken builds it caught and how");
-    for (test, hows) in caught {
-        println!("  {test}");
+fn report(caught: &BTreeMap<(&str, &str), Vec<String>>) {
+    println!("\nxtask prove: per claim and test, the broken builds it caught and how");
+    let mut last = "";
+    for ((claim, test), hows) in caught {
+        if *claim != last {
+            println!("  claim: {claim}");
+            last = claim;
+        }
+        println!("    {test}");
         for how in hows {
-            println!("    {how}");
+            println!("      {how}");
         }
     }
 }
