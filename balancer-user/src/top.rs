@@ -210,7 +210,7 @@ impl Screen {
 
     fn draw(&mut self, report: &Report) -> Result<()> {
         let (cols, rows) = Self::size();
-        let text = view::render(report);
+        let text = view::render_width(report, cols);
         let (visible, offset) = window(&text, cols, rows, self.offset);
         self.offset = offset;
         let mut out = std::io::stdout().lock();

@@ -79,6 +79,7 @@ fn report() -> Report {
         selected,
         accepted: selected,
         completed: selected - 2,
+        ..Default::default()
     };
     let mut registrations = Counts::default();
     registrations.set(Status::Ok, 2);
