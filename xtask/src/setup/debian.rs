@@ -3,7 +3,8 @@
 //! compatibility matrix; proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
 //! handshakes half-open in the migration tests, kubectl to render the Kubernetes manifests
 //! with its built-in kustomize; apt serves it on these machines; tmux, the terminal that the test
-//! of `reuselb top` drives), and podman with runc for the container image (`cargo xtask image`)
+//! of `reuselb top` drives; prometheus for promtool, which checks and unit-tests the alert rules of
+//! deploy/monitoring and checks the metrics), and podman with runc for the container image (`cargo xtask image`)
 //! and its test: `podman build` builds the image by itself (buildah's code is inside podman, which
 //! execs no `buildah`), and runc runs it where crun refuses hybrid cgroups.
 
@@ -30,6 +31,7 @@ const PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "tmux",
+    "prometheus",
 ];
 
 pub fn ensure(root: bool) -> Result<()> {
