@@ -322,3 +322,72 @@ fn top_exits_when_its_controlling_terminal_hangs_up() {
 fn top_exits_when_its_terminal_hangs_up_without_a_signal() {
     top_exits_when_its_pty_closes(false);
 }
+
+/// 64 workers on an 80x24 terminal: top shows the first screen with a scrolling hint, G
+/// scrolls to the last worker, g back to the top, and q quits with 0.
+#[test]
+fn top_scrolls_64_workers_on_80_columns() {
+    use std::os::unix::process::CommandExt;
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let mut big = report();
+    big.services[0].groups[0].workers = (0..64)
+        .map(|slot| WorkerReport {
+            slot,
+            pid: 5000 + slot,
+            weight: 1,
+            epoch: 1,
+            selected: 100,
+            completed: 100,
+            ..Default::default()
+        })
+        .collect();
+    metrics.update(big);
+    let server = runtime
+        .block_on(http::serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), || Ok(())))
+        .unwrap();
+    let pty = open_pty(80, 24);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reuselb"))
+        .args(["top", "--addr", &server.local_addr().to_string(), "--interval", "5"])
+        .stdin(pty.slave.try_clone().unwrap())
+        .stdout(pty.slave.try_clone().unwrap())
+        .stderr(pty.slave.try_clone().unwrap())
+        .process_group(0)
+        .spawn()
+        .expect("starting reuselb top");
+    drop(pty.slave);
+    let key = |k: &[u8]| rustix::io::write(&pty.master, k).expect("typing on the pty");
+    let step = |want: &str| {
+        read_until(&pty.master, want, Duration::from_secs(10)).map_err(|out| {
+            let tail: Vec<char> = out.chars().collect();
+            let tail: String = tail[tail.len().saturating_sub(2000)..].iter().collect();
+            format!("no {want:?} on the pty; its last output:\n{tail}")
+        })
+    };
+    let result = (|| {
+        let first = step("j/k space/b g/G: scroll  q: quit")?;
+        if !first.contains("lines 1-23 of ") || first.contains("  5063 ") {
+            return Err(format!("first screen:\n{first}"));
+        }
+        key(b"G");
+        step("  5063 ")?;
+        key(b"g");
+        step("lines 1-23 of ")?;
+        key(b"q");
+        Ok(())
+    })();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        match child.try_wait().unwrap() {
+            Some(s) => break Some(s),
+            None if Instant::now() > deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    result.unwrap_or_else(|e| panic!("{e}"));
+    assert!(status.is_some_and(|s| s.success()), "q did not quit with 0: {status:?}");
+}
