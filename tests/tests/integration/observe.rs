@@ -2,7 +2,13 @@
 //! uWSGI says of itself on its stats server (the source uwsgitop reads) and against the requests
 //! the test sent: requests answered, average response time, busy or idle now, time since the
 //! last answer, resident memory; the same in /metrics and in `reuselb status`'s table.
-use std::{collections::BTreeMap, io::Read, net::TcpStream, process::Command, time::Duration};
+use std::{
+    collections::BTreeMap,
+    io::Read,
+    net::{SocketAddr, TcpStream},
+    process::Command,
+    time::Duration,
+};
 
 use balancer_user::report::{Report, WorkerReport};
 use integration_tests::{
@@ -83,10 +89,18 @@ fn per_worker_figures_agree_with_uwsgi_and_the_requests_sent() {
     for i in 0..REQUESTS {
         one_request(addr, &format!("/?ms={MS}")).unwrap_or_else(|e| panic!("request {i}: {e}"));
     }
+    let ours = check_answers(metrics, cfg.stats_port);
+    check_metrics_and_table(metrics, &ours);
+    check_busy(metrics, addr, cfg.stats_port);
+    drop(run);
+}
+
+/// After the requests: answered per worker as uWSGI counts, averages, last answers, memory.
+fn check_answers(metrics: SocketAddr, stats_port: u16) -> BTreeMap<u32, WorkerReport> {
     // uWSGI counts a request once it is logged, after the answer: wait until both agree.
     let agree = wait_until(Duration::from_secs(5), || {
         let ours = workers(&status(metrics));
-        let theirs = uwsgi_workers(cfg.stats_port);
+        let theirs = uwsgi_workers(stats_port);
         ours.len() == theirs.len()
             && ours
                 .iter()
@@ -94,7 +108,7 @@ fn per_worker_figures_agree_with_uwsgi_and_the_requests_sent() {
     });
     let report = status(metrics);
     let ours = workers(&report);
-    let theirs = uwsgi_workers(cfg.stats_port);
+    let theirs = uwsgi_workers(stats_port);
     assert!(agree, "answered per worker differs from uWSGI's requests: {ours:#?} vs {theirs:#?}");
     assert_eq!(ours.values().map(|w| w.completed).sum::<u64>(), REQUESTS, "{ours:#?}");
     for (pid, w) in &ours {
@@ -124,8 +138,11 @@ fn per_worker_figures_agree_with_uwsgi_and_the_requests_sent() {
         let since = w.since_last_answer_ms.expect("a last answer");
         assert!(since < 30_000, "pid {pid}: last answer {since} ms ago");
     }
+    ours
+}
 
-    // The metrics carry the same sums.
+/// The metrics carry the same sums, and `reuselb status` draws them.
+fn check_metrics_and_table(metrics: SocketAddr, ours: &BTreeMap<u32, WorkerReport>) {
     let (_, text) = get(metrics, "/metrics").expect("/metrics");
     let sum = |name: &str| -> f64 {
         text.lines()
@@ -154,18 +171,18 @@ fn per_worker_figures_agree_with_uwsgi_and_the_requests_sent() {
     for pid in ours.keys() {
         assert!(table.contains(&format!(" {pid}   1 idle ")), "pid {pid} not idle in:\n{table}");
     }
+}
 
-    // A request that holds the GIL for 3 s: its worker is busy, for reuselb as for uWSGI.
+/// A request that holds the GIL for 3 s: its worker is busy, for reuselb as for uWSGI, and idle
+/// again once it answered.
+fn check_busy(metrics: SocketAddr, addr: SocketAddr, stats_port: u16) {
     let hold = std::thread::spawn(move || one_request(addr, "/?hold=3000"));
     let mut busy_pid = None;
     let seen = wait_until(Duration::from_secs(2), || {
         let busy: Vec<u32> =
             workers(&status(metrics)).values().filter(|w| w.busy).map(|w| w.pid).collect();
-        let theirs: Vec<u32> = uwsgi_workers(cfg.stats_port)
-            .into_iter()
-            .filter(|(_, u)| u.busy)
-            .map(|(p, _)| p)
-            .collect();
+        let theirs: Vec<u32> =
+            uwsgi_workers(stats_port).into_iter().filter(|(_, u)| u.busy).map(|(p, _)| p).collect();
         busy_pid = busy.first().copied();
         busy.len() == 1 && busy == theirs
     });
@@ -177,5 +194,4 @@ fn per_worker_figures_agree_with_uwsgi_and_the_requests_sent() {
     assert!(idle, "still busy after the answer: {:?}", status(metrics));
     let w = workers(&status(metrics))[&answered_by];
     assert!(w.since_last_answer_ms.is_some_and(|ms| ms < 2000), "{w:?}");
-    drop(run);
 }
