@@ -241,8 +241,9 @@ fn uwsgi_gevent_row() -> Row {
 const PYPY_PLUGIN_DIR: &str = "/usr/local/lib/uwsgi";
 
 /// uWSGI on PyPy with the seed's 8 processes x 20 threads and lazy-apps, the app loaded with
-/// `pypy-home` and `pypy-wsgi` (Debian's libpypy3.9-c.so, `pypy-lib`).
-fn pypy_row() -> Row {
+/// `pypy-home` and `pypy-wsgi` (Debian's libpypy3.9-c.so, `pypy-lib`). It runs in `dir`, where
+/// cffi leaves what the setup script compiles at start, and writes no bytecode next to the app.
+fn pypy_row(dir: &Path) -> Row {
     let plugin = format!("{PYPY_PLUGIN_DIR}/pypy_plugin.so");
     let setup = format!("{PYPY_PLUGIN_DIR}/pypy_setup_py3.py");
     for file in [&plugin, &setup] {
@@ -272,6 +273,10 @@ fn pypy_row() -> Row {
         "--lazy-apps",
         "--die-on-term",
         "--disable-logging",
+        "--chdir",
+        &dir.display().to_string(),
+        "--pypy-eval",
+        "import sys; sys.dont_write_bytecode = True",
         "--pypy-pp",
         &apps,
         "--pypy-wsgi",
@@ -638,7 +643,7 @@ rows! {
     // plugin's setup script ported to Python 3: Debian's is Python 2 code and stops uWSGI at
     // start (xtask/src/setup/pypy_plugin.rs).
     uwsgi_pypy: "uWSGI on PyPy 3.9: pypy plugin built from uwsgi-src (setup script ported to Python 3), `pypy-home` / `pypy-wsgi`, 8 x 20" =>
-        |_| pypy_row();
+        pypy_row;
     gunicorn_sync: "gunicorn sync workers" => |_| Row::gunicorn("sync", &[]);
     gunicorn_gthread: "gunicorn gthread workers (4 threads)" =>
         |_| Row::gunicorn("gthread", &["--threads", "4"]);
