@@ -1,7 +1,8 @@
 //! deploy/monitoring: the alert rules pass `promtool check rules` and their unit tests
-//! (`promtool test rules`, synthetic series), the metrics a full report produces pass
-//! `promtool check metrics`, and every metric that an alert rule or a dashboard query names is
-//! one that reuselb registers ([`Metrics::metric_names`]).
+//! (`promtool test rules`, synthetic series), the dashboard's queries parse as PromQL (promtool
+//! again), the metrics a full report produces pass `promtool check metrics`, and every metric
+//! that an alert rule or a dashboard query names is one that reuselb registers
+//! ([`Metrics::metric_names`]).
 //!
 //! promtool comes from Debian's `prometheus` package (`cargo xtask setup` installs it); without
 //! it these tests fail, saying so.
@@ -229,6 +230,39 @@ fn every_metric_of_the_rules_and_the_dashboard_is_registered() {
         "metrics reuselb does not register: {unknown:#?}\nregistered: {registered:#?}"
     );
     println!("{checked} metric references checked against {} registered names", registered.len());
+}
+
+/// Every panel query of the dashboard is valid PromQL: promtool parses each as the expression of
+/// a recording rule, with Grafana's range variables given a duration (`$service` stays, as the
+/// regex text it is in its matcher).
+#[test]
+fn dashboard_queries_are_valid_promql() {
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    let mut n = 0;
+    for (place, expr) in dashboard_queries() {
+        if !place.starts_with("panel ") {
+            continue; // label_values(...) is Grafana's, not PromQL
+        }
+        let expr = expr.replace("$__rate_interval", "5m").replace("$__range", "1h");
+        n += 1;
+        let quoted = serde_json::to_string(&expr).unwrap();
+        rules.push_str(&format!("      - record: dashboard:query{n}\n        expr: {quoted}\n"));
+    }
+    /// Removes the directory when dropped, the test failing or not.
+    struct Scratch(PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let dir =
+        Scratch(std::env::temp_dir().join(format!("reuselb-dashboard-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let file = dir.0.join("dashboard-queries.yml");
+    std::fs::write(&file, &rules).unwrap();
+    let out = promtool(&["check", "rules", file.to_str().unwrap()], "");
+    assert!(out.contains(&format!("SUCCESS: {n} rules found")), "{out}\n{rules}");
+    assert!(n >= 12, "only {n} panel queries");
 }
 
 /// A report that gives every family series: a worker with every figure, a pod group.
