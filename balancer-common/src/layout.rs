@@ -13,8 +13,9 @@ pub const MAX_SLOTS: u32 = 256;
 /// layout 6 replaces the per-slot mean with the group's ([`LoadTable::group`]) and adds the
 /// peak-EWMA figures ([`LoadTable::ewma_us`], [`LoadTable::ewma_at_us`]) and the fast path's
 /// hints ([`LoadTable::idle`], [`Config::active_mask`], [`Config::idle_words`],
-/// [`Config::uniform_weight`]).
-pub const LAYOUT_VERSION: u16 = 6;
+/// [`Config::uniform_weight`]); layout 7 the per-slot sum of response times
+/// ([`SlotRecord::answer_us`]).
+pub const LAYOUT_VERSION: u16 = 7;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -124,8 +125,12 @@ pub struct GroupFigures {
 pub struct SlotRecord {
     /// Connections the worker accepted (shim).
     pub accepted: u64,
-    /// Connections the worker closed (shim).
+    /// Requests the worker answered (shim): counted at the first write of the answer, or at the
+    /// close of a connection closed unanswered.
     pub completed: u64,
+    /// Sum of the times from accept to answer of those requests, in microseconds (shim, at each
+    /// answer): with `completed`, the worker's average response time.
+    pub answer_us: u64,
     /// Bumped each time the slot is given to a new owner.
     pub epoch: u64,
     /// Process that owns the slot, 0 if none.
@@ -194,6 +199,9 @@ pub mod table_offsets {
     }
     pub const fn completed(slot: usize) -> usize {
         record(slot) + offset_of!(SlotRecord, completed)
+    }
+    pub const fn answer_us(slot: usize) -> usize {
+        record(slot) + offset_of!(SlotRecord, answer_us)
     }
     pub const fn epoch(slot: usize) -> usize {
         record(slot) + offset_of!(SlotRecord, epoch)
@@ -377,10 +385,10 @@ mod pod {
     unsafe impl aya::Pod for super::SlotOwner {}
 }
 
-const _: () = assert!(core::mem::size_of::<SlotRecord>() == 32);
+const _: () = assert!(core::mem::size_of::<SlotRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
 const _: () = assert!(
-    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 4 * 8 + 1 + 32) + 64
+    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 4 * 8 + 1 + 40) + 64
 );
 const _: () = assert!(core::mem::size_of::<GroupFigures>() == 64);
 const _: () = assert!(core::mem::size_of::<Config>() == 32 + 5 * MAX_SLOTS as usize);

@@ -89,7 +89,8 @@ fn work_started(slot: SlotRef, fd: c_int) {
 }
 
 /// The request that started at `start` (microseconds) is done at `now_ns`, in `slot`: out of
-/// `working` first, then its start out of `start_sum_us`; its time from accept to answer moves
+/// `working` first, then its start out of `start_sum_us`; its time from accept to answer adds to
+/// the slot's `answer_us` (what `reuselb status` divides by `completed`), moves
 /// the group's mean 1/16 of the way, and the slot's peak-EWMA estimate: up to it if it took
 /// longer than the estimate (as decayed to now, [`ewma_now`]), else 1/8 of the way down. The
 /// read-modify-writes may lose a concurrent update of another worker (the mean) or thread (the
@@ -101,6 +102,7 @@ fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     let mean = slot.field(table_offsets::group_mean_us);
     let now_us = now_ns / 1000;
     let took = now_us.saturating_sub(start);
+    slot.field(table_offsets::answer_us).fetch_add(took, Ordering::Relaxed);
     let old = mean.load(Ordering::Relaxed);
     let next = if old == 0 { took } else { old - old / 16 + took / 16 };
     mean.store(next.max(1), Ordering::Relaxed);

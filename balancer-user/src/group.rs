@@ -67,7 +67,14 @@ pub struct SlotView {
     /// Requests in flight: queued, or accepted and not yet answered.
     pub inflight: u64,
     pub accepted: u64,
+    /// Requests answered (see `SlotRecord::completed`).
     pub completed: u64,
+    /// Sum of their times from accept to answer, in microseconds.
+    pub answer_us: u64,
+    /// Requests accepted and not answered yet (clamped at 0).
+    pub working: u64,
+    /// When the worker last answered (CLOCK_MONOTONIC microseconds; 0 if it has not yet).
+    pub answered_at_us: u64,
     /// Selections of this slot since the group was created (survives slot reuse).
     pub selected_total: u64,
 }
@@ -575,6 +582,10 @@ impl Group {
                 inflight: rec.inflight,
                 accepted: rec.accepted,
                 completed: rec.completed,
+                answer_us: rec.answer_us,
+                working: rec.working.max(0) as u64,
+                // The shim sets the peak-EWMA time at every answer, and only then.
+                answered_at_us: rec.ewma_at_us,
                 selected_total: self.selected_total(slot)?,
             });
         }

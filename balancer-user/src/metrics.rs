@@ -14,7 +14,11 @@
 //! | `worker_weight` | gauge | service, slot, pid |
 //! | `worker_selected_total` | counter | service, slot, pid |
 //! | `worker_accepted_total` | counter | service, slot, pid |
-//! | `worker_completed_total` | counter | service, slot, pid |
+//! | `worker_completed_total` | counter | service, slot, pid (requests answered) |
+//! | `worker_response_seconds_total` | counter | service, slot, pid (their time from accept to answer, summed) |
+//! | `worker_busy` | gauge | service, slot, pid (1 while a request is accepted and not answered) |
+//! | `worker_last_answer_timestamp_seconds` | gauge | service, slot, pid (Unix time of the last answer; absent before the first) |
+//! | `worker_resident_memory_bytes` | gauge | service, slot, pid (VmRSS; absent if unreadable) |
 //! | `workers` | gauge | service |
 //! | `service_info` (=1) | gauge | service, policy, program |
 //! | `fallbacks_total` | counter | service, reason (`no_config`, `no_active_slot`, `bad_config`, `select_failed`) |
@@ -47,7 +51,11 @@
 //!
 //! `worker_selected_total` counts the selections of the slot since its group was created (the
 //! program's per-slot counter survives slot reuse); `worker_accepted_total` and
-//! `worker_completed_total` count since the worker took the slot.
+//! `worker_completed_total` count since the worker took the slot, as does
+//! `worker_response_seconds_total`: `rate(reuselb_worker_response_seconds_total[5m]) /
+//! rate(reuselb_worker_completed_total[5m])` is a worker's average response time (a sum and a
+//! count, as a summary without quantiles has). The answer's time is read from the monotonic clock
+//! and shown as Unix time, so it can move by the clocks' drift.
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex, PoisonError},
@@ -57,10 +65,10 @@ use balancer_common::{protocol::Status, Event};
 use prometheus::{
     core::{Collector, Desc},
     proto::MetricFamily,
-    Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    CounterVec, Encoder, GaugeVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::report::Report;
+use crate::report::{Report, WorkerReport};
 
 /// Content type of `/metrics`: the Prometheus text exposition format 0.0.4.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -89,6 +97,8 @@ pub struct Metrics {
     registry: Registry,
     shared: Arc<Shared>,
     reloads: IntCounterVec,
+    /// The name of every metric family registered above, series or not.
+    names: Vec<String>,
 }
 
 impl Default for Metrics {
@@ -127,10 +137,21 @@ impl Metrics {
             reloads.with_label_values(&[outcome]);
         }
         let collector = ReportCollector::new(shared.clone());
+        let names = [build_info.desc(), reloads.desc(), collector.desc()]
+            .iter()
+            .flatten()
+            .map(|d| d.fq_name.clone())
+            .collect();
         registry.register(Box::new(build_info)).expect("registered once");
         registry.register(Box::new(reloads.clone())).expect("registered once");
         registry.register(Box::new(collector)).expect("registered once");
-        Self { registry, shared, reloads }
+        Self { registry, shared, reloads, names }
+    }
+
+    /// The name of every metric family reuselb registers, whether or not it has series now (what
+    /// a dashboard or an alert rule may name).
+    pub fn metric_names(&self) -> &[String] {
+        &self.names
     }
 
     /// The registry, to register more metrics in it.
@@ -182,6 +203,10 @@ struct ReportCollector {
     selected: IntCounterVec,
     accepted: IntCounterVec,
     completed: IntCounterVec,
+    response: CounterVec,
+    busy_now: IntGaugeVec,
+    last_answer: GaugeVec,
+    rss: IntGaugeVec,
     workers: IntGaugeVec,
     info: IntGaugeVec,
     fallbacks: IntCounterVec,
@@ -216,7 +241,19 @@ impl ReportCollector {
                 WORKER,
             ),
             accepted: counter_vec("reuselb_worker_accepted_total", "Connections the worker accepted since it took the slot.", WORKER),
-            completed: counter_vec("reuselb_worker_completed_total", "Connections the worker closed since it took the slot.", WORKER),
+            completed: counter_vec("reuselb_worker_completed_total", "Requests the worker answered since it took the slot.", WORKER),
+            response: CounterVec::new(
+                Opts::new("reuselb_worker_response_seconds_total", "Time from accept to answer of the requests the worker answered, summed."),
+                WORKER,
+            )
+            .expect("valid metric definition"),
+            busy_now: gauge_vec("reuselb_worker_busy", "1 while the worker has a request accepted and not answered yet, else 0.", WORKER),
+            last_answer: GaugeVec::new(
+                Opts::new("reuselb_worker_last_answer_timestamp_seconds", "When the worker last answered a request, in seconds since the Unix epoch."),
+                WORKER,
+            )
+            .expect("valid metric definition"),
+            rss: gauge_vec("reuselb_worker_resident_memory_bytes", "Resident memory of the worker's process, in bytes.", WORKER),
             workers: gauge_vec("reuselb_workers", "Workers registered with the service.", &["service"]),
             info: gauge_vec("reuselb_service_info", "The service's selection policy and program; always 1.", &["service", "policy", "program"]),
             fallbacks: counter_vec(
@@ -259,9 +296,11 @@ impl ReportCollector {
         }
     }
 
-    fn gauges(&self) -> [&IntGaugeVec; 8] {
+    fn gauges(&self) -> [&IntGaugeVec; 10] {
         [
             &self.inflight,
+            &self.busy_now,
+            &self.rss,
             &self.weight,
             &self.workers,
             &self.info,
@@ -289,7 +328,30 @@ impl ReportCollector {
         ]
     }
 
+    /// The series of one worker process, `w`, one of its groups' (a process in several groups
+    /// adds up: counts and sums add, busy and the last answer take the most).
+    fn fill_worker(&self, labels: &[&str; 3], w: &WorkerReport, now_unix: f64) {
+        self.inflight.with_label_values(labels).add(clamp(w.inflight));
+        self.weight.with_label_values(labels).set(i64::from(w.weight.max(1)));
+        self.selected.with_label_values(labels).inc_by(w.selected);
+        self.accepted.with_label_values(labels).inc_by(w.accepted);
+        self.completed.with_label_values(labels).inc_by(w.completed);
+        self.response.with_label_values(labels).inc_by(w.response_us as f64 / 1e6);
+        let busy = self.busy_now.with_label_values(labels);
+        busy.set(busy.get().max(i64::from(w.busy)));
+        if let Some(ms) = w.since_last_answer_ms {
+            let at = self.last_answer.with_label_values(labels);
+            at.set(at.get().max(now_unix - ms as f64 / 1000.0));
+        }
+        if let Some(rss) = w.rss_bytes {
+            self.rss.with_label_values(labels).set(clamp(rss));
+        }
+    }
+
     fn fill(&self, report: &Report) {
+        let now_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
         for s in &report.services {
             let service = s.name.as_str();
             // One series per worker process: the slot it has in the first group that holds it.
@@ -326,11 +388,7 @@ impl ReportCollector {
             for w in listed() {
                 let pid = w.pid.to_string();
                 let labels = [service, slot_of[&w.pid].as_str(), pid.as_str()];
-                self.inflight.with_label_values(&labels).add(clamp(w.inflight));
-                self.weight.with_label_values(&labels).set(i64::from(w.weight.max(1)));
-                self.selected.with_label_values(&labels).inc_by(w.selected);
-                self.accepted.with_label_values(&labels).inc_by(w.accepted);
-                self.completed.with_label_values(&labels).inc_by(w.completed);
+                self.fill_worker(&labels, w, now_unix);
             }
             self.workers.with_label_values(&[service]).set(slot_of.len() as i64);
             for g in &s.groups {
@@ -381,6 +439,8 @@ impl Collector for ReportCollector {
         for c in self.counters() {
             d.extend(c.desc());
         }
+        d.extend(self.response.desc());
+        d.extend(self.last_answer.desc());
         d
     }
 
@@ -393,6 +453,8 @@ impl Collector for ReportCollector {
         for c in self.counters() {
             c.reset();
         }
+        self.response.reset();
+        self.last_answer.reset();
         if let Some(report) = &report {
             self.fill(report);
         }
@@ -403,6 +465,8 @@ impl Collector for ReportCollector {
         for c in self.counters() {
             out.extend(c.collect());
         }
+        out.extend(self.response.collect());
+        out.extend(self.last_answer.collect());
         out
     }
 }

@@ -12,7 +12,8 @@
 //! reader sees every series from the start); in JSON it is an object from the reason's name to
 //! its count, and names a reader does not know (from a newer controller) are ignored.
 //!
-//! This module reads the registry and the groups; nothing here imports the metrics, the view or
+//! This module reads the registry, the groups and each worker's resident memory (in /proc);
+//! nothing here imports the metrics, the view or
 //! the HTTP server (they import it).
 use std::{fmt, marker::PhantomData, net::SocketAddr, time::Instant};
 
@@ -311,7 +312,7 @@ pub struct PodReport {
 }
 
 /// One worker (an occupied slot of a group).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WorkerReport {
     pub slot: u32,
     pub pid: u32,
@@ -321,14 +322,34 @@ pub struct WorkerReport {
     pub inflight: u64,
     /// Selections of the slot since its group was created (survives slot reuse).
     pub selected: u64,
-    /// Connections the worker accepted since it took the slot.
+    /// Requests the worker accepted since it took the slot.
     pub accepted: u64,
-    /// Connections the worker closed since it took the slot.
+    /// Requests the worker answered since it took the slot (at the first write of the answer;
+    /// a connection closed unanswered counts at its close).
     pub completed: u64,
+    /// Sum of those requests' times from accept to answer, in microseconds.
+    #[serde(default)]
+    pub response_us: u64,
+    /// Average time from accept to answer (`response_us / completed`), in microseconds; `None`
+    /// before the first answer.
+    #[serde(default)]
+    pub avg_response_us: Option<u64>,
+    /// True while the worker has a request accepted and not answered yet (uwsgitop's busy).
+    #[serde(default)]
+    pub busy: bool,
+    /// Milliseconds since the worker's last answer; `None` before the first.
+    #[serde(default)]
+    pub since_last_answer_ms: Option<u64>,
+    /// Resident memory of the worker's process (VmRSS in /proc/PID/status), in bytes; `None` if
+    /// the controller cannot read it (a process of another pid namespace, gone already).
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
 }
 
-impl From<&SlotView> for WorkerReport {
-    fn from(s: &SlotView) -> Self {
+impl WorkerReport {
+    /// The report of the slot `s`, read at `now_us` (CLOCK_MONOTONIC microseconds, the clock of
+    /// the shim's answer times), with the process's resident memory read now.
+    pub fn read(s: &SlotView, now_us: u64) -> Self {
         Self {
             slot: s.slot,
             pid: s.pid,
@@ -338,14 +359,33 @@ impl From<&SlotView> for WorkerReport {
             selected: s.selected_total,
             accepted: s.accepted,
             completed: s.completed,
+            response_us: s.answer_us,
+            avg_response_us: s.answer_us.checked_div(s.completed),
+            busy: s.working > 0,
+            since_last_answer_ms: (s.answered_at_us != 0)
+                .then(|| now_us.saturating_sub(s.answered_at_us) / 1000),
+            rss_bytes: rss_bytes(s.pid),
         }
     }
+}
+
+/// VmRSS of process `pid`, in bytes (`None` for pid 0, a process that is gone or not visible,
+/// or a kernel thread, which has no VmRSS line).
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    if pid == 0 {
+        return None;
+    }
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?;
+    let kb: u64 = line.trim().strip_suffix("kB")?.trim().parse().ok()?;
+    Some(kb * 1024)
 }
 
 /// The report of the service `name` that `registry` serves: its groups read now (a group whose
 /// maps cannot be read is reported empty, with a warning).
 pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
     let counters = registry.counters();
+    let now_us = crate::shared_loads::SharedLoads::now_us();
     let mut registrations = Counts::default();
     for status in Status::ALL {
         registrations.set(status, counters.replies(status));
@@ -374,7 +414,7 @@ pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
                     template: p.template.clone(),
                     label: p.label(),
                 }),
-                workers: slots.iter().map(WorkerReport::from).collect(),
+                workers: slots.iter().map(|s| WorkerReport::read(s, now_us)).collect(),
                 events: Counts::from(&stats),
             }
         })
@@ -440,6 +480,7 @@ pub(crate) mod tests {
                     selected,
                     accepted: selected,
                     completed: selected - 1,
+                    ..Default::default()
                 })
                 .collect(),
             events,
@@ -485,6 +526,45 @@ pub(crate) mod tests {
         assert_eq!(r.services[0].rejected(), 3);
         assert_eq!(r.services[0].workers().count(), 3);
         assert_eq!(r.services[0].groups[0].fallbacks(), 2);
+    }
+
+    /// The uwsgitop figures of a slot: answered, the average response time from the sum, busy
+    /// from the requests being worked on, the time since the last answer, and the RSS of the
+    /// process (this test's own, which /proc shows).
+    #[test]
+    fn worker_figures_from_a_slot() {
+        let slot = SlotView {
+            slot: 2,
+            pid: std::process::id(),
+            weight: 1,
+            epoch: 3,
+            cookie: 9,
+            inflight: 2,
+            accepted: 12,
+            completed: 10,
+            answer_us: 250_000,
+            working: 1,
+            answered_at_us: 5_000_000,
+            selected_total: 12,
+        };
+        let w = WorkerReport::read(&slot, 5_750_000);
+        assert_eq!((w.completed, w.response_us, w.avg_response_us), (10, 250_000, Some(25_000)));
+        assert!(w.busy);
+        assert_eq!(w.since_last_answer_ms, Some(750));
+        let rss = w.rss_bytes.expect("this process's VmRSS");
+        assert!(rss > 1 << 20, "{rss}");
+        // Nothing answered yet, nothing being worked on, a pid that names no process.
+        let idle =
+            SlotView { completed: 0, answer_us: 0, working: 0, answered_at_us: 0, pid: 0, ..slot };
+        let w = WorkerReport::read(&idle, 5_750_000);
+        assert_eq!(
+            (w.avg_response_us, w.busy, w.since_last_answer_ms, w.rss_bytes),
+            (None, false, None, None)
+        );
+        // A report from before these fields existed still reads, with none of them.
+        let old = r#"{"slot":1,"pid":2,"weight":1,"epoch":1,"inflight":0,"selected":3,"accepted":3,"completed":3}"#;
+        let w: WorkerReport = serde_json::from_str(old).unwrap();
+        assert_eq!((w.response_us, w.busy, w.rss_bytes), (0, false, None));
     }
 
     #[test]

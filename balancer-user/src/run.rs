@@ -340,9 +340,10 @@ fn print_view(report: &Report) {
     if std::io::stdout().is_terminal() {
         out.push_str("\x1b[H\x1b[2J");
     }
+    let width = view::stdout_width();
     for s in &report.services {
         for g in &s.groups {
-            out.push_str(&view::render_group(&format!("{} {}", s.name, g.addr), g));
+            out.push_str(&view::render_group_width(&format!("{} {}", s.name, g.addr), g, width));
             out.push('\n');
         }
     }

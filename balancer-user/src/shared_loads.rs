@@ -33,6 +33,8 @@ pub struct SlotSnapshot {
     pub weight: u32,
     pub accepted: u64,
     pub completed: u64,
+    /// Sum of the completed requests' times from accept to answer, in microseconds.
+    pub answer_us: u64,
     pub epoch: u64,
     pub pid: u32,
     /// The work figures (see [`LoadTable`]): requests being worked on (raw, signed) and the sum
@@ -72,6 +74,7 @@ impl SharedLoads {
             weight: self.u32_at(slot, table_offsets::weight).load(Ordering::Relaxed),
             accepted: self.u64_at(slot, table_offsets::accepted).load(Ordering::Relaxed),
             completed: self.u64_at(slot, table_offsets::completed).load(Ordering::Relaxed),
+            answer_us: self.u64_at(slot, table_offsets::answer_us).load(Ordering::Relaxed),
             epoch: self.u64_at(slot, table_offsets::epoch).load(Ordering::Relaxed),
             pid: self.u32_at(slot, table_offsets::pid).load(Ordering::Relaxed),
             working: self.u64_at(slot, table_offsets::working).load(Ordering::Relaxed) as i64,
@@ -100,6 +103,7 @@ impl SharedLoads {
             table_offsets::inflight,
             table_offsets::accepted,
             table_offsets::completed,
+            table_offsets::answer_us,
             table_offsets::working,
             table_offsets::start_sum_us,
             table_offsets::ewma_us,
@@ -194,6 +198,13 @@ impl SharedLoads {
     /// Counts `n` connections answered by the worker, as its shim does: no longer in flight,
     /// and the slot idle (its [`LoadTable::idle`] byte set) if that took its count to 0.
     pub fn add_completed(&self, slot: u32, n: u64) {
+        self.add_completed_in(slot, n, 0);
+    }
+
+    /// [`SharedLoads::add_completed`], the `n` answers having taken `answer_us` microseconds in
+    /// all (from accept to answer), as the shim adds them up.
+    pub fn add_completed_in(&self, slot: u32, n: u64, answer_us: u64) {
+        self.u64_at(slot, table_offsets::answer_us).fetch_add(answer_us, Ordering::Relaxed);
         self.u64_at(slot, table_offsets::completed).fetch_add(n, Ordering::Relaxed);
         let before =
             self.u64_at(slot, table_offsets::inflight).fetch_sub(n, Ordering::Relaxed) as i64;

@@ -46,7 +46,7 @@ pub fn status(args: StatusArgs) -> Result<i32> {
     if args.json {
         print!("{body}");
     } else {
-        print!("{}", view::render(&report));
+        print!("{}", view::render_width(&report, view::stdout_width()));
     }
     Ok(0)
 }

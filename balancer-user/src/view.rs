@@ -1,53 +1,132 @@
 //! The per-worker tables that `reuselb status`, `reuselb top` and `reuselb run --view` draw, in
-//! the spirit of uwsgitop: who holds how many connections right now, and who got what share so
-//! far. Plain text from a [`Report`]; drawing it on a terminal is the caller's business.
+//! the spirit of uwsgitop: per worker, busy or idle now, requests in flight, selections, requests
+//! answered, the average response time, the time since the last answer, resident memory, and
+//! the share of the group's selections so far (with a bar where the width allows). Each group
+//! starts with a summary line (workers, busy ones, in flight, selected, answered, average
+//! response time, memory), so a group of 64 workers reads at a glance. Plain text from a
+//! [`Report`], at most a given width wide (the bar shrinks, then goes; 80 columns fit every
+//! column); drawing it on a terminal, and scrolling it, is the caller's business.
 use std::fmt::Write as _;
 
 use balancer_common::Event;
 
-use crate::report::{GroupReport, Report, ServiceReport};
+use crate::report::{GroupReport, Report, ServiceReport, WorkerReport};
 
 /// Width of the bar of the busiest worker, in characters; the others are drawn to scale.
 const BAR: usize = 30;
 
-/// One group's table, titled `title` (the service's name and address, say).
+/// Width of a worker's line without its bar.
+const COLUMNS: usize = 78;
+
+/// A bar narrower than this is not drawn.
+const MIN_BAR: usize = 5;
+
+/// The width to draw for on stdout: the terminal's columns, or no limit if stdout is not a
+/// terminal (a pipe, a file) or does not say.
+pub fn stdout_width() -> usize {
+    match rustix::termios::tcgetwinsize(std::io::stdout()) {
+        Ok(ws) if ws.ws_col > 0 => ws.ws_col.into(),
+        _ => usize::MAX,
+    }
+}
+
+/// Milliseconds as `850ms`, `4.2s`, `35s`, `3m05s`, `2h03m`.
+pub fn age(ms: u64) -> String {
+    match ms {
+        0..=999 => format!("{ms}ms"),
+        1000..=9999 => format!("{:.1}s", ms as f64 / 1000.0),
+        _ => uptime(ms / 1000),
+    }
+}
+
+/// An average response time in milliseconds, `-` if there is none.
+fn avg_ms(us: Option<u64>) -> String {
+    us.map_or_else(|| "-".to_owned(), |us| format!("{:.1}", us as f64 / 1000.0))
+}
+
+/// Bytes in MiB, `-` if unknown.
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or_else(|| "-".to_owned(), |b| format!("{:.1}", b as f64 / (1024.0 * 1024.0)))
+}
+
+/// The summary of a group's workers: how many, how many busy, and their totals.
+fn summary(workers: &[WorkerReport]) -> String {
+    let busy = workers.iter().filter(|w| w.busy).count();
+    let inflight: u64 = workers.iter().map(|w| w.inflight).sum();
+    let answered: u64 = workers.iter().map(|w| w.completed).sum();
+    let response_us: u64 = workers.iter().map(|w| w.response_us).sum();
+    let rss: Vec<u64> = workers.iter().filter_map(|w| w.rss_bytes).collect();
+    let rss = if rss.is_empty() {
+        "-".to_owned()
+    } else {
+        format!("{:.0}", rss.iter().sum::<u64>() as f64 / (1024.0 * 1024.0))
+    };
+    format!(
+        "workers {} ({busy} busy)  in flight {inflight}  answered {answered}  avg {} ms  \
+         rss {rss} MiB",
+        workers.len(),
+        avg_ms(response_us.checked_div(answered)),
+    )
+}
+
+/// One group's table, titled `title` (the service's name and address, say), full width (the
+/// bars at [`BAR`] characters).
 pub fn render_group(title: &str, group: &GroupReport) -> String {
+    render_group_width(title, group, usize::MAX)
+}
+
+/// [`render_group`] at most `width` characters wide (the title and summary lines excepted).
+pub fn render_group_width(title: &str, group: &GroupReport, width: usize) -> String {
     let workers = &group.workers;
     let total: u64 = workers.iter().map(|w| w.selected).sum();
     let most = workers.iter().map(|w| w.selected).max().unwrap_or(0);
-    let inflight: u64 = workers.iter().map(|w| w.inflight).sum();
+    let bar_width = width.saturating_sub(COLUMNS + 2).min(BAR);
+    let bar_width = if bar_width < MIN_BAR { 0 } else { bar_width };
     let mut out = String::new();
+    let _ =
+        writeln!(out, "{title}  policy {}  program {}", group.policy.name(), group.program.name());
+    let _ = writeln!(out, "{}", summary(workers));
     let _ = writeln!(
         out,
-        "{title}  policy {}  program {}  workers {}  in flight {inflight}  selected {total}",
-        group.policy.name(),
-        group.program.name(),
-        workers.len()
-    );
-    let _ = writeln!(
-        out,
-        "{:>4} {:>8} {:>6} {:>9} {:>10} {:>10} {:>7}",
-        "slot", "pid", "weight", "in flight", "selected", "completed", "share"
+        "{:>4} {:>7} {:>3} {:<5} {:>5} {:>9} {:>9} {:>7} {:>6} {:>7} {:>6}",
+        "slot",
+        "pid",
+        "wt",
+        "state",
+        "inflt",
+        "selected",
+        "answered",
+        "avg ms",
+        "last",
+        "rss MiB",
+        "share"
     );
     for w in workers {
         let share = if total == 0 { 0.0 } else { w.selected as f64 / total as f64 };
         let bar_len = if most == 0 {
             0
         } else {
-            (w.selected as f64 / most as f64 * BAR as f64).round() as usize
+            (w.selected as f64 / most as f64 * bar_width as f64).round() as usize
         };
-        let bar = "#".repeat(bar_len);
-        let _ = writeln!(
-            out,
-            "{:>4} {:>8} {:>6} {:>9} {:>10} {:>10} {:>6.1}%  {bar}",
+        let line = format!(
+            "{:>4} {:>7} {:>3} {:<5} {:>5} {:>9} {:>9} {:>7} {:>6} {:>7} {:>5.1}%",
             w.slot,
             w.pid,
             w.weight,
+            if w.busy { "busy" } else { "idle" },
             w.inflight,
             w.selected,
             w.completed,
+            avg_ms(w.avg_response_us),
+            w.since_last_answer_ms.map_or_else(|| "-".to_owned(), age),
+            mib(w.rss_bytes),
             share * 100.0
         );
+        if bar_width == 0 {
+            let _ = writeln!(out, "{line}");
+        } else {
+            let _ = writeln!(out, "{line}  {}", "#".repeat(bar_len));
+        }
     }
     let fallbacks: Vec<String> = group
         .events
@@ -67,9 +146,14 @@ pub fn render_group(title: &str, group: &GroupReport) -> String {
 
 /// A service's tables, one per address, and its registrations.
 pub fn render_service(service: &ServiceReport) -> String {
+    render_service_width(service, usize::MAX)
+}
+
+/// [`render_service`] with tables at most `width` characters wide.
+pub fn render_service_width(service: &ServiceReport, width: usize) -> String {
     let mut out = String::new();
     for g in &service.groups {
-        out.push_str(&render_group(&format!("{} {}", service.name, g.addr), g));
+        out.push_str(&render_group_width(&format!("{} {}", service.name, g.addr), g, width));
     }
     let adopted = service.groups.iter().any(|g| g.adopted);
     let _ = writeln!(
@@ -82,8 +166,13 @@ pub fn render_service(service: &ServiceReport) -> String {
     out
 }
 
-/// The whole report: a header line, then every service.
+/// The whole report: a header line, then every service, full width.
 pub fn render(report: &Report) -> String {
+    render_width(report, usize::MAX)
+}
+
+/// [`render`] with tables at most `width` characters wide.
+pub fn render_width(report: &Report, width: usize) -> String {
     let addresses: usize = report.services.iter().map(|s| s.groups.len()).sum();
     let mut out = format!(
         "reuselb {} ({}), up {}, {} services, {addresses} balanced addresses\n\n",
@@ -93,7 +182,7 @@ pub fn render(report: &Report) -> String {
         report.services.len(),
     );
     for s in &report.services {
-        out.push_str(&render_service(s));
+        out.push_str(&render_service_width(s, width));
         out.push('\n');
     }
     out
@@ -119,24 +208,68 @@ mod tests {
     fn shares_bars_and_fallbacks() {
         let mut g = group("127.0.0.1:8000", &[(0, 100, 75), (1, 101, 25)]);
         g.workers[0].inflight = 3;
+        g.workers[0].busy = true;
+        g.workers[0].response_us = 74 * 12_500;
+        g.workers[0].avg_response_us = Some(12_500);
+        g.workers[0].since_last_answer_ms = Some(65_000);
+        g.workers[0].rss_bytes = Some(48 << 20);
         let text = render_group("web 127.0.0.1:8000", &g);
         let lines: Vec<&str> = text.lines().collect();
-        assert!(
-            lines[0].starts_with("web 127.0.0.1:8000  policy p2c  program select_or_migrate")
-                && lines[0].contains("workers 2")
-                && lines[0].contains("in flight 4")
-                && lines[0].contains("selected 100"),
+        assert_eq!(lines[0], "web 127.0.0.1:8000  policy p2c  program select_or_migrate", "{text}");
+        assert_eq!(
+            lines[1], "workers 2 (1 busy)  in flight 4  answered 98  avg 9.4 ms  rss 48 MiB",
             "{text}"
         );
-        assert!(
-            lines[2].contains("75.0%") && lines[2].ends_with(&format!(" {}", "#".repeat(30))),
+        assert!(lines[2].starts_with("slot     pid  wt state inflt  selected  answered"), "{text}");
+        assert_eq!(
+            lines[3],
+            format!(
+                "   0     100   1 busy      3        75        74    12.5  1m05s    48.0  75.0%  {}",
+                "#".repeat(30)
+            ),
             "{text}"
         );
-        assert!(
-            lines[3].contains("25.0%") && lines[3].ends_with(&format!(" {}", "#".repeat(10))),
+        assert_eq!(
+            lines[4],
+            format!(
+                "   1     101   1 idle      1        25        24       -      -       -  25.0%  {}",
+                "#".repeat(10)
+            ),
             "{text}"
         );
-        assert!(lines[4].contains("select_failed 2"), "{text}");
+        assert!(lines[5].contains("select_failed 2"), "{text}");
+    }
+
+    /// 64 workers at 80 columns: every line of the table fits (the bars go), and the summary
+    /// line counts them all.
+    #[test]
+    fn sixty_four_workers_fit_80_columns() {
+        let workers: Vec<(u32, u32, u64)> =
+            (0..64).map(|i| (i, 4_000_000 + i, 1_000_000 + u64::from(i))).collect();
+        let mut g = group("[2001:db8::1]:8000", &workers);
+        for w in &mut g.workers {
+            w.avg_response_us = Some(123_456_789);
+            w.since_last_answer_ms = Some(7_200_000);
+            w.rss_bytes = Some(2000 << 20);
+        }
+        let text = render_group_width("web [2001:db8::1]:8000", &g, 80);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3 + 64 + 1, "{text}");
+        for line in &lines {
+            assert!(line.chars().count() <= 80, "{} columns: {line}", line.chars().count());
+        }
+        assert!(lines[1].starts_with("workers 64 (0 busy)  in flight 64"), "{text}");
+        assert!(!text.contains('#'), "no room for bars at 80 columns: {text}");
+        // At 120 columns there is room for bars again.
+        assert!(render_group_width("web", &g, 120).contains("##########"));
+    }
+
+    #[test]
+    fn ages() {
+        assert_eq!(
+            [0, 999, 1000, 9_949, 10_000, 65_000, 7_380_000].map(age),
+            ["0ms", "999ms", "1.0s", "9.9s", "10s", "1m05s", "2h03m"]
+        );
     }
 
     #[test]

@@ -28,6 +28,7 @@ fn worker(slot: u32, pid: u32, inflight: u64, selected: u64, completed: u64) -> 
         accepted: completed + inflight,
         completed,
         selected,
+        ..Default::default()
     }
 }
 
@@ -322,4 +323,47 @@ async fn address_in_use_is_an_error() {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::AddrInUse);
+}
+
+/// The uwsgitop figures: the response-time sum beside the answer count, busy now, the last
+/// answer as Unix time, and resident memory; a worker with no answer yet has no timestamp and
+/// one whose memory is unknown has no memory series.
+#[test]
+fn response_time_busy_last_answer_and_memory() {
+    let mut r = report();
+    {
+        let w = &mut r.services[0].groups[0].workers[0];
+        w.response_us = 2_500_000;
+        w.busy = true;
+        w.since_last_answer_ms = Some(1500);
+        w.rss_bytes = Some(50 << 20);
+    }
+    let m = Metrics::new();
+    m.update(r);
+    let text = m.encode_text();
+    assert_lines(
+        &text,
+        &[
+            r#"reuselb_worker_response_seconds_total{pid="42",service="web",slot="3"} 2.5"#,
+            r#"reuselb_worker_response_seconds_total{pid="43",service="web",slot="10"} 0"#,
+            r#"reuselb_worker_busy{pid="42",service="web",slot="3"} 1"#,
+            r#"reuselb_worker_busy{pid="43",service="web",slot="10"} 0"#,
+            r#"reuselb_worker_resident_memory_bytes{pid="42",service="web",slot="3"} 52428800"#,
+            "# TYPE reuselb_worker_response_seconds_total counter",
+            "# TYPE reuselb_worker_last_answer_timestamp_seconds gauge",
+        ],
+    );
+    let now =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+    let at: Vec<f64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("reuselb_worker_last_answer_timestamp_seconds{"))
+        .map(|l| {
+            assert!(l.starts_with(r#"pid="42""#), "only worker 42 has answered: {l}");
+            l.rsplit_once(' ').unwrap().1.parse().unwrap()
+        })
+        .collect();
+    assert_eq!(at.len(), 1, "{text}");
+    assert!((now - 1.5 - at[0]).abs() < 2.0, "last answer at {} for now {now}", at[0]);
+    assert!(!text.contains(r#"reuselb_worker_resident_memory_bytes{pid="43""#), "{text}");
 }

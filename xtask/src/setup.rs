@@ -10,6 +10,7 @@ mod bpffs;
 mod cargo_fuzz;
 mod debian;
 mod pypi;
+mod pypy_plugin;
 mod toolchain;
 
 use std::fmt::Display;
@@ -23,6 +24,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
     toolchain(ws)?;
     debian::ensure(root)?;
     pypi::ensure()?;
+    pypy_plugin::ensure(root)?;
     bpffs::ensure(root)?;
     cargo_fuzz::ensure()?;
     if !root {

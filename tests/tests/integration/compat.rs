@@ -246,6 +246,56 @@ fn uwsgi_gevent_row() -> Row {
     Row::new(command, vec![svc], Some(8))
 }
 
+/// Where `cargo xtask setup` puts uWSGI's pypy plugin and its ported setup script.
+const PYPY_PLUGIN_DIR: &str = "/usr/local/lib/uwsgi";
+
+/// uWSGI on PyPy with the seed's 8 processes x 20 threads and lazy-apps, the app loaded with
+/// `pypy-home` and `pypy-wsgi` (Debian's libpypy3.9-c.so, `pypy-lib`). It runs in `dir`, where
+/// cffi leaves what the setup script compiles at start, and writes no bytecode next to the app.
+fn pypy_row(dir: &Path) -> Row {
+    let plugin = format!("{PYPY_PLUGIN_DIR}/pypy_plugin.so");
+    let setup = format!("{PYPY_PLUGIN_DIR}/pypy_setup_py3.py");
+    for file in [&plugin, &setup] {
+        assert!(
+            Path::new(file).is_file(),
+            "{file} is missing: `cargo xtask setup` builds uWSGI's pypy plugin (as root)"
+        );
+    }
+    let svc = Svc::loopback();
+    let apps = apps::apps_dir().display().to_string();
+    let command = strings(&[
+        "uwsgi",
+        "--plugin",
+        &plugin,
+        "--pypy-lib",
+        "/usr/lib/x86_64-linux-gnu/libpypy3.9-c.so",
+        "--pypy-home",
+        "/usr/lib/pypy3.9",
+        "--pypy-setup",
+        &setup,
+        "--master",
+        "--processes",
+        "8",
+        "--threads",
+        "20",
+        "--enable-threads",
+        "--lazy-apps",
+        "--die-on-term",
+        "--disable-logging",
+        "--chdir",
+        &dir.display().to_string(),
+        "--pypy-eval",
+        "import sys; sys.dont_write_bytecode = True",
+        "--pypy-pp",
+        &apps,
+        "--pypy-wsgi",
+        "gil_app",
+        "--http-socket",
+        &svc.bind.to_string(),
+    ]);
+    Row::new(command, vec![svc], Some(8))
+}
+
 /// The figures of one row, for the README's table.
 struct Figures {
     requests: u64,
@@ -600,6 +650,12 @@ rows! {
         };
     uwsgi_emperor: "uWSGI Emperor, two vassals (two apps, one controller)" => emperor_row;
     uwsgi_gevent: "uWSGI gevent loop engine (8 processes x 100 greenlets)" => |_| uwsgi_gevent_row();
+    // The seed's runtime: uWSGI on PyPy through uWSGI's pypy plugin, built by `cargo xtask
+    // setup` from Debian's uwsgi-src against Debian's pypy3 7.3.11 (Python 3.9), with the
+    // plugin's setup script ported to Python 3: Debian's is Python 2 code and stops uWSGI at
+    // start (xtask/src/setup/pypy_plugin.rs).
+    uwsgi_pypy: "uWSGI on PyPy 3.9: pypy plugin built from uwsgi-src (setup script ported to Python 3), `pypy-home` / `pypy-wsgi`, 8 x 20" =>
+        pypy_row;
     gunicorn_sync: "gunicorn sync workers" => |_| Row::gunicorn("sync", &[]);
     gunicorn_gthread: "gunicorn gthread workers (4 threads)" =>
         |_| Row::gunicorn("gthread", &["--threads", "4"]);

@@ -3,7 +3,10 @@
 //! compatibility matrix; proxies, load generators) and of the tools they use (bpftool, ip netns, nft to hold
 //! handshakes half-open in the migration tests, kubectl to render the Kubernetes manifests
 //! with its built-in kustomize; apt serves it on these machines; tmux, the terminal that the test
-//! of `reuselb top` drives), and podman with runc for the container image (`cargo xtask image`)
+//! of `reuselb top` drives; prometheus for promtool, which checks and unit-tests the alert rules of
+//! deploy/monitoring and checks the metrics; uwsgi-src, pypy3 and pypy3-dev with the headers
+//! uwsgi-src's plugin build includes, and patch, for uWSGI's pypy plugin (`pypy_plugin.rs`)),
+//! and podman with runc for the container image (`cargo xtask image`)
 //! and its test: `podman build` builds the image by itself (buildah's code is inside podman, which
 //! execs no `buildah`), and runc runs it where crun refuses hybrid cgroups.
 
@@ -30,6 +33,19 @@ const PACKAGES: &[&str] = &[
     "podman",
     "runc",
     "tmux",
+    "prometheus",
+    "uwsgi-src",
+    "pypy3",
+    "pypy3-dev",
+    "libcap-dev",
+    "libpcre3-dev",
+    "uuid-dev",
+    "libssl-dev",
+    "libxml2-dev",
+    "libyajl-dev",
+    "libyaml-dev",
+    "zlib1g-dev",
+    "patch",
 ];
 
 pub fn ensure(root: bool) -> Result<()> {
