@@ -16,56 +16,24 @@ pub const ENV_BROKEN: &str = "REUSELB_BROKEN";
 /// The value the eBPF object's `BROKEN` global holds in a build with the feature `broken`.
 pub const GLOBAL_BROKEN: &str = "BROKEN";
 
-/// What a broken build breaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u32)]
-pub enum Broken {
-    /// Both programs return SK_PASS at once: the kernel's hash decides, nothing is counted.
-    SkPass = 1,
-    /// The programs ignore the load table: every connection goes to the next active slot in
-    /// turn, whatever the policy (still counted, so the accounting looks right).
-    IgnoreLoad = 2,
-    /// The shim counts nothing (no accepted, no completed).
-    NoCount = 3,
-    /// The shim counts requests but never their answers (a connection is done only when it
-    /// closes).
-    NoAnswers = 4,
-    /// The controller never corrects a slot's in-flight count (reconciliation off).
-    NoReconcile = 5,
-    /// The controller never recomputes the fast path's idle bytes.
-    NoIdleRefresh = 6,
-}
-
-impl Broken {
-    /// Every kind, in the order `cargo xtask prove` runs them.
-    pub const ALL: [Broken; 6] = [
-        Broken::SkPass,
-        Broken::IgnoreLoad,
-        Broken::NoCount,
-        Broken::NoAnswers,
-        Broken::NoReconcile,
-        Broken::NoIdleRefresh,
-    ];
-
-    pub const fn name(self) -> &'static str {
-        match self {
-            Broken::SkPass => "sk-pass",
-            Broken::IgnoreLoad => "ignore-load",
-            Broken::NoCount => "no-count",
-            Broken::NoAnswers => "no-answers",
-            Broken::NoReconcile => "no-reconcile",
-            Broken::NoIdleRefresh => "no-idle-refresh",
-        }
-    }
-
-    /// The kind called `name`, if any.
-    pub fn from_name(name: &str) -> Option<Broken> {
-        Broken::ALL.into_iter().find(|b| b.name() == name)
-    }
-
-    /// The kind with id `id` (the eBPF global's value), if any.
-    pub fn from_id(id: u32) -> Option<Broken> {
-        Broken::ALL.into_iter().find(|b| *b as u32 == id)
+named_enum! {
+    /// What a broken build breaks; the name is the one of `REUSELB_BROKEN`.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Broken: u32 {
+        /// Both programs return SK_PASS at once: the kernel's hash decides, nothing is counted.
+        SkPass = 1 => "sk-pass",
+        /// The programs ignore the load table: every connection goes to the next active slot in
+        /// turn, whatever the policy (still counted, so the accounting looks right).
+        IgnoreLoad = 2 => "ignore-load",
+        /// The shim counts nothing (no accepted, no completed).
+        NoCount = 3 => "no-count",
+        /// The shim counts requests but never their answers (a connection is done only when it
+        /// closes).
+        NoAnswers = 4 => "no-answers",
+        /// The controller never corrects a slot's in-flight count (reconciliation off).
+        NoReconcile = 5 => "no-reconcile",
+        /// The controller never recomputes the fast path's idle bytes.
+        NoIdleRefresh = 6 => "no-idle-refresh",
     }
 }
 

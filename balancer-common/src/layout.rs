@@ -319,58 +319,37 @@ impl Config {
     }
 }
 
-/// Counted events, one per-CPU counter each in the `EVENTS` map.
-///
-/// Every fallback has its own reason, so an operator can tell why the kernel's hash was used.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Event {
-    /// The config record or the load table could not be read.
-    FallbackNoConfig = 0,
-    /// No active slot.
-    FallbackNoActive = 1,
-    /// The config record is out of range (unknown policy, too many slots).
-    FallbackBadConfig = 2,
-    /// The chosen slots had no socket (worker gone, slot emptied).
-    FallbackSelectFailed = 3,
-    /// A connection of a closing listener was moved to another worker.
-    MigrateSelected = 4,
-    /// A connection of a closing listener was left to the kernel's hash.
-    MigrateFallback = 5,
-    /// A connection went to a worker that is not blocked while another candidate was blocked
-    /// (see [`Config::blocked_after_ms`]).
-    BlockedPassedOver = 6,
-    /// Least-loaded or work-left took an idle slot from the fast path, with no scan
-    /// ([`crate::policy::find_idle`]).
-    FastPath = 7,
+named_enum! {
+    /// Counted events, one per-CPU counter each in the `EVENTS` map; the name is the metrics label
+    /// and the log's word.
+    ///
+    /// Every fallback has its own reason, so an operator can tell why the kernel's hash was used.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Event: u32 {
+        /// The config record or the load table could not be read.
+        FallbackNoConfig = 0 => "no_config",
+        /// No active slot.
+        FallbackNoActive = 1 => "no_active_slot",
+        /// The config record is out of range (unknown policy, too many slots).
+        FallbackBadConfig = 2 => "bad_config",
+        /// The chosen slots had no socket (worker gone, slot emptied).
+        FallbackSelectFailed = 3 => "select_failed",
+        /// A connection of a closing listener was moved to another worker.
+        MigrateSelected = 4 => "migrated",
+        /// A connection of a closing listener was left to the kernel's hash.
+        MigrateFallback = 5 => "migrate_fallback",
+        /// A connection went to a worker that is not blocked while another candidate was blocked
+        /// (see [`Config::blocked_after_ms`]).
+        BlockedPassedOver = 6 => "blocked_passed_over",
+        /// Least-loaded or work-left took an idle slot from the fast path, with no scan
+        /// ([`crate::policy::find_idle`]).
+        FastPath = 7 => "fast_path",
+    }
 }
 
 impl Event {
-    pub const COUNT: u32 = 8;
-    pub const ALL: [Event; Self::COUNT as usize] = [
-        Event::FallbackNoConfig,
-        Event::FallbackNoActive,
-        Event::FallbackBadConfig,
-        Event::FallbackSelectFailed,
-        Event::MigrateSelected,
-        Event::MigrateFallback,
-        Event::BlockedPassedOver,
-        Event::FastPath,
-    ];
-
-    /// Short name for metrics labels and logs.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Event::FallbackNoConfig => "no_config",
-            Event::FallbackNoActive => "no_active_slot",
-            Event::FallbackBadConfig => "bad_config",
-            Event::FallbackSelectFailed => "select_failed",
-            Event::MigrateSelected => "migrated",
-            Event::MigrateFallback => "migrate_fallback",
-            Event::BlockedPassedOver => "blocked_passed_over",
-            Event::FastPath => "fast_path",
-        }
-    }
+    /// How many events there are (the `EVENTS` map's entries).
+    pub const COUNT: u32 = Event::ALL.len() as u32;
 
     pub const fn is_fallback(self) -> bool {
         (self as u32) <= Event::FallbackSelectFailed as u32

@@ -6,6 +6,9 @@
 //! that the host unit tests exercise.
 #![no_std]
 
+#[macro_use]
+mod named;
+
 pub mod broken;
 pub mod layout;
 pub mod policy;

@@ -10,69 +10,32 @@
 
 use crate::layout::{Config, Event, MAX_SLOTS, NO_SLOT};
 
-/// How the program picks a slot. The id is what the `CONFIG` map stores.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum Policy {
-    /// Exact scan of the active slots for the fewest connections in flight (per weight).
-    #[default]
-    LeastLoaded = 0,
-    /// Power of two choices: the lighter of two random active slots. O(1) for many workers.
-    PowerOfTwo = 1,
-    /// Each CPU walks the active slots in turn.
-    RoundRobin = 2,
-    /// The connection's 4-tuple hash picks the slot, as the kernel itself would.
-    Hash = 3,
-    /// Exact scan for the least work left: each request in flight counts the slot's mean
-    /// service time, and each request being worked on also its age so far (with heavy-tailed
-    /// requests, one that has run long has long to go). See [`work_left`].
-    WorkLeft = 4,
-    /// Fills the active slots in dense (slot) order: the first whose connections in flight per
-    /// weight are below [`Config::pack_depth`] wins, so that few workers stay warm; when every
-    /// slot is full, least-loaded decides. See [`PackScan`].
-    Pack = 5,
-    /// Exact scan for the least peak-EWMA cost: the slot's service time estimate times its
-    /// requests in flight plus one, in the spirit of Finagle's and Linkerd's peak-EWMA. See
-    /// [`peak_ewma`].
-    PeakEwma = 6,
-}
-
-impl Policy {
-    /// Every policy, in the order messages list them.
-    pub const ALL: [Policy; 7] = [
-        Policy::LeastLoaded,
-        Policy::WorkLeft,
-        Policy::PeakEwma,
-        Policy::PowerOfTwo,
-        Policy::RoundRobin,
-        Policy::Hash,
-        Policy::Pack,
-    ];
-
-    pub const fn from_id(id: u32) -> Option<Policy> {
-        match id {
-            0 => Some(Policy::LeastLoaded),
-            1 => Some(Policy::PowerOfTwo),
-            2 => Some(Policy::RoundRobin),
-            3 => Some(Policy::Hash),
-            4 => Some(Policy::WorkLeft),
-            6 => Some(Policy::PeakEwma),
-            5 => Some(Policy::Pack),
-            _ => None,
-        }
-    }
-
-    /// The name used on the command line, in config files and in metrics.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Policy::LeastLoaded => "least-loaded",
-            Policy::PowerOfTwo => "p2c",
-            Policy::RoundRobin => "round-robin",
-            Policy::Hash => "hash",
-            Policy::WorkLeft => "work-left",
-            Policy::PeakEwma => "peak-ewma",
-            Policy::Pack => "pack",
-        }
+named_enum! {
+    /// How the program picks a slot. The id is what the `CONFIG` map stores; the name is the one
+    /// of the command line, config files and metrics. `ALL` is in the order messages list them.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+    pub enum Policy: u32 {
+        /// Exact scan of the active slots for the fewest connections in flight (per weight).
+        #[default]
+        LeastLoaded = 0 => "least-loaded",
+        /// Exact scan for the least work left: each request in flight counts the slot's mean
+        /// service time, and each request being worked on also its age so far (with heavy-tailed
+        /// requests, one that has run long has long to go). See [`work_left`].
+        WorkLeft = 4 => "work-left",
+        /// Exact scan for the least peak-EWMA cost: the slot's service time estimate times its
+        /// requests in flight plus one, in the spirit of Finagle's and Linkerd's peak-EWMA. See
+        /// [`peak_ewma`].
+        PeakEwma = 6 => "peak-ewma",
+        /// Power of two choices: the lighter of two random active slots. O(1) for many workers.
+        PowerOfTwo = 1 => "p2c",
+        /// Each CPU walks the active slots in turn.
+        RoundRobin = 2 => "round-robin",
+        /// The connection's 4-tuple hash picks the slot, as the kernel itself would.
+        Hash = 3 => "hash",
+        /// Fills the active slots in dense (slot) order: the first whose connections in flight per
+        /// weight are below [`Config::pack_depth`] wins, so that few workers stay warm; when every
+        /// slot is full, least-loaded decides. See [`PackScan`].
+        Pack = 5 => "pack",
     }
 }
 
@@ -106,16 +69,17 @@ impl core::str::FromStr for Policy {
     type Err = UnknownPolicy;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "least-loaded" | "least_loaded" | "ll" => Ok(Policy::LeastLoaded),
-            "p2c" | "power-of-two" | "power-of-two-choices" => Ok(Policy::PowerOfTwo),
-            "round-robin" | "round_robin" | "rr" => Ok(Policy::RoundRobin),
-            "hash" => Ok(Policy::Hash),
-            "work-left" | "work_left" => Ok(Policy::WorkLeft),
-            "peak-ewma" | "peak_ewma" => Ok(Policy::PeakEwma),
-            "pack" => Ok(Policy::Pack),
-            _ => Err(UnknownPolicy),
-        }
+        // The names, and the aliases people type.
+        Policy::from_name(s)
+            .or(match s {
+                "least_loaded" | "ll" => Some(Policy::LeastLoaded),
+                "power-of-two" | "power-of-two-choices" => Some(Policy::PowerOfTwo),
+                "round_robin" | "rr" => Some(Policy::RoundRobin),
+                "work_left" => Some(Policy::WorkLeft),
+                "peak_ewma" => Some(Policy::PeakEwma),
+                _ => None,
+            })
+            .ok_or(UnknownPolicy)
     }
 }
 

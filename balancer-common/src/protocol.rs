@@ -138,63 +138,29 @@ pub struct Reply {
     pub reason: [u8; REASON_LEN],
 }
 
-/// Outcome of a registration.
-#[repr(u16)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    Ok = 0,
-    /// The message was not a valid [`Register`].
-    BadMessage = 1,
-    /// No descriptor attached, or more than one.
-    NoDescriptor = 2,
-    /// The peer's uid is not allowed.
-    UidNotAllowed = 3,
-    /// The descriptor is not a TCP listener with SO_REUSEPORT on the service's address.
-    NotAListener = 4,
-    /// The socket is in another network namespace than the service's.
-    WrongNamespace = 5,
-    /// Every slot is taken.
-    NoFreeSlot = 6,
-    /// The controller failed (a map update, say).
-    Internal = 7,
-    /// The shim was built for another load-table layout ([`Register::layout`]).
-    LayoutMismatch = 8,
-    /// No service template has the name in [`Register::template`].
-    UnknownTemplate = 9,
-}
-
-impl Status {
-    pub const ALL: [Status; 10] = [
-        Status::Ok,
-        Status::BadMessage,
-        Status::NoDescriptor,
-        Status::UidNotAllowed,
-        Status::NotAListener,
-        Status::WrongNamespace,
-        Status::NoFreeSlot,
-        Status::Internal,
-        Status::LayoutMismatch,
-        Status::UnknownTemplate,
-    ];
-
-    pub fn from_id(id: u16) -> Option<Status> {
-        Self::ALL.iter().copied().find(|s| *s as u16 == id)
-    }
-
-    /// Short name for metrics labels.
-    pub const fn name(self) -> &'static str {
-        match self {
-            Status::Ok => "ok",
-            Status::BadMessage => "bad_message",
-            Status::NoDescriptor => "no_descriptor",
-            Status::UidNotAllowed => "uid_not_allowed",
-            Status::NotAListener => "not_a_listener",
-            Status::WrongNamespace => "wrong_namespace",
-            Status::NoFreeSlot => "no_free_slot",
-            Status::Internal => "internal",
-            Status::LayoutMismatch => "layout_mismatch",
-            Status::UnknownTemplate => "unknown_template",
-        }
+named_enum! {
+    /// Outcome of a registration; the name is the metrics label.
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub enum Status: u16 {
+        Ok = 0 => "ok",
+        /// The message was not a valid [`Register`].
+        BadMessage = 1 => "bad_message",
+        /// No descriptor attached, or more than one.
+        NoDescriptor = 2 => "no_descriptor",
+        /// The peer's uid is not allowed.
+        UidNotAllowed = 3 => "uid_not_allowed",
+        /// The descriptor is not a TCP listener with SO_REUSEPORT on the service's address.
+        NotAListener = 4 => "not_a_listener",
+        /// The socket is in another network namespace than the service's.
+        WrongNamespace = 5 => "wrong_namespace",
+        /// Every slot is taken.
+        NoFreeSlot = 6 => "no_free_slot",
+        /// The controller failed (a map update, say).
+        Internal = 7 => "internal",
+        /// The shim was built for another load-table layout ([`Register::layout`]).
+        LayoutMismatch = 8 => "layout_mismatch",
+        /// No service template has the name in [`Register::template`].
+        UnknownTemplate = 9 => "unknown_template",
     }
 }
 
