@@ -120,14 +120,21 @@ fn assert_restored(t: &Tmux, pane: &str) {
     assert!(pane.contains("icanon echo"), "terminal not back in canonical mode with echo:\n{pane}");
 }
 
-#[test]
-fn top_draws_quits_and_restores_the_terminal() {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
+/// The library's HTTP server on an ephemeral loopback port, serving `report`; and the metrics it
+/// serves from, for a test that changes the report.
+fn serve(runtime: &tokio::runtime::Runtime, report: Report) -> (Arc<Metrics>, http::Server) {
     let metrics = Arc::new(Metrics::new());
-    metrics.update(report());
+    metrics.update(report);
     let server = runtime
         .block_on(http::serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), || Ok(())))
         .unwrap();
+    (metrics, server)
+}
+
+#[test]
+fn top_draws_quits_and_restores_the_terminal() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let (metrics, server) = serve(&runtime, report());
     let addr = server.local_addr();
 
     // q quits with 0.
@@ -246,11 +253,7 @@ fn cpu_time(pid: u32) -> Duration {
 fn top_exits_when_its_pty_closes(controlling: bool) {
     use std::os::unix::process::CommandExt;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let metrics = Arc::new(Metrics::new());
-    metrics.update(report());
-    let server = runtime
-        .block_on(http::serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), || Ok(())))
-        .unwrap();
+    let (_metrics, server) = serve(&runtime, report());
     let pty = open_pty(80, 24);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_reuselb"));
     cmd.args(["top", "--addr", &server.local_addr().to_string(), "--interval", "0.2"])
@@ -329,7 +332,6 @@ fn top_exits_when_its_terminal_hangs_up_without_a_signal() {
 fn top_scrolls_64_workers_on_80_columns() {
     use std::os::unix::process::CommandExt;
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let metrics = Arc::new(Metrics::new());
     let mut big = report();
     big.services[0].groups[0].workers = (0..64)
         .map(|slot| WorkerReport {
@@ -342,10 +344,7 @@ fn top_scrolls_64_workers_on_80_columns() {
             ..Default::default()
         })
         .collect();
-    metrics.update(big);
-    let server = runtime
-        .block_on(http::serve("127.0.0.1:0".parse().unwrap(), metrics.clone(), || Ok(())))
-        .unwrap();
+    let (_metrics, server) = serve(&runtime, big);
     let pty = open_pty(80, 24);
     let mut child = Command::new(env!("CARGO_BIN_EXE_reuselb"))
         .args(["top", "--addr", &server.local_addr().to_string(), "--interval", "5"])
