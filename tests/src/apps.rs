@@ -295,6 +295,9 @@ pub struct UwsgiConfig {
     pub max_requests: Option<u32>,
     pub app: PathBuf,
     /// More uWSGI options.
+    /// Each worker loads the app itself (`--lazy-apps`, the default here), or the master loads
+    /// it and the workers fork from it.
+    pub lazy_apps: bool,
     pub extra: Vec<String>,
 }
 
@@ -308,6 +311,7 @@ impl UwsgiConfig {
             threads: 20,
             max_requests: None,
             app: apps_dir().join("gil_app.py"),
+            lazy_apps: true,
             extra: Vec::new(),
         }
     }
@@ -338,6 +342,10 @@ impl UwsgiConfig {
             },
             self.addr.to_string(),
         ];
+        if !self.lazy_apps {
+            // A flag without a value: the master loads the app, and the workers fork from it.
+            v.retain(|a| a != "--lazy-apps");
+        }
         if let Some(n) = self.max_requests {
             v.push("--max-requests".into());
             v.push(n.to_string());

@@ -1,6 +1,7 @@
 //! Benchmarks of reuselb, run by `cargo xtask bench <name>` (see `src/bin/bench.rs`).
 pub mod chart;
 pub mod compare;
+pub mod footprint;
 pub mod loadgen;
 pub mod rig;
 pub mod selector;
@@ -27,6 +28,12 @@ pub const BENCHES: &[(&str, &str)] = &[
          intervals, balance, wake-ups, CPU; raw samples in target/bench/compare-raw.json.gz \
          (--full: balanced rounds, >= 5,000 requests per point; --plan: the expected duration)",
     ),
+    (
+        "footprint",
+        "memory (RSS and PSS, app and balancer processes) and start-up time of reuselb's layout (one \
+         uWSGI instance of N processes) against nginx least_conn's (N single-process instances), \
+         with a Django app, lazy-apps true and false",
+    ),
 ];
 
 /// Runs the bench `name` with its arguments; returns its markdown report.
@@ -34,6 +41,7 @@ pub fn run(name: &str, args: &[String]) -> Result<String> {
     match name {
         "selector" => selector::run(&selector::Options::parse(args)?),
         "compare" => compare::run(&compare::Options::parse(args)?),
+        "footprint" => footprint::run(&footprint::Options::parse(args)?),
         _ => bail!("unknown bench `{name}`; valid: {}, all", names().join(", ")),
     }
 }

@@ -69,11 +69,27 @@ fn loopback(port: u16) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], port))
 }
 
-fn uwsgi_config(addr: SocketAddr, processes: u32, threads: u32, extra: &[&str]) -> UwsgiConfig {
+/// The app the uWSGI instances run, and whether each worker loads it itself (`lazy-apps`) or
+/// forks from a master that loaded it.
+#[derive(Clone, Debug)]
+pub struct App {
+    pub file: PathBuf,
+    pub lazy: bool,
+}
+
+impl App {
+    /// `bench compare`'s app (tests/apps/bench_app.py), lazy-apps.
+    pub fn bench() -> Self {
+        App { file: apps::apps_dir().join("bench_app.py"), lazy: true }
+    }
+}
+
+fn uwsgi_config(addr: SocketAddr, v: Variant, app: &App, extra: &[&str]) -> UwsgiConfig {
     let mut c = UwsgiConfig::new(addr, UwsgiProto::Uwsgi);
-    c.processes = processes;
-    c.threads = threads;
-    c.app = apps::apps_dir().join("bench_app.py");
+    c.processes = v.processes;
+    c.threads = v.threads;
+    c.app = app.file.clone();
+    c.lazy_apps = app.lazy;
     c.extra = ["--listen", "1024"].iter().chain(extra).map(|s| s.to_string()).collect();
     c
 }
@@ -85,8 +101,14 @@ fn wait_ready(cfg: &UwsgiConfig, p: &Proc) -> Result<()> {
     Ok(())
 }
 
-/// Starts configuration `cfg` of `variant`; returns when every worker answers through nginx.
+/// Starts configuration `cfg` of `variant` with `bench compare`'s app; returns when every worker
+/// answers through nginx.
 pub fn deploy(cfg: CfgRef, v: Variant, bins: &Binaries) -> Result<Deployment> {
+    deploy_app(cfg, v, bins, &App::bench())
+}
+
+/// [`deploy`] with `app`.
+pub fn deploy_app(cfg: CfgRef, v: Variant, bins: &Binaries, app: &App) -> Result<Deployment> {
     let dir = TempDir::new(&format!("compare-{}", cfg.letter));
     let front_port = free_port();
     let mut dep = Deployment {
@@ -108,7 +130,7 @@ pub fn deploy(cfg: CfgRef, v: Variant, bins: &Binaries) -> Result<Deployment> {
         How::Shared { thunder_lock } => {
             let addr = loopback(free_port());
             let extra: &[&str] = if thunder_lock { &["--thunder-lock"] } else { &[] };
-            let u = uwsgi_config(addr, v.processes, v.threads, extra);
+            let u = uwsgi_config(addr, v, app, extra);
             let p = apps::spawn_plain(&u.command_line(), &d.join("uwsgi.log"));
             dep.roots.push(p.pid());
             dep.procs.push(p);
@@ -118,7 +140,7 @@ pub fn deploy(cfg: CfgRef, v: Variant, bins: &Binaries) -> Result<Deployment> {
         }
         How::Reuselb { policy, extra } => {
             let addr = loopback(free_port());
-            let u = uwsgi_config(addr, v.processes, v.threads, &[]);
+            let u = uwsgi_config(addr, v, app, &[]);
             let socket = d.join("shim.sock");
             let mut cmd = Command::new(&bins.reuselb);
             cmd.arg("run").arg("--listen").arg(addr.to_string()).arg("--socket").arg(&socket);
@@ -177,7 +199,8 @@ pub fn deploy(cfg: CfgRef, v: Variant, bins: &Binaries) -> Result<Deployment> {
             for (i, n) in halves.into_iter().enumerate().filter(|(_, n)| *n > 0) {
                 let addr = loopback(free_port());
                 let subscribe = format!("{sub}:app");
-                let u = uwsgi_config(addr, n, v.threads, &["--subscribe-to", &subscribe]);
+                let half = Variant { processes: n, ..v };
+                let u = uwsgi_config(addr, half, app, &["--subscribe-to", &subscribe]);
                 let p = apps::spawn_plain(&u.command_line(), &d.join(format!("uwsgi{i}.log")));
                 dep.roots.push(p.pid());
                 dep.procs.push(p);
@@ -190,7 +213,7 @@ pub fn deploy(cfg: CfgRef, v: Variant, bins: &Binaries) -> Result<Deployment> {
         How::NginxLeastConn => {
             for i in 0..v.processes {
                 let addr = loopback(free_port());
-                let u = uwsgi_config(addr, 1, v.threads, &[]);
+                let u = uwsgi_config(addr, Variant { processes: 1, ..v }, app, &[]);
                 let p = apps::spawn_plain(&u.command_line(), &d.join(format!("uwsgi{i}.log")));
                 dep.roots.push(p.pid());
                 dep.procs.push(p);
