@@ -34,6 +34,9 @@ named_enum! {
         NoReconcile = 5 => "no-reconcile",
         /// The controller never recomputes the fast path's idle bytes.
         NoIdleRefresh = 6 => "no-idle-refresh",
+        /// The select-or-migrate program refuses every migration (SK_DROP): the queue of a
+        /// closing listener is reset, as with the select-only program.
+        NoMigrate = 7 => "no-migrate",
     }
 }
 

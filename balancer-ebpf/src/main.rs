@@ -20,9 +20,10 @@
 //!
 //! Deliberately broken builds (`cargo xtask prove`, see `balancer_common::broken`), never made by
 //! `cargo xtask build`: with the cargo feature `broken`, the loader sets the global [`BROKEN`] and
-//! the programs either return SK_PASS at once, selecting nothing (`sk-pass`), or give every
-//! connection to the next active slot in turn, ignoring the load table (`ignore-load`), so that
-//! the tests can show they notice a balancer that does nothing or decides blindly.
+//! the programs either return SK_PASS at once, selecting nothing (`sk-pass`), give every
+//! connection to the next active slot in turn, ignoring the load table (`ignore-load`), or refuse
+//! every migration (`no-migrate`), so that the tests can show they notice a balancer that does
+//! nothing, decides blindly or drops a closing worker's queue.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -35,7 +36,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::sk_action::SK_PASS,
+    bindings::sk_action::{SK_DROP, SK_PASS},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_loop},
     macros::{map, sk_reuseport},
     maps::{Array, PerCpuArray, ReusePortSockArray},
@@ -104,6 +105,9 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
     let broken = broken();
     if broken == Some(Broken::SkPass) {
         return SK_PASS;
+    }
+    if broken == Some(Broken::NoMigrate) && may_migrate && ctx.migrating_sk().is_some() {
+        return SK_DROP;
     }
     // Whether this is a migration is read where it is used, after the scan: a value the
     // verifier knows before the scan would have it walk the scan once for each.

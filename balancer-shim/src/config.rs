@@ -97,7 +97,12 @@ pub(crate) unsafe fn load() {
     if cfg!(feature = "broken") {
         if let Some(name) = env_str(broken::ENV_BROKEN) {
             cfg.broken = Broken::from_name(name);
-            shim_log!("deliberately broken build: {name} ({})", broken::ENV_BROKEN);
+            match cfg.broken {
+                Some(_) => shim_log!("deliberately broken build: {name} ({})", broken::ENV_BROKEN),
+                None => {
+                    shim_log!("{}={name}: no such broken build: nothing broken", broken::ENV_BROKEN)
+                }
+            }
         }
     }
 }
