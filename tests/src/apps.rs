@@ -294,10 +294,10 @@ pub struct UwsgiConfig {
     pub threads: u32,
     pub max_requests: Option<u32>,
     pub app: PathBuf,
-    /// More uWSGI options.
     /// Each worker loads the app itself (`--lazy-apps`, the default here), or the master loads
     /// it and the workers fork from it.
     pub lazy_apps: bool,
+    /// More uWSGI options.
     pub extra: Vec<String>,
 }
 

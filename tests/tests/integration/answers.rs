@@ -124,7 +124,7 @@ fn a_worker_is_free_once_it_answered_before_it_closes() {
     );
     assert!(still_open, "the worker closed at once: the test shows nothing");
     assert_eq!((a1 - a0, c1 - c0), (1, 1), "the answer was not counted as the request's end");
-    assert_eq!(f1, 0, "the worker still counts as busy after it answered");
+    assert_eq!(f1, 0, "in flight is not 0 after the answer: the worker does not count as free");
     // The close comes later and counts nothing more.
     s.set_nonblocking(false).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();

@@ -163,7 +163,7 @@ fn work_left_avoids_blocked_workers_and_the_hash_policy_does_not() {
 /// Counting (README: the shim counts each connection's accept and close, the program its
 /// selection): with reconciliation off, the shim's accepted and completed counters grow by exactly
 /// the requests served, and every slot's in-flight count is back to exactly 0 when idle. Catches
-/// `broken-no-count` (nothing accepted or completed) and `broken-sk-pass` (the program adds
+/// `no-count` (nothing accepted or completed) and `sk-pass` (the program adds
 /// nothing, so the shim's closes drive in-flight below 0).
 #[test]
 fn shim_counters_equal_requests_served_with_reconciliation_off() {
@@ -291,7 +291,7 @@ fn pool_counts(pool: &Pool) -> Result<(u64, i64)> {
 /// Stray ACKs (no connection behind them: the listener answers RST) reach the program like SYNs
 /// do, but must not be counted; bare SYNs must, one each. The SYNs are the control: they show the
 /// raw packets reach the program. Fails with the program before issue 11.6 (every lookup counted)
-/// and with `broken-sk-pass` (nothing counted).
+/// and with `sk-pass` (nothing counted).
 #[test]
 fn stray_acks_are_not_counted_and_bare_syns_are() {
     let _machine = integration_tests::apps::shared();

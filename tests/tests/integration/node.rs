@@ -373,8 +373,9 @@ fn pods_nobody_listed_are_each_balanced_in_a_group_of_their_own() {
     }
     for (i, pod) in pods.iter().enumerate() {
         let (ll, _, ll_total) = least_loaded[i];
-        let (h, _, _) = hash[i];
+        let (h, _, h_total) = hash[i];
         assert_eq!(ll_total, SHORT_REQUESTS as u64, "{}: short requests sent", pod.label);
+        assert_eq!(h_total, SHORT_REQUESTS as u64, "{}: short requests sent (hash)", pod.label);
         assert!(
             ll <= MAX_SHARE_LEAST_LOADED,
             "{}: least-loaded sent {:.1}% to the blocked processes (hash {:.1}%)",
