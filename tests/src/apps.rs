@@ -599,6 +599,25 @@ pub struct LoadReport {
 }
 
 impl LoadReport {
+    /// Counts one request's outcome: the worker's pid that answered, or the error (failed at
+    /// `at`, relative to the start); keeps at most `max_errors` messages.
+    fn count(&mut self, outcome: Result<u32, String>, at: Duration, max_errors: usize) {
+        match outcome {
+            Ok(pid) => {
+                self.ok += 1;
+                *self.by_pid.entry(pid).or_default() += 1;
+            }
+            Err(e) => {
+                self.failed += 1;
+                self.empty_answers += u64::from(e == EMPTY_ANSWER);
+                self.failure_times.push(at);
+                if self.errors.len() < max_errors {
+                    self.errors.push(e);
+                }
+            }
+        }
+    }
+
     /// busiest / ideal over the given per-worker counts.
     pub fn imbalance(counts: &[u64]) -> f64 {
         let total: u64 = counts.iter().sum();
@@ -637,21 +656,14 @@ impl Load {
                     let mut local = LoadReport::default();
                     let client = Blocking::new().expect("a runtime for the load's HTTP client");
                     while !stop.load(Ordering::Relaxed) && started.elapsed() < max {
-                        match crate::http::worker_pid(&client, addr, &path) {
-                            Ok(pid) => {
-                                local.ok += 1;
-                                served.fetch_add(1, Ordering::Relaxed);
-                                *local.by_pid.entry(pid).or_default() += 1;
-                            }
-                            Err(e) => {
-                                local.failed += 1;
-                                local.empty_answers += u64::from(e == EMPTY_ANSWER);
-                                local.failure_times.push(started.elapsed());
-                                if local.errors.len() < 5 {
-                                    local.errors.push(e);
-                                }
-                                std::thread::sleep(Duration::from_millis(10));
-                            }
+                        let outcome = crate::http::worker_pid(&client, addr, &path);
+                        let failed = outcome.is_err();
+                        if !failed {
+                            served.fetch_add(1, Ordering::Relaxed);
+                        }
+                        local.count(outcome, started.elapsed(), 5);
+                        if failed {
+                            std::thread::sleep(Duration::from_millis(10));
                         }
                     }
                     let mut r = report.lock().unwrap();
@@ -707,20 +719,8 @@ impl Load {
             .collect();
         let mut r = LoadReport::default();
         for t in threads {
-            match t.join().expect("a paced request's thread") {
-                (Ok(pid), _) => {
-                    r.ok += 1;
-                    *r.by_pid.entry(pid).or_default() += 1;
-                }
-                (Err(e), at) => {
-                    r.failed += 1;
-                    r.empty_answers += u64::from(e == EMPTY_ANSWER);
-                    r.failure_times.push(at);
-                    if r.errors.len() < 10 {
-                        r.errors.push(e);
-                    }
-                }
-            }
+            let (outcome, at) = t.join().expect("a paced request's thread");
+            r.count(outcome, at, 10);
         }
         r.elapsed = started.elapsed();
         r
