@@ -10,13 +10,9 @@
 //! template among them, a socket path of its own (no service has it).
 use std::path::{Path, PathBuf};
 
-use balancer_common::{Policy, MAX_SLOTS};
 use serde::Deserialize;
 
-use super::{
-    de_max_workers, de_mode, de_name, de_opt_abs_path, de_opt_uids, de_pack_depth, de_policy,
-    de_weight, default_max_workers, default_weight, Mode, RangedV, Seg, MAX_PACK_DEPTH, MAX_WEIGHT,
-};
+use crate::{de::RangedV, locate::Seg, settings::with_group_settings};
 
 /// Default of `pods.max_groups`.
 pub const DEFAULT_MAX_GROUPS: u32 = 64;
@@ -35,7 +31,7 @@ pub const DEFAULT_TEMPLATE: &str = "default";
 pub struct Pods {
     /// The registration socket of every pod; `None` in the file means
     /// `<shim_socket_dir>/pods.sock` ([`crate::Config::parse`] fills it in).
-    #[serde(default, deserialize_with = "de_opt_abs_path")]
+    #[serde(default, deserialize_with = "crate::de::de_opt_abs_path")]
     pub shim_socket: Option<PathBuf>,
     /// Most groups at once (1..=[`MAX_GROUPS`]); a worker that would make one more is refused
     /// (`no_free_slot`) and serves on the kernel's hash.
@@ -46,36 +42,22 @@ pub struct Pods {
     #[serde(default = "default_removal_grace", deserialize_with = "de_removal_grace")]
     pub removal_grace_ms: u32,
     /// The template of a worker that names none.
-    #[serde(default = "default_template", deserialize_with = "de_name")]
+    #[serde(default = "default_template", deserialize_with = "crate::de::de_name")]
     pub default_template: String,
     /// At least one.
     pub templates: Vec<Template>,
 }
 
-/// Settings of the groups of the pods that name it.
-#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Template {
-    /// `[a-z0-9_-]{1,32}`, unique among the templates.
-    #[serde(deserialize_with = "de_name")]
-    pub name: String,
-    #[serde(default, deserialize_with = "de_policy")]
-    pub policy: Policy,
-    #[serde(default, deserialize_with = "de_mode")]
-    pub mode: Mode,
-    /// Weight of a worker that asks for none (1..=[`MAX_WEIGHT`]).
-    #[serde(default = "default_weight", deserialize_with = "de_weight")]
-    pub weight: u32,
-    /// Most workers per group (1..=[`MAX_SLOTS`]).
-    #[serde(default = "default_max_workers", deserialize_with = "de_max_workers")]
-    pub max_workers: u32,
-    /// The pack policy's depth, as in a service's `pack_depth` (0..=[`MAX_PACK_DEPTH`]; 0
-    /// counts as 1).
-    #[serde(default, deserialize_with = "de_pack_depth")]
-    pub pack_depth: u32,
-    /// Uids whose workers may use this template; `None`: only the daemon's own uid.
-    #[serde(default, deserialize_with = "de_opt_uids")]
-    pub allowed_uids: Option<Vec<u32>>,
+with_group_settings! {
+    /// Settings of the groups of the pods that name it.
+    #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Template {
+        /// `[a-z0-9_-]{1,32}`, unique among the templates.
+        #[serde(deserialize_with = "crate::de::de_name")]
+        pub name: String,
+        ..group_settings,
+    }
 }
 
 fn default_max_groups() -> u32 {
@@ -138,32 +120,7 @@ impl Pods {
                     ),
                 ));
             }
-            if !(1..=MAX_SLOTS).contains(&t.max_workers) {
-                return Err((
-                    at(i, "max_workers"),
-                    format!("max_workers must be 1..={MAX_SLOTS}, got {}", t.max_workers),
-                ));
-            }
-            if !(1..=MAX_WEIGHT).contains(&t.weight) {
-                return Err((
-                    at(i, "weight"),
-                    format!("weight must be 1..={MAX_WEIGHT}, got {}", t.weight),
-                ));
-            }
-            if t.pack_depth > MAX_PACK_DEPTH {
-                return Err((
-                    at(i, "pack_depth"),
-                    format!("pack_depth must be 0..={MAX_PACK_DEPTH}, got {}", t.pack_depth),
-                ));
-            }
-            if t.allowed_uids.as_ref().is_some_and(|u| u.is_empty()) {
-                return Err((
-                    at(i, "allowed_uids"),
-                    "allowed_uids is empty, so no worker could use this template: expected at \
-                     least one uid, or omit it to allow the daemon's own uid"
-                        .to_owned(),
-                ));
-            }
+            t.check_settings().map_err(|(field, message)| (at(i, field), message))?;
         }
         if self.template(&self.default_template).is_none() {
             let names: Vec<&str> = self.templates.iter().map(|t| t.name.as_str()).collect();
@@ -192,12 +149,5 @@ impl Pods {
             ));
         }
         Ok(())
-    }
-}
-
-impl Template {
-    /// The allowed uids, or `[own_uid]` when the file gives none.
-    pub fn allowed_uids_or(&self, own_uid: u32) -> Vec<u32> {
-        self.allowed_uids.clone().unwrap_or_else(|| vec![own_uid])
     }
 }

@@ -8,7 +8,10 @@
 //!   every warning is an error, including the workspace lints of Cargo.toml (an unsafe block
 //!   without a `// SAFETY:` line). balancer-ebpf builds only for the BPF target, through
 //!   balancer-user's build script, so it is left out by name; `--release` shares that build
-//!   script's output with `cargo xtask build`.
+//!   script's output with `cargo xtask build`;
+//! - clippy over balancer-ebpf for its own target ([`CLIPPY_EBPF`]: nightly, `bpfel-unknown-none`,
+//!   `-Z build-std=core`, as aya-build builds it), with and without its feature `broken`, under
+//!   the same rules.
 
 use anyhow::{Context as _, Result};
 
@@ -25,6 +28,19 @@ pub const CLIPPY: &[&str] = &[
     "--",
     "-D",
     "warnings",
+];
+
+/// The clippy command line for the eBPF programs, on the target and toolchain they build with.
+pub const CLIPPY_EBPF: &[&str] = &[
+    "+nightly",
+    "clippy",
+    "--release",
+    "-p",
+    "balancer-ebpf",
+    "--target",
+    "bpfel-unknown-none",
+    "-Z",
+    "build-std=core",
 ];
 
 /// `cargo xtask lint`: the toolchain the build script needs (clippy runs it), then the checks.
@@ -47,6 +63,15 @@ pub fn check(ws: &Workspace) -> Result<()> {
         "clippy found warnings (above; each is an error here): fix them, or for an unsafe block \
          add the `// SAFETY:` line that says why it is sound",
     )?;
-    println!("xtask: lint: rustfmt and clippy are clean");
+    for features in [&[][..], &["--features", "broken"][..]] {
+        command::run(ws.cargo().args(CLIPPY_EBPF).args(features).args(["--", "-D", "warnings"]))
+            .with_context(|| {
+                format!(
+                    "clippy found warnings in balancer-ebpf{} (above; each is an error here)",
+                    if features.is_empty() { "" } else { " built with --features broken" }
+                )
+            })?;
+    }
+    println!("xtask: lint: rustfmt and clippy (host crates and balancer-ebpf) are clean");
     Ok(())
 }

@@ -41,7 +41,7 @@ pub fn run(ws: &Workspace) -> Result<()> {
 /// which can neither mount bpffs nor wants the test packages.
 pub fn toolchain(ws: &Workspace) -> Result<()> {
     toolchain::ensure_nightly()?;
-    toolchain::ensure_rust_src()?;
+    toolchain::ensure_nightly_components()?;
     bpf_linker::ensure(ws)
 }
 

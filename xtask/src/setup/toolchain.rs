@@ -29,8 +29,11 @@ pub fn ensure_nightly() -> Result<()> {
     Ok(())
 }
 
-pub fn ensure_rust_src() -> Result<()> {
-    let step = "rust-src for nightly";
+/// The nightly components the build and the lint need: `rust-src` (aya-build's
+/// `-Z build-std=core`) and `clippy` (`cargo xtask lint` checks balancer-ebpf for the BPF target
+/// with nightly's clippy). The nightly is installed with the minimal profile, which has neither.
+pub fn ensure_nightly_components() -> Result<()> {
+    let step = "rust-src and clippy for nightly";
     let installed = command::stdout_of(Command::new("rustup").args([
         "component",
         "list",
@@ -38,17 +41,23 @@ pub fn ensure_rust_src() -> Result<()> {
         NIGHTLY,
         "--installed",
     ]))?;
-    if installed.lines().any(|line| line.trim() == "rust-src") {
+    let has = |name: &str| {
+        installed.lines().any(|line| {
+            let line = line.trim();
+            line == name || line.strip_prefix(name).is_some_and(|rest| rest.starts_with('-'))
+        })
+    };
+    let missing: Vec<&str> = ["rust-src", "clippy"].into_iter().filter(|c| !has(c)).collect();
+    if missing.is_empty() {
         report(step, "present");
         return Ok(());
     }
-    command::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        NIGHTLY,
-    ]))?;
+    command::run(
+        Command::new("rustup")
+            .args(["component", "add"])
+            .args(&missing)
+            .args(["--toolchain", NIGHTLY]),
+    )?;
     report(step, "installed");
     Ok(())
 }
