@@ -10,7 +10,7 @@ use super::{
     raw::{Point, Raw, RawVariant, FAILED},
     stats::{self, beyond, ci, pct_sorted, ratio_reps, seed_of, verdict, Verdict, MIN_BEYOND},
 };
-use crate::bench::chart::{self, Panel};
+use crate::chart::{self, Panel};
 
 /// The markdown report and the charts (file name, SVG text).
 pub struct Rendered {
@@ -552,7 +552,7 @@ fn chart_svg(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{
+    use crate::{
         compare::raw::{Machine, PointCounters, RawOptions, FORMAT},
         loadgen::Rng,
     };

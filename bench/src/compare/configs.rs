@@ -5,7 +5,7 @@
 //! (and so excluded from "the best non-reuselb configuration") follows from its [`How`] alone.
 use anyhow::{bail, Context, Result};
 
-use crate::bench::loadgen::Rng;
+use crate::loadgen::Rng;
 
 /// How a configuration spreads connections over the workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

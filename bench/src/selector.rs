@@ -25,7 +25,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use balancer_common::Policy;
 use balancer_user::{shared_loads::SharedLoads, Mode};
 
-use super::{
+use crate::{
     bpf_stats_sysctl, choose_netns, kernel_release,
     rig::{drive, drive_burst, Acceptors, Bed, BedKind},
     sk_pass, summarize, Summary,
@@ -544,7 +544,7 @@ pub fn run(o: &Options) -> Result<String> {
             }
         }
     }
-    if let super::rig::Selector::SkPass(p) = &rig.beds[PASS64].selector {
+    if let crate::rig::Selector::SkPass(p) = &rig.beds[PASS64].selector {
         sk_pass::cross_check_with_aya(p)?;
     }
     drop(stats_fd);

@@ -48,12 +48,12 @@ use counters::{
 use deploy::{deploy, snapshot_binaries, Deployment};
 use raw::{Machine, Point, PointCounters, Raw, RawOptions, RawVariant, FAILED, FORMAT};
 
-use super::{
+use crate::{
     choose_netns,
     loadgen::{self, check_interrupted, Mode, Rng, Spec},
     target_dir,
 };
-use crate::apps::require;
+use integration_tests::apps::require;
 
 /// Where a run writes its raw samples.
 pub fn raw_path() -> PathBuf {

@@ -14,10 +14,10 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-use crate::apps::{
+use crate::loadgen::check_interrupted;
+use integration_tests::apps::{
     self, free_port, start_nginx, wait_until, Nginx, Proc, TempDir, UwsgiConfig, UwsgiProto,
 };
-use crate::bench::loadgen::check_interrupted;
 
 use super::configs::{CfgRef, How, Variant};
 
