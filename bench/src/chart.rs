@@ -66,48 +66,68 @@ fn fmt_value(v: f64) -> String {
     }
 }
 
-fn panel(svg: &mut String, p: &Panel, y0: f64) {
-    let plot_w = W - LEFT - RIGHT;
-    let plot_h = PANEL_H - TOP - BOTTOM;
-    let highs = p.errors.iter().flatten().flatten().flat_map(|(l, h)| [*l, *h]);
-    let finite: Vec<f64> = p
-        .values
-        .iter()
-        .flatten()
-        .copied()
-        .chain(highs)
-        .filter(|v| v.is_finite() && *v > 0.0)
-        .collect();
-    let vmax = finite.iter().copied().fold(p.reference.unwrap_or(0.0), f64::max);
-    let (lo, hi) = if p.log {
-        let vmin = finite
+/// A panel's y axis: its range, linear or logarithmic, and where it stands on the page.
+struct Axis {
+    lo: f64,
+    hi: f64,
+    log: bool,
+    /// The top of the panel.
+    y0: f64,
+}
+
+const PLOT_W: f64 = W - LEFT - RIGHT;
+const PLOT_H: f64 = PANEL_H - TOP - BOTTOM;
+
+impl Axis {
+    /// The range that holds every finite positive value, error bar end and reference line.
+    fn of(p: &Panel, y0: f64) -> Self {
+        let highs = p.errors.iter().flatten().flatten().flat_map(|(l, h)| [*l, *h]);
+        let finite: Vec<f64> = p
+            .values
             .iter()
+            .flatten()
             .copied()
-            .fold(f64::INFINITY, f64::min)
-            .min(p.reference.unwrap_or(f64::INFINITY));
-        let lo = 10f64.powf(vmin.max(1e-3).log10().floor());
-        let hi = 10f64.powf(vmax.max(lo * 10.0).log10().ceil());
-        (lo, hi)
-    } else {
-        (0.0, nice_max(vmax * 1.05))
-    };
-    let y_of = |v: f64| -> f64 {
-        let f = if p.log {
+            .chain(highs)
+            .filter(|v| v.is_finite() && *v > 0.0)
+            .collect();
+        let vmax = finite.iter().copied().fold(p.reference.unwrap_or(0.0), f64::max);
+        let (lo, hi) = if p.log {
+            let vmin = finite
+                .iter()
+                .copied()
+                .fold(f64::INFINITY, f64::min)
+                .min(p.reference.unwrap_or(f64::INFINITY));
+            let lo = 10f64.powf(vmin.max(1e-3).log10().floor());
+            let hi = 10f64.powf(vmax.max(lo * 10.0).log10().ceil());
+            (lo, hi)
+        } else {
+            (0.0, nice_max(vmax * 1.05))
+        };
+        Axis { lo, hi, log: p.log, y0 }
+    }
+
+    /// The page's y of the value `v`, clamped to the plot.
+    fn y(&self, v: f64) -> f64 {
+        let (lo, hi) = (self.lo, self.hi);
+        let f = if self.log {
             (v.max(lo).ln() - lo.ln()) / (hi.ln() - lo.ln())
         } else {
             (v - lo) / (hi - lo)
         };
-        y0 + TOP + plot_h * (1.0 - f.clamp(0.0, 1.0))
-    };
-    let _ = writeln!(
-        svg,
-        r#"<text x="{}" y="{}" font-size="15" font-weight="bold">{}</text>"#,
-        LEFT,
-        y0 + 22.0,
-        esc(&p.title)
-    );
-    // Axis and ticks.
-    let ticks: Vec<f64> = if p.log {
+        self.y0 + TOP + PLOT_H * (1.0 - f.clamp(0.0, 1.0))
+    }
+
+    /// The top of the plot, where an infinite value's bar ends.
+    fn top(&self) -> f64 {
+        self.y0 + TOP
+    }
+
+    /// 1, 2, 5 per decade on a log axis; six even steps on a linear one.
+    fn ticks(&self) -> Vec<f64> {
+        let (lo, hi) = (self.lo, self.hi);
+        if !self.log {
+            return (0..=5).map(|i| lo + (hi - lo) * i as f64 / 5.0).collect();
+        }
         let mut t = Vec::new();
         let mut v = lo;
         while v <= hi * 1.0001 {
@@ -119,11 +139,51 @@ fn panel(svg: &mut String, p: &Panel, y0: f64) {
             v *= 10.0;
         }
         t
-    } else {
-        (0..=5).map(|i| lo + (hi - lo) * i as f64 / 5.0).collect()
-    };
-    for t in ticks {
-        let y = y_of(t);
+    }
+}
+
+fn panel(svg: &mut String, p: &Panel, y0: f64) {
+    let ax = Axis::of(p, y0);
+    let _ = writeln!(
+        svg,
+        r#"<text x="{}" y="{}" font-size="15" font-weight="bold">{}</text>"#,
+        LEFT,
+        y0 + 22.0,
+        esc(&p.title)
+    );
+    axis(svg, p, &ax);
+    let ng = p.groups.len().max(1) as f64;
+    let ns = p.series.len().max(1) as f64;
+    let gw = PLOT_W / ng;
+    let bw = (gw * 0.8) / ns;
+    for (gi, g) in p.groups.iter().enumerate() {
+        let gx = LEFT + gw * gi as f64 + gw * 0.1;
+        for si in 0..p.series.len() {
+            bar(svg, p, &ax, (gi, si), gx + bw * si as f64, bw);
+        }
+        let _ = writeln!(
+            svg,
+            r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
+            gx + gw * 0.4,
+            y0 + TOP + PLOT_H + 16.0,
+            esc(g)
+        );
+    }
+    if let Some(r) = p.reference {
+        let y = ax.y(r);
+        let _ = writeln!(
+            svg,
+            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333" stroke-dasharray="5,4"/>"##,
+            W - RIGHT
+        );
+    }
+    legend(svg, p, y0);
+}
+
+/// The axis's grid lines, tick labels and label.
+fn axis(svg: &mut String, p: &Panel, ax: &Axis) {
+    for t in ax.ticks() {
+        let y = ax.y(t);
         let _ = writeln!(
             svg,
             r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#ddd"/><text x="{:.1}" y="{:.1}" font-size="11" text-anchor="end">{}</text>"##,
@@ -136,73 +196,61 @@ fn panel(svg: &mut String, p: &Panel, y0: f64) {
     let _ = writeln!(
         svg,
         r#"<text transform="translate(16,{:.1}) rotate(-90)" font-size="12" text-anchor="middle">{}</text>"#,
-        y0 + TOP + plot_h / 2.0,
+        ax.y0 + TOP + PLOT_H / 2.0,
         esc(&p.y_label)
     );
-    let ng = p.groups.len().max(1) as f64;
-    let ns = p.series.len().max(1) as f64;
-    let gw = plot_w / ng;
-    let bw = (gw * 0.8) / ns;
-    for (gi, g) in p.groups.iter().enumerate() {
-        let gx = LEFT + gw * gi as f64 + gw * 0.1;
-        for (si, _) in p.series.iter().enumerate() {
-            let v = p.values.get(gi).and_then(|r| r.get(si)).copied().unwrap_or(f64::NAN);
-            if v.is_nan() {
-                continue;
-            }
-            let x = gx + bw * si as f64;
-            let top = if v.is_infinite() { y0 + TOP } else { y_of(v) };
-            let base = y_of(lo);
-            let _ = writeln!(
-                svg,
-                r#"<rect x="{x:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect>"#,
-                (bw - 1.0).max(1.0),
-                (base - top).max(0.5),
-                COLORS[si % COLORS.len()],
-                esc(&p.series[si]),
-                if v.is_infinite() { "∞ (failures)".to_string() } else { format!("{v:.3}") }
-            );
-            if let Some(&(el, eh)) = p.errors.as_ref().and_then(|e| e.get(gi)?.get(si)) {
-                if !el.is_nan() && !eh.is_nan() {
-                    let (yl, yh) = (y_of(el), if eh.is_infinite() { y0 + TOP } else { y_of(eh) });
-                    let cx = x + bw / 2.0;
-                    let cap = (bw * 0.3).max(1.5);
-                    let _ = writeln!(
-                        svg,
-                        r##"<path d="M{:.1},{yl:.1}H{:.1}M{cx:.1},{yl:.1}V{yh:.1}M{:.1},{yh:.1}H{:.1}" stroke="#000" stroke-width="1" fill="none"><title>95% CI {el:.3} to {eh:.3}</title></path>"##,
-                        cx - cap,
-                        cx + cap,
-                        cx - cap,
-                        cx + cap
-                    );
-                }
-            }
-            let label = if v.is_infinite() { "∞".to_string() } else { fmt_value(v) };
-            let _ = writeln!(
-                svg,
-                r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{}</text>"#,
-                x + bw / 2.0,
-                top - 3.0,
-                label
-            );
-        }
-        let _ = writeln!(
-            svg,
-            r#"<text x="{:.1}" y="{:.1}" font-size="12" text-anchor="middle">{}</text>"#,
-            gx + gw * 0.4,
-            y0 + TOP + plot_h + 16.0,
-            esc(g)
-        );
+}
+
+/// The bar of series `si` in group `gi`, `bw` wide from `x`, with its error bar and its value;
+/// nothing for NaN.
+fn bar(svg: &mut String, p: &Panel, ax: &Axis, (gi, si): (usize, usize), x: f64, bw: f64) {
+    let v = p.values.get(gi).and_then(|r| r.get(si)).copied().unwrap_or(f64::NAN);
+    if v.is_nan() {
+        return;
     }
-    if let Some(r) = p.reference {
-        let y = y_of(r);
-        let _ = writeln!(
-            svg,
-            r##"<line x1="{LEFT}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="#333" stroke-dasharray="5,4"/>"##,
-            W - RIGHT
-        );
+    let top = if v.is_infinite() { ax.top() } else { ax.y(v) };
+    let base = ax.y(ax.lo);
+    let _ = writeln!(
+        svg,
+        r#"<rect x="{x:.1}" y="{top:.1}" width="{:.1}" height="{:.1}" fill="{}"><title>{}: {}</title></rect>"#,
+        (bw - 1.0).max(1.0),
+        (base - top).max(0.5),
+        COLORS[si % COLORS.len()],
+        esc(&p.series[si]),
+        if v.is_infinite() { "∞ (failures)".to_string() } else { format!("{v:.3}") }
+    );
+    if let Some(&(el, eh)) = p.errors.as_ref().and_then(|e| e.get(gi)?.get(si)) {
+        error_bar(svg, ax, (el, eh), x + bw / 2.0, (bw * 0.3).max(1.5));
     }
-    // Legend, wrapped over as many lines as it needs.
+    let label = if v.is_infinite() { "∞".to_string() } else { fmt_value(v) };
+    let _ = writeln!(
+        svg,
+        r#"<text x="{:.1}" y="{:.1}" font-size="9" text-anchor="middle">{}</text>"#,
+        x + bw / 2.0,
+        top - 3.0,
+        label
+    );
+}
+
+/// An error bar from `el` to `eh` centred on `cx`, capped `cap` either side; none if an end is
+/// NaN, an infinite high end at the top of the plot.
+fn error_bar(svg: &mut String, ax: &Axis, (el, eh): (f64, f64), cx: f64, cap: f64) {
+    if el.is_nan() || eh.is_nan() {
+        return;
+    }
+    let (yl, yh) = (ax.y(el), if eh.is_infinite() { ax.top() } else { ax.y(eh) });
+    let _ = writeln!(
+        svg,
+        r##"<path d="M{:.1},{yl:.1}H{:.1}M{cx:.1},{yl:.1}V{yh:.1}M{:.1},{yh:.1}H{:.1}" stroke="#000" stroke-width="1" fill="none"><title>95% CI {el:.3} to {eh:.3}</title></path>"##,
+        cx - cap,
+        cx + cap,
+        cx - cap,
+        cx + cap
+    );
+}
+
+/// The legend, wrapped over as many lines as it needs.
+fn legend(svg: &mut String, p: &Panel, y0: f64) {
     let mut lx = LEFT;
     let mut ly = y0 + PANEL_H - 26.0;
     for (si, s) in p.series.iter().enumerate() {
