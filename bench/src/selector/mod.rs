@@ -278,7 +278,8 @@ impl Part1<'_> {
     fn round(&self, rig: &mut Rig, rep: usize, sel: &mut [[SelTotals; 2]]) -> Result<()> {
         for (i, cfg) in CONFIGS.iter().enumerate() {
             // Idle first in half of the runs, contended first in the other half.
-            let order = if (rep + i) % 2 == 0 { [IDLE, CONTENDED] } else { [CONTENDED, IDLE] };
+            let order =
+                if (rep + i).is_multiple_of(2) { [IDLE, CONTENDED] } else { [CONTENDED, IDLE] };
             for mode in order {
                 let seed = 0x9E37_79B9_7F4A_7C15u64 ^ ((rep * CONFIGS.len() + i) as u64) << 20;
                 let writer = (mode == CONTENDED)

@@ -241,7 +241,7 @@ fn part2(w: &mut String, r: &Results) -> Result<f64> {
     let with = summarize(&rates[0]);
     let without = summarize(&rates[1]);
     let ratio = with.median / without.median;
-    let pr: Summary = summarize(&paired);
+    let pr: Summary = summarize(paired);
     writeln!(w, "| selection | conn/s (median) | min | max |")?;
     writeln!(w, "|---|---:|---:|---:|")?;
     writeln!(
