@@ -1,13 +1,12 @@
 //! Shared fixtures of the integration tests: private network namespaces, and pools of
 //! SO_REUSEPORT listeners balanced by a real [`Group`] in the real kernel; apps registered with an
-//! in-process controller ([`registered`]); and the benchmarks ([`bench`]) that the `bench` binary
-//! runs.
+//! in-process controller ([`registered`]). The benchmarks (the `reuselb-bench` crate, `bench/`)
+//! start their apps and namespaces with these too.
 //!
 //! Every test runs in a network namespace of its own, so tests run in parallel without sharing
 //! ports, and nothing outlives a test: the namespace goes away with its last socket and handle.
 
 pub mod apps;
-pub mod bench;
 pub mod http;
 pub mod netns;
 pub mod pool;

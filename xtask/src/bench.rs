@@ -1,4 +1,5 @@
-//! `cargo xtask bench`: builds, then runs the bench binary of the integration tests crate.
+//! `cargo xtask bench`: builds, then runs the `bench` binary of the benchmark crate (`bench/`,
+//! package `reuselb-bench`) with the same arguments.
 
 use anyhow::Result;
 
@@ -8,7 +9,7 @@ pub fn run(ws: &Workspace, what: &str, args: &[String]) -> Result<()> {
     let artifacts = build::run(ws)?;
     let mut cargo = ws.cargo();
     cargo
-        .args(["run", "--release", "-p", "integration-tests", "--bin", "bench", "--", what])
+        .args(["run", "--release", "-p", "reuselb-bench", "--bin", "bench", "--", what])
         .args(args);
     command::run(artifacts.export_to(&mut cargo))
 }

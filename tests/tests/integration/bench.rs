@@ -3,7 +3,8 @@
 //! charts) from that file with today's code. No load: the raw samples are only read.
 use std::path::Path;
 
-use integration_tests::{apps::workspace_root, bench::compare::render_to};
+use integration_tests::apps::workspace_root;
+use reuselb_bench::compare::render_to;
 
 /// Every `compare-raw.json.gz` under docs/benchmarks/, at any depth.
 fn raw_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {

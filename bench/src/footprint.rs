@@ -19,14 +19,14 @@ use std::{fmt::Write as _, time::Instant};
 
 use anyhow::{bail, Context, Result};
 
-use super::{
+use crate::{
     compare::{
         configs::{Cfg, CfgRef, Variant},
         deploy::{deploy_app, snapshot_binaries, App, Deployment},
     },
     summarize,
 };
-use crate::apps;
+use integration_tests::apps;
 
 /// `bench footprint`'s options.
 #[derive(Debug)]
@@ -118,7 +118,7 @@ fn measure(
     cfg: CfgRef,
     v: Variant,
     app: &App,
-    bins: &super::compare::deploy::Binaries,
+    bins: &crate::compare::deploy::Binaries,
 ) -> Result<Sample> {
     let started = Instant::now();
     let dep = deploy_app(cfg, v, bins, app)?;
@@ -185,7 +185,7 @@ fn layouts() -> Result<[CfgRef; 2]> {
 pub fn run(o: &Options) -> Result<String> {
     apps::require("uwsgi");
     apps::require("nginx");
-    let netns = super::choose_netns(false);
+    let netns = crate::choose_netns(false);
     let bins = snapshot_binaries()?;
     let v = Variant { processes: o.processes, threads: o.threads };
     let django = apps::apps_dir().join("django_app.py");

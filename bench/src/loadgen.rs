@@ -458,130 +458,184 @@ impl Gen {
     }
 
     fn run(&mut self, spec: &Spec) -> Result<Outcome> {
-        let mut mix = Rng::new(spec.seed);
-        let mut arrivals = Rng::new(spec.seed ^ 0xA5A5_5A5A_DEAD_BEEF);
-        let start = Instant::now();
-        let window_end = start + spec.duration;
-        let hard_end = window_end + spec.drain;
-        let mut next_send = start;
-        let mut sending = true;
-        let mut last_sweep = start;
+        let mut pace = Pace::new(spec);
         if let Mode::Closed { clients } = spec.mode {
             for _ in 0..clients {
-                let p = (spec.pick)(&mut mix);
-                self.launch(start, p, true, false);
+                let p = (spec.pick)(&mut pace.mix);
+                self.launch(pace.start, p, true, false);
             }
         }
-        let mut next_hold = 0;
         let mut events: Vec<libc::epoll_event> = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
         loop {
             check_interrupted()?;
             let now = Instant::now();
-            if sending && now >= window_end {
-                sending = false;
+            if pace.sending && now >= pace.window_end {
+                pace.sending = false;
             }
-            while sending && next_hold < spec.holds.len() && start + spec.holds[next_hold] <= now {
-                self.launch(start + spec.holds[next_hold], spec.hold_path, true, true);
-                next_hold += 1;
-            }
-            if let (true, Mode::Open { rate }) = (sending, spec.mode) {
-                while next_send <= now && next_send < window_end {
-                    let p = (spec.pick)(&mut mix);
-                    if self.inflight >= spec.max_inflight {
-                        self.out.started += 1;
-                        self.fail(
-                            true,
-                            false,
-                            format!("over {} requests in flight", spec.max_inflight),
-                        );
-                    } else {
-                        self.launch(next_send, p, true, false);
-                    }
-                    next_send += Duration::from_secs_f64(arrivals.exp(1.0 / rate));
-                }
-            }
-            if !sending && self.inflight == 0 {
+            self.send_due(&mut pace, now);
+            if !pace.sending && self.inflight == 0 {
                 break;
             }
-            if now >= hard_end {
-                let live: Vec<usize> =
-                    (0..self.conns.len()).filter(|&i| self.conns[i].is_some()).collect();
-                for slot in live {
-                    self.finish(
-                        slot,
-                        Err(format!("still unanswered {:?} after the window", spec.drain)),
-                        now,
-                        window_end,
-                    );
-                }
+            if now >= pace.hard_end {
+                self.give_up(&pace, now);
                 break;
             }
             // Time-outs: a sweep every 50 ms.
-            if now.duration_since(last_sweep) >= Duration::from_millis(50) {
-                last_sweep = now;
-                let late: Vec<usize> = (0..self.conns.len())
-                    .filter(|&i| {
-                        self.conns[i]
-                            .as_ref()
-                            .is_some_and(|c| now.duration_since(c.intended) > spec.timeout)
-                    })
-                    .collect();
-                for slot in late {
-                    self.finish(
-                        slot,
-                        Err(format!("no answer within {:?}", spec.timeout)),
-                        now,
-                        window_end,
-                    );
-                }
+            if now.duration_since(pace.last_sweep) >= Duration::from_millis(50) {
+                pace.last_sweep = now;
+                self.sweep(&pace, now);
             }
-            let mut wake = now + Duration::from_millis(50);
-            if sending {
-                if let Mode::Open { .. } = spec.mode {
-                    wake = wake.min(next_send);
-                }
-                if let Some(h) = spec.holds.get(next_hold) {
-                    wake = wake.min(start + *h);
-                }
-                wake = wake.min(window_end);
-            }
-            self.arm(wake.saturating_duration_since(now));
-            // SAFETY: epoll_wait into our event buffer.
-            let n = unsafe {
-                libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as libc::c_int, 1000)
-            };
-            if n < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                bail!("epoll_wait: {e}");
-            }
-            for ev in &events[..n as usize] {
-                let (token, flags) = (ev.u64, ev.events);
-                if token == TIMER {
-                    let mut buf = [0u8; 8];
-                    // SAFETY: draining the timerfd's expiry count.
-                    unsafe { libc::read(self.timerfd, buf.as_mut_ptr().cast(), 8) };
-                    continue;
-                }
-                let slot = token as usize;
-                if let Some(result) = self.progress(slot, flags) {
-                    let done = Instant::now();
-                    let holds_before = self.out.hold_us.len();
-                    self.finish(slot, result, done, window_end);
-                    let was_hold = self.out.hold_us.len() > holds_before;
-                    if let (Mode::Closed { .. }, false) = (spec.mode, was_hold) {
-                        if done < window_end {
-                            let p = (spec.pick)(&mut mix);
-                            self.launch(done, p, true, false);
-                        }
-                    }
-                }
+            self.arm(pace.wake(now).saturating_duration_since(now));
+            let Some(n) = self.wait(&mut events)? else { continue };
+            for ev in &events[..n] {
+                self.on_event(&mut pace, ev.u64, ev.events);
             }
         }
         self.out.window = spec.duration;
         Ok(std::mem::take(&mut self.out))
+    }
+
+    /// Starts the hold requests and (open loop) the arrivals that are due by `now`.
+    fn send_due(&mut self, pace: &mut Pace, now: Instant) {
+        let spec = pace.spec;
+        while pace.sending
+            && pace.next_hold < spec.holds.len()
+            && pace.start + spec.holds[pace.next_hold] <= now
+        {
+            self.launch(pace.start + spec.holds[pace.next_hold], spec.hold_path, true, true);
+            pace.next_hold += 1;
+        }
+        let (true, Mode::Open { rate }) = (pace.sending, spec.mode) else { return };
+        while pace.next_send <= now && pace.next_send < pace.window_end {
+            let p = (spec.pick)(&mut pace.mix);
+            if self.inflight >= spec.max_inflight {
+                self.out.started += 1;
+                self.fail(true, false, format!("over {} requests in flight", spec.max_inflight));
+            } else {
+                self.launch(pace.next_send, p, true, false);
+            }
+            pace.next_send += Duration::from_secs_f64(pace.arrivals.exp(1.0 / rate));
+        }
+    }
+
+    /// The drain is over: every request still in flight fails.
+    fn give_up(&mut self, pace: &Pace, now: Instant) {
+        let live: Vec<usize> = (0..self.conns.len()).filter(|&i| self.conns[i].is_some()).collect();
+        for slot in live {
+            self.finish(
+                slot,
+                Err(format!("still unanswered {:?} after the window", pace.spec.drain)),
+                now,
+                pace.window_end,
+            );
+        }
+    }
+
+    /// Every request unanswered for longer than the time-out fails.
+    fn sweep(&mut self, pace: &Pace, now: Instant) {
+        let timeout = pace.spec.timeout;
+        let late: Vec<usize> = (0..self.conns.len())
+            .filter(|&i| {
+                self.conns[i].as_ref().is_some_and(|c| now.duration_since(c.intended) > timeout)
+            })
+            .collect();
+        for slot in late {
+            self.finish(slot, Err(format!("no answer within {timeout:?}")), now, pace.window_end);
+        }
+    }
+
+    /// Waits for events (at most 1 s; the timer is armed for the next thing due); `None` if
+    /// interrupted by a signal.
+    fn wait(&self, events: &mut [libc::epoll_event]) -> Result<Option<usize>> {
+        // SAFETY: epoll_wait into our event buffer.
+        let n = unsafe {
+            libc::epoll_wait(self.epfd, events.as_mut_ptr(), events.len() as libc::c_int, 1000)
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                return Ok(None);
+            }
+            bail!("epoll_wait: {e}");
+        }
+        Ok(Some(n as usize))
+    }
+
+    /// One event: the timer's (drained), or a connection's progress; a request that ends in
+    /// the window of a closed loop is followed by the next.
+    fn on_event(&mut self, pace: &mut Pace, token: u64, flags: u32) {
+        if token == TIMER {
+            let mut buf = [0u8; 8];
+            // SAFETY: draining the timerfd's expiry count.
+            unsafe { libc::read(self.timerfd, buf.as_mut_ptr().cast(), 8) };
+            return;
+        }
+        let slot = token as usize;
+        let Some(result) = self.progress(slot, flags) else { return };
+        let done = Instant::now();
+        let holds_before = self.out.hold_us.len();
+        self.finish(slot, result, done, pace.window_end);
+        let was_hold = self.out.hold_us.len() > holds_before;
+        if let (Mode::Closed { .. }, false) = (pace.spec.mode, was_hold) {
+            if done < pace.window_end {
+                let p = (pace.spec.pick)(&mut pace.mix);
+                self.launch(done, p, true, false);
+            }
+        }
+    }
+}
+
+/// Where one run stands: its spec, its random streams (the request mix and the open loop's
+/// arrivals), its deadlines, and what it sends next.
+struct Pace<'s> {
+    spec: &'s Spec<'s>,
+    mix: Rng,
+    arrivals: Rng,
+    start: Instant,
+    /// Requests are started until then.
+    window_end: Instant,
+    /// Requests still in flight then fail.
+    hard_end: Instant,
+    /// Open loop: the next arrival.
+    next_send: Instant,
+    sending: bool,
+    last_sweep: Instant,
+    /// The next hold request, by index into [`Spec::holds`].
+    next_hold: usize,
+}
+
+impl<'s> Pace<'s> {
+    fn new(spec: &'s Spec<'s>) -> Self {
+        let start = Instant::now();
+        let window_end = start + spec.duration;
+        Pace {
+            spec,
+            mix: Rng::new(spec.seed),
+            arrivals: Rng::new(spec.seed ^ 0xA5A5_5A5A_DEAD_BEEF),
+            start,
+            window_end,
+            hard_end: window_end + spec.drain,
+            next_send: start,
+            sending: true,
+            last_sweep: start,
+            next_hold: 0,
+        }
+    }
+
+    /// When to look again: in 50 ms at the latest, or at the next arrival, hold request or the
+    /// window's end while sending.
+    fn wake(&self, now: Instant) -> Instant {
+        let mut wake = now + Duration::from_millis(50);
+        if self.sending {
+            if let Mode::Open { .. } = self.spec.mode {
+                wake = wake.min(self.next_send);
+            }
+            if let Some(h) = self.spec.holds.get(self.next_hold) {
+                wake = wake.min(self.start + *h);
+            }
+            wake = wake.min(self.window_end);
+        }
+        wake
     }
 }
 

@@ -10,7 +10,7 @@ use super::{
     raw::{Point, Raw, RawVariant, FAILED},
     stats::{self, beyond, ci, pct_sorted, ratio_reps, seed_of, verdict, Verdict, MIN_BEYOND},
 };
-use crate::bench::chart::{self, Panel};
+use crate::chart::{self, Panel};
 
 /// The markdown report and the charts (file name, SVG text).
 pub struct Rendered {
@@ -134,6 +134,23 @@ fn mark(n: usize, q: f64) -> &'static str {
     }
 }
 
+/// What every section of one report reads: the raw samples, and what they were taken of.
+struct Ctx<'a> {
+    raw: &'a Raw,
+    cfgs: Vec<CfgRef>,
+    workloads: Vec<Workload>,
+    /// The fast path's share is a column only where the run counted it (samples from before the
+    /// fast path have no selections counted): a report regenerates as the code that ran made it.
+    has_fast: bool,
+    /// The highest offered level.
+    top_l: f64,
+}
+
+/// A share of A's maximum as a column's name: "90%".
+fn pct(l: f64) -> String {
+    format!("{:.0}%", l * 100.0)
+}
+
 pub fn render(raw: &Raw) -> Result<Rendered> {
     let o = &raw.options;
     let cfgs: Vec<CfgRef> = o
@@ -146,15 +163,26 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
         .iter()
         .map(|w| Workload::by_name(w).with_context(|| format!("unknown workload `{w}`")))
         .collect::<Result<_>>()?;
-    // The fast path's share is a column only where the run counted it (samples from before the
-    // fast path have no selections counted): a report regenerates as the code that ran made it.
     let has_fast = raw.variants.iter().flat_map(|v| &v.points).any(|p| p.c.selected > 0);
     let top_l = o.levels.last().copied().unwrap_or(f64::NAN);
-    let pct = |l: f64| format!("{:.0}%", l * 100.0);
+    let ctx = Ctx { raw, cfgs, workloads, has_fast, top_l };
     let mut md = String::new();
     let w = &mut md;
+    header(w, &ctx)?;
+    let mut targets: Vec<String> = Vec::new();
+    let mut charts = Vec::new();
+    for v in &raw.variants {
+        charts.push(variant(w, &ctx, v, &mut targets)?);
+    }
+    against_the_target(w, &targets, top_l)?;
+    writeln!(w, "The selector's cost in isolation is `cargo xtask bench selector`'s table (`target/bench/selector.md`).")?;
+    Ok(Rendered { markdown: md, charts })
+}
+
+/// The run's options, order, machine, configurations and workloads, and how to read the tables.
+fn header(w: &mut String, ctx: &Ctx) -> Result<()> {
+    let (o, m) = (&ctx.raw.options, &ctx.raw.machine);
     writeln!(w, "# reuselb bench: compare\n")?;
-    let m = &raw.machine;
     writeln!(
         w,
         "{} mode: {} rounds, closed-loop runs of {} s, open-loop runs of at least {} s{}, {} s warm-up per configuration and workload, {} bootstrap replicates. Run time {:.0} s; \
@@ -179,7 +207,7 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
     } else {
         writeln!(w, "**Run order NOT balanced**: {} rounds of {} configurations cannot put every configuration in every position equally \
              often (quick mode, or a chosen --rounds that is not a multiple of the configurations). Use `--full` for figures to quote.\n",
-             o.rounds, cfgs.len())?;
+             o.rounds, ctx.cfgs.len())?;
     }
     writeln!(
         w,
@@ -187,7 +215,7 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
          keeps both CPUs busy).",
         m.cpus, m.model, m.kernel, m.netns, m.load_before, m.load_after
     )?;
-    for v in &raw.variants {
+    for v in &ctx.raw.variants {
         writeln!(
             w,
             "While {}x{} ran ({:.0} s), processes outside the bench used {:.2} CPUs on average (user + system time), and the \
@@ -196,253 +224,324 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
         )?;
     }
     writeln!(w, "\nConfigurations (all behind one single-process nginx, `uwsgi_pass`; uWSGI `--listen 1024`, `--lazy-apps`):\n")?;
-    for c in &cfgs {
+    for c in &ctx.cfgs {
         let kind = if c.is_reuselb() { "reuselb" } else { "non-reuselb" };
-        let recorded = raw.options.descriptions.iter().find(|(l, _)| *l == c.letter);
+        let recorded = o.descriptions.iter().find(|(l, _)| *l == c.letter);
         let describe = recorded.map_or(c.describe, |(_, d)| d.as_str());
         writeln!(w, "- **{}** {} ({kind}): {describe}", c.letter, c.label)?;
     }
     writeln!(w, "\nWorkloads (`tests/apps/bench_app.py`; CPU is the thread's CPU time, so a preempted request still does all its work):\n")?;
-    for wl in &workloads {
+    for wl in &ctx.workloads {
         writeln!(w, "- **{}**: {}", wl.name(), wl.describe())?;
     }
     writeln!(w, "\n{RULE}\n")?;
     writeln!(w, "{COLUMNS}\n")?;
-    let mut targets: Vec<String> = Vec::new();
-    let mut charts = Vec::new();
-    for v in &raw.variants {
-        let vname = format!("{}x{}", v.processes, v.threads);
-        writeln!(w, "## {} processes × {} threads\n", v.processes, v.threads)?;
-        let orders: Vec<String> =
-            v.orders.iter().enumerate().map(|(i, o)| format!("{}: {o}", i + 1)).collect();
-        writeln!(w, "Order of each round: {}.\n", orders.join(", "))?;
-        let mut chart_rows: Vec<Vec<Row>> = Vec::new();
-        for &wl in &workloads {
-            let base = v.base.iter().find(|(n, _)| n == wl.name()).map(|(_, x)| *x);
-            let base = base.unwrap_or(f64::NAN);
-            let rs = rows(raw, v, wl.name(), &cfgs);
-            writeln!(
-                w,
-                "### {}: {} closed-loop clients; A's median maximum {base:.0} req/s; offered {}\n",
-                wl.name(),
-                wl.clients(v.processes),
-                o.levels
-                    .iter()
-                    .map(|l| format!("{} = {:.0} req/s", pct(*l), base * l))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )?;
-            let a = rs.iter().find(|r| r.cfg.letter == 'A');
-            let top = rs[0].lat.len().saturating_sub(1);
-            let best_p99 = rs
-                .iter()
-                .filter(|r| !r.cfg.is_reuselb() && !r.lat[top].est[1].is_nan())
-                .min_by(|x, y| x.lat[top].est[1].total_cmp(&y.lat[top].est[1]));
-            let best_tp = rs
-                .iter()
-                .filter(|r| !r.cfg.is_reuselb() && !r.tp.is_nan())
-                .max_by(|x, y| x.tp.total_cmp(&y.tp));
-            let best_name =
-                |b: Option<&Row>| b.map(|r| r.cfg.letter.to_string()).unwrap_or("—".into());
-            // Table 1: throughput and latency.
-            let mut head = String::from("| config | max req/s [95% CI] | max ×A [CI] |");
-            let mut sep = String::from("|---|---:|---:|");
-            for l in &o.levels {
-                let p = pct(*l);
-                write!(head, " n @{p} | p50 @{p} | p99 @{p} [CI] | p99.9 @{p} [CI] |")?;
-                sep.push_str("---:|---:|---:|---:|");
-            }
-            let tp = pct(top_l);
-            write!(
-                head,
-                " p99 @{tp} ×A [CI] | p99 @{tp} × best non-reuselb ({}) [CI] | max × best non-reuselb ({}) [CI] |",
-                best_name(best_p99),
-                best_name(best_tp)
-            )?;
-            sep.push_str("---:|---:|---:|");
-            writeln!(w, "{head}\n{sep}")?;
-            for r in &rs {
-                let tp_ci = interval(ci(&r.tp_reps), |x| format!("{x:.0}"));
-                let mut row = format!("| {} | {:.0} {tp_ci} |", r.cfg.short(), r.tp);
-                match a {
-                    Some(a) if a.cfg == r.cfg => row.push_str(" (itself) |"),
-                    Some(a) => {
-                        write!(row, " {} |", compare(&r.tp_reps, &a.tp_reps, r.tp, a.tp, false).0)?
-                    }
-                    None => row.push_str(" — |"),
-                }
-                for lat in &r.lat {
-                    let c99 = ci(&lat.reps[1]);
-                    let c999 = ci(&lat.reps[2]);
-                    write!(
-                        row,
-                        " {} | {}{} | {}{} {} | {}{} {} |",
-                        lat.n,
-                        ms(lat.est[0]),
-                        mark(lat.n, 0.5),
-                        ms(lat.est[1]),
-                        mark(lat.n, 0.99),
-                        interval(c99, ms),
-                        ms(lat.est[2]),
-                        mark(lat.n, 0.999),
-                        interval(c999, ms)
-                    )?;
-                }
-                let lt = &r.lat[top];
-                let vs = |b: Option<&Row>| match b {
-                    Some(b) if b.cfg == r.cfg => ("(itself)".to_string(), Verdict::Unknown),
-                    Some(b) => compare(
-                        &lt.reps[1],
-                        &b.lat[top].reps[1],
-                        lt.est[1],
-                        b.lat[top].est[1],
-                        true,
-                    ),
-                    None => ("—".to_string(), Verdict::Unknown),
-                };
-                let (vs_a, _) = vs(a);
-                let (vs_best, _) = vs(best_p99);
-                let (tp_best, _) = match best_tp {
-                    Some(b) if b.cfg == r.cfg => ("(itself)".to_string(), Verdict::Unknown),
-                    Some(b) => compare(&r.tp_reps, &b.tp_reps, r.tp, b.tp, false),
-                    None => ("—".to_string(), Verdict::Unknown),
-                };
-                writeln!(w, "{row} {vs_a} | {vs_best} | {tp_best} |")?;
-                if r.cfg.is_reuselb() {
-                    if let (Some(bp), Some(bt)) = (best_p99, best_tp) {
-                        let c = ci(&ratio_reps(&lt.reps[1], &bp.lat[top].reps[1]));
-                        let ct = ci(&ratio_reps(&r.tp_reps, &bt.tp_reps));
-                        let rp = stats::ratio(lt.est[1], bp.lat[top].est[1]);
-                        let won = rounds_won(&r.top, &bp.top);
-                        targets.push(format!(
-                            "| {vname} | {} | {} | {} {} ({}) {} | {} | {won} | {} {} ({}) {} |",
-                            wl.name(),
-                            r.cfg.letter,
-                            r2(rp),
-                            interval(c, r2),
-                            bp.cfg.letter,
-                            verdict(c, true).word(),
-                            if c.1 <= 0.8 { "met" } else { "missed" },
-                            r2(r.tp / bt.tp),
-                            interval(ct, r2),
-                            bt.cfg.letter,
-                            verdict(ct, false).word()
-                        ));
-                    }
-                }
-            }
-            // Table 2: balance and costs at the highest level.
-            writeln!(w, "\nAt {tp} (medians over the rounds):\n")?;
-            let (fast_head, fast_rule) =
-                if has_fast { (" fast path |", "---:|") } else { ("", "") };
-            writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection |{fast_head} load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
-            writeln!(w, "|---|---:|---:|---:|---:|---:|---:|{fast_rule}---:|---:|---:|---:|---:|")?;
-            for r in &rs {
-                let per = |f: &dyn Fn(&Point) -> f64| med(r.top.iter().map(f));
-                let (busiest, cv) =
-                    (per(&|p| share(&p.per_worker).0), per(&|p| share(&p.per_worker).1));
-                let per_req = |x: u64, p: &Point| x as f64 / p.c.answered.max(1) as f64;
-                let router = if r.cfg.has_router() {
-                    format!("{:.1}", per(&|p| per_req(p.c.router_cpu_ns, p) / 1000.0))
-                } else {
-                    "—".into()
-                };
-                let bpf = per(&|p| {
-                    if p.c.bpf_runs == 0 {
-                        f64::NAN
-                    } else {
-                        p.c.bpf_ns as f64 / p.c.bpf_runs as f64
-                    }
-                });
-                // Share of reuselb's selections made by the fast path (least-loaded, work-left).
-                let fast = per(&|p| {
-                    if p.c.selected == 0 {
-                        f64::NAN
-                    } else {
-                        100.0 * p.c.fast_path as f64 / p.c.selected as f64
-                    }
-                });
-                let failed: u64 =
-                    r.closed.iter().chain(r.open.iter().flatten()).map(|p| p.failed).sum();
-                let holds: Vec<u32> = r
-                    .closed
-                    .iter()
-                    .chain(r.open.iter().flatten())
-                    .flat_map(|p| p.hold_us.iter().copied())
-                    .collect();
-                let hold = if holds.is_empty() {
-                    "—".to_string()
-                } else {
-                    let mut ok: Vec<f64> =
-                        holds.iter().filter(|&&x| x != FAILED).map(|&x| x as f64 / 1e6).collect();
-                    format!("{}/{}, {:.2}", ok.len(), holds.len(), stats::median(&mut ok))
-                };
-                writeln!(
-                    w,
-                    "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} |{} {:.0}% | {:.2} | {:.2} | {failed} | {hold} |",
-                    r.cfg.short(),
-                    busiest,
-                    cv,
-                    per(&|p| per_req(p.c.behind_ctxsw, p)),
-                    per(&|p| per_req(p.c.nginx_cpu_ns, p) / 1000.0),
-                    if bpf.is_nan() { "—".to_string() } else { format!("{bpf:.0}") },
-                    match (has_fast, fast.is_nan()) {
-                        (false, _) => String::new(),
-                        (true, true) => " — |".to_string(),
-                        (true, false) => format!(" {fast:.0}% |"),
-                    },
-                    per(&|p| p.c.loadgen_cpu_ns as f64 / 1e9 / p.secs.max(1e-3) * 100.0),
-                    per(&|p| p.c.other_cpus),
-                    per(&|p| p.c.loadavg1),
-                )?;
-            }
-            writeln!(w)?;
-            chart_rows.push(rs);
-        }
-        // Raw runs, per configuration in round order.
-        writeln!(w, "Per round (round order): closed-loop req/s; p99 ms at each offered rate.\n")?;
-        for (wl, rs) in workloads.iter().zip(&chart_rows) {
-            writeln!(w, "- {vname} {}:", wl.name())?;
-            for r in rs {
-                let tp: Vec<String> =
-                    r.closed.iter().map(|p| format!("{:.0}", p.throughput)).collect();
-                let mut line = format!("  - {}: max {}", r.cfg.letter, tp.join(" "));
-                for (l, pts) in o.levels.iter().zip(&r.open) {
-                    let p: Vec<String> =
-                        pts.iter().map(|p| ms(pct_sorted(&p.lat_us, 0.99))).collect();
-                    write!(line, "; p99 @{} {}", pct(*l), p.join(" "))?;
-                }
-                let errs: Vec<&String> = r
-                    .closed
-                    .iter()
-                    .chain(r.open.iter().flatten())
-                    .flat_map(|p| &p.errors)
-                    .take(2)
-                    .collect();
-                if !errs.is_empty() {
-                    write!(line, "; errors e.g. {errs:?}")?;
-                }
-                writeln!(w, "{line}")?;
-            }
-        }
-        writeln!(w)?;
-        let name = format!("compare-{vname}.svg");
-        writeln!(w, "![{} processes x {} threads]({name})\n", v.processes, v.threads)?;
-        charts.push((name, chart_svg(v, &workloads, &cfgs, &chart_rows, top_l)));
+    Ok(())
+}
+
+/// One variant's section: each workload's tables, the per-round figures and the chart. Adds
+/// reuselb's rows against the target to `targets`; returns the chart (file name, SVG).
+fn variant(
+    w: &mut String,
+    ctx: &Ctx,
+    v: &RawVariant,
+    targets: &mut Vec<String>,
+) -> Result<(String, String)> {
+    let vname = format!("{}x{}", v.processes, v.threads);
+    writeln!(w, "## {} processes × {} threads\n", v.processes, v.threads)?;
+    let orders: Vec<String> =
+        v.orders.iter().enumerate().map(|(i, o)| format!("{}: {o}", i + 1)).collect();
+    writeln!(w, "Order of each round: {}.\n", orders.join(", "))?;
+    let mut chart_rows: Vec<Vec<Row>> = Vec::new();
+    for &wl in &ctx.workloads {
+        let rs = rows(ctx.raw, v, wl.name(), &ctx.cfgs);
+        workload(w, ctx, v, wl, &rs, targets)?;
+        chart_rows.push(rs);
     }
-    if !targets.is_empty() {
-        writeln!(w, "## Against the target\n")?;
-        writeln!(w, "Target (issue 15): p99 at {} of A's maximum <= 0.8 × the best non-reuselb configuration, the whole 95% interval \
-             of the ratio at or below 0.8; maximum throughput >= 1.0 × the best non-reuselb configuration. Verdicts by the rule above.\n", pct(top_l))?;
-        writeln!(w, "| variant | workload | config | p99 / best non-reuselb [CI] (best) verdict | p99 <= 0.8× | rounds with the lower p99 | max / best non-reuselb [CI] (best) verdict |")?;
-        writeln!(w, "|---|---|---|---:|---|---:|---:|")?;
-        for t in &targets {
-            writeln!(w, "{t}")?;
-        }
-        writeln!(w)?;
+    per_round(w, ctx, &vname, &chart_rows)?;
+    writeln!(w)?;
+    let name = format!("compare-{vname}.svg");
+    writeln!(w, "![{} processes x {} threads]({name})\n", v.processes, v.threads)?;
+    let svg = chart_svg(v, &ctx.workloads, &ctx.cfgs, &chart_rows, ctx.top_l);
+    Ok((name, svg))
+}
+
+/// The rows each row of a workload is compared with: A, and the best non-reuselb configurations
+/// by p99 at the highest level and by maximum throughput.
+struct Against<'r> {
+    a: Option<&'r Row>,
+    best_p99: Option<&'r Row>,
+    best_tp: Option<&'r Row>,
+    /// The index of the highest level in a row's latencies.
+    top: usize,
+}
+
+impl<'r> Against<'r> {
+    fn of(rs: &'r [Row]) -> Self {
+        let a = rs.iter().find(|r| r.cfg.letter == 'A');
+        let top = rs[0].lat.len().saturating_sub(1);
+        let best_p99 = rs
+            .iter()
+            .filter(|r| !r.cfg.is_reuselb() && !r.lat[top].est[1].is_nan())
+            .min_by(|x, y| x.lat[top].est[1].total_cmp(&y.lat[top].est[1]));
+        let best_tp = rs
+            .iter()
+            .filter(|r| !r.cfg.is_reuselb() && !r.tp.is_nan())
+            .max_by(|x, y| x.tp.total_cmp(&y.tp));
+        Against { a, best_p99, best_tp, top }
     }
-    writeln!(w, "The selector's cost in isolation is `cargo xtask bench selector`'s table (`target/bench/selector.md`).")?;
-    Ok(Rendered { markdown: md, charts })
+}
+
+/// One workload of a variant: its heading, the throughput and latency table, and the balance
+/// and costs table.
+fn workload(
+    w: &mut String,
+    ctx: &Ctx,
+    v: &RawVariant,
+    wl: Workload,
+    rs: &[Row],
+    targets: &mut Vec<String>,
+) -> Result<()> {
+    let base = v.base.iter().find(|(n, _)| n == wl.name()).map(|(_, x)| *x);
+    let base = base.unwrap_or(f64::NAN);
+    writeln!(
+        w,
+        "### {}: {} closed-loop clients; A's median maximum {base:.0} req/s; offered {}\n",
+        wl.name(),
+        wl.clients(v.processes),
+        ctx.raw
+            .options
+            .levels
+            .iter()
+            .map(|l| format!("{} = {:.0} req/s", pct(*l), base * l))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )?;
+    let vs = Against::of(rs);
+    latency_table(w, ctx, &vs, rs)?;
+    let vname = format!("{}x{}", v.processes, v.threads);
+    for r in rs.iter().filter(|r| r.cfg.is_reuselb()) {
+        targets.extend(target_row(&vname, wl, r, &vs));
+    }
+    balance_table(w, ctx, rs)?;
+    writeln!(w)?;
+    Ok(())
+}
+
+/// Table 1: throughput and latency, each against A and the best non-reuselb configuration.
+fn latency_table(w: &mut String, ctx: &Ctx, vs: &Against, rs: &[Row]) -> Result<()> {
+    let best_name = |b: Option<&Row>| b.map(|r| r.cfg.letter.to_string()).unwrap_or("—".into());
+    let mut head = String::from("| config | max req/s [95% CI] | max ×A [CI] |");
+    let mut sep = String::from("|---|---:|---:|");
+    for l in &ctx.raw.options.levels {
+        let p = pct(*l);
+        write!(head, " n @{p} | p50 @{p} | p99 @{p} [CI] | p99.9 @{p} [CI] |")?;
+        sep.push_str("---:|---:|---:|---:|");
+    }
+    let tp = pct(ctx.top_l);
+    write!(
+        head,
+        " p99 @{tp} ×A [CI] | p99 @{tp} × best non-reuselb ({}) [CI] | max × best non-reuselb ({}) [CI] |",
+        best_name(vs.best_p99),
+        best_name(vs.best_tp)
+    )?;
+    sep.push_str("---:|---:|---:|");
+    writeln!(w, "{head}\n{sep}")?;
+    for r in rs {
+        latency_row(w, vs, r)?;
+    }
+    Ok(())
+}
+
+/// One configuration's row of table 1.
+fn latency_row(w: &mut String, vs: &Against, r: &Row) -> Result<()> {
+    let top = vs.top;
+    let tp_ci = interval(ci(&r.tp_reps), |x| format!("{x:.0}"));
+    let mut row = format!("| {} | {:.0} {tp_ci} |", r.cfg.short(), r.tp);
+    match vs.a {
+        Some(a) if a.cfg == r.cfg => row.push_str(" (itself) |"),
+        Some(a) => write!(row, " {} |", compare(&r.tp_reps, &a.tp_reps, r.tp, a.tp, false).0)?,
+        None => row.push_str(" — |"),
+    }
+    for lat in &r.lat {
+        let c99 = ci(&lat.reps[1]);
+        let c999 = ci(&lat.reps[2]);
+        write!(
+            row,
+            " {} | {}{} | {}{} {} | {}{} {} |",
+            lat.n,
+            ms(lat.est[0]),
+            mark(lat.n, 0.5),
+            ms(lat.est[1]),
+            mark(lat.n, 0.99),
+            interval(c99, ms),
+            ms(lat.est[2]),
+            mark(lat.n, 0.999),
+            interval(c999, ms)
+        )?;
+    }
+    let lt = &r.lat[top];
+    let p99_vs = |b: Option<&Row>| match b {
+        Some(b) if b.cfg == r.cfg => ("(itself)".to_string(), Verdict::Unknown),
+        Some(b) => compare(&lt.reps[1], &b.lat[top].reps[1], lt.est[1], b.lat[top].est[1], true),
+        None => ("—".to_string(), Verdict::Unknown),
+    };
+    let (vs_a, _) = p99_vs(vs.a);
+    let (vs_best, _) = p99_vs(vs.best_p99);
+    let (tp_best, _) = match vs.best_tp {
+        Some(b) if b.cfg == r.cfg => ("(itself)".to_string(), Verdict::Unknown),
+        Some(b) => compare(&r.tp_reps, &b.tp_reps, r.tp, b.tp, false),
+        None => ("—".to_string(), Verdict::Unknown),
+    };
+    writeln!(w, "{row} {vs_a} | {vs_best} | {tp_best} |")?;
+    Ok(())
+}
+
+/// A reuselb row of "Against the target", if there is a best non-reuselb configuration to
+/// compare it with.
+fn target_row(vname: &str, wl: Workload, r: &Row, vs: &Against) -> Option<String> {
+    let (bp, bt) = (vs.best_p99?, vs.best_tp?);
+    let top = vs.top;
+    let lt = &r.lat[top];
+    let c = ci(&ratio_reps(&lt.reps[1], &bp.lat[top].reps[1]));
+    let ct = ci(&ratio_reps(&r.tp_reps, &bt.tp_reps));
+    let rp = stats::ratio(lt.est[1], bp.lat[top].est[1]);
+    let won = rounds_won(&r.top, &bp.top);
+    Some(format!(
+        "| {vname} | {} | {} | {} {} ({}) {} | {} | {won} | {} {} ({}) {} |",
+        wl.name(),
+        r.cfg.letter,
+        r2(rp),
+        interval(c, r2),
+        bp.cfg.letter,
+        verdict(c, true).word(),
+        if c.1 <= 0.8 { "met" } else { "missed" },
+        r2(r.tp / bt.tp),
+        interval(ct, r2),
+        bt.cfg.letter,
+        verdict(ct, false).word()
+    ))
+}
+
+/// Table 2: balance and costs at the highest level.
+fn balance_table(w: &mut String, ctx: &Ctx, rs: &[Row]) -> Result<()> {
+    writeln!(w, "\nAt {} (medians over the rounds):\n", pct(ctx.top_l))?;
+    let (fast_head, fast_rule) = if ctx.has_fast { (" fast path |", "---:|") } else { ("", "") };
+    writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection |{fast_head} load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
+    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|{fast_rule}---:|---:|---:|---:|---:|")?;
+    for r in rs {
+        balance_row(w, ctx.has_fast, r)?;
+    }
+    Ok(())
+}
+
+/// One configuration's row of table 2.
+fn balance_row(w: &mut String, has_fast: bool, r: &Row) -> Result<()> {
+    let per = |f: &dyn Fn(&Point) -> f64| med(r.top.iter().map(f));
+    let (busiest, cv) = (per(&|p| share(&p.per_worker).0), per(&|p| share(&p.per_worker).1));
+    let per_req = |x: u64, p: &Point| x as f64 / p.c.answered.max(1) as f64;
+    let router = if r.cfg.has_router() {
+        format!("{:.1}", per(&|p| per_req(p.c.router_cpu_ns, p) / 1000.0))
+    } else {
+        "—".into()
+    };
+    let bpf = per(&|p| {
+        if p.c.bpf_runs == 0 {
+            f64::NAN
+        } else {
+            p.c.bpf_ns as f64 / p.c.bpf_runs as f64
+        }
+    });
+    // Share of reuselb's selections made by the fast path (least-loaded, work-left).
+    let fast = per(&|p| {
+        if p.c.selected == 0 {
+            f64::NAN
+        } else {
+            100.0 * p.c.fast_path as f64 / p.c.selected as f64
+        }
+    });
+    let failed: u64 = r.closed.iter().chain(r.open.iter().flatten()).map(|p| p.failed).sum();
+    writeln!(
+        w,
+        "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} |{} {:.0}% | {:.2} | {:.2} | {failed} | {} |",
+        r.cfg.short(),
+        busiest,
+        cv,
+        per(&|p| per_req(p.c.behind_ctxsw, p)),
+        per(&|p| per_req(p.c.nginx_cpu_ns, p) / 1000.0),
+        if bpf.is_nan() { "—".to_string() } else { format!("{bpf:.0}") },
+        match (has_fast, fast.is_nan()) {
+            (false, _) => String::new(),
+            (true, true) => " — |".to_string(),
+            (true, false) => format!(" {fast:.0}% |"),
+        },
+        per(&|p| p.c.loadgen_cpu_ns as f64 / 1e9 / p.secs.max(1e-3) * 100.0),
+        per(&|p| p.c.other_cpus),
+        per(&|p| p.c.loadavg1),
+        holds(r),
+    )?;
+    Ok(())
+}
+
+/// The hold requests of a row: done/sent and the median seconds of those done, or "—".
+fn holds(r: &Row) -> String {
+    let holds: Vec<u32> = r
+        .closed
+        .iter()
+        .chain(r.open.iter().flatten())
+        .flat_map(|p| p.hold_us.iter().copied())
+        .collect();
+    if holds.is_empty() {
+        return "—".to_string();
+    }
+    let mut ok: Vec<f64> =
+        holds.iter().filter(|&&x| x != FAILED).map(|&x| x as f64 / 1e6).collect();
+    format!("{}/{}, {:.2}", ok.len(), holds.len(), stats::median(&mut ok))
+}
+
+/// Raw runs of a variant, per configuration in round order.
+fn per_round(w: &mut String, ctx: &Ctx, vname: &str, chart_rows: &[Vec<Row>]) -> Result<()> {
+    writeln!(w, "Per round (round order): closed-loop req/s; p99 ms at each offered rate.\n")?;
+    for (wl, rs) in ctx.workloads.iter().zip(chart_rows) {
+        writeln!(w, "- {vname} {}:", wl.name())?;
+        for r in rs {
+            let tp: Vec<String> = r.closed.iter().map(|p| format!("{:.0}", p.throughput)).collect();
+            let mut line = format!("  - {}: max {}", r.cfg.letter, tp.join(" "));
+            for (l, pts) in ctx.raw.options.levels.iter().zip(&r.open) {
+                let p: Vec<String> = pts.iter().map(|p| ms(pct_sorted(&p.lat_us, 0.99))).collect();
+                write!(line, "; p99 @{} {}", pct(*l), p.join(" "))?;
+            }
+            let errs: Vec<&String> = r
+                .closed
+                .iter()
+                .chain(r.open.iter().flatten())
+                .flat_map(|p| &p.errors)
+                .take(2)
+                .collect();
+            if !errs.is_empty() {
+                write!(line, "; errors e.g. {errs:?}")?;
+            }
+            writeln!(w, "{line}")?;
+        }
+    }
+    Ok(())
+}
+
+/// "Against the target": reuselb's rows against the issue's target, if there are any.
+fn against_the_target(w: &mut String, targets: &[String], top_l: f64) -> Result<()> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    writeln!(w, "## Against the target\n")?;
+    writeln!(w, "Target (issue 15): p99 at {} of A's maximum <= 0.8 × the best non-reuselb configuration, the whole 95% interval \
+         of the ratio at or below 0.8; maximum throughput >= 1.0 × the best non-reuselb configuration. Verdicts by the rule above.\n", pct(top_l))?;
+    writeln!(w, "| variant | workload | config | p99 / best non-reuselb [CI] (best) verdict | p99 <= 0.8× | rounds with the lower p99 | max / best non-reuselb [CI] (best) verdict |")?;
+    writeln!(w, "|---|---|---|---:|---|---:|---:|")?;
+    for t in targets {
+        writeln!(w, "{t}")?;
+    }
+    writeln!(w)?;
+    Ok(())
 }
 
 /// The statistical rule, as the report and docs/BENCHMARKS.md state it.
@@ -552,7 +651,7 @@ fn chart_svg(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{
+    use crate::{
         compare::raw::{Machine, PointCounters, RawOptions, FORMAT},
         loadgen::Rng,
     };

@@ -12,7 +12,7 @@
 //!
 //! Everything is deterministic: the generator is seeded from the point's identity, so a report
 //! regenerated from the same raw file is identical.
-use crate::bench::loadgen::Rng;
+use crate::loadgen::Rng;
 
 use super::raw::FAILED;
 

@@ -1,4 +1,15 @@
-//! Benchmarks of reuselb, run by `cargo xtask bench <name>` (see `src/bin/bench.rs`).
+//! Benchmarks of reuselb against the real kernel, run by `cargo xtask bench <name>` (the `bench`
+//! binary, `src/main.rs`). This crate owns the benchmark harness; the fixtures it starts apps and
+//! network namespaces with are the integration tests' (`integration_tests::{apps, netns}`).
+//!
+//! - [`selector`]: ns per selection and the connection rate, on raw reuseport groups ([`rig`],
+//!   with [`sk_pass`]'s SK_PASS-only program as the baseline);
+//! - [`compare`]: nginx -> uWSGI under each way of balancing, with the load generator
+//!   ([`loadgen`]); its report and charts ([`chart`]) are rendered from its raw samples alone;
+//! - [`footprint`]: memory and start-up time of reuselb's layout against nginx least_conn's.
+//!
+//! Here: the list of benches and their dispatch, and what they share (a sample's [`Summary`], the
+//! report directory, the network namespace, the kernel's description).
 pub mod chart;
 pub mod compare;
 pub mod footprint;
@@ -73,7 +84,7 @@ pub fn summarize(values: &[f64]) -> Summary {
 pub fn target_dir() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("tests/ is inside the workspace")
+        .expect("bench/ is inside the workspace")
         .to_path_buf();
     match std::env::var_os("CARGO_TARGET_DIR") {
         Some(dir) => root.join(dir),
@@ -99,7 +110,7 @@ pub fn choose_netns(no_netns: bool) -> String {
     if no_netns {
         return "the current network namespace (--no-netns)".to_string();
     }
-    match crate::netns::isolate_thread() {
+    match integration_tests::netns::isolate_thread() {
         Ok(()) => "a private network namespace (created by the bench, gone with it)".to_string(),
         Err(e) => {
             eprintln!("warning: running in the current network namespace: {e:#}");

@@ -1,12 +1,12 @@
 //! Benchmarks of reuselb against the real kernel: `cargo xtask bench <name> [args]`, or
-//! `cargo run --release -p integration-tests --bin bench -- <name> [args]`.
+//! `cargo run --release -p reuselb-bench --bin bench -- <name> [args]`.
 //!
 //! `<name>` is one of the benches in `bench::BENCHES`, or `all`; `bench report <file>` renders
 //! `bench compare`'s report and charts again from the raw samples file a run wrote. Each prints a markdown report
 //! and writes it to `target/bench/<name>.md`. A missed target is reported, not an error; the
 //! process exits non-zero only when a measurement fails.
 use anyhow::{bail, Result};
-use integration_tests::bench;
+use reuselb_bench as bench;
 
 fn main() {
     // The message, not a backtrace: a failed measurement should read as one.

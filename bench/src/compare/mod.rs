@@ -33,6 +33,7 @@ pub mod schedule;
 pub mod stats;
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -48,12 +49,12 @@ use counters::{
 use deploy::{deploy, snapshot_binaries, Deployment};
 use raw::{Machine, Point, PointCounters, Raw, RawOptions, RawVariant, FAILED, FORMAT};
 
-use super::{
+use crate::{
     choose_netns,
     loadgen::{self, check_interrupted, Mode, Rng, Spec},
     target_dir,
 };
-use crate::apps::require;
+use integration_tests::apps::require;
 
 /// Where a run writes its raw samples.
 pub fn raw_path() -> PathBuf {
@@ -114,6 +115,25 @@ fn open_phase_secs(o: &Options, rates: &[f64], tail: f64) -> f64 {
     rates.iter().map(|&rate| r * c * (open_secs(o, rate) + 0.3) + tail * r * c).sum()
 }
 
+/// The growth of a pair of counters read before and after a run; 0 if either read failed.
+fn delta(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> (u64, u64) {
+    match (before, after) {
+        (Some((a0, b0)), Some((a1, b1))) => (a1.saturating_sub(a0), b1.saturating_sub(b0)),
+        _ => (0, 0),
+    }
+}
+
+/// Answers per worker of `dep`, in its order, then those of any other pid (by pid) that answered.
+fn per_worker(dep: &Deployment, by_pid: &HashMap<u32, u64>) -> Vec<u64> {
+    let mut per_worker: Vec<u64> =
+        dep.workers.iter().map(|p| by_pid.get(p).copied().unwrap_or(0)).collect();
+    let mut others: Vec<(u32, u64)> =
+        by_pid.iter().filter(|(p, _)| !dep.workers.contains(p)).map(|(p, n)| (*p, *n)).collect();
+    others.sort_unstable();
+    per_worker.extend(others.into_iter().map(|(_, n)| n));
+    per_worker
+}
+
 /// Measures one point: a closed-loop run (`level` 0) or an open-loop one.
 #[allow(clippy::too_many_arguments)]
 fn measure(
@@ -169,24 +189,9 @@ fn measure(
     let own1 = own_ticks(deps);
     let elapsed = t0.elapsed().as_secs_f64();
     let other = busy1.saturating_sub(busy0) as f64 - own1.saturating_sub(own0) as f64;
-    let (bpf_ns, bpf_runs) = match (p0, p1) {
-        (Some((t0, n0)), Some((t1, n1))) => (t1.saturating_sub(t0), n1.saturating_sub(n0)),
-        _ => (0, 0),
-    };
-    let (fast_path, selected) = match (f0, f1) {
-        (Some((a0, s0)), Some((a1, s1))) => (a1.saturating_sub(a0), s1.saturating_sub(s0)),
-        _ => (0, 0),
-    };
-    let mut per_worker: Vec<u64> =
-        dep.workers.iter().map(|p| out.by_pid.get(p).copied().unwrap_or(0)).collect();
-    let mut others: Vec<(u32, u64)> = out
-        .by_pid
-        .iter()
-        .filter(|(p, _)| !dep.workers.contains(p))
-        .map(|(p, n)| (*p, *n))
-        .collect();
-    others.sort_unstable();
-    per_worker.extend(others.into_iter().map(|(_, n)| n));
+    let (bpf_ns, bpf_runs) = delta(p0, p1);
+    let (fast_path, selected) = delta(f0, f1);
+    let per_worker = per_worker(dep, &out.by_pid);
     let mut lat = if detail { out.latencies_us.clone() } else { Vec::new() };
     lat.sort_unstable();
     let mut hold_us = out.hold_us.clone();
@@ -313,35 +318,33 @@ pub fn render_to(path: &Path, dir: &Path) -> Result<String> {
     Ok(out.markdown)
 }
 
-fn run_variant(
-    o: &Options,
-    v: Variant,
-    bins: &deploy::Binaries,
-    base_cfg: CfgRef,
-    hz: f64,
-) -> Result<RawVariant> {
-    let rounds = o.rounds();
+/// Starts configuration `c` of variant `v`. A start can fail for a reason of the moment (a port
+/// picked as free taken by another instance before it binds): tries again twice (the failed
+/// attempt's processes are gone with its guard) before giving up.
+fn start(c: CfgRef, v: Variant, bins: &deploy::Binaries) -> Result<Deployment> {
+    let mut attempt = 1;
+    loop {
+        match deploy(c, v, bins) {
+            Ok(d) => return Ok(d),
+            Err(e) if attempt < 3 => {
+                let why = format!("{e:#}");
+                let why = why.lines().next().unwrap_or_default();
+                eprintln!("  {} did not start (attempt {attempt}), again: {why}", c.short());
+                attempt += 1;
+            }
+            Err(e) => return Err(e.context(format!("starting {} ({})", c.short(), v.name()))),
+        }
+    }
+}
+
+/// Every configuration of variant `v`, started one after the other.
+fn start_all(o: &Options, v: Variant, bins: &deploy::Binaries) -> Result<Vec<Deployment>> {
     eprintln!("bench compare: {} — starting {} configurations", v.name(), o.configs.len());
     let mut deps: Vec<Deployment> = Vec::new();
     for &c in &o.configs {
         check_interrupted()?;
         let t = Instant::now();
-        // A start can fail for a reason of the moment (a port picked as free taken by another
-        // instance before it binds): try again twice (the failed attempt's processes are gone with
-        // its guard) before giving up.
-        let mut attempt = 1;
-        let dep = loop {
-            match deploy(c, v, bins) {
-                Ok(d) => break d,
-                Err(e) if attempt < 3 => {
-                    let why = format!("{e:#}");
-                    let why = why.lines().next().unwrap_or_default();
-                    eprintln!("  {} did not start (attempt {attempt}), again: {why}", c.short());
-                    attempt += 1;
-                }
-                Err(e) => return Err(e.context(format!("starting {} ({})", c.short(), v.name()))),
-            }
-        };
+        let dep = start(c, v, bins)?;
         deps.push(dep);
         eprintln!(
             "  {} up in {:.1} s ({} workers)",
@@ -350,7 +353,160 @@ fn run_variant(
             deps.last().unwrap().workers.len()
         );
     }
-    let dep_of = |c: CfgRef| deps.iter().find(|d| d.cfg == c).expect("deployed");
+    Ok(deps)
+}
+
+/// One variant's configurations, all started, and the order of each round.
+struct Phases<'a> {
+    o: &'a Options,
+    v: Variant,
+    deps: &'a [Deployment],
+    orders: Vec<Vec<CfgRef>>,
+    /// The configuration the offered rates are shares of (A).
+    base_cfg: CfgRef,
+}
+
+impl Phases<'_> {
+    fn dep_of(&self, c: CfgRef) -> &Deployment {
+        self.deps.iter().find(|d| d.cfg == c).expect("deployed")
+    }
+
+    /// Every configuration, every workload, unrecorded.
+    fn warm_up(&self) -> Result<()> {
+        for &w in &self.o.workloads {
+            for d in self.deps {
+                let mode = Mode::Closed { clients: w.clients(self.v.processes) };
+                measure(self.deps, d, w, mode, self.o.warmup_secs, 1, 0, 0.0)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// 1. Maximum throughput, closed loop: adds its points to `out`.
+    fn closed(&self, out: &mut RawVariant) -> Result<()> {
+        let rounds = self.orders.len();
+        for (r, order) in self.orders.iter().enumerate() {
+            for &w in &self.o.workloads {
+                let clients = w.clients(self.v.processes);
+                eprintln!(
+                    "  {} closed loop, {clients} clients, round {}/{rounds}",
+                    w.name(),
+                    r + 1
+                );
+                for &c in order {
+                    let mode = Mode::Closed { clients };
+                    let secs = self.o.closed_secs;
+                    let p =
+                        measure(self.deps, self.dep_of(c), w, mode, secs, 1000 + r as u64, r, 0.0)?;
+                    eprintln!(
+                        "    {}: {:.0} req/s, failed {}{}",
+                        c.short(),
+                        p.throughput,
+                        p.failed,
+                        hold_note(&p)
+                    );
+                    out.points.push(p);
+                    std::thread::sleep(Duration::from_millis(150));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The base configuration's median maximum per workload, from the closed-loop points.
+    fn bases(&self, out: &mut RawVariant) {
+        for &w in &self.o.workloads {
+            let mut tp: Vec<f64> = out
+                .points
+                .iter()
+                .filter(|p| {
+                    p.level == 0.0 && p.config == self.base_cfg.letter && p.workload == w.name()
+                })
+                .map(|p| p.throughput)
+                .collect();
+            out.base.push((w.name().to_string(), median_of(&mut tp)));
+        }
+    }
+
+    /// 2. Latency at fixed offered rates, open loop: adds its points to `out`.
+    fn open(&self, out: &mut RawVariant) -> Result<()> {
+        let o = self.o;
+        let base_of = |w: Workload, b: &[(String, f64)]| {
+            b.iter().find(|(n, _)| n == w.name()).map(|(_, x)| *x).unwrap_or(f64::NAN)
+        };
+        let rates: Vec<f64> = o
+            .workloads
+            .iter()
+            .flat_map(|&w| o.levels.iter().map(move |l| (w, l)))
+            .map(|(w, l)| base_of(w, &out.base) * l)
+            .collect();
+        let holds = o.workloads.iter().filter(|w| w.hold_path().is_some()).count() as f64;
+        eprintln!(
+            "  open-loop phase of {}: expected ~{:.1} min",
+            self.v.name(),
+            open_phase_secs(o, &rates, holds * o.levels.len() as f64 * HOLD_MS as f64 / 2000.0)
+                / 60.0
+        );
+        for r in 0..self.orders.len() {
+            for &w in &o.workloads {
+                let base = base_of(w, &out.base);
+                for (li, &level) in o.levels.iter().enumerate() {
+                    self.open_point(out, r, w, (li, level), base * level)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Round `r`'s open-loop runs of workload `w` at level `level` (the `li`th), `rate` req/s,
+    /// every configuration in the round's order.
+    fn open_point(
+        &self,
+        out: &mut RawVariant,
+        r: usize,
+        w: Workload,
+        (li, level): (usize, f64),
+        rate: f64,
+    ) -> Result<()> {
+        let secs = open_secs(self.o, rate);
+        eprintln!(
+            "  {} open loop at {:.0}% of {} ({rate:.0} req/s, {secs:.1} s), round {}/{}",
+            w.name(),
+            level * 100.0,
+            self.base_cfg.letter,
+            r + 1,
+            self.orders.len()
+        );
+        for &c in &self.orders[r] {
+            let seed = 5000 + (r * 10 + li) as u64;
+            let mode = Mode::Open { rate };
+            let p = measure(self.deps, self.dep_of(c), w, mode, secs, seed, r, level)?;
+            let lat = &p.lat_us;
+            eprintln!(
+                "    {}: n {} p50 {:.1} p99 {:.1} ms, failed {}{}",
+                c.short(),
+                lat.len(),
+                stats::pct_sorted(lat, 0.5),
+                stats::pct_sorted(lat, 0.99),
+                p.failed,
+                hold_note(&p)
+            );
+            out.points.push(p);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+        Ok(())
+    }
+}
+
+fn run_variant(
+    o: &Options,
+    v: Variant,
+    bins: &deploy::Binaries,
+    base_cfg: CfgRef,
+    hz: f64,
+) -> Result<RawVariant> {
+    let rounds = o.rounds();
+    let deps = start_all(o, v, bins)?;
     let orders: Vec<Vec<CfgRef>> = (0..rounds)
         .map(|r| schedule::order(o.configs.len(), r).into_iter().map(|i| o.configs[i]).collect())
         .collect();
@@ -361,91 +517,11 @@ fn run_variant(
         ..Default::default()
     };
     let (t0, (busy0, steal0), own0) = (Instant::now(), machine_ticks(), own_ticks(&deps));
-    // Warm-up: every configuration, every workload, unrecorded.
-    for &w in &o.workloads {
-        for d in &deps {
-            let mode = Mode::Closed { clients: w.clients(v.processes) };
-            measure(&deps, d, w, mode, o.warmup_secs, 1, 0, 0.0)?;
-        }
-    }
-    // 1. Maximum throughput, closed loop.
-    for (r, order) in orders.iter().enumerate() {
-        for &w in &o.workloads {
-            let clients = w.clients(v.processes);
-            eprintln!("  {} closed loop, {clients} clients, round {}/{rounds}", w.name(), r + 1);
-            for &c in order {
-                let mode = Mode::Closed { clients };
-                let p = measure(&deps, dep_of(c), w, mode, o.closed_secs, 1000 + r as u64, r, 0.0)?;
-                eprintln!(
-                    "    {}: {:.0} req/s, failed {}{}",
-                    c.short(),
-                    p.throughput,
-                    p.failed,
-                    hold_note(&p)
-                );
-                out.points.push(p);
-                std::thread::sleep(Duration::from_millis(150));
-            }
-        }
-    }
-    for &w in &o.workloads {
-        let mut tp: Vec<f64> = out
-            .points
-            .iter()
-            .filter(|p| p.level == 0.0 && p.config == base_cfg.letter && p.workload == w.name())
-            .map(|p| p.throughput)
-            .collect();
-        out.base.push((w.name().to_string(), median_of(&mut tp)));
-    }
-    let base_of = |w: Workload, b: &[(String, f64)]| {
-        b.iter().find(|(n, _)| n == w.name()).map(|(_, x)| *x).unwrap_or(f64::NAN)
-    };
-    // 2. Latency at fixed offered rates, open loop.
-    let rates: Vec<f64> = o
-        .workloads
-        .iter()
-        .flat_map(|&w| o.levels.iter().map(move |l| (w, l)))
-        .map(|(w, l)| base_of(w, &out.base) * l)
-        .collect();
-    let holds = o.workloads.iter().filter(|w| w.hold_path().is_some()).count() as f64;
-    eprintln!(
-        "  open-loop phase of {}: expected ~{:.1} min",
-        v.name(),
-        open_phase_secs(o, &rates, holds * o.levels.len() as f64 * HOLD_MS as f64 / 2000.0) / 60.0
-    );
-    for (r, order) in orders.iter().enumerate() {
-        for &w in &o.workloads {
-            let base = base_of(w, &out.base);
-            for (li, &level) in o.levels.iter().enumerate() {
-                let rate = base * level;
-                let secs = open_secs(o, rate);
-                eprintln!(
-                    "  {} open loop at {:.0}% of {} ({rate:.0} req/s, {secs:.1} s), round {}/{rounds}",
-                    w.name(),
-                    level * 100.0,
-                    base_cfg.letter,
-                    r + 1
-                );
-                for &c in order {
-                    let seed = 5000 + (r * 10 + li) as u64;
-                    let mode = Mode::Open { rate };
-                    let p = measure(&deps, dep_of(c), w, mode, secs, seed, r, level)?;
-                    let lat = &p.lat_us;
-                    eprintln!(
-                        "    {}: n {} p50 {:.1} p99 {:.1} ms, failed {}{}",
-                        c.short(),
-                        lat.len(),
-                        stats::pct_sorted(lat, 0.5),
-                        stats::pct_sorted(lat, 0.99),
-                        p.failed,
-                        hold_note(&p)
-                    );
-                    out.points.push(p);
-                    std::thread::sleep(Duration::from_millis(150));
-                }
-            }
-        }
-    }
+    let phases = Phases { o, v, deps: &deps, orders, base_cfg };
+    phases.warm_up()?;
+    phases.closed(&mut out)?;
+    phases.bases(&mut out);
+    phases.open(&mut out)?;
     let (busy1, steal1) = machine_ticks();
     let own1 = own_ticks(&deps);
     let secs = t0.elapsed().as_secs_f64();

@@ -6,7 +6,8 @@ use std::fs;
 use aya::maps::{Map, MapData, MapInfo, PerCpuArray};
 use balancer_common::{maps, Event, MAX_SLOTS};
 
-use crate::{apps, bench::kernel_release};
+use crate::kernel_release;
+use integration_tests::apps;
 
 use super::deploy::Deployment;
 

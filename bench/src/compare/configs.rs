@@ -5,7 +5,7 @@
 //! (and so excluded from "the best non-reuselb configuration") follows from its [`How`] alone.
 use anyhow::{bail, Context, Result};
 
-use crate::bench::loadgen::Rng;
+use crate::loadgen::Rng;
 
 /// How a configuration spreads connections over the workers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -319,28 +319,27 @@ impl Options {
         }
     }
 
+    /// Full mode's defaults, over quick mode's.
+    fn full(mut self) -> Self {
+        self.full = true;
+        self.rounds = None;
+        self.closed_secs = 1.5;
+        self.open_secs = 1.0;
+        self.warmup_secs = 0.5;
+        self.min_samples = 5000;
+        self.levels = vec![0.9];
+        self
+    }
+
     pub fn parse(args: &[String]) -> Result<Self> {
         let mut o = Self::quick();
         if args.iter().any(|a| a == "--full") {
-            o.full = true;
-            o.rounds = None;
-            o.closed_secs = 1.5;
-            o.open_secs = 1.0;
-            o.warmup_secs = 0.5;
-            o.min_samples = 5000;
-            o.levels = vec![0.9];
+            o = o.full();
         }
         let mut it = args.iter();
         while let Some(arg) = it.next() {
             let mut val = |name: &str| -> Result<String> {
                 it.next().cloned().with_context(|| format!("{name} needs a value; usage: {USAGE}"))
-            };
-            let num = |name: &str, v: String| -> Result<f64> {
-                let x: f64 = v.parse().with_context(|| format!("{name}: `{v}` is not a number"))?;
-                if !x.is_finite() || x < 0.0 {
-                    bail!("{name}: `{v}` must be a finite number >= 0");
-                }
-                Ok(x)
             };
             match arg.as_str() {
                 "--full" => {}
@@ -349,76 +348,46 @@ impl Options {
                         val(arg)?.parse().with_context(|| format!("{arg}: not a count"))?;
                     o.rounds = Some(n);
                 }
-                "--closed-secs" => o.closed_secs = num(arg, val(arg)?)?,
-                "--open-secs" => o.open_secs = num(arg, val(arg)?)?,
-                "--warmup-secs" => o.warmup_secs = num(arg, val(arg)?)?,
-                "--min-samples" => o.min_samples = num(arg, val(arg)?)? as u64,
-                "--bootstrap" => o.bootstrap = num(arg, val(arg)?)? as usize,
-                "--levels" => {
-                    o.levels = val(arg)?
-                        .split(',')
-                        .map(|s| {
-                            let p = num("--levels", s.to_string())?;
-                            if p <= 0.0 || p > 200.0 {
-                                bail!("--levels: `{s}` is not a percentage in (0, 200]");
-                            }
-                            Ok(p / 100.0)
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                "--configs" => {
-                    o.configs = val(arg)?
-                        .chars()
-                        .map(|c| {
-                            Cfg::by_letter(c).with_context(|| {
-                                format!(
-                                    "--configs: no configuration `{c}` (there are {})",
-                                    CONFIGS.iter().map(|c| c.letter).collect::<String>()
-                                )
-                            })
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                "--workloads" => {
-                    o.workloads = val(arg)?
-                        .split(',')
-                        .map(|w| {
-                            Workload::by_name(w)
-                                .with_context(|| format!("--workloads: no workload `{w}`"))
-                        })
-                        .collect::<Result<_>>()?;
-                }
-                "--variants" => {
-                    o.variants = val(arg)?
-                        .split(',')
-                        .map(|s| Variant::parse(s).context("--variants"))
-                        .collect::<Result<_>>()?;
-                }
+                "--closed-secs" => o.closed_secs = number(arg, &val(arg)?)?,
+                "--open-secs" => o.open_secs = number(arg, &val(arg)?)?,
+                "--warmup-secs" => o.warmup_secs = number(arg, &val(arg)?)?,
+                "--min-samples" => o.min_samples = number(arg, &val(arg)?)? as u64,
+                "--bootstrap" => o.bootstrap = number(arg, &val(arg)?)? as usize,
+                "--levels" => o.levels = levels(&val(arg)?)?,
+                "--configs" => o.configs = configs(&val(arg)?)?,
+                "--workloads" => o.workloads = workloads(&val(arg)?)?,
+                "--variants" => o.variants = variants(&val(arg)?)?,
                 "--no-netns" => o.no_netns = true,
                 "--plan" => o.plan_only = true,
                 "-h" | "--help" => bail!("usage: {USAGE}"),
                 other => bail!("unknown argument `{other}`; usage: {USAGE}"),
             }
         }
-        if o.rounds == Some(0)
-            || o.configs.is_empty()
-            || o.workloads.is_empty()
-            || o.variants.is_empty()
-            || o.levels.is_empty()
+        o.checked()
+    }
+
+    /// Refuses options that run nothing; drops repeated configurations, variants and levels, and
+    /// sorts the levels.
+    fn checked(mut self) -> Result<Self> {
+        if self.rounds == Some(0)
+            || self.configs.is_empty()
+            || self.workloads.is_empty()
+            || self.variants.is_empty()
+            || self.levels.is_empty()
         {
             bail!("nothing to run; usage: {USAGE}");
         }
-        if o.closed_secs <= 0.0 || o.open_secs <= 0.0 {
+        if self.closed_secs <= 0.0 || self.open_secs <= 0.0 {
             bail!("durations must be positive; usage: {USAGE}");
         }
-        if o.bootstrap < 100 {
+        if self.bootstrap < 100 {
             bail!("--bootstrap: at least 100 replicates");
         }
-        o.configs.dedup();
-        o.variants.dedup();
-        o.levels.sort_by(f64::total_cmp);
-        o.levels.dedup();
-        Ok(o)
+        self.configs.dedup();
+        self.variants.dedup();
+        self.levels.sort_by(f64::total_cmp);
+        self.levels.dedup();
+        Ok(self)
     }
 
     /// The number of rounds: as given, or (full mode) the number of configurations, or its
@@ -429,6 +398,54 @@ impl Options {
             n * 5usize.div_ceil(n)
         })
     }
+}
+
+/// Option `name`'s value `v`: a finite number >= 0.
+fn number(name: &str, v: &str) -> Result<f64> {
+    let x: f64 = v.parse().with_context(|| format!("{name}: `{v}` is not a number"))?;
+    if !x.is_finite() || x < 0.0 {
+        bail!("{name}: `{v}` must be a finite number >= 0");
+    }
+    Ok(x)
+}
+
+/// `--levels 60,90`: percentages in (0, 200], as shares.
+fn levels(v: &str) -> Result<Vec<f64>> {
+    v.split(',')
+        .map(|s| {
+            let p = number("--levels", s)?;
+            if p <= 0.0 || p > 200.0 {
+                bail!("--levels: `{s}` is not a percentage in (0, 200]");
+            }
+            Ok(p / 100.0)
+        })
+        .collect()
+}
+
+/// `--configs AEF`: configurations by letter.
+fn configs(v: &str) -> Result<Vec<CfgRef>> {
+    v.chars()
+        .map(|c| {
+            Cfg::by_letter(c).with_context(|| {
+                format!(
+                    "--configs: no configuration `{c}` (there are {})",
+                    CONFIGS.iter().map(|c| c.letter).collect::<String>()
+                )
+            })
+        })
+        .collect()
+}
+
+/// `--workloads uniform,skewed`: workloads by name.
+fn workloads(v: &str) -> Result<Vec<Workload>> {
+    v.split(',')
+        .map(|w| Workload::by_name(w).with_context(|| format!("--workloads: no workload `{w}`")))
+        .collect()
+}
+
+/// `--variants 8x20,2x20`: processes × threads.
+fn variants(v: &str) -> Result<Vec<Variant>> {
+    v.split(',').map(|s| Variant::parse(s).context("--variants")).collect()
 }
 
 pub fn cores() -> usize {

@@ -24,7 +24,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use balancer_common::{Event, Policy};
 use balancer_user::{listener::bind_reuseport, shared_loads::SharedLoads, Group, GroupOptions};
 
-use super::sk_pass::{RawInfo, SkPassProgram};
+use crate::sk_pass::{RawInfo, SkPassProgram};
 
 const BACKLOG: i32 = 1024;
 /// How long the client waits for the server's close before calling the run broken.
