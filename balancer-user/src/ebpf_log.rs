@@ -3,19 +3,22 @@
 //! The records come through a ring buffer; a small thread waits on it and flushes. The logger must
 //! live as long as the program, so the [`Group`](crate::Group) owns the forwarder.
 use std::{
-    os::fd::AsRawFd,
+    os::fd::AsFd,
     sync::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
     thread::JoinHandle,
+    time::Duration,
 };
 
 use aya::Ebpf;
 use aya_log::EbpfLogger;
 
+use crate::sys;
+
 /// How long the thread sleeps in poll before it checks whether it should stop.
-const POLL_MS: i32 = 200;
+const POLL: Duration = Duration::from_millis(200);
 
 pub struct LogForwarder {
     stop: Arc<AtomicBool>,
@@ -34,13 +37,12 @@ impl LogForwarder {
         let thread = std::thread::Builder::new()
             .name("reuselb-ebpf-log".into())
             .spawn(move || {
-                let mut pfd =
-                    libc::pollfd { fd: logger.as_raw_fd(), events: libc::POLLIN, revents: 0 };
                 while !stop_thread.load(Ordering::Relaxed) {
-                    // SAFETY: one valid pollfd.
-                    let ready = unsafe { libc::poll(&mut pfd, 1, POLL_MS) };
-                    if ready > 0 {
-                        logger.flush();
+                    match sys::poll_readable(&[logger.as_fd()], POLL).as_deref() {
+                        Ok([true]) => logger.flush(),
+                        Ok(_) => {}
+                        // Not expected of one valid descriptor; wait as a poll would, not spin.
+                        Err(_) => std::thread::sleep(POLL),
                     }
                 }
                 logger.flush();

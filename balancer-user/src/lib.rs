@@ -1,11 +1,12 @@
 //! The user side of reuselb: load the SK_REUSEPORT programs, own balanced groups of listening
 //! sockets, and read what the program and the workers record.
 //!
-//! The binary (`reuselb`, in `main.rs`) is a thin CLI over this library; the integration tests and
-//! benchmarks drive the same library against the real kernel.
+//! The binary (`reuselb`: `main.rs` and the subcommands in `cli/`) is a command line over this
+//! library and holds what only it uses (flags, printing, `doctor`, `reuselb run`'s look at the
+//! app's settings); the integration tests and benchmarks drive the same library against the real
+//! kernel. Both `reuselb daemon` and `reuselb run` start their services through [`service`].
 
 pub mod broken;
-pub mod doctor;
 pub mod ebpf_log;
 pub mod error;
 pub mod group;

@@ -1,21 +1,13 @@
-//! `reuselb`: the command line over the balancer-user library. One module per subcommand that
-//! needs more than a few lines (`daemon`, `run`, `status`, `top`); the services, the report, the
-//! metrics and HTTP are the library's.
-use std::{io::Write as _, path::PathBuf};
+//! `reuselb`: parses the command line and hands it to its subcommand in [`cli`] (one module
+//! each); the exit status is the subcommand's, or 1 with the error on stderr.
+use std::path::PathBuf;
 
 use anyhow::Result;
-use balancer_user::{
-    config::Config,
-    doctor::{self, Level},
-    service,
-};
 use clap::{Parser, Subcommand};
 
-mod daemon;
-mod preflight;
-mod run;
-mod status;
-mod top;
+mod cli;
+
+use cli::{check_config, daemon, doctor, logging, run, status, top};
 
 #[derive(Parser)]
 #[command(
@@ -57,8 +49,8 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    init_logging(&cli.log_level);
-    let code = match run(cli.command) {
+    logging::init(&cli.log_level);
+    let code = match dispatch(cli.command) {
         Ok(code) => code,
         Err(err) => {
             eprintln!("reuselb: error: {err:#}");
@@ -68,96 +60,13 @@ fn main() {
     std::process::exit(code);
 }
 
-fn run(command: Command) -> Result<i32> {
+fn dispatch(command: Command) -> Result<i32> {
     match command {
-        Command::Doctor => Ok(print_doctor()),
+        Command::Doctor => Ok(doctor::doctor()),
         Command::Run(args) => run::run(args),
         Command::Daemon(args) => daemon::run(args),
-        Command::CheckConfig { file } => Ok(check_config(&file)),
+        Command::CheckConfig { file } => Ok(check_config::check_config(&file)),
         Command::Status(args) => status::status(args),
         Command::Top(args) => top::top(args),
-    }
-}
-
-/// Logs to stderr, one record per line: `LEVEL target: message`. Under systemd (JOURNAL_STREAM
-/// set) each line starts with its syslog priority (`<3>` error ... `<7>` debug), which journald
-/// turns into the entry's priority, and carries no timestamp (journald stamps it); elsewhere with
-/// a timestamp. Colors only on a terminal. The programs' aya-log records come through the same
-/// `log` stream.
-fn init_logging(level: &str) {
-    use env_logger::fmt::WriteStyle;
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
-    let mut builder =
-        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level));
-    builder.write_style(WriteStyle::Auto);
-    if journald {
-        builder.format(|buf, record| {
-            let priority = match record.level() {
-                log::Level::Error => 3,
-                log::Level::Warn => 4,
-                log::Level::Info => 6,
-                log::Level::Debug | log::Level::Trace => 7,
-            };
-            writeln!(buf, "<{priority}>{} {}: {}", record.level(), record.target(), record.args())
-        });
-    } else {
-        builder.format(|buf, record| {
-            let style = buf.default_level_style(record.level());
-            writeln!(
-                buf,
-                "{} {style}{:<5}{style:#} {}: {}",
-                buf.timestamp_millis(),
-                record.level(),
-                record.target(),
-                record.args()
-            )
-        });
-    }
-    builder.init();
-}
-
-/// `reuselb check-config FILE`: 0 and `FILE: OK` if it is good, 1 and the error if not.
-fn check_config(file: &std::path::Path) -> i32 {
-    match Config::load(file) {
-        Ok(config) => {
-            println!("{}: OK, {} services", file.display(), config.services.len());
-            println!("{}", service::summary(&config));
-            0
-        }
-        Err(e) => {
-            eprintln!("{e}");
-            1
-        }
-    }
-}
-
-/// Prints each check; exit status 1 if reuselb cannot run here.
-fn print_doctor() -> i32 {
-    let checks = doctor::run();
-    for c in &checks {
-        let tag = match c.level {
-            Level::Ok => "ok  ",
-            Level::Warn => "WARN",
-            Level::Fail => "FAIL",
-        };
-        println!("[{tag}] {}: {}", c.name, c.detail);
-        if let Some(fix) = &c.fix {
-            println!("       fix: {fix}");
-        }
-    }
-    let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
-    match worst {
-        Level::Fail => {
-            println!("reuselb cannot run here.");
-            1
-        }
-        Level::Warn => {
-            println!("reuselb can run here, with the limits above.");
-            0
-        }
-        Level::Ok => {
-            println!("reuselb can run here.");
-            0
-        }
     }
 }

@@ -1,7 +1,12 @@
 //! Balanced services as a config file describes them: starting one (its groups, pinned under
 //! `<pin_path>/<service>/<address>`, and its registration socket), changing what can change while
 //! it runs, applying a reloaded config ([`Config::diff`]), stopping, and reporting.
-//! `reuselb daemon` drives a [`Services`]; `reuselb check-config` prints [`summary`].
+//! Both controllers start their services here, and only here: `reuselb daemon` a [`Services`] of
+//! its config file, `reuselb run` a [`Services`] of one service made from its flags (and checked
+//! by the same [`Config::validate`]). What differs between them is the [`Mode`]: only a daemon
+//! pins (its successor adopts what it leaves), and a service that names no `allowed_uids` admits
+//! the daemon's own uid under a daemon, any uid under `reuselb run` (whose app's workers may drop
+//! privileges; docs/SECURITY.md). `reuselb check-config` prints [`summary`].
 //!
 //! Invariants: at most one running service per name; a service that failed to start is not in
 //! the set (so the next reload tries it again); a stopped-for-good service leaves no pins; at a
@@ -48,8 +53,12 @@ pub struct Running {
 
 impl Running {
     /// Starts `svc`: one group per listen address (adopting what is pinned under `pin_path`, or
-    /// pinning there), and its registration socket.
-    pub fn start(svc: &config::Service, pin_path: Option<&Path>) -> Result<Self, Error> {
+    /// pinning there), and its registration socket, admitting as [`Admission::of`] says.
+    pub fn start(
+        svc: &config::Service,
+        pin_path: Option<&Path>,
+        mode: Mode,
+    ) -> Result<Self, Error> {
         let netns_cookie = match &svc.netns {
             Some(path) => Some(netns_cookie_of(path)?),
             None => None,
@@ -87,16 +96,15 @@ impl Running {
             }
             groups.push((*addr, group));
         }
-        let uids = svc.allowed_uids_or(own_uid());
+        let admission = Admission::of(svc, mode);
         let mut options = RegistryOptions::new(svc.shim_socket());
-        options.allowed_uids = uids.clone();
-        options.socket_mode = socket_mode(&uids);
+        admission.apply(&mut options);
         options.netns_cookie = netns_cookie;
         options.max_workers = svc.max_workers;
         options.default_weight = svc.weight;
         let registry = Registry::start(options, groups).map_err(Error::Registry)?;
         log::info!(
-            "{}: workers register at {} (uids {uids:?}, max_workers {}, default weight {})",
+            "{}: workers register at {} ({admission}, max_workers {}, default weight {})",
             svc.name,
             svc.shim_socket().display(),
             svc.max_workers,
@@ -147,6 +155,7 @@ impl Running {
             log::info!("{name}: max_workers {} -> {}", old.max_workers, new.max_workers);
         }
         if old.allowed_uids != new.allowed_uids {
+            // Only a daemon reloads, and under a daemon every admission is a list of uids.
             let uids = new.allowed_uids_or(own_uid());
             self.registry.set_allowed_uids(&uids);
             set_socket_mode(new.shim_socket(), socket_mode(&uids));
@@ -254,6 +263,51 @@ pub struct Applied {
     pub failed: Vec<String>,
 }
 
+/// Who may register with a service: its `allowed_uids`, or, when it names none, the default of
+/// the controller that runs it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// These uids (and root).
+    Uids(Vec<u32>),
+    /// Any uid: admission rests on the listener a worker hands over (docs/SECURITY.md).
+    AnyUid,
+}
+
+impl Admission {
+    /// `svc`'s admission under `mode`: its `allowed_uids`; else the daemon's own uid under a
+    /// daemon, any uid under `reuselb run`.
+    pub fn of(svc: &config::Service, mode: Mode) -> Self {
+        match (&svc.allowed_uids, mode) {
+            (Some(uids), _) => Admission::Uids(uids.clone()),
+            (None, Mode::Daemon) => Admission::Uids(vec![own_uid()]),
+            (None, Mode::Run) => Admission::AnyUid,
+        }
+    }
+
+    /// The registry's uids and the socket file's mode ([`socket_mode`]; 0666 for any uid).
+    fn apply(&self, options: &mut RegistryOptions) {
+        match self {
+            Admission::Uids(uids) => {
+                options.allowed_uids = uids.clone();
+                options.socket_mode = socket_mode(uids);
+            }
+            Admission::AnyUid => {
+                options.any_uid = true;
+                options.socket_mode = 0o666;
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Admission::Uids(uids) => write!(f, "uids {uids:?}"),
+            Admission::AnyUid => f.write_str("any uid"),
+        }
+    }
+}
+
 /// The running services of a config, shared by the signal loop and the HTTP server.
 pub struct Services {
     running: Mutex<Vec<Running>>,
@@ -261,21 +315,29 @@ pub struct Services {
     pods: Mutex<Option<RunningPods>>,
     /// Where groups are pinned (None: nothing can be pinned here). Fixed for the set's life.
     pin_path: Option<PathBuf>,
+    /// Which controller runs them: what a service without `allowed_uids` admits, the report's mode.
+    mode: Mode,
     started: Instant,
 }
 
 impl Services {
-    /// Prepares the config's pin path ([`prepare_pin_path`]) and starts every service; the first
-    /// that fails stops the start (with the service's name in the error).
-    pub fn start(config: &Config) -> Result<Self, Error> {
+    /// Starts every service of `config` for `mode`'s controller; the first that fails stops the
+    /// start (with the service's name in the error). A daemon prepares the config's pin path
+    /// ([`prepare_pin_path`]) and pins there; `reuselb run` pins nothing (its groups end with
+    /// its app server, nothing is left to adopt).
+    pub fn start(config: &Config, mode: Mode) -> Result<Self, Error> {
         let services = Self {
             running: Mutex::new(Vec::new()),
             pods: Mutex::new(None),
-            pin_path: prepare_pin_path(&config.pin_path),
+            pin_path: match mode {
+                Mode::Daemon => prepare_pin_path(&config.pin_path),
+                Mode::Run => None,
+            },
+            mode,
             started: Instant::now(),
         };
         for svc in &config.services {
-            let running = Running::start(svc, services.pin_path.as_deref())
+            let running = Running::start(svc, services.pin_path.as_deref(), mode)
                 .map_err(|e| Error::Start { name: svc.name.clone(), error: Box::new(e) })?;
             services.lock().push(running);
         }
@@ -332,7 +394,7 @@ impl Services {
         }
         for name in diff.added.iter().chain(&diff.recreated) {
             let svc = new.service(name).expect("added services are in the new config");
-            match Running::start(svc, self.pin_path()) {
+            match Running::start(svc, self.pin_path(), self.mode) {
                 Ok(r) => self.lock().push(r),
                 Err(e) => {
                     log::error!("reload: service `{name}` could not start: {e}");
@@ -368,7 +430,7 @@ impl Services {
         if let Some(p) = self.pods_lock().as_ref() {
             services.push(p.report());
         }
-        Report::new(Mode::Daemon, self.started, services)
+        Report::new(self.mode, self.started, services)
     }
 
     /// `Err` naming the first service whose registration thread stopped.
@@ -380,6 +442,17 @@ impl Services {
             return Err("pods: the registration thread stopped".to_owned());
         }
         Ok(())
+    }
+
+    /// Stops every registration socket and frees every slot; the programs stay attached to the
+    /// workers' sockets. What `reuselb run` does once its app server has exited.
+    pub fn stop(&self) {
+        for r in std::mem::take(&mut *self.lock()) {
+            r.registry.stop();
+        }
+        if let Some(p) = self.pods_lock().take() {
+            p.registry.stop();
+        }
     }
 
     /// Stops every registration socket and leaves every service serving, balanced (programs
@@ -544,5 +617,23 @@ mod tests {
         assert_eq!(sanitize(&"127.0.0.1:8000".parse().unwrap()), "127_0_0_1_8000");
         assert_eq!(sanitize(&"[::1]:8000".parse().unwrap()), "__1_8000");
         assert_eq!(sanitize(&"[fe80::1%2]:80".parse().unwrap()), "fe80__1_80");
+    }
+
+    #[test]
+    fn a_service_without_uids_admits_its_controllers_default() {
+        let config = Config::parse(
+            "services:\n  - name: app\n    listen: 127.0.0.1:8000\n  - name: other\n    \
+             listen: 127.0.0.1:8001\n    allowed_uids: [33]\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let (none, some) = (&config.services[0], &config.services[1]);
+        assert_eq!(Admission::of(none, Mode::Daemon), Admission::Uids(vec![own_uid()]));
+        assert_eq!(Admission::of(none, Mode::Run), Admission::AnyUid);
+        assert_eq!(Admission::of(some, Mode::Run), Admission::Uids(vec![33]));
+        let mut options = RegistryOptions::new("/tmp/x.sock");
+        Admission::AnyUid.apply(&mut options);
+        assert!(options.any_uid);
+        assert_eq!(options.socket_mode, 0o666);
     }
 }

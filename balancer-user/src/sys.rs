@@ -356,7 +356,7 @@ fn set_int_opt(fd: BorrowedFd<'_>, level: i32, opt: i32, value: i32) -> std::io:
 }
 
 // ---------------------------------------------------------------------------------------------
-// Processes, events, polling
+// Processes, signals, events, polling
 
 /// pidfd_open(2): a descriptor that becomes readable when `pid` exits.
 pub fn pidfd_open(pid: u32) -> Result<OwnedFd> {
@@ -382,6 +382,30 @@ pub fn eventfd_signal(fd: BorrowedFd<'_>) -> Result<()> {
 pub fn eventfd_drain(fd: BorrowedFd<'_>) {
     let mut b = [0u8; 8];
     let _ = rustix::io::read(fd, &mut b);
+}
+
+/// A signal handler: it runs on whatever thread the signal interrupts, so it may only do what is
+/// async-signal-safe (store to an atomic, call kill(2)).
+pub type SignalHandler = extern "C" fn(libc::c_int);
+
+/// sigaction(2): `handler` for each of `signals`, with an empty mask. With `restart`, the system
+/// calls a signal interrupts are restarted (SA_RESTART); without, they fail with EINTR, which is
+/// how a loop waiting in poll notices the signal at once. rustix offers no sigaction.
+pub fn on_signals(signals: &[libc::c_int], handler: SignalHandler, restart: bool) -> Result<()> {
+    for &sig in signals {
+        // SAFETY: sigaction is plain data; all-zero is a valid starting value.
+        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
+        sa.sa_sigaction = handler as usize;
+        sa.sa_flags = if restart { libc::SA_RESTART } else { 0 };
+        // SAFETY: sa_mask is a valid sigset_t we own.
+        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
+        // SAFETY: installs a handler whose caller promises it is async-signal-safe (see
+        // SignalHandler); the old action is not asked for (null).
+        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
+            return Err(Error { call: "sigaction", source: std::io::Error::last_os_error() });
+        }
+    }
+    Ok(())
 }
 
 /// poll(2) for readability of `fds`, up to `timeout`; returns which ones are ready (readable,
@@ -470,6 +494,22 @@ pub fn mount_bpffs(path: &Path) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    static SEEN: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+    extern "C" fn note(sig: libc::c_int) {
+        SEEN.store(sig, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    #[test]
+    fn a_signal_reaches_its_handler() {
+        on_signals(&[libc::SIGUSR2], note, false).unwrap();
+        // SAFETY: raise takes a plain integer; SIGUSR2 now runs `note`, which only stores.
+        assert_eq!(unsafe { libc::raise(libc::SIGUSR2) }, 0);
+        assert_eq!(SEEN.load(std::sync::atomic::Ordering::Relaxed), libc::SIGUSR2);
+        let e = on_signals(&[libc::SIGKILL], note, true).unwrap_err();
+        assert_eq!((e.call, e.raw_os_error()), ("sigaction", Some(libc::EINVAL)));
+    }
 
     #[test]
     fn errors_name_the_call() {

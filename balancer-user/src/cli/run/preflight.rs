@@ -1,6 +1,12 @@
 //! `reuselb run`'s look at the app server's settings before it starts it: the uWSGI and gunicorn
 //! settings reuselb cannot balance, each said at start with what to do instead, so that a run is
-//! never silently unbalanced. It reads the command line and the ini files it names (`--ini
+//! never silently unbalanced.
+//!
+//! Why it lives under `run` and nowhere else: it reads an app server's command line, and only
+//! `reuselb run` has one (it starts the app). `reuselb doctor` checks this kernel and this
+//! process, with no app in view; the daemon's services name addresses, not commands, and their
+//! app servers are started by others (the shim reports what it sees there). Nothing in the
+//! library needs it, so it stays in the binary, a child of the one subcommand that uses it. It reads the command line and the ini files it names (`--ini
 //! FILE[:section]`, or a lone `FILE.ini`); what it cannot read (Emperor vassals, Python config
 //! files) it leaves to the shim, which says at listen time what it sees (a unix socket).
 //!
@@ -57,6 +63,20 @@ impl Finding {
     pub fn disables_shim(&self) -> bool {
         matches!(self, Finding::ThunderLock)
     }
+}
+
+/// Logs each finding of [`inspect`] (an error if it disables the shim, else a warning); whether
+/// the app may start with the shim preloaded.
+pub fn announce(command: &[OsString]) -> bool {
+    let findings = inspect(command);
+    for finding in &findings {
+        if finding.disables_shim() {
+            log::error!("{}", finding.message());
+        } else {
+            log::warn!("{}", finding.message());
+        }
+    }
+    !findings.iter().any(Finding::disables_shim)
 }
 
 /// What the app server's command line (and the ini files it names) sets that reuselb cannot

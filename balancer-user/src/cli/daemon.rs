@@ -25,6 +25,7 @@ use balancer_user::{
     config::Config,
     http::{self, DEFAULT_METRICS_ADDR},
     metrics::Metrics,
+    report::Mode,
     service::Services,
 };
 use tokio::signal::unix::{signal, SignalKind};
@@ -74,7 +75,7 @@ async fn main_loop(args: DaemonArgs, config: Config) -> Result<i32> {
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
 
-    let services = Arc::new(Services::start(&config)?);
+    let services = Arc::new(Services::start(&config, Mode::Daemon)?);
 
     let metrics = Arc::new(Metrics::new());
     let source = services.clone();

@@ -1,4 +1,6 @@
 //! `reuselb doctor`: is this kernel and this process able to run reuselb, and if not, what to do.
+//! This file owns the checks, in the order they print, and their printing; [`cause`] owns the
+//! reading of a refusal.
 //!
 //! Every check does the real thing where it can (load the program, attach it to a socket) rather
 //! than guess from version numbers. When one fails, [`cause`] tells a refusal (seccomp, missing
@@ -10,10 +12,11 @@ use std::{fs, net::SocketAddr};
 
 use cause::{Diagnosis, Facts, Version};
 
-use crate::{
+use balancer_user::{
     group::{Group, GroupOptions, Mode},
     listener::bind_reuseport,
     loader::{self, Program},
+    sys,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -45,8 +48,39 @@ const NEEDS_SELECT: Version = Version(5, 17);
 /// The oldest kernel with the select-or-migrate attach type.
 const NEEDS_MIGRATE: Version = Version(5, 14);
 
+/// `reuselb doctor`: prints each check; exit status 1 if reuselb cannot run here.
+pub fn doctor() -> i32 {
+    let checks = run();
+    for c in &checks {
+        let tag = match c.level {
+            Level::Ok => "ok  ",
+            Level::Warn => "WARN",
+            Level::Fail => "FAIL",
+        };
+        println!("[{tag}] {}: {}", c.name, c.detail);
+        if let Some(fix) = &c.fix {
+            println!("       fix: {fix}");
+        }
+    }
+    let worst = checks.iter().map(|c| c.level).max().unwrap_or(Level::Ok);
+    match worst {
+        Level::Fail => {
+            println!("reuselb cannot run here.");
+            1
+        }
+        Level::Warn => {
+            println!("reuselb can run here, with the limits above.");
+            0
+        }
+        Level::Ok => {
+            println!("reuselb can run here.");
+            0
+        }
+    }
+}
+
 /// Runs every check, in order.
-pub fn run() -> Vec<Check> {
+fn run() -> Vec<Check> {
     let facts = Facts::read();
     vec![
         kernel(),
@@ -119,7 +153,7 @@ fn confinement(facts: &Facts) -> Check {
 }
 
 fn bpffs() -> Check {
-    if crate::sys::is_bpffs(std::path::Path::new("/sys/fs/bpf")) {
+    if sys::is_bpffs(std::path::Path::new("/sys/fs/bpf")) {
         Check::new("bpffs", Level::Ok, "mounted at /sys/fs/bpf", None)
     } else {
         Check::new(

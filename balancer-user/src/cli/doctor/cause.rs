@@ -513,7 +513,7 @@ mod tests {
         struct Outer(#[source] io::Error);
         let err = Outer(io::Error::from_raw_os_error(libc::EPERM));
         assert_eq!(errno(&err), Some(libc::EPERM));
-        let err = crate::Error::Socket { op: "bind", source: io::Error::other("no errno") };
+        let err = balancer_user::Error::Socket { op: "bind", source: io::Error::other("no errno") };
         assert_eq!(errno(&err), None);
     }
 }

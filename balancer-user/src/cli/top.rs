@@ -25,14 +25,14 @@ use std::{
 };
 
 use anyhow::{bail, Context, Result};
-use balancer_user::{http::DEFAULT_METRICS_ADDR, report::Report, view};
+use balancer_user::{http::DEFAULT_METRICS_ADDR, report::Report, sys, view};
 use crossterm::{
     cursor, execute, queue,
     terminal::{self, ClearType},
 };
 use rustix::event::{PollFd, PollFlags, Timespec};
 
-use crate::status::{fetch, not_there, resolve};
+use super::status::{fetch, not_there, resolve};
 
 #[derive(clap::Args, Debug)]
 pub struct TopArgs {
@@ -51,18 +51,9 @@ extern "C" fn on_signal(_: libc::c_int) {
     QUIT.store(true, Ordering::Relaxed);
 }
 
+/// Without SA_RESTART: the poll that waits for a key fails with EINTR and the loop sees QUIT.
 fn catch_signals() -> Result<()> {
-    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGINT] {
-        // SAFETY: sigaction is plain data; all-zero is a valid starting value.
-        let mut sa: libc::sigaction = unsafe { std::mem::zeroed() };
-        sa.sa_sigaction = on_signal as extern "C" fn(libc::c_int) as usize;
-        // SAFETY: sa_mask is a valid sigset_t we own.
-        unsafe { libc::sigemptyset(&mut sa.sa_mask) };
-        // SAFETY: installs a handler that only stores to an atomic (async-signal-safe).
-        if unsafe { libc::sigaction(sig, &sa, std::ptr::null_mut()) } != 0 {
-            bail!("sigaction({sig}): {}", std::io::Error::last_os_error());
-        }
-    }
+    sys::on_signals(&[libc::SIGTERM, libc::SIGHUP, libc::SIGINT], on_signal, false)?;
     Ok(())
 }
 
