@@ -78,6 +78,8 @@ pub(super) trait Places {
     fn pod_groups(&self) -> usize;
     /// Slots of group `svc` held: by registered workers and kept for adopted ones.
     fn held(&self, svc: usize) -> usize;
+    /// Registrations waiting for the pod group of (`netns`, `addr`), being made.
+    fn waiting(&self, netns: u64, addr: SocketAddr) -> usize;
     /// The adopted slot of group `svc` whose recorded socket is `cookie`: (slot, owner pid).
     fn adopted(&self, svc: usize, cookie: u64) -> Option<(u32, u32)>;
 }
@@ -147,13 +149,16 @@ pub(super) fn check(
     };
     let cookie = evidence.cookie.clone().map_err(internal)?;
     let adopted = adopted_slot(places, &target, cookie, cred.pid)?;
-    if let Target::Group(svc) = target {
-        if adopted.is_none() && places.held(svc) >= limits.max_workers as usize {
-            return Err(Rejection::new(
-                Status::NoFreeSlot,
-                format!("max_workers ({}) reached", limits.max_workers),
-            ));
-        }
+    // A group being made counts the registrations waiting for it.
+    let held = match &target {
+        Target::Group(svc) => places.held(*svc),
+        Target::New { netns, addr, .. } => places.waiting(*netns, *addr),
+    };
+    if adopted.is_none() && held >= limits.max_workers as usize {
+        return Err(Rejection::new(
+            Status::NoFreeSlot,
+            format!("max_workers ({}) reached", limits.max_workers),
+        ));
     }
     let (weight, weight_capped) = match request.weight {
         0 => (limits.default_weight, false),

@@ -205,6 +205,11 @@ impl<W> Pods<W> {
         self.making.get(&(netns, addr)).map(|m| m.template.as_str())
     }
 
+    /// Registrations waiting for the group of (`netns`, `addr`) (0 if it is not being made).
+    pub(super) fn waiting(&self, netns: u64, addr: SocketAddr) -> usize {
+        self.making.get(&(netns, addr)).map_or(0, |m| m.waiting.len())
+    }
+
     /// How many groups are being made.
     pub(super) fn making(&self) -> usize {
         self.making.len()

@@ -116,6 +116,10 @@ impl Places for View<'_> {
         self.workers.held(svc) + self.adoption.held(svc)
     }
 
+    fn waiting(&self, netns: u64, addr: SocketAddr) -> usize {
+        self.pods.waiting(netns, addr)
+    }
+
     fn adopted(&self, svc: usize, cookie: u64) -> Option<(u32, u32)> {
         self.adoption.find(svc, cookie)
     }

@@ -25,6 +25,8 @@ struct Fake {
     adopted_for: Option<u32>,
     pod: Option<(Option<usize>, String)>,
     pod_groups: usize,
+    /// Registrations waiting for the pod group being made.
+    waiting: usize,
 }
 
 impl Places for Fake {
@@ -39,6 +41,9 @@ impl Places for Fake {
     }
     fn held(&self, _: usize) -> usize {
         self.held
+    }
+    fn waiting(&self, _: u64, _: SocketAddr) -> usize {
+        self.waiting
     }
     fn adopted(&self, _: usize, cookie: u64) -> Option<(u32, u32)> {
         self.adopted_for.filter(|_| cookie == COOKIE).map(|pid| (3, pid))
@@ -253,4 +258,17 @@ fn pod_targets() {
     assert_eq!(run(&c).expect("being made").target, new);
     c.fake.pod = Some((Some(5), "web".into()));
     assert_eq!(run(&c).expect("exists").target, Target::Group(5));
+}
+
+#[test]
+fn a_template_s_max_workers_counts_registrations_waiting_for_the_group() {
+    let mut c = case("being made");
+    c.pods = true;
+    c.fake.pod = Some((None, "web".into()));
+    c.fake.pod_groups = 1;
+    c.fake.waiting = 1;
+    assert!(run(&c).is_ok(), "one waits, the template allows 2");
+    c.fake.waiting = 2;
+    let got = run(&c).map(|_| ()).map_err(|r| r.status);
+    assert_eq!(got, Err(Status::NoFreeSlot), "two wait already");
 }
