@@ -37,7 +37,9 @@ pub use pods::{Pods, Template};
 pub const DEFAULT_SHIM_SOCKET_DIR: &str = "/run/reuselb";
 /// Default of `pin_path`.
 pub const DEFAULT_PIN_PATH: &str = "/sys/fs/bpf/reuselb";
-/// Highest `weight` a service may give.
+/// Highest default `weight` a service or template may give (the operator's, for workers that ask
+/// for none); what a worker may ask for itself is capped lower, at the registry's
+/// `MAX_ASKED_WEIGHT` (1024).
 pub const MAX_WEIGHT: u32 = 65535;
 /// Longest service name.
 pub const MAX_NAME_LEN: usize = 32;

@@ -17,6 +17,17 @@
 //! corrects the slot when both disagree twice in a row. A controller that restarts takes over
 //! the pinned groups of the one before ([`adoption`]).
 //!
+//! # Parts
+//!
+//! The registry is made of owned parts, each with its state and a small interface, composed by
+//! [`state`] and driven by [`event_loop`]: [`connections`] (the peers and where each stands),
+//! [`workers`] (which slot each registered worker holds; parked last sockets), [`adoption`]
+//! (groups and slots adopted from pins), [`pods`] (pod settings, groups being made),
+//! [`services`] (every group, by id), [`closer`], [`reconcile`], [`handover`]; [`admission`] is
+//! a pure function of the message, the kernel's evidence, the settings ([`settings`]) and a view
+//! of the parts. What the caller and the thread share is in [`shared`]; [`counters`] is read by
+//! anyone.
+//!
 //! One thread runs the loop; the groups are shared behind a `Mutex` so that the caller can read
 //! them while it runs. Invariants:
 //! - nothing a peer controls can stall that thread: every descriptor a peer handed over (and
@@ -30,36 +41,41 @@
 //! - events are keyed by what cannot be reused and no peer can write (connection ids, which also
 //!   name a registration), so a stale event never touches a new owner.
 use std::{
-    collections::BTreeMap,
     net::SocketAddr,
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{
-        atomic::{AtomicBool, AtomicU64, Ordering},
-        Arc, Mutex, MutexGuard,
-    },
+    sync::Arc,
     thread::JoinHandle,
     time::{Duration, Instant},
 };
 
-use balancer_common::{protocol::Status, MAX_SLOTS};
+use balancer_common::MAX_SLOTS;
 
 use crate::{sys, Group};
 
 mod admission;
 mod adoption;
 mod closer;
+mod connections;
+mod counters;
 mod event_loop;
 mod handover;
 pub mod pods;
 mod reconcile;
+mod services;
+mod settings;
+mod shared;
+mod state;
+mod workers;
 
+pub use counters::Counters;
 pub use pods::{PodGroup, PodOptions, PodTemplate};
+pub use services::Service;
+use settings::Settings;
+pub use settings::{MAX_ASKED_WEIGHT, MAX_DEFAULT_WEIGHT};
+use shared::{Shared, Stop};
 
 pub use crate::sys::{accept_queue_len, netns_cookie, own_netns_cookie};
-
-/// The largest weight a worker may ask for; a worker asking more gets this (and a log line).
-pub const MAX_WEIGHT: u32 = 1024;
 
 /// Errors of starting the registry.
 #[derive(Debug, thiserror::Error)]
@@ -106,8 +122,8 @@ pub struct RegistryOptions {
     /// Most workers per address (group); registrations beyond it get `Status::NoFreeSlot`.
     /// Changeable while running ([`Registry::set_max_workers`]).
     pub max_workers: u32,
-    /// Weight of a worker that registers without asking for one (weight 0 in its message).
-    /// Changeable while running ([`Registry::set_default_weight`]).
+    /// Weight of a worker that registers without asking for one (weight 0 in its message), within
+    /// `1..=`[`MAX_DEFAULT_WEIGHT`]. Changeable while running ([`Registry::set_default_weight`]).
     pub default_weight: u32,
     /// How long a worker that owned a slot of an adopted group (pinned by an earlier controller)
     /// has to register again before its slot is freed. Workers that exited meanwhile are freed at
@@ -150,148 +166,6 @@ impl RegistryOptions {
     }
 }
 
-/// One balanced address and its group.
-pub struct Service {
-    pub addr: SocketAddr,
-    /// For a group made on registration: whose it is (network namespace, template, label).
-    pub pod: Option<PodGroup>,
-    group: Mutex<Group>,
-}
-
-impl Service {
-    fn listed(addr: SocketAddr, group: Group) -> Self {
-        Self { addr, pod: None, group: Mutex::new(group) }
-    }
-
-    /// `addr`, and for a pod's group its network namespace cookie, for log lines.
-    pub fn describe(&self) -> String {
-        match &self.pod {
-            None => self.addr.to_string(),
-            Some(p) => format!("{} (netns {})", self.addr, p.netns),
-        }
-    }
-
-    /// The group (slots, loads, stats). Hold the lock briefly: registrations wait for it.
-    pub fn group(&self) -> MutexGuard<'_, Group> {
-        self.group.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-/// Counters of the registry, readable while it runs.
-#[derive(Default)]
-pub struct Counters {
-    /// Replies sent, per [`Status`] (indexed by its id): `Ok` counts registrations.
-    replies: [AtomicU64; Status::ALL.len()],
-    /// Workers whose slot was freed (exit, or connection closed).
-    pub departures: AtomicU64,
-    /// Corrections applied by reconciliation.
-    pub adjustments: AtomicU64,
-    /// Unregistered connections closed: over a cap, or not registered in time.
-    pub pending_closed: AtomicU64,
-    /// Times accepting stopped for a while because descriptors (or memory) ran out.
-    pub accept_backoffs: AtomicU64,
-    /// Registered workers evicted because their uid was removed from the allowed uids.
-    pub evictions: AtomicU64,
-    /// Weights asked above [`MAX_WEIGHT`] (and lowered to it).
-    pub weights_capped: AtomicU64,
-    /// Parked last sockets closed after `park_timeout` with no worker registering.
-    pub parked_expired: AtomicU64,
-    /// Descriptors handed to the closing thread and not closed yet (a gauge).
-    pub closing_backlog: AtomicU64,
-    /// Program attachments renewed by reconciliation that failed (logged).
-    pub reattach_failures: AtomicU64,
-}
-
-impl Counters {
-    /// Replies sent with `status` (`Status::Ok`: successful registrations).
-    pub fn replies(&self, status: Status) -> u64 {
-        self.replies[status as usize].load(Ordering::Relaxed)
-    }
-
-    /// Rejections per reason, every reason listed (zeros included).
-    pub fn rejections(&self) -> Vec<(Status, u64)> {
-        Status::ALL.iter().filter(|s| **s != Status::Ok).map(|&s| (s, self.replies(s))).collect()
-    }
-
-    fn count_reply(&self, status: Status) {
-        self.replies[status as usize].fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-struct Shared {
-    /// The listed services' groups, ids `0..listed.len()`; fixed for the registry's life.
-    listed: Vec<Arc<Service>>,
-    /// The groups made on registration, by id (from `listed.len()` up). Ids are never reused,
-    /// so a stale key never reaches a new group.
-    services: Mutex<BTreeMap<usize, Arc<Service>>>,
-    /// Id of the next group made on registration.
-    next_service: AtomicU64,
-    /// Groups made on registration, if enabled.
-    pods: Option<PodOptions>,
-    counters: Counters,
-    stop: AtomicBool,
-    /// At stop, leave every slot as it is (the program keeps balancing the workers, with the
-    /// counts their shims keep making, and the next controller adopts the pinned group).
-    keep_slots: AtomicBool,
-    /// At stop, detach the program from the services' reuseport groups (a service removed).
-    detach: AtomicBool,
-    settings: Mutex<Settings>,
-    /// When the registry started; the heartbeat counts from here.
-    started: Instant,
-    /// Milliseconds since `started` at the loop's last turn.
-    heartbeat_ms: AtomicU64,
-    /// What the closer threads are doing (stuck or not).
-    closer: Arc<closer::Health>,
-}
-
-/// What registrations must satisfy; changed by a configuration reload.
-#[derive(Clone, Debug)]
-struct Settings {
-    allowed_uids: Vec<u32>,
-    any_uid: bool,
-    max_workers: u32,
-    default_weight: u32,
-    /// Bumped at each change, so the loop applies a change once.
-    generation: u64,
-}
-
-impl Settings {
-    fn allows(&self, uid: u32) -> bool {
-        uid == 0 || self.any_uid || self.allowed_uids.contains(&uid)
-    }
-}
-
-impl Shared {
-    /// The group with id `id`, if it still exists.
-    fn service(&self, id: usize) -> Option<Arc<Service>> {
-        match self.listed.get(id) {
-            Some(s) => Some(s.clone()),
-            None => self.services.lock().unwrap_or_else(|e| e.into_inner()).get(&id).cloned(),
-        }
-    }
-
-    /// Every group with its id, in id order.
-    fn all_services(&self) -> Vec<(usize, Arc<Service>)> {
-        let map = self.services.lock().unwrap_or_else(|e| e.into_inner());
-        let listed = self.listed.iter().cloned().enumerate();
-        listed.chain(map.iter().map(|(id, s)| (*id, s.clone()))).collect()
-    }
-
-    fn settings(&self) -> MutexGuard<'_, Settings> {
-        self.settings.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn beat(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.heartbeat_ms.store(ms, Ordering::Release);
-    }
-
-    fn since_last_beat(&self) -> Duration {
-        let now = self.started.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Acquire)))
-    }
-}
-
 /// The running registry. Stops (and removes its socket file) when dropped.
 pub struct Registry {
     shared: Arc<Shared>,
@@ -318,45 +192,28 @@ impl Registry {
             Some(c) => c,
             None => own_netns_cookie().map_err(Error::Netns)?,
         };
-        let mut allowed = allowed_or_own(&options.allowed_uids);
+        let mut settings = Settings::new(
+            &options.allowed_uids,
+            options.any_uid,
+            options.max_workers,
+            options.default_weight,
+        );
         if let Some(pods) = &options.pods {
             // Who may connect at all: any template's uid (each template checks its own).
             for t in &pods.templates {
-                allowed.extend(allowed_or_own(&t.allowed_uids));
+                settings.also_allow(&t.allowed_uids);
             }
-            allowed.sort_unstable();
-            allowed.dedup();
         }
-        let n_listed = services.len();
         let listener = bind_seqpacket(&options.socket_path, options.socket_mode)?;
         let wake = Arc::new(
             sys::eventfd()
                 .map_err(|source| Error::Socket { path: options.socket_path.clone(), source })?,
         );
-        let shared = Arc::new(Shared {
-            listed: services
-                .into_iter()
-                .map(|(addr, group)| Arc::new(Service::listed(addr, group)))
-                .collect(),
-            services: Mutex::new(BTreeMap::new()),
-            next_service: AtomicU64::new(n_listed as u64),
-            pods: options.pods.clone(),
-            counters: Counters::default(),
-            stop: AtomicBool::new(false),
-            keep_slots: AtomicBool::new(false),
-            detach: AtomicBool::new(false),
-            settings: Mutex::new(Settings {
-                allowed_uids: allowed,
-                any_uid: options.any_uid,
-                max_workers: options.max_workers.clamp(1, MAX_SLOTS),
-                default_weight: options.default_weight.clamp(1, MAX_WEIGHT),
-                generation: 0,
-            }),
-            started: Instant::now(),
-            heartbeat_ms: AtomicU64::new(0),
-            closer: Arc::new(closer::Health::new()),
-        });
-        pods::adopt_pod_groups(&shared);
+        let listed = services.into_iter().map(|(addr, group)| Service::listed(addr, group));
+        let shared = Arc::new(Shared::new(services::Services::new(listed.collect()), settings));
+        if let Some(pods) = &options.pods {
+            adoption::adopt_pod_groups(shared.services(), pods);
+        }
         let mut event_loop =
             event_loop::Loop::new(shared.clone(), listener, wake.clone(), netns, &options)
                 .map_err(Error::Thread)?;
@@ -376,12 +233,12 @@ impl Registry {
 
     /// Every group: the listed services' and the pods'.
     pub fn services(&self) -> Vec<Arc<Service>> {
-        self.shared.all_services().into_iter().map(|(_, s)| s).collect()
+        self.shared.services().all().into_iter().map(|(_, s)| s).collect()
     }
 
     /// The listed service's group of `addr`.
     pub fn service(&self, addr: SocketAddr) -> Option<&Service> {
-        self.shared.listed.iter().find(|s| s.addr == addr).map(|s| &**s)
+        self.shared.services().listed(addr).map(|s| &**s)
     }
 
     /// The groups made on registration (pods).
@@ -390,7 +247,7 @@ impl Registry {
     }
 
     pub fn counters(&self) -> &Counters {
-        &self.shared.counters
+        self.shared.counters()
     }
 
     pub fn socket_path(&self) -> &Path {
@@ -400,7 +257,7 @@ impl Registry {
     /// Stops serving, frees every slot and removes the socket file. The programs stay attached
     /// to the workers' sockets (with the loads as the workers keep counting them).
     pub fn stop(mut self) {
-        self.shutdown();
+        self.shutdown(Stop::Free);
     }
 
     /// Stops serving and removes the socket file, but leaves every slot as it is: the program
@@ -408,15 +265,13 @@ impl Registry {
     /// adopts the pinned groups later matches the workers to their slots when they register
     /// again. What a daemon does when it is stopped.
     pub fn stop_keeping_slots(mut self) {
-        self.shared.keep_slots.store(true, Ordering::Release);
-        self.shutdown();
+        self.shutdown(Stop::KeepSlots);
     }
 
     /// Stops serving, frees every slot and detaches the program from each service's reuseport
     /// group: the kernel's own hash spreads the connections again. For a service that is removed.
     pub fn stop_and_detach(mut self) {
-        self.shared.detach.store(true, Ordering::Release);
-        self.shutdown();
+        self.shutdown(Stop::Detach);
     }
 
     /// True while the registration thread runs and keeps turning: false once it has not
@@ -426,7 +281,7 @@ impl Registry {
     pub fn is_running(&self) -> bool {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
             && self.shared.since_last_beat() < self.stall_limit
-            && !self.shared.closer.stalled(self.stall_limit)
+            && !self.shared.closer_health().stalled(self.stall_limit)
     }
 
     /// How long ago the loop last completed a turn.
@@ -438,29 +293,24 @@ impl Registry {
     /// the next registrations, and registered workers of a uid no longer allowed are evicted
     /// (their slots freed, their registration connections closed) at the next reconciliation.
     pub fn set_allowed_uids(&self, uids: &[u32]) {
-        let mut s = self.shared.settings();
-        s.allowed_uids = allowed_or_own(uids);
-        s.generation += 1;
+        self.shared.settings().set_allowed_uids(uids);
     }
 
     /// Changes the most workers per address. Lowering it below the number registered frees no
     /// slot: the next registrations are refused until enough workers left.
     pub fn set_max_workers(&self, max: u32) {
-        let mut s = self.shared.settings();
-        s.max_workers = max.clamp(1, MAX_SLOTS);
-        s.generation += 1;
+        self.shared.settings().set_max_workers(max);
     }
 
-    /// Changes the weight of workers that did not ask for one, registered ones included.
+    /// Changes the weight of workers that did not ask for one, registered ones included (within
+    /// `1..=`[`MAX_DEFAULT_WEIGHT`]).
     pub fn set_default_weight(&self, weight: u32) {
-        let mut s = self.shared.settings();
-        s.default_weight = weight.clamp(1, MAX_WEIGHT);
-        s.generation += 1;
+        self.shared.settings().set_default_weight(weight);
     }
 
-    fn shutdown(&mut self) {
+    fn shutdown(&mut self, how: Stop) {
         let Some(t) = self.thread.take() else { return };
-        self.shared.stop.store(true, Ordering::Release);
+        self.shared.request_stop(how);
         if let Err(e) = sys::eventfd_signal(self.wake.as_fd()) {
             log::warn!("waking the registry thread: {e}");
         }
@@ -485,16 +335,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        self.shutdown();
-    }
-}
-
-/// `uids`, or the controller's own uid when empty.
-fn allowed_or_own(uids: &[u32]) -> Vec<u32> {
-    if uids.is_empty() {
-        vec![rustix::process::geteuid().as_raw()]
-    } else {
-        uids.to_vec()
+        self.shutdown(Stop::Free);
     }
 }
 

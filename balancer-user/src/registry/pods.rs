@@ -7,7 +7,7 @@
 //! worker of a key makes the group with the settings of the template it names
 //! (`Register::template`, or the default template): a program of its own, attached through the
 //! worker's socket, maps of its own, pinned under `<pin_root>/<pin_name>` so that a restarted
-//! controller adopts it ([`adopt_pod_groups`]). A later worker of the same key naming another
+//! controller adopts it ([`super::adoption`]). A later worker of the same key naming another
 //! template is refused (`unknown_template`): one reuseport group runs one program.
 //!
 //! A group with no worker and no adopted slot left is removed after
@@ -20,21 +20,23 @@
 //! node): that happens on a thread of its own ([`Making`]), never on the registry thread. The
 //! registrations of the key wait for it (their connections stay open, their descriptors held) and
 //! are answered when it is ready; groups being made count against `max_groups`.
+//!
+//! This module owns the pod settings ([`PodOptions`]) and the groups being made ([`Pods`]): the
+//! key of each, its template, the thread making it and the registrations waiting for it (opaque
+//! here: whatever the loop needs to answer them). Invariants: at most one group is made per key
+//! at a time; a made group is handed out once ([`Pods::take_made`]), with every registration that
+//! waited for it; a group's emptiness is timed from the first tick that found it empty.
 use std::{
+    collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     os::fd::{AsFd, OwnedFd},
     path::{Path, PathBuf},
-    sync::{atomic::Ordering, mpsc, Arc, Mutex},
+    sync::{mpsc, Arc, Mutex},
     time::{Duration, Instant},
 };
 
-use balancer_common::{protocol::Status, Policy};
+use balancer_common::Policy;
 
-use super::{
-    admission::{Checked, Rejection},
-    event_loop::Loop,
-    Service, Shared,
-};
 use crate::{group::Mode, Group, GroupOptions};
 
 /// Settings of the groups of the pods that name it (see `balancer_config::Template`).
@@ -68,7 +70,7 @@ pub struct PodOptions {
 }
 
 impl PodOptions {
-    fn template(&self, name: &str) -> Option<&PodTemplate> {
+    pub(super) fn template(&self, name: &str) -> Option<&PodTemplate> {
         self.templates.iter().find(|t| t.name == name)
     }
 }
@@ -86,6 +88,10 @@ pub struct PodGroup {
 }
 
 impl PodGroup {
+    pub(super) fn new(netns: u64, template: String) -> Self {
+        Self { netns, template, label: Mutex::new(String::new()) }
+    }
+
     pub fn label(&self) -> String {
         self.label.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -95,31 +101,6 @@ impl PodGroup {
             *self.label.lock().unwrap_or_else(|e| e.into_inner()) = label.to_owned();
         }
     }
-}
-
-/// A pod group being made on a thread of its own, and the registrations waiting for it.
-pub(super) struct Making {
-    template: String,
-    started: Instant,
-    /// (connection id, the checked registration, its socket).
-    waiting: Vec<(u64, Checked, OwnedFd)>,
-    done: mpsc::Receiver<crate::error::Result<(Group, Option<PathBuf>)>>,
-}
-
-/// Where a checked registration goes.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) enum Target {
-    /// An existing group (by id).
-    Group(usize),
-    /// A group to make for this key, with this template.
-    New { netns: u64, addr: SocketAddr, template: String },
-}
-
-/// What the group's template allows.
-#[derive(Clone, Copy, Debug)]
-pub(super) struct Limits {
-    pub max_workers: u32,
-    pub default_weight: u32,
 }
 
 /// The pin directory name of a group: `n<netns>_<4|6><ip hex>_<port>_<template>` (bpffs refuses
@@ -154,7 +135,8 @@ pub fn parse_pin_name(name: &str) -> Option<(u64, SocketAddr, String)> {
     Some((netns, SocketAddr::new(ip, port), template.to_owned()))
 }
 
-fn make_group(
+/// Makes (or, from its pins, adopts) the group of a key with `template`'s settings.
+pub(super) fn make_group(
     pods: &PodOptions,
     netns: u64,
     addr: SocketAddr,
@@ -171,57 +153,7 @@ fn make_group(
     Ok((group, pin_dir))
 }
 
-fn new_service(shared: &Shared, svc: Service) -> usize {
-    let id = shared.next_service.fetch_add(1, Ordering::Relaxed) as usize;
-    shared.services.lock().unwrap_or_else(|e| e.into_inner()).insert(id, Arc::new(svc));
-    id
-}
-
-/// Adopts the groups an earlier controller pinned under the pin root (a restart): each keeps its
-/// program attached and its slots, for the workers to register again. Directories that are not a
-/// group's, or whose template is gone, are removed.
-pub(super) fn adopt_pod_groups(shared: &Shared) {
-    let Some(pods) = &shared.pods else { return };
-    let Some(root) = &pods.pin_root else { return };
-    let Ok(entries) = std::fs::read_dir(root) else { return };
-    for entry in entries.flatten() {
-        let path = entry.path();
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let parsed = parse_pin_name(&name);
-        let Some((netns, addr, template)) = parsed else {
-            log::warn!("{}: not a pod group's pin directory: left alone", path.display());
-            continue;
-        };
-        let Some(t) = pods.template(&template) else {
-            log::warn!(
-                "{}: template `{template}` is no longer configured: pins removed, the workers \
-                 register again",
-                path.display()
-            );
-            remove_pins(&path);
-            continue;
-        };
-        if shared.all_services().len() >= pods.max_groups {
-            log::warn!("{}: max_groups reached: not adopted, pins removed", path.display());
-            remove_pins(&path);
-            continue;
-        }
-        match make_group(pods, netns, addr, t) {
-            Ok((group, _)) => {
-                log::info!(
-                    "pod group {addr} (netns {netns}, template {template}): {} with {} workers",
-                    if group.adopted() { "adopted" } else { "made again" },
-                    group.occupied_slots().count()
-                );
-                let pod = PodGroup { netns, template, label: Mutex::new(String::new()) };
-                new_service(shared, Service { addr, pod: Some(pod), group: Mutex::new(group) });
-            }
-            Err(e) => log::error!("{}: adopting the pod group: {e}", path.display()),
-        }
-    }
-}
-
-fn remove_pins(path: &Path) {
+pub(super) fn remove_pins(path: &Path) {
     if let Err(e) = std::fs::remove_dir_all(path) {
         if e.kind() != std::io::ErrorKind::NotFound {
             log::warn!("removing {}: {e}", path.display());
@@ -229,101 +161,83 @@ fn remove_pins(path: &Path) {
     }
 }
 
-impl Loop {
-    /// Where a socket in network namespace `netns`, bound to `addr`, goes, for a worker of `uid`
-    /// naming `template` (empty: the default), and the limits that apply there.
-    pub(super) fn pod_target(
-        &self,
-        netns: u64,
-        addr: SocketAddr,
-        template: &str,
-        uid: u32,
-    ) -> Result<(Target, Limits), Rejection> {
-        let pods = self.shared.pods.as_ref().expect("pod_target: pods enabled");
-        let name = if template.is_empty() { pods.default_template.as_str() } else { template };
-        let t = pods.template(name).ok_or_else(|| {
-            Rejection::new(
-                Status::UnknownTemplate,
-                format!("no template `{name}` here: the app serves on the kernel's hash"),
-            )
-        })?;
-        if uid != 0 && !t.allowed_uids.contains(&uid) {
-            return Err(Rejection::new(
-                Status::UidNotAllowed,
-                format!("uid {uid} may not use template `{name}`"),
-            ));
-        }
-        let limits = Limits { max_workers: t.max_workers, default_weight: t.weight };
-        let existing = self
-            .shared
-            .all_services()
-            .into_iter()
-            .find(|(_, s)| s.addr == addr && s.pod.as_ref().is_some_and(|p| p.netns == netns));
-        if let Some(m) = self.making.get(&(netns, addr)) {
-            if m.template != name {
-                return Err(Rejection::new(
-                    Status::UnknownTemplate,
-                    format!(
-                        "{addr} in this network namespace is being balanced with template `{}`, \
-                         not `{name}`: one address, one template",
-                        m.template
-                    ),
-                ));
-            }
-            return Ok((Target::New { netns, addr, template: name.to_owned() }, limits));
-        }
-        match existing {
-            Some((id, s)) => {
-                let group_template = s.pod.as_ref().map(|p| p.template.as_str()).unwrap_or("");
-                if group_template != name {
-                    return Err(Rejection::new(
-                        Status::UnknownTemplate,
-                        format!(
-                            "{addr} in this network namespace is balanced with template \
-                             `{group_template}`, not `{name}`: one address, one template"
-                        ),
-                    ));
-                }
-                Ok((Target::Group(id), limits))
-            }
-            None => {
-                let n = self.shared.all_services().iter().filter(|(_, s)| s.pod.is_some()).count()
-                    + self.making.len();
-                if n >= pods.max_groups {
-                    return Err(Rejection::new(
-                        Status::NoFreeSlot,
-                        format!("max_groups ({}) reached: no new pod group", pods.max_groups),
-                    ));
-                }
-                Ok((Target::New { netns, addr, template: name.to_owned() }, limits))
-            }
-        }
+/// What making a group gives: the group and its pin directory, if pinned.
+type MakeResult = crate::error::Result<(Group, Option<PathBuf>)>;
+
+/// A pod group being made on a thread of its own, and the registrations waiting for it.
+struct Making<W> {
+    template: String,
+    started: Instant,
+    waiting: Vec<W>,
+    done: mpsc::Receiver<MakeResult>,
+}
+
+/// A group whose making ended (made, or failed), with the registrations that waited for it.
+pub(super) struct Made<W> {
+    pub netns: u64,
+    pub addr: SocketAddr,
+    pub template: String,
+    pub started: Instant,
+    pub waiting: Vec<W>,
+    pub result: MakeResult,
+}
+
+/// The pod groups of a registry: their settings, the groups being made and the empty ones'
+/// timers. `W`: a registration waiting for its group (the loop's).
+pub(super) struct Pods<W> {
+    options: Option<PodOptions>,
+    making: HashMap<(u64, SocketAddr), Making<W>>,
+    empty_since: HashMap<usize, Instant>,
+}
+
+impl<W> Pods<W> {
+    pub(super) fn new(options: Option<PodOptions>) -> Self {
+        Self { options, making: HashMap::new(), empty_since: HashMap::new() }
     }
 
-    /// Has the group of a new key made on a thread of its own; registration `id` waits for it
-    /// (with the others of the same key).
-    pub(super) fn make_pod_group(
+    /// The pod settings, if groups are made on registration.
+    pub(super) fn options(&self) -> Option<&PodOptions> {
+        self.options.as_ref()
+    }
+
+    /// The template of the group of (`netns`, `addr`) being made, if it is.
+    pub(super) fn being_made(&self, netns: u64, addr: SocketAddr) -> Option<&str> {
+        self.making.get(&(netns, addr)).map(|m| m.template.as_str())
+    }
+
+    /// Registrations waiting for the group of (`netns`, `addr`) (0 if it is not being made).
+    pub(super) fn waiting(&self, netns: u64, addr: SocketAddr) -> usize {
+        self.making.get(&(netns, addr)).map_or(0, |m| m.waiting.len())
+    }
+
+    /// How many groups are being made.
+    pub(super) fn making(&self) -> usize {
+        self.making.len()
+    }
+
+    /// Adds `w` to the registrations waiting for the group of (`netns`, `addr`), and starts
+    /// making it (with `template`) if nobody has; `wake` is signalled when it is made. Gives `w`
+    /// back, with the reason, when no thread could be started.
+    pub(super) fn wait_for(
         &mut self,
         netns: u64,
         addr: SocketAddr,
-        template: String,
-        id: u64,
-        checked: Checked,
-        socket: OwnedFd,
-    ) {
-        if self.making.values().any(|m| m.waiting.iter().any(|(w, _, _)| *w == id)) {
-            // One registration per connection, waiting or not.
-            self.refuse_waiting(id, socket, "this connection registered already".into());
-            return;
-        }
+        template: &str,
+        wake: &Arc<OwnedFd>,
+        w: W,
+    ) -> Result<(), (W, String)> {
         if let Some(m) = self.making.get_mut(&(netns, addr)) {
-            m.waiting.push((id, checked, socket));
-            return;
+            m.waiting.push(w);
+            return Ok(());
         }
-        let pods = self.shared.pods.clone().expect("make_pod_group: pods enabled");
-        let t = pods.template(&template).expect("checked by pod_target").clone();
+        let Some(pods) = self.options.clone() else {
+            return Err((w, "no pod groups here".into()));
+        };
+        let Some(t) = pods.template(template).cloned() else {
+            return Err((w, format!("no template `{template}` here")));
+        };
         let (tx, done) = mpsc::channel();
-        let wake = self.wake.clone();
+        let wake = wake.clone();
         let spawned = std::thread::Builder::new().name("reuselb-group".into()).spawn(move || {
             let _ = tx.send(make_group(&pods, netns, addr, &t));
             if let Err(e) = crate::sys::eventfd_signal(wake.as_fd()) {
@@ -331,121 +245,63 @@ impl Loop {
             }
         });
         if let Err(e) = spawned {
-            self.refuse_waiting(
-                id,
-                socket,
-                format!("cannot start a thread to make the group: {e}"),
-            );
-            return;
+            return Err((w, format!("cannot start a thread to make the group: {e}")));
         }
-        let making = Making { template, started: Instant::now(), waiting: Vec::new(), done };
+        let making = Making {
+            template: template.to_owned(),
+            started: Instant::now(),
+            waiting: vec![w],
+            done,
+        };
         self.making.insert((netns, addr), making);
-        if let Some(m) = self.making.get_mut(&(netns, addr)) {
-            m.waiting.push((id, checked, socket));
-        }
+        Ok(())
     }
 
-    /// Takes the pod groups made meanwhile and answers the registrations that waited for them.
-    pub(super) fn collect_made(&mut self) {
+    /// The groups whose making ended since the last call (each handed out once).
+    pub(super) fn take_made(&mut self) -> Vec<Made<W>> {
         let ready: Vec<_> = self
             .making
             .iter()
             .filter_map(|(key, m)| match m.done.try_recv() {
-                Ok(result) => Some((*key, Some(result))),
+                Ok(result) => Some((*key, result)),
                 Err(mpsc::TryRecvError::Empty) => None,
-                Err(mpsc::TryRecvError::Disconnected) => Some((*key, None)),
+                Err(mpsc::TryRecvError::Disconnected) => Some((
+                    *key,
+                    Err(crate::Error::Socket {
+                        op: "making the group",
+                        source: std::io::Error::other("the thread ended without a group"),
+                    }),
+                )),
             })
             .collect();
+        let mut out = Vec::new();
         for ((netns, addr), result) in ready {
             let Some(m) = self.making.remove(&(netns, addr)) else { continue };
-            let result = result.unwrap_or_else(|| {
-                Err(crate::Error::Socket {
-                    op: "making the group",
-                    source: std::io::Error::other("the thread ended without a group"),
-                })
-            });
-            match result {
-                Ok((group, pin_dir)) => {
-                    log::info!(
-                        "pod group {addr} (netns {netns}, template {}): {} {} program, policy {}, \
-                         made in {:?}{}",
-                        m.template,
-                        if group.adopted() { "adopted the pinned" } else { "new" },
-                        group.program().name(),
-                        group.policy().name(),
-                        m.started.elapsed(),
-                        pin_dir.map(|d| format!(", pinned at {}", d.display())).unwrap_or_default()
-                    );
-                    let pod = PodGroup {
-                        netns,
-                        template: m.template.clone(),
-                        label: Mutex::new(String::new()),
-                    };
-                    let svc = new_service(
-                        &self.shared,
-                        Service { addr, pod: Some(pod), group: Mutex::new(group) },
-                    );
-                    for (id, checked, socket) in m.waiting {
-                        if self.conns.contains_key(&id) {
-                            self.admit_into(id, checked, socket, svc);
-                        } else {
-                            self.closer.close(socket);
-                        }
-                    }
-                }
-                Err(e) => {
-                    log::error!("pod group {addr} (netns {netns}): {e}");
-                    for (id, _, socket) in m.waiting {
-                        self.refuse_waiting(id, socket, format!("making the group of {addr}: {e}"));
-                    }
-                }
-            }
+            let (template, started, waiting) = (m.template, m.started, m.waiting);
+            out.push(Made { netns, addr, template, started, waiting, result });
         }
+        out
     }
 
-    /// Removes the pod groups that have had no worker (registered or adopted) for the removal
-    /// grace: last socket detached and closed, pins removed, id gone.
-    pub(super) fn expire_pod_groups(&mut self) {
-        let Some(pods) = &self.shared.pods else { return };
-        let grace = pods.removal_grace;
-        let now = Instant::now();
-        for (id, s) in self.shared.all_services() {
-            if s.pod.is_none() {
-                continue;
-            }
-            let occupied = self.workers.keys().any(|(svc, _)| *svc == id)
-                || self.adopted.keys().any(|(svc, _)| *svc == id);
-            if occupied {
-                self.pod_empty_since.remove(&id);
-                continue;
-            }
-            let since = *self.pod_empty_since.entry(id).or_insert(now);
-            if now.duration_since(since) < grace {
-                continue;
-            }
-            self.pod_empty_since.remove(&id);
-            self.remove_pod_group(id, &s);
-        }
+    /// Every registration still waiting for a group (at stop).
+    pub(super) fn take_waiting(&mut self) -> Vec<W> {
+        self.making.drain().flat_map(|(_, m)| m.waiting).collect()
     }
 
-    fn remove_pod_group(&mut self, id: usize, s: &Service) {
-        if let Some(parked) = self.parked.remove(&id) {
-            if let Err(e) = Group::detach(&parked.fd) {
-                log::debug!("{}: detaching the program: {e}", s.describe());
-            }
-            self.closer.close(parked.fd);
+    /// Whether pod group `id`, `occupied` or not now, has been empty for the removal grace (it
+    /// is then forgotten here, and the caller removes it).
+    pub(super) fn expired(&mut self, id: usize, occupied: bool, now: Instant) -> bool {
+        let Some(grace) = self.options.as_ref().map(|p| p.removal_grace) else { return false };
+        if occupied {
+            self.empty_since.remove(&id);
+            return false;
         }
-        if let Err(e) = s.group().unpin() {
-            log::warn!("{}: removing the pins: {e}", s.describe());
+        let since = *self.empty_since.entry(id).or_insert(now);
+        if now.duration_since(since) < grace {
+            return false;
         }
-        self.shared.services.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
-        let label = s.pod.as_ref().map(|p| p.label()).unwrap_or_default();
-        log::info!(
-            "pod group {}{} removed: no worker for {:?}; pins removed",
-            s.describe(),
-            if label.is_empty() { String::new() } else { format!(" of {label}") },
-            self.shared.pods.as_ref().map(|p| p.removal_grace).unwrap_or_default()
-        );
+        self.empty_since.remove(&id);
+        true
     }
 }
 

@@ -12,12 +12,17 @@
 //! ([`correction`]), so no value a worker can write panics, wraps or moves a slot by more than
 //! the disagreement. The program is attached again at every tick (idempotent), so that a holder
 //! of a group's socket who detaches or replaces it (`SO_DETACH_REUSEPORT_BPF`,
-//! `SO_ATTACH_REUSEPORT_EBPF`) undoes that for at most one tick.
+//! `SO_ATTACH_REUSEPORT_EBPF`) undoes that for at most one tick. This module owns no state: the
+//! workers' memory of the last tick lives with them ([`super::workers::Worker`]).
 use std::{os::fd::AsFd, sync::atomic::Ordering};
 
 use balancer_common::broken::Broken;
 
-use super::event_loop::Loop;
+use super::{
+    counters::Counters,
+    services::Services,
+    workers::{Key, Workers},
+};
 use crate::{broken, sys};
 
 /// The correction to apply to a slot's in-flight counter, given its raw counter (`current`), the
@@ -50,63 +55,66 @@ fn leader_exited(pid: u32) -> bool {
         .is_some_and(|c| c == 'Z' || c == 'X')
 }
 
-impl Loop {
-    /// Brings each slot's in-flight figure back to what the kernel and the worker say, and
-    /// attaches each service's program again.
-    pub(super) fn reconcile(&mut self) {
-        let mut retire = Vec::new();
-        let mut attached = std::collections::HashSet::new();
-        for (&(svc, slot), w) in self.workers.iter_mut() {
-            let Some(service) = self.shared.service(svc) else { continue };
-            let group = service.group();
-            if attached.insert(svc) {
-                if let Err(e) = group.attach(&w.listener) {
-                    self.shared.counters.reattach_failures.fetch_add(1, Ordering::Relaxed);
-                    log::warn!("{}: attaching the program again: {e}", service.describe());
-                }
-            }
-            let loads = group.loads();
-            let Ok(queued) = sys::accept_queue_len(w.listener.as_fd()) else { continue };
-            let rec = loads.read(slot);
-            // A worker whose main thread is gone is on its way out and, if it stopped accepting,
-            // may hang there a long time (uWSGI 2.0.21 threads with max-requests wait for their
-            // worker-reload-mercy): its queue must not wait for it.
-            let stalled = rec.accepted == w.last_accepted;
-            w.last_accepted = rec.accepted;
-            if stalled && leader_exited(w.pid) {
-                retire.push(((svc, slot), w.pid, queued));
-                continue;
-            }
-            let (delta, diff) =
-                correction(rec.raw_inflight, rec.accepted, rec.completed, queued, w.prev_diff);
-            // `cargo xtask prove` only: a controller that never corrects a count.
-            let delta = delta.filter(|_| !broken::is(Broken::NoReconcile));
-            w.prev_diff = diff;
-            if let Some(delta) = delta {
-                loads.add_inflight(slot, delta);
-                loads.mark_progress(slot);
-                self.shared.counters.adjustments.fetch_add(1, Ordering::Relaxed);
-                log::debug!(
-                    "slot {slot}: in flight {}, kernel and worker disagree: adjust by {delta}",
-                    rec.raw_inflight
-                );
-            }
-            // The fast path's hint, from the counts as they are now (never, in the proof's
-            // build that breaks it).
-            if !broken::is(Broken::NoIdleRefresh) {
-                loads.refresh_idle(slot);
+/// A worker that stopped accepting and whose main thread exited: its slot is to be freed and
+/// its socket retired (its queue moves to the others).
+pub(super) struct Stalled {
+    pub key: Key,
+    pub pid: u32,
+    /// Connections waiting in its queue.
+    pub queued: u32,
+}
+
+/// Brings each slot's in-flight figure back to what the kernel and the worker say, and attaches
+/// each group's program again. Returns the workers to retire (the caller frees their slots).
+pub(super) fn reconcile(
+    services: &Services,
+    counters: &Counters,
+    workers: &mut Workers,
+) -> Vec<Stalled> {
+    let mut retire = Vec::new();
+    let mut attached = std::collections::HashSet::new();
+    for ((svc, slot), w) in workers.iter_mut() {
+        let Some(service) = services.get(svc) else { continue };
+        let group = service.group();
+        if attached.insert(svc) {
+            if let Err(e) = group.attach(&w.listener) {
+                counters.reattach_failures.fetch_add(1, Ordering::Relaxed);
+                log::warn!("{}: attaching the program again: {e}", service.describe());
             }
         }
-        for (key, pid, queued) in retire {
-            log::info!(
-                "worker {pid} stopped accepting and its main thread exited: slot {} of {} freed, \
-                 its {queued} queued connections moved",
-                key.1,
-                self.describe(key.0)
+        let loads = group.loads();
+        let Ok(queued) = sys::accept_queue_len(w.listener.as_fd()) else { continue };
+        let rec = loads.read(slot);
+        // A worker whose main thread is gone is on its way out and, if it stopped accepting,
+        // may hang there a long time (uWSGI 2.0.21 threads with max-requests wait for their
+        // worker-reload-mercy): its queue must not wait for it.
+        let stalled = rec.accepted == w.last_accepted;
+        w.last_accepted = rec.accepted;
+        if stalled && leader_exited(w.pid) {
+            retire.push(Stalled { key: (svc, slot), pid: w.pid, queued });
+            continue;
+        }
+        let (delta, diff) =
+            correction(rec.raw_inflight, rec.accepted, rec.completed, queued, w.prev_diff);
+        // `cargo xtask prove` only: a controller that never corrects a count.
+        let delta = delta.filter(|_| !broken::is(Broken::NoReconcile));
+        w.prev_diff = diff;
+        if let Some(delta) = delta {
+            loads.add_inflight(slot, delta);
+            loads.mark_progress(slot);
+            counters.adjustments.fetch_add(1, Ordering::Relaxed);
+            log::debug!(
+                "slot {slot}: in flight {}, kernel and worker disagree: adjust by {delta}",
+                rec.raw_inflight
             );
-            self.remove_worker_and(key, true);
+        }
+        // The fast path's hint, from the counts as they are now (never, in the proof's
+        // build that breaks it).
+        if !broken::is(Broken::NoIdleRefresh) {
+            loads.refresh_idle(slot);
         }
     }
+    retire
 }
 
 #[cfg(test)]

@@ -322,7 +322,7 @@ fn a_huge_weight_is_capped() {
     assert_eq!(r.status(), Status::Ok, "{}", r.reason());
     let weights: Vec<u32> =
         registry.service(addr).unwrap().group().slots().unwrap().iter().map(|s| s.weight).collect();
-    assert_eq!(weights, vec![balancer_user::registry::MAX_WEIGHT]);
+    assert_eq!(weights, vec![balancer_user::registry::MAX_ASKED_WEIGHT]);
     assert_eq!(registry.counters().weights_capped.load(std::sync::atomic::Ordering::Relaxed), 1);
 }
 

@@ -1,0 +1,159 @@
+//! The registration connections: one per worker (or would-be worker), keyed by an id that is
+//! never reused, so that a stale event cannot reach a connection accepted later on the same
+//! descriptor number.
+//!
+//! Owns each connection's descriptor, its peer uid, when it opened and its [`Stage`]. Invariants:
+//! a connection carries one registration message: only a [`Stage::Pending`] one has a message
+//! read as a registration ([`Connections::takes_message`]); one waiting for its pod group to be
+//! made, or registered, has any further message ignored, so no second message can take a second
+//! slot for it. The caps on unregistered connections count every connection that is not
+//! registered (waiting ones included). Removing a connection hands its descriptor back: the
+//! caller gives it to the closer.
+use std::{
+    collections::HashMap,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+    time::{Duration, Instant},
+};
+
+/// Where a connection stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Stage {
+    /// Open, no registration message read yet.
+    Pending,
+    /// Its registration passed the checks and waits for its pod group to be made.
+    Waiting,
+    /// Registered: the worker of (service, slot).
+    Registered((usize, u32)),
+}
+
+struct Conn {
+    fd: OwnedFd,
+    uid: u32,
+    opened: Instant,
+    stage: Stage,
+}
+
+impl Conn {
+    fn unregistered(&self, uid: Option<u32>) -> bool {
+        !matches!(self.stage, Stage::Registered(_)) && uid.is_none_or(|u| self.uid == u)
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Connections {
+    by_id: HashMap<u64, Conn>,
+    next: u64,
+}
+
+impl Connections {
+    /// Adds a connection of peer `uid`; returns its id.
+    pub(super) fn open(&mut self, fd: OwnedFd, uid: u32) -> u64 {
+        let id = self.next;
+        self.next += 1;
+        self.by_id.insert(id, Conn { fd, uid, opened: Instant::now(), stage: Stage::Pending });
+        id
+    }
+
+    /// Removes connection `id`: its descriptor (for the closer) and its stage.
+    pub(super) fn remove(&mut self, id: u64) -> Option<(OwnedFd, Stage)> {
+        self.by_id.remove(&id).map(|c| (c.fd, c.stage))
+    }
+
+    /// Removes every connection (at stop): their descriptors.
+    pub(super) fn take_all(&mut self) -> Vec<OwnedFd> {
+        self.by_id.drain().map(|(_, c)| c.fd).collect()
+    }
+
+    pub(super) fn fd(&self, id: u64) -> Option<BorrowedFd<'_>> {
+        self.by_id.get(&id).map(|c| c.fd.as_fd())
+    }
+
+    pub(super) fn stage(&self, id: u64) -> Option<Stage> {
+        self.by_id.get(&id).map(|c| c.stage)
+    }
+
+    /// Whether a message on connection `id` is read as its registration.
+    pub(super) fn takes_message(&self, id: u64) -> bool {
+        self.stage(id) == Some(Stage::Pending)
+    }
+
+    pub(super) fn set_stage(&mut self, id: u64, stage: Stage) {
+        if let Some(c) = self.by_id.get_mut(&id) {
+            c.stage = stage;
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Every connection, for polling.
+    pub(super) fn watched(&self) -> impl Iterator<Item = (u64, BorrowedFd<'_>)> {
+        self.by_id.iter().map(|(id, c)| (*id, c.fd.as_fd()))
+    }
+
+    /// Connections not registered (of `uid`, if given).
+    pub(super) fn unregistered(&self, uid: Option<u32>) -> usize {
+        self.by_id.values().filter(|c| c.unregistered(uid)).count()
+    }
+
+    /// The oldest connection not registered (of `uid`, if given).
+    pub(super) fn oldest_unregistered(&self, uid: Option<u32>) -> Option<u64> {
+        self.by_id.iter().filter(|(_, c)| c.unregistered(uid)).map(|(id, _)| *id).min()
+    }
+
+    /// Connections not registered within `limit` of opening.
+    pub(super) fn late(&self, limit: Duration) -> Vec<u64> {
+        let late = |c: &Conn| c.unregistered(None) && c.opened.elapsed() >= limit;
+        self.by_id.iter().filter(|(_, c)| late(c)).map(|(id, _)| *id).collect()
+    }
+
+    /// Connections not registered whose uid `allowed` refuses.
+    pub(super) fn unregistered_refused(&self, allowed: impl Fn(u32) -> bool) -> Vec<u64> {
+        let refused = |c: &Conn| c.unregistered(None) && !allowed(c.uid);
+        self.by_id.iter().filter(|(_, c)| refused(c)).map(|(id, _)| *id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fd() -> OwnedFd {
+        std::fs::File::open("/dev/null").unwrap().into()
+    }
+
+    #[test]
+    fn one_message_per_connection() {
+        let mut conns = Connections::default();
+        let id = conns.open(fd(), 1000);
+        assert!(conns.takes_message(id));
+        // Waiting for its pod group: a second message must not register again (it could
+        // overwrite the first registration's slot and leak it).
+        conns.set_stage(id, Stage::Waiting);
+        assert!(!conns.takes_message(id));
+        conns.set_stage(id, Stage::Registered((0, 1)));
+        assert!(!conns.takes_message(id));
+        assert!(!conns.takes_message(id + 1));
+    }
+
+    #[test]
+    fn waiting_connections_count_as_unregistered() {
+        let mut conns = Connections::default();
+        let a = conns.open(fd(), 1000);
+        let b = conns.open(fd(), 1001);
+        let c = conns.open(fd(), 1000);
+        conns.set_stage(a, Stage::Waiting);
+        conns.set_stage(c, Stage::Registered((0, 0)));
+        assert_eq!(conns.unregistered(None), 2);
+        assert_eq!(conns.unregistered(Some(1000)), 1);
+        assert_eq!(conns.oldest_unregistered(None), Some(a));
+        assert_eq!(conns.oldest_unregistered(Some(1001)), Some(b));
+        assert_eq!(conns.unregistered_refused(|uid| uid == 1000), vec![b]);
+        let mut late = conns.late(Duration::ZERO);
+        late.sort();
+        assert_eq!(late, vec![a, b]);
+        assert_eq!(conns.remove(c).map(|(_, s)| s), Some(Stage::Registered((0, 0))));
+        assert_eq!(conns.len(), 2);
+    }
+}
