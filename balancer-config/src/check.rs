@@ -5,7 +5,13 @@
 //! which [`crate::locate`] turns into a line and column.
 use std::{collections::HashMap, net::SocketAddr, path::Path};
 
-use crate::{error::Problem, locate::Seg, pods::Pods, Config, Service, MAX_NAME_LEN};
+use crate::{
+    error::Problem,
+    locate::Seg,
+    pods::Pods,
+    values::{check_listen, name_message, valid_name},
+    Config, Service,
+};
 
 /// The path of `services[i].field`.
 fn at_service(i: usize, field: &'static str) -> Vec<Seg> {
@@ -184,29 +190,4 @@ fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
     a.port() == b.port()
         && a.is_ipv4() == b.is_ipv4()
         && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
-}
-
-pub(crate) fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= MAX_NAME_LEN
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
-}
-
-pub(crate) fn name_message(name: &str) -> String {
-    format!(
-        "invalid service name `{name}`: expected 1 to {MAX_NAME_LEN} characters of a-z, 0-9, \
-         `_` and `-`"
-    )
-}
-
-pub(crate) fn check_listen(addr: &SocketAddr) -> Result<(), String> {
-    if addr.port() == 0 {
-        return Err(format!(
-            "invalid listen address `{addr}`: port 0 is not a fixed port; expected IP:PORT with \
-             a port of 1..=65535"
-        ));
-    }
-    Ok(())
 }

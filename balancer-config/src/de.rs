@@ -8,7 +8,7 @@ use balancer_common::{Policy, PolicyNames, MAX_SLOTS};
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 use crate::{
-    check::{check_listen, name_message, valid_name},
+    values::{check_listen, name_message, valid_name},
     Mode, MAX_BLOCKED_AFTER_MS, MAX_NAME_LEN, MAX_PACK_DEPTH, MAX_WEIGHT,
 };
 

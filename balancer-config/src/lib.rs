@@ -26,6 +26,7 @@ mod locate;
 mod model;
 pub mod pods;
 mod settings;
+mod values;
 
 pub use diff::ConfigDiff;
 pub use error::ConfigError;
