@@ -22,6 +22,7 @@ mod node;
 mod observe;
 mod privdrop;
 mod restart;
+mod seccomp;
 mod selector;
 mod stalling;
 mod uwsgi;
