@@ -51,6 +51,8 @@ struct Daemon {
 }
 
 pub fn run(args: DaemonArgs) -> Result<i32> {
+    // About three descriptors per registered worker: a soft limit of 1024 is too few.
+    balancer_user::nofile::raise_soft_limit();
     let config = Config::load(&args.config).map_err(|e| anyhow!("{e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -13,6 +13,7 @@ pub mod http;
 pub mod listener;
 pub mod loader;
 pub mod metrics;
+pub mod nofile;
 pub mod registry;
 pub mod report;
 pub mod service;

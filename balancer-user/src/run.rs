@@ -143,12 +143,10 @@ fn registry_options(args: &RunArgs) -> RegistryOptions {
     options
 }
 
-/// Runs the command under the controller; returns its exit status (128 + signal if killed).
-pub fn run(args: RunArgs) -> Result<i32> {
-    let options = registry_options(&args);
-    let shim = find_shim(args.shim)?;
-    // What the app's settings ask that reuselb cannot balance, said before anything starts.
-    let findings = crate::preflight::inspect(&args.command);
+/// Says what the app's settings ask that reuselb cannot balance, before anything starts; false if
+/// that rules out the shim.
+fn preflight(command: &[std::ffi::OsString]) -> bool {
+    let findings = crate::preflight::inspect(command);
     for finding in &findings {
         if finding.disables_shim() {
             log::error!("{}", finding.message());
@@ -156,7 +154,11 @@ pub fn run(args: RunArgs) -> Result<i32> {
             log::warn!("{}", finding.message());
         }
     }
-    let with_shim = !findings.iter().any(crate::preflight::Finding::disables_shim);
+    !findings.iter().any(crate::preflight::Finding::disables_shim)
+}
+
+/// A balanced group for each address of `--listen`, its program loaded.
+fn groups(args: &RunArgs) -> Result<Vec<(std::net::SocketAddr, Group)>> {
     let mut services = Vec::new();
     for addr in &args.listen {
         let blocked_after = (args.blocked_after_ms != 0)
@@ -175,30 +177,59 @@ pub fn run(args: RunArgs) -> Result<i32> {
         );
         services.push((*addr, group));
     }
-    let registry =
-        Registry::start(options, services).context("starting the registration socket")?;
-    install_forwarding()?;
+    Ok(services)
+}
 
+/// The app's command: `args.command` with the shim preloaded (if `with_shim`) and told where to
+/// register, in a process group of its own, with the descriptor limit we started with.
+fn app_command(
+    args: &RunArgs,
+    shim: &std::path::Path,
+    with_shim: bool,
+    listen: &str,
+    limit: balancer_user::nofile::StartingLimit,
+) -> Command {
     let preload = match std::env::var_os("LD_PRELOAD") {
         Some(existing) if !existing.is_empty() => {
             let mut p = existing;
             p.push(":");
-            p.push(&shim);
+            p.push(shim);
             p
         }
-        _ => shim.clone().into_os_string(),
+        _ => shim.as_os_str().to_owned(),
     };
-    let listen = args.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
     let mut command = Command::new(&args.command[0]);
     if with_shim {
         command.env("LD_PRELOAD", preload);
     }
     command
         .args(&args.command[1..])
-        .env(protocol::ENV_LISTEN, &listen)
+        .env(protocol::ENV_LISTEN, listen)
         .env(protocol::ENV_SOCKET, &args.socket)
         // Its own process group: a terminal's Ctrl-C reaches it once, through us.
         .process_group(0);
+    // SAFETY: the closure only makes one setrlimit system call (no allocation, no lock), which
+    // is async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        command.pre_exec(move || limit.restore());
+    }
+    command
+}
+
+/// Runs the command under the controller; returns its exit status (128 + signal if killed).
+pub fn run(args: RunArgs) -> Result<i32> {
+    // About three descriptors per registered worker: a soft limit of 1024 is too few. The app
+    // gets the limit we started with (see `nofile`).
+    let starting_limit = balancer_user::nofile::raise_soft_limit();
+    let options = registry_options(&args);
+    let shim = find_shim(args.shim.clone())?;
+    let with_shim = preflight(&args.command);
+    let registry =
+        Registry::start(options, groups(&args)?).context("starting the registration socket")?;
+    install_forwarding()?;
+
+    let listen = args.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
+    let mut command = app_command(&args, &shim, with_shim, &listen, starting_limit);
     let mut child = match command.spawn() {
         Ok(c) => c,
         Err(e) => {

@@ -19,6 +19,7 @@ mod failopen;
 mod hostile;
 mod migrate;
 mod node;
+mod nofile;
 mod observe;
 mod privdrop;
 mod restart;
