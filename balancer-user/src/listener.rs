@@ -56,7 +56,11 @@ pub fn bind_reuseport(addr: SocketAddr, backlog: i32) -> io::Result<TcpListener>
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SocketFacts {
     pub local: Option<SocketAddr>,
+    /// An AF_INET or AF_INET6 stream socket whose protocol is TCP.
     pub tcp: bool,
+    /// An AF_INET or AF_INET6 stream socket, whatever its protocol (TCP, MPTCP, ...): one whose
+    /// close can linger.
+    pub inet_stream: bool,
     pub listening: bool,
     pub reuseport: bool,
 }
@@ -64,10 +68,13 @@ pub struct SocketFacts {
 /// Reads the facts of `fd` from the kernel (fails if it is not a socket).
 pub fn socket_facts(fd: BorrowedFd<'_>) -> io::Result<SocketFacts> {
     let socket = SockRef::from(&fd);
-    let tcp = socket.r#type()? == Type::STREAM && socket.protocol()? == Some(Protocol::TCP);
+    let inet = matches!(socket.domain()?, Domain::IPV4 | Domain::IPV6);
+    let inet_stream = inet && socket.r#type()? == Type::STREAM;
+    let tcp = inet_stream && socket.protocol()? == Some(Protocol::TCP);
     Ok(SocketFacts {
         local: socket.local_addr()?.as_socket(),
         tcp,
+        inet_stream,
         listening: socket.is_listener()?,
         reuseport: socket.reuse_port()?,
     })

@@ -52,6 +52,8 @@ struct Daemon {
 }
 
 pub fn run(args: DaemonArgs) -> Result<i32> {
+    // About three descriptors per registered worker: a soft limit of 1024 is too few.
+    crate::cli::nofile::raise_soft_limit();
     let config = Config::load(&args.config).map_err(|e| anyhow!("{e}"))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

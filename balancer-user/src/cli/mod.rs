@@ -1,5 +1,5 @@
 //! The `reuselb` command line: one module per subcommand (`run`, `daemon`, `status`, `top`,
-//! `doctor`, `check-config`) and the log set-up they share. Each module owns its subcommand's
+//! `doctor`, `check-config`), the log set-up and the descriptor limit (`nofile`) they share. Each module owns its subcommand's
 //! flags (a clap `Args` struct) and its entry point, which returns the process's exit status;
 //! `main.rs` only parses and dispatches.
 //!
@@ -12,6 +12,7 @@ pub mod check_config;
 pub mod daemon;
 pub mod doctor;
 pub mod logging;
+pub mod nofile;
 pub mod run;
 pub mod status;
 pub mod top;

@@ -80,12 +80,15 @@ fn parse_policy(s: &str) -> Result<Policy, String> {
 
 /// Runs the command under the controller; returns its exit status (128 + signal if killed).
 pub fn run(args: RunArgs) -> Result<i32> {
+    // About three descriptors per registered worker: a soft limit of 1024 is too few. The app
+    // gets the limit we started with (see `nofile`).
+    let starting_limit = crate::cli::nofile::raise_soft_limit();
     let shim = app::find_shim(args.shim.as_deref())?;
     // What the app's settings ask that reuselb cannot balance, said before anything starts.
     let with_shim = preflight::announce(&args.command);
     let config = as_config(&args)?;
     let services = Arc::new(Services::start(&config, Mode::Run)?);
-    let app = match app::App::start(&args, &shim, with_shim) {
+    let app = match app::App::start(&args, &shim, with_shim, starting_limit) {
         Ok(app) => app,
         Err(e) => {
             services.stop();

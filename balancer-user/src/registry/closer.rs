@@ -1,18 +1,19 @@
 //! Closing peer descriptors off the registry thread.
 //!
-//! Closing a descriptor a peer handed over can block: a TCP socket with `SO_LINGER {1, t}` and
-//! unsent data waits up to `t` in `close()`, closing a unix socket with messages still queued
-//! closes the descriptors those messages carry (in the closing thread, with the same effect),
-//! and a file of a FUSE file system waits for its server. So the registry never closes a peer's
-//! descriptor (a handed-over socket, the copy of a worker's listener, a registration connection)
-//! itself: it gives it to this closer.
+//! Closing a descriptor a peer handed over can block: a TCP (or MPTCP) socket with
+//! `SO_LINGER {1, t}` and unsent data waits up to `t` in `close()`, closing a unix socket with
+//! messages still queued closes the descriptors those messages carry (in the closing thread,
+//! with the same effect), and a file of a FUSE file system waits for its server. So the registry
+//! never closes a peer's descriptor (a handed-over socket, the copy of a worker's listener, a
+//! registration connection) itself: it gives it to this closer.
 //!
-//! Before closing, the closer defuses what it can ([`defuse`]): `SO_LINGER {1, 0}` on a TCP
-//! socket that does not listen; on a unix socket, it reads the queued messages (and accepts the
-//! pending connections of a listening one) without waiting and defuses every descriptor they
-//! carry, recursively, within bounds. What cannot be defused (a FUSE file, a queue deeper than
-//! the bounds) is left to the watchdog: when every closer thread has been in one close for more
-//! than [`STUCK`], another thread starts (at most [`MAX_THREADS`]), so the queue keeps moving.
+//! Before closing, the closer defuses what it can ([`defuse`]): `SO_LINGER {1, 0}` on an
+//! AF_INET or AF_INET6 stream socket that does not listen, whatever its protocol (TCP, MPTCP);
+//! on a unix socket, it reads the queued messages (and accepts the pending connections of a
+//! listening one) without waiting and defuses every descriptor they carry, recursively, within
+//! bounds. What cannot be defused (a FUSE file, a queue deeper than the bounds) is left to the
+//! watchdog: when every closer thread has been in one close for more than [`STUCK`], another
+//! thread starts (at most [`MAX_THREADS`]), so the queue keeps moving.
 //!
 //! Invariants: [`Closer::close`] never blocks (a bounded queue, and an overflow list kept by the
 //! caller's thread when the queue is full, retried at every turn); never `SO_LINGER` on a
@@ -44,14 +45,14 @@ pub(super) const STUCK: Duration = Duration::from_secs(1);
 pub(super) const MAX_THREADS: usize = 8;
 
 /// Makes closing `fd` abort rather than wait, as far as the kernel lets us: `SO_LINGER {1, 0}`
-/// on a TCP socket that does not listen (never on a listener: the sockets it accepts inherit the
-/// option, and a worker's listener, which we hold a copy of, must keep closing its connections
-/// gracefully); on a unix socket, reads what is queued on it and defuses the descriptors carried,
+/// on an AF_INET or AF_INET6 stream socket that does not listen, whatever its protocol (MPTCP
+/// lingers as TCP does; never on a listener: the sockets it accepts inherit the option, and a
+/// worker's listener, which we hold a copy of, must keep closing its connections gracefully); on a unix socket, reads what is queued on it and defuses the descriptors carried,
 /// which then close here, one by one.
 fn defuse(fd: &OwnedFd, depth: u32, budget: &mut usize) {
     if !sys::is_unix_socket(fd.as_fd()) {
         if let Ok(f) = crate::listener::socket_facts(fd.as_fd()) {
-            if f.tcp && !f.listening {
+            if f.inet_stream && !f.listening {
                 let _ = sys::set_linger_zero(fd.as_fd());
             }
         }

@@ -12,9 +12,10 @@ use std::{
 use balancer_common::protocol::Status;
 use balancer_user::listener::bind_reuseport;
 use integration_tests::{
-    apps::{free_port, serial, TempDir},
+    apps::{free_port, serial, wait_until, TempDir},
     shim_client::{connect, register_and_hold},
 };
+use rustix::net::{ipproto, socket, AddressFamily, Protocol, SocketType};
 
 use super::hostile::{msg, start, start_with, still_serving};
 
@@ -32,12 +33,29 @@ fn setsockopt_int(fd: i32, level: i32, opt: i32, value: i32) {
     assert_eq!(r, 0, "setsockopt {opt}: {}", std::io::Error::last_os_error());
 }
 
+/// A connected stream socket of `protocol` (TCP or MPTCP) on the loopback, its peer and the
+/// listener.
+fn connected(protocol: Protocol) -> (TcpStream, TcpStream, TcpListener) {
+    let stream = || socket(AddressFamily::INET, SocketType::STREAM, Some(protocol)).unwrap();
+    let server = stream();
+    rustix::net::bind(&server, &SocketAddr::from(([127, 0, 0, 1], 0))).unwrap();
+    rustix::net::listen(&server, 16).unwrap();
+    let server = TcpListener::from(server);
+    let client = stream();
+    rustix::net::connect(&client, &server.local_addr().unwrap()).unwrap();
+    let (peer, _) = server.accept().unwrap();
+    (TcpStream::from(client), peer, server)
+}
+
 /// A connected TCP socket with unsent data and `SO_LINGER {1, secs}`: closing its last reference
 /// blocks for `secs`. Returns it and the server side (which never reads: keep it open).
 fn lingering_socket(secs: i32) -> (TcpStream, TcpStream, TcpListener) {
-    let server = TcpListener::bind("127.0.0.1:0").unwrap();
-    let client = TcpStream::connect(server.local_addr().unwrap()).unwrap();
-    let (peer, _) = server.accept().unwrap();
+    lingering_socket_of(ipproto::TCP, secs)
+}
+
+/// [`lingering_socket`] of `protocol`: MPTCP sockets linger as TCP ones do.
+fn lingering_socket_of(protocol: Protocol, secs: i32) -> (TcpStream, TcpStream, TcpListener) {
+    let (client, peer, server) = connected(protocol);
     setsockopt_int(peer.as_raw_fd(), libc::SOL_SOCKET, libc::SO_RCVBUF, 4096);
     setsockopt_int(client.as_raw_fd(), libc::SOL_SOCKET, libc::SO_SNDBUF, 4096);
     client.set_nonblocking(true).unwrap();
@@ -77,10 +95,11 @@ fn lingering_socket(secs: i32) -> (TcpStream, TcpStream, TcpListener) {
     (client, peer, server)
 }
 
-/// Sends one datagram on `conn`, with `fd` attached if given, without waiting; false if refused.
-fn send_on(conn: &impl AsRawFd, data: &[u8], fd: Option<i32>) -> bool {
+/// Sends one datagram on `conn`, with `fds` attached, without waiting; false if refused.
+fn send_on(conn: &impl AsRawFd, data: &[u8], fds: &[i32]) -> bool {
+    let bytes = std::mem::size_of_val(fds) as u32;
     // SAFETY: CMSG_SPACE only computes a size.
-    let space = unsafe { libc::CMSG_SPACE(4) } as usize;
+    let space = unsafe { libc::CMSG_SPACE(bytes) } as usize;
     let mut cbuf = vec![0u64; space.div_ceil(8)];
     let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
     // SAFETY: msghdr, iovec and control buffer outlive the sendmsg call that reads them.
@@ -88,14 +107,16 @@ fn send_on(conn: &impl AsRawFd, data: &[u8], fd: Option<i32>) -> bool {
         let mut hdr: libc::msghdr = std::mem::zeroed();
         hdr.msg_iov = &mut iov;
         hdr.msg_iovlen = 1;
-        if let Some(fd) = fd {
+        if !fds.is_empty() {
             hdr.msg_control = cbuf.as_mut_ptr().cast();
             hdr.msg_controllen = space;
             let c = libc::CMSG_FIRSTHDR(&hdr);
             (*c).cmsg_level = libc::SOL_SOCKET;
             (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(4) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>(), fd);
+            (*c).cmsg_len = libc::CMSG_LEN(bytes) as usize;
+            for (i, fd) in fds.iter().enumerate() {
+                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<i32>().add(i), *fd);
+            }
         }
         libc::sendmsg(conn.as_raw_fd(), &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) >= 0
     }
@@ -105,7 +126,7 @@ fn send_on(conn: &impl AsRawFd, data: &[u8], fd: Option<i32>) -> bool {
 /// the registry's copy (in flight, then received) is the last reference.
 fn hand_over_and_close(path: &std::path::Path, fd: TcpStream) -> std::os::fd::OwnedFd {
     let conn = connect(path).unwrap();
-    assert!(send_on(&conn, &msg(), Some(fd.as_raw_fd())), "sendmsg");
+    assert!(send_on(&conn, &msg(), &[fd.as_raw_fd()]), "sendmsg");
     drop(fd);
     conn
 }
@@ -122,7 +143,7 @@ fn lingering_behind_a_registration(
     let (client, peer, server) = lingering_socket(60);
     let (reply, conn) = register_and_hold(path, &msg(), listener.as_raw_fd());
     assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
-    let landed = send_on(&conn, b"", None) && send_on(&conn, b"x", Some(client.as_raw_fd()));
+    let landed = send_on(&conn, b"", &[]) && send_on(&conn, b"x", &[client.as_raw_fd()]);
     drop(client);
     (vec![Box::new(listener), Box::new(conn), Box::new(peer), Box::new(server)], landed)
 }
@@ -132,10 +153,10 @@ fn lingering_behind_a_registration(
 fn lingering_inside_a_unix_socket(path: &std::path::Path) -> Vec<Box<dyn std::any::Any>> {
     let (client, peer, server) = lingering_socket(60);
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    assert!(send_on(&ours, b"x", Some(client.as_raw_fd())), "queueing on the socketpair");
+    assert!(send_on(&ours, b"x", &[client.as_raw_fd()]), "queueing on the socketpair");
     drop(client);
     let conn = connect(path).unwrap();
-    assert!(send_on(&conn, &msg(), Some(theirs.as_raw_fd())), "sendmsg");
+    assert!(send_on(&conn, &msg(), &[theirs.as_raw_fd()]), "sendmsg");
     drop(theirs);
     let mut reply = [0u8; 256];
     // SAFETY: reads into a local buffer from a descriptor we own.
@@ -208,6 +229,74 @@ fn a_lingering_socket_does_not_freeze_the_registry() {
     let started = Instant::now();
     registry.stop();
     assert!(started.elapsed() < Duration::from_secs(6), "stop took {:?}", started.elapsed());
+    drop(keep);
+}
+
+/// Reads the registry's reply on `conn`.
+fn reply_on(conn: &impl AsRawFd) -> balancer_common::protocol::Reply {
+    let mut reply = [0u8; 256];
+    // SAFETY: reads into a local buffer from a descriptor we own.
+    let n = unsafe { libc::recv(conn.as_raw_fd(), reply.as_mut_ptr().cast(), 256, 0) };
+    assert!(n > 0, "no reply: {}", std::io::Error::last_os_error());
+    balancer_common::protocol::Reply::decode(&reply[..n as usize]).unwrap()
+}
+
+/// Issue 19: the closer defused (`SO_LINGER {1, 0}`) only sockets whose protocol is TCP, so an
+/// MPTCP socket (protocol 262) with unsent data and a long linger closed as it was and held a
+/// closer thread for its whole linger: one registration carrying more of them than there are
+/// closer threads (8) held every thread for a minute, and every later close (a departed worker's
+/// socket, which leaves the group only then) waited behind them.
+#[test]
+fn lingering_mptcp_sockets_do_not_hold_the_closer() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-mptcp");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let path = registry.socket_path().to_path_buf();
+    let mut keep: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut lingering = Vec::new();
+    for _ in 0..12 {
+        let (client, peer, server) = lingering_socket_of(ipproto::MPTCP, 60);
+        lingering.push(client);
+        keep.extend([Box::new(peer) as Box<dyn std::any::Any>, Box::new(server)]);
+    }
+    // One registration carrying all twelve (refused: one descriptor is expected). Our copies close
+    // right after the send, so the registry's are the last references.
+    let conn = connect(&path).unwrap();
+    let raw: Vec<i32> = lingering.iter().map(AsRawFd::as_raw_fd).collect();
+    assert!(send_on(&conn, &msg(), &raw), "sendmsg: {}", std::io::Error::last_os_error());
+    drop(lingering);
+    assert_eq!(reply_on(&conn).status(), Status::NoDescriptor);
+    // A genuine worker registers promptly.
+    let started = Instant::now();
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let (reply, held) = register_and_hold(&path, &msg(), listener.as_raw_fd());
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "registration took {:?}",
+        started.elapsed()
+    );
+    // Nothing waits to be closed: the twelve closed at once.
+    let backlog = || registry.counters().closing_backlog.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        wait_until(Duration::from_secs(2), || backlog() == 0),
+        "{} of the peer's descriptors still wait to be closed 2 s later (lingering MPTCP sockets \
+         hold the closer threads)",
+        backlog()
+    );
+    // A departed worker's socket is closed at once: it leaves the group.
+    let other = bind_reuseport(addr, 16).unwrap();
+    let (r, _c) = register_and_hold(&path, &msg(), other.as_raw_fd());
+    assert_eq!(r.status(), Status::Ok, "{}", r.reason());
+    drop(held);
+    assert!(
+        wait_until(Duration::from_secs(2), || references(listener.as_raw_fd()) == 1),
+        "the registry still holds a departed worker's socket 2 s later: its closer is stuck"
+    );
+    assert!(registry.is_running(), "the registry reports itself stuck");
+    registry.stop();
     drop(keep);
 }
 

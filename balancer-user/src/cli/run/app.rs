@@ -57,8 +57,14 @@ pub struct App {
 
 impl App {
     /// Installs the signal forwarding and starts `args.command`, told the balanced addresses and
-    /// the registration socket, with `shim` preloaded if `with_shim`.
-    pub fn start(args: &RunArgs, shim: &Path, with_shim: bool) -> Result<Self> {
+    /// the registration socket, with `shim` preloaded if `with_shim`, and with the descriptor
+    /// limit we started with (`limit`: programs that use select() need descriptors below 1024).
+    pub fn start(
+        args: &RunArgs,
+        shim: &Path,
+        with_shim: bool,
+        limit: crate::cli::nofile::StartingLimit,
+    ) -> Result<Self> {
         sys::on_signals(&[libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT], forward, true)
             .context("forwarding signals to the app server")?;
         let listen = args.listen.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(",");
@@ -73,6 +79,11 @@ impl App {
             .env(protocol::ENV_SOCKET, &args.socket)
             // Its own process group: a terminal's Ctrl-C reaches it once, through us.
             .process_group(0);
+        // SAFETY: the closure only makes one setrlimit system call (no allocation, no lock),
+        // which is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            command.pre_exec(move || limit.restore());
+        }
         let child = command.spawn().with_context(|| format!("starting {program:?}"))?;
         CHILD.store(child.id() as i32, Ordering::Relaxed);
         if with_shim {
