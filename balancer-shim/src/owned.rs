@@ -160,3 +160,101 @@ pub(crate) fn close_deferred() {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pipe: (read end, write end). The write end is the descriptor under test: once it is
+    /// closed (and no copy is left), reading the other end says end of file, whatever number the
+    /// closed descriptor had (another test thread may reuse it at once).
+    fn pipe() -> (c_int, c_int) {
+        let mut p = [-1; 2];
+        // SAFETY: pipe2 writes two descriptors into our array.
+        assert_eq!(unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) }, 0);
+        (p[0], p[1])
+    }
+
+    /// True if the write end of the pipe read by `r` is closed everywhere.
+    fn writer_closed(r: c_int) -> bool {
+        let mut b = [0u8; 1];
+        // SAFETY: reads at most one byte into our buffer.
+        let n = unsafe { libc::read(r, b.as_mut_ptr().cast(), 1) };
+        n == 0
+    }
+
+    fn close(fd: c_int) {
+        // SAFETY: a descriptor this test made.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn owned_closes_what_it_holds_when_dropped() {
+        let (r1, w1) = pipe();
+        let (r2, w2) = pipe();
+        {
+            let mut held = Owned::new();
+            held.hold(w1, Disposal::Close);
+            held.hold(w2, Disposal::Close);
+            held.hold(-1, Disposal::Close);
+            assert!(!writer_closed(r1) && !writer_closed(r2));
+        }
+        assert!(writer_closed(r1) && writer_closed(r2));
+        close(r1);
+        close(r2);
+    }
+
+    #[test]
+    fn owned_leaves_open_what_was_taken() {
+        let (r1, w1) = pipe();
+        let (r2, w2) = pipe();
+        {
+            let mut held = Owned::new();
+            held.hold(w1, Disposal::Close);
+            held.hold(w2, Disposal::Close);
+            assert_eq!(held.take(w1), w1);
+        }
+        assert!(!writer_closed(r1), "a taken descriptor stays open");
+        assert!(writer_closed(r2), "the others are closed");
+        close(w1);
+        assert!(writer_closed(r1));
+        close(r1);
+        close(r2);
+    }
+
+    #[test]
+    fn owned_follows_a_moved_descriptor_and_releases_early() {
+        let (r1, w1) = pipe();
+        let (r2, w2) = pipe();
+        // SAFETY: duplicates our own descriptor, as `sock::move_high` does.
+        let moved = unsafe { libc::fcntl(w1, libc::F_DUPFD_CLOEXEC, 100) };
+        assert!(moved >= 100);
+        close(w1);
+        {
+            let mut held = Owned::new();
+            held.hold(w1, Disposal::Close);
+            assert_eq!(held.moved(w1, moved), moved);
+            held.hold(w2, Disposal::Close);
+            held.release(w2);
+            assert!(writer_closed(r2), "released at once");
+            assert!(!writer_closed(r1));
+        }
+        assert!(writer_closed(r1), "the new number is closed in the old one's place");
+        close(r1);
+        close(r2);
+    }
+
+    #[test]
+    fn owned_disposes_received_descriptors_through_the_registration_thread() {
+        let (r, w) = pipe();
+        {
+            let mut held = Owned::new();
+            held.hold(w, Disposal::Dispose);
+        }
+        // Not the registration thread: the close waits for it.
+        assert!(!writer_closed(r), "a disposed descriptor is not closed in this thread");
+        close_deferred();
+        assert!(writer_closed(r));
+        close(r);
+    }
+}
