@@ -60,9 +60,12 @@ use crate::{
     owned::{close_deferred, Disposal, Owned},
     process::{fd_if_ours, forget_registration_thread, my_pid, set_registration_thread, tagged},
     real::Real,
-    sock::{create_own, is_listener_like, move_high, owns_socket, set_timeout},
+    sock::{
+        cookie, create_own, high_fd_floor, is_listener_like, move_high, owns_socket, set_timeout,
+    },
     state::{
-        own_backlog, LEFT, OWN_FD, PENDING, PENDING_PID, REGS, SHARED_FD, SHARED_REF, THREAD_PID,
+        own_backlog, LEFT, OWN_COOKIE, OWN_FD, PENDING, PENDING_PID, REGS, SHARED_FD, SHARED_REF,
+        THREAD_PID,
     },
 };
 
@@ -222,8 +225,8 @@ fn tend(idx: usize, pid: u32) -> Option<c_int> {
     if now_ms() < NEXT_RETRY_MS[idx].load(Ordering::Relaxed) {
         return None;
     }
-    let result: Result<(), RegisterError> = if let Some(own) = own {
-        register_listener(idx, own, pid, THREAD_TIMEOUT_MS)
+    let result: Result<(), RegisterError> = if own.is_some() {
+        register_own(idx, pid)
     } else if fd_if_ours(PENDING[idx].load(Ordering::Acquire), pid).is_some() {
         Ok(()) // registered, waiting for a hook to swap it in
     } else if let (Some(shared), Some(_)) = (
@@ -425,6 +428,39 @@ enum Want {
     /// The load map and a listener created by the controller (`Register::WANT_SOCKET`): the
     /// attached socket is the shared one, the proof of the address.
     Socket,
+}
+
+/// Registers (again) this process's own socket of address `idx`, through a private duplicate:
+/// the app may close the socket's number at any time (also where no hook sees it) and put
+/// another descriptor there, which must never be sent as the worker's listener. So the number is
+/// duplicated first and the duplicate checked after (still the own socket's number, the address
+/// not left, the same socket by SO_COOKIE); a number that holds something else now is not
+/// registered (Rejected: the thread backs off).
+fn register_own(idx: usize, pid: u32) -> Result<(), RegisterError> {
+    let tag = OWN_FD[idx].load(Ordering::Acquire);
+    let Some(fd) = fd_if_ours(tag, pid) else { return Ok(()) };
+    // SAFETY: duplicates a descriptor number, close-on-exec, high; an invalid one gives -1.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd_floor()) };
+    // The duplicate is ours, closed when this registration ends (the controller keeps its own).
+    let mut held = Owned::new();
+    held.hold(copy, Disposal::Close);
+    let want = OWN_COOKIE[idx].load(Ordering::Relaxed);
+    let same = copy >= 0
+        && OWN_FD[idx].load(Ordering::Acquire) == tag
+        && LEFT[idx].load(Ordering::Acquire) != pid
+        && (want == 0 || cookie(copy) == Some(want));
+    if !same {
+        if LEFT[idx].load(Ordering::Acquire) == pid {
+            return Ok(()); // closed through a hook: the next pass cleans up
+        }
+        shim_log!(
+            "the own socket of {} is not at fd {fd} any more (closed where no hook saw it): not \
+             registering what is there now",
+            DisplayAddr(config().addrs[idx])
+        );
+        return Err(RegisterError::Rejected);
+    }
+    register_listener(idx, copy, pid, THREAD_TIMEOUT_MS)
 }
 
 /// Registers (again) the own socket `listener` of address `idx`.

@@ -59,9 +59,9 @@ use crate::{
     registration::{self, start_thread},
     sock::{cookie, create_own, high_fd_floor, int_opt, sockname},
     state::{
-        entry, own_backlog, state_of, EPOLLS, FDS, LEFT, MAX_EPOLLS, MAX_FDS, OWN_FD, PENDING,
-        PENDING_PID, SHARED_FD, SHARED_REF, ST_DUP_OWN, ST_DUP_SHARED, ST_NOT_BALANCED, ST_SHARED,
-        ST_SPLIT, ST_SPLITTING,
+        entry, own_backlog, state_of, EPOLLS, FDS, LEFT, MAX_EPOLLS, MAX_FDS, OWN_COOKIE, OWN_FD,
+        PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_DUP_OWN, ST_DUP_SHARED, ST_NOT_BALANCED,
+        ST_SHARED, ST_SPLIT, ST_SPLITTING,
     },
 };
 
@@ -324,6 +324,7 @@ fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
         // SAFETY: removes the shared socket from an epoll instance this process added it to.
         moved[k] = unsafe { Real::EPOLL_CTL()(epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) } == 0;
     }
+    let own_cookie = cookie(own).unwrap_or(0);
     let cloexec = if fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
     // SAFETY: replaces the descriptor `fd` (the inherited listener) with our own socket.
     let ok = still_splitting(fd, idx, pid) && unsafe { Real::DUP3()(own, fd, cloexec) } >= 0;
@@ -350,6 +351,7 @@ fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
         return false;
     }
     SHARED_FD[idx].store(0, Ordering::Release);
+    OWN_COOKIE[idx].store(own_cookie, Ordering::Relaxed);
     OWN_FD[idx].store(tagged(pid, fd), Ordering::Release);
     if let Some(addr) = config().addrs[idx] {
         shim_log!("own listening socket on {addr} (fd {fd})");

@@ -75,6 +75,11 @@ pub(crate) fn own_backlog(idx: usize) -> c_int {
 /// This process's own socket per balanced address: `pid << 32 | fd`, or 0.
 pub(crate) static OWN_FD: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
 
+/// SO_COOKIE of this process's own socket per address (0: unknown), written before [`OWN_FD`]:
+/// the registration thread checks its private duplicate of [`OWN_FD`]'s number against it, so
+/// that it never registers another descriptor the app put at that number.
+pub(crate) static OWN_COOKIE: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
+
 /// Where this process holds the inherited shared listener while it is not split ([`ST_SHARED`]):
 /// `pid << 32 | fd` (the app's descriptor number), or 0.
 pub(crate) static SHARED_FD: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
