@@ -37,10 +37,11 @@ use balancer_common::{broken::Broken, ewma_now, table_offsets};
 
 use crate::{
     config::{config, is_broken},
+    process::{in_vfork_child, my_pid},
     split::listener_closed,
     state::{
-        entry, in_vfork_child, is_listener_state, my_pid, state_of, SlotRef, CONNS, FDS, MAX_FDS,
-        REGS, ST_DUP_OWN, ST_NOT_BALANCED, ST_SPLIT,
+        entry, is_listener_state, state_of, SlotRef, CONNS, FDS, MAX_FDS, REGS, ST_DUP_OWN,
+        ST_NOT_BALANCED, ST_SPLIT,
     },
 };
 

@@ -1,12 +1,9 @@
-//! One datagram with one descriptor attached (SCM_RIGHTS), each way, with stack buffers only;
-//! and the disposal of descriptors a peer sent that the shim does not keep.
+//! One datagram with one descriptor attached (SCM_RIGHTS), each way, with stack buffers only.
 //!
 //! Invariants: the receive buffer holds as many descriptors as one message can carry
 //! (`SCM_MAX_FD`), so the kernel never closes surplus ones inside `recvmsg` (in the caller's
-//! thread, which may be a hook's). A received descriptor is never closed in a hook's thread:
-//! closing a lingering TCP socket or a FUSE file can block for as long as the peer likes, and
-//! that thread is the app's. [`dispose`] sets SO_LINGER {1, 0} (a TCP socket then closes with a
-//! reset at once) and hands the close to the registration thread ([`close_deferred`]).
+//! thread, which may be a hook's). A received descriptor the caller has no room for, and every
+//! one that came with an error, is [`dispose`]d, never closed here. Depends on `owned` only.
 
 use core::{
     ffi::{c_int, c_void},
@@ -14,17 +11,7 @@ use core::{
     ptr,
 };
 
-use core::sync::atomic::{AtomicU64, Ordering};
-
-use crate::{
-    log::shim_log,
-    real::Real,
-    registration::in_registration_thread,
-    state::{fd_if_ours, my_pid, tagged},
-};
-
-/// Most descriptors one SCM_RIGHTS message carries (the kernel's SCM_MAX_FD).
-const SCM_MAX_FD: usize = 253;
+use crate::owned::{dispose, SCM_MAX_FD};
 
 /// CMSG_SPACE(SCM_MAX_FD * 4) on 64-bit Linux: a 16-byte header, the ints rounded up to 8.
 const CMSG_CAP: usize =
@@ -32,54 +19,6 @@ const CMSG_CAP: usize =
 
 #[repr(C, align(8))]
 struct CmsgBuf([u8; CMSG_CAP]);
-
-/// Received descriptors waiting for the registration thread to close them: `pid << 32 | fd`.
-static DEFERRED: [AtomicU64; 2 * SCM_MAX_FD] = [const { AtomicU64::new(0) }; 2 * SCM_MAX_FD];
-
-/// Gets rid of a received descriptor the shim does not keep, without blocking a hook: SO_LINGER
-/// {1, 0} first (fails harmlessly on anything but a socket), then closed here if this is the
-/// registration thread, else left to it. If its list is full the descriptor is leaked (it is
-/// close-on-exec): a peer that sends hundreds must not block the app.
-pub(crate) fn dispose(fd: c_int) {
-    let lg = libc::linger { l_onoff: 1, l_linger: 0 };
-    // SAFETY: setsockopt reads one linger from our stack; an error (not a socket) is harmless.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_LINGER,
-            (&lg as *const libc::linger).cast(),
-            size_of::<libc::linger>() as libc::socklen_t,
-        )
-    };
-    if in_registration_thread() {
-        // SAFETY: a descriptor we received and own; this thread is not the app's.
-        unsafe { Real::CLOSE()(fd) };
-        return;
-    }
-    let v = tagged(my_pid(), fd);
-    if !DEFERRED
-        .iter()
-        .any(|d| d.compare_exchange(0, v, Ordering::AcqRel, Ordering::Relaxed).is_ok())
-    {
-        shim_log!("too many descriptors from the controller to close: fd {fd} stays open");
-    }
-}
-
-/// Closes the descriptors [`dispose`] left to the registration thread (called by it).
-pub(crate) fn close_deferred() {
-    let pid = my_pid();
-    for d in &DEFERRED {
-        if d.load(Ordering::Relaxed) == 0 {
-            continue;
-        }
-        let v = d.swap(0, Ordering::AcqRel);
-        if let Some(fd) = fd_if_ours(v, pid) {
-            // SAFETY: a received descriptor handed over by `dispose`: ours to close.
-            unsafe { Real::CLOSE()(fd) };
-        }
-    }
-}
 
 /// Sends `data` on `s` with `fd` attached; sendmsg's result.
 pub(crate) fn send_with_fd(s: c_int, data: &[u8], fd: c_int) -> isize {

@@ -16,12 +16,11 @@ use core::{
 use crate::{
     accounting::{forget_fd, on_accepted},
     config::{addr_index, config},
+    process::my_pid,
     real::{real_close_range, Real},
-    split::{
-        ensure_split, from_storage, int_opt, record_epoll, rescue_dead_shared, set_int_opt,
-        sockname, swap_pending,
-    },
-    state::{my_pid, state_of, BACKLOG, FDS, MAX_FDS, ST_SHARED},
+    sock::{from_storage, int_opt, set_int_opt, sockname},
+    split::{ensure_split, record_epoll, rescue_dead_shared, swap_pending},
+    state::{state_of, BACKLOG, FDS, MAX_FDS, ST_SHARED},
 };
 
 /// # Safety

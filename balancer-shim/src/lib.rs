@@ -19,10 +19,19 @@
 //!   worker's own socket.
 //! - `accounting`: counting accepted and completed connections in the shared load table.
 //! - `state`: the per-process state all of these share (pid-tagged atomics).
+//! - `process`: this process's pid, the vfork check, the registration thread's id, pid tagging.
 //! - `registration`: the background thread and the protocol with the controller.
+//! - `loadmap`: the check of the load map descriptor (fdinfo) before it is mapped.
+//! - `sock`: socket helpers (addresses, options, high descriptor numbers, a fresh listener made
+//!   like an inherited one); they know nothing of registrations or splits.
 //! - `cmsg`: sending and receiving one descriptor over a unix socket.
+//! - `owned`: the cleanup guard of descriptors being set up, and the disposal of received ones.
 //! - `log`: one-line messages to stderr without allocation.
 //! - `notices`: what the shim sees and cannot balance (a listening unix socket), said at once.
+//!
+//! Imports run one way: hooks and io on top; then split, accounting and notices; registration;
+//! then sock, loadmap, cmsg, owned, state, config, log, real and process at the bottom (process
+//! and real depend on nothing of the crate).
 //!
 //! What it does, per process:
 //! - `bind` to a balanced address (`REUSELB_LISTEN`): sets SO_REUSEADDR and SO_REUSEPORT first, so
@@ -56,10 +65,14 @@ mod cmsg;
 mod config;
 mod hooks;
 mod io;
+mod loadmap;
 mod log;
 mod notices;
+mod owned;
+mod process;
 mod real;
 mod registration;
+mod sock;
 mod split;
 mod state;
 
@@ -73,7 +86,7 @@ pub use hooks::*;
 static INIT: extern "C" fn() = init;
 
 extern "C" fn init() {
-    state::set_my_pid();
+    process::set_my_pid();
     // SAFETY: the constructor runs before the program's own code, on its only thread.
     unsafe { config::load() };
     // Resolve the real functions now, while nothing else runs (dlsym may allocate).
@@ -83,6 +96,6 @@ extern "C" fn init() {
 }
 
 extern "C" fn after_fork_child() {
-    state::set_my_pid();
+    process::set_my_pid();
     registration::forget_parent_registrations();
 }

@@ -3,7 +3,7 @@
 
 use core::fmt::{self, Write as _};
 
-use crate::state::my_pid;
+use crate::process::my_pid;
 
 struct StackBuf {
     buf: [u8; 512],

@@ -9,7 +9,7 @@ use core::{
     mem::{size_of, zeroed},
 };
 
-use crate::{config::config, log::shim_log, split::int_opt};
+use crate::{config::config, log::shim_log, sock::int_opt};
 
 /// Called by the `listen` hook: says so if `fd` is a unix stream socket.
 pub(crate) fn on_listen(fd: c_int) {

@@ -7,10 +7,16 @@
 //!   descriptor number ([`move_high`]) so that an app closing descriptors by number (3..N) does
 //!   not close it, and a vfork child's `close` hooks leave it alone (they check the pid).
 //! - The load map is mapped only if `/proc/self/fdinfo/<fd>` shows the map the reply names
-//!   (`map_id`; 0 means "not named", then only the shape is checked): an `ARRAY` (type 2) of one
-//!   [`LoadTable`] with `BPF_F_MMAPABLE`. No `bpf()` call (denied to unprivileged workers on
-//!   kernels before 6.5 with `unprivileged_bpf_disabled`). Anything else is closed and logged and
-//!   the worker keeps serving, unregistered: a memfd or a short map would otherwise SIGBUS it.
+//!   (see [`crate::loadmap`]). Anything else is disposed of and logged and the worker keeps
+//!   serving, unregistered: a memfd or a short map would otherwise SIGBUS it.
+//! - One registration attempt ([`register_on`]) is a sequence of steps (send, receive, take the
+//!   listener handed over, map the table, publish); what it made or received so far sits in one
+//!   cleanup guard ([`Owned`]), so every early return releases it: the connection closed (the
+//!   controller frees the slot), received descriptors disposed of, never closed in a hook's
+//!   thread. Only `publish` hands the connection on, once it is this address's connection.
+//!
+//! Depends on `sock`, `cmsg`, `owned`, `loadmap` and the state; nothing of `split` (which calls
+//! in here: [`register_fresh`], [`take_pending`], [`leave`], ...).
 //! - The thread (one per process, started at the first look at a balanced listener) retries
 //!   every second while the controller is absent or gone (after a refusal: 5 s, doubling to
 //!   80 s, since a fresh socket sits in the kernel's hash for the round trip and what lands on it
@@ -34,26 +40,32 @@
 //!   and the address is never registered again by this process.
 
 use core::{
-    ffi::{c_char, c_int},
+    ffi::{c_char, c_int, c_void},
     mem::{size_of, zeroed},
+    net::SocketAddr,
     ptr,
-    sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicUsize, Ordering},
+    sync::atomic::{AtomicBool, AtomicI32, AtomicU32, AtomicU64, AtomicUsize, Ordering},
 };
 
 use balancer_common::{
-    protocol::{Reply, Status},
-    LoadTable, BPF_F_MMAPABLE, LOADS_MMAP_LEN,
+    protocol::{Register, Reply, Status},
+    LOADS_MMAP_LEN,
 };
 
 use crate::{
-    cmsg::{close_deferred, dispose, recv_with_fds, send_with_fd},
+    cmsg::{recv_with_fds, send_with_fd},
     config::{config, MAX_ADDRS},
+    loadmap::check_load_map,
     log::{errno, shim_log, DisplayAddr},
+    owned::{close_deferred, Disposal, Owned},
+    process::{fd_if_ours, forget_registration_thread, my_pid, set_registration_thread, tagged},
     real::Real,
-    split::{create_own, int_opt, move_high, sockname},
+    sock::{
+        cookie, create_own, high_fd_floor, is_listener_like, move_high, owns_socket, set_timeout,
+    },
     state::{
-        fd_if_ours, my_pid, tagged, LEFT, OWN_FD, PENDING, PENDING_PID, REGS, SHARED_FD,
-        SHARED_REF, THREAD_PID,
+        own_backlog, LEFT, OWN_COOKIE, OWN_FD, PENDING, PENDING_PID, REGS, SHARED_FD, SHARED_REF,
+        THREAD_PID,
     },
 };
 
@@ -68,8 +80,6 @@ static FRESH_IN_FLIGHT: [AtomicU32; MAX_ADDRS] = [const { AtomicU32::new(0) }; M
 /// pid of the process that dropped the address's registration on purpose ([`drop_registration`]):
 /// the thread registers the own socket again at once, without logging a departure.
 static DROPPED: [AtomicU32; MAX_ADDRS] = [const { AtomicU32::new(0) }; MAX_ADDRS];
-/// Thread id of this process's registration thread (0: none).
-static THREAD_TID: AtomicI32 = AtomicI32::new(0);
 /// Set once a "controller not reachable" line was logged (per process, reset after registration).
 static SAID_UNREACHABLE: AtomicBool = AtomicBool::new(false);
 
@@ -80,7 +90,7 @@ const THREAD_TIMEOUT_MS: i64 = 5000;
 /// not ours (fork copied them; keeping them would keep the parent's sockets alive).
 pub(crate) fn forget_parent_registrations() {
     THREAD_PID.store(0, Ordering::Relaxed);
-    THREAD_TID.store(0, Ordering::Relaxed);
+    forget_registration_thread();
     for r in &REGS {
         r.deactivate();
     }
@@ -153,13 +163,6 @@ pub(crate) fn take_pending(idx: usize, pid: u32, max_ms: usize) -> Option<c_int>
     }
 }
 
-/// True on this process's registration thread (a system call: for rare paths only).
-pub(crate) fn in_registration_thread() -> bool {
-    let tid = THREAD_TID.load(Ordering::Acquire);
-    // SAFETY: gettid has no preconditions.
-    tid != 0 && unsafe { libc::gettid() } == tid
-}
-
 /// Starts this process's registration thread, once.
 pub(crate) fn start_thread() {
     let pid = my_pid();
@@ -190,7 +193,7 @@ fn now_ms() -> usize {
 }
 
 /// Closes the descriptor in a tagged slot if it is `pid`'s.
-fn close_tagged(v: &core::sync::atomic::AtomicU64, pid: u32) {
+fn close_tagged(v: &AtomicU64, pid: u32) {
     if let Some(fd) = fd_if_ours(v.load(Ordering::Acquire), pid) {
         v.store(0, Ordering::Release);
         // SAFETY: the shim's own private descriptor, used only by this thread.
@@ -222,8 +225,8 @@ fn tend(idx: usize, pid: u32) -> Option<c_int> {
     if now_ms() < NEXT_RETRY_MS[idx].load(Ordering::Relaxed) {
         return None;
     }
-    let result: Result<(), RegisterError> = if let Some(own) = own {
-        register_listener(idx, own, pid, THREAD_TIMEOUT_MS)
+    let result: Result<(), RegisterError> = if own.is_some() {
+        register_own(idx, pid)
     } else if fd_if_ours(PENDING[idx].load(Ordering::Acquire), pid).is_some() {
         Ok(()) // registered, waiting for a hook to swap it in
     } else if let (Some(shared), Some(_)) = (
@@ -271,8 +274,7 @@ pub(crate) fn note_attempt<T>(idx: usize, result: &Result<T, RegisterError>) {
 }
 
 fn registration_loop(pid: u32) {
-    // SAFETY: gettid has no preconditions.
-    THREAD_TID.store(unsafe { libc::gettid() }, Ordering::Release);
+    set_registration_thread();
     loop {
         close_deferred();
         if my_pid() != pid || THREAD_PID.load(Ordering::Acquire) != pid {
@@ -343,20 +345,6 @@ pub(crate) enum RegisterError {
     Busy,
 }
 
-fn set_timeout(s: c_int, opt: c_int, ms: i64) {
-    let tv = libc::timeval { tv_sec: ms / 1000, tv_usec: (ms % 1000) * 1000 };
-    // SAFETY: setsockopt reads one timeval from our stack.
-    unsafe {
-        libc::setsockopt(
-            s,
-            libc::SOL_SOCKET,
-            opt,
-            (&tv as *const libc::timeval).cast(),
-            size_of::<libc::timeval>() as libc::socklen_t,
-        )
-    };
-}
-
 /// A connection to the controller (high descriptor, close-on-exec), or Unreachable.
 fn connect_controller() -> Result<c_int, RegisterError> {
     let cfg = config();
@@ -378,6 +366,9 @@ fn connect_controller() -> Result<c_int, RegisterError> {
     if s < 0 {
         return Err(RegisterError::Unreachable);
     }
+    // Our own socket, not yet published: closed if the connect fails.
+    let mut held = Owned::new();
+    held.hold(s, Disposal::Close);
     // SAFETY: sockaddr_un is plain data; all zeroes is a valid value.
     let mut sun: libc::sockaddr_un = unsafe { zeroed() };
     sun.sun_family = libc::AF_UNIX as libc::sa_family_t;
@@ -395,13 +386,11 @@ fn connect_controller() -> Result<c_int, RegisterError> {
                 errno()
             );
         }
-        // SAFETY: our own socket, not yet published.
-        unsafe { Real::CLOSE()(s) };
         return Err(RegisterError::Unreachable);
     }
     // SAFETY: clears the status flags (O_NONBLOCK) of our own connected socket.
     unsafe { libc::fcntl(s, libc::F_SETFL, 0) };
-    Ok(move_high(s))
+    Ok(move_high(held.take(s)))
 }
 
 /// Registers a fresh own socket for address `idx`, made like `src` (the shared listener). The
@@ -420,29 +409,15 @@ pub(crate) fn register_fresh(
     // A socket of ours joins the group only if we run as the uid that owns it (the kernel's
     // reuseport owner rule): a worker whose master bound the shared socket and then dropped
     // privileges asks the controller for one instead (see `registry::handover` there).
-    let own = if owns_socket(src) { create_own(idx, src) } else { None };
+    let own = if owns_socket(src) { create_own(src, own_backlog(idx)) } else { None };
     let Some(own) = own else {
         return register_on(conn, idx, src, pid, timeout_ms, Want::Socket);
     };
-    match register_on(conn, idx, own, pid, timeout_ms, Want::MapOnly) {
-        Ok(_) => Ok(own),
-        Err(e) => {
-            // SAFETY: our own socket, never published (the controller closes its copy).
-            unsafe { Real::CLOSE()(own) };
-            Err(e)
-        }
-    }
-}
-
-/// True if this process runs as the uid that owns the socket `fd` (its inode's owner, the uid
-/// the kernel compares when a socket joins a reuseport group).
-fn owns_socket(fd: c_int) -> bool {
-    // SAFETY: stat is plain data; all zeroes is a valid value.
-    let mut st: libc::stat = unsafe { zeroed() };
-    // SAFETY: fstat writes one stat into our storage.
-    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
-    // SAFETY: geteuid has no preconditions.
-    ok && st.st_uid == unsafe { libc::geteuid() }
+    // Our own socket, never published if the registration fails (the controller closes its copy).
+    let mut held = Owned::new();
+    held.hold(own, Disposal::Close);
+    register_on(conn, idx, own, pid, timeout_ms, Want::MapOnly)?;
+    Ok(held.take(own))
 }
 
 /// What a registration asks the controller for.
@@ -455,15 +430,37 @@ enum Want {
     Socket,
 }
 
-/// True if `fd`, a listener the controller created for us, is what we asked for: a listening
-/// TCP socket with SO_REUSEPORT on the address of `shared`.
-fn is_listener_like(fd: c_int, shared: c_int) -> bool {
-    int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE) == Some(libc::SOCK_STREAM)
-        && int_opt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL) == Some(libc::IPPROTO_TCP)
-        && int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(1)
-        && int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT) == Some(1)
-        && sockname(fd).is_some()
-        && sockname(fd) == sockname(shared)
+/// Registers (again) this process's own socket of address `idx`, through a private duplicate:
+/// the app may close the socket's number at any time (also where no hook sees it) and put
+/// another descriptor there, which must never be sent as the worker's listener. So the number is
+/// duplicated first and the duplicate checked after (still the own socket's number, the address
+/// not left, the same socket by SO_COOKIE); a number that holds something else now is not
+/// registered (Rejected: the thread backs off).
+fn register_own(idx: usize, pid: u32) -> Result<(), RegisterError> {
+    let tag = OWN_FD[idx].load(Ordering::Acquire);
+    let Some(fd) = fd_if_ours(tag, pid) else { return Ok(()) };
+    // SAFETY: duplicates a descriptor number, close-on-exec, high; an invalid one gives -1.
+    let copy = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, high_fd_floor()) };
+    // The duplicate is ours, closed when this registration ends (the controller keeps its own).
+    let mut held = Owned::new();
+    held.hold(copy, Disposal::Close);
+    let want = OWN_COOKIE[idx].load(Ordering::Relaxed);
+    let same = copy >= 0
+        && OWN_FD[idx].load(Ordering::Acquire) == tag
+        && LEFT[idx].load(Ordering::Acquire) != pid
+        && (want == 0 || cookie(copy) == Some(want));
+    if !same {
+        if LEFT[idx].load(Ordering::Acquire) == pid {
+            return Ok(()); // closed through a hook: the next pass cleans up
+        }
+        shim_log!(
+            "the own socket of {} is not at fd {fd} any more (closed where no hook saw it): not \
+             registering what is there now",
+            DisplayAddr(config().addrs[idx])
+        );
+        return Err(RegisterError::Rejected);
+    }
+    register_listener(idx, copy, pid, THREAD_TIMEOUT_MS)
 }
 
 /// Registers (again) the own socket `listener` of address `idx`.
@@ -490,57 +487,73 @@ fn register_on(
     timeout_ms: i64,
     want: Want,
 ) -> Result<c_int, RegisterError> {
-    let cfg = config();
-    // SAFETY: our own connection, not yet published.
-    let close_s = || unsafe { Real::CLOSE()(conn) };
+    // Everything this registration made or received is released on every early return below:
+    // the connection closed (the controller frees the slot), the rest disposed of.
+    let mut held = Owned::new();
+    held.hold(conn, Disposal::Close);
+    let addr = config().addrs[idx];
+    send_register(conn, listener, pid, timeout_ms, want)?;
+    let (reply, map_fd, given) = receive_reply(conn, want, addr, &mut held)?;
+    let result = match want {
+        Want::MapOnly => listener,
+        Want::Socket => take_given_listener(&reply, given, listener, addr, &mut held)?,
+    };
+    let (base, map_id) = map_load_table(map_fd, reply.map_id, addr, &mut held)?;
+    publish(idx, &mut held, conn, base, &reply, map_id)?;
+    shim_log!(
+        "registered {} as slot {} (epoch {}){}",
+        DisplayAddr(addr),
+        reply.slot,
+        reply.epoch,
+        if want == Want::Socket { ", on a listener the controller created" } else { "" }
+    );
+    Ok(held.take(result))
+}
+
+/// Sends the `Register` of process `pid` on `conn` with `listener` attached, after bounding
+/// both directions of `conn` by `timeout_ms`.
+fn send_register(
+    conn: c_int,
+    listener: c_int,
+    pid: u32,
+    timeout_ms: i64,
+    want: Want,
+) -> Result<(), RegisterError> {
     set_timeout(conn, libc::SO_RCVTIMEO, timeout_ms);
     set_timeout(conn, libc::SO_SNDTIMEO, timeout_ms);
     let mut msg = crate::config::register_message(pid);
     if want == Want::Socket {
-        msg.flags |= balancer_common::protocol::Register::WANT_SOCKET;
+        msg.flags |= Register::WANT_SOCKET;
     }
     if send_with_fd(conn, &msg.encode(), listener) < 0 {
-        close_s();
         return Err(RegisterError::Unreachable);
     }
+    Ok(())
+}
+
+/// Receives the controller's `Reply` on `conn`: an Ok with the load map attached, and with
+/// [`Want::Socket`] the listener the controller handed over (-1 if none). Both descriptors are
+/// in `held` to be disposed of (not checked yet, so never closed in this thread, which may be a
+/// hook's), as is one the reply carried that was not asked for.
+fn receive_reply(
+    conn: c_int,
+    want: Want,
+    addr: Option<SocketAddr>,
+    held: &mut Owned,
+) -> Result<(Reply, c_int, c_int), RegisterError> {
     let mut buf = [0u8; Reply::SIZE + 16];
     let mut fds = [-1; 2];
-    let n = recv_with_fds(conn, &mut buf, &mut fds);
+    let n = recv_with_fds(conn, &mut buf, &mut fds).ok_or(RegisterError::Unreachable)?;
     let [map_fd, given] = fds;
-    // Not checked yet, like the map: disposed (never closed in this thread) unless kept.
-    let drop_given = || {
-        if given >= 0 {
-            dispose(given)
-        }
-    };
-    let reply = match n {
-        Some(n) => Reply::decode(&buf[..n]),
-        None => {
-            close_s();
-            return Err(RegisterError::Unreachable);
-        }
-    };
+    held.hold(map_fd, Disposal::Dispose);
+    held.hold(given, Disposal::Dispose);
     if want == Want::MapOnly {
-        drop_given();
+        held.release(given);
     }
-    // Not checked yet: maybe not a map at all (a lingering socket, a FUSE file), so not closed in
-    // this thread, which may be a hook's (only called when map_fd >= 0).
-    let close_map = || dispose(map_fd);
-    let addr = cfg.addrs[idx];
-    let reply = match reply {
-        Ok(r) => r,
-        Err(e) => {
-            shim_log!("registration of {}: bad reply from the controller: {e}", DisplayAddr(addr));
-            if map_fd >= 0 {
-                close_map();
-            }
-            if want == Want::Socket {
-                drop_given();
-            }
-            close_s();
-            return Err(RegisterError::Rejected);
-        }
-    };
+    let reply = Reply::decode(&buf[..n]).map_err(|e| {
+        shim_log!("registration of {}: bad reply from the controller: {e}", DisplayAddr(addr));
+        RegisterError::Rejected
+    })?;
     if reply.status() != Status::Ok || map_fd < 0 {
         shim_log!(
             "registration of {} rejected ({}): {}",
@@ -552,61 +565,56 @@ fn register_on(
                 reply.reason()
             }
         );
-        if map_fd >= 0 {
-            close_map();
-        }
-        if want == Want::Socket {
-            drop_given();
-        }
-        close_s();
         return Err(RegisterError::Rejected);
     }
-    let mut result = listener;
-    if want == Want::Socket {
-        let attached = reply.flags & Reply::SOCKET_ATTACHED != 0;
-        if !attached || given < 0 || !is_listener_like(given, listener) {
-            shim_log!(
-                "registration of {}: the controller did not hand over a listener on this \
-                 address; serving on the shared socket, unbalanced",
-                DisplayAddr(addr)
-            );
-            close_map();
-            drop_given();
-            close_s();
-            return Err(RegisterError::Rejected);
-        }
-        // SAFETY: fcntl query on the shared listener, which the app holds open.
-        let fl = unsafe { libc::fcntl(listener, libc::F_GETFL) };
-        // SAFETY: sets a status flag of the socket the controller handed to us (ours now).
-        let set_nonblock = || unsafe { libc::fcntl(given, libc::F_SETFL, libc::O_NONBLOCK) };
-        if fl >= 0 && fl & libc::O_NONBLOCK != 0 && set_nonblock() != 0 {
-            close_map();
-            drop_given();
-            close_s();
-            return Err(RegisterError::Rejected);
-        }
-        result = move_high(given);
+    Ok((reply, map_fd, given))
+}
+
+/// With [`Want::Socket`]: `given`, the listener the controller handed over, if it is what was
+/// asked for (a listener on the address of `shared`), with the shared socket's O_NONBLOCK, moved
+/// to a high number (still in `held`, disposed of if the registration fails later).
+fn take_given_listener(
+    reply: &Reply,
+    given: c_int,
+    shared: c_int,
+    addr: Option<SocketAddr>,
+    held: &mut Owned,
+) -> Result<c_int, RegisterError> {
+    let attached = reply.flags & Reply::SOCKET_ATTACHED != 0;
+    if !attached || given < 0 || !is_listener_like(given, shared) {
+        shim_log!(
+            "registration of {}: the controller did not hand over a listener on this \
+             address; serving on the shared socket, unbalanced",
+            DisplayAddr(addr)
+        );
+        return Err(RegisterError::Rejected);
     }
-    // From here on `result` is ours: every failure below closes it with the registration.
-    let fail_given = || {
-        if want == Want::Socket {
-            dispose(result)
-        }
-    };
-    let map_id = match check_load_map(map_fd, reply.map_id) {
-        Ok(id) => id,
-        Err(why) => {
-            shim_log!(
-                "registration of {}: the descriptor attached to the reply is not the load map \
-                 ({why}); not mapping it, serving unbalanced",
-                DisplayAddr(addr)
-            );
-            close_map();
-            fail_given();
-            close_s();
-            return Err(RegisterError::Rejected);
-        }
-    };
+    // SAFETY: fcntl query on the shared listener, which the app holds open.
+    let fl = unsafe { libc::fcntl(shared, libc::F_GETFL) };
+    // SAFETY: sets a status flag of the socket the controller handed to us (ours now).
+    let set_nonblock = || unsafe { libc::fcntl(given, libc::F_SETFL, libc::O_NONBLOCK) };
+    if fl >= 0 && fl & libc::O_NONBLOCK != 0 && set_nonblock() != 0 {
+        return Err(RegisterError::Rejected);
+    }
+    Ok(held.moved(given, move_high(given)))
+}
+
+/// Maps the load table from `map_fd` (taken out of `held` and closed once it proved to be the
+/// load map, see [`check_load_map`]); the mapping and the map's kernel id.
+fn map_load_table(
+    map_fd: c_int,
+    want_id: u32,
+    addr: Option<SocketAddr>,
+    held: &mut Owned,
+) -> Result<(*mut c_void, u32), RegisterError> {
+    let map_id = check_load_map(map_fd, want_id).map_err(|why| {
+        shim_log!(
+            "registration of {}: the descriptor attached to the reply is not the load map \
+             ({why}); not mapping it, serving unbalanced",
+            DisplayAddr(addr)
+        );
+        RegisterError::Rejected
+    })?;
     // SAFETY: maps the load map checked above (an mmap-able array of one LoadTable, exactly
     // LOADS_MMAP_LEN bytes of value); a failure is reported as MAP_FAILED.
     let base = unsafe {
@@ -620,22 +628,31 @@ fn register_on(
         )
     };
     // SAFETY: the load map checked above (a BPF map closes at once); ours to close.
-    unsafe { Real::CLOSE()(map_fd) };
+    unsafe { Real::CLOSE()(held.take(map_fd)) };
     if base == libc::MAP_FAILED {
         shim_log!("mmap of the load map failed: {}", errno());
-        fail_given();
-        close_s();
         return Err(RegisterError::Rejected);
     }
-    // One connection per address: a registration that lost a race with another one (the thread
-    // and a hook) leaves again (the controller frees that slot when the connection closes).
+    Ok((base, map_id))
+}
+
+/// Makes `conn` the connection of address `idx` (taken out of `held`) and publishes the slot the
+/// reply gave, mapped at `base`. Busy (and `base` unmapped) if another registration of the
+/// address won the race (the thread and a hook): this one leaves again when `held` closes `conn`.
+fn publish(
+    idx: usize,
+    held: &mut Owned,
+    conn: c_int,
+    base: *mut c_void,
+    reply: &Reply,
+    map_id: u32,
+) -> Result<(), RegisterError> {
     if CONN_FDS[idx].compare_exchange(-1, conn, Ordering::AcqRel, Ordering::Acquire).is_err() {
         // SAFETY: unmaps our own mapping, published nowhere.
         unsafe { libc::munmap(base, LOADS_MMAP_LEN) };
-        fail_given();
-        close_s();
         return Err(RegisterError::Busy);
     }
+    held.take(conn);
     let reg = &REGS[idx];
     let s_old = reg.state.load(Ordering::Relaxed);
     // The same slot of the same map, with the same epoch (a restarted controller that adopted the
@@ -659,100 +676,5 @@ fn register_on(
     let new_state = if same { s_now } else { (((s_now >> 1).wrapping_add(1)) << 1) | 1 };
     reg.state.store(new_state, Ordering::Release);
     SAID_UNREACHABLE.store(false, Ordering::Relaxed);
-    shim_log!(
-        "registered {} as slot {} (epoch {}){}",
-        DisplayAddr(addr),
-        reply.slot,
-        reply.epoch,
-        if want == Want::Socket { ", on a listener the controller created" } else { "" }
-    );
-    Ok(result)
-}
-
-/// What `/proc/self/fdinfo/<fd>` says about a BPF map descriptor.
-#[derive(Default)]
-struct MapInfo {
-    map_type: Option<u64>,
-    value_size: Option<u64>,
-    max_entries: Option<u64>,
-    map_flags: Option<u64>,
-    map_id: Option<u64>,
-}
-
-/// Checks that `fd` is the load map: an mmap-able array of one [`LoadTable`], with the kernel id
-/// `want_id` (0: not named by the controller, shape only). Returns its id.
-fn check_load_map(fd: c_int, want_id: u32) -> Result<u32, &'static str> {
-    let mut path = [0u8; 40];
-    let prefix = b"/proc/self/fdinfo/";
-    path[..prefix.len()].copy_from_slice(prefix);
-    let mut digits = [0u8; 12];
-    let mut n = fd as u32;
-    let mut nd = 0;
-    loop {
-        digits[nd] = b'0' + (n % 10) as u8;
-        nd += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for k in 0..nd {
-        path[prefix.len() + k] = digits[nd - 1 - k];
-    }
-    // SAFETY: opens a NUL-terminated path (the rest of `path` is zeroes).
-    let f = unsafe { libc::open(path.as_ptr().cast(), libc::O_RDONLY | libc::O_CLOEXEC) };
-    if f < 0 {
-        return Err("no fdinfo");
-    }
-    let mut buf = [0u8; 1024];
-    let mut len = 0;
-    while len < buf.len() {
-        // SAFETY: reads into the free part of our buffer.
-        let r = unsafe { libc::read(f, buf[len..].as_mut_ptr().cast(), buf.len() - len) };
-        if r <= 0 {
-            break;
-        }
-        len += r as usize;
-    }
-    // SAFETY: the descriptor opened above.
-    unsafe { Real::CLOSE()(f) };
-    let text = core::str::from_utf8(&buf[..len]).map_err(|_| "unreadable fdinfo")?;
-    let mut info = MapInfo::default();
-    for line in text.lines() {
-        let Some((key, value)) = line.split_once(':') else { continue };
-        let value = value.trim();
-        let parsed = match value.strip_prefix("0x") {
-            Some(hex) => u64::from_str_radix(hex, 16).ok(),
-            None => value.parse::<u64>().ok(),
-        };
-        match key {
-            "map_type" => info.map_type = parsed,
-            "value_size" => info.value_size = parsed,
-            "max_entries" => info.max_entries = parsed,
-            "map_flags" => info.map_flags = parsed,
-            "map_id" => info.map_id = parsed,
-            _ => {}
-        }
-    }
-    const BPF_MAP_TYPE_ARRAY: u64 = 2;
-    if info.map_type.is_none() {
-        return Err("not a BPF map");
-    }
-    if info.map_type != Some(BPF_MAP_TYPE_ARRAY) {
-        return Err("not an array map");
-    }
-    if info.value_size != Some(size_of::<LoadTable>() as u64) {
-        return Err("value size is not the load table's");
-    }
-    if info.max_entries != Some(1) {
-        return Err("not one entry");
-    }
-    if info.map_flags.is_none_or(|f| f & BPF_F_MMAPABLE as u64 == 0) {
-        return Err("not mmap-able");
-    }
-    let id = info.map_id.unwrap_or(0) as u32;
-    if want_id != 0 && id != want_id {
-        return Err("another map than the reply names");
-    }
-    Ok(id)
+    Ok(())
 }

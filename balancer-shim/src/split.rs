@@ -47,7 +47,6 @@
 use core::{
     ffi::c_int,
     mem::{size_of, zeroed},
-    net::SocketAddr,
     ptr,
     sync::atomic::Ordering,
 };
@@ -55,70 +54,16 @@ use core::{
 use crate::{
     config::{addr_index, config},
     log::{errno, shim_log},
+    process::{fd_if_ours, in_vfork_child, my_pid, tagged},
     real::Real,
     registration::{self, start_thread},
+    sock::{cookie, create_own, high_fd_floor, int_opt, sockname},
     state::{
-        entry, fd_if_ours, in_vfork_child, my_pid, state_of, tagged, BACKLOG, EPOLLS, FDS, LEFT,
-        MAX_EPOLLS, MAX_FDS, OWN_FD, PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_DUP_OWN,
-        ST_DUP_SHARED, ST_NOT_BALANCED, ST_SHARED, ST_SPLIT, ST_SPLITTING,
+        entry, own_backlog, state_of, EPOLLS, FDS, LEFT, MAX_EPOLLS, MAX_FDS, OWN_COOKIE, OWN_FD,
+        PENDING, PENDING_PID, SHARED_FD, SHARED_REF, ST_DUP_OWN, ST_DUP_SHARED, ST_NOT_BALANCED,
+        ST_SHARED, ST_SPLIT, ST_SPLITTING,
     },
 };
-
-/// Backlog of an own socket when the original's `listen` was not seen.
-const DEFAULT_BACKLOG: c_int = 128;
-
-pub(crate) fn sockname(fd: c_int) -> Option<SocketAddr> {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most `len` bytes into our storage.
-    let r =
-        unsafe { libc::getsockname(fd, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len) };
-    if r != 0 {
-        return None;
-    }
-    from_storage(&ss)
-}
-
-pub(crate) fn from_storage(ss: &libc::sockaddr_storage) -> Option<SocketAddr> {
-    match ss.ss_family as c_int {
-        libc::AF_INET => {
-            // SAFETY: the family says the storage holds a sockaddr_in, which it is large and
-            // aligned enough for.
-            let sin =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
-            Some(SocketAddr::from((sin.sin_addr.s_addr.to_ne_bytes(), u16::from_be(sin.sin_port))))
-        }
-        libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
-            let sin6 =
-                unsafe { &*(ss as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
-            Some(SocketAddr::from((sin6.sin6_addr.s6_addr, u16::from_be(sin6.sin6_port))))
-        }
-        _ => None,
-    }
-}
-
-pub(crate) fn int_opt(fd: c_int, level: c_int, opt: c_int) -> Option<c_int> {
-    let mut v: c_int = 0;
-    let mut len = size_of::<c_int>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`.
-    let r = unsafe { libc::getsockopt(fd, level, opt, (&mut v as *mut c_int).cast(), &mut len) };
-    (r == 0).then_some(v)
-}
-
-pub(crate) fn set_int_opt(fd: c_int, level: c_int, opt: c_int, v: c_int) -> bool {
-    // SAFETY: setsockopt reads `size_of::<c_int>()` bytes from `v`.
-    unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            opt,
-            (&v as *const c_int).cast(),
-            size_of::<c_int>() as libc::socklen_t,
-        ) == 0
-    }
-}
 
 /// The balanced address index of `fd` if it is a (possibly shut down) listening TCP socket on a
 /// balanced address. Accepted connections share the local address: they have a peer.
@@ -210,19 +155,6 @@ fn ensure_split_slow(fd: c_int) {
         start_thread();
         return;
     }
-}
-
-/// SO_COOKIE (linux/socket.h): the socket's unique id, the same through every duplicate.
-const SO_COOKIE: c_int = 57;
-
-fn cookie(fd: c_int) -> Option<u64> {
-    let mut v: u64 = 0;
-    let mut len = size_of::<u64>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes into `v`.
-    let r = unsafe {
-        libc::getsockopt(fd, libc::SOL_SOCKET, SO_COOKIE, (&mut v as *mut u64).cast(), &mut len)
-    };
-    (r == 0 && v != 0).then_some(v)
 }
 
 /// If `fd` is another descriptor (`dup`, `socket.fromfd`) of this process's own socket or of the
@@ -327,7 +259,7 @@ fn first_split(fd: c_int, idx: usize, pid: u32) -> u64 {
         if still_splitting(fd, idx, pid)
             && int_opt(fd, libc::SOL_SOCKET, libc::SO_ACCEPTCONN) == Some(0)
         {
-            if let Some(own) = create_own(idx, fd) {
+            if let Some(own) = create_own(fd, own_backlog(idx)) {
                 if swap_in(fd, idx, own, pid) {
                     return ST_SPLIT;
                 }
@@ -364,108 +296,6 @@ fn keep_shared(fd: c_int, idx: usize, pid: u32) {
     }
 }
 
-/// Lowest descriptor number for the shim's own long-lived descriptors (controller connections,
-/// private duplicates, pending sockets): far above what an app opens and closes by number
-/// (CPython's subprocess, daemonizing code closing 3..N), below the descriptor limit.
-pub(crate) fn high_fd_floor() -> c_int {
-    // SAFETY: rlimit is plain data; getrlimit writes one.
-    let mut rl: libc::rlimit = unsafe { zeroed() };
-    // SAFETY: as above.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } != 0 {
-        return 3;
-    }
-    let soft = rl.rlim_cur.min(1 << 20) as c_int;
-    (soft / 4 * 3).clamp(3, 4096)
-}
-
-/// Moves our own descriptor `fd` to [`high_fd_floor`] or above (close-on-exec); keeps it where
-/// it is if that fails.
-pub(crate) fn move_high(fd: c_int) -> c_int {
-    let floor = high_fd_floor();
-    if fd >= floor {
-        return fd;
-    }
-    // SAFETY: duplicates our own descriptor.
-    let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor) };
-    if high < 0 {
-        return fd;
-    }
-    // SAFETY: our own descriptor, duplicated above.
-    unsafe { Real::CLOSE()(fd) };
-    high
-}
-
-/// A fresh listening socket on the address of `src` (an inherited listener of address `idx`),
-/// with its options, backlog and O_NONBLOCK, at a high descriptor number.
-pub(crate) fn create_own(idx: usize, src: c_int) -> Option<c_int> {
-    // SAFETY: sockaddr_storage is plain data; all zeroes is a valid value.
-    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
-    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-    // SAFETY: getsockname writes at most `len` bytes into our storage.
-    let r = unsafe {
-        libc::getsockname(src, (&mut ss as *mut libc::sockaddr_storage).cast(), &mut len)
-    };
-    if r != 0 {
-        return None;
-    }
-    let family = ss.ss_family as c_int;
-    // SAFETY: fcntl query on a descriptor number; an invalid one gives -1.
-    let fl = unsafe { libc::fcntl(src, libc::F_GETFL) };
-    if fl < 0 {
-        return None;
-    }
-    // SAFETY: socket() with constant arguments.
-    let new = unsafe { Real::SOCKET()(family, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
-    if new < 0 {
-        shim_log!("own socket for fd {src}: socket: {}", errno());
-        return None;
-    }
-    let fail = |what: &str| {
-        shim_log!("own socket for fd {src}: {what}: {}; keeping the shared socket", errno());
-        // SAFETY: `new` is our own socket, not yet visible to anyone else.
-        unsafe { Real::CLOSE()(new) };
-        None
-    };
-    set_int_opt(new, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1);
-    if !set_int_opt(new, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1) {
-        return fail("SO_REUSEPORT");
-    }
-    if family == libc::AF_INET6 {
-        let v6only = int_opt(src, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0);
-        set_int_opt(new, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, v6only);
-    }
-    // Options that accepted connections inherit from their listener.
-    for (level, opt) in [
-        (libc::IPPROTO_TCP, libc::TCP_NODELAY),
-        (libc::IPPROTO_TCP, libc::TCP_DEFER_ACCEPT),
-        (libc::SOL_SOCKET, libc::SO_KEEPALIVE),
-    ] {
-        if let Some(v) = int_opt(src, level, opt) {
-            if v != 0 {
-                set_int_opt(new, level, opt, v);
-            }
-        }
-    }
-    // SAFETY: binds our socket to the address getsockname gave (`len` bytes of `ss`).
-    if unsafe { Real::BIND()(new, (&ss as *const libc::sockaddr_storage).cast(), len) } != 0 {
-        return fail("bind (was the original socket bound without SO_REUSEPORT?)");
-    }
-    let backlog = match BACKLOG[idx].load(Ordering::Relaxed) {
-        b if b > 0 => b,
-        _ => DEFAULT_BACKLOG,
-    };
-    // SAFETY: listen on our own socket.
-    if unsafe { Real::LISTEN()(new, backlog) } != 0 {
-        return fail("listen");
-    }
-    // SAFETY: sets a status flag of our own socket.
-    let nonblock = || unsafe { libc::fcntl(new, libc::F_SETFL, libc::O_NONBLOCK) };
-    if fl & libc::O_NONBLOCK != 0 && nonblock() != 0 {
-        return fail("O_NONBLOCK");
-    }
-    Some(move_high(new))
-}
-
 /// Replaces the shared listener at `fd` (address `idx`) with `own`, this process's registered
 /// socket; `own` is consumed. The caller holds `fd` in [`ST_SPLITTING`] (or is the first look).
 /// Order: shut the shared socket down (the controller attached the migrating program before it
@@ -494,6 +324,7 @@ fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
         // SAFETY: removes the shared socket from an epoll instance this process added it to.
         moved[k] = unsafe { Real::EPOLL_CTL()(epfd, libc::EPOLL_CTL_DEL, fd, &mut ev) } == 0;
     }
+    let own_cookie = cookie(own).unwrap_or(0);
     let cloexec = if fdfl & libc::FD_CLOEXEC != 0 { libc::O_CLOEXEC } else { 0 };
     // SAFETY: replaces the descriptor `fd` (the inherited listener) with our own socket.
     let ok = still_splitting(fd, idx, pid) && unsafe { Real::DUP3()(own, fd, cloexec) } >= 0;
@@ -520,6 +351,7 @@ fn swap_in(fd: c_int, idx: usize, own: c_int, pid: u32) -> bool {
         return false;
     }
     SHARED_FD[idx].store(0, Ordering::Release);
+    OWN_COOKIE[idx].store(own_cookie, Ordering::Relaxed);
     OWN_FD[idx].store(tagged(pid, fd), Ordering::Release);
     if let Some(addr) = config().addrs[idx] {
         shim_log!("own listening socket on {addr} (fd {fd})");
@@ -643,7 +475,7 @@ fn rescue_slow(fd: c_int) -> bool {
         result.ok()
     });
     if own.is_none() {
-        own = create_own(idx, fd);
+        own = create_own(fd, own_backlog(idx));
         if own.is_some() {
             shim_log!(
                 "the shared socket (fd {fd}) was shut down by another worker and the controller \

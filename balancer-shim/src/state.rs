@@ -3,7 +3,8 @@
 //!
 //! Invariants: everything is a fixed-size array of atomics (no allocation, no lock in a hook), and
 //! every entry that describes a descriptor is tagged with the pid of the process that wrote it, so
-//! that what fork copies is never mistaken for the child's own.
+//! that what fork copies is never mistaken for the child's own (the pid and the tagging are
+//! [`crate::process`]'s).
 
 use core::{
     ffi::c_int,
@@ -17,20 +18,6 @@ use crate::config::MAX_ADDRS;
 
 /// Descriptors below this number are tracked (cached classification, connection marks).
 pub(crate) const MAX_FDS: usize = 65536;
-
-/// This process's pid; updated in the child after fork (pthread_atfork).
-static MY_PID: AtomicU32 = AtomicU32::new(0);
-
-#[inline(always)]
-pub(crate) fn my_pid() -> u32 {
-    MY_PID.load(Ordering::Relaxed)
-}
-
-/// Records the calling process's pid (constructor, and the child after fork).
-pub(crate) fn set_my_pid() {
-    // SAFETY: getpid has no preconditions.
-    MY_PID.store(unsafe { libc::getpid() } as u32, Ordering::Relaxed);
-}
 
 /// What a descriptor is, cached per fd: `pid << 32 | state << 8 | address index`. An entry whose
 /// pid is not ours (copied by fork, or 0) means "unknown".
@@ -67,26 +54,6 @@ pub(crate) fn state_of(e: u64) -> u64 {
     (e >> 8) & 0xff
 }
 
-/// `pid << 32 | fd` for per-address descriptors.
-#[inline(always)]
-pub(crate) fn tagged(pid: u32, fd: c_int) -> u64 {
-    ((pid as u64) << 32) | (fd as u32 as u64)
-}
-
-/// The descriptor of a [`tagged`] value if it is `pid`'s.
-#[inline(always)]
-pub(crate) fn fd_if_ours(v: u64, pid: u32) -> Option<c_int> {
-    (v != 0 && (v >> 32) as u32 == pid).then_some((v & 0xffff_ffff) as u32 as c_int)
-}
-
-/// True in a vfork child (which shares our memory but has its own pid): per-process state must
-/// not be touched there. A system call: only on paths that are about to change that state.
-#[inline]
-pub(crate) fn in_vfork_child() -> bool {
-    // SAFETY: getpid has no preconditions.
-    unsafe { libc::getpid() as u32 != my_pid() }
-}
-
 /// Accepted connections of a registered own socket: `seq << 8 | (address index + 1)`, 0 if none;
 /// bit 31 is set once the connection has answered (see `accounting`).
 pub(crate) static CONNS: [AtomicU32; MAX_FDS] = [const { AtomicU32::new(0) }; MAX_FDS];
@@ -94,8 +61,24 @@ pub(crate) static CONNS: [AtomicU32; MAX_FDS] = [const { AtomicU32::new(0) }; MA
 /// Backlog seen in `listen` per balanced address (survives fork, on purpose).
 pub(crate) static BACKLOG: [AtomicI32; MAX_ADDRS] = [const { AtomicI32::new(0) }; MAX_ADDRS];
 
+/// Backlog of an own socket when the original's `listen` was not seen.
+const DEFAULT_BACKLOG: c_int = 128;
+
+/// The backlog an own socket of address `idx` gets: the one the app asked for in `listen`.
+pub(crate) fn own_backlog(idx: usize) -> c_int {
+    match BACKLOG[idx].load(Ordering::Relaxed) {
+        b if b > 0 => b,
+        _ => DEFAULT_BACKLOG,
+    }
+}
+
 /// This process's own socket per balanced address: `pid << 32 | fd`, or 0.
 pub(crate) static OWN_FD: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
+
+/// SO_COOKIE of this process's own socket per address (0: unknown), written before [`OWN_FD`]:
+/// the registration thread checks its private duplicate of [`OWN_FD`]'s number against it, so
+/// that it never registers another descriptor the app put at that number.
+pub(crate) static OWN_COOKIE: [AtomicU64; MAX_ADDRS] = [const { AtomicU64::new(0) }; MAX_ADDRS];
 
 /// Where this process holds the inherited shared listener while it is not split ([`ST_SHARED`]):
 /// `pid << 32 | fd` (the app's descriptor number), or 0.

@@ -928,3 +928,76 @@ fn closing_a_duplicate_listener_keeps_the_worker_in_the_group() {
     println!("before {before:?}\nafter {after:?}\n{}", app.log_tail(6));
     assert_eq!(after.accepted, before.accepted + 20, "the original is not counted any more");
 }
+
+// ---------------------------------------------------------------------------------------------
+// Issue 19, defect 13: the thread registers the own socket, not whatever sits at its number
+
+/// One worker that serves one request on its own socket, then closes that socket with a raw
+/// `close` system call (no hook sees it) and puts /dev/null at the same descriptor number.
+const CLOSED_BEHIND_APP: &str = r#"
+import ctypes, fcntl, os, platform, socket, sys, time
+addr, port = sys.argv[1], int(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind((addr, port))
+s.listen(64)
+c, _ = s.accept()
+c.recv(4096)
+c.sendall(b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok")
+c.close()
+fd = s.detach()
+SYS_close = {"x86_64": 3, "aarch64": 57}[platform.machine()]
+assert ctypes.CDLL(None, use_errno=True).syscall(SYS_close, fd) == 0
+null = os.open("/dev/null", os.O_RDONLY)
+if null != fd:
+    assert fcntl.fcntl(null, fcntl.F_DUPFD, fd) == fd
+print("worker", os.getpid(), "closed fd", fd, "behind the shim's back", flush=True)
+time.sleep(3600)
+"#;
+
+/// A worker whose own socket was closed where no hook saw it (a raw system call), with another
+/// descriptor at the same number since: when the controller comes back, the registration thread
+/// must not send that descriptor as the worker's listener (it did: it sent whatever the number
+/// held by the time it sent).
+#[test]
+fn the_thread_never_registers_what_replaced_the_own_socket() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("python3");
+    let dir = TempDir::new("failopen-behind");
+    let script = dir.path().join("behind_app.py");
+    std::fs::write(&script, CLOSED_BEHIND_APP).unwrap();
+    let addr = loopback(free_port());
+    let socket = dir.path().join("shim.sock");
+    let registry = start_registry(&socket, addr);
+    let cmdline = vec![
+        "python3".to_string(),
+        script.display().to_string(),
+        addr.ip().to_string(),
+        addr.port().to_string(),
+    ];
+    let app = spawn_with_shim(&cmdline, addr, &socket, &dir.path().join("app.log"));
+    assert!(
+        wait_until(Duration::from_secs(10), || get(addr, "/").is_ok()),
+        "the app did not answer\n{}",
+        app.log_tail(20)
+    );
+    assert!(
+        wait_until(Duration::from_secs(5), || app.log_text().contains("behind the shim's back")),
+        "the app did not close its listener\n{}",
+        app.log_tail(20)
+    );
+    assert!(app.log_text().contains("registered"), "never registered\n{}", app.log_tail(20));
+    registry.stop();
+    let _registry = start_registry(&socket, addr);
+    assert!(
+        wait_until(Duration::from_secs(8), || app.log_text().contains("not registering")),
+        "the thread did not notice that its own socket is gone\n{}",
+        app.log_tail(20)
+    );
+    assert!(
+        !app.log_text().contains("rejected"),
+        "the thread sent another descriptor as the worker's listener\n{}",
+        app.log_tail(20)
+    );
+}
