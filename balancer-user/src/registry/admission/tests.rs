@@ -51,7 +51,13 @@ impl Places for Fake {
 }
 
 fn listener() -> SocketFacts {
-    SocketFacts { local: Some(addr()), tcp: true, listening: true, reuseport: true }
+    SocketFacts {
+        local: Some(addr()),
+        tcp: true,
+        inet_stream: true,
+        listening: true,
+        reuseport: true,
+    }
 }
 
 fn evidence(socket: SocketFacts) -> Evidence {
