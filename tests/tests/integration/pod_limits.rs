@@ -219,3 +219,86 @@ fn a_second_message_while_the_group_is_made_leaves_no_slot_behind() {
     assert_eq!(registry.pod_groups().len(), 2);
     registry.stop();
 }
+
+/// A registry of pods with one template, `web`, for registrations made in-process.
+fn pods_registry(dir: &TempDir, allowed_uids: Vec<u32>, max_pending_per_uid: usize) -> Registry {
+    let mut options = RegistryOptions::new(dir.path().join("pods.sock"));
+    options.max_pending_per_uid = max_pending_per_uid;
+    options.pods = Some(PodOptions {
+        templates: vec![PodTemplate {
+            name: "web".into(),
+            policy: Policy::LeastLoaded,
+            mode: balancer_user::Mode::Auto,
+            weight: 1,
+            max_workers: 8,
+            pack_depth: 0,
+            allowed_uids,
+        }],
+        default_template: "web".into(),
+        max_groups: 8,
+        removal_grace: Duration::from_secs(60),
+        pin_root: None,
+    });
+    Registry::start(options, Vec::new()).expect("registry")
+}
+
+/// A template's `allowed_uids` limits root like any uid: a root worker of a pod whose template
+/// lists only uid 1000 is refused.
+#[test]
+fn a_template_limits_root_like_any_uid() {
+    integration_tests::private_loopback();
+    let _machine = shared();
+    let dir = TempDir::new("pods-root");
+    let registry = pods_registry(&dir, vec![1000], 64);
+    let pod = NetNs::new().unwrap();
+    // This test runs as root: SO_PEERCRED says uid 0.
+    let (reply, _conn, _l) =
+        register_from(&pod, registry.socket_path(), CLIENT.parse().unwrap(), "web", "p");
+    println!("root on a template allowing [1000]: {:?}: {}", reply.status(), reply.reason());
+    assert_eq!(
+        reply.status(),
+        Status::UidNotAllowed,
+        "root registered into a template that lists only uid 1000: {}",
+        reply.reason()
+    );
+    assert!(registry.pod_groups().is_empty(), "a group was made for root");
+    registry.stop();
+}
+
+/// Connections that opened and sent nothing (another pod's flood, same uid) do not push out a
+/// pod's registration that waits for its group to be made.
+#[test]
+fn a_flood_of_connections_does_not_evict_a_registration_waiting_for_its_group() {
+    integration_tests::private_loopback();
+    let _machine = shared();
+    let dir = TempDir::new("pods-flood-evicts");
+    let registry = pods_registry(&dir, vec![0], 4);
+    let socket = registry.socket_path().to_path_buf();
+    let (victim, flooder) = (NetNs::new().unwrap(), NetNs::new().unwrap());
+    let (conn, _listener) = victim.run(|| {
+        let l = balancer_user::listener::bind_reuseport(CLIENT.parse().unwrap(), 16).unwrap();
+        let mut msg = Register::new(std::process::id(), 0);
+        msg.template = Name::new("web").unwrap();
+        msg.pod = Name::new("default/victim").unwrap();
+        let conn = shim_client::connect(&socket).expect("connecting");
+        shim_client::send_registration(&conn, &msg.encode(), l.as_raw_fd()).unwrap();
+        (conn, l)
+    });
+    // While the victim's group is being made (a program load and verification), the other pod
+    // opens more connections than the cap of unregistered connections per uid, sending nothing.
+    let flood: Vec<_> = flooder
+        .run(|| (0..16).map(|_| shim_client::connect(&socket).expect("connecting")).collect());
+    let reply = shim_client::next_reply(&conn, Duration::from_secs(10));
+    println!(
+        "registration waiting for its group, then 16 empty connections of the same uid (cap 4): \
+         {:?}",
+        reply.as_ref().map(|r| (r.status(), r.reason().to_owned()))
+    );
+    assert_eq!(
+        reply.map(|r| r.status()),
+        Some(Status::Ok),
+        "the waiting registration was pushed out by another pod's connections"
+    );
+    drop(flood);
+    registry.stop();
+}
