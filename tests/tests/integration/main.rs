@@ -20,6 +20,7 @@ mod hostile;
 mod migrate;
 mod node;
 mod observe;
+mod pod_limits;
 mod privdrop;
 mod restart;
 mod selector;
