@@ -112,8 +112,17 @@ impl Places for View<'_> {
         self.services.pods() + self.pods.making()
     }
 
+    fn pod_groups_in(&self, netns: u64) -> usize {
+        self.services.pods_in(netns).len() + self.pods.making_in(netns)
+    }
+
     fn held(&self, svc: usize) -> usize {
         self.workers.held(svc) + self.adoption.held(svc)
+    }
+
+    fn pod_workers(&self, netns: u64) -> usize {
+        let held: usize = self.services.pods_in(netns).into_iter().map(|id| self.held(id)).sum();
+        held + self.pods.waiting_in(netns)
     }
 
     fn waiting(&self, netns: u64, addr: SocketAddr) -> usize {

@@ -556,6 +556,8 @@ fn pod_groups_beyond_max_groups_are_refused_clearly() {
         }],
         default_template: "web".into(),
         max_groups: 1,
+        max_groups_per_pod: 8,
+        max_workers_per_pod: 256,
         removal_grace: Duration::from_secs(5),
         pin_root: None,
     });

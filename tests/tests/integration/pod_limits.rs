@@ -22,10 +22,12 @@ use integration_tests::{
     shim_client, NetNs,
 };
 
-use crate::node::{group_of, register_from, Node, Pod, CLIENT};
+use crate::node::{group_of, pods_of, register_from, Node, Pod, CLIENT};
 
 /// Ports of the hostile pod's groups: 64, the shipped config's `max_groups`.
 const GREEDY_PORTS: u16 = 64;
+/// Groups one pod may have: the shipped config's `max_groups_per_pod`.
+const GREEDY_SHARE: usize = 8;
 /// Registrations the hostile pod sends on one port, all before any is answered.
 const FLOOD: usize = 100;
 /// The shipped `web` template's `max_workers`.
@@ -67,7 +69,7 @@ fn a_pod_binding_64_ports_leaves_groups_for_the_next_pod() {
         if reply.status() == Status::Ok {
             held.push((conn, listener));
         } else {
-            refused.push(format!("{:?}: {}", reply.status(), reply.reason()));
+            refused.push((reply.status(), reply.reason().to_owned()));
         }
     }
     let later = Pod::start(&node, "later", Some("web"), 4, 20);
@@ -83,6 +85,22 @@ fn a_pod_binding_64_ports_leaves_groups_for_the_next_pod() {
         !refused.is_empty(),
         "the hostile pod got all {GREEDY_PORTS} groups: nothing limits one pod"
     );
+    // Refused past its own share, with the limit named: the shipped config's
+    // `max_groups_per_pod`, 8.
+    assert_eq!(held.len(), GREEDY_SHARE, "groups the hostile pod got");
+    for (status, reason) in &refused {
+        assert_eq!(*status, Status::PodLimit, "{reason}");
+        assert!(reason.contains("max_groups_per_pod (8) reached"), "{reason}");
+    }
+    let counted = pods_of(&node.status()).unwrap().registrations.get(Status::PodLimit);
+    let metric = format!(
+        "reuselb_registrations_rejected_total{{reason=\"pod_limit\",service=\"pods\"}} {}",
+        refused.len()
+    );
+    let metrics = node.metrics();
+    println!("refusals counted: {counted} in /status; `{metric}` in /metrics");
+    assert_eq!(counted, refused.len() as u64, "pod_limit refusals counted in /status");
+    assert!(metrics.lines().any(|l| l == metric), "no `{metric}` in /metrics:\n{metrics}");
     drop(held);
     drop(daemon);
     println!("greedy ports: {:.1?}", started.elapsed());
@@ -162,6 +180,8 @@ fn a_second_message_while_the_group_is_made_leaves_no_slot_behind() {
         }],
         default_template: "web".into(),
         max_groups: 8,
+        max_groups_per_pod: 8,
+        max_workers_per_pod: 256,
         removal_grace: Duration::from_secs(60),
         pin_root: None,
     });
@@ -236,6 +256,8 @@ fn pods_registry(dir: &TempDir, allowed_uids: Vec<u32>, max_pending_per_uid: usi
         }],
         default_template: "web".into(),
         max_groups: 8,
+        max_groups_per_pod: 8,
+        max_workers_per_pod: 256,
         removal_grace: Duration::from_secs(60),
         pin_root: None,
     });
