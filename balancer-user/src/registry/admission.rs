@@ -288,7 +288,9 @@ fn pod_target(
             format!("no template `{name}` here: the app serves on the kernel's hash"),
         )
     })?;
-    if uid != 0 && !t.allowed_uids.contains(&uid) {
+    // Root is limited like any uid: in a pod, uid 0 is only the container's (any pod may run
+    // as root), so a template admits it only if it lists 0.
+    if !t.allowed_uids.contains(&uid) {
         return Err(Rejection::new(
             Status::UidNotAllowed,
             format!("uid {uid} may not use template `{name}`"),

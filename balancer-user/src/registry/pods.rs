@@ -54,7 +54,8 @@ pub struct PodTemplate {
     pub max_workers: u32,
     /// The pack policy's depth (0 counts as 1).
     pub pack_depth: u32,
-    /// Uids whose workers may use it (root always may); empty: the controller's own uid.
+    /// Uids whose workers may use it, root like any other (it may only if listed); empty: the
+    /// controller's own uid.
     pub allowed_uids: Vec<u32>,
 }
 

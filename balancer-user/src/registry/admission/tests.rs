@@ -226,6 +226,26 @@ fn a_uid_not_allowed_by_the_template_is_refused() {
 }
 
 #[test]
+fn a_template_limits_root_like_any_uid() {
+    let mut c = case("root");
+    c.pods = true;
+    c.evidence.cred = Ok(Cred { pid: 42, uid: 0 });
+    let got = run(&c).map(|_| ()).map_err(|r| r.status);
+    assert_eq!(got, Err(Status::UidNotAllowed), "root on a template that lists only {APP_UID}");
+    // A listed service still takes root.
+    c.pods = false;
+    assert!(run(&c).is_ok());
+    // A template that lists 0 takes it.
+    let settings = Settings::new(&[APP_UID], false, 4, 5);
+    let mut pods = pods();
+    pods.templates[0].allowed_uids.push(0);
+    let rules = Rules { settings: &settings, pods: Some(&pods), netns: NETNS };
+    let data = c.register.encode();
+    let msg = Message { data: &data, fds: 1, truncated: false };
+    assert!(check(&msg, &c.evidence, &rules, &c.fake).is_ok());
+}
+
+#[test]
 fn an_ordinary_registration_is_accepted() {
     let mut c = case("ok");
     c.register = Register { pod: Name::new("shop").unwrap(), ..Register::new(9, 0) };
