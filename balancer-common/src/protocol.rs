@@ -161,6 +161,8 @@ named_enum! {
         LayoutMismatch = 8 => "layout_mismatch",
         /// No service template has the name in [`Register::template`].
         UnknownTemplate = 9 => "unknown_template",
+        /// The pod (network namespace) has as many groups, or workers, as one pod may have.
+        PodLimit = 10 => "pod_limit",
     }
 }
 

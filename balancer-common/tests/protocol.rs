@@ -83,6 +83,9 @@ fn version_3_carries_flags_and_names() {
     let reply = Reply::new(Status::Ok, 1, 2, "").with_flags(Reply::SOCKET_ATTACHED);
     assert_eq!(Reply::decode(&reply.encode()).unwrap().flags, Reply::SOCKET_ATTACHED);
     assert_eq!(Status::UnknownTemplate.name(), "unknown_template");
+    assert_eq!(Status::PodLimit.name(), "pod_limit");
+    let refused = Reply::new(Status::PodLimit, 0, 0, "max_groups_per_pod (8) reached");
+    assert_eq!(Reply::decode(&refused.encode()).unwrap().status(), Status::PodLimit);
 }
 
 #[test]

@@ -18,6 +18,12 @@ use crate::{de::RangedV, locate::Seg, settings::with_group_settings};
 pub const DEFAULT_MAX_GROUPS: u32 = 64;
 /// Highest `pods.max_groups`.
 pub const MAX_GROUPS: u32 = 1024;
+/// Default of `pods.max_groups_per_pod`.
+pub const DEFAULT_MAX_GROUPS_PER_POD: u32 = 8;
+/// Default of `pods.max_workers_per_pod`.
+pub const DEFAULT_MAX_WORKERS_PER_POD: u32 = 256;
+/// Highest `pods.max_workers_per_pod` (every slot of [`MAX_GROUPS`] groups).
+pub const MAX_WORKERS_PER_POD: u32 = 65_536;
 /// Default of `pods.removal_grace_ms`.
 pub const DEFAULT_REMOVAL_GRACE_MS: u32 = 5000;
 /// Highest `pods.removal_grace_ms` (10 minutes).
@@ -37,6 +43,15 @@ pub struct Pods {
     /// (`no_free_slot`) and serves on the kernel's hash.
     #[serde(default = "default_max_groups", deserialize_with = "de_max_groups")]
     pub max_groups: u32,
+    /// Most groups of one pod (one network namespace) at once, groups being made included
+    /// (1..=[`MAX_GROUPS`]); a worker that would make one more is refused (`pod_limit`).
+    #[serde(default = "default_max_groups_per_pod", deserialize_with = "de_max_groups_per_pod")]
+    pub max_groups_per_pod: u32,
+    /// Most workers of one pod (one network namespace) over all its groups, registrations
+    /// waiting for a group being made included (1..=[`MAX_WORKERS_PER_POD`]); a worker beyond
+    /// it is refused (`pod_limit`).
+    #[serde(default = "default_max_workers_per_pod", deserialize_with = "de_max_workers_per_pod")]
+    pub max_workers_per_pod: u32,
     /// How long a group with no worker left is kept (its last socket listening, its pins) for a
     /// worker to come back before it is removed (0..=[`MAX_REMOVAL_GRACE_MS`]).
     #[serde(default = "default_removal_grace", deserialize_with = "de_removal_grace")]
@@ -63,6 +78,12 @@ with_group_settings! {
 fn default_max_groups() -> u32 {
     DEFAULT_MAX_GROUPS
 }
+fn default_max_groups_per_pod() -> u32 {
+    DEFAULT_MAX_GROUPS_PER_POD
+}
+fn default_max_workers_per_pod() -> u32 {
+    DEFAULT_MAX_WORKERS_PER_POD
+}
 fn default_removal_grace() -> u32 {
     DEFAULT_REMOVAL_GRACE_MS
 }
@@ -74,6 +95,23 @@ fn de_max_groups<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error
     use serde::de::DeserializeSeed;
     RangedV { field: "max_groups", expected: "an integer", min: 1, max: MAX_GROUPS as u64 }
         .deserialize(d)
+}
+
+fn de_max_groups_per_pod<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::DeserializeSeed;
+    RangedV { field: "max_groups_per_pod", expected: "an integer", min: 1, max: MAX_GROUPS as u64 }
+        .deserialize(d)
+}
+
+fn de_max_workers_per_pod<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    use serde::de::DeserializeSeed;
+    RangedV {
+        field: "max_workers_per_pod",
+        expected: "an integer",
+        min: 1,
+        max: MAX_WORKERS_PER_POD as u64,
+    }
+    .deserialize(d)
 }
 
 fn de_removal_grace<'de, D: serde::Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
@@ -137,6 +175,24 @@ impl Pods {
             return Err((
                 vec![Seg::Key("pods"), Seg::Key("max_groups")],
                 format!("max_groups must be 1..={MAX_GROUPS}, got {}", self.max_groups),
+            ));
+        }
+        if !(1..=MAX_GROUPS).contains(&self.max_groups_per_pod) {
+            return Err((
+                vec![Seg::Key("pods"), Seg::Key("max_groups_per_pod")],
+                format!(
+                    "max_groups_per_pod must be 1..={MAX_GROUPS}, got {}",
+                    self.max_groups_per_pod
+                ),
+            ));
+        }
+        if !(1..=MAX_WORKERS_PER_POD).contains(&self.max_workers_per_pod) {
+            return Err((
+                vec![Seg::Key("pods"), Seg::Key("max_workers_per_pod")],
+                format!(
+                    "max_workers_per_pod must be 1..={MAX_WORKERS_PER_POD}, got {}",
+                    self.max_workers_per_pod
+                ),
             ));
         }
         if self.removal_grace_ms > MAX_REMOVAL_GRACE_MS {

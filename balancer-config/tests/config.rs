@@ -362,6 +362,8 @@ fn pods_section_takes_its_defaults_and_needs_no_services() {
     assert_eq!(p.shim_socket(), Path::new("/run/reuselb/pods.sock"));
     assert_eq!(p.default_template, "default");
     assert_eq!(p.max_groups, balancer_config::pods::DEFAULT_MAX_GROUPS);
+    assert_eq!(p.max_groups_per_pod, balancer_config::pods::DEFAULT_MAX_GROUPS_PER_POD);
+    assert_eq!(p.max_workers_per_pod, balancer_config::pods::DEFAULT_MAX_WORKERS_PER_POD);
     assert_eq!(p.removal_grace_ms, balancer_config::pods::DEFAULT_REMOVAL_GRACE_MS);
     let batch = p.template("batch").unwrap();
     assert_eq!((batch.policy, batch.mode, batch.weight), (Policy::PowerOfTwo, Mode::Select, 1));
@@ -395,6 +397,16 @@ fn bad_pods_sections_are_refused_with_their_position() {
             "pods:\n  max_groups: 0\n  templates: [{name: default}]\n",
             "test.yaml:2:15: ",
             "max_groups must be 1..=1024, got 0",
+        ),
+        (
+            "pods:\n  max_groups_per_pod: 0\n  templates: [{name: default}]\n",
+            "test.yaml:2:23: ",
+            "max_groups_per_pod must be 1..=1024, got 0",
+        ),
+        (
+            "pods:\n  max_workers_per_pod: 65537\n  templates: [{name: default}]\n",
+            "test.yaml:2:24: ",
+            "max_workers_per_pod must be 1..=65536, got 65537",
         ),
         (
             "pods:\n  templates: [{name: default, polcy: p2c}]\n",

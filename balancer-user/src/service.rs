@@ -224,17 +224,21 @@ impl RunningPods {
             templates,
             default_template: pods.default_template.clone(),
             max_groups: pods.max_groups as usize,
+            max_groups_per_pod: pods.max_groups_per_pod as usize,
+            max_workers_per_pod: pods.max_workers_per_pod as usize,
             removal_grace: std::time::Duration::from_millis(u64::from(pods.removal_grace_ms)),
             pin_root: pin_path.map(|p| p.join(PODS)),
         });
         let registry = Registry::start(options, Vec::new()).map_err(Error::Registry)?;
         log::info!(
             "pods: workers of any pod register at {} (templates {}, default {}, at most {} \
-             groups, uids {uids:?}); {} pod groups adopted",
+             groups, {} groups and {} workers per pod, uids {uids:?}); {} pod groups adopted",
             pods.shim_socket().display(),
             pods.templates.iter().map(|t| t.name.as_str()).collect::<Vec<_>>().join(", "),
             pods.default_template,
             pods.max_groups,
+            pods.max_groups_per_pod,
+            pods.max_workers_per_pod,
             registry.pod_groups().len()
         );
         Ok(Self { config: pods.clone(), registry })
@@ -587,10 +591,12 @@ pub fn summary(config: &Config) -> String {
     let mut lines = by_name.into_values().collect::<Vec<_>>();
     if let Some(p) = &config.pods {
         lines.push(format!(
-            "{PODS}: groups made on registration, socket {}, at most {} groups, removed {} ms \
-             after their last worker; templates {} (default {})",
+            "{PODS}: groups made on registration, socket {}, at most {} groups ({} groups and {} \
+             workers per pod), removed {} ms after their last worker; templates {} (default {})",
             p.shim_socket().display(),
             p.max_groups,
+            p.max_groups_per_pod,
+            p.max_workers_per_pod,
             p.removal_grace_ms,
             p.templates
                 .iter()

@@ -105,6 +105,9 @@ fn check_config(config: &Config) {
         assert!(p.shim_socket().is_absolute());
         assert!(p.template(&p.default_template).is_some());
         assert!((1..=balancer_config::pods::MAX_GROUPS).contains(&p.max_groups));
+        assert!((1..=balancer_config::pods::MAX_GROUPS).contains(&p.max_groups_per_pod));
+        let most_workers = balancer_config::pods::MAX_WORKERS_PER_POD;
+        assert!((1..=most_workers).contains(&p.max_workers_per_pod));
         for t in &p.templates {
             assert!(
                 (1..=MAX_SLOTS).contains(&t.max_workers) && (1..=MAX_WEIGHT).contains(&t.weight)

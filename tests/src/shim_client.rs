@@ -37,6 +37,20 @@ pub fn connect(socket: &Path) -> io::Result<OwnedFd> {
 /// Sends one datagram on `conn` with `fds` attached, and returns the raw reply (empty if the
 /// controller closed the connection without answering).
 fn send_and_receive(conn: &OwnedFd, msg: &[u8], fds: &[RawFd]) -> io::Result<Vec<u8>> {
+    let flags = match send(conn, msg, fds) {
+        Ok(()) => 0,
+        // A peer refused at accept (its uid) gets the refusal and the close before it sends:
+        // the refusal is still queued for it to read.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
+            libc::MSG_DONTWAIT
+        }
+        Err(e) => return Err(e),
+    };
+    receive(conn, flags)
+}
+
+/// Sends one datagram on `conn` with `fds` attached.
+fn send(conn: &OwnedFd, msg: &[u8], fds: &[RawFd]) -> io::Result<()> {
     // SAFETY: msghdr, iovec and control buffer all outlive the sendmsg call that reads them.
     unsafe {
         let mut iov =
@@ -57,23 +71,22 @@ fn send_and_receive(conn: &OwnedFd, msg: &[u8], fds: &[RawFd]) -> io::Result<Vec
                 std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<libc::c_int>().add(i), *fd);
             }
         }
-        let mut flags = 0;
         if libc::sendmsg(conn.as_raw_fd(), &hdr, 0) < 0 {
-            let e = io::Error::last_os_error();
-            // A peer refused at accept (its uid) gets the refusal and the close before it sends:
-            // the refusal is still queued for it to read.
-            if !matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) {
-                return Err(e);
-            }
-            flags = libc::MSG_DONTWAIT;
-        }
-        let mut buf = [0u8; 512];
-        let n = libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags);
-        if n < 0 {
             return Err(io::Error::last_os_error());
         }
-        Ok(buf[..n as usize].to_vec())
+        Ok(())
     }
+}
+
+/// Receives one datagram on `conn` (empty if the controller closed the connection).
+fn receive(conn: &OwnedFd, flags: libc::c_int) -> io::Result<Vec<u8>> {
+    let mut buf = [0u8; 512];
+    // SAFETY: buf outlives the call, which writes at most buf.len() bytes into it.
+    let n = unsafe { libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(buf[..n as usize].to_vec())
 }
 
 fn decode(reply: &[u8]) -> Reply {
@@ -94,4 +107,23 @@ pub fn register_and_hold(socket: &Path, msg: &[u8], fd: RawFd) -> (Reply, OwnedF
     let conn = connect(socket).expect("connecting to the registry");
     let reply = decode(&send_and_receive(&conn, msg, &[fd]).expect("talking to the registry"));
     (reply, conn)
+}
+
+/// Sends one registration datagram with `fd` attached on `conn` without waiting for the reply
+/// (as a worker that sends before the controller has answered a message before it).
+pub fn send_registration(conn: &OwnedFd, msg: &[u8], fd: RawFd) -> io::Result<()> {
+    send(conn, msg, &[fd])
+}
+
+/// The next reply on `conn`, waiting up to `timeout`; `None` if none came or the controller
+/// closed the connection without one.
+pub fn next_reply(conn: &OwnedFd, timeout: std::time::Duration) -> Option<Reply> {
+    let mut pfd = libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: pfd outlives the call; one entry.
+    let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    if ready <= 0 {
+        return None;
+    }
+    let reply = receive(conn, libc::MSG_DONTWAIT).ok()?;
+    (!reply.is_empty()).then(|| decode(&reply))
 }

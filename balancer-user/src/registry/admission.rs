@@ -9,7 +9,8 @@
 //! registration attempt: after a refusal it is closed.
 //!
 //! The order of the checks is part of the contract (docs/SECURITY.md): layout, descriptor,
-//! credentials, uid, socket, address and namespace (or pod template), adopted slot, capacity;
+//! credentials, uid, socket, address and namespace (or pod template, then the pod's and the
+//! node's group limits), adopted slot, capacity (the group's, then the pod's workers);
 //! the asked weight is capped at [`MAX_ASKED_WEIGHT`].
 //!
 //! A registration with `Register::WANT_SOCKET` hands over the app's shared socket as the proof of
@@ -76,8 +77,13 @@ pub(super) trait Places {
     fn pod_group(&self, netns: u64, addr: SocketAddr) -> Option<(Option<usize>, String)>;
     /// Pod groups, those being made included.
     fn pod_groups(&self) -> usize;
+    /// Pod groups of network namespace `netns`, those being made included.
+    fn pod_groups_in(&self, netns: u64) -> usize;
     /// Slots of group `svc` held: by registered workers and kept for adopted ones.
     fn held(&self, svc: usize) -> usize;
+    /// Slots held in the pod groups of network namespace `netns`, and registrations waiting for
+    /// its groups being made.
+    fn pod_workers(&self, netns: u64) -> usize;
     /// Registrations waiting for the pod group of (`netns`, `addr`), being made.
     fn waiting(&self, netns: u64, addr: SocketAddr) -> usize;
     /// The adopted slot of group `svc` whose recorded socket is `cookie`: (slot, owner pid).
@@ -120,6 +126,8 @@ pub(super) struct Checked {
 struct Limits {
     max_workers: u32,
     default_weight: u32,
+    /// A pod group's: the most workers of its network namespace (`max_workers_per_pod`).
+    per_pod: Option<usize>,
 }
 
 /// Every check a registration must pass before it touches a group.
@@ -159,6 +167,15 @@ pub(super) fn check(
             Status::NoFreeSlot,
             format!("max_workers ({}) reached", limits.max_workers),
         ));
+    }
+    match limits.per_pod {
+        Some(max) if adopted.is_none() && places.pod_workers(netns) >= max => {
+            return Err(Rejection::new(
+                Status::PodLimit,
+                format!("max_workers_per_pod ({max}) reached: this pod has that many workers"),
+            ));
+        }
+        _ => {}
     }
     let (weight, weight_capped) = match request.weight {
         0 => (limits.default_weight, false),
@@ -249,6 +266,7 @@ fn listed_target(
     let limits = Limits {
         max_workers: rules.settings.max_workers(),
         default_weight: rules.settings.default_weight(),
+        per_pod: None,
     };
     Ok((Target::Group(svc), limits))
 }
@@ -270,13 +288,19 @@ fn pod_target(
             format!("no template `{name}` here: the app serves on the kernel's hash"),
         )
     })?;
-    if uid != 0 && !t.allowed_uids.contains(&uid) {
+    // Root is limited like any uid: in a pod, uid 0 is only the container's (any pod may run
+    // as root), so a template admits it only if it lists 0.
+    if !t.allowed_uids.contains(&uid) {
         return Err(Rejection::new(
             Status::UidNotAllowed,
             format!("uid {uid} may not use template `{name}`"),
         ));
     }
-    let limits = Limits { max_workers: t.max_workers, default_weight: t.weight };
+    let limits = Limits {
+        max_workers: t.max_workers,
+        default_weight: t.weight,
+        per_pod: Some(pods.max_workers_per_pod),
+    };
     let new = Target::New { netns, addr, template: name.to_owned() };
     match places.pod_group(netns, addr) {
         Some((existing, group_template)) if group_template != name => {
@@ -291,6 +315,13 @@ fn pod_target(
         }
         Some((Some(id), _)) => Ok((Target::Group(id), limits)),
         Some((None, _)) => Ok((new, limits)),
+        None if places.pod_groups_in(netns) >= pods.max_groups_per_pod => Err(Rejection::new(
+            Status::PodLimit,
+            format!(
+                "max_groups_per_pod ({}) reached: this pod has that many groups, no new one",
+                pods.max_groups_per_pod
+            ),
+        )),
         None if places.pod_groups() >= pods.max_groups => Err(Rejection::new(
             Status::NoFreeSlot,
             format!("max_groups ({}) reached: no new pod group", pods.max_groups),

@@ -6,8 +6,11 @@
 //! a connection carries one registration message: only a [`Stage::Pending`] one has a message
 //! read as a registration ([`Connections::takes_message`]); one waiting for its pod group to be
 //! made, or registered, has any further message ignored, so no second message can take a second
-//! slot for it. The caps on unregistered connections count every connection that is not
-//! registered (waiting ones included). Removing a connection hands its descriptor back: the
+//! slot for it. The caps on unregistered connections count only [`Stage::Pending`] ones (and
+//! only those are evicted to make room): a registration waiting for its pod group passed every
+//! check, and counts against its pod's limits instead (`max_workers_per_pod`), so a flood of
+//! empty connections cannot push it out. The registration timeout and a uid's removal apply to
+//! every connection not registered. Removing a connection hands its descriptor back: the
 //! caller gives it to the closer.
 use std::{
     collections::HashMap,
@@ -36,6 +39,10 @@ struct Conn {
 impl Conn {
     fn unregistered(&self, uid: Option<u32>) -> bool {
         !matches!(self.stage, Stage::Registered(_)) && uid.is_none_or(|u| self.uid == u)
+    }
+
+    fn pending(&self, uid: Option<u32>) -> bool {
+        self.stage == Stage::Pending && uid.is_none_or(|u| self.uid == u)
     }
 }
 
@@ -92,14 +99,15 @@ impl Connections {
         self.by_id.iter().map(|(id, c)| (*id, c.fd.as_fd()))
     }
 
-    /// Connections not registered (of `uid`, if given).
-    pub(super) fn unregistered(&self, uid: Option<u32>) -> usize {
-        self.by_id.values().filter(|c| c.unregistered(uid)).count()
+    /// Connections with no registration message read yet (of `uid`, if given): what the caps
+    /// on unregistered connections count.
+    pub(super) fn pending(&self, uid: Option<u32>) -> usize {
+        self.by_id.values().filter(|c| c.pending(uid)).count()
     }
 
-    /// The oldest connection not registered (of `uid`, if given).
-    pub(super) fn oldest_unregistered(&self, uid: Option<u32>) -> Option<u64> {
-        self.by_id.iter().filter(|(_, c)| c.unregistered(uid)).map(|(id, _)| *id).min()
+    /// The oldest connection with no registration message read yet (of `uid`, if given).
+    pub(super) fn oldest_pending(&self, uid: Option<u32>) -> Option<u64> {
+        self.by_id.iter().filter(|(_, c)| c.pending(uid)).map(|(id, _)| *id).min()
     }
 
     /// Connections not registered within `limit` of opening.
@@ -138,17 +146,21 @@ mod tests {
     }
 
     #[test]
-    fn waiting_connections_count_as_unregistered() {
+    fn waiting_connections_are_not_capped_or_evicted_but_time_out() {
         let mut conns = Connections::default();
         let a = conns.open(fd(), 1000);
         let b = conns.open(fd(), 1001);
         let c = conns.open(fd(), 1000);
+        let d = conns.open(fd(), 1000);
         conns.set_stage(a, Stage::Waiting);
         conns.set_stage(c, Stage::Registered((0, 0)));
-        assert_eq!(conns.unregistered(None), 2);
-        assert_eq!(conns.unregistered(Some(1000)), 1);
-        assert_eq!(conns.oldest_unregistered(None), Some(a));
-        assert_eq!(conns.oldest_unregistered(Some(1001)), Some(b));
+        // Only d and b wait for a message: a waits for its pod group, c is registered.
+        assert_eq!(conns.pending(None), 2);
+        assert_eq!(conns.pending(Some(1000)), 1);
+        assert_eq!(conns.oldest_pending(None), Some(b));
+        assert_eq!(conns.oldest_pending(Some(1000)), Some(d));
+        assert_eq!(conns.oldest_pending(Some(1001)), Some(b));
+        conns.remove(d);
         assert_eq!(conns.unregistered_refused(|uid| uid == 1000), vec![b]);
         let mut late = conns.late(Duration::ZERO);
         late.sort();

@@ -33,7 +33,8 @@
 //! - nothing a peer controls can stall that thread: every descriptor a peer handed over (and
 //!   every registration connection) is defused and closed on separate threads ([`closer`]),
 //!   which a watchdog adds to when a close is stuck; sockets are
-//!   only read without waiting, unregistered connections are capped per uid and in total and
+//!   only read without waiting, unregistered connections are capped per uid and in total (a
+//!   registration waiting for its pod group counts against its pod's limits instead) and
 //!   must register within [`RegistryOptions::register_timeout`];
 //! - the loop beats a heartbeat at every turn (at least once a second): [`Registry::is_running`]
 //!   turns false when it has not for [`RegistryOptions::stall_limit`], and stopping waits for the
@@ -131,9 +132,12 @@ pub struct RegistryOptions {
     pub adoption_grace: Duration,
     /// How long a connection may stay open without registering before it is closed.
     pub register_timeout: Duration,
-    /// Most unregistered connections per peer uid; a new one beyond it evicts that uid's oldest.
+    /// Most unregistered connections (no registration read yet) per peer uid; a new one beyond
+    /// it evicts that uid's oldest. A registration waiting for its pod group is not counted (nor
+    /// evicted): it counts against its pod's `max_workers_per_pod` instead.
     pub max_pending_per_uid: usize,
-    /// Most unregistered connections in total; a new one beyond it evicts the oldest.
+    /// Most unregistered connections in total (as for [`Self::max_pending_per_uid`]); a new one
+    /// beyond it evicts the oldest.
     pub max_pending: usize,
     /// How long the last socket of a service with no worker left is kept listening (so that
     /// connections wait for the next worker instead of being refused) before it is closed.

@@ -14,7 +14,10 @@
 //! [`PodOptions::removal_grace`]: its last socket (parked meanwhile) detached and closed, its pins
 //! removed, its id gone (so its metric series and `/status` entry go too). The number of groups
 //! is bounded by [`PodOptions::max_groups`]: a worker that would make one more is refused
-//! (`no_free_slot`) and serves on the kernel's hash.
+//! (`no_free_slot`) and serves on the kernel's hash. One pod (one network namespace) has at most
+//! [`PodOptions::max_groups_per_pod`] groups and [`PodOptions::max_workers_per_pod`] workers
+//! over all of them (registrations waiting for a group included): beyond either, `pod_limit`.
+//! So one pod cannot take every group of the node, nor every program load.
 //!
 //! Making a group loads a program and has the verifier check it (a second or more on a busy
 //! node): that happens on a thread of its own ([`Making`]), never on the registry thread. The
@@ -51,7 +54,8 @@ pub struct PodTemplate {
     pub max_workers: u32,
     /// The pack policy's depth (0 counts as 1).
     pub pack_depth: u32,
-    /// Uids whose workers may use it (root always may); empty: the controller's own uid.
+    /// Uids whose workers may use it, root like any other (it may only if listed); empty: the
+    /// controller's own uid.
     pub allowed_uids: Vec<u32>,
 }
 
@@ -63,6 +67,11 @@ pub struct PodOptions {
     pub default_template: String,
     /// Most groups at once.
     pub max_groups: usize,
+    /// Most groups of one network namespace (one pod) at once, groups being made included.
+    pub max_groups_per_pod: usize,
+    /// Most workers of one network namespace (one pod) over all its groups, registrations
+    /// waiting for a group being made included.
+    pub max_workers_per_pod: usize,
     /// How long a group with no worker is kept before it is removed.
     pub removal_grace: Duration,
     /// bpffs directory for the groups' pins (one directory per group); `None`: not pinned.
@@ -213,6 +222,16 @@ impl<W> Pods<W> {
     /// How many groups are being made.
     pub(super) fn making(&self) -> usize {
         self.making.len()
+    }
+
+    /// How many groups of network namespace `netns` are being made.
+    pub(super) fn making_in(&self, netns: u64) -> usize {
+        self.making.keys().filter(|(n, _)| *n == netns).count()
+    }
+
+    /// Registrations waiting for a group of network namespace `netns` being made.
+    pub(super) fn waiting_in(&self, netns: u64) -> usize {
+        self.making.iter().filter(|((n, _), _)| *n == netns).map(|(_, m)| m.waiting.len()).sum()
     }
 
     /// Adds `w` to the registrations waiting for the group of (`netns`, `addr`), and starts

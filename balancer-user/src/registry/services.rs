@@ -113,6 +113,13 @@ impl Services {
         self.listed.len() + self.made().by_id.len()
     }
 
+    /// The ids of the pod groups of network namespace `netns`.
+    pub(super) fn pods_in(&self, netns: u64) -> Vec<usize> {
+        let made = self.made();
+        let of = |s: &Service| s.pod.as_ref().is_some_and(|p| p.netns == netns);
+        made.by_id.iter().filter(|(_, s)| of(s)).map(|(id, _)| *id).collect()
+    }
+
     /// How many pod groups exist.
     pub(super) fn pods(&self) -> usize {
         self.made().by_id.values().filter(|s| s.pod.is_some()).count()

@@ -112,8 +112,17 @@ impl Places for View<'_> {
         self.services.pods() + self.pods.making()
     }
 
+    fn pod_groups_in(&self, netns: u64) -> usize {
+        self.services.pods_in(netns).len() + self.pods.making_in(netns)
+    }
+
     fn held(&self, svc: usize) -> usize {
         self.workers.held(svc) + self.adoption.held(svc)
+    }
+
+    fn pod_workers(&self, netns: u64) -> usize {
+        let held: usize = self.services.pods_in(netns).into_iter().map(|id| self.held(id)).sum();
+        held + self.pods.waiting_in(netns)
     }
 
     fn waiting(&self, netns: u64, addr: SocketAddr) -> usize {
@@ -238,18 +247,19 @@ impl State {
             self.closer.close(fd);
             return None;
         }
-        if self.conns.unregistered(Some(uid)) >= self.options.max_pending_per_uid.max(1) {
+        if self.conns.pending(Some(uid)) >= self.options.max_pending_per_uid.max(1) {
             self.evict_oldest_pending(Some(uid));
         }
-        if self.conns.unregistered(None) >= self.options.max_pending.max(1) {
+        if self.conns.pending(None) >= self.options.max_pending.max(1) {
             self.evict_oldest_pending(None);
         }
         Some(self.conns.open(fd, uid))
     }
 
-    /// Closes the oldest unregistered connection (of `uid`, if given): to make room.
+    /// Closes the oldest connection with no registration read yet (of `uid`, if given): to make
+    /// room. A registration waiting for its pod group is never evicted.
     pub(super) fn evict_oldest_pending(&mut self, uid: Option<u32>) {
-        if let Some(id) = self.conns.oldest_unregistered(uid) {
+        if let Some(id) = self.conns.oldest_pending(uid) {
             Counters::bump(&self.counters().pending_closed);
             self.close_conn(id);
         }

@@ -21,6 +21,7 @@ mod migrate;
 mod node;
 mod nofile;
 mod observe;
+mod pod_limits;
 mod privdrop;
 mod restart;
 mod seccomp;

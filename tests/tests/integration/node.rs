@@ -33,14 +33,14 @@ use integration_tests::{
 use rustix::process::{kill_process, Pid, Signal};
 
 /// Where the daemon serves /status in its network namespace.
-const METRICS: &str = "127.0.0.1:9464";
+pub(crate) const METRICS: &str = "127.0.0.1:9464";
 /// The app's address in every pod (as the example Deployment: 0.0.0.0:8000).
-const APP: &str = "0.0.0.0:8000";
+pub(crate) const APP: &str = "0.0.0.0:8000";
 /// Where a pod's clients connect.
-const CLIENT: &str = "127.0.0.1:8000";
+pub(crate) const CLIENT: &str = "127.0.0.1:8000";
 
 /// The daemon's side of the node: its namespace, its files, the process.
-struct Node {
+pub(crate) struct Node {
     dir: TempDir,
     pin: PinDir,
     ns: NetNs,
@@ -48,7 +48,7 @@ struct Node {
 }
 
 impl Node {
-    fn new(tag: &str) -> Self {
+    pub(crate) fn new(tag: &str) -> Self {
         let dir = TempDir::new(&format!("node-{tag}"));
         std::fs::create_dir_all(dir.path().join("run")).unwrap();
         let pin = PinDir::new(&format!("node-{tag}"));
@@ -61,7 +61,7 @@ impl Node {
 
     /// The shipped ConfigMap's config, its paths moved into the test's, with the default
     /// template's policy `policy`.
-    fn write_config(&self, policy: Policy) {
+    pub(crate) fn write_config(&self, policy: Policy) {
         let shipped = workspace_root().join("deploy/kubernetes/base/reuselb.yaml");
         let text = std::fs::read_to_string(&shipped).expect("the shipped ConfigMap's config");
         assert_eq!(text.matches("policy: least-loaded").count(), 1, "{text}");
@@ -72,17 +72,17 @@ impl Node {
         std::fs::write(&self.config, text).unwrap();
     }
 
-    fn sockets(&self) -> PathBuf {
+    pub(crate) fn sockets(&self) -> PathBuf {
         self.dir.path().join("run")
     }
 
-    fn pods_socket(&self) -> PathBuf {
+    pub(crate) fn pods_socket(&self) -> PathBuf {
         self.sockets().join("pods.sock")
     }
 
     /// The daemon in its network namespace, in mount and pid namespaces of its own; waits until
     /// /healthz answers.
-    fn start_daemon(&self, tag: &str) -> Proc {
+    pub(crate) fn start_daemon(&self, tag: &str) -> Proc {
         let mut cmd = self.ns.command("unshare");
         cmd.args(["--pid", "--fork", "--mount", "--propagation", "private", "--mount-proc"])
             .arg(reuselb_bin())
@@ -99,48 +99,48 @@ impl Node {
         daemon
     }
 
-    fn status(&self) -> Report {
+    pub(crate) fn status(&self) -> Report {
         self.ns.run(|| http::status(METRICS.parse().unwrap()))
     }
 
-    fn metrics(&self) -> String {
+    pub(crate) fn metrics(&self) -> String {
         self.ns.run(|| http::get(METRICS.parse().unwrap(), "/metrics")).expect("/metrics").1
     }
 }
 
 /// Signals the daemon itself (`unshare --fork` does not pass every signal on).
-fn signal_daemon(daemon: &Proc, signal: Signal) {
+pub(crate) fn signal_daemon(daemon: &Proc, signal: Signal) {
     let children = apps::children_of(daemon.pid());
     let pid = children.first().copied().expect("the daemon under unshare");
     kill_process(Pid::from_raw(pid as i32).unwrap(), signal).expect("signalling the daemon");
 }
 
-fn pods_of(report: &Report) -> Option<&ServiceReport> {
+pub(crate) fn pods_of(report: &Report) -> Option<&ServiceReport> {
     report.services.iter().find(|s| s.name == "pods")
 }
 
 /// The group of the pod whose network namespace has cookie `netns`.
-fn group_of(report: &Report, netns: u64) -> Option<&GroupReport> {
+pub(crate) fn group_of(report: &Report, netns: u64) -> Option<&GroupReport> {
     pods_of(report)?.groups.iter().find(|g| g.pod.as_ref().is_some_and(|p| p.netns == netns))
 }
 
-fn selected(report: &Report, netns: u64) -> u64 {
+pub(crate) fn selected(report: &Report, netns: u64) -> u64 {
     group_of(report, netns).map(|g| g.workers.iter().map(|w| w.selected).sum()).unwrap_or(0)
 }
 
 /// One pod: its network namespace and its uWSGI.
-struct Pod {
-    label: String,
+pub(crate) struct Pod {
+    pub(crate) label: String,
     cfg: UwsgiConfig,
-    netns: u64,
+    pub(crate) netns: u64,
     app: Proc,
-    ns: NetNs,
+    pub(crate) ns: NetNs,
 }
 
 impl Pod {
     /// uWSGI `processes` x `threads` with the shim, as the example Deployment sets it up, in a
     /// new network namespace; the socket directory read-only in its mount namespace.
-    fn start(
+    pub(crate) fn start(
         node: &Node,
         name: &str,
         template: Option<&str>,
@@ -175,12 +175,12 @@ impl Pod {
         Self { label, cfg, netns, app, ns }
     }
 
-    fn client(&self) -> SocketAddr {
+    pub(crate) fn client(&self) -> SocketAddr {
         CLIENT.parse().unwrap()
     }
 
     /// Waits until `n` workers hold slots of this pod's group.
-    fn wait_registered(&self, node: &Node, n: usize, daemon: &Proc) {
+    pub(crate) fn wait_registered(&self, node: &Node, n: usize, daemon: &Proc) {
         let ok = wait_until(Duration::from_secs(30), || {
             group_of(&node.status(), self.netns).is_some_and(|g| g.workers.len() == n)
         });
@@ -196,7 +196,7 @@ impl Pod {
 
     /// Runs `clients` clients of `/?ms=1` for `duration`; returns (requests served, the
     /// program's selections in this pod's group, selections in every other group).
-    fn load(&self, node: &Node, clients: usize, duration: Duration) -> (u64, u64, u64) {
+    pub(crate) fn load(&self, node: &Node, clients: usize, duration: Duration) -> (u64, u64, u64) {
         let before = node.status();
         let report = self.ns.run(|| Load::run(self.client(), clients, "/?ms=1", duration));
         assert_eq!(report.failed, 0, "{}: requests failed: {:?}", self.label, report.errors);
@@ -397,7 +397,7 @@ fn pods_nobody_listed_are_each_balanced_in_a_group_of_their_own() {
 
 /// A registration of a socket bound to `addr` in `ns`, naming `template` and `pod`: the reply,
 /// the connection (held: closing it leaves) and the socket.
-fn register_from(
+pub(crate) fn register_from(
     ns: &NetNs,
     socket: &Path,
     addr: SocketAddr,
@@ -556,6 +556,8 @@ fn pod_groups_beyond_max_groups_are_refused_clearly() {
         }],
         default_template: "web".into(),
         max_groups: 1,
+        max_groups_per_pod: 8,
+        max_workers_per_pod: 256,
         removal_grace: Duration::from_secs(5),
         pin_root: None,
     });

@@ -25,6 +25,10 @@ struct Fake {
     adopted_for: Option<u32>,
     pod: Option<(Option<usize>, String)>,
     pod_groups: usize,
+    /// Pod groups of the socket's network namespace.
+    pod_groups_in: usize,
+    /// Workers of the socket's network namespace (held and waiting).
+    pod_workers: usize,
     /// Registrations waiting for the pod group being made.
     waiting: usize,
 }
@@ -38,6 +42,12 @@ impl Places for Fake {
     }
     fn pod_groups(&self) -> usize {
         self.pod_groups
+    }
+    fn pod_groups_in(&self, _: u64) -> usize {
+        self.pod_groups_in
+    }
+    fn pod_workers(&self, _: u64) -> usize {
+        self.pod_workers
     }
     fn held(&self, _: usize) -> usize {
         self.held
@@ -82,6 +92,8 @@ fn pods() -> PodOptions {
         }],
         default_template: "web".into(),
         max_groups: 1,
+        max_groups_per_pod: 1,
+        max_workers_per_pod: 3,
         removal_grace: std::time::Duration::from_secs(1),
         pin_root: None,
     }
@@ -188,6 +200,17 @@ fn each_rejection_has_its_reason() {
     c.pods = true;
     c.fake.pod_groups = 1;
     cases.push((c, Status::NoFreeSlot));
+    let mut c = case("max_groups_per_pod reached");
+    c.pods = true;
+    c.fake.pod_groups = 1;
+    c.fake.pod_groups_in = 1;
+    cases.push((c, Status::PodLimit));
+    let mut c = case("max_workers_per_pod reached");
+    c.pods = true;
+    c.fake.pod = Some((Some(1), "web".into()));
+    c.fake.held = 1;
+    c.fake.pod_workers = 3;
+    cases.push((c, Status::PodLimit));
     for (c, status) in cases {
         let got = run(&c).map(|_| ()).map_err(|r| r.status);
         assert_eq!(got, Err(status), "{}", c.name);
@@ -206,6 +229,26 @@ fn a_uid_not_allowed_by_the_template_is_refused() {
     let msg = Message { data: &data, fds: 1, truncated: false };
     let got = check(&msg, &c.evidence, &rules, &c.fake).map_err(|r| r.status);
     assert_eq!(got.map(|_| ()), Err(Status::UidNotAllowed));
+}
+
+#[test]
+fn a_template_limits_root_like_any_uid() {
+    let mut c = case("root");
+    c.pods = true;
+    c.evidence.cred = Ok(Cred { pid: 42, uid: 0 });
+    let got = run(&c).map(|_| ()).map_err(|r| r.status);
+    assert_eq!(got, Err(Status::UidNotAllowed), "root on a template that lists only {APP_UID}");
+    // A listed service still takes root.
+    c.pods = false;
+    assert!(run(&c).is_ok());
+    // A template that lists 0 takes it.
+    let settings = Settings::new(&[APP_UID], false, 4, 5);
+    let mut pods = pods();
+    pods.templates[0].allowed_uids.push(0);
+    let rules = Rules { settings: &settings, pods: Some(&pods), netns: NETNS };
+    let data = c.register.encode();
+    let msg = Message { data: &data, fds: 1, truncated: false };
+    assert!(check(&msg, &c.evidence, &rules, &c.fake).is_ok());
 }
 
 #[test]
@@ -277,4 +320,38 @@ fn a_template_s_max_workers_counts_registrations_waiting_for_the_group() {
     c.fake.waiting = 2;
     let got = run(&c).map(|_| ()).map_err(|r| r.status);
     assert_eq!(got, Err(Status::NoFreeSlot), "two wait already");
+}
+
+#[test]
+fn a_pod_s_limits_name_themselves_and_spare_listed_services() {
+    let mut c = case("groups per pod");
+    c.pods = true;
+    c.fake.pod_groups_in = 1;
+    let got = run(&c).expect_err("a second group of one pod");
+    assert_eq!(got.status, Status::PodLimit);
+    assert!(got.reason.contains("max_groups_per_pod (1)"), "{}", got.reason);
+    // Another pod's groups do not count: only the node-wide max_groups would refuse it.
+    c.fake.pod_groups_in = 0;
+    assert!(run(&c).is_ok());
+
+    let mut c = case("workers per pod");
+    c.pods = true;
+    c.fake.pod = Some((None, "web".into()));
+    c.fake.pod_groups = 1;
+    c.fake.pod_groups_in = 1;
+    c.fake.pod_workers = 3;
+    let got = run(&c).expect_err("a fourth worker of one pod, waiting");
+    assert_eq!(got.status, Status::PodLimit);
+    assert!(got.reason.contains("max_workers_per_pod (3)"), "{}", got.reason);
+    // The adopted slot goes back to its worker whatever the pod holds.
+    let mut c = case("adopted in a full pod");
+    c.pods = true;
+    c.fake.pod = Some((Some(1), "web".into()));
+    c.fake.pod_workers = 3;
+    c.fake.adopted_for = Some(42);
+    assert_eq!(run(&c).expect("its own slot").adopted, Some(3));
+    // A listed service has no pod limits.
+    let mut c = case("listed");
+    c.fake.pod_workers = 3;
+    assert!(run(&c).is_ok());
 }
