@@ -26,7 +26,7 @@
 //! | `fast_path_total` | counter | service (least-loaded and work-left picks of an idle slot, no scan) |
 //! | `registrations_total` | counter | service (accepted registrations) |
 //! | `registrations_rejected_total` | counter | service, reason (a `protocol::Status` name) |
-//! | `registry_events_total` | counter | service, event (`departure`, `adjustment`, `pending_closed`, `accept_backoff`, `eviction`, `weight_capped`, `parked_expired`, `reattach_failure`) |
+//! | `registry_events_total` | counter | service, event (`departure`, `adjustment`, `pending_closed`, `accept_backoff`, `reading_stop`, `eviction`, `weight_capped`, `parked_expired`, `reattach_failure`) |
 //! | `registry_closing_backlog` | gauge | service (peer descriptors not closed yet) |
 //! | `config_reloads_total` | counter | outcome (`success`, `failure`) |
 //! | `build_info` (=1) | gauge | version |

@@ -215,6 +215,9 @@ pub struct RegistryReport {
     pub pending_closed: u64,
     /// Times accepting paused because descriptors (or memory) ran out.
     pub accept_backoffs: u64,
+    /// Times accepting and reading registrations stopped because stalled closes held the
+    /// closer's budget of descriptors.
+    pub reading_stops: u64,
     /// Workers evicted because their uid left the allowed uids.
     pub evictions: u64,
     /// Weights asked above the maximum, and lowered to it.
@@ -229,12 +232,13 @@ pub struct RegistryReport {
 
 impl RegistryReport {
     /// The counters (not the gauge), each with its metric label.
-    pub fn events(&self) -> [(&'static str, u64); 8] {
+    pub fn events(&self) -> [(&'static str, u64); 9] {
         [
             ("departure", self.departures),
             ("adjustment", self.adjustments),
             ("pending_closed", self.pending_closed),
             ("accept_backoff", self.accept_backoffs),
+            ("reading_stop", self.reading_stops),
             ("eviction", self.evictions),
             ("weight_capped", self.weights_capped),
             ("parked_expired", self.parked_expired),
@@ -249,6 +253,7 @@ impl RegistryReport {
             adjustments: get(&c.adjustments),
             pending_closed: get(&c.pending_closed),
             accept_backoffs: get(&c.accept_backoffs),
+            reading_stops: get(&c.reading_stops),
             evictions: get(&c.evictions),
             weights_capped: get(&c.weights_capped),
             parked_expired: get(&c.parked_expired),

@@ -411,7 +411,15 @@ pub fn on_signals(signals: &[libc::c_int], handler: SignalHandler, restart: bool
 /// poll(2) for readability of `fds`, up to `timeout`; returns which ones are ready (readable,
 /// hung up or in error). EINTR counts as "none ready".
 pub fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<Vec<bool>> {
-    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|f| PollFd::new(f, PollFlags::IN)).collect();
+    let all: Vec<(BorrowedFd<'_>, bool)> = fds.iter().map(|f| (*f, true)).collect();
+    poll_ready(&all, timeout)
+}
+
+/// Waits up to `timeout` for any of `fds` to be ready: readable (or hung up) for those with
+/// `true`, only hung up or in error for those with `false`. Returns which are.
+pub fn poll_ready(fds: &[(BorrowedFd<'_>, bool)], timeout: Duration) -> Result<Vec<bool>> {
+    let flags = |read: bool| if read { PollFlags::IN } else { PollFlags::empty() };
+    let mut pfds: Vec<PollFd<'_>> = fds.iter().map(|(f, r)| PollFd::new(f, flags(*r))).collect();
     let ts = rustix::time::Timespec {
         tv_sec: timeout.as_secs() as i64,
         tv_nsec: timeout.subsec_nanos() as _,

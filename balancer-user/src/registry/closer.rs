@@ -21,6 +21,13 @@
 //! them); a stuck close delays only other closes, never registration, departures or
 //! reconciliation; [`Health::stalled`] says when descriptors wait and none has been taken up or
 //! closed for a while (every thread stuck), which [`super::Registry::is_running`] reports.
+//!
+//! The closer also keeps the registry within a budget of descriptors ([`Closer::full`]): every
+//! descriptor handed over and not closed yet (queued, in the overflow list, being closed) is
+//! counted; from when the count reaches the budget (a quarter of the soft `RLIMIT_NOFILE` at
+//! start) until it is back to half of it, the registry neither accepts nor reads registration
+//! messages, so stalled closes cannot drive its descriptor table to the limit (where the kernel
+//! would close the descriptors of a message inside `recvmsg`, and `accept` fails).
 use std::{
     os::fd::{AsFd, OwnedFd},
     sync::{
@@ -91,6 +98,21 @@ fn defuse(fd: &OwnedFd, depth: u32, budget: &mut usize) {
     }
 }
 
+/// The fewest descriptors the closer may hold before the registry stops reading (a limit below
+/// four times this leaves the registry too little room otherwise).
+const MIN_BUDGET: u64 = 16;
+
+/// The budget of descriptors the closer may hold: a quarter of the soft `RLIMIT_NOFILE` now.
+/// A quarter leaves the registry room for its own descriptors, its connections and workers, and
+/// the descriptors of one message read past the budget (at most `SCM_MAX_FD`, 253).
+fn budget() -> u64 {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one struct rlimit, which lives on this stack frame.
+    let r = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    let soft = if r == 0 { lim.rlim_cur } else { 1024 };
+    (soft / 4).max(MIN_BUDGET)
+}
+
 /// Descriptors queued for the closer threads at most; more wait in the overflow list.
 const QUEUE: usize = 4096;
 
@@ -157,6 +179,10 @@ pub(super) struct Closer {
     overflow: Vec<OwnedFd>,
     health: Arc<Health>,
     gauge: Arc<dyn Fn(u64) + Send + Sync>,
+    /// Descriptors held above which the registry stops reading ([`Closer::full`]).
+    budget: u64,
+    /// The budget was reached and the backlog is not back to half of it yet.
+    full: bool,
 }
 
 impl Closer {
@@ -172,6 +198,8 @@ impl Closer {
             overflow: Vec::new(),
             health,
             gauge,
+            budget: budget(),
+            full: false,
         };
         closer.spawn()?;
         Ok(closer)
@@ -249,6 +277,23 @@ impl Closer {
     /// Descriptors not closed yet.
     pub(super) fn backlog(&self) -> u64 {
         self.health.pending.load(Ordering::Acquire)
+    }
+
+    /// The budget of descriptors the closer may hold.
+    pub(super) fn budget(&self) -> u64 {
+        self.budget
+    }
+
+    /// Whether the closer holds its budget: true from when the backlog reaches the budget until
+    /// it is back to half of it (hysteresis: reading resumes with room for a while).
+    pub(super) fn full(&mut self) -> bool {
+        let held = self.backlog();
+        if self.full {
+            self.full = held > self.budget / 2;
+        } else {
+            self.full = held >= self.budget;
+        }
+        self.full
     }
 
     /// Waits up to `limit` for everything handed over to be closed (at stop). What is still

@@ -19,6 +19,9 @@ pub struct Counters {
     pub pending_closed: AtomicU64,
     /// Times accepting stopped for a while because descriptors (or memory) ran out.
     pub accept_backoffs: AtomicU64,
+    /// Times the registry stopped accepting and reading registrations because the closer held
+    /// its budget of descriptors (closes stalled).
+    pub reading_stops: AtomicU64,
     /// Registered workers evicted because their uid was removed from the allowed uids.
     pub evictions: AtomicU64,
     /// Weights asked above [`super::MAX_ASKED_WEIGHT`] (and lowered to it).

@@ -7,7 +7,9 @@
 //! Invariants: the loop turns at least once a second and beats the heartbeat each time; it only
 //! reads sockets without waiting and gives every peer descriptor to the closer (through
 //! [`State`]); accepting takes at most [`ACCEPTS_PER_TURN`] connections per turn, and backs off
-//! (up to a second) when descriptors run out instead of spinning on EMFILE.
+//! (up to a second) when descriptors run out instead of spinning on EMFILE; while the closer
+//! holds its budget of descriptors ([`State::reading`]) it neither accepts nor reads
+//! registrations, and watches connections only for hang-ups (departures go on).
 use std::{
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::Arc,
@@ -42,6 +44,10 @@ pub(super) struct Loop {
 
 /// The loop turns at least this often, so that the heartbeat stays fresh.
 const MAX_TURN: Duration = Duration::from_secs(1);
+
+/// While reading is stopped (the closer holds its budget), the loop looks this often whether
+/// the closer has caught up.
+const BUDGET_RECHECK: Duration = Duration::from_millis(50);
 
 /// Connections accepted per turn of the loop at most.
 const ACCEPTS_PER_TURN: usize = 48;
@@ -79,7 +85,12 @@ impl Loop {
             if let Some(t) = self.accept_paused_until {
                 until = until.min(t);
             }
-            for source in self.poll(until.saturating_duration_since(now)) {
+            let reading = self.state.reading();
+            if !reading {
+                // Nothing wakes the loop when the closer catches up: look again soon.
+                until = until.min(now + BUDGET_RECHECK);
+            }
+            for source in self.poll(until.saturating_duration_since(now), reading) {
                 match source {
                     Source::Listener => self.accept_all(),
                     Source::Wake => sys::eventfd_drain(self.wake.as_fd()),
@@ -95,21 +106,22 @@ impl Loop {
         self.state.finish();
     }
 
-    /// Waits up to `timeout` for something to read; returns what is readable.
-    fn poll(&self, timeout: Duration) -> Vec<Source> {
-        let mut fds: Vec<BorrowedFd<'_>> = Vec::new();
+    /// Waits up to `timeout` for something to read; returns what is readable. Without
+    /// `reading`, the registration socket is not watched, and connections only for hang-ups.
+    fn poll(&self, timeout: Duration, reading: bool) -> Vec<Source> {
+        let mut fds: Vec<(BorrowedFd<'_>, bool)> = Vec::new();
         let mut sources = Vec::new();
-        if self.accept_paused_until.is_none() {
-            fds.push(self.listener.as_fd());
+        if self.accept_paused_until.is_none() && reading {
+            fds.push((self.listener.as_fd(), true));
             sources.push(Source::Listener);
         }
-        fds.push(self.wake.as_fd());
+        fds.push((self.wake.as_fd(), true));
         sources.push(Source::Wake);
         for (event, fd) in self.state.watched() {
-            fds.push(fd);
+            fds.push((fd, reading || !matches!(event, Event::Conn(_))));
             sources.push(Source::State(event));
         }
-        let ready = match sys::poll_readable(&fds, timeout) {
+        let ready = match sys::poll_ready(&fds, timeout) {
             Ok(r) => r,
             Err(e) => {
                 log::error!("registry {e}");
@@ -125,6 +137,9 @@ impl Loop {
     /// the next turn (the listener is still readable, so that turn comes at once).
     fn accept_all(&mut self) {
         for _ in 0..ACCEPTS_PER_TURN {
+            if !self.state.reading() {
+                return;
+            }
             match sys::accept(self.listener.as_fd()) {
                 Ok(fd) => {
                     self.accept_backoff = Duration::ZERO;

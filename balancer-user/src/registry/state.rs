@@ -85,6 +85,8 @@ pub(super) struct State {
     closer: Closer,
     /// Generation of the settings last applied to registered workers.
     settings_generation: u64,
+    /// Reading and accepting stopped: the closer holds its budget ([`State::reading`]).
+    reading_stopped: bool,
 }
 
 /// What admission sees of the state.
@@ -158,6 +160,7 @@ impl State {
             pods: Pods::new(options.pods.clone()),
             closer,
             settings_generation: 0,
+            reading_stopped: false,
         })
     }
 
@@ -265,7 +268,41 @@ impl State {
         }
     }
 
+    /// Whether the registry reads registration messages and accepts connections now: not while
+    /// the closer holds its budget of descriptors ([`Closer::full`]). Says so once per episode.
+    pub(super) fn reading(&mut self) -> bool {
+        let was_full = self.reading_stopped;
+        self.reading_stopped = self.closer.full();
+        if self.reading_stopped && !was_full {
+            Counters::bump(&self.counters().reading_stops);
+            log::warn!(
+                "registry: {} peer descriptors wait to be closed (budget {}; closes are stalled): \
+                 not accepting or reading registrations until half of them are closed \
+                 (departures are still processed)",
+                self.closer.backlog(),
+                self.closer.budget()
+            );
+        } else if was_full && !self.reading_stopped {
+            log::info!(
+                "registry: {} peer descriptors wait to be closed: accepting and reading \
+                 registrations again",
+                self.closer.backlog()
+            );
+        }
+        !self.reading_stopped
+    }
+
     fn on_conn(&mut self, id: u64) {
+        if !self.reading() {
+            // Only a hang-up is taken (it frees what the connection holds); messages wait.
+            let hung_up = self.conns.fd(id).is_some_and(|fd| {
+                sys::poll_ready(&[(fd, false)], std::time::Duration::ZERO).is_ok_and(|r| r[0])
+            });
+            if hung_up {
+                self.close_conn(id);
+            }
+            return;
+        }
         let Some(fd) = self.conns.fd(id) else { return };
         let mut buf = [0u8; 256];
         match sys::recv_with_fds(fd, &mut buf) {

@@ -5,7 +5,7 @@
 
 use std::{
     net::{SocketAddr, TcpListener, TcpStream},
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::net::UnixDatagram},
     time::{Duration, Instant},
 };
 
@@ -428,4 +428,166 @@ fn a_connect_flood_does_not_starve_departures() {
     assert!(took < Duration::from_millis(1500), "the departure took {took:?}");
     assert!(healthy, "the registry reported itself stuck during the flood");
     eprintln!("{connects} connections in 3 s; departure processed after {took:?}");
+}
+
+/// Sends one message on `conn` carrying `count` copies of `fd` (SCM_RIGHTS: at most 253).
+fn send_copies(conn: &impl AsRawFd, data: &[u8], fd: i32, count: usize) -> bool {
+    let size = (count * std::mem::size_of::<i32>()) as u32;
+    // SAFETY: CMSG_SPACE only computes a size.
+    let space = unsafe { libc::CMSG_SPACE(size) } as usize;
+    let mut cbuf = vec![0u64; space.div_ceil(8)];
+    let mut iov = libc::iovec { iov_base: data.as_ptr() as *mut _, iov_len: data.len() };
+    // SAFETY: msghdr, iovec and control buffer outlive the sendmsg call that reads them; the
+    // control buffer has room for `count` descriptors.
+    unsafe {
+        let mut hdr: libc::msghdr = std::mem::zeroed();
+        hdr.msg_iov = &mut iov;
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = space;
+        let c = libc::CMSG_FIRSTHDR(&hdr);
+        (*c).cmsg_level = libc::SOL_SOCKET;
+        (*c).cmsg_type = libc::SCM_RIGHTS;
+        (*c).cmsg_len = libc::CMSG_LEN(size) as usize;
+        let data = libc::CMSG_DATA(c).cast::<i32>();
+        for i in 0..count {
+            std::ptr::write_unaligned(data.add(i), fd);
+        }
+        libc::sendmsg(conn.as_raw_fd(), &hdr, libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL) >= 0
+    }
+}
+
+/// `fd` queued inside `levels` unix sockets, each queued on the next (deeper than the closer
+/// reads when `levels` is 5): closing the outermost closes `fd` in the closing thread. Returns
+/// the outermost and the sending ends (keep them open).
+fn nested(fd: std::os::fd::OwnedFd, levels: usize) -> (std::os::fd::OwnedFd, Vec<UnixDatagram>) {
+    let mut keep = Vec::new();
+    let mut inner = fd;
+    for _ in 0..levels {
+        let (a, b) = UnixDatagram::pair().unwrap();
+        assert!(send_on(&b, b"x", Some(inner.as_raw_fd())), "queueing on the socketpair");
+        keep.push(b);
+        inner = a.into();
+    }
+    (inner, keep)
+}
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
+}
+
+/// The controller's descriptor limit (soft and hard).
+const BUDGET_NOFILE: usize = 512;
+
+/// Starts `reuselb run` on `addr` with [`BUDGET_NOFILE`] descriptors at most.
+fn run_with_few_descriptors(dir: &TempDir, addr: SocketAddr) -> integration_tests::apps::Proc {
+    let socket = dir.path().join("shim.sock");
+    let mut cmd = std::process::Command::new("prlimit");
+    cmd.arg(format!("--nofile={BUDGET_NOFILE}:{BUDGET_NOFILE}"))
+        .arg(integration_tests::apps::reuselb_bin())
+        .args(["run", "--listen", &addr.to_string(), "--socket"])
+        .arg(&socket)
+        .args(["--no-metrics", "--status-every", "0", "--", "sleep", "60"]);
+    let run = integration_tests::apps::Proc::spawn("reuselb run", cmd, &dir.path().join("run.log"));
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(10), || socket.exists()),
+        "reuselb run did not start: {}",
+        run.log_tail(20)
+    );
+    run
+}
+
+/// Issue 19: a peer stalls every closer thread (lingering sockets nested deeper than the closer
+/// reads), then floods registrations carrying 253 descriptors each. The registry stops reading
+/// at its closer's budget instead of letting its descriptor table fill (where `accept` fails and
+/// the kernel closes descriptors inside `recvmsg`), still processes hang-ups, and takes a
+/// genuine worker again once the stalls end.
+#[test]
+fn stalled_closes_stop_reading_before_descriptors_run_out() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("stalling-budget");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut run = run_with_few_descriptors(&dir, addr);
+    let socket = dir.path().join("shim.sock");
+    let pid = run.pid();
+    let worker_socket = bind_reuseport(addr, 16).unwrap();
+    let (reply, worker) = register_and_hold(&socket, &msg(), worker_socket.as_raw_fd());
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
+    let started = Instant::now();
+    // Every closer thread (8) stuck in a close of up to 20 s.
+    let mut stalls: Vec<Box<dyn std::any::Any>> = Vec::new();
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        let (client, peer, server) = lingering_socket(20);
+        let (outer, senders) = nested(client.into(), 5);
+        let conn = connect(&socket).unwrap();
+        assert!(send_on(&conn, &msg(), Some(outer.as_raw_fd())), "sendmsg");
+        drop(outer);
+        stalls.extend([Box::new(peer) as Box<dyn std::any::Any>, Box::new(server)]);
+        stalls.push(Box::new(senders));
+        conns.push(conn);
+    }
+    let spawned = || run.log_text().matches("starting another").count();
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(15), || spawned() >= 7),
+        "the closer did not reach 8 stuck threads: {}",
+        run.log_tail(20)
+    );
+    // The flood: 8 registrations of 253 descriptors each, four times the descriptor limit.
+    let null = std::fs::File::open("/dev/null").unwrap();
+    for _ in 0..8 {
+        let conn = connect(&socket).unwrap();
+        assert!(send_copies(&conn, &msg(), null.as_raw_fd(), 253), "sending 253 descriptors");
+        conns.push(conn);
+    }
+    let mut most = 0;
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(2) {
+        most = most.max(open_fds(pid));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let stalled_for = started.elapsed();
+    let log = run.log_text();
+    eprintln!("controller descriptors at most {most} of {BUDGET_NOFILE} ({stalled_for:?} in)");
+    assert!(stalled_for < Duration::from_secs(18), "too slow to test within the lingers");
+    assert!(
+        most < BUDGET_NOFILE * 3 / 4,
+        "the controller held {most} descriptors of {BUDGET_NOFILE}: {}",
+        run.log_tail(20)
+    );
+    assert!(log.contains("not accepting or reading registrations"), "{}", run.log_tail(20));
+    assert!(!log.contains("Too many open files"), "{}", run.log_tail(20));
+    // A departure is still processed while reading stops.
+    drop(worker);
+    assert!(
+        integration_tests::apps::wait_until(Duration::from_secs(2), || run
+            .log_text()
+            .contains("closed its registration")),
+        "a departure waited while reading stopped: {}",
+        run.log_tail(20)
+    );
+    drop(conns);
+    // The stalls end (the receivers' close resets the lingering sockets), and a genuine worker
+    // registers again.
+    drop(stalls);
+    let mut registered = None;
+    integration_tests::apps::wait_until(Duration::from_secs(25), || {
+        let Ok(conn) = connect(&socket) else { return false };
+        let sent = integration_tests::shim_client::send_registration(
+            &conn,
+            &msg(),
+            worker_socket.as_raw_fd(),
+        );
+        let reply = integration_tests::shim_client::next_reply(&conn, Duration::from_secs(2));
+        if sent.is_ok() && reply.is_some_and(|r| r.status() == Status::Ok) {
+            registered = Some(conn);
+        }
+        registered.is_some()
+    });
+    let tail = run.log_tail(20);
+    run.signal(libc::SIGKILL);
+    run.wait_timeout(Duration::from_secs(5));
+    assert!(registered.is_some(), "no worker registered after the stalls ended: {tail}");
+    assert!(run.log_text().contains("accepting and reading registrations again"), "{tail}");
 }
