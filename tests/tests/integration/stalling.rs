@@ -465,7 +465,7 @@ fn nested(fd: std::os::fd::OwnedFd, levels: usize) -> (std::os::fd::OwnedFd, Vec
     let mut inner = fd;
     for _ in 0..levels {
         let (a, b) = UnixDatagram::pair().unwrap();
-        assert!(send_on(&b, b"x", Some(inner.as_raw_fd())), "queueing on the socketpair");
+        assert!(send_on(&b, b"x", &[inner.as_raw_fd()]), "queueing on the socketpair");
         keep.push(b);
         inner = a.into();
     }
@@ -522,7 +522,7 @@ fn stalled_closes_stop_reading_before_descriptors_run_out() {
         let (client, peer, server) = lingering_socket(20);
         let (outer, senders) = nested(client.into(), 5);
         let conn = connect(&socket).unwrap();
-        assert!(send_on(&conn, &msg(), Some(outer.as_raw_fd())), "sendmsg");
+        assert!(send_on(&conn, &msg(), &[outer.as_raw_fd()]), "sendmsg");
         drop(outer);
         stalls.extend([Box::new(peer) as Box<dyn std::any::Any>, Box::new(server)]);
         stalls.push(Box::new(senders));
