@@ -167,25 +167,7 @@ fn a_second_message_while_the_group_is_made_leaves_no_slot_behind() {
     integration_tests::private_loopback();
     let _machine = shared();
     let dir = TempDir::new("pods-second-message");
-    let mut options = RegistryOptions::new(dir.path().join("pods.sock"));
-    options.pods = Some(PodOptions {
-        templates: vec![PodTemplate {
-            name: "web".into(),
-            policy: Policy::LeastLoaded,
-            mode: balancer_user::Mode::Auto,
-            weight: 1,
-            max_workers: 8,
-            pack_depth: 0,
-            allowed_uids: vec![0],
-        }],
-        default_template: "web".into(),
-        max_groups: 8,
-        max_groups_per_pod: 8,
-        max_workers_per_pod: 256,
-        removal_grace: Duration::from_secs(60),
-        pin_root: None,
-    });
-    let registry = Registry::start(options, Vec::new()).expect("registry");
+    let registry = pods_registry(&dir, vec![0], 64);
     let socket = registry.socket_path().to_path_buf();
     let pod = NetNs::new().unwrap();
     let existing: SocketAddr = CLIENT.parse().unwrap();
