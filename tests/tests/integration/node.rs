@@ -407,11 +407,17 @@ pub(crate) fn register_from(
     let listener = ns
         .run(|| balancer_user::listener::bind_reuseport(addr, 16))
         .expect("a reuseport listener in the pod");
+    let msg = pod_registration(template, pod);
+    let (reply, conn) = shim_client::register_and_hold(socket, &msg, listener.as_raw_fd());
+    (reply, conn, listener)
+}
+
+/// The encoded registration of a worker of this process naming `template` and `pod`.
+pub(crate) fn pod_registration(template: &str, pod: &str) -> [u8; Register::SIZE] {
     let mut msg = Register::new(std::process::id(), 0);
     msg.template = Name::new(template).unwrap();
     msg.pod = Name::new(pod).unwrap();
-    let (reply, conn) = shim_client::register_and_hold(socket, &msg.encode(), listener.as_raw_fd());
-    (reply, conn, listener)
+    msg.encode()
 }
 
 /// Pod deleted -> its group, pins and series gone; recreated -> a new group. A pod cannot

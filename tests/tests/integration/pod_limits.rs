@@ -12,17 +12,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use balancer_common::{
-    protocol::{Name, Register, Status},
-    Policy,
-};
+use balancer_common::{protocol::Status, Policy};
 use balancer_user::registry::{PodOptions, PodTemplate, Registry, RegistryOptions};
 use integration_tests::{
     apps::{require, serial, shared, wait_until, TempDir},
     shim_client, NetNs,
 };
 
-use crate::node::{group_of, pods_of, register_from, Node, Pod, CLIENT};
+use crate::node::{group_of, pod_registration, pods_of, register_from, Node, Pod, CLIENT};
 
 /// Ports of the hostile pod's groups: 64, the shipped config's `max_groups`.
 const GREEDY_PORTS: u16 = 64;
@@ -121,15 +118,13 @@ fn a_hundred_registrations_on_one_port_stay_within_max_workers() {
     // 100 sockets of one port, one per connection, every message sent before any reply is
     // read: the first makes the group, the others arrive while it is being made.
     let (conns, listeners) = flood.run(|| {
-        let mut msg = Register::new(std::process::id(), 0);
-        msg.template = Name::new("web").unwrap();
-        msg.pod = Name::new("default/flood").unwrap();
+        let msg = pod_registration("web", "default/flood");
         let mut conns = Vec::new();
         let mut listeners = Vec::new();
         for _ in 0..FLOOD {
             let listener = balancer_user::listener::bind_reuseport(addr, 16).expect("a listener");
             let conn = shim_client::connect(&node.pods_socket()).expect("connecting");
-            shim_client::send_registration(&conn, &msg.encode(), listener.as_raw_fd())
+            shim_client::send_registration(&conn, &msg, listener.as_raw_fd())
                 .expect("sending a registration");
             conns.push(conn);
             listeners.push(listener);
@@ -190,12 +185,10 @@ fn a_second_message_while_the_group_is_made_leaves_no_slot_behind() {
     let (conn, listeners) = pod.run(|| {
         let a = balancer_user::listener::bind_reuseport(new_port, 16).unwrap();
         let b = balancer_user::listener::bind_reuseport(existing, 16).unwrap();
-        let mut msg = Register::new(std::process::id(), 0);
-        msg.template = Name::new("web").unwrap();
-        msg.pod = Name::new("default/pod").unwrap();
+        let msg = pod_registration("web", "default/pod");
         let conn = shim_client::connect(&socket).expect("connecting");
-        shim_client::send_registration(&conn, &msg.encode(), a.as_raw_fd()).unwrap();
-        shim_client::send_registration(&conn, &msg.encode(), b.as_raw_fd()).unwrap();
+        shim_client::send_registration(&conn, &msg, a.as_raw_fd()).unwrap();
+        shim_client::send_registration(&conn, &msg, b.as_raw_fd()).unwrap();
         (conn, (a, b))
     });
     let mut replies = Vec::new();
@@ -281,11 +274,9 @@ fn a_flood_of_connections_does_not_evict_a_registration_waiting_for_its_group() 
     let (victim, flooder) = (NetNs::new().unwrap(), NetNs::new().unwrap());
     let (conn, _listener) = victim.run(|| {
         let l = balancer_user::listener::bind_reuseport(CLIENT.parse().unwrap(), 16).unwrap();
-        let mut msg = Register::new(std::process::id(), 0);
-        msg.template = Name::new("web").unwrap();
-        msg.pod = Name::new("default/victim").unwrap();
+        let msg = pod_registration("web", "default/victim");
         let conn = shim_client::connect(&socket).expect("connecting");
-        shim_client::send_registration(&conn, &msg.encode(), l.as_raw_fd()).unwrap();
+        shim_client::send_registration(&conn, &msg, l.as_raw_fd()).unwrap();
         (conn, l)
     });
     // While the victim's group is being made (a program load and verification), the other pod
