@@ -281,7 +281,7 @@ pub struct Options {
     pub warmup_secs: f64,
     /// Ordinary requests wanted per open-loop point, pooled over the rounds.
     pub min_samples: u64,
-    /// Offered rates, as shares of A's maximum throughput.
+    /// Offered rates, as shares of A's capacity (its median throughput plateau).
     pub levels: Vec<f64>,
     pub variants: Vec<Variant>,
     pub workloads: Vec<Workload>,
@@ -327,7 +327,7 @@ impl Options {
         self.open_secs = 1.0;
         self.warmup_secs = 0.5;
         self.min_samples = 5000;
-        self.levels = vec![0.9];
+        self.levels = vec![0.6, 0.9, 0.97];
         self
     }
 

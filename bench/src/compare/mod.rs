@@ -7,9 +7,10 @@
 //! being measured. Each round runs every configuration in the order of a balanced Latin square
 //! ([`schedule`]):
 //!
-//! 1. maximum throughput: closed loop, enough clients that a perfect balancer keeps every process
-//!    busy twice over; one value per round;
-//! 2. latency at fixed shares of A's median maximum: open loop, Poisson arrivals, latency from
+//! 1. capacity: the throughput plateau of each configuration, per round: closed-loop runs with
+//!    more clients at each step until throughput stops growing ([`capacity`]'s rule); one value
+//!    per round, the plateau;
+//! 2. latency at fixed shares of A's median plateau: open loop, Poisson arrivals, latency from
 //!    each request's scheduled send time, the same arrival times and request mix for every
 //!    configuration; every request's latency is kept and pooled over the rounds (full mode sizes
 //!    the runs so a point has >= 5,000 requests);
@@ -21,9 +22,11 @@
 //! intervals and the one symmetric verdict rule of [`stats`], and the charts) is rendered from
 //! that file alone by [`report::render`], here and by `bench report <file>`.
 //!
-//! Modules: [`configs`] (what is compared, options), [`deploy`] (starting and stopping a
+//! Modules: [`configs`] (what is compared, options), [`capacity`] (the plateau search's rule),
+//! [`deploy`] (starting and stopping a
 //! configuration), [`counters`] (/proc, BPF statistics), [`schedule`] (run order), [`stats`]
 //! (percentiles, bootstrap, verdict), [`raw`] (the samples file), [`report`] (tables, charts).
+pub mod capacity;
 pub mod configs;
 pub mod counters;
 pub mod deploy;
@@ -40,6 +43,7 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use capacity::{Next, Step, EXPECTED_STEPS, RULE};
 pub use configs::Options;
 use configs::{cores, CfgRef, Variant, Workload, HOLD_MS};
 use counters::{
@@ -47,7 +51,7 @@ use counters::{
     own_ticks, prog_counters, raise_nofile,
 };
 use deploy::{deploy, snapshot_binaries, Deployment};
-use raw::{Machine, Point, PointCounters, Raw, RawOptions, RawVariant, FAILED, FORMAT};
+use raw::{Machine, Plateau, Point, PointCounters, Raw, RawOptions, RawVariant, FAILED, FORMAT};
 
 use crate::{
     choose_netns,
@@ -62,7 +66,8 @@ pub fn raw_path() -> PathBuf {
 }
 
 /// Rough maximum throughput (req/s) of A per workload on a 2-core machine (measured in earlier
-/// runs), for the time estimate only. With as many processes as cores, a hold request blocks
+/// runs with 2 requests' worth of work per process in flight: below the plateau, so open-loop
+/// runs sized from them are estimated on the long side), for the time estimate only. With as many processes as cores, a hold request blocks
 /// half of them, and A's closed-loop clients queue behind it.
 fn nominal_capacity(w: Workload, v: Variant) -> f64 {
     let few = v.processes as usize <= cores();
@@ -84,8 +89,19 @@ fn open_secs(o: &Options, rate: f64) -> f64 {
     o.open_secs.max(need)
 }
 
-/// The expected run time in seconds (before any measurement: from nominal capacities).
+/// The expected run time in seconds (before any measurement: from nominal capacities), with
+/// [`EXPECTED_STEPS`] steps per capacity search.
 pub fn estimate_secs(o: &Options) -> f64 {
+    estimate_with_steps(o, |_| EXPECTED_STEPS)
+}
+
+/// The run time in seconds if every capacity search ran to its cap.
+pub fn longest_secs(o: &Options) -> f64 {
+    estimate_with_steps(o, |v| RULE.max_steps(v.processes))
+}
+
+/// The run time in seconds with `steps(v)` steps per capacity search of variant `v`.
+fn estimate_with_steps(o: &Options, steps: impl Fn(Variant) -> usize) -> f64 {
     let (r, c) = (o.rounds() as f64, o.configs.len() as f64);
     let per_variant = |v: Variant| -> f64 {
         let total: f64 = o
@@ -95,7 +111,8 @@ pub fn estimate_secs(o: &Options) -> f64 {
                 // A hold request still running when the window ends is waited for.
                 let tail =
                     if w.hold_path().is_some() { HOLD_MS as f64 / 1000.0 * 0.5 } else { 0.0 };
-                let closed = r * c * (o.closed_secs + 0.25 + tail);
+                // Each step: the run, its drain and the pause after it.
+                let closed = r * c * steps(v) as f64 * (o.closed_secs + 0.4 + tail);
                 let open: f64 = o
                     .levels
                     .iter()
@@ -134,7 +151,7 @@ fn per_worker(dep: &Deployment, by_pid: &HashMap<u32, u64>) -> Vec<u64> {
     per_worker
 }
 
-/// Measures one point: a closed-loop run (`level` 0) or an open-loop one.
+/// Measures one point: a closed-loop run (`level` 0; its clients recorded) or an open-loop one.
 #[allow(clippy::too_many_arguments)]
 fn measure(
     deps: &[Deployment],
@@ -206,6 +223,10 @@ fn measure(
         },
         round,
         secs,
+        clients: match mode {
+            Mode::Open { .. } => 0,
+            Mode::Closed { clients } => clients,
+        },
         throughput: out.throughput(),
         lat_us: lat,
         failed: out.failed,
@@ -234,14 +255,17 @@ pub fn plan(o: &Options) -> String {
     let balanced = schedule::balanced(n, rounds);
     format!(
         "bench compare: {} mode, {rounds} rounds ({}), {} configurations × {} workloads × {} variants, levels {:?}; \
-         expected duration ~{:.1} min",
+         expected duration ~{:.1} min with {EXPECTED_STEPS} steps per capacity search (~{:.1} min if every search \
+         runs to its cap of {} clients per process)",
         if o.full { "full" } else { "quick" },
         if balanced { "balanced order" } else { "order NOT balanced" },
         n,
         o.workloads.len(),
         o.variants.len(),
         o.levels.iter().map(|l| l * 100.0).collect::<Vec<_>>(),
-        estimate_secs(o) / 60.0
+        estimate_secs(o) / 60.0,
+        longest_secs(o) / 60.0,
+        RULE.max_per_process
     )
 }
 
@@ -279,6 +303,7 @@ pub fn run(o: &Options) -> Result<String> {
             bootstrap: o.bootstrap,
             balanced,
             descriptions: o.configs.iter().map(|c| (c.letter, c.describe.to_string())).collect(),
+            capacity: Some(RULE),
         },
         machine: Machine {
             cpus: cores(),
@@ -375,53 +400,72 @@ impl Phases<'_> {
     fn warm_up(&self) -> Result<()> {
         for &w in &self.o.workloads {
             for d in self.deps {
-                let mode = Mode::Closed { clients: w.clients(self.v.processes) };
+                let mode = Mode::Closed { clients: RULE.first(self.v.processes) };
                 measure(self.deps, d, w, mode, self.o.warmup_secs, 1, 0, 0.0)?;
             }
         }
         Ok(())
     }
 
-    /// 1. Maximum throughput, closed loop: adds its points to `out`.
+    /// Part 1, capacity, closed loop: every configuration's plateau search in every round; adds
+    /// the steps' points and the plateaus to `out`.
     fn closed(&self, out: &mut RawVariant) -> Result<()> {
         let rounds = self.orders.len();
         for (r, order) in self.orders.iter().enumerate() {
             for &w in &self.o.workloads {
-                let clients = w.clients(self.v.processes);
-                eprintln!(
-                    "  {} closed loop, {clients} clients, round {}/{rounds}",
-                    w.name(),
-                    r + 1
-                );
+                eprintln!("  {} capacity (closed loop), round {}/{rounds}", w.name(), r + 1);
                 for &c in order {
-                    let mode = Mode::Closed { clients };
-                    let secs = self.o.closed_secs;
-                    let p =
-                        measure(self.deps, self.dep_of(c), w, mode, secs, 1000 + r as u64, r, 0.0)?;
+                    let plateau = self.search(out, c, w, r)?;
                     eprintln!(
-                        "    {}: {:.0} req/s, failed {}{}",
+                        "    {}: plateau {:.0} req/s with {} clients",
                         c.short(),
-                        p.throughput,
-                        p.failed,
-                        hold_note(&p)
+                        plateau.throughput,
+                        plateau.clients
                     );
-                    out.points.push(p);
-                    std::thread::sleep(Duration::from_millis(150));
+                    out.plateaus.push(Plateau {
+                        config: c.letter,
+                        workload: w.name().to_string(),
+                        round: r,
+                        clients: plateau.clients,
+                        throughput: plateau.throughput,
+                    });
                 }
             }
         }
         Ok(())
     }
 
-    /// The base configuration's median maximum per workload, from the closed-loop points.
+    /// Configuration `c`'s plateau search on workload `w` in round `r`: a closed-loop run per
+    /// step, each of `closed_secs`, with the clients [`capacity::Rule::next`] asks for.
+    fn search(&self, out: &mut RawVariant, c: CfgRef, w: Workload, r: usize) -> Result<Step> {
+        let mut steps: Vec<Step> = Vec::new();
+        loop {
+            let clients = match RULE.next(&steps, self.v.processes) {
+                Next::Step(clients) => clients,
+                Next::Plateau(p) => return Ok(p),
+            };
+            let mode = Mode::Closed { clients };
+            let secs = self.o.closed_secs;
+            let p = measure(self.deps, self.dep_of(c), w, mode, secs, 1000 + r as u64, r, 0.0)?;
+            eprintln!(
+                "      {clients} clients: {:.0} req/s, failed {}{}",
+                p.throughput,
+                p.failed,
+                hold_note(&p)
+            );
+            steps.push(Step { clients, throughput: p.throughput });
+            out.points.push(p);
+            std::thread::sleep(Duration::from_millis(150));
+        }
+    }
+
+    /// The base configuration's median plateau per workload.
     fn bases(&self, out: &mut RawVariant) {
         for &w in &self.o.workloads {
             let mut tp: Vec<f64> = out
-                .points
+                .plateaus
                 .iter()
-                .filter(|p| {
-                    p.level == 0.0 && p.config == self.base_cfg.letter && p.workload == w.name()
-                })
+                .filter(|p| p.config == self.base_cfg.letter && p.workload == w.name())
                 .map(|p| p.throughput)
                 .collect();
             out.base.push((w.name().to_string(), median_of(&mut tp)));

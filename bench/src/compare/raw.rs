@@ -16,11 +16,21 @@ use anyhow::{Context, Result};
 use flate2::{read::GzDecoder, write::GzEncoder, Compression};
 use serde::{Deserialize, Serialize};
 
+use super::capacity::Rule;
+
 /// The latency of a request that failed or timed out.
 pub const FAILED: u32 = u32::MAX;
 
 /// Bumped when the format changes incompatibly.
-pub const FORMAT: u32 = 1;
+///
+/// 2: capacity is a throughput plateau ([`super::capacity`]): a closed-loop point is one step of a
+/// search and records its clients ([`Point::clients`]), each search's result is a [`Plateau`],
+/// and the options record the search's rule. Format 1 files (one closed-loop run per round, with
+/// the clients of `Workload::clients`) are still read, and render as they did.
+pub const FORMAT: u32 = 2;
+
+/// The formats [`Raw::read`] accepts.
+pub const READS: [u32; 2] = [1, FORMAT];
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Raw {
@@ -51,6 +61,9 @@ pub struct RawOptions {
     /// field: the report then takes the current code's descriptions.
     #[serde(default)]
     pub descriptions: Vec<(char, String)>,
+    /// The capacity search's rule (format 2); `None` in a format 1 file.
+    #[serde(default)]
+    pub capacity: Option<Rule>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -79,6 +92,21 @@ pub struct RawVariant {
     pub other_cpus: f64,
     pub steal_cpus: f64,
     pub points: Vec<Point>,
+    /// Each capacity search's result (format 2; empty in format 1, where a round's closed-loop
+    /// point is its maximum).
+    #[serde(default)]
+    pub plateaus: Vec<Plateau>,
+}
+
+/// The result of one capacity search: configuration `config`'s throughput plateau on `workload`
+/// in round `round`, and the clients of the step that measured it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Plateau {
+    pub config: char,
+    pub workload: String,
+    pub round: usize,
+    pub clients: usize,
+    pub throughput: f64,
 }
 
 /// Closed loop (`level` 0) or open loop at `level` of the base.
@@ -92,6 +120,9 @@ pub struct Point {
     pub rate: f64,
     pub round: usize,
     pub secs: f64,
+    /// Closed loop: the clients in flight (format 2; 0 in format 1 and in open-loop points).
+    #[serde(default)]
+    pub clients: usize,
     /// Closed loop: ordinary requests answered within the window per second.
     pub throughput: f64,
     /// Ordinary requests' latencies (µs, sorted; [`FAILED`] = failed). Open loop only. Stored
@@ -180,9 +211,9 @@ impl Raw {
             .with_context(|| format!("{}: not a gzip file", path.display()))?;
         let raw: Raw = serde_json::from_slice(&json)
             .with_context(|| format!("{}: not a bench compare raw file", path.display()))?;
-        if raw.format != FORMAT {
+        if !READS.contains(&raw.format) {
             anyhow::bail!(
-                "{}: format {} (this bench reads format {FORMAT})",
+                "{}: format {} (this bench reads formats {READS:?})",
                 path.display(),
                 raw.format
             );

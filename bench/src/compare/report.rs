@@ -1,13 +1,19 @@
 //! The report of `bench compare` (markdown tables and SVG charts), a pure function of the raw
 //! samples ([`render`]): the run and `bench report <file>` call the same function on the same file,
 //! so their reports are identical. Intervals and verdicts come from [`super::stats`].
+//!
+//! A format 2 file (capacity as a throughput plateau) gets [`plateau`]'s tables: the plateau and
+//! its clients, and one latency table per level; a format 1 file renders as it always did.
+mod plateau;
+
 use std::fmt::Write as _;
 
 use anyhow::{Context, Result};
 
 use super::{
+    capacity::Rule,
     configs::{Cfg, CfgRef, Workload},
-    raw::{Point, Raw, RawVariant, FAILED},
+    raw::{Plateau, Point, Raw, RawVariant, FAILED},
     stats::{self, beyond, ci, pct_sorted, ratio_reps, seed_of, verdict, Verdict, MIN_BEYOND},
 };
 use crate::chart::{self, Panel};
@@ -37,6 +43,8 @@ struct Row {
     top: Vec<Point>,
     closed: Vec<Point>,
     open: Vec<Vec<Point>>,
+    /// Format 2: the capacity search's result per round, in round order (empty in format 1).
+    plateaus: Vec<Plateau>,
 }
 
 fn points<'a>(v: &'a RawVariant, c: char, w: &str, level: f64) -> Vec<&'a Point> {
@@ -55,7 +63,19 @@ fn rows(raw: &Raw, v: &RawVariant, w: &str, cfgs: &[CfgRef]) -> Vec<Row> {
     cfgs.iter()
         .map(|&cfg| {
             let closed: Vec<Point> = points(v, cfg.letter, w, 0.0).into_iter().cloned().collect();
-            let tp_rounds: Vec<f64> = closed.iter().map(|p| p.throughput).collect();
+            let mut plateaus: Vec<Plateau> = v
+                .plateaus
+                .iter()
+                .filter(|p| p.config == cfg.letter && p.workload == w)
+                .cloned()
+                .collect();
+            plateaus.sort_by_key(|p| p.round);
+            // A round's value: its plateau (format 2), or its one closed-loop run (format 1).
+            let tp_rounds: Vec<f64> = if raw.options.capacity.is_some() {
+                plateaus.iter().map(|p| p.throughput).collect()
+            } else {
+                closed.iter().map(|p| p.throughput).collect()
+            };
             let tp_reps = stats::median_replicates(
                 &tp_rounds,
                 b,
@@ -78,7 +98,7 @@ fn rows(raw: &Raw, v: &RawVariant, w: &str, cfgs: &[CfgRef]) -> Vec<Row> {
                 open.push(pts);
             }
             let top = open.last().cloned().unwrap_or_default();
-            Row { cfg, tp, tp_reps, lat, top, closed, open }
+            Row { cfg, tp, tp_reps, lat, top, closed, open, plateaus }
         })
         .collect()
 }
@@ -144,6 +164,8 @@ struct Ctx<'a> {
     has_fast: bool,
     /// The highest offered level.
     top_l: f64,
+    /// Format 2: the capacity search's rule (`None` in format 1: one closed-loop run per round).
+    capacity: Option<Rule>,
 }
 
 /// A share of A's maximum as a column's name: "90%".
@@ -165,7 +187,7 @@ pub fn render(raw: &Raw) -> Result<Rendered> {
         .collect::<Result<_>>()?;
     let has_fast = raw.variants.iter().flat_map(|v| &v.points).any(|p| p.c.selected > 0);
     let top_l = o.levels.last().copied().unwrap_or(f64::NAN);
-    let ctx = Ctx { raw, cfgs, workloads, has_fast, top_l };
+    let ctx = Ctx { raw, cfgs, workloads, has_fast, top_l, capacity: o.capacity };
     let mut md = String::new();
     let w = &mut md;
     header(w, &ctx)?;
@@ -185,10 +207,11 @@ fn header(w: &mut String, ctx: &Ctx) -> Result<()> {
     writeln!(w, "# reuselb bench: compare\n")?;
     writeln!(
         w,
-        "{} mode: {} rounds, closed-loop runs of {} s, open-loop runs of at least {} s{}, {} s warm-up per configuration and workload, {} bootstrap replicates. Run time {:.0} s; \
+        "{} mode: {} rounds, closed-loop {} of {} s, open-loop runs of at least {} s{}, {} s warm-up per configuration and workload, {} bootstrap replicates. Run time {:.0} s; \
          commit `{}`.\n",
         if o.full { "Full" } else { "Quick" },
         o.rounds,
+        if ctx.capacity.is_some() { "steps" } else { "runs" },
         o.closed_secs,
         o.open_secs,
         if o.min_samples > 0 {
@@ -235,7 +258,10 @@ fn header(w: &mut String, ctx: &Ctx) -> Result<()> {
         writeln!(w, "- **{}**: {}", wl.name(), wl.describe())?;
     }
     writeln!(w, "\n{RULE}\n")?;
-    writeln!(w, "{COLUMNS}\n")?;
+    match ctx.capacity {
+        Some(rule) => plateau::columns(w, &rule)?,
+        None => writeln!(w, "{COLUMNS_MAX}{COLUMN_RULES}\n")?,
+    }
     Ok(())
 }
 
@@ -262,7 +288,7 @@ fn variant(
     writeln!(w)?;
     let name = format!("compare-{vname}.svg");
     writeln!(w, "![{} processes x {} threads]({name})\n", v.processes, v.threads)?;
-    let svg = chart_svg(v, &ctx.workloads, &ctx.cfgs, &chart_rows, ctx.top_l);
+    let svg = chart_svg(ctx, v, &chart_rows);
     Ok((name, svg))
 }
 
@@ -277,9 +303,14 @@ struct Against<'r> {
 }
 
 impl<'r> Against<'r> {
+    /// At the highest level.
     fn of(rs: &'r [Row]) -> Self {
+        Self::at(rs, rs[0].lat.len().saturating_sub(1))
+    }
+
+    /// At the level of index `top` in a row's latencies.
+    fn at(rs: &'r [Row], top: usize) -> Self {
         let a = rs.iter().find(|r| r.cfg.letter == 'A');
-        let top = rs[0].lat.len().saturating_sub(1);
         let best_p99 = rs
             .iter()
             .filter(|r| !r.cfg.is_reuselb() && !r.lat[top].est[1].is_nan())
@@ -304,6 +335,32 @@ fn workload(
 ) -> Result<()> {
     let base = v.base.iter().find(|(n, _)| n == wl.name()).map(|(_, x)| *x);
     let base = base.unwrap_or(f64::NAN);
+    let vs = Against::of(rs);
+    if ctx.capacity.is_some() {
+        plateau::tables(w, ctx, wl, base, rs)?;
+    } else {
+        maximum_tables(w, ctx, v, wl, base, rs, &vs)?;
+    }
+    let vname = format!("{}x{}", v.processes, v.threads);
+    for r in rs.iter().filter(|r| r.cfg.is_reuselb()) {
+        targets.extend(target_row(&vname, wl, r, &vs));
+    }
+    balance_table(w, ctx, rs)?;
+    writeln!(w)?;
+    Ok(())
+}
+
+/// Format 1: the heading (the closed loop's clients, A's median maximum, the offered rates) and
+/// table 1.
+fn maximum_tables(
+    w: &mut String,
+    ctx: &Ctx,
+    v: &RawVariant,
+    wl: Workload,
+    base: f64,
+    rs: &[Row],
+    vs: &Against,
+) -> Result<()> {
     writeln!(
         w,
         "### {}: {} closed-loop clients; A's median maximum {base:.0} req/s; offered {}\n",
@@ -317,15 +374,7 @@ fn workload(
             .collect::<Vec<_>>()
             .join(", ")
     )?;
-    let vs = Against::of(rs);
-    latency_table(w, ctx, &vs, rs)?;
-    let vname = format!("{}x{}", v.processes, v.threads);
-    for r in rs.iter().filter(|r| r.cfg.is_reuselb()) {
-        targets.extend(target_row(&vname, wl, r, &vs));
-    }
-    balance_table(w, ctx, rs)?;
-    writeln!(w)?;
-    Ok(())
+    latency_table(w, ctx, vs, rs)
 }
 
 /// Table 1: throughput and latency, each against A and the best non-reuselb configuration.
@@ -505,8 +554,13 @@ fn per_round(w: &mut String, ctx: &Ctx, vname: &str, chart_rows: &[Vec<Row>]) ->
     for (wl, rs) in ctx.workloads.iter().zip(chart_rows) {
         writeln!(w, "- {vname} {}:", wl.name())?;
         for r in rs {
-            let tp: Vec<String> = r.closed.iter().map(|p| format!("{:.0}", p.throughput)).collect();
-            let mut line = format!("  - {}: max {}", r.cfg.letter, tp.join(" "));
+            let mut line = if ctx.capacity.is_some() {
+                plateau::round_line(r)
+            } else {
+                let tp: Vec<String> =
+                    r.closed.iter().map(|p| format!("{:.0}", p.throughput)).collect();
+                format!("  - {}: max {}", r.cfg.letter, tp.join(" "))
+            };
             for (l, pts) in ctx.raw.options.levels.iter().zip(&r.open) {
                 let p: Vec<String> = pts.iter().map(|p| ms(pct_sorted(&p.lat_us, 0.99))).collect();
                 write!(line, "; p99 @{} {}", pct(*l), p.join(" "))?;
@@ -554,8 +608,12 @@ were run; they do not include the drift of the machine's state from round to rou
 the balanced order spreads evenly over the configurations. **One rule for every comparison**: a ratio is \"better\" if its whole 95% interval lies on the \
 better side of 1, \"worse\" if it lies entirely on the worse side, and \"no difference\" otherwise, for wins and losses alike.";
 
-const COLUMNS: &str = "Columns: **max** = closed-loop throughput (median over the rounds) with 2 requests' worth of work per process \
-in flight; **n** = ordinary requests of the point over all rounds; **p50/p99/p99.9** = open-loop latency in ms of the pooled \
+/// Format 1's columns: the maximum, then [`COLUMN_RULES`].
+const COLUMNS_MAX: &str = "Columns: **max** = closed-loop throughput (median over the rounds) with 2 requests' worth of work per process \
+in flight; ";
+
+/// The columns every format shares.
+const COLUMN_RULES: &str = "**n** = ordinary requests of the point over all rounds; **p50/p99/p99.9** = open-loop latency in ms of the pooled \
 samples, Poisson arrivals, from each request's scheduled send time (∞ = the percentile falls on failed requests); **×A** and \
 **× best non-reuselb** = the ratio, its interval and the verdict; **busiest/ideal** and **CV** = the busiest worker's answers over \
 an even share and the coefficient of variation of the per-worker answers; **ctxsw/req** = context switches of every process behind \
@@ -590,13 +648,8 @@ fn share(counts: &[u64]) -> (f64, f64) {
     (max / mean, var.sqrt() / mean)
 }
 
-fn chart_svg(
-    v: &RawVariant,
-    wls: &[Workload],
-    cfgs: &[CfgRef],
-    rows: &[Vec<Row>],
-    top_l: f64,
-) -> String {
+fn chart_svg(ctx: &Ctx, v: &RawVariant, rows: &[Vec<Row>]) -> String {
+    let (wls, cfgs, top_l) = (&ctx.workloads, &ctx.cfgs, ctx.top_l);
     let groups: Vec<String> = wls.iter().map(|w| w.name().to_string()).collect();
     let series: Vec<String> = cfgs.iter().map(|c| c.short()).collect();
     let table = |f: &dyn Fn(&Row, &[Row]) -> f64| -> Vec<Vec<f64>> {
@@ -610,8 +663,9 @@ fn chart_svg(
     let panels = vec![
         Panel {
             title: format!(
-                "p99 latency at {:.0}% of A's maximum (ms, log scale; bars: 95% bootstrap CI; lower is better)",
-                top_l * 100.0
+                "p99 latency at {:.0}% of A's {} (ms, log scale; bars: 95% bootstrap CI; lower is better)",
+                top_l * 100.0,
+                if ctx.capacity.is_some() { "capacity" } else { "maximum" }
             ),
             y_label: "p99 ms".into(),
             groups: groups.clone(),
@@ -622,7 +676,12 @@ fn chart_svg(
             errors: Some(errors),
         },
         Panel {
-            title: "maximum throughput, closed loop (ratio to A's median; higher is better)".into(),
+            title: if ctx.capacity.is_some() {
+                "capacity: throughput plateau, closed loop (ratio to A's median; higher is better)"
+                    .into()
+            } else {
+                "maximum throughput, closed loop (ratio to A's median; higher is better)".into()
+            },
             y_label: "× A".into(),
             groups: groups.clone(),
             series: series.clone(),
@@ -708,6 +767,79 @@ mod tests {
                 ..Default::default()
             }],
         }
+    }
+
+    /// The synthetic run as format 2: each round's closed loop a plateau search of three steps
+    /// (the last adds nothing), three levels.
+    fn synthetic_plateaus() -> Raw {
+        let mut raw = synthetic();
+        raw.options.capacity = Some(crate::compare::capacity::RULE);
+        raw.options.levels = vec![0.6, 0.9, 0.97];
+        let v = &mut raw.variants[0];
+        let mut points = Vec::new();
+        for p in v.points.drain(..) {
+            if p.level == 0.0 {
+                for (clients, share) in [(16, 0.8), (24, 1.0), (36, 1.0)] {
+                    points.push(Point { clients, throughput: p.throughput * share, ..p.clone() });
+                }
+                v.plateaus.push(Plateau {
+                    config: p.config,
+                    workload: p.workload.clone(),
+                    round: p.round,
+                    clients: 24,
+                    throughput: p.throughput,
+                });
+            } else {
+                for level in [0.6, 0.9, 0.97] {
+                    points.push(Point { level, rate: 300.0 * level, ..p.clone() });
+                }
+            }
+        }
+        v.points = points;
+        raw
+    }
+
+    #[test]
+    fn a_plateau_report_shows_each_plateau_its_clients_and_a_table_per_level() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.json.gz");
+        let raw = synthetic_plateaus();
+        raw.write(&path).unwrap();
+        let back = Raw::read(&path).unwrap();
+        assert_eq!(back, raw);
+        let md = render(&back).unwrap().markdown;
+        assert_eq!(md, render(&back).unwrap().markdown);
+        assert!(md.contains("A's median plateau 300 req/s; offered 60% = 180 req/s"), "{md}");
+        // The capacity table: the median plateau (not the best step of all rounds) and the
+        // clients of each round's plateau.
+        let f = md.lines().find(|l| l.starts_with("| F reuselb") && l.contains(" 24 24 |"));
+        assert!(f.unwrap().starts_with("| F reuselb least-loaded | 410 "), "{md}");
+        for l in ["60%", "90%", "97%"] {
+            assert!(md.contains(&format!("At {l} of A's capacity")), "a table at {l}: {md}");
+        }
+        // The offered load over F's own plateau (180 / 410.5) at 60%.
+        assert!(md.contains("| F reuselb least-loaded | 0.44 | 1200 |"), "{md}");
+        assert!(md.contains("  - A: plateau 300 (24 clients), 301 (24 clients); steps 16→240 24→300 36→300 / 16→241 24→301 36→301"), "{md}");
+        assert!(!md.contains("**max**"), "{md}");
+    }
+
+    #[test]
+    fn a_format_1_file_reads_and_renders_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.json.gz");
+        let raw = Raw { format: 1, ..synthetic() };
+        raw.write(&path).unwrap();
+        let md = render(&Raw::read(&path).unwrap()).unwrap().markdown;
+        assert!(
+            md.contains("### skewed: 4 closed-loop clients; A's median maximum 300 req/s"),
+            "{md}"
+        );
+        assert!(md.contains("Columns: **max** = closed-loop throughput"), "{md}");
+        assert!(md.contains("  - A: max 300 301; p99 @90%"), "{md}");
+        assert!(!md.contains("plateau"), "{md}");
+        let path2 = dir.path().join("raw0.json.gz");
+        Raw { format: 0, ..synthetic() }.write(&path2).unwrap();
+        assert!(Raw::read(&path2).is_err(), "an unknown format is refused");
     }
 
     #[test]
