@@ -50,7 +50,7 @@ fn points<'a>(v: &'a RawVariant, c: char, w: &str, level: f64) -> Vec<&'a Point>
 }
 
 /// Round r's entry of `pts` (sorted by round) at index r, `None` where the round has no point.
-fn by_round<'a>(pts: &'a [Point], rounds: usize) -> Vec<Option<&'a Point>> {
+fn by_round(pts: &[Point], rounds: usize) -> Vec<Option<&Point>> {
     (0..rounds).map(|r| pts.iter().find(|p| p.round == r)).collect()
 }
 
