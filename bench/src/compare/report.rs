@@ -57,9 +57,16 @@ fn points<'a>(v: &'a RawVariant, c: char, w: &str, level: f64) -> Vec<&'a Point>
     p
 }
 
+/// Round r's entry of `pts` (sorted by round) at index r, `None` where the round has no point.
+fn by_round(pts: &[Point], rounds: usize) -> Vec<Option<&Point>> {
+    (0..rounds).map(|r| pts.iter().find(|p| p.round == r)).collect()
+}
+
 fn rows(raw: &Raw, v: &RawVariant, w: &str, cfgs: &[CfgRef]) -> Vec<Row> {
-    let b = raw.options.bootstrap;
     let vname = format!("{}x{}", v.processes, v.threads);
+    let n = v.points.iter().map(|p| p.round + 1).max().unwrap_or(0).max(raw.options.rounds);
+    // One draw of rounds per replicate for every configuration of the workload: paired ratios.
+    let draws = stats::RoundDraws::new(n, raw.options.bootstrap, seed_of(&format!("{vname}/{w}")));
     cfgs.iter()
         .map(|&cfg| {
             let closed: Vec<Point> = points(v, cfg.letter, w, 0.0).into_iter().cloned().collect();
@@ -70,30 +77,34 @@ fn rows(raw: &Raw, v: &RawVariant, w: &str, cfgs: &[CfgRef]) -> Vec<Row> {
                 .cloned()
                 .collect();
             plateaus.sort_by_key(|p| p.round);
-            // A round's value: its plateau (format 2), or its one closed-loop run (format 1).
+            // A round's value: its plateau (format 2), or its one closed-loop run (format 1);
+            // NaN where the round has none.
             let tp_rounds: Vec<f64> = if raw.options.capacity.is_some() {
-                plateaus.iter().map(|p| p.throughput).collect()
+                (0..n)
+                    .map(|r| {
+                        plateaus.iter().find(|p| p.round == r).map_or(f64::NAN, |p| p.throughput)
+                    })
+                    .collect()
             } else {
-                closed.iter().map(|p| p.throughput).collect()
+                by_round(&closed, n).iter().map(|p| p.map_or(f64::NAN, |p| p.throughput)).collect()
             };
-            let tp_reps = stats::median_replicates(
-                &tp_rounds,
-                b,
-                seed_of(&format!("{vname}/{w}/{}/max", cfg.letter)),
+            let tp_reps = stats::median_replicates(&tp_rounds, &draws);
+            let tp = stats::median(
+                &mut tp_rounds.iter().copied().filter(|x| !x.is_nan()).collect::<Vec<_>>(),
             );
-            let tp = stats::median(&mut tp_rounds.clone());
             let mut lat = Vec::new();
             let mut open = Vec::new();
             for &l in &raw.options.levels {
                 let pts: Vec<Point> = points(v, cfg.letter, w, l).into_iter().cloned().collect();
-                let per_round: Vec<&[u32]> = pts.iter().map(|p| p.lat_us.as_slice()).collect();
+                let per_round: Vec<&[u32]> =
+                    by_round(&pts, n).iter().map(|p| p.map_or(&[][..], |p| &p.lat_us)).collect();
                 let mut pool: Vec<u32> = per_round.concat();
                 pool.sort_unstable();
                 let seed = seed_of(&format!("{vname}/{w}/{}/{l}", cfg.letter));
                 lat.push(Lat {
                     n: pool.len(),
                     est: QS.map(|q| pct_sorted(&pool, q)),
-                    reps: stats::replicates(&per_round, &QS, b, seed),
+                    reps: stats::replicates(&per_round, &draws, &QS, seed),
                 });
                 open.push(pts);
             }
@@ -601,11 +612,12 @@ fn against_the_target(w: &mut String, targets: &[String], top_l: f64) -> Result<
 /// The statistical rule, as the report and docs/BENCHMARKS.md state it.
 pub const RULE: &str = "Statistics: every open-loop point pools every ordinary request's latency over the rounds (failed or timed-out \
 requests count as infinitely slow); a percentile marked † has fewer than 50 samples beyond it and is indicative only (p99 needs \
-5,000 requests, p99.9 50,000). Intervals are 95% percentile-bootstrap intervals (seeded; resampling within each round, then \
-pooling); a ratio's interval resamples both sides independently; maximum throughput is one value per round, its interval that of \
-the median over resampled rounds. The latency intervals describe the sampling noise of the pooled requests of the rounds that \
-were run; they do not include the drift of the machine's state from round to round (the per-round p99s are listed below), which \
-the balanced order spreads evenly over the configurations. **One rule for every comparison**: a ratio is \"better\" if its whole 95% interval lies on the \
+5,000 requests, p99.9 50,000). Intervals are 95% percentile-bootstrap intervals over rounds (seeded; two levels: each replicate \
+draws the rounds with replacement, resamples the requests within each drawn round, and pools), so they include the drift of the \
+machine's state from round to round (the per-round p99s are listed below) as well as the sampling noise of the requests; maximum \
+throughput is one value per round, its replicate the median over the drawn rounds. Every ratio draws the same rounds for both \
+configurations in each replicate (a round runs every configuration in one time window, in a balanced order): a replicate of a \
+ratio is a ratio measured under one draw of conditions. **One rule for every comparison**: a ratio is \"better\" if its whole 95% interval lies on the \
 better side of 1, \"worse\" if it lies entirely on the worse side, and \"no difference\" otherwise, for wins and losses alike.";
 
 /// Format 1's columns: the maximum, then [`COLUMN_RULES`].
@@ -840,6 +852,45 @@ mod tests {
         let path2 = dir.path().join("raw0.json.gz");
         Raw { format: 0, ..synthetic() }.write(&path2).unwrap();
         assert!(Raw::read(&path2).is_err(), "an unknown format is refused");
+    }
+
+    /// Six rounds whose drift every configuration of a round shares (a factor 0.6-1.5), with F
+    /// 15% faster and 3% more throughput than E in every round.
+    fn drifting() -> Raw {
+        let mut raw = synthetic();
+        let mut rng = Rng::new(11);
+        let drift = [0.6, 1.5, 0.8, 1.2, 1.0, 1.4];
+        let v = &mut raw.variants[0];
+        v.points.clear();
+        v.orders = vec!["AEF".into(); 6];
+        for (round, k) in drift.iter().enumerate() {
+            for (c, scale, tp) in
+                [('A', 30_000.0, 300.0), ('E', 10_000.0, 400.0), ('F', 8_500.0, 412.0)]
+            {
+                let mut lat: Vec<u32> =
+                    (0..1000).map(|_| (k * scale * (0.2 + rng.exp(1.0))) as u32).collect();
+                lat.sort_unstable();
+                let base =
+                    Point { config: c, workload: "skewed".into(), round, ..Default::default() };
+                v.points.push(Point { throughput: tp / k, ..base.clone() });
+                v.points.push(Point { level: 0.9, rate: 270.0, lat_us: lat, ..base });
+            }
+        }
+        raw.options.rounds = 6;
+        raw
+    }
+
+    /// Every comparison of the report draws the same rounds on both sides: a consistent gain
+    /// under a drift shared by each round's configurations is "better", in latency and in
+    /// throughput (drawing each configuration's rounds apart, both were "no difference").
+    #[test]
+    fn the_ratios_pair_the_rounds() {
+        let md = render(&drifting()).unwrap().markdown;
+        let f_row = md.lines().find(|l| l.starts_with("| F reuselb")).unwrap();
+        let cells: Vec<&str> = f_row.split('|').map(str::trim).collect();
+        let (p99_vs_e, tp_vs_e) = (cells[cells.len() - 3], cells[cells.len() - 2]);
+        assert!(p99_vs_e.starts_with("0.85 ") && p99_vs_e.ends_with("better"), "{f_row}");
+        assert!(tp_vs_e.starts_with("1.03 ") && tp_vs_e.ends_with("better"), "{f_row}");
     }
 
     #[test]

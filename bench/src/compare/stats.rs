@@ -1,16 +1,26 @@
 //! Statistics of `bench compare`: percentiles of pooled samples, percentile-bootstrap confidence
-//! intervals, and the one symmetric rule that turns a ratio's interval into a verdict.
+//! intervals over rounds, and the one symmetric rule that turns a ratio's interval into a verdict.
 //!
-//! - A latency percentile's interval: resample each round's samples with replacement (stratified
-//!   by round, so every replicate has each round's weight), pool, take the percentile; B times.
-//! - A ratio's interval (configuration / reference): each replicate resamples both points
-//!   independently; the b-th replicate of one over the b-th of the other.
-//! - Maximum throughput: one value per round; replicates resample the rounds; the statistic is
-//!   the median.
+//! Owns the resampling. Its invariant: **every interval resamples whole rounds, and every
+//! comparison draws the same rounds on both sides.** A round is the unit of the run's conditions
+//! (every configuration of a round runs in one time window, in a balanced order), so the drift of
+//! the machine from round to round is part of every interval, and a ratio's replicate is a ratio
+//! measured under one draw of conditions.
+//!
+//! - [`RoundDraws`]: replicate b draws R rounds with replacement out of the R rounds run. One
+//!   value for every configuration of one workload of one variant (seeded from the workload's
+//!   identity, not the configuration's): the b-th replicates of two configurations are paired.
+//! - A latency percentile (two-level bootstrap): for each round of replicate b's draw, resample
+//!   that round's samples with replacement (as many as it has); pool; take the percentile. A round
+//!   drawn twice contributes two independent resamples.
+//! - Maximum throughput: one value per round; replicate b is the median of the values of the
+//!   rounds of draw b.
+//! - A ratio's interval (configuration / reference): the b-th replicate of one over the b-th of
+//!   the other, both taken under draw b (latency and throughput alike).
 //! - The rule, for every comparison alike: "better" if the 95% interval of the ratio lies entirely
 //!   on the better side of 1, "worse" if entirely on the worse side, else "no difference".
 //!
-//! Everything is deterministic: the generator is seeded from the point's identity, so a report
+//! Everything is deterministic: the generators are seeded from the point's identity, so a report
 //! regenerated from the same raw file is identical.
 use crate::loadgen::Rng;
 
@@ -52,42 +62,69 @@ pub fn seed_of(key: &str) -> u64 {
     key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
 }
 
-/// Bootstrap replicates of the quantiles `qs` of the pool of `rounds` (each a round's samples):
-/// `out[i][b]` is quantile `qs[i]` of replicate b. Empty rounds are skipped; no samples: NaN.
-pub fn replicates(rounds: &[&[u32]], qs: &[f64], b: usize, seed: u64) -> Vec<Vec<f64>> {
-    let total: usize = rounds.iter().map(|r| r.len()).sum();
-    if total == 0 {
-        return qs.iter().map(|_| vec![f64::NAN; b]).collect();
+/// Which rounds each bootstrap replicate draws: `b` draws of `rounds` round indices, with
+/// replacement. Build one per workload of a variant and pass it to every configuration's
+/// [`replicates`] and [`median_replicates`], so that their b-th replicates are paired.
+pub struct RoundDraws {
+    rounds: usize,
+    /// Draw b is `picks[b * rounds..(b + 1) * rounds]`.
+    picks: Vec<u32>,
+}
+
+impl RoundDraws {
+    pub fn new(rounds: usize, b: usize, seed: u64) -> Self {
+        let mut rng = Rng::new(seed);
+        let picks = (0..b * rounds).map(|_| (rng.next_u64() % rounds as u64) as u32).collect();
+        RoundDraws { rounds, picks }
     }
+
+    /// The replicates' count.
+    pub fn len(&self) -> usize {
+        self.picks.len().checked_div(self.rounds).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The rounds of each replicate, in order.
+    fn each(&self) -> impl Iterator<Item = &[u32]> {
+        self.picks.chunks_exact(self.rounds.max(1))
+    }
+}
+
+/// Two-level bootstrap replicates of the quantiles `qs` of the pool of `rounds` (`rounds[r]` is
+/// round r's samples; empty if the round has none): `out[i][b]` is quantile `qs[i]` of replicate
+/// b, which takes the rounds of draw b of `draws` and resamples each within. A replicate whose
+/// drawn rounds have no samples is NaN.
+pub fn replicates(rounds: &[&[u32]], draws: &RoundDraws, qs: &[f64], seed: u64) -> Vec<Vec<f64>> {
     let mut rng = Rng::new(seed);
-    let mut out = vec![Vec::with_capacity(b); qs.len()];
-    let mut pool: Vec<u32> = Vec::with_capacity(total);
-    for _ in 0..b {
+    let mut out = vec![Vec::with_capacity(draws.len()); qs.len()];
+    let most = rounds.iter().map(|r| r.len()).max().unwrap_or(0);
+    let mut pool: Vec<u32> = Vec::with_capacity(most * draws.rounds);
+    for draw in draws.each() {
         pool.clear();
-        for r in rounds.iter().filter(|r| !r.is_empty()) {
+        for r in draw.iter().filter_map(|&i| rounds.get(i as usize)) {
             for _ in 0..r.len() {
                 pool.push(r[(rng.next_u64() % r.len() as u64) as usize]);
             }
         }
         for (i, q) in qs.iter().enumerate() {
-            out[i].push(select_pct(&mut pool, *q));
+            out[i].push(if pool.is_empty() { f64::NAN } else { select_pct(&mut pool, *q) });
         }
     }
     out
 }
 
-/// Bootstrap replicates of the median of per-round values (resampling the rounds).
-pub fn median_replicates(values: &[f64], b: usize, seed: u64) -> Vec<f64> {
-    if values.is_empty() {
-        return vec![f64::NAN; b];
-    }
-    let mut rng = Rng::new(seed);
-    let mut v = vec![0.0; values.len()];
-    (0..b)
-        .map(|_| {
-            for x in v.iter_mut() {
-                *x = values[(rng.next_u64() % values.len() as u64) as usize];
-            }
+/// Bootstrap replicates of the median of per-round values (`values[r]` is round r's; NaN if the
+/// round has none): replicate b is the median of the rounds of draw b of `draws`.
+pub fn median_replicates(values: &[f64], draws: &RoundDraws) -> Vec<f64> {
+    let mut v = Vec::with_capacity(draws.rounds);
+    draws
+        .each()
+        .map(|draw| {
+            v.clear();
+            v.extend(draw.iter().filter_map(|&i| values.get(i as usize)).filter(|x| !x.is_nan()));
             median(&mut v)
         })
         .collect()
@@ -116,18 +153,20 @@ pub fn ratio(a: f64, b: f64) -> f64 {
     }
 }
 
-/// The 95% interval (2.5th and 97.5th percentiles) of replicates; NaN if any is NaN.
+/// The 95% interval (2.5th and 97.5th percentiles) of replicates. A NaN replicate (its draw
+/// took only rounds without a point) is left out; NaN if half or more of them are.
 pub fn ci(reps: &[f64]) -> (f64, f64) {
-    if reps.is_empty() || reps.iter().any(|x| x.is_nan()) {
+    let mut v: Vec<f64> = reps.iter().copied().filter(|x| !x.is_nan()).collect();
+    if v.is_empty() || 2 * v.len() <= reps.len() {
         return (f64::NAN, f64::NAN);
     }
-    let mut v = reps.to_vec();
     v.sort_by(f64::total_cmp);
     let at = |q: f64| v[((q * (v.len() - 1) as f64).round() as usize).min(v.len() - 1)];
     (at(0.025), at(0.975))
 }
 
-/// Replicates of the ratio a/b, pairing independent replicates.
+/// Replicates of the ratio a/b: the b-th replicate of `a` over the b-th of `b` (paired: both
+/// taken under the same [`RoundDraws`]).
 pub fn ratio_reps(a: &[f64], b: &[f64]) -> Vec<f64> {
     a.iter().zip(b).map(|(x, y)| ratio(*x, *y)).collect()
 }
@@ -178,13 +217,35 @@ mod tests {
         v
     }
 
-    fn p99_verdict(a: &[Vec<u32>], b: &[Vec<u32>]) -> (Verdict, (f64, f64)) {
-        let ra: Vec<&[u32]> = a.iter().map(|v| v.as_slice()).collect();
-        let rb: Vec<&[u32]> = b.iter().map(|v| v.as_slice()).collect();
-        let x = replicates(&ra, &[0.99], 1000, 1).remove(0);
-        let y = replicates(&rb, &[0.99], 1000, 2).remove(0);
+    fn slices(rounds: &[Vec<u32>]) -> Vec<&[u32]> {
+        rounds.iter().map(|v| v.as_slice()).collect()
+    }
+
+    /// p99 of `a` over p99 of `b`: its interval and verdict, both sides under `draws`.
+    fn p99_verdict_under(
+        a: &[Vec<u32>],
+        b: &[Vec<u32>],
+        draws: &RoundDraws,
+    ) -> (Verdict, (f64, f64)) {
+        let x = replicates(&slices(a), draws, &[0.99], 1).remove(0);
+        let y = replicates(&slices(b), draws, &[0.99], 2).remove(0);
         let c = ci(&ratio_reps(&x, &y));
         (verdict(c, true), c)
+    }
+
+    fn p99_verdict(a: &[Vec<u32>], b: &[Vec<u32>]) -> (Verdict, (f64, f64)) {
+        p99_verdict_under(a, b, &RoundDraws::new(a.len(), 1000, 9))
+    }
+
+    /// The method before rounds were resampled: every replicate takes every round once (and
+    /// resamples within it). Kept here to show what the bootstrap over rounds changes.
+    fn each_round_once(rounds: usize, b: usize) -> RoundDraws {
+        RoundDraws { rounds, picks: (0..b).flat_map(|_| 0..rounds as u32).collect() }
+    }
+
+    /// Round r's latencies of one configuration: `sample` scaled by `scales[r]`.
+    fn rounds_of(seed: u64, n: usize, scales: &[f64]) -> Vec<Vec<u32>> {
+        scales.iter().enumerate().map(|(r, k)| sample(seed + r as u64, n, 10_000.0 * k)).collect()
     }
 
     /// Two samples of one distribution: the rule says "no difference" about 95% of the time (a
@@ -219,6 +280,88 @@ mod tests {
         assert!((c.1 * d.0 - 1.0).abs() < 0.1, "{c:?} vs {d:?}");
     }
 
+    /// X is faster than Y in some rounds and slower in others, by a round effect much larger than
+    /// the sampling noise within a round (8 x 20 uniform was 0.91 "better" in one full run and
+    /// 0.99 in the next): resampling only within rounds calls the pooled difference "worse";
+    /// resampling the rounds says "no difference".
+    #[test]
+    fn a_round_effect_that_changes_sides_makes_no_difference() {
+        let x = rounds_of(1, 2000, &[0.7, 1.4, 0.7, 1.4, 0.7, 1.4]);
+        let y = rounds_of(101, 2000, &[1.0; 6]);
+        let (old, c) = p99_verdict_under(&x, &y, &each_round_once(6, 1000));
+        assert_eq!(old, Verdict::Worse, "within rounds only: {c:?}");
+        let (new, d) = p99_verdict(&x, &y);
+        assert_eq!(new, Verdict::NoDifference, "over rounds: {d:?}");
+        assert!(d.1 - d.0 > 2.0 * (c.1 - c.0), "the drift widens the interval: {c:?} vs {d:?}");
+    }
+
+    /// Two configurations of one distribution whose every (configuration, round) has its own
+    /// drift (a factor of up to about ±50%): over rounds the rule still says "no difference"
+    /// most of the time; within rounds only it calls most of them a difference.
+    #[test]
+    fn drift_of_each_round_makes_no_difference_most_of_the_time() {
+        let (mut none, mut none_within) = (0, 0);
+        for s in 0..30u64 {
+            let mut r = Rng::new(7 + s);
+            let mut drift = || (0..6).map(|_| (0.5 * (r.unit() + r.unit() - 1.0)).exp()).collect();
+            let (sx, sy): (Vec<f64>, Vec<f64>) = (drift(), drift());
+            let x = rounds_of(1000 * s, 1000, &sx);
+            let y = rounds_of(1000 * s + 500, 1000, &sy);
+            let draws = RoundDraws::new(6, 500, s);
+            none += (p99_verdict_under(&x, &y, &draws).0 == Verdict::NoDifference) as usize;
+            let within = p99_verdict_under(&x, &y, &each_round_once(6, 500)).0;
+            none_within += (within == Verdict::NoDifference) as usize;
+        }
+        // 27 and 8 here: a bootstrap over 6 rounds covers somewhat less than its nominal 95%.
+        assert!(none >= 25, "over rounds: no difference {none}/30");
+        assert!(none_within <= 15, "within rounds only: no difference {none_within}/30");
+    }
+
+    /// A drift that every configuration of a round shares (the machine's state in that time
+    /// window) cancels in a ratio when both sides draw the same rounds: a shift of 15% in every
+    /// round is "better" however much the rounds differ, and "no difference" if the two sides
+    /// drew their rounds independently.
+    #[test]
+    fn a_consistent_shift_is_better_when_the_rounds_are_paired() {
+        let shared = [0.6, 1.5, 0.8, 1.2, 1.0, 0.7, 1.4, 0.9];
+        let fast: Vec<f64> = shared.iter().map(|k| 0.85 * k).collect();
+        let x = rounds_of(1, 1000, &fast);
+        let y = rounds_of(101, 1000, &shared);
+        let (v, c) = p99_verdict(&x, &y);
+        assert_eq!(v, Verdict::Better, "{c:?}");
+        let xr = replicates(&slices(&x), &RoundDraws::new(8, 1000, 3), &[0.99], 1).remove(0);
+        let yr = replicates(&slices(&y), &RoundDraws::new(8, 1000, 4), &[0.99], 2).remove(0);
+        let unpaired = ci(&ratio_reps(&xr, &yr));
+        assert_eq!(verdict(unpaired, true), Verdict::NoDifference, "{unpaired:?}");
+        // Throughput alike: 3% more in every round, rounds ±25% apart.
+        let e = [400.0, 520.0, 300.0, 450.0, 350.0, 480.0, 380.0, 330.0];
+        let f: Vec<f64> = e.iter().map(|x| 1.03 * x).collect();
+        let draws = RoundDraws::new(8, 1000, 5);
+        let paired =
+            ci(&ratio_reps(&median_replicates(&f, &draws), &median_replicates(&e, &draws)));
+        assert_eq!(verdict(paired, false), Verdict::Better, "{paired:?}");
+        let other = RoundDraws::new(8, 1000, 6);
+        let apart = ci(&ratio_reps(&median_replicates(&f, &draws), &median_replicates(&e, &other)));
+        assert_eq!(verdict(apart, false), Verdict::NoDifference, "{apart:?}");
+    }
+
+    /// A missing round (no point) is left out of the replicates that draw it, not counted as 0.
+    #[test]
+    fn a_missing_round_is_left_out() {
+        let draws = RoundDraws::new(3, 200, 1);
+        assert_eq!(draws.len(), 200);
+        let reps = median_replicates(&[100.0, f64::NAN, 100.0], &draws);
+        assert!(reps.iter().all(|&x| x == 100.0 || x.is_nan()), "{reps:?}");
+        let one = [5000u32; 10];
+        let lat = replicates(&[&one, &[], &one], &draws, &[0.5], 1).remove(0);
+        assert!(lat.iter().all(|&x| x == 5.0 || x.is_nan()), "{lat:?}");
+        // Only a draw of round 1 alone has nothing (1 in 27): the interval leaves it out.
+        assert!(lat.iter().any(|x| x.is_nan()) && lat.iter().filter(|x| x.is_nan()).count() < 20);
+        assert_eq!(ci(&lat), (5.0, 5.0));
+        assert_eq!(ci(&reps), (100.0, 100.0));
+        assert!(ci(&[f64::NAN; 10]).0.is_nan(), "no point, no interval");
+    }
+
     #[test]
     fn throughput_rule_is_the_mirror_of_latency() {
         assert_eq!(verdict((1.02, 1.10), false), Verdict::Better);
@@ -226,8 +369,9 @@ mod tests {
         assert_eq!(verdict((0.98, 1.02), false), Verdict::NoDifference);
         assert_eq!(verdict((0.90, 0.98), true), Verdict::Better);
         assert_eq!(verdict((f64::NAN, 1.0), true), Verdict::Unknown);
-        let up = median_replicates(&[110.0, 111.0, 112.0, 110.5, 111.5], 1000, 3);
-        let down = median_replicates(&[100.0, 101.0, 99.0, 100.5, 99.5], 1000, 4);
+        let draws = RoundDraws::new(5, 1000, 3);
+        let up = median_replicates(&[110.0, 111.0, 112.0, 110.5, 111.5], &draws);
+        let down = median_replicates(&[100.0, 101.0, 99.0, 100.5, 99.5], &draws);
         assert_eq!(verdict(ci(&ratio_reps(&up, &down)), false), Verdict::Better);
     }
 
