@@ -66,8 +66,8 @@ pub fn raw_path() -> PathBuf {
 
 /// Rough maximum throughput (req/s) of A per workload on a 2-core machine (measured in earlier
 /// runs), for the time estimate only. With as many processes as cores, a hold request blocks
-/// half of them, and A's closed-loop clients queue behind it. Slow and stalls: estimates, not
-/// measured in a full run yet (one worker's share of the CPU lost, and A's clients stuck on it).
+/// half of them, and A's closed-loop clients queue behind it. Slow and stalls: estimates from one
+/// quick smoke run each on a loaded machine (1 round, `--configs AEF`), not from a full run.
 fn nominal_capacity(w: Workload, v: Variant) -> f64 {
     let few = v.processes as usize <= cores();
     match (w, few) {
@@ -78,10 +78,10 @@ fn nominal_capacity(w: Workload, v: Variant) -> f64 {
         (Workload::Skewed, true) => 338.0,
         (Workload::Blocked, false) => 250.0,
         (Workload::Blocked, true) => 90.0,
-        (Workload::Slow, false) => 300.0,
-        (Workload::Slow, true) => 150.0,
-        (Workload::Stalls, false) => 380.0,
-        (Workload::Stalls, true) => 260.0,
+        (Workload::Slow, false) => 420.0,
+        (Workload::Slow, true) => 250.0,
+        (Workload::Stalls, false) => 360.0,
+        (Workload::Stalls, true) => 235.0,
     }
 }
 

@@ -123,8 +123,9 @@ pub struct Impaired {
     pub how: String,
     /// CPU time the process used while impaired, ms.
     pub cpu_ms: f64,
-    /// Slow: CFS periods in which the quota throttled it, and the time it spent throttled (ms),
-    /// from its cgroup's `cpu.stat`.
+    /// Slow: CFS periods in which the quota throttled it, and the time it spent throttled (ms,
+    /// summed over the CPUs it was throttled on, so it can exceed the run), from its cgroup's
+    /// `cpu.stat` (`nr_throttled`, `throttled_time`).
     pub throttled_periods: u64,
     pub throttled_ms: f64,
     /// Stalls: each stop as applied, (start, length) in ms from the start of the run.
