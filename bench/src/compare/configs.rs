@@ -157,14 +157,44 @@ pub enum Workload {
     Skewed,
     /// The skewed mix, plus one request every ~3 s that holds the GIL for 2 s in one C call.
     Blocked,
+    /// Every request: 4 ms of CPU (as uniform), and one worker process capped at
+    /// [`SLOW_CPU_PERCENT`] % of a CPU while a point is measured (`super::impair`).
+    Slow,
+    /// Every request: 4 ms of CPU (as uniform), and one worker process stopped for [`STALL_MS`]
+    /// every [`STALL_EVERY_MS`] while a point is measured (`super::impair`).
+    Stalls,
 }
 
-pub const ALL_WORKLOADS: [Workload; 4] =
-    [Workload::Uniform, Workload::IoCpu, Workload::Skewed, Workload::Blocked];
+pub const ALL_WORKLOADS: [Workload; 6] = [
+    Workload::Uniform,
+    Workload::IoCpu,
+    Workload::Skewed,
+    Workload::Blocked,
+    Workload::Slow,
+    Workload::Stalls,
+];
 
 /// The blocked workload's hold requests: how long each holds the GIL, and how often one comes.
 pub const HOLD_MS: u32 = 2000;
 pub const HOLD_EVERY_SECS: f64 = 3.0;
+
+/// The slow workload's cap on its one slowed worker process: this many percent of one CPU, as a
+/// cgroup v1 CFS quota ([`SLOW_QUOTA_US`] per [`SLOW_PERIOD_US`]). At 5 % a 4 ms request takes
+/// at least 80 ms of wall time, and the process serves at most ~12 of them a second: far slower
+/// than its even share of two cores (a worker whose host is overcommitted, or that a noisy
+/// neighbour starves).
+pub const SLOW_CPU_PERCENT: u64 = 5;
+/// The CFS period of the slowed worker's cgroup (`cpu.cfs_period_us`, the kernel's default).
+pub const SLOW_PERIOD_US: u64 = 100_000;
+/// The CFS quota per period (`cpu.cfs_quota_us`): [`SLOW_CPU_PERCENT`] of [`SLOW_PERIOD_US`].
+pub const SLOW_QUOTA_US: u64 = SLOW_PERIOD_US * SLOW_CPU_PERCENT / 100;
+
+/// The stalls workload: its one stalled worker process is stopped this long ...
+pub const STALL_MS: u64 = 300;
+/// ... every this long (a garbage collection or a swap-in, the rest of the time normal) ...
+pub const STALL_EVERY_MS: u64 = 2000;
+/// ... the first stall this far into a run, so that even a quick 1 s run has one.
+pub const STALL_FIRST_MS: u64 = 500;
 
 impl Workload {
     pub fn name(self) -> &'static str {
@@ -173,6 +203,8 @@ impl Workload {
             Workload::IoCpu => "io+cpu",
             Workload::Skewed => "skewed",
             Workload::Blocked => "blocked",
+            Workload::Slow => "slow",
+            Workload::Stalls => "stalls",
         }
     }
 
@@ -189,13 +221,15 @@ impl Workload {
             Workload::IoCpu => "every request waits 10 ms with the GIL released, then burns 2 ms of CPU (`/?io=10&cpu=2`)",
             Workload::Skewed => "95% of requests burn 2 ms of CPU, 5% burn 50 ms (`/?cpu=2`, `/?cpu=50`; the demo app's mix)",
             Workload::Blocked => "the skewed mix, plus one request about every 3 s (seeded schedule, its own connection through nginx) that holds the GIL for 2 s in one C call (`/?hold=2000`, like a C extension); percentiles are over the ordinary requests, the hold requests are counted apart",
+            Workload::Slow => "every request burns 4 ms of CPU under the GIL (`/?cpu=4`, as uniform), and one worker process, the same in every configuration (the first uWSGI instance's first worker: worker 1 of the one instance, E's first instance's worker, D's first instance's first worker), is capped by a cgroup v1 CPU quota at 5% of a CPU (`cpu.cfs_quota_us` 5000 per `cpu.cfs_period_us` 100000) while each point is measured; the raw file records its pid, its CPU time and how often the quota throttled it",
+            Workload::Stalls => "every request burns 4 ms of CPU under the GIL (`/?cpu=4`, as uniform), and the same one worker process as in slow is stopped for 300 ms every 2 s (SIGSTOP, then SIGCONT; the first stall 0.5 s into each run), like a garbage collection or a swap-in, while each point is measured (closed and open loop); the raw file records its pid and each stall as applied. p99.9 is the requests a stall catches",
         }
     }
 
     /// Request paths; the index of the hold request's path (if any) is [`Self::hold_path`].
     pub fn paths(self) -> Vec<String> {
         match self {
-            Workload::Uniform => vec!["/?cpu=4".into()],
+            Workload::Uniform | Workload::Slow | Workload::Stalls => vec!["/?cpu=4".into()],
             Workload::IoCpu => vec!["/?io=10&cpu=2".into()],
             Workload::Skewed => vec!["/?cpu=2".into(), "/?cpu=50".into()],
             Workload::Blocked => {
@@ -219,7 +253,7 @@ impl Workload {
     /// Mean CPU and mean wall time of an ordinary request's work, in ms.
     pub fn means(self) -> (f64, f64) {
         match self {
-            Workload::Uniform => (4.0, 4.0),
+            Workload::Uniform | Workload::Slow | Workload::Stalls => (4.0, 4.0),
             Workload::IoCpu => (2.0, 12.0),
             Workload::Skewed | Workload::Blocked => {
                 (0.95 * 2.0 + 0.05 * 50.0, 0.95 * 2.0 + 0.05 * 50.0)
@@ -247,6 +281,22 @@ impl Workload {
             t += HOLD_EVERY_SECS - 0.5 + rng.unit();
         }
         out
+    }
+
+    /// The stalls of a run of `secs` (stalls workload only; else none): (start, end) in seconds
+    /// from the start, the first at [`STALL_FIRST_MS`], then one every [`STALL_EVERY_MS`], each
+    /// [`STALL_MS`] long. Every stall that begins within the run is whole: one that outlasts the
+    /// window ends during the drain. The same for every configuration.
+    pub fn stall_windows(self, secs: f64) -> Vec<(f64, f64)> {
+        if self != Workload::Stalls {
+            return Vec::new();
+        }
+        let (len, every) = (STALL_MS as f64 / 1000.0, STALL_EVERY_MS as f64 / 1000.0);
+        (0..)
+            .map(|k| STALL_FIRST_MS as f64 / 1000.0 + k as f64 * every)
+            .take_while(|&t| t < secs)
+            .map(|t| (t, t + len))
+            .collect()
     }
 }
 
@@ -295,7 +345,7 @@ pub struct Options {
 pub const USAGE: &str =
     "bench compare [--full] [--rounds N] [--closed-secs S] [--open-secs S] [--warmup-secs S] \
      [--min-samples N] [--levels 60,90] [--bootstrap B] [--configs ABCDEFGH] \
-     [--workloads uniform,io+cpu,skewed,blocked] [--variants 8x20,2x20] [--no-netns] [--plan]";
+     [--workloads uniform,io+cpu,skewed,blocked,slow,stalls] [--variants 8x20,2x20] [--no-netns] [--plan]";
 
 impl Options {
     fn quick() -> Self {
@@ -475,5 +525,46 @@ mod tests {
         assert_eq!(Options::parse(&args("--full --configs AE")).unwrap().rounds(), 6);
         assert_eq!(Options::parse(&args("--configs AEF")).unwrap().rounds(), 2);
         assert!(Options::parse(&args("--configs AZ")).is_err());
+    }
+
+    #[test]
+    fn slow_and_stalls_parse_and_run_in_full_mode() {
+        let args = |s: &str| s.split(' ').map(String::from).collect::<Vec<_>>();
+        let o = Options::parse(&args("--workloads slow,stalls")).unwrap();
+        assert_eq!(o.workloads, vec![Workload::Slow, Workload::Stalls]);
+        let full = Options::parse(&args("--full")).unwrap();
+        assert!(
+            full.workloads.contains(&Workload::Slow) && full.workloads.contains(&Workload::Stalls)
+        );
+        for w in [Workload::Slow, Workload::Stalls] {
+            assert_eq!(Workload::by_name(w.name()), Some(w));
+            assert_eq!(w.paths(), Workload::Uniform.paths(), "GIL-bound ~4 ms requests");
+            assert_eq!(w.clients(8), Workload::Uniform.clients(8));
+            assert!(w.hold_path().is_none() && w.hold_schedule(10.0, 1).is_empty());
+        }
+        assert!(Options::parse(&args("--workloads slow,stall")).is_err());
+        assert_eq!(SLOW_QUOTA_US, 5_000);
+        // The report's texts say what the constants are.
+        assert!(Workload::Slow.describe().contains(&format!("{SLOW_CPU_PERCENT}% of a CPU")));
+        assert!(Workload::Slow.describe().contains(&format!("{SLOW_QUOTA_US} per")));
+        assert!(Workload::Stalls.describe().contains(&format!("{STALL_MS} ms every 2 s")));
+    }
+
+    #[test]
+    fn stalls_come_every_two_seconds_for_300_ms() {
+        let w = Workload::Stalls.stall_windows(5.0);
+        assert_eq!(w.len(), 3);
+        for (i, (a, b)) in w.iter().enumerate() {
+            assert!((a - (0.5 + 2.0 * i as f64)).abs() < 1e-9, "{w:?}");
+            assert!((b - a - 0.3).abs() < 1e-9, "{w:?}");
+        }
+        // A quick 1 s run has one; a stall that begins before the end is whole.
+        assert_eq!(Workload::Stalls.stall_windows(1.0).len(), 1);
+        let edge = Workload::Stalls.stall_windows(2.6);
+        assert_eq!(edge.len(), 2);
+        assert!((edge[1].1 - 2.8).abs() < 1e-9);
+        assert!(Workload::Stalls.stall_windows(0.5).is_empty());
+        assert!(Workload::Slow.stall_windows(10.0).is_empty());
+        assert!(Workload::Uniform.stall_windows(10.0).is_empty());
     }
 }

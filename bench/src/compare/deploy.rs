@@ -148,6 +148,16 @@ pub fn deploy_app(cfg: CfgRef, v: Variant, bins: &Binaries, app: &App) -> Result
 }
 
 impl Deployment {
+    /// The worker process the slow and stalls workloads impair, the same one in every
+    /// configuration: the first uWSGI instance's first worker (worker 1 of the one instance of
+    /// A, B and reuselb's configurations; E's first instance's worker; D's first instance's first
+    /// worker), as its stats server lists it now (a respawned worker has a new pid); the first
+    /// worker known at the start if the stats server does not answer.
+    pub fn first_worker(&self) -> u32 {
+        let now = self.instances.first().and_then(|u| u.stats()).and_then(|w| w.first().copied());
+        now.map(|(pid, _)| pid).filter(|&pid| pid != 0).unwrap_or(self.workers[0])
+    }
+
     /// A log file's path in the deployment's directory.
     fn log(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

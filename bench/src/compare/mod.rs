@@ -2,7 +2,8 @@
 //!
 //! The seed's setup, nginx in front of uWSGI (8 processes × 20 threads, GIL-bound Python), in the
 //! configurations of [`configs::CONFIGS`] (A-G and more), on the workloads of
-//! [`configs::Workload`] (uniform, io+cpu, skewed, blocked), and the same with processes = cores.
+//! [`configs::Workload`] (uniform, io+cpu, skewed, blocked, slow, stalls), and the same with
+//! processes = cores.
 //! All configurations of a variant run at once, each behind its own nginx, idle but for the one
 //! being measured. Each round runs every configuration in the order of a balanced Latin square
 //! ([`schedule`]):
@@ -23,13 +24,14 @@
 //! that file alone by [`report::render`], here and by `bench report <file>`.
 //!
 //! Modules: [`configs`] (what is compared, options), [`capacity`] (the plateau search's rule),
-//! [`deploy`] (starting and stopping a
-//! configuration), [`counters`] (/proc, BPF statistics), [`schedule`] (run order), [`stats`]
+//! [`deploy`] (starting and stopping a configuration), [`impair`] (the slow and stalls workloads'
+//! one slowed or stopped worker), [`counters`] (/proc, BPF statistics), [`schedule`] (run order), [`stats`]
 //! (percentiles, bootstrap, verdict), [`raw`] (the samples file), [`report`] (tables, charts).
 pub mod capacity;
 pub mod configs;
 pub mod counters;
 pub mod deploy;
+pub mod impair;
 pub mod raw;
 pub mod report;
 pub mod schedule;
@@ -67,8 +69,10 @@ pub fn raw_path() -> PathBuf {
 
 /// Rough maximum throughput (req/s) of A per workload on a 2-core machine (measured in earlier
 /// runs with 2 requests' worth of work per process in flight: below the plateau, so open-loop
-/// runs sized from them are estimated on the long side), for the time estimate only. With as many processes as cores, a hold request blocks
-/// half of them, and A's closed-loop clients queue behind it.
+/// runs sized from them are estimated on the long side), for the time estimate only. With as many
+/// processes as cores, a hold request blocks half of them, and A's closed-loop clients queue behind
+/// it. Slow and stalls: estimates from one quick smoke run each on a loaded machine (1 round,
+/// `--configs AEF`), not from a full run.
 fn nominal_capacity(w: Workload, v: Variant) -> f64 {
     let few = v.processes as usize <= cores();
     match (w, few) {
@@ -79,6 +83,10 @@ fn nominal_capacity(w: Workload, v: Variant) -> f64 {
         (Workload::Skewed, true) => 338.0,
         (Workload::Blocked, false) => 250.0,
         (Workload::Blocked, true) => 90.0,
+        (Workload::Slow, false) => 420.0,
+        (Workload::Slow, true) => 250.0,
+        (Workload::Stalls, false) => 360.0,
+        (Workload::Stalls, true) => 235.0,
     }
 }
 
@@ -197,7 +205,7 @@ fn measure(
     let p0 = prog_counters(&ids);
     let f0 = fast_path_counts(&ids);
     let c0 = dep.counters();
-    let out = loadgen::run(&spec)?;
+    let (out, impaired) = impair::during(w, dep, secs, || loadgen::run(&spec))?;
     let c1 = dep.counters();
     let p1 = prog_counters(&ids);
     let f1 = fast_path_counts(&ids);
@@ -246,6 +254,7 @@ fn measure(
             loadavg1: loadavg1(),
         },
         errors: out.errors.into_iter().take(2).collect(),
+        impaired,
     })
 }
 
@@ -451,7 +460,7 @@ impl Phases<'_> {
                 "      {clients} clients: {:.0} req/s, failed {}{}",
                 p.throughput,
                 p.failed,
-                hold_note(&p)
+                notes(&p)
             );
             steps.push(Step { clients, throughput: p.throughput });
             out.points.push(p);
@@ -533,7 +542,7 @@ impl Phases<'_> {
                 stats::pct_sorted(lat, 0.5),
                 stats::pct_sorted(lat, 0.99),
                 p.failed,
-                hold_note(&p)
+                notes(&p)
             );
             out.points.push(p);
             std::thread::sleep(Duration::from_millis(150));
@@ -583,10 +592,26 @@ fn run_variant(
     Ok(out)
 }
 
-fn hold_note(p: &Point) -> String {
-    if p.hold_us.is_empty() {
-        return String::new();
+/// What a point's progress line adds: its hold requests (blocked), and the impaired worker's
+/// share of the answers (slow, stalls).
+fn notes(p: &Point) -> String {
+    let mut out = String::new();
+    if !p.hold_us.is_empty() {
+        let failed = p.hold_us.iter().filter(|&&x| x == FAILED).count();
+        out = format!(", {} hold requests ({failed} failed)", p.hold_us.len());
     }
-    let failed = p.hold_us.iter().filter(|&&x| x == FAILED).count();
-    format!(", {} hold requests ({failed} failed)", p.hold_us.len())
+    if let Some(i) = &p.impaired {
+        out.push_str(&format!(
+            ", impaired worker (pid {}) {:.2} of an even share, {:.0} ms CPU{}",
+            i.pid,
+            report::impaired_share(p),
+            i.cpu_ms,
+            if i.stalls_ms.is_empty() {
+                String::new()
+            } else {
+                format!(", {} stalls", i.stalls_ms.len())
+            }
+        ));
+    }
+    out
 }

@@ -138,6 +138,29 @@ pub struct Point {
     pub c: PointCounters,
     /// A few of the failures' messages.
     pub errors: Vec<String>,
+    /// The worker the workload slowed or stalled during the point (slow, stalls), and how;
+    /// absent in other workloads' points and in files from before these workloads.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub impaired: Option<Impaired>,
+}
+
+/// What `super::impair` did to one worker process during a point, so a reader can check it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Impaired {
+    pub pid: u32,
+    /// Its index in [`Point::per_worker`], if it is among the workers known at the start.
+    pub worker: Option<usize>,
+    /// What was done to it, in words and figures (the cgroup and its quota, or the stop schedule).
+    pub how: String,
+    /// CPU time the process used while impaired, ms.
+    pub cpu_ms: f64,
+    /// Slow: CFS periods in which the quota throttled it, and the time it spent throttled (ms,
+    /// summed over the CPUs it was throttled on, so it can exceed the run), from its cgroup's
+    /// `cpu.stat` (`nr_throttled`, `throttled_time`).
+    pub throttled_periods: u64,
+    pub throttled_ms: f64,
+    /// Stalls: each stop as applied, (start, length) in ms from the start of the run.
+    pub stalls_ms: Vec<(u32, u32)>,
 }
 
 /// Counter differences over one point (nanoseconds of CPU, counts).

@@ -352,6 +352,9 @@ fn workload(
     } else {
         maximum_tables(w, ctx, v, wl, base, rs, &vs)?;
     }
+    if wl == Workload::Stalls {
+        tail_table(w, ctx, rs)?;
+    }
     let vname = format!("{}x{}", v.processes, v.threads);
     for r in rs.iter().filter(|r| r.cfg.is_reuselb()) {
         targets.extend(target_row(&vname, wl, r, &vs));
@@ -457,6 +460,51 @@ fn latency_row(w: &mut String, vs: &Against, r: &Row) -> Result<()> {
     Ok(())
 }
 
+/// Stalls: p99 beside p99.9 (the requests a stall catches) at the highest level, and p99.9
+/// against A and against the best non-reuselb configuration by p99.9.
+fn tail_table(w: &mut String, ctx: &Ctx, rs: &[Row]) -> Result<()> {
+    let top = rs[0].lat.len().saturating_sub(1);
+    let a = rs.iter().find(|r| r.cfg.letter == 'A');
+    let best = rs
+        .iter()
+        .filter(|r| !r.cfg.is_reuselb() && !r.lat[top].est[2].is_nan())
+        .min_by(|x, y| x.lat[top].est[2].total_cmp(&y.lat[top].est[2]));
+    let p = pct(ctx.top_l);
+    let best_name = best.map(|r| r.cfg.letter.to_string()).unwrap_or("—".into());
+    writeln!(
+        w,
+        "
+The stalls' tail at {p}: p99.9 is the requests a stall catches.
+"
+    )?;
+    writeln!(w, "| config | p99 @{p} [CI] | p99.9 @{p} [CI] | p99.9 ×A [CI] | p99.9 × best non-reuselb ({best_name}) [CI] |")?;
+    writeln!(w, "|---|---:|---:|---:|---:|")?;
+    for r in rs {
+        let lt = &r.lat[top];
+        let vs = |b: Option<&Row>| match b {
+            Some(b) if b.cfg == r.cfg => "(itself)".to_string(),
+            Some(b) => {
+                compare(&lt.reps[2], &b.lat[top].reps[2], lt.est[2], b.lat[top].est[2], true).0
+            }
+            None => "—".to_string(),
+        };
+        writeln!(
+            w,
+            "| {} | {}{} {} | {}{} {} | {} | {} |",
+            r.cfg.short(),
+            ms(lt.est[1]),
+            mark(lt.n, 0.99),
+            interval(ci(&lt.reps[1]), ms),
+            ms(lt.est[2]),
+            mark(lt.n, 0.999),
+            interval(ci(&lt.reps[2]), ms),
+            vs(a),
+            vs(best)
+        )?;
+    }
+    Ok(())
+}
+
 /// A reuselb row of "Against the target", if there is a best non-reuselb configuration to
 /// compare it with.
 fn target_row(vname: &str, wl: Workload, r: &Row, vs: &Against) -> Option<String> {
@@ -483,20 +531,50 @@ fn target_row(vname: &str, wl: Workload, r: &Row, vs: &Against) -> Option<String
     ))
 }
 
-/// Table 2: balance and costs at the highest level.
+/// Table 2: balance and costs at the highest level; where the workload impaired a worker (slow,
+/// stalls), also that worker's share.
 fn balance_table(w: &mut String, ctx: &Ctx, rs: &[Row]) -> Result<()> {
     writeln!(w, "\nAt {} (medians over the rounds):\n", pct(ctx.top_l))?;
     let (fast_head, fast_rule) = if ctx.has_fast { (" fast path |", "---:|") } else { ("", "") };
-    writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection |{fast_head} load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |")?;
-    writeln!(w, "|---|---:|---:|---:|---:|---:|---:|{fast_rule}---:|---:|---:|---:|---:|")?;
+    let impaired = rs.iter().flat_map(|r| &r.top).any(|p| p.impaired.is_some());
+    let (imp_head, imp_rule) =
+        if impaired { (" impaired worker/ideal (closed loop) |", "---:|") } else { ("", "") };
+    writeln!(w, "| config | busiest/ideal | CV | ctxsw/req | nginx µs/req | router µs/req | BPF ns/selection |{fast_head} load generator CPU | other CPUs | loadavg | failed | hold requests (done/sent, median s) |{imp_head}")?;
+    writeln!(
+        w,
+        "|---|---:|---:|---:|---:|---:|---:|{fast_rule}---:|---:|---:|---:|---:|{imp_rule}"
+    )?;
     for r in rs {
-        balance_row(w, ctx.has_fast, r)?;
+        let imp_cell = if impaired {
+            let (open, closed) = (r.top.iter(), r.closed.iter());
+            format!(
+                " {:.2} ({:.2}) |",
+                med(open.map(impaired_share)),
+                med(closed.map(impaired_share))
+            )
+        } else {
+            String::new()
+        };
+        balance_row(w, ctx.has_fast, r, &imp_cell)?;
+    }
+    if impaired {
+        writeln!(w, "\n**impaired worker/ideal** = the slowed or stalled worker's answers over an even share, open loop (closed loop); the raw file records its pid and what was done to it.")?;
     }
     Ok(())
 }
 
-/// One configuration's row of table 2.
-fn balance_row(w: &mut String, has_fast: bool, r: &Row) -> Result<()> {
+/// The impaired worker's answers over an even share (NaN where no worker was impaired).
+pub(super) fn impaired_share(p: &Point) -> f64 {
+    let Some(i) = p.impaired.as_ref().and_then(|i| i.worker) else { return f64::NAN };
+    let total: u64 = p.per_worker.iter().sum();
+    if total == 0 || i >= p.per_worker.len() {
+        return f64::NAN;
+    }
+    p.per_worker[i] as f64 / (total as f64 / p.per_worker.len() as f64)
+}
+
+/// One configuration's row of table 2, `extra` (cells) at its end.
+fn balance_row(w: &mut String, has_fast: bool, r: &Row, extra: &str) -> Result<()> {
     let per = |f: &dyn Fn(&Point) -> f64| med(r.top.iter().map(f));
     let (busiest, cv) = (per(&|p| share(&p.per_worker).0), per(&|p| share(&p.per_worker).1));
     let per_req = |x: u64, p: &Point| x as f64 / p.c.answered.max(1) as f64;
@@ -523,7 +601,7 @@ fn balance_row(w: &mut String, has_fast: bool, r: &Row) -> Result<()> {
     let failed: u64 = r.closed.iter().chain(r.open.iter().flatten()).map(|p| p.failed).sum();
     writeln!(
         w,
-        "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} |{} {:.0}% | {:.2} | {:.2} | {failed} | {} |",
+        "| {} | {:.2} | {:.2} | {:.1} | {:.0} | {router} | {} |{} {:.0}% | {:.2} | {:.2} | {failed} | {} |{extra}",
         r.cfg.short(),
         busiest,
         cv,
@@ -575,6 +653,11 @@ fn per_round(w: &mut String, ctx: &Ctx, vname: &str, chart_rows: &[Vec<Row>]) ->
             for (l, pts) in ctx.raw.options.levels.iter().zip(&r.open) {
                 let p: Vec<String> = pts.iter().map(|p| ms(pct_sorted(&p.lat_us, 0.99))).collect();
                 write!(line, "; p99 @{} {}", pct(*l), p.join(" "))?;
+                if *wl == Workload::Stalls {
+                    let p: Vec<String> =
+                        pts.iter().map(|p| ms(pct_sorted(&p.lat_us, 0.999))).collect();
+                    write!(line, "; p99.9 @{} {}", pct(*l), p.join(" "))?;
+                }
             }
             let errs: Vec<&String> = r
                 .closed
@@ -723,7 +806,7 @@ fn chart_svg(ctx: &Ctx, v: &RawVariant, rows: &[Vec<Row>]) -> String {
 mod tests {
     use super::*;
     use crate::{
-        compare::raw::{Machine, PointCounters, RawOptions, FORMAT},
+        compare::raw::{Impaired, Machine, PointCounters, RawOptions, FORMAT},
         loadgen::Rng,
     };
 
@@ -910,5 +993,57 @@ mod tests {
         assert!(a_row.contains("worse"), "{a_row}");
         assert!(one.markdown.contains("| 1200 |"), "pooled count per point printed");
         assert!(one.charts[0].1.contains("95% CI"), "error bars in the chart");
+        assert!(!one.markdown.contains("impaired worker/ideal"), "no worker impaired");
+        assert!(!one.markdown.contains("The stalls' tail"), "not the stalls workload");
+    }
+
+    /// The synthetic run as the stalls workload, worker 1 of 2 impaired (its record as
+    /// `impair` makes it): the tail table (p99 beside p99.9, p99.9's ratios) and the impaired
+    /// worker's share show, and the record survives the file.
+    #[test]
+    fn stalls_show_their_tail_and_the_impaired_workers_share() {
+        let mut raw = synthetic();
+        raw.options.workloads = vec!["stalls".into()];
+        let v = &mut raw.variants[0];
+        v.base = vec![("stalls".into(), 300.0)];
+        for p in &mut v.points {
+            p.workload = "stalls".into();
+            p.per_worker = vec![100, 300];
+            // No failures, so that p99.9 is finite and picks a best configuration.
+            p.lat_us.retain(|&x| x != FAILED);
+            p.impaired = Some(Impaired {
+                pid: 42,
+                worker: Some(0),
+                how: "SIGSTOP".into(),
+                stalls_ms: vec![(500, 301)],
+                ..Default::default()
+            });
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.json.gz");
+        raw.write(&path).unwrap();
+        let back = Raw::read(&path).unwrap();
+        assert_eq!(back, raw);
+        let md = render(&back).unwrap().markdown;
+        assert!(md.contains("The stalls' tail at 90%"), "{md}");
+        assert!(md.contains("| config | p99 @90% [CI] | p99.9 @90% [CI] | p99.9 ×A [CI] | p99.9 × best non-reuselb (E) [CI] |"), "{md}");
+        let f_tail = md.lines().filter(|l| l.starts_with("| F reuselb")).nth(1).unwrap();
+        assert!(f_tail.ends_with(" |") && f_tail.matches('[').count() >= 4, "{f_tail}");
+        assert!(md.contains("impaired worker/ideal (closed loop) |"), "{md}");
+        // 100 of an even 200: 0.50, open and closed loop.
+        let f_balance = md.lines().filter(|l| l.starts_with("| F reuselb")).nth(2).unwrap();
+        assert!(f_balance.ends_with(" 0.50 (0.50) |"), "{f_balance}");
+        assert!(md.contains("; p99.9 @90% "), "per-round p99.9");
+    }
+
+    /// A point of a file from before the slow and stalls workloads (no `impaired` field) reads,
+    /// and a point with no impaired worker is written as before (no field).
+    #[test]
+    fn points_without_an_impaired_worker_read_and_write_as_before() {
+        let p = Point { config: 'A', ..Default::default() };
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("impaired"), "{json}");
+        let back: Point = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, p);
     }
 }
