@@ -44,7 +44,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    broken::Broken, config_flags, decide, next_in_turn, Choice, Config, Draw, Event, Fast,
+    broken::Broken, config_flags, decide, next_in_turn, Choice, Config, Cost, Draw, Event, Fast,
     LoadSource, LoadTable, PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS,
     NO_SLOT,
 };
@@ -293,15 +293,14 @@ impl LoadSource for MapLoads {
         };
     }
 
-    /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over
-    /// up to 256 slots would exhaust its instruction budget.
+    /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once per cost (each its own
+    /// callback), where a plain loop over up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
-    fn run_scan(&self, _cfg: &Config, scan: &mut Scan) {
-        // SAFETY: bpf_loop calls `scan_step` with the context pointer we pass, `scan`, which
-        // outlives the call; the verifier checks the callback's signature.
-        unsafe {
-            bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0)
-        };
+    fn run_scan<C: Cost>(&self, _cfg: &Config, scan: &mut Scan) {
+        let step = scan_step::<C> as *mut c_void;
+        // SAFETY: bpf_loop calls `step` with the context pointer we pass, `scan`, which outlives
+        // the call; the verifier checks the callback's signature.
+        unsafe { bpf_loop(Scan::chunks(scan.n), step, (scan as *mut Scan).cast(), 0) };
     }
 
     /// The pack scan through `bpf_loop`, one slot per call to [`pack_step`], which ends the loop
@@ -335,14 +334,14 @@ extern "C" fn fast_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// One `bpf_loop` iteration of the least-loaded scan: one chunk of slots. Looks up the config and
-/// the table itself: a pointer to map memory cannot travel through the loop context.
-extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
+/// One `bpf_loop` iteration of the exact scan with cost `C`: one chunk of slots. Looks up the
+/// config and the table itself: a pointer to map memory cannot travel through the loop context.
+extern "C" fn scan_step<C: Cost>(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `&mut Scan` that `run_scan` gave it, alive for the loop.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
     match (CONFIG.get(0), LOADS.get_ptr(0)) {
         (Some(cfg), Some(table)) => {
-            scan.visit_chunk(cfg, index as u32, &MapLoads(table));
+            scan.visit_chunk::<C, MapLoads>(cfg, index as u32, &MapLoads(table));
             0
         }
         _ => 1,
