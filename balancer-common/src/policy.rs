@@ -63,6 +63,25 @@ impl Policy {
             Policy::RoundRobin | Policy::Hash => None,
         }
     }
+
+    /// Whether the policy reads the clock ([`Draw::now`]) even with the blocked check off: the
+    /// estimate family (ages, decay). The program calls the clock only when some reader needs it
+    /// (a helper call per connection), so a policy that reads ages must say so here.
+    pub const fn reads_clock(self) -> bool {
+        match self {
+            Policy::WorkLeft | Policy::PeakEwma => true,
+            Policy::LeastLoaded
+            | Policy::Pack
+            | Policy::PowerOfTwo
+            | Policy::RoundRobin
+            | Policy::Hash => false,
+        }
+    }
+
+    /// Whether the policy uses [`Draw::random`] (p2c); the program draws one only then.
+    pub const fn draws_random(self) -> bool {
+        matches!(self, Policy::PowerOfTwo)
+    }
 }
 
 /// The names of [`Policy::ALL`], comma-separated, for messages.
@@ -112,7 +131,7 @@ impl core::str::FromStr for Policy {
 /// The per-connection inputs that are not in the maps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Draw {
-    /// A fresh random number: the two picks of p2c.
+    /// A fresh random number: the two picks of p2c (0 for the other policies).
     pub random: u32,
     /// The connection's 4-tuple hash (the kernel's own `reuseport` hash).
     pub hash: u32,

@@ -45,8 +45,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use balancer_common::{
     broken::Broken, config_flags, decide, next_in_turn, Choice, Config, Cost, Draw, Event, Fast,
-    LoadSource, LoadTable, PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS,
-    NO_SLOT,
+    LoadSource, LoadTable, PackScan, Policy, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS,
+    MAX_SLOTS, NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -116,15 +116,28 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         keep_owners();
         return fall_back(Event::FallbackNoConfig, migrating());
     };
+    // The two helpers are called only for the policies that use what they give (each costs a
+    // call per connection): the random number for p2c, the clock for the blocked check and the
+    // policies that read ages. Without the clock, `account` leaves the blocked clock alone.
+    // SAFETY: `cfg.policy` is a valid, aligned u32 (a reference's field).
+    let policy = Policy::from_id(unsafe { read_volatile(addr_of!(cfg.policy)) });
     let draw = Draw {
-        // SAFETY: a helper with no arguments, allowed in every program type.
-        random: unsafe { bpf_get_prandom_u32() },
+        random: if policy.is_some_and(Policy::draws_random) {
+            // SAFETY: a helper with no arguments, allowed in every program type.
+            unsafe { bpf_get_prandom_u32() }
+        } else {
+            0
+        },
         hash: ctx.hash(),
-        // Both read for every connection, whatever the policy: a branch here would have the
-        // verifier walk the scan once more for each outcome.
+        // Read for every connection, whatever the policy: a branch here would have the verifier
+        // walk the scan once more for each outcome.
         tick: next_tick(),
-        // SAFETY: a helper with no arguments, allowed in every program type.
-        now: unsafe { bpf_ktime_get_ns() },
+        now: if cfg.blocked_after_ms != 0 || policy.is_some_and(Policy::reads_clock) {
+            // SAFETY: a helper with no arguments, allowed in every program type.
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        },
     };
     let Some(table) = LOADS.get_ptr(0) else {
         return fall_back(Event::FallbackNoConfig, migrating());
