@@ -520,8 +520,14 @@ impl Fast {
         // `checked_rem`: LLVM keeps a division-by-zero check here, and a panic does not load.
         let start = active_at(cfg, draw.tick.checked_rem(cfg.n_active).unwrap_or(0));
         let start = if start < words * 8 { start } else { 0 };
-        let (mean, now_us) =
-            if work_on { (loads.group_mean_us(), draw.now / 1000) } else { (0, 0) };
+        // Least-loaded computes no cost: `work_left` hides its inputs from LLVM, which then
+        // cannot fold it away even when they are all 0.
+        let (mean, now_us, least_work) = if work_on {
+            let (mean, now_us) = (loads.group_mean_us(), draw.now / 1000);
+            (mean, now_us, work_left(0, mean, 0, 0, now_us))
+        } else {
+            (0, 0, 0)
+        };
         Some(Self {
             words,
             first: start / 8,
@@ -531,7 +537,7 @@ impl Fast {
             work_on,
             mean,
             now_us,
-            least_work: work_left(0, mean, 0, 0, now_us),
+            least_work,
             uniform_weight: cfg.uniform_weight,
             next: 0,
             w: 0,
