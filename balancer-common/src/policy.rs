@@ -7,6 +7,11 @@
 //! Least-loaded and work-left first try the fast path ([`find_idle`]: an active slot with nothing
 //! in flight, from the load table's idle bytes, checked against its counts), then the exact scan
 //! ([`Scan`]). Either way the answer is a minimum of the policy's cost.
+//!
+//! The scan is specialized per policy [`Family`] (a [`Cost`] type parameter): the count family
+//! (least-loaded, pack's fallback) weighs a slot by its count alone, the estimate family
+//! (work-left, peak-ewma) by its branch-free time estimates. The program runs each as its own
+//! `bpf_loop` callback, so least-loaded pays nothing per slot for the estimates' arithmetic.
 
 use crate::layout::{Config, Event, MAX_SLOTS, NO_SLOT};
 
@@ -36,6 +41,46 @@ named_enum! {
         /// weight are below [`Config::pack_depth`] wins, so that few workers stay warm; when every
         /// slot is full, least-loaded decides. See [`PackScan`].
         Pack = 5 => "pack",
+    }
+}
+
+/// What a policy weighs a slot by: the policies of one family share a scan ([`Cost`]), and in
+/// the program its `bpf_loop` callback.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// Connections in flight per weight ([`Counts`]): least-loaded, pack, p2c.
+    Counts,
+    /// Time estimates per slot ([`Estimates`]): work-left, peak-ewma.
+    Estimates,
+}
+
+impl Policy {
+    /// The policy's family, or `None` for those that weigh no load (round-robin, hash).
+    pub const fn family(self) -> Option<Family> {
+        match self {
+            Policy::LeastLoaded | Policy::Pack | Policy::PowerOfTwo => Some(Family::Counts),
+            Policy::WorkLeft | Policy::PeakEwma => Some(Family::Estimates),
+            Policy::RoundRobin | Policy::Hash => None,
+        }
+    }
+
+    /// Whether the policy reads the clock ([`Draw::now`]) even with the blocked check off: the
+    /// estimate family (ages, decay). The program calls the clock only when some reader needs it
+    /// (a helper call per connection), so a policy that reads ages must say so here.
+    pub const fn reads_clock(self) -> bool {
+        match self {
+            Policy::WorkLeft | Policy::PeakEwma => true,
+            Policy::LeastLoaded
+            | Policy::Pack
+            | Policy::PowerOfTwo
+            | Policy::RoundRobin
+            | Policy::Hash => false,
+        }
+    }
+
+    /// Whether the policy uses [`Draw::random`] (p2c); the program draws one only then.
+    pub const fn draws_random(self) -> bool {
+        matches!(self, Policy::PowerOfTwo)
     }
 }
 
@@ -86,7 +131,7 @@ impl core::str::FromStr for Policy {
 /// The per-connection inputs that are not in the maps.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Draw {
-    /// A fresh random number: the two picks of p2c.
+    /// A fresh random number: the two picks of p2c (0 for the other policies).
     pub random: u32,
     /// The connection's 4-tuple hash (the kernel's own `reuseport` hash).
     pub hash: u32,
@@ -169,16 +214,16 @@ pub trait LoadSource: Sized {
         }
     }
 
-    /// Calls [`Scan::visit_chunk`] for each chunk of `0..scan.n`. The default is a plain loop;
-    /// the eBPF program overrides it with `bpf_loop`, so the verifier checks the chunk once instead
-    /// of walking every iteration of every path.
+    /// Calls [`Scan::visit_chunk`] with cost `C` for each chunk of `0..scan.n`. The default is a
+    /// plain loop; the eBPF program overrides it with `bpf_loop` (one callback per cost), so the
+    /// verifier checks the chunk once instead of walking every iteration of every path.
     #[inline(always)]
-    fn run_scan(&self, cfg: &Config, scan: &mut Scan) {
+    fn run_scan<C: Cost>(&self, cfg: &Config, scan: &mut Scan) {
         for chunk in 0..Scan::chunks(MAX_SLOTS) {
             if chunk >= Scan::chunks(scan.n) {
                 break;
             }
-            scan.visit_chunk(cfg, chunk, self);
+            scan.visit_chunk::<C, Self>(cfg, chunk, self);
         }
     }
 }
@@ -367,8 +412,12 @@ pub fn decide<L: LoadSource>(
                 }
             }
             let mut scan = Scan::new(n, draw.tick % n, exclude, draw.now, limit_ns);
-            scan.set_cost(cfg, loads.group_mean_us());
-            loads.run_scan(cfg, &mut scan);
+            if policy.family() == Some(Family::Estimates) {
+                scan.set_cost(cfg, loads.group_mean_us());
+                loads.run_scan::<Estimates>(cfg, &mut scan);
+            } else {
+                loads.run_scan::<Counts>(cfg, &mut scan);
+            }
             scan.result()
         }
         Policy::PowerOfTwo => {
@@ -471,8 +520,14 @@ impl Fast {
         // `checked_rem`: LLVM keeps a division-by-zero check here, and a panic does not load.
         let start = active_at(cfg, draw.tick.checked_rem(cfg.n_active).unwrap_or(0));
         let start = if start < words * 8 { start } else { 0 };
-        let (mean, now_us) =
-            if work_on { (loads.group_mean_us(), draw.now / 1000) } else { (0, 0) };
+        // Least-loaded computes no cost: `work_left` hides its inputs from LLVM, which then
+        // cannot fold it away even when they are all 0.
+        let (mean, now_us, least_work) = if work_on {
+            let (mean, now_us) = (loads.group_mean_us(), draw.now / 1000);
+            (mean, now_us, work_left(0, mean, 0, 0, now_us))
+        } else {
+            (0, 0, 0)
+        };
         Some(Self {
             words,
             first: start / 8,
@@ -482,7 +537,7 @@ impl Fast {
             work_on,
             mean,
             now_us,
-            least_work: work_left(0, mean, 0, 0, now_us),
+            least_work,
             uniform_weight: cfg.uniform_weight,
             next: 0,
             w: 0,
@@ -599,8 +654,8 @@ fn active_at(cfg: &Config, i: u32) -> u32 {
 /// on by one slot per connection (this CPU's tick), so equally loaded slots take turns instead of
 /// piling on slot 0; a random start, used before, gave one slot two or three in a row as often.
 ///
-/// The load is the count in flight, or with work-left its [`work_left`] cost (selected by a mask,
-/// not a branch).
+/// The load is the slot's [`Cost`]: the count in flight ([`Counts`]), or ([`Estimates`]) the
+/// [`work_left`] or [`peak_ewma`] cost, selected by a mask, not a branch.
 ///
 /// With the blocked check on (`limit_ns` > 0), a blocked slot's load is lifted by
 /// [`Scan::BLOCKED`] (and its weight taken as 1), above every slot that is not blocked: it wins
@@ -621,13 +676,13 @@ pub struct Scan {
     pub enabled: u64,
     /// All ones once a blocked candidate was seen.
     pub blocked_seen: u64,
-    /// All ones for work-left: the load is the [`work_left`] cost instead of the count.
+    /// All ones for work-left ([`Estimates`]): the load is the [`work_left`] cost.
     pub work_on: u64,
-    /// All ones for peak-ewma: the load is the [`peak_ewma`] cost instead of the count.
+    /// All ones for peak-ewma ([`Estimates`]): the load is the [`peak_ewma`] cost.
     pub peak_on: u64,
     /// `now` in microseconds.
     pub now_us: u64,
-    /// The group's mean service time (work-left and peak-ewma), raw.
+    /// The group's mean service time ([`Estimates`]), raw.
     pub mean_us: u64,
 }
 
@@ -667,9 +722,9 @@ impl Scan {
         }
     }
 
-    /// Weighs each slot by the cost of `cfg`'s policy ([`work_left`] for work-left,
-    /// [`peak_ewma`] for peak-ewma; the count for any other), with `mean_us` (raw) as the group's
-    /// mean service time.
+    /// Sets what [`Estimates`] weighs each slot by: [`work_left`] for work-left, [`peak_ewma`]
+    /// for peak-ewma (neither for any other policy: the count), with `mean_us` (raw) as the
+    /// group's mean service time.
     ///
     /// The masks come from the policy id read again from `cfg`, without a branch: the verifier
     /// knows the id exactly on each path of the caller's `match`, and masks it knows exactly
@@ -690,16 +745,16 @@ impl Scan {
         n.div_ceil(Self::CHUNK)
     }
 
-    /// Looks at the slots `chunk * CHUNK ..` of the pass, up to `n`.
+    /// Looks at the slots `chunk * CHUNK ..` of the pass, up to `n`, weighed by `C`.
     #[inline(always)]
-    pub fn visit_chunk<L: LoadSource>(&mut self, cfg: &Config, chunk: u32, loads: &L) {
+    pub fn visit_chunk<C: Cost, L: LoadSource>(&mut self, cfg: &Config, chunk: u32, loads: &L) {
         let base = chunk.wrapping_mul(Self::CHUNK);
         for j in 0..Self::CHUNK {
             let k = base.wrapping_add(j);
             if k >= self.n {
                 return;
             }
-            self.visit(cfg, k, loads);
+            self.visit::<C, L>(cfg, k, loads);
         }
     }
 
@@ -709,7 +764,7 @@ impl Scan {
     /// behind a branch: a branch (or a second `bpf_loop` callback chosen at run time) doubles the
     /// paths the verifier walks, and loading took 3-12 s instead of about 1.5 s that way.
     #[inline(always)]
-    pub fn visit<L: LoadSource>(&mut self, cfg: &Config, k: u32, loads: &L) {
+    pub fn visit<C: Cost, L: LoadSource>(&mut self, cfg: &Config, k: u32, loads: &L) {
         let i = self.start.wrapping_add(k);
         let i = if i >= self.n { i.wrapping_sub(self.n) } else { i };
         let slot = active_at(cfg, i);
@@ -720,17 +775,7 @@ impl Scan {
         let count = if count > Self::LOAD_CAP { Self::LOAD_CAP } else { count };
         let blocked =
             blocked_mask(count, loads.progress(slot), self.now, self.limit_ns, self.enabled);
-        let (working, start_sum) = loads.work(slot);
-        let work = work_left(count, self.mean_us, working, start_sum, self.now_us);
-        // Masked as well as capped: the mask is what tells the verifier the bound (a value it
-        // cannot bound makes every comparison below a path of its own).
-        let work = min_below(work, Self::LOAD_CAP) & Self::LOAD_CAP;
-        let (ewma, ewma_at) = loads.ewma(slot);
-        let peak = peak_ewma(count, ewma, ewma_at, self.mean_us, self.now_us);
-        let peak = min_below(peak, Self::LOAD_CAP) & Self::LOAD_CAP;
-        let load = (count & !(self.work_on | self.peak_on))
-            | (work & self.work_on)
-            | (peak & self.peak_on);
+        let load = C::cost(self, slot, count, loads);
         self.blocked_seen |= blocked;
         let load = load + (blocked & Self::BLOCKED);
         let weight = (weight & !(blocked as u32)) | (blocked as u32 & 1);
@@ -748,6 +793,46 @@ impl Scan {
         // A blocked candidate was seen and the pick is not blocked: it was steered away.
         let passed_blocked = self.blocked_seen != 0 && self.best_load < Self::BLOCKED;
         Ok(Choice { slot: self.best, passed_blocked, fast: false })
+    }
+}
+
+/// What a [`Scan`] weighs a slot by: one per [`Family`], a type parameter so that each family's
+/// scan is its own code (in the program, its own `bpf_loop` callback).
+pub trait Cost {
+    /// The cost of `slot`, whose count in flight (at most [`Scan::LOAD_CAP`]) is `count`: at
+    /// most [`Scan::LOAD_CAP`], in a way the verifier can see (a branch on it, or a mask).
+    fn cost<L: LoadSource>(scan: &Scan, slot: u32, count: u64, loads: &L) -> u64;
+}
+
+/// The count family's cost ([`Family::Counts`]): the count in flight, nothing else read.
+#[derive(Clone, Copy, Debug)]
+pub enum Counts {}
+
+impl Cost for Counts {
+    #[inline(always)]
+    fn cost<L: LoadSource>(_scan: &Scan, _slot: u32, count: u64, _loads: &L) -> u64 {
+        count
+    }
+}
+
+/// The estimate family's cost ([`Family::Estimates`]): [`work_left`] or [`peak_ewma`] as
+/// [`Scan::set_cost`] chose, or the count if it chose neither. Both are computed for every slot
+/// and one kept by a mask: a branch would have the verifier walk the scan once per policy.
+#[derive(Clone, Copy, Debug)]
+pub enum Estimates {}
+
+impl Cost for Estimates {
+    #[inline(always)]
+    fn cost<L: LoadSource>(scan: &Scan, slot: u32, count: u64, loads: &L) -> u64 {
+        let (working, start_sum) = loads.work(slot);
+        let work = work_left(count, scan.mean_us, working, start_sum, scan.now_us);
+        // Masked as well as capped: the mask is what tells the verifier the bound (a value it
+        // cannot bound makes every comparison after it a path of its own).
+        let work = min_below(work, Scan::LOAD_CAP) & Scan::LOAD_CAP;
+        let (ewma, ewma_at) = loads.ewma(slot);
+        let peak = peak_ewma(count, ewma, ewma_at, scan.mean_us, scan.now_us);
+        let peak = min_below(peak, Scan::LOAD_CAP) & Scan::LOAD_CAP;
+        (count & !(scan.work_on | scan.peak_on)) | (work & scan.work_on) | (peak & scan.peak_on)
     }
 }
 

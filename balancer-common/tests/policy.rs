@@ -1,5 +1,7 @@
 //! The selection policy on the host: the same code the eBPF program runs, with plain arrays.
-use balancer_common::{choose, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS, NO_SLOT};
+use balancer_common::{
+    choose, Config, Draw, Event, Family, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
+};
 
 /// Loads of slots 0..N as (in flight, weight); slots beyond read as unreadable.
 struct Loads(Vec<(u64, u32)>);
@@ -208,4 +210,52 @@ fn policy_names_round_trip() {
     let past = Policy::ALL.iter().map(|&p| p as u32).max().unwrap() + 1;
     assert_eq!(Policy::from_id(past), None);
     assert_eq!(Policy::from_id(u32::MAX), None);
+}
+
+/// Loads whose estimate figures must not be read: the count family's scan weighs counts alone.
+struct CountsOnly(Loads);
+
+impl LoadSource for CountsOnly {
+    fn load(&self, slot: u32) -> Option<(u64, u32)> {
+        self.0.load(slot)
+    }
+    fn work(&self, slot: u32) -> (u64, u64) {
+        panic!("work figures of slot {slot} read by a count-family scan")
+    }
+    fn ewma(&self, slot: u32) -> (u64, u64) {
+        panic!("ewma figures of slot {slot} read by a count-family scan")
+    }
+    fn group_mean_us(&self) -> u64 {
+        panic!("group mean read by a count-family scan")
+    }
+}
+
+#[test]
+fn the_count_family_scans_without_the_estimates() {
+    for policy in Policy::ALL {
+        let family = policy.family();
+        let estimates = matches!(policy, Policy::WorkLeft | Policy::PeakEwma);
+        assert_eq!(family == Some(Family::Estimates), estimates, "{policy:?}: {family:?}");
+        if family != Some(Family::Counts) {
+            continue;
+        }
+        // Every slot busy (pack at depth 1 is full), so least-loaded and pack scan them all.
+        let cfg = config(policy, &[0, 1, 2, 3]);
+        let loads = CountsOnly(unweighted(&[5, 3, 7, 4]));
+        for tick in 0..8 {
+            let slot = choose(&cfg, &draw(tick), NO_SLOT, &loads).unwrap();
+            if policy != Policy::PowerOfTwo {
+                assert_eq!(slot, 1, "{policy:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn only_the_policies_that_use_them_get_the_clock_and_a_random_number() {
+    for policy in Policy::ALL {
+        let ages = matches!(policy, Policy::WorkLeft | Policy::PeakEwma);
+        assert_eq!(policy.reads_clock(), ages, "{policy:?}");
+        assert_eq!(policy.draws_random(), policy == Policy::PowerOfTwo, "{policy:?}");
+    }
 }

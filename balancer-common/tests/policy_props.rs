@@ -24,8 +24,8 @@
 //!   choices on 64 slots (fixed seeds, bounds measured against an ideal two-choice process);
 //!   round robin is exact.
 use balancer_common::{
-    choose, decide, ewma_now, is_blocked, peak_ewma, policy::lighter, work_left, Config, Draw,
-    Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT,
+    choose, decide, ewma_now, is_blocked, peak_ewma, policy::lighter, work_left, Config, Cost,
+    Draw, Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT,
 };
 use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRng};
 
@@ -65,9 +65,9 @@ impl LoadSource for ChunkedLoads<'_> {
     fn load(&self, slot: u32) -> Option<(u64, u32)> {
         self.0.load(slot)
     }
-    fn run_scan(&self, cfg: &Config, scan: &mut Scan) {
+    fn run_scan<C: Cost>(&self, cfg: &Config, scan: &mut Scan) {
         for index in 0..Scan::chunks(scan.n) {
-            scan.visit_chunk(cfg, index, self);
+            scan.visit_chunk::<C, Self>(cfg, index, self);
         }
     }
 }

@@ -44,9 +44,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use balancer_common::{
-    broken::Broken, config_flags, decide, next_in_turn, Choice, Config, Draw, Event, Fast,
-    LoadSource, LoadTable, PackScan, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS, MAX_SLOTS,
-    NO_SLOT,
+    broken::Broken, config_flags, decide, next_in_turn, Choice, Config, Cost, Draw, Event, Fast,
+    LoadSource, LoadTable, PackScan, Policy, Scan, SlotOwner, BPF_F_MMAPABLE, IDLE_WORDS,
+    MAX_SLOTS, NO_SLOT,
 };
 
 // Map names must match `balancer_common::maps`; the loader looks each one up by that name.
@@ -116,15 +116,28 @@ fn run(ctx: &SkReuseportContext, may_migrate: bool) -> u32 {
         keep_owners();
         return fall_back(Event::FallbackNoConfig, migrating());
     };
+    // The two helpers are called only for the policies that use what they give (each costs a
+    // call per connection): the random number for p2c, the clock for the blocked check and the
+    // policies that read ages. Without the clock, `account` leaves the blocked clock alone.
+    // SAFETY: `cfg.policy` is a valid, aligned u32 (a reference's field).
+    let policy = Policy::from_id(unsafe { read_volatile(addr_of!(cfg.policy)) });
     let draw = Draw {
-        // SAFETY: a helper with no arguments, allowed in every program type.
-        random: unsafe { bpf_get_prandom_u32() },
+        random: if policy.is_some_and(Policy::draws_random) {
+            // SAFETY: a helper with no arguments, allowed in every program type.
+            unsafe { bpf_get_prandom_u32() }
+        } else {
+            0
+        },
         hash: ctx.hash(),
-        // Both read for every connection, whatever the policy: a branch here would have the
-        // verifier walk the scan once more for each outcome.
+        // Read for every connection, whatever the policy: a branch here would have the verifier
+        // walk the scan once more for each outcome.
         tick: next_tick(),
-        // SAFETY: a helper with no arguments, allowed in every program type.
-        now: unsafe { bpf_ktime_get_ns() },
+        now: if cfg.blocked_after_ms != 0 || policy.is_some_and(Policy::reads_clock) {
+            // SAFETY: a helper with no arguments, allowed in every program type.
+            unsafe { bpf_ktime_get_ns() }
+        } else {
+            0
+        },
     };
     let Some(table) = LOADS.get_ptr(0) else {
         return fall_back(Event::FallbackNoConfig, migrating());
@@ -293,15 +306,14 @@ impl LoadSource for MapLoads {
         };
     }
 
-    /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once, where a plain loop over
-    /// up to 256 slots would exhaust its instruction budget.
+    /// The scan through `bpf_loop`: the verifier checks [`scan_step`] once per cost (each its own
+    /// callback), where a plain loop over up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
-    fn run_scan(&self, _cfg: &Config, scan: &mut Scan) {
-        // SAFETY: bpf_loop calls `scan_step` with the context pointer we pass, `scan`, which
-        // outlives the call; the verifier checks the callback's signature.
-        unsafe {
-            bpf_loop(Scan::chunks(scan.n), scan_step as *mut c_void, (scan as *mut Scan).cast(), 0)
-        };
+    fn run_scan<C: Cost>(&self, _cfg: &Config, scan: &mut Scan) {
+        let step = scan_step::<C> as *mut c_void;
+        // SAFETY: bpf_loop calls `step` with the context pointer we pass, `scan`, which outlives
+        // the call; the verifier checks the callback's signature.
+        unsafe { bpf_loop(Scan::chunks(scan.n), step, (scan as *mut Scan).cast(), 0) };
     }
 
     /// The pack scan through `bpf_loop`, one slot per call to [`pack_step`], which ends the loop
@@ -335,14 +347,14 @@ extern "C" fn fast_step(_index: u64, ctx: *mut c_void) -> i64 {
     }
 }
 
-/// One `bpf_loop` iteration of the least-loaded scan: one chunk of slots. Looks up the config and
-/// the table itself: a pointer to map memory cannot travel through the loop context.
-extern "C" fn scan_step(index: u64, ctx: *mut c_void) -> i64 {
+/// One `bpf_loop` iteration of the exact scan with cost `C`: one chunk of slots. Looks up the
+/// config and the table itself: a pointer to map memory cannot travel through the loop context.
+extern "C" fn scan_step<C: Cost>(index: u64, ctx: *mut c_void) -> i64 {
     // SAFETY: bpf_loop passes back the `&mut Scan` that `run_scan` gave it, alive for the loop.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
     match (CONFIG.get(0), LOADS.get_ptr(0)) {
         (Some(cfg), Some(table)) => {
-            scan.visit_chunk(cfg, index as u32, &MapLoads(table));
+            scan.visit_chunk::<C, MapLoads>(cfg, index as u32, &MapLoads(table));
             0
         }
         _ => 1,
