@@ -64,8 +64,6 @@ fn selected(metrics: SocketAddr, pid: u32) -> u64 {
 /// What the stopped worker got under one policy.
 #[derive(Debug)]
 struct Scene {
-    /// Connections the program gave it during the light traffic (at least 1).
-    light: u64,
     /// Connections it gave the stopped worker during the rise, and to every worker.
     rise: u64,
     rise_all: u64,
@@ -110,7 +108,6 @@ fn scene(dir: &TempDir, policy: Policy) -> Scene {
     // requests never come back, so a client waits there: more clients than one keep going).
     let light = Load::start(cfg.addr, 3, PATH, LIGHT * 4);
     let got_one = wait_until(LIGHT * 4, || selected(metrics, victim) > at_stop);
-    let light_given = selected(metrics, victim) - at_stop;
     std::thread::sleep(PAST_THE_LIMIT);
     let (before, before_all) = (selected(metrics, victim), total(metrics));
     let rise = Load::start(cfg.addr, CLIENTS, PATH, RISE);
@@ -123,7 +120,7 @@ fn scene(dir: &TempDir, policy: Policy) -> Scene {
     for (what, r) in [("light", &light), ("rise", &rise)] {
         assert_eq!(r.failed, 0, "{name}: {what} traffic: failed requests: {:?}", r.errors);
     }
-    Scene { light: light_given, rise: after - before, rise_all: after_all - before_all }
+    Scene { rise: after - before, rise_all: after_all - before_all }
 }
 
 /// Issue 23: a stopped worker gets (almost) no new connection under speed-aware once the
