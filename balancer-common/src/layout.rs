@@ -248,6 +248,7 @@ pub struct Config {
     pub flags: u32,
     /// A slot with connections in flight and no [`LoadTable::progress`] for this long is passed
     /// over by least-loaded and p2c while another slot is not blocked; 0 turns the check off.
+    /// Speed-aware: replaces its adaptive limit ([`crate::policy::stall_limit_ns`]), which 0 keeps.
     pub blocked_after_ms: u32,
     /// The pack policy's depth: connections in flight per unit of weight that fill a slot
     /// before the next one takes new connections; 0 counts as 1.

@@ -12,6 +12,12 @@
 //! (least-loaded, pack's fallback) weighs a slot by its count alone, the estimate family
 //! (work-left, peak-ewma) by its branch-free time estimates. The program runs each as its own
 //! `bpf_loop` callback, so least-loaded pays nothing per slot for the estimates' arithmetic.
+//!
+//! Speed-aware is least-loaded with two uses of speed, both from the load table the shims keep:
+//! its fast path passes over an idle slot whose service time estimate is [`SLOW_FACTOR`] times
+//! the group's mean (a slow worker, left idle while a fast one is), and the blocked check is on
+//! with an adaptive limit ([`stall_limit_ns`]) unless [`Config::blocked_after_ms`] sets a fixed
+//! one. Its scan is least-loaded's (the count family).
 
 use crate::layout::{Config, Event, MAX_SLOTS, NO_SLOT};
 
@@ -31,6 +37,10 @@ named_enum! {
         /// requests in flight plus one, in the spirit of Finagle's and Linkerd's peak-EWMA. See
         /// [`peak_ewma`].
         PeakEwma = 6 => "peak-ewma",
+        /// Least-loaded, passing over a worker that is not coming back (connections in flight and
+        /// no answer for [`stall_limit_ns`]: a multiple of the group's mean service time) and,
+        /// in the fast path, an idle worker whose answers are slow ([`SLOW_FACTOR`]).
+        SpeedAware = 7 => "speed-aware",
         /// Power of two choices: the lighter of two random active slots. O(1) for many workers.
         PowerOfTwo = 1 => "p2c",
         /// Each CPU walks the active slots in turn.
@@ -58,18 +68,20 @@ impl Policy {
     /// The policy's family, or `None` for those that weigh no load (round-robin, hash).
     pub const fn family(self) -> Option<Family> {
         match self {
-            Policy::LeastLoaded | Policy::Pack | Policy::PowerOfTwo => Some(Family::Counts),
+            Policy::LeastLoaded | Policy::SpeedAware | Policy::Pack | Policy::PowerOfTwo => {
+                Some(Family::Counts)
+            }
             Policy::WorkLeft | Policy::PeakEwma => Some(Family::Estimates),
             Policy::RoundRobin | Policy::Hash => None,
         }
     }
 
     /// Whether the policy reads the clock ([`Draw::now`]) even with the blocked check off: the
-    /// estimate family (ages, decay). The program calls the clock only when some reader needs it
+    /// estimate family (ages, decay), and speed-aware (its stall check and its slow-slot check). The program calls the clock only when some reader needs it
     /// (a helper call per connection), so a policy that reads ages must say so here.
     pub const fn reads_clock(self) -> bool {
         match self {
-            Policy::WorkLeft | Policy::PeakEwma => true,
+            Policy::WorkLeft | Policy::PeakEwma | Policy::SpeedAware => true,
             Policy::LeastLoaded
             | Policy::Pack
             | Policy::PowerOfTwo
@@ -122,6 +134,7 @@ impl core::str::FromStr for Policy {
                 "round_robin" | "rr" => Some(Policy::RoundRobin),
                 "work_left" => Some(Policy::WorkLeft),
                 "peak_ewma" => Some(Policy::PeakEwma),
+                "speed_aware" | "speed" => Some(Policy::SpeedAware),
                 _ => None,
             })
             .ok_or(UnknownPolicy)
@@ -353,6 +366,49 @@ fn blocked_limit_ns(cfg: &Config, draw: &Draw) -> u64 {
     }
 }
 
+/// Speed-aware: a slot with connections in flight and no progress for this many times the
+/// group's mean service time is not coming back (see [`stall_limit_ns`]).
+pub const STALL_FACTOR: u64 = 8;
+/// The least stall limit, in ns (20 ms): below it, the scheduler's and the GIL's own pauses
+/// (5 ms switch interval) would make a busy worker look stalled.
+pub const STALL_FLOOR_NS: u64 = 20_000_000;
+/// The greatest stall limit, in ns (2 s), and the limit before any answer gave a mean.
+pub const STALL_CEILING_NS: u64 = 2_000_000_000;
+/// Speed-aware's fast path passes over an idle slot whose service time estimate ([`ewma_now`])
+/// exceeds this many times the group's mean.
+pub const SLOW_FACTOR: u64 = 4;
+
+/// Speed-aware's stall limit, in ns, for the group's mean service time `mean_us` (raw: workers
+/// write it): [`STALL_FACTOR`] times the mean, within [[`STALL_FLOOR_NS`],
+/// [`STALL_CEILING_NS`]]. A mean of 0 (no request answered yet) gives the ceiling: with nothing
+/// known of the service time (an app that loads itself at its first requests, as uWSGI's
+/// lazy-apps do, answers them late), a worker is not called stalled before the longest limit.
+/// Branch-free, so that the verifier walks the scan once whatever the mean.
+#[inline(always)]
+pub fn stall_limit_ns(mean_us: u64) -> u64 {
+    const MASK: u64 = (1 << 62) - 1;
+    let mean = min_below(mean_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    // Below 2^25 * 8000 < 2^38: no overflow.
+    let ns = min_below(mean * (STALL_FACTOR * 1000), STALL_CEILING_NS);
+    let under = negative(ns.wrapping_sub(STALL_FLOOR_NS));
+    let ns = ns ^ ((ns ^ STALL_FLOOR_NS) & under);
+    let unknown = negative(mean.wrapping_sub(1));
+    ns ^ ((ns ^ STALL_CEILING_NS) & unknown)
+}
+
+/// The blocked limit of speed-aware in ns: `cfg`'s fixed one if the service set one (the
+/// operator's word wins), else [`stall_limit_ns`] of the group's mean; 0 (off) without a clock.
+#[inline(always)]
+fn speed_limit_ns<L: LoadSource>(cfg: &Config, draw: &Draw, loads: &L) -> u64 {
+    if draw.now == 0 {
+        0
+    } else if cfg.blocked_after_ms != 0 {
+        cfg.blocked_after_ms as u64 * 1_000_000
+    } else {
+        stall_limit_ns(loads.group_mean_us())
+    }
+}
+
 /// Picks the slot for one connection, never `exclude` (pass [`NO_SLOT`] to allow every slot).
 ///
 /// Returns the fallback [`Event`] when there is nothing to choose: the caller then leaves the
@@ -371,8 +427,9 @@ pub fn choose<L: LoadSource>(
 ///
 /// Least-loaded, work-left, pack and p2c pass over a blocked slot (connections in flight, no
 /// progress for [`Config::blocked_after_ms`]) while another candidate is not blocked; when every
-/// candidate is blocked they pick as if none were (pack: least-loaded picks). Round-robin and
-/// hash ignore the check.
+/// candidate is blocked they pick as if none were (pack: least-loaded picks). Speed-aware does
+/// the same with its adaptive limit ([`stall_limit_ns`]) when no fixed one is set. Round-robin
+/// and hash ignore the check.
 #[inline(always)]
 pub fn decide<L: LoadSource>(
     cfg: &Config,
@@ -393,8 +450,16 @@ pub fn decide<L: LoadSource>(
     };
     let plain = |slot: u32| Choice { slot, passed_blocked: false, fast: false };
     match policy {
-        Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma | Policy::Pack => {
-            let limit_ns = blocked_limit_ns(cfg, draw);
+        Policy::LeastLoaded
+        | Policy::WorkLeft
+        | Policy::PeakEwma
+        | Policy::Pack
+        | Policy::SpeedAware => {
+            let limit_ns = if policy == Policy::SpeedAware {
+                speed_limit_ns(cfg, draw, loads)
+            } else {
+                blocked_limit_ns(cfg, draw)
+            };
             if policy == Policy::Pack {
                 let mut pack = PackScan::new(n, exclude, cfg.pack_depth, draw.now, limit_ns);
                 loads.run_pack(cfg, &mut pack);
@@ -404,8 +469,12 @@ pub fn decide<L: LoadSource>(
             }
             // An idle slot is a least-loaded and (checked) a work-left minimum, not always a
             // peak-ewma one (a slow worker's estimate may outweigh a fast one's queue), and when
-            // pack found no slot below its depth none is idle.
-            if policy == Policy::LeastLoaded || policy == Policy::WorkLeft {
+            // pack found no slot below its depth none is idle. Speed-aware's fast path also passes
+            // over a slow idle slot; if it finds none, the scan decides by counts.
+            if policy == Policy::LeastLoaded
+                || policy == Policy::WorkLeft
+                || policy == Policy::SpeedAware
+            {
                 let fast = find_idle(cfg, draw, exclude, policy == Policy::WorkLeft, loads);
                 if fast != NO_SLOT {
                     return Ok(Choice { slot: fast, passed_blocked: false, fast: true });
@@ -450,6 +519,12 @@ pub const IDLE_WORDS: u32 = MAX_SLOTS / 8;
 /// cleared, and the search goes on. At most `idle_words + 1` words are read and [`STALE_TRIES`]
 /// stale bytes cleared; when nothing qualifies the caller runs the exact scan.
 ///
+/// Under speed-aware (`cfg`'s policy), an idle candidate whose service time estimate
+/// ([`ewma_now`]) exceeds [`SLOW_FACTOR`] times the group's mean is passed over like a stale one
+/// but its byte is kept (it is idle, only slow); with no mean yet nothing is slow. The scan that
+/// follows when no fast idle slot is found may still pick it: a slow worker gets work when every
+/// fast one is busy, and its estimate decays toward the mean while it gets none.
+///
 /// Driven by [`LoadSource::run_fast`], one [`Fast::step`] at a time (the eBPF program: its own
 /// `bpf_loop` callback, checked once by the verifier; a plain loop unrolled into the program made
 /// it exceed the verifier's budget).
@@ -484,6 +559,8 @@ pub struct Fast {
     pub ex_bits: u64,
     /// All ones for work-left.
     pub work_on: bool,
+    /// Speed-aware: an idle slot whose estimate exceeds this (µs) is slow; `u64::MAX`: off.
+    pub slow_over_us: u64,
     pub mean: u64,
     pub now_us: u64,
     /// The least work-left cost there is: an idle slot's.
@@ -520,14 +597,20 @@ impl Fast {
         // `checked_rem`: LLVM keeps a division-by-zero check here, and a panic does not load.
         let start = active_at(cfg, draw.tick.checked_rem(cfg.n_active).unwrap_or(0));
         let start = if start < words * 8 { start } else { 0 };
+        let speed_on = cfg.policy == Policy::SpeedAware as u32;
         // Least-loaded computes no cost: `work_left` hides its inputs from LLVM, which then
         // cannot fold it away even when they are all 0.
         let (mean, now_us, least_work) = if work_on {
             let (mean, now_us) = (loads.group_mean_us(), draw.now / 1000);
             (mean, now_us, work_left(0, mean, 0, 0, now_us))
+        } else if speed_on {
+            (loads.group_mean_us(), draw.now / 1000, 0)
         } else {
             (0, 0, 0)
         };
+        // The mean is bounded as `ewma_now` bounds it, so the product cannot overflow.
+        let bounded = min_below(mean & ((1 << 62) - 1), Scan::MEAN_CAP_US);
+        let slow_over_us = if speed_on && bounded != 0 { bounded * SLOW_FACTOR } else { u64::MAX };
         Some(Self {
             words,
             first: start / 8,
@@ -535,6 +618,7 @@ impl Fast {
             ex_word: if exclude < MAX_SLOTS { exclude / 8 } else { IDLE_WORDS },
             ex_bits: 0xffu64 << ((exclude % 8) * 8),
             work_on,
+            slow_over_us,
             mean,
             now_us,
             least_work,
@@ -589,6 +673,14 @@ impl Fast {
         } else {
             count == 0
         };
+        if ok && self.slow_over_us != u64::MAX {
+            let (ewma, ewma_at) = loads.ewma(slot);
+            if ewma_now(ewma, ewma_at, self.mean, self.now_us) > self.slow_over_us {
+                // Slow, not stale: the byte stays; on to the next candidate of this word.
+                self.x &= !(0xffu64 << (byte * 8));
+                return false;
+            }
+        }
         if ok {
             self.found = slot;
             return true;

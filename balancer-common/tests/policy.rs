@@ -254,7 +254,8 @@ fn the_count_family_scans_without_the_estimates() {
 #[test]
 fn only_the_policies_that_use_them_get_the_clock_and_a_random_number() {
     for policy in Policy::ALL {
-        let ages = matches!(policy, Policy::WorkLeft | Policy::PeakEwma);
+        // Work-left and peak-ewma read ages; speed-aware its stall limit and its estimates.
+        let ages = matches!(policy, Policy::WorkLeft | Policy::PeakEwma | Policy::SpeedAware);
         assert_eq!(policy.reads_clock(), ages, "{policy:?}");
         assert_eq!(policy.draws_random(), policy == Policy::PowerOfTwo, "{policy:?}");
     }

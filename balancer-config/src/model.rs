@@ -63,6 +63,7 @@ with_group_settings! {
         /// Milliseconds (0..=[`MAX_BLOCKED_AFTER_MS`]) after which a worker with connections in flight
         /// and no progress (no completion, no first connection) counts as blocked, and least-loaded
         /// and p2c pass it over while another worker is not; 0 (the default) turns the check off.
+        /// Under speed-aware it replaces the adaptive limit, which 0 keeps.
         #[serde(default, deserialize_with = "crate::de::de_blocked_after_ms")]
         pub blocked_after_ms: u32,
         /// The registration socket. `None` in the file means `<shim_socket_dir>/<name>.sock`;

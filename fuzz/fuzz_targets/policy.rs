@@ -151,9 +151,10 @@ fuzz_target!(|input: Input| {
     }
     let active = cfg.active_slots();
     match Policy::from_id(policy).unwrap() {
-        p @ (Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma) => {
+        p @ (Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma | Policy::SpeedAware) => {
             // work-left and peak-ewma with no work figures (all 0): the count plus one, per
-            // weight.
+            // weight. Speed-aware, without a clock (no stall check), is least-loaded by counts:
+            // its fast path passes over slow idle slots only for other idle ones.
             let cost = |(l, w): (u64, u32)| {
                 if p == Policy::WorkLeft {
                     // The scan caps the count first (a count of 2^63 + k is not k).

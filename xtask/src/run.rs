@@ -25,7 +25,8 @@ pub struct DemoArgs {
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 64)]
     connections: u32,
-    /// Selection policy: least-loaded, work-left, peak-ewma, p2c, round-robin, hash or pack.
+    /// Selection policy: least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash
+    /// or pack.
     #[arg(long, default_value = "least-loaded")]
     policy: String,
 }

@@ -26,12 +26,14 @@ pub struct RunArgs {
     /// Balanced address (ADDR:PORT) the app server binds; repeat for several.
     #[arg(long = "listen", value_name = "ADDR:PORT", required = true)]
     listen: Vec<SocketAddr>,
-    /// Selection policy: least-loaded, work-left, peak-ewma, p2c, round-robin, hash or pack.
+    /// Selection policy: least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash
+    /// or pack.
     #[arg(long, default_value = "least-loaded", value_parser = parse_policy)]
     policy: Policy,
     /// Pass over a worker that has had connections in flight and made no progress (no
     /// completion) for this many milliseconds, while another worker has not (least-loaded and
-    /// p2c); 0 turns the check off.
+    /// p2c); 0 turns the check off. Speed-aware: replaces its adaptive limit (8 x the group's mean
+    /// time to answer); 0 keeps that.
     #[arg(long, value_name = "MS", default_value_t = 0,
           value_parser = clap::value_parser!(u32).range(0..=balancer_config::MAX_BLOCKED_AFTER_MS as i64))]
     blocked_after_ms: u32,

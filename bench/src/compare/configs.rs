@@ -106,6 +106,12 @@ pub const CONFIGS: &[Cfg] = &[
         describe: "`reuselb run --policy peak-ewma`: the least (service time estimate + 1) × (in flight + 1), the estimate jumping to a slower answer and decaying toward the group's mean (half-life 65 ms)",
         how: How::Reuselb { policy: "peak-ewma", extra: &[] },
     },
+    Cfg {
+        letter: 'L',
+        label: "reuselb speed-aware",
+        describe: "`reuselb run --policy speed-aware`: least-loaded, passing over a worker with requests in flight and no answer for 8 × the group's mean service time (20 ms to 2 s), and, among idle workers, one whose service time estimate is over 4 × the mean",
+        how: How::Reuselb { policy: "speed-aware", extra: &[] },
+    },
 ];
 
 impl Cfg {
@@ -515,6 +521,18 @@ mod tests {
         assert!(Cfg::by_letter('f').unwrap().is_reuselb());
         assert!(!Cfg::by_letter('E').unwrap().is_reuselb());
         assert!(Cfg::by_letter('H').unwrap().is_reuselb());
+    }
+
+    #[test]
+    fn every_reuselb_policy_is_one_the_program_knows() {
+        for cfg in CONFIGS {
+            if let How::Reuselb { policy, .. } = cfg.how {
+                let parsed: balancer_common::Policy = policy.parse().expect(policy);
+                assert_eq!(parsed.name(), policy, "{}", cfg.short());
+            }
+        }
+        let speed = Cfg::by_letter('L').unwrap();
+        assert!(matches!(speed.how, How::Reuselb { policy: "speed-aware", extra: &[] }));
     }
 
     #[test]

@@ -26,6 +26,7 @@ mod privdrop;
 mod restart;
 mod seccomp;
 mod selector;
+mod speed;
 mod stalling;
 mod uwsgi;
 mod worker_restarts;

@@ -1,0 +1,212 @@
+//! Property tests of speed-aware: arbitrary groups (active slots anywhere in range), loads,
+//! last progress times, peak-EWMA figures (fast, slow, any value a worker could write), group
+//! means (0, ordinary, huge), idle bytes (right or any), ticks and fixed limits.
+//!
+//! - The stall limit is STALL_FACTOR x the mean, within [floor, ceiling], the ceiling for a mean
+//!   of 0, and never overflows whatever the mean.
+//! - The pick is never a stalled slot while an active one is not stalled, and it is a lightest
+//!   slot that is not (all of them when every slot is stalled); a fixed `blocked_after_ms` is
+//!   the limit when set.
+//! - The fast path never picks a slow idle slot, and never clears a slow slot's idle byte; with
+//!   right idle bytes, a fast idle slot and at most STALE_TRIES slow ones, the pick is a fast
+//!   idle slot. When every idle slot is slow, one of them is still picked (the scan by counts).
+//! - With speeds equal and nothing stalled, speed-aware picks exactly what least-loaded picks.
+use std::cell::RefCell;
+
+use balancer_common::{
+    decide, ewma_now, is_blocked, policy::lighter, stall_limit_ns, Config, Draw, LoadSource,
+    Policy, MAX_SLOTS, NO_SLOT, SLOW_FACTOR, STALE_TRIES, STALL_CEILING_NS, STALL_FACTOR,
+    STALL_FLOOR_NS,
+};
+use proptest::{collection::vec, prelude::*};
+
+/// CLOCK_MONOTONIC at every selection of these tests, in ns.
+const NOW: u64 = 1 << 40;
+
+/// A load table: loads, progress, peak-EWMA figures, the group's mean and the idle bytes.
+#[derive(Clone, Debug)]
+struct Table {
+    loads: Vec<(u64, u32)>,
+    progress: Vec<u64>,
+    ewma: Vec<(u64, u64)>,
+    mean: u64,
+    idle: RefCell<Vec<u8>>,
+}
+
+impl LoadSource for Table {
+    fn load(&self, slot: u32) -> Option<(u64, u32)> {
+        self.loads.get(slot as usize).copied()
+    }
+    fn progress(&self, slot: u32) -> u64 {
+        self.progress.get(slot as usize).copied().unwrap_or(0)
+    }
+    fn ewma(&self, slot: u32) -> (u64, u64) {
+        self.ewma.get(slot as usize).copied().unwrap_or((0, 0))
+    }
+    fn group_mean_us(&self) -> u64 {
+        self.mean
+    }
+    fn idle_word(&self, w: u32) -> u64 {
+        let idle = self.idle.borrow();
+        let i = w as usize * 8;
+        u64::from_le_bytes(idle[i..i + 8].try_into().expect("8 bytes"))
+    }
+    fn clear_idle(&self, slot: u32) {
+        self.idle.borrow_mut()[slot as usize] = 0;
+    }
+}
+
+impl Table {
+    /// Whether `slot` is stalled under `limit_ns`.
+    fn stalled(&self, slot: u32, limit_ns: u64) -> bool {
+        is_blocked(self.loads[slot as usize].0, self.progress[slot as usize], NOW, limit_ns)
+    }
+    /// Whether `slot`'s estimate makes it slow (nothing is slow without a mean).
+    fn slow(&self, slot: u32) -> bool {
+        let (e, at) = self.ewma[slot as usize];
+        let mean = self.mean.min(1 << 24);
+        mean != 0 && ewma_now(e, at, self.mean, NOW / 1000) > SLOW_FACTOR * mean
+    }
+    /// Idle bytes set exactly where nothing is in flight.
+    fn right_hints(mut self) -> Table {
+        self.idle = RefCell::new(self.loads.iter().map(|&(l, _)| (l == 0) as u8).collect());
+        self
+    }
+}
+
+/// A slot's peak-EWMA figures for a group mean `mean`: about the mean, slow (10x, just set),
+/// slow long ago (decayed), or anything.
+fn one_ewma(mean: u64) -> impl Strategy<Value = (u64, u64)> {
+    let now_us = NOW / 1000;
+    prop_oneof![
+        4 => (0..=mean).prop_map(move |e| (e, now_us)),
+        3 => (0u64..200_000).prop_map(move |ago| (mean * 10 + 1, now_us - ago)),
+        1 => (any::<u64>(), any::<u64>()),
+    ]
+}
+
+/// A group: distinct active slots, and a table for all 256 slots.
+fn table_and_slots() -> impl Strategy<Value = (Table, Vec<u32>)> {
+    let mean = prop_oneof![Just(0u64), 1u64..20_000, any::<u64>()];
+    mean.prop_flat_map(|mean| {
+        (
+            prop_oneof![
+                proptest::sample::subsequence((0..16u32).collect::<Vec<_>>(), 1..=16),
+                proptest::sample::subsequence((0..MAX_SLOTS).collect::<Vec<_>>(), 1..=64),
+            ],
+            vec(prop_oneof![3 => Just((0u64, 1u32)), 3 => (0u64..6, 1u32..3)], MAX_SLOTS as usize),
+            // Ages in ms: fresh, past any adaptive limit, or a progress in the future.
+            vec(prop_oneof![0u64..15, 15u64..3_000, Just(u64::MAX)], MAX_SLOTS as usize),
+            vec(one_ewma(mean.min(1 << 24)), MAX_SLOTS as usize),
+            vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], MAX_SLOTS as usize),
+        )
+            .prop_map(move |(slots, loads, ages, ewma, idle)| {
+                let progress = ages
+                    .iter()
+                    .map(|&a| if a == u64::MAX { NOW + 5_000_000 } else { NOW - a * 1_000_000 })
+                    .collect();
+                (Table { loads, progress, ewma, mean, idle: RefCell::new(idle) }, slots)
+            })
+    })
+}
+
+fn config(policy: Policy, slots: &[u32], blocked_after_ms: u32) -> Config {
+    let mut cfg = Config::empty(policy as u32);
+    cfg.set_active(slots, 1);
+    cfg.blocked_after_ms = blocked_after_ms;
+    cfg
+}
+
+fn draw(tick: u32) -> Draw {
+    Draw { random: 0, hash: 0, tick, now: NOW }
+}
+
+fn cases(n: u32) -> ProptestConfig {
+    ProptestConfig { cases: n, failure_persistence: None, ..ProptestConfig::default() }
+}
+
+proptest! {
+    #![proptest_config(cases(2000))]
+
+    #[test]
+    fn the_stall_limit_is_a_bounded_multiple_of_the_mean(mean in prop_oneof![Just(0u64), 0u64..1 << 26, any::<u64>()]) {
+        let limit = stall_limit_ns(mean);
+        prop_assert!((STALL_FLOOR_NS..=STALL_CEILING_NS).contains(&limit));
+        let expected = match mean.min(1 << 24) {
+            0 => STALL_CEILING_NS,
+            m => (m * STALL_FACTOR * 1000).clamp(STALL_FLOOR_NS, STALL_CEILING_NS),
+        };
+        prop_assert_eq!(limit, expected);
+    }
+
+    #[test]
+    fn the_pick_is_never_stalled_while_another_slot_is_not(
+        (table, slots) in table_and_slots(), tick in any::<u32>(), fixed_ms in prop_oneof![3 => Just(0u32), 1 => 1u32..100],
+    ) {
+        let cfg = config(Policy::SpeedAware, &slots, fixed_ms);
+        let limit = if fixed_ms != 0 { fixed_ms as u64 * 1_000_000 } else { stall_limit_ns(table.mean) };
+        let choice = decide(&cfg, &draw(tick), NO_SLOT, &table).expect("a pick");
+        prop_assert!(slots.contains(&choice.slot), "inactive slot {}", choice.slot);
+        let free: Vec<u32> = slots.iter().copied().filter(|&s| !table.stalled(s, limit)).collect();
+        let pool = if free.is_empty() { slots.clone() } else { free.clone() };
+        prop_assert!(pool.contains(&choice.slot), "picked {} outside {:?}", choice.slot, pool);
+        let (l, w) = table.loads[choice.slot as usize];
+        for &s in &pool {
+            let (ls, ws) = table.loads[s as usize];
+            let heavier = if free.is_empty() { ls < l } else { lighter(ls, ws, l, w) };
+            prop_assert!(!heavier, "slot {} is lighter than the pick {}", s, choice.slot);
+        }
+        if !choice.fast {
+            prop_assert_eq!(choice.passed_blocked, !free.is_empty() && free.len() < slots.len());
+        }
+    }
+
+    #[test]
+    fn the_fast_path_passes_over_slow_idle_slots_and_keeps_their_bytes(
+        (table, slots) in table_and_slots(), tick in any::<u32>(),
+    ) {
+        let table = table.right_hints();
+        let cfg = config(Policy::SpeedAware, &slots, 0);
+        let idle = |s: u32| table.loads[s as usize].0 == 0;
+        let slow_idle: Vec<u32> = slots.iter().copied().filter(|&s| idle(s) && table.slow(s)).collect();
+        let fast_idle = slots.iter().any(|&s| idle(s) && !table.slow(s));
+        let choice = decide(&cfg, &draw(tick), NO_SLOT, &table).expect("a pick");
+        if choice.fast {
+            prop_assert!(idle(choice.slot) && !table.slow(choice.slot), "the fast path took slot {}", choice.slot);
+        }
+        if fast_idle && slow_idle.len() <= STALE_TRIES as usize {
+            prop_assert!(choice.fast && !table.slow(choice.slot), "{:?} while a fast idle slot was free", choice);
+        }
+        if !fast_idle && !slow_idle.is_empty() {
+            // Every idle slot is slow: the scan by counts still gives one of them the work.
+            prop_assert!(slow_idle.contains(&choice.slot), "picked busy {} over idle {:?}", choice.slot, slow_idle);
+        }
+        for &s in &slow_idle {
+            prop_assert_eq!(table.idle.borrow()[s as usize], 1, "slot {}'s idle byte was cleared", s);
+        }
+    }
+
+    #[test]
+    fn with_equal_speeds_and_no_stall_speed_aware_picks_what_least_loaded_picks(
+        (table, slots) in table_and_slots(), tick in any::<u32>(), right in any::<bool>(),
+    ) {
+        let mut table = if right { table.right_hints() } else { table };
+        let now_us = NOW / 1000;
+        table.ewma = vec![(table.mean.min(1 << 24), now_us); MAX_SLOTS as usize];
+        table.progress = vec![NOW; MAX_SLOTS as usize];
+        let theirs = table.clone();
+        let mine = decide(&config(Policy::SpeedAware, &slots, 0), &draw(tick), NO_SLOT, &table);
+        let ll = decide(&config(Policy::LeastLoaded, &slots, 0), &draw(tick), NO_SLOT, &theirs);
+        prop_assert_eq!(mine, ll);
+        prop_assert_eq!(table.idle.borrow().clone(), theirs.idle.borrow().clone());
+    }
+}
+
+#[test]
+fn speed_aware_has_its_names() {
+    for name in ["speed-aware", "speed_aware", "speed"] {
+        assert_eq!(name.parse::<Policy>(), Ok(Policy::SpeedAware), "{name}");
+    }
+    assert_eq!(Policy::from_id(7), Some(Policy::SpeedAware));
+    assert_eq!(Policy::SpeedAware.name(), "speed-aware");
+}

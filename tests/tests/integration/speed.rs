@@ -1,0 +1,158 @@
+//! Speed-aware end to end (issue 23): real uWSGI under `reuselb run --policy speed-aware`, one
+//! worker stopped (SIGSTOP). Light traffic gives it a connection, which never comes back; once
+//! the adaptive stall limit has passed (8 x the group's mean time to answer, here about 8 x 40
+//! ms), the load rises. Speed-aware gives the stopped worker no new connection; least-loaded, the
+//! control on the same scene, gives it its share until its count matches the others' (it sees
+//! counts, not that the count never moves). Counted from the program's own per-slot selections
+//! (`/status`), not from answers.
+
+use std::{net::SocketAddr, time::Duration};
+
+use balancer_common::Policy;
+use balancer_user::report::WorkerReport;
+use integration_tests::{
+    apps::{
+        apps_dir, free_port, loopback, require, serial, spawn_reuselb_run, wait_until, Load,
+        TempDir, UwsgiConfig, UwsgiProto,
+    },
+    http::status,
+};
+
+/// Workers of the app, and threads each (enough for the rise's requests to wait in parallel).
+const PROCESSES: u32 = 4;
+const THREADS: u32 = 8;
+/// Every request: a 40 ms wait (the GIL released, like a database call), then a little CPU.
+const PATH: &str = "/?io=40&cpu=0.5";
+/// The light traffic that gives the stopped worker its first connection: one request at a time.
+const LIGHT: Duration = Duration::from_millis(400);
+/// How long after the stopped worker's first connection the load rises: past the stall limit
+/// (about 330 ms for a 41 ms mean; a loaded machine stretches the mean, hence the margin).
+const PAST_THE_LIMIT: Duration = Duration::from_millis(900);
+/// The rise: closed-loop clients, and how long they run.
+const CLIENTS: usize = 24;
+const RISE: Duration = Duration::from_millis(700);
+
+/// Continues the stopped worker when dropped, on every exit path (a failed assertion too).
+struct Stopped(i32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Self {
+        // SAFETY: kill(2) with a plain pid and signal number; no memory is involved.
+        let r = unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
+        assert_eq!(r, 0, "SIGSTOP {pid}: {}", std::io::Error::last_os_error());
+        Stopped(pid as i32)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        // SAFETY: as in `stop`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// The workers in `/status` at `metrics`.
+fn workers(metrics: SocketAddr) -> Vec<WorkerReport> {
+    status(metrics).services.iter().flat_map(|s| s.workers()).copied().collect()
+}
+
+/// The program's selections of `pid`'s slot so far.
+fn selected(metrics: SocketAddr, pid: u32) -> u64 {
+    workers(metrics).iter().find(|w| w.pid == pid).map_or(0, |w| w.selected)
+}
+
+/// What the stopped worker got under one policy.
+#[derive(Debug)]
+struct Scene {
+    /// Connections it gave the stopped worker during the rise, and to every worker.
+    rise: u64,
+    rise_all: u64,
+}
+
+/// Starts uWSGI under `reuselb run --policy <policy>`, warms it up (the group's mean), stops one
+/// idle worker, gives it a connection with light traffic and, past the limit, raises the load;
+/// returns what the program gave the stopped worker.
+fn scene(dir: &TempDir, policy: Policy) -> Scene {
+    let cfg = {
+        let mut c = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
+        c.processes = PROCESSES;
+        c.threads = THREADS;
+        c.app = apps_dir().join("bench_app.py");
+        c
+    };
+    let metrics = loopback(free_port());
+    let name = policy.name();
+    let metrics_arg = metrics.to_string();
+    let run = spawn_reuselb_run(
+        &cfg.command_line(),
+        cfg.addr,
+        &dir.path().join(format!("{name}.sock")),
+        &dir.path().join(format!("{name}.log")),
+        &["--policy", name, "--metrics-addr", &metrics_arg, "--status-every", "0"],
+    );
+    let ready = cfg.wait_ready(Duration::from_secs(30))
+        && wait_until(Duration::from_secs(10), || workers(metrics).len() == PROCESSES as usize);
+    assert!(ready, "{name}: uWSGI not up and registered: {}", run.log_tail(30));
+    // The group's mean time to answer, from the shims.
+    let warm = Load::run(cfg.addr, 4, PATH, Duration::from_millis(600));
+    assert_eq!(warm.failed, 0, "{name}: warm-up failures: {:?}", warm.errors);
+    assert!(
+        wait_until(Duration::from_secs(5), || workers(metrics).iter().all(|w| w.inflight == 0)),
+        "{name}: requests still in flight after the warm-up"
+    );
+    let victim = workers(metrics)[0].pid;
+    let total = |m| workers(m).iter().map(|w| w.selected).sum::<u64>();
+    let stopped = Stopped::stop(victim);
+    let at_stop = selected(metrics, victim);
+    // Light traffic, one request at a time: the stopped worker, idle, gets one soon (its
+    // requests never come back, so a client waits there: more clients than one keep going).
+    let light = Load::start(cfg.addr, 3, PATH, LIGHT * 4);
+    let got_one = wait_until(LIGHT * 4, || selected(metrics, victim) > at_stop);
+    std::thread::sleep(PAST_THE_LIMIT);
+    let (before, before_all) = (selected(metrics, victim), total(metrics));
+    let rise = Load::start(cfg.addr, CLIENTS, PATH, RISE);
+    std::thread::sleep(RISE);
+    let (after, after_all) = (selected(metrics, victim), total(metrics));
+    drop(stopped);
+    let (light, rise) = (light.finish(), rise.finish());
+    drop(run);
+    assert!(got_one, "{name}: the stopped worker got no connection from the light traffic");
+    for (what, r) in [("light", &light), ("rise", &rise)] {
+        assert_eq!(r.failed, 0, "{name}: {what} traffic: failed requests: {:?}", r.errors);
+    }
+    Scene { rise: after - before, rise_all: after_all - before_all }
+}
+
+/// Issue 23: a stopped worker gets (almost) no new connection under speed-aware once the
+/// adaptive limit has passed, while least-loaded (the control, same scene) gives it its share as
+/// the load rises. Catches `ignore-load` (slots in turn: a quarter of the rise); under `sk-pass`
+/// the program selects nothing at all, and the traffic check fails.
+#[test]
+fn speed_aware_passes_over_a_stopped_worker_and_least_loaded_does_not() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("speed-stopped");
+    let speed = scene(&dir, Policy::SpeedAware);
+    let control = scene(&dir, Policy::LeastLoaded);
+    println!("stopped worker: speed-aware {speed:?}, least-loaded {control:?}");
+    assert!(
+        speed.rise <= 1,
+        "speed-aware gave the stopped worker {} of {} connections past the limit",
+        speed.rise,
+        speed.rise_all
+    );
+    // After the first check: a balancer that strands a quarter of the clients on the stopped
+    // worker (`ignore-load`) leaves little traffic, and must fail there.
+    assert!(
+        speed.rise_all >= 100 && control.rise_all >= 100,
+        "too little traffic in the rise to tell: {speed:?} {control:?}"
+    );
+    assert!(
+        control.rise >= 3,
+        "least-loaded gave the stopped worker only {} of {} connections in the rise: the scene \
+         shows no defect to fix",
+        control.rise,
+        control.rise_all
+    );
+}
