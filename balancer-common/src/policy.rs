@@ -879,11 +879,16 @@ impl Scan {
     }
 
     pub fn result(&self) -> Result<Choice, Event> {
+        // A blocked candidate was seen and the pick is not blocked: it was steered away.
+        // Computed before the branch and hidden from LLVM, so that the register holding it is
+        // written on the failing path too: LLVM may read a flag of the `Err` path's undefined
+        // payload where both paths meet, which the verifier refuses ("!read_ok"; seen in the
+        // build with the feature `broken`).
+        let passed_blocked =
+            opaque((self.blocked_seen != 0 && self.best_load < Self::BLOCKED) as u64) != 0;
         if self.best == NO_SLOT {
             return Err(Event::FallbackSelectFailed);
         }
-        // A blocked candidate was seen and the pick is not blocked: it was steered away.
-        let passed_blocked = self.blocked_seen != 0 && self.best_load < Self::BLOCKED;
         Ok(Choice { slot: self.best, passed_blocked, fast: false })
     }
 }
