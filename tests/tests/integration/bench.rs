@@ -54,6 +54,10 @@ fn reports_regenerate_from_their_raw_samples() {
             files += 1;
         }
         println!("{}: {files} files regenerate byte for byte", committed.display());
-        assert!(files >= 3, "{}: only {files} files made", raw.display());
+        assert!(
+            files >= 2,
+            "{}: only {files} files made (the report and a chart per variant)",
+            raw.display()
+        );
     }
 }
