@@ -77,8 +77,9 @@ impl Policy {
     }
 
     /// Whether the policy reads the clock ([`Draw::now`]) even with the blocked check off: the
-    /// estimate family (ages, decay), and speed-aware (its stall check and its slow-slot check). The program calls the clock only when some reader needs it
-    /// (a helper call per connection), so a policy that reads ages must say so here.
+    /// estimate family (ages, decay), and speed-aware (its stall check and its slow-slot check).
+    /// The program calls the clock only when some reader needs it (a helper call per
+    /// connection), so a policy that reads ages must say so here.
     pub const fn reads_clock(self) -> bool {
         match self {
             Policy::WorkLeft | Policy::PeakEwma | Policy::SpeedAware => true,

@@ -12,6 +12,8 @@
 //!   scan's own; with right bytes and an idle candidate the fast path always finds one; with
 //!   every candidate idle it picks what the scan picks (the same rotating start).
 //! - `lowest_byte` is the index of the lowest nonzero byte.
+mod common;
+
 use std::cell::RefCell;
 
 use balancer_common::{
@@ -41,12 +43,10 @@ impl LoadSource for Table {
         self.mean
     }
     fn idle_word(&self, w: u32) -> u64 {
-        let idle = self.idle.borrow();
-        let i = w as usize * 8;
-        u64::from_le_bytes(idle[i..i + 8].try_into().expect("8 bytes"))
+        common::idle_word(&self.idle, w)
     }
     fn clear_idle(&self, slot: u32) {
-        self.idle.borrow_mut()[slot as usize] = 0;
+        common::clear_idle(&self.idle, slot)
     }
 }
 

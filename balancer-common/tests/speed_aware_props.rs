@@ -11,6 +11,8 @@
 //!   right idle bytes, a fast idle slot and at most STALE_TRIES slow ones, the pick is a fast
 //!   idle slot. When every idle slot is slow, one of them is still picked (the scan by counts).
 //! - With speeds equal and nothing stalled, speed-aware picks exactly what least-loaded picks.
+mod common;
+
 use std::cell::RefCell;
 
 use balancer_common::{
@@ -47,12 +49,10 @@ impl LoadSource for Table {
         self.mean
     }
     fn idle_word(&self, w: u32) -> u64 {
-        let idle = self.idle.borrow();
-        let i = w as usize * 8;
-        u64::from_le_bytes(idle[i..i + 8].try_into().expect("8 bytes"))
+        common::idle_word(&self.idle, w)
     }
     fn clear_idle(&self, slot: u32) {
-        self.idle.borrow_mut()[slot as usize] = 0;
+        common::clear_idle(&self.idle, slot)
     }
 }
 
