@@ -35,6 +35,14 @@ struct Lat {
     reps: Vec<Vec<f64>>,
 }
 
+impl Lat {
+    /// Percentile `i` of [`QS`] as a table cell: the estimate in ms, † if indicative, and its
+    /// interval.
+    fn cell(&self, i: usize) -> String {
+        format!("{}{} {}", ms(self.est[i]), mark(self.n, QS[i]), interval(ci(&self.reps[i]), ms))
+    }
+}
+
 /// One configuration of one workload of one variant.
 struct Row {
     cfg: CfgRef,
@@ -437,20 +445,14 @@ fn latency_row(w: &mut String, vs: &Against, r: &Row) -> Result<()> {
         None => row.push_str(" — |"),
     }
     for lat in &r.lat {
-        let c99 = ci(&lat.reps[1]);
-        let c999 = ci(&lat.reps[2]);
         write!(
             row,
-            " {} | {}{} | {}{} {} | {}{} {} |",
+            " {} | {}{} | {} | {} |",
             lat.n,
             ms(lat.est[0]),
             mark(lat.n, 0.5),
-            ms(lat.est[1]),
-            mark(lat.n, 0.99),
-            interval(c99, ms),
-            ms(lat.est[2]),
-            mark(lat.n, 0.999),
-            interval(c999, ms)
+            lat.cell(1),
+            lat.cell(2)
         )?;
     }
     let lt = &r.lat[top];
@@ -500,14 +502,10 @@ The stalls' tail at {p}: p99.9 is the requests a stall catches.
         };
         writeln!(
             w,
-            "| {} | {}{} {} | {}{} {} | {} | {} |",
+            "| {} | {} | {} | {} | {} |",
             r.cfg.short(),
-            ms(lt.est[1]),
-            mark(lt.n, 0.99),
-            interval(ci(&lt.reps[1]), ms),
-            ms(lt.est[2]),
-            mark(lt.n, 0.999),
-            interval(ci(&lt.reps[2]), ms),
+            lt.cell(1),
+            lt.cell(2),
             vs(a),
             vs(best)
         )?;

@@ -91,18 +91,14 @@ fn level_table(w: &mut String, rs: &[Row], li: usize, l: f64, base: f64) -> Resu
         };
         writeln!(
             w,
-            "| {} | {} | {} | {}{} | {}{} {} | {}{} {} | {} | {} |",
+            "| {} | {} | {} | {}{} | {} | {} | {} | {} |",
             r.cfg.short(),
             r2(base * l / r.tp),
             lat.n,
             ms(lat.est[0]),
             mark(lat.n, 0.5),
-            ms(lat.est[1]),
-            mark(lat.n, 0.99),
-            interval(ci(&lat.reps[1]), ms),
-            ms(lat.est[2]),
-            mark(lat.n, 0.999),
-            interval(ci(&lat.reps[2]), ms),
+            lat.cell(1),
+            lat.cell(2),
             p99_vs(vs.a).0,
             p99_vs(vs.best_p99).0
         )?;
