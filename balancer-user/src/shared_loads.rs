@@ -108,6 +108,7 @@ impl SharedLoads {
             table_offsets::start_sum_us,
             table_offsets::ewma_us,
             table_offsets::ewma_at_us,
+            table_offsets::recent_us,
         ] {
             self.u64_at(slot, field).store(0, Ordering::Relaxed);
         }
