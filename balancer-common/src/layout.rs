@@ -14,8 +14,9 @@ pub const MAX_SLOTS: u32 = 256;
 /// peak-EWMA figures ([`LoadTable::ewma_us`], [`LoadTable::ewma_at_us`]) and the fast path's
 /// hints ([`LoadTable::idle`], [`Config::active_mask`], [`Config::idle_words`],
 /// [`Config::uniform_weight`]); layout 7 the per-slot sum of response times
-/// ([`SlotRecord::answer_us`]).
-pub const LAYOUT_VERSION: u16 = 7;
+/// ([`SlotRecord::answer_us`]); layout 8 the per-slot recent response time of speed-aware
+/// ([`LoadTable::recent_us`]).
+pub const LAYOUT_VERSION: u16 = 8;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -86,8 +87,15 @@ pub struct LoadTable {
     /// answer): a request that took longer than the estimate sets it (the peak), a shorter one
     /// moves it 1/8 of the way down. See [`crate::policy::peak_ewma`] for how it decays.
     pub ewma_us: [u64; MAX_SLOTS as usize],
-    /// When `ewma_us` was last set (CLOCK_MONOTONIC, microseconds).
+    /// When `ewma_us` and `recent_us` were last set (CLOCK_MONOTONIC, microseconds): both at
+    /// each answer.
     pub ewma_at_us: [u64; MAX_SLOTS as usize],
+    /// The slot's recent time from accept to answer for `speed-aware`, in microseconds (the
+    /// shim, at each answer): an average that moves 1/8 of the way to each answer, with no peak,
+    /// decaying toward the group's mean while the slot answers nothing (see
+    /// [`crate::policy::recent_now`]). One long request among short ones moves it an eighth of
+    /// its excess; a worker whose every answer is slow (a CPU quota, a slow disk) keeps it high.
+    pub recent_us: [u64; MAX_SLOTS as usize],
     /// Figures of the whole group, on a cache line of their own.
     pub group: GroupFigures,
     /// One byte per slot, nonzero when the slot had nothing in flight when last written: the
@@ -186,6 +194,9 @@ pub mod table_offsets {
     }
     pub const fn ewma_at_us(slot: usize) -> usize {
         offset_of!(LoadTable, ewma_at_us) + slot * 8
+    }
+    pub const fn recent_us(slot: usize) -> usize {
+        offset_of!(LoadTable, recent_us) + slot * 8
     }
     /// The slot's byte of [`super::LoadTable::idle`].
     pub const fn idle(slot: usize) -> usize {
@@ -368,7 +379,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
 const _: () = assert!(
-    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 4 * 8 + 1 + 40) + 64
+    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 5 * 8 + 1 + 40) + 64
 );
 const _: () = assert!(core::mem::size_of::<GroupFigures>() == 64);
 const _: () = assert!(core::mem::size_of::<Config>() == 32 + 5 * MAX_SLOTS as usize);

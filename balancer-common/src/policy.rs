@@ -10,14 +10,19 @@
 //!
 //! The scan is specialized per policy [`Family`] (a [`Cost`] type parameter): the count family
 //! (least-loaded, pack's fallback) weighs a slot by its count alone, the estimate family
-//! (work-left, peak-ewma) by its branch-free time estimates. The program runs each as its own
-//! `bpf_loop` callback, so least-loaded pays nothing per slot for the estimates' arithmetic.
+//! (work-left, peak-ewma) by its branch-free time estimates, the speed family (speed-aware) by
+//! its count and its [`slowness`]. The program runs each as its own `bpf_loop` callback, so
+//! least-loaded pays nothing per slot for the others' arithmetic.
 //!
-//! Speed-aware is least-loaded with two uses of speed, both from the load table the shims keep:
-//! its fast path passes over an idle slot whose service time estimate is [`SLOW_FACTOR`] times
-//! the group's mean (a slow worker, left idle while a fast one is), and the blocked check is on
-//! with an adaptive limit ([`stall_limit_ns`]) unless [`Config::blocked_after_ms`] sets a fixed
-//! one. Its scan is least-loaded's (the count family).
+//! Speed-aware is least-loaded with two uses of speed, both from the load table the shims keep.
+//! A slot whose recent response time is [`SLOW_FACTOR`] times the group's mean or more is slow
+//! ([`slowness`]): the fast path passes over it when idle, and the scan weighs it by its
+//! expected delay (`(count + 1) * slowness - 1`), so it gets work in proportion to its pace,
+//! not its count. And the blocked check is on with an adaptive limit ([`stall_limit_ns`])
+//! unless [`Config::blocked_after_ms`] sets a fixed one: a worker with requests in flight and
+//! no answer for a multiple of the mean is passed over while another is not.
+
+use core::num::NonZeroU64;
 
 use crate::layout::{Config, Event, MAX_SLOTS, NO_SLOT};
 
@@ -38,8 +43,8 @@ named_enum! {
         /// [`peak_ewma`].
         PeakEwma = 6 => "peak-ewma",
         /// Least-loaded, passing over a worker that is not coming back (connections in flight and
-        /// no answer for [`stall_limit_ns`]: a multiple of the group's mean service time) and,
-        /// in the fast path, an idle worker whose answers are slow ([`SLOW_FACTOR`]).
+        /// no answer for [`stall_limit_ns`]: a multiple of the group's mean service time), and
+        /// weighing a worker whose answers are slow by its pace ([`slowness`]).
         SpeedAware = 7 => "speed-aware",
         /// Power of two choices: the lighter of two random active slots. O(1) for many workers.
         PowerOfTwo = 1 => "p2c",
@@ -62,16 +67,17 @@ pub enum Family {
     Counts,
     /// Time estimates per slot ([`Estimates`]): work-left, peak-ewma.
     Estimates,
+    /// Counts weighed by each slot's slowness ([`Speeds`]): speed-aware.
+    Speeds,
 }
 
 impl Policy {
     /// The policy's family, or `None` for those that weigh no load (round-robin, hash).
     pub const fn family(self) -> Option<Family> {
         match self {
-            Policy::LeastLoaded | Policy::SpeedAware | Policy::Pack | Policy::PowerOfTwo => {
-                Some(Family::Counts)
-            }
+            Policy::LeastLoaded | Policy::Pack | Policy::PowerOfTwo => Some(Family::Counts),
             Policy::WorkLeft | Policy::PeakEwma => Some(Family::Estimates),
+            Policy::SpeedAware => Some(Family::Speeds),
             Policy::RoundRobin | Policy::Hash => None,
         }
     }
@@ -190,8 +196,14 @@ pub trait LoadSource: Sized {
         (0, 0)
     }
 
+    /// The slot's recent response time, raw: `(recent_us, ewma_at_us)` as in
+    /// [`crate::LoadTable`] (speed-aware's [`slowness`]).
+    fn recent(&self, _slot: u32) -> (u64, u64) {
+        (0, 0)
+    }
+
     /// The group's mean service time, raw ([`crate::GroupFigures::mean_us`]); read once per
-    /// connection, and only by work-left and peak-ewma.
+    /// connection, and only by work-left, peak-ewma and speed-aware.
     fn group_mean_us(&self) -> u64 {
         0
     }
@@ -335,12 +347,33 @@ pub const EWMA_HALF_LIFE_SHIFT: u32 = 16;
 /// Branch-free, like the rest of the scan; the shim uses it too, before it folds in an answer.
 #[inline(always)]
 pub fn ewma_now(ewma_us: u64, ewma_at_us: u64, mean_us: u64, now_us: u64) -> u64 {
+    decayed(ewma_us, ewma_at_us, mean_us, now_us, EWMA_HALF_LIFE_SHIFT)
+}
+
+/// Speed-aware's recent response time halves its distance to the group's mean every 2^20 µs
+/// (about a second) without an answer: slower than peak-EWMA's, so that a slow worker left
+/// without work is tried again about once a second, not every few requests.
+pub const RECENT_HALF_LIFE_SHIFT: u32 = 20;
+
+/// A slot's recent response time ([`crate::LoadTable::recent_us`], set at `at_us`) at `now_us`,
+/// decayed toward the group's mean as [`ewma_now`] decays its estimate, with the half-life
+/// [`RECENT_HALF_LIFE_SHIFT`]. Below 2^25 whatever the inputs. The shim uses it too, before it
+/// folds in an answer.
+#[inline(always)]
+pub fn recent_now(recent_us: u64, at_us: u64, mean_us: u64, now_us: u64) -> u64 {
+    decayed(recent_us, at_us, mean_us, now_us, RECENT_HALF_LIFE_SHIFT)
+}
+
+/// `est` (µs, set at `at_us`) moved toward `mean_us` by half the distance per `2^shift` µs
+/// since, both bounded first; between the two bounded figures, so below 2^25.
+#[inline(always)]
+fn decayed(est: u64, at_us: u64, mean_us: u64, now_us: u64, shift: u32) -> u64 {
     const MASK: u64 = (1 << 62) - 1;
-    let est = min_below(ewma_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let est = min_below(est & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
     let mean = min_below(mean_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
-    let since = now_us.wrapping_sub(ewma_at_us);
+    let since = now_us.wrapping_sub(at_us);
     let since = since & !negative(since);
-    let halves = min_below((since & MASK) >> EWMA_HALF_LIFE_SHIFT, 63) & 63;
+    let halves = min_below((since & MASK) >> shift, 63) & 63;
     // An arithmetic shift rounds toward minus infinity: the result stays within [est, mean]
     // when est < mean, and within [mean, est] otherwise.
     let diff = (est.wrapping_sub(mean) as i64) >> halves;
@@ -375,9 +408,34 @@ pub const STALL_FACTOR: u64 = 8;
 pub const STALL_FLOOR_NS: u64 = 20_000_000;
 /// The greatest stall limit, in ns (2 s), and the limit before any answer gave a mean.
 pub const STALL_CEILING_NS: u64 = 2_000_000_000;
-/// Speed-aware's fast path passes over an idle slot whose service time estimate ([`ewma_now`])
-/// exceeds this many times the group's mean.
-pub const SLOW_FACTOR: u64 = 4;
+/// Speed-aware calls a slot slow when its recent response time ([`recent_now`]) is at least
+/// this many times the group's mean: below it, one long request among short ones (which moves
+/// the recent time an eighth of its excess) or the GIL's and the scheduler's noise; above it, a
+/// worker whose answers are all slow. See [`slowness`].
+pub const SLOW_FACTOR: u64 = 3;
+/// The greatest [`slowness`]: a slot slower than this many times the mean weighs as this.
+pub const SLOWNESS_CAP: u64 = 64;
+
+/// How many times slower than the group's mean a slot answers, as speed-aware weighs it: 1 while
+/// its recent response time `recent_us` (decayed, [`recent_now`]) is under [`SLOW_FACTOR`] times
+/// the mean `mean_us`, else the whole ratio, at most [`SLOWNESS_CAP`]; 1 without a mean (nothing
+/// known). The scan weighs a slot by `(count + 1) * slowness - 1` (least-loaded's count when it
+/// is 1: a shortest-expected-delay cost for the slow ones only), and the fast path passes over
+/// an idle slot whose slowness is over 1. Branch-free; the inputs are raw (workers write them).
+#[inline(always)]
+pub fn slowness(recent_us: u64, at_us: u64, mean_us: u64, now_us: u64) -> u64 {
+    let est = recent_now(recent_us, at_us, mean_us, now_us);
+    let mean = min_below(mean_us & ((1 << 62) - 1), Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let known = !negative(mean.wrapping_sub(1));
+    // A mean of 0 divides by 1 (and is not slow): no division by zero, no panic path, and no
+    // branch (a check of the divisor per slot doubles the paths the verifier walks).
+    // SAFETY: `mean | 1` when `mean` is 0 (`known` all zeros), else `mean`: never 0.
+    let ratio = est / unsafe { NonZeroU64::new_unchecked(mean | (1 & !known)) };
+    let ratio = min_below(ratio, SLOWNESS_CAP) & (2 * SLOWNESS_CAP - 1);
+    // Slow: a mean, and a ratio of at least SLOW_FACTOR (both masks all ones or all zeros).
+    let slow = !negative(ratio.wrapping_sub(SLOW_FACTOR)) & known;
+    (ratio & slow) | (1 & !slow)
+}
 
 /// Speed-aware's stall limit, in ns, for the group's mean service time `mean_us` (raw: workers
 /// write it): [`STALL_FACTOR`] times the mean, within [[`STALL_FLOOR_NS`],
@@ -471,7 +529,7 @@ pub fn decide<L: LoadSource>(
             // An idle slot is a least-loaded and (checked) a work-left minimum, not always a
             // peak-ewma one (a slow worker's estimate may outweigh a fast one's queue), and when
             // pack found no slot below its depth none is idle. Speed-aware's fast path also passes
-            // over a slow idle slot; if it finds none, the scan decides by counts.
+            // over a slow idle slot; if it finds none, the scan decides by counts and pace.
             if policy == Policy::LeastLoaded
                 || policy == Policy::WorkLeft
                 || policy == Policy::SpeedAware
@@ -482,11 +540,16 @@ pub fn decide<L: LoadSource>(
                 }
             }
             let mut scan = Scan::new(n, draw.tick % n, exclude, draw.now, limit_ns);
-            if policy.family() == Some(Family::Estimates) {
-                scan.set_cost(cfg, loads.group_mean_us());
-                loads.run_scan::<Estimates>(cfg, &mut scan);
-            } else {
-                loads.run_scan::<Counts>(cfg, &mut scan);
+            match policy.family() {
+                Some(Family::Estimates) => {
+                    scan.set_cost(cfg, loads.group_mean_us());
+                    loads.run_scan::<Estimates>(cfg, &mut scan);
+                }
+                Some(Family::Speeds) => {
+                    scan.mean_us = loads.group_mean_us();
+                    loads.run_scan::<Speeds>(cfg, &mut scan);
+                }
+                _ => loads.run_scan::<Counts>(cfg, &mut scan),
             }
             scan.result()
         }
@@ -520,11 +583,11 @@ pub const IDLE_WORDS: u32 = MAX_SLOTS / 8;
 /// cleared, and the search goes on. At most `idle_words + 1` words are read and [`STALE_TRIES`]
 /// stale bytes cleared; when nothing qualifies the caller runs the exact scan.
 ///
-/// Under speed-aware (`cfg`'s policy), an idle candidate whose service time estimate
-/// ([`ewma_now`]) exceeds [`SLOW_FACTOR`] times the group's mean is passed over like a stale one
-/// but its byte is kept (it is idle, only slow); with no mean yet nothing is slow. The scan that
-/// follows when no fast idle slot is found may still pick it: a slow worker gets work when every
-/// fast one is busy, and its estimate decays toward the mean while it gets none.
+/// Under speed-aware (`cfg`'s policy), an idle candidate whose [`slowness`] is over 1 is passed
+/// over like a stale one but its byte is kept (it is idle, only slow); with no mean yet nothing
+/// is slow. The scan that follows when no fast idle slot is found may still pick it: a slow
+/// worker gets work when every fast one has enough in flight ([`Speeds`]), and its recent
+/// response time decays toward the mean while it gets none.
 ///
 /// Driven by [`LoadSource::run_fast`], one [`Fast::step`] at a time (the eBPF program: its own
 /// `bpf_loop` callback, checked once by the verifier; a plain loop unrolled into the program made
@@ -560,8 +623,8 @@ pub struct Fast {
     pub ex_bits: u64,
     /// All ones for work-left.
     pub work_on: bool,
-    /// Speed-aware: an idle slot whose estimate exceeds this (µs) is slow; `u64::MAX`: off.
-    pub slow_over_us: u64,
+    /// Speed-aware: an idle slot whose [`slowness`] is over 1 is passed over.
+    pub speed_on: bool,
     pub mean: u64,
     pub now_us: u64,
     /// The least work-left cost there is: an idle slot's.
@@ -609,9 +672,6 @@ impl Fast {
         } else {
             (0, 0, 0)
         };
-        // The mean is bounded as `ewma_now` bounds it, so the product cannot overflow.
-        let bounded = min_below(mean & ((1 << 62) - 1), Scan::MEAN_CAP_US);
-        let slow_over_us = if speed_on && bounded != 0 { bounded * SLOW_FACTOR } else { u64::MAX };
         Some(Self {
             words,
             first: start / 8,
@@ -619,7 +679,7 @@ impl Fast {
             ex_word: if exclude < MAX_SLOTS { exclude / 8 } else { IDLE_WORDS },
             ex_bits: 0xffu64 << ((exclude % 8) * 8),
             work_on,
-            slow_over_us,
+            speed_on,
             mean,
             now_us,
             least_work,
@@ -674,9 +734,9 @@ impl Fast {
         } else {
             count == 0
         };
-        if ok && self.slow_over_us != u64::MAX {
-            let (ewma, ewma_at) = loads.ewma(slot);
-            if ewma_now(ewma, ewma_at, self.mean, self.now_us) > self.slow_over_us {
+        if ok && self.speed_on {
+            let (recent, at) = loads.recent(slot);
+            if slowness(recent, at, self.mean, self.now_us) > 1 {
                 // Slow, not stale: the byte stays; on to the next candidate of this word.
                 self.x &= !(0xffu64 << (byte * 8));
                 return false;
@@ -775,7 +835,7 @@ pub struct Scan {
     pub peak_on: u64,
     /// `now` in microseconds.
     pub now_us: u64,
-    /// The group's mean service time ([`Estimates`]), raw.
+    /// The group's mean service time ([`Estimates`], [`Speeds`]), raw.
     pub mean_us: u64,
 }
 
@@ -931,6 +991,27 @@ impl Cost for Estimates {
         let peak = peak_ewma(count, ewma, ewma_at, scan.mean_us, scan.now_us);
         let peak = min_below(peak, Scan::LOAD_CAP) & Scan::LOAD_CAP;
         (count & !(scan.work_on | scan.peak_on)) | (work & scan.work_on) | (peak & scan.peak_on)
+    }
+}
+
+/// The speed family's cost ([`Family::Speeds`]): `(count + 1) * slowness - 1`, least-loaded's
+/// count for a slot that answers at the group's pace ([`slowness`] 1), a shortest-expected-delay
+/// cost for a slow one: it gets work when every other slot has `slowness - 1` more in flight
+/// per request it holds. Reads the slot's recent response time, nothing of the estimates.
+#[derive(Clone, Copy, Debug)]
+pub enum Speeds {}
+
+impl Cost for Speeds {
+    #[inline(always)]
+    fn cost<L: LoadSource>(scan: &Scan, slot: u32, count: u64, loads: &L) -> u64 {
+        let (recent, at) = loads.recent(slot);
+        let slow = slowness(recent, at, scan.mean_us, scan.now_us);
+        // All ones for a slow slot (slowness 2 or more): only its count is weighed.
+        let is_slow = !negative(slow.wrapping_sub(2));
+        // count < 2^20 and slowness <= SLOWNESS_CAP: below 2^27, so within LOAD_CAP.
+        let held = min_below(count, 1 << 20) & ((1 << 21) - 1);
+        let weighed = min_below((held + 1) * slow - 1, Scan::LOAD_CAP) & Scan::LOAD_CAP;
+        (count & !is_slow) | (weighed & is_slow)
     }
 }
 

@@ -1,36 +1,39 @@
 //! Property tests of speed-aware: arbitrary groups (active slots anywhere in range), loads,
-//! last progress times, peak-EWMA figures (fast, slow, any value a worker could write), group
-//! means (0, ordinary, huge), idle bytes (right or any), ticks and fixed limits.
+//! last progress times, recent response times (at the mean's pace, slow, any value a worker
+//! could write), group means (0, ordinary, huge), idle bytes (right or any), ticks and fixed
+//! limits.
 //!
 //! - The stall limit is STALL_FACTOR x the mean, within [floor, ceiling], the ceiling for a mean
 //!   of 0, and never overflows whatever the mean.
-//! - The pick is never a stalled slot while an active one is not stalled, and it is a lightest
-//!   slot that is not (all of them when every slot is stalled); a fixed `blocked_after_ms` is
-//!   the limit when set.
+//! - The pick is never a stalled slot while an active one is not stalled, and it has the least
+//!   cost, `(count + 1) * slowness - 1` per weight, of the slots that are not (all of them when
+//!   every slot is stalled); a fixed `blocked_after_ms` is the limit when set.
+//! - Slowness is 1 below SLOW_FACTOR times the mean (and without a mean), else the ratio, at
+//!   most SLOWNESS_CAP.
 //! - The fast path never picks a slow idle slot, and never clears a slow slot's idle byte; with
 //!   right idle bytes, a fast idle slot and at most STALE_TRIES slow ones, the pick is a fast
-//!   idle slot. When every idle slot is slow, one of them is still picked (the scan by counts).
+//!   idle slot.
 //! - With speeds equal and nothing stalled, speed-aware picks exactly what least-loaded picks.
 mod common;
 
 use std::cell::RefCell;
 
 use balancer_common::{
-    decide, ewma_now, is_blocked, policy::lighter, stall_limit_ns, Config, Draw, LoadSource,
-    Policy, MAX_SLOTS, NO_SLOT, SLOW_FACTOR, STALE_TRIES, STALL_CEILING_NS, STALL_FACTOR,
-    STALL_FLOOR_NS,
+    decide, is_blocked, policy::lighter, recent_now, slowness, stall_limit_ns, Config, Draw,
+    LoadSource, Policy, MAX_SLOTS, NO_SLOT, SLOWNESS_CAP, SLOW_FACTOR, STALE_TRIES,
+    STALL_CEILING_NS, STALL_FACTOR, STALL_FLOOR_NS,
 };
 use proptest::{collection::vec, prelude::*};
 
 /// CLOCK_MONOTONIC at every selection of these tests, in ns.
 const NOW: u64 = 1 << 40;
 
-/// A load table: loads, progress, peak-EWMA figures, the group's mean and the idle bytes.
+/// A load table: loads, progress, recent response times, the group's mean and the idle bytes.
 #[derive(Clone, Debug)]
 struct Table {
     loads: Vec<(u64, u32)>,
     progress: Vec<u64>,
-    ewma: Vec<(u64, u64)>,
+    recent: Vec<(u64, u64)>,
     mean: u64,
     idle: RefCell<Vec<u8>>,
 }
@@ -42,8 +45,8 @@ impl LoadSource for Table {
     fn progress(&self, slot: u32) -> u64 {
         self.progress.get(slot as usize).copied().unwrap_or(0)
     }
-    fn ewma(&self, slot: u32) -> (u64, u64) {
-        self.ewma.get(slot as usize).copied().unwrap_or((0, 0))
+    fn recent(&self, slot: u32) -> (u64, u64) {
+        self.recent.get(slot as usize).copied().unwrap_or((0, 0))
     }
     fn group_mean_us(&self) -> u64 {
         self.mean
@@ -61,11 +64,27 @@ impl Table {
     fn stalled(&self, slot: u32, limit_ns: u64) -> bool {
         is_blocked(self.loads[slot as usize].0, self.progress[slot as usize], NOW, limit_ns)
     }
-    /// Whether `slot`'s estimate makes it slow (nothing is slow without a mean).
+    /// `slot`'s slowness, computed here the plain way (nothing is slow without a mean).
+    fn slowness(&self, slot: u32) -> u64 {
+        let (r, at) = self.recent[slot as usize];
+        let mean = (self.mean & ((1 << 62) - 1)).min(1 << 24);
+        let ratio = recent_now(r, at, self.mean, NOW / 1000) / mean.max(1);
+        if mean != 0 && ratio >= SLOW_FACTOR {
+            ratio.min(SLOWNESS_CAP)
+        } else {
+            1
+        }
+    }
     fn slow(&self, slot: u32) -> bool {
-        let (e, at) = self.ewma[slot as usize];
-        let mean = self.mean.min(1 << 24);
-        mean != 0 && ewma_now(e, at, self.mean, NOW / 1000) > SLOW_FACTOR * mean
+        self.slowness(slot) > 1
+    }
+    /// Speed-aware's cost of `slot`: its count, weighed by its slowness when it is slow.
+    fn cost(&self, slot: u32) -> u64 {
+        let count = self.loads[slot as usize].0;
+        match self.slowness(slot) {
+            1 => count,
+            k => (count.min(1 << 20) + 1) * k - 1,
+        }
     }
     /// Idle bytes set exactly where nothing is in flight.
     fn right_hints(mut self) -> Table {
@@ -74,13 +93,13 @@ impl Table {
     }
 }
 
-/// A slot's peak-EWMA figures for a group mean `mean`: about the mean, slow (10x, just set),
-/// slow long ago (decayed), or anything.
-fn one_ewma(mean: u64) -> impl Strategy<Value = (u64, u64)> {
+/// A slot's recent response time for a group mean `mean`: about the mean, slow (2 to 80
+/// times, set up to 4 s ago, so decayed or not), or anything.
+fn one_recent(mean: u64) -> impl Strategy<Value = (u64, u64)> {
     let now_us = NOW / 1000;
     prop_oneof![
-        4 => (0..=mean).prop_map(move |e| (e, now_us)),
-        3 => (0u64..200_000).prop_map(move |ago| (mean * 10 + 1, now_us - ago)),
+        4 => (0..=mean * 2).prop_map(move |e| (e, now_us)),
+        3 => (2u64..80, 0u64..4_000_000).prop_map(move |(k, ago)| (mean * k + 1, now_us - ago)),
         1 => (any::<u64>(), any::<u64>()),
     ]
 }
@@ -97,15 +116,15 @@ fn table_and_slots() -> impl Strategy<Value = (Table, Vec<u32>)> {
             vec(prop_oneof![3 => Just((0u64, 1u32)), 3 => (0u64..6, 1u32..3)], MAX_SLOTS as usize),
             // Ages in ms: fresh, past any adaptive limit, or a progress in the future.
             vec(prop_oneof![0u64..15, 15u64..3_000, Just(u64::MAX)], MAX_SLOTS as usize),
-            vec(one_ewma(mean.min(1 << 24)), MAX_SLOTS as usize),
+            vec(one_recent(mean.min(1 << 24)), MAX_SLOTS as usize),
             vec(prop_oneof![Just(0u8), Just(1u8), any::<u8>()], MAX_SLOTS as usize),
         )
-            .prop_map(move |(slots, loads, ages, ewma, idle)| {
+            .prop_map(move |(slots, loads, ages, recent, idle)| {
                 let progress = ages
                     .iter()
                     .map(|&a| if a == u64::MAX { NOW + 5_000_000 } else { NOW - a * 1_000_000 })
                     .collect();
-                (Table { loads, progress, ewma, mean, idle: RefCell::new(idle) }, slots)
+                (Table { loads, progress, recent, mean, idle: RefCell::new(idle) }, slots)
             })
     })
 }
@@ -150,10 +169,10 @@ proptest! {
         let free: Vec<u32> = slots.iter().copied().filter(|&s| !table.stalled(s, limit)).collect();
         let pool = if free.is_empty() { slots.clone() } else { free.clone() };
         prop_assert!(pool.contains(&choice.slot), "picked {} outside {:?}", choice.slot, pool);
-        let (l, w) = table.loads[choice.slot as usize];
+        let (c, w) = (table.cost(choice.slot), table.loads[choice.slot as usize].1);
         for &s in &pool {
-            let (ls, ws) = table.loads[s as usize];
-            let heavier = if free.is_empty() { ls < l } else { lighter(ls, ws, l, w) };
+            let (cs, ws) = (table.cost(s), table.loads[s as usize].1);
+            let heavier = if free.is_empty() { cs < c } else { lighter(cs, ws, c, w) };
             prop_assert!(!heavier, "slot {} is lighter than the pick {}", s, choice.slot);
         }
         if !choice.fast {
@@ -177,10 +196,6 @@ proptest! {
         if fast_idle && slow_idle.len() <= STALE_TRIES as usize {
             prop_assert!(choice.fast && !table.slow(choice.slot), "{:?} while a fast idle slot was free", choice);
         }
-        if !fast_idle && !slow_idle.is_empty() {
-            // Every idle slot is slow: the scan by counts still gives one of them the work.
-            prop_assert!(slow_idle.contains(&choice.slot), "picked busy {} over idle {:?}", choice.slot, slow_idle);
-        }
         for &s in &slow_idle {
             prop_assert_eq!(table.idle.borrow()[s as usize], 1, "slot {}'s idle byte was cleared", s);
         }
@@ -192,13 +207,70 @@ proptest! {
     ) {
         let mut table = if right { table.right_hints() } else { table };
         let now_us = NOW / 1000;
-        table.ewma = vec![(table.mean.min(1 << 24), now_us); MAX_SLOTS as usize];
+        table.recent = vec![(table.mean.min(1 << 24), now_us); MAX_SLOTS as usize];
         table.progress = vec![NOW; MAX_SLOTS as usize];
         let theirs = table.clone();
         let mine = decide(&config(Policy::SpeedAware, &slots, 0), &draw(tick), NO_SLOT, &table);
         let ll = decide(&config(Policy::LeastLoaded, &slots, 0), &draw(tick), NO_SLOT, &theirs);
         prop_assert_eq!(mine, ll);
         prop_assert_eq!(table.idle.borrow().clone(), theirs.idle.borrow().clone());
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(1000))]
+
+    #[test]
+    fn slowness_is_one_below_the_factor_else_the_capped_ratio(
+        recent in prop_oneof![0u64..1 << 26, any::<u64>()], ago in prop_oneof![0u64..1 << 24, any::<u64>()],
+        mean in prop_oneof![Just(0u64), 1u64..1 << 25, any::<u64>()],
+    ) {
+        let now_us = NOW / 1000;
+        let at = now_us.wrapping_sub(ago);
+        let got = slowness(recent, at, mean, now_us);
+        let m = (mean & ((1 << 62) - 1)).min(1 << 24);
+        let ratio = recent_now(recent, at, mean, now_us) / m.max(1);
+        let want = if m != 0 && ratio >= SLOW_FACTOR { ratio.min(SLOWNESS_CAP) } else { 1 };
+        prop_assert_eq!(got, want);
+    }
+}
+
+/// A worker 12 times slower than the group's mean, idle, beside three fast ones with `busy`
+/// each in flight: the pick of speed-aware and of least-loaded (at every tick).
+fn slow_idle_against(busy: u64) -> Vec<(u32, u32)> {
+    let mean = 5_000;
+    let now_us = NOW / 1000;
+    let mut table = Table {
+        loads: vec![(busy, 1); MAX_SLOTS as usize],
+        progress: vec![NOW; MAX_SLOTS as usize],
+        recent: vec![(mean, now_us); MAX_SLOTS as usize],
+        mean,
+        idle: RefCell::new(vec![0; MAX_SLOTS as usize]),
+    };
+    table.loads[2] = (0, 1);
+    table.recent[2] = (12 * mean, now_us);
+    let table = table.right_hints();
+    let slots = [0, 1, 2, 3];
+    (0..8)
+        .map(|tick| {
+            let pick =
+                |p: Policy| decide(&config(p, &slots, 0), &draw(tick), NO_SLOT, &table.clone());
+            (pick(Policy::SpeedAware).unwrap().slot, pick(Policy::LeastLoaded).unwrap().slot)
+        })
+        .collect()
+}
+
+#[test]
+fn a_slow_idle_worker_waits_until_the_fast_ones_hold_its_slowness() {
+    // Fast workers with 2 in flight: least-loaded gives the idle slow worker the connection,
+    // speed-aware (cost 11 against 2) does not.
+    for (mine, ll) in slow_idle_against(2) {
+        assert_eq!(ll, 2);
+        assert_ne!(mine, 2);
+    }
+    // With 12 in flight each, the slow worker's expected delay (cost 11) is the least.
+    for (mine, _) in slow_idle_against(12) {
+        assert_eq!(mine, 2);
     }
 }
 

@@ -273,6 +273,21 @@ impl LoadSource for MapLoads {
     }
 
     #[inline(always)]
+    fn recent(&self, slot: u32) -> (u64, u64) {
+        if slot >= MAX_SLOTS {
+            return (0, 0);
+        }
+        let i = slot as usize;
+        // SAFETY: as in `load`: inside the LOADS value, slot < MAX_SLOTS; written concurrently.
+        unsafe {
+            (
+                read_volatile(addr_of!((*self.0).recent_us).cast::<u64>().add(i)),
+                read_volatile(addr_of!((*self.0).ewma_at_us).cast::<u64>().add(i)),
+            )
+        }
+    }
+
+    #[inline(always)]
     fn idle_word(&self, w: u32) -> u64 {
         // Hidden from LLVM, which can prove the bound and would drop the check the verifier needs.
         // SAFETY: `&w` is a valid, aligned reference to a local u32.

@@ -16,7 +16,8 @@
 //! (`working`) and the sum of their start times (`start_sum_us`), and for the whole group the
 //! mean time from accept to answer (`group.mean_us`); a connection's start sits in [`STARTS`]
 //! until its answer. For `peak-ewma` it keeps the slot's service time estimate (`ewma_us`, set at
-//! `ewma_at_us`): see [`work_done`].
+//! `ewma_at_us`), and for `speed-aware` its recent response time (`recent_us`, set then too):
+//! see [`work_done`].
 //!
 //! An answer that takes the slot's `inflight` to 0 sets its `idle` byte (the program's fast
 //! path looks for one; it clears the byte when it gives the slot a connection), and a kept-alive
@@ -33,7 +34,7 @@ use core::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use balancer_common::{broken::Broken, ewma_now, table_offsets};
+use balancer_common::{broken::Broken, ewma_now, recent_now, table_offsets};
 
 use crate::{
     config::{config, is_broken},
@@ -92,10 +93,11 @@ fn work_started(slot: SlotRef, fd: c_int) {
 /// The request that started at `start` (microseconds) is done at `now_ns`, in `slot`: out of
 /// `working` first, then its start out of `start_sum_us`; its time from accept to answer adds to
 /// the slot's `answer_us` (what `reuselb status` divides by `completed`), moves
-/// the group's mean 1/16 of the way, and the slot's peak-EWMA estimate: up to it if it took
-/// longer than the estimate (as decayed to now, [`ewma_now`]), else 1/8 of the way down. The
-/// read-modify-writes may lose a concurrent update of another worker (the mean) or thread (the
-/// estimate): one figure.
+/// the group's mean 1/16 of the way, the slot's peak-EWMA estimate: up to it if it took
+/// longer than the estimate (as decayed to now, [`ewma_now`]), else 1/8 of the way down, and the
+/// slot's recent response time 1/8 of the way to it, up or down (as decayed to now,
+/// [`recent_now`]). The read-modify-writes may lose a concurrent update of another worker (the
+/// mean) or thread (the estimates): one figure.
 #[inline(always)]
 fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     slot.field(table_offsets::working).fetch_sub(1, Ordering::Relaxed);
@@ -108,10 +110,17 @@ fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     let next = if old == 0 { took } else { old - old / 16 + took / 16 };
     mean.store(next.max(1), Ordering::Relaxed);
     let ewma = slot.field(table_offsets::ewma_us);
+    let recent = slot.field(table_offsets::recent_us);
     let at = slot.field(table_offsets::ewma_at_us);
-    let est = ewma_now(ewma.load(Ordering::Relaxed), at.load(Ordering::Relaxed), old, now_us);
+    let then = at.load(Ordering::Relaxed);
+    let est = ewma_now(ewma.load(Ordering::Relaxed), then, old, now_us);
     let est = if took >= est { took } else { est - est / 8 + took / 8 };
     ewma.store(est, Ordering::Relaxed);
+    // Both decayed values lie below 2^25 and `took` is clamped there: no overflow.
+    let took = took.min(1 << 25);
+    // The slot's first answer (nothing set yet) is its recent time.
+    let pace = if then == 0 { took } else { recent_now(recent.load(Ordering::Relaxed), then, old, now_us) };
+    recent.store(pace - pace / 8 + took / 8, Ordering::Relaxed);
     at.store(now_us, Ordering::Relaxed);
 }
 

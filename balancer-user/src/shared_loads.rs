@@ -38,11 +38,13 @@ pub struct SlotSnapshot {
     pub epoch: u64,
     pub pid: u32,
     /// The work figures (see [`LoadTable`]): requests being worked on (raw, signed) and the sum
-    /// of their start times, in microseconds; the peak-EWMA estimate and when it was set.
+    /// of their start times, in microseconds; the peak-EWMA estimate and when it was set; the
+    /// recent response time (speed-aware's), set then too.
     pub working: i64,
     pub start_sum_us: u64,
     pub ewma_us: u64,
     pub ewma_at_us: u64,
+    pub recent_us: u64,
 }
 
 impl SharedLoads {
@@ -81,6 +83,7 @@ impl SharedLoads {
             start_sum_us: self.u64_at(slot, table_offsets::start_sum_us).load(Ordering::Relaxed),
             ewma_us: self.u64_at(slot, table_offsets::ewma_us).load(Ordering::Relaxed),
             ewma_at_us: self.u64_at(slot, table_offsets::ewma_at_us).load(Ordering::Relaxed),
+            recent_us: self.u64_at(slot, table_offsets::recent_us).load(Ordering::Relaxed),
         }
     }
 
@@ -108,6 +111,7 @@ impl SharedLoads {
             table_offsets::start_sum_us,
             table_offsets::ewma_us,
             table_offsets::ewma_at_us,
+            table_offsets::recent_us,
         ] {
             self.u64_at(slot, field).store(0, Ordering::Relaxed);
         }

@@ -15,6 +15,10 @@
 //!   sent at fixed offsets from the start in either mode and counted apart (the blocked-worker
 //!   workload's requests that hold the GIL for seconds).
 //!
+//! - **Noted requests** (optional, [`Spec::note_over`]): every ordinary request at or over a
+//!   latency threshold, and every failed one, is kept whole in [`Outcome::noted`] (its scheduled
+//!   send time, latency and serving pid), all of them, uncapped: what a stall caught.
+//!
 //! Everything is bounded: the run's length, the requests in flight (open loop), each request's
 //! time, and the drain after the window. A request that fails, times out or could not be sent
 //! counts as failed and as an infinitely slow one in the percentiles.
@@ -112,6 +116,20 @@ pub struct Spec<'a> {
     /// ([`Outcome::hold_us`]), never in the percentiles, the throughput or the per-worker shares.
     pub holds: &'a [Duration],
     pub hold_path: usize,
+    /// If set, every ordinary request of the window whose latency is at or over this, and every
+    /// failed one, is recorded in [`Outcome::noted`].
+    pub note_over: Option<Duration>,
+}
+
+/// An ordinary request recorded because it was slow or failed (see [`Spec::note_over`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Noted {
+    /// When it was scheduled (open loop) or started (closed loop).
+    pub sent: Instant,
+    /// Its latency in µs; `u32::MAX` if it failed.
+    pub lat_us: u32,
+    /// The worker that answered (`pid=` of the body); 0 if it failed.
+    pub pid: u32,
 }
 
 /// What a run measured.
@@ -132,6 +150,9 @@ pub struct Outcome {
     pub hold_us: Vec<u32>,
     /// Largest number of requests in flight at once.
     pub peak_inflight: usize,
+    /// Every ordinary request of the window at or over [`Spec::note_over`], and every failed one
+    /// (empty without a threshold).
+    pub noted: Vec<Noted>,
     pub errors: Vec<String>,
 }
 
@@ -191,13 +212,15 @@ pub fn run(spec: &Spec) -> Result<Outcome> {
                 .into_bytes()
         })
         .collect();
-    let mut gen = Gen::new(v4, requests)?;
+    let mut gen = Gen::new(v4, requests, spec.note_over)?;
     gen.run(spec)
 }
 
 struct Gen {
     addr: libc::sockaddr_in,
     requests: Vec<Vec<u8>>,
+    /// [`Spec::note_over`].
+    note_over: Option<Duration>,
     epfd: RawFd,
     timerfd: RawFd,
     conns: Vec<Option<Conn>>,
@@ -225,7 +248,7 @@ fn os_err(what: &str) -> anyhow::Error {
 }
 
 impl Gen {
-    fn new(v4: SocketAddrV4, requests: Vec<Vec<u8>>) -> Result<Self> {
+    fn new(v4: SocketAddrV4, requests: Vec<Vec<u8>>, note_over: Option<Duration>) -> Result<Self> {
         // SAFETY: plain descriptor-creating calls; each result is checked and owned by Gen.
         let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
         if epfd < 0 {
@@ -259,6 +282,7 @@ impl Gen {
         Ok(Self {
             addr,
             requests,
+            note_over,
             epfd,
             timerfd,
             conns: Vec::new(),
@@ -281,12 +305,23 @@ impl Gen {
         unsafe { libc::timerfd_settime(self.timerfd, 0, &spec, std::ptr::null_mut()) };
     }
 
-    fn fail(&mut self, in_window: bool, hold: bool, msg: String) {
+    /// Records an ordinary request of the window if a threshold is set and it is at or over it
+    /// (a failure, `u32::MAX`, always is).
+    fn note(&mut self, sent: Instant, lat_us: u32, pid: u32) {
+        let Some(over) = self.note_over else { return };
+        if lat_us as u128 >= over.as_micros() {
+            self.out.noted.push(Noted { sent, lat_us, pid });
+        }
+    }
+
+    /// A request scheduled at `intended` failed.
+    fn fail(&mut self, intended: Instant, in_window: bool, hold: bool, msg: String) {
         if hold {
             self.out.hold_us.push(u32::MAX);
         } else if in_window {
             self.out.failed += 1;
             self.out.latencies_us.push(u32::MAX);
+            self.note(intended, u32::MAX, 0);
         }
         if self.out.errors.len() < 8 {
             self.out.errors.push(msg);
@@ -308,7 +343,7 @@ impl Gen {
         };
         if fd < 0 {
             let e = io::Error::last_os_error();
-            return self.fail(in_window, hold, format!("socket: {e}"));
+            return self.fail(intended, in_window, hold, format!("socket: {e}"));
         }
         // SAFETY: connect reads `self.addr`, a valid sockaddr_in, with its exact size; fd is ours.
         let rc = unsafe {
@@ -323,7 +358,7 @@ impl Gen {
             if e.raw_os_error() != Some(libc::EINPROGRESS) {
                 // SAFETY: fd was created above and is not stored anywhere: closed once.
                 unsafe { libc::close(fd) };
-                return self.fail(in_window, hold, format!("connect: {e}"));
+                return self.fail(intended, in_window, hold, format!("connect: {e}"));
             }
         }
         let slot = match self.free.pop() {
@@ -340,7 +375,7 @@ impl Gen {
             // SAFETY: fd is not registered anywhere yet: closed once.
             unsafe { libc::close(fd) };
             self.free.push(slot);
-            return self.fail(in_window, hold, format!("epoll_ctl: {e}"));
+            return self.fail(intended, in_window, hold, format!("epoll_ctl: {e}"));
         }
         self.conns[slot] = Some(Conn {
             fd,
@@ -381,13 +416,14 @@ impl Gen {
                         .as_micros()
                         .min(u32::MAX as u128 - 1) as u32;
                     self.out.latencies_us.push(us);
+                    self.note(c.intended, us, pid);
                     *self.out.by_pid.entry(pid).or_default() += 1;
                     if now <= window_end {
                         self.out.ok_in_window += 1;
                     }
                 }
             }
-            Err(msg) => self.fail(c.in_window, c.hold, msg),
+            Err(msg) => self.fail(c.intended, c.in_window, c.hold, msg),
         }
     }
 
@@ -510,7 +546,8 @@ impl Gen {
             let p = (spec.pick)(&mut pace.mix);
             if self.inflight >= spec.max_inflight {
                 self.out.started += 1;
-                self.fail(true, false, format!("over {} requests in flight", spec.max_inflight));
+                let msg = format!("over {} requests in flight", spec.max_inflight);
+                self.fail(pace.next_send, true, false, msg);
             } else {
                 self.launch(pace.next_send, p, true, false);
             }
@@ -665,6 +702,55 @@ mod tests {
         assert_eq!(percentile_ms(&v, 0.99), 990.0);
         v[0] = u32::MAX;
         assert_eq!(percentile_ms(&v, 1.0), f64::INFINITY);
+    }
+
+    /// With a threshold, every ordinary request at or over it and every failure is noted whole
+    /// (send time, latency, pid); a faster one is not, nor anything without a threshold.
+    #[test]
+    fn slow_and_failed_requests_are_noted_with_a_threshold() {
+        let v4 = SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 9);
+        let t = Instant::now();
+        let mut gen = Gen::new(v4, Vec::new(), Some(Duration::from_millis(150))).unwrap();
+        gen.note(t, 149_999, 7);
+        gen.note(t, 150_000, 7);
+        gen.fail(t, true, false, "refused".into());
+        gen.fail(t, true, true, "a hold request".into());
+        gen.fail(t, false, false, "after the window".into());
+        let want = vec![
+            Noted { sent: t, lat_us: 150_000, pid: 7 },
+            Noted { sent: t, lat_us: u32::MAX, pid: 0 },
+        ];
+        assert_eq!(gen.out.noted, want);
+        let mut none = Gen::new(v4, Vec::new(), None).unwrap();
+        none.note(t, 400_000, 7);
+        none.fail(t, true, false, "refused".into());
+        assert!(none.out.noted.is_empty());
+    }
+
+    /// A whole run against a port nobody listens on: every request fails and is noted, at its
+    /// scheduled send time.
+    #[test]
+    fn a_run_notes_its_failed_requests() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let paths = vec!["/".to_string()];
+        let spec = Spec {
+            addr: port,
+            paths: &paths,
+            pick: &|_| 0,
+            mode: Mode::Open { rate: 200.0 },
+            duration: Duration::from_millis(200),
+            seed: 1,
+            timeout: Duration::from_secs(1),
+            max_inflight: 100,
+            drain: Duration::from_secs(1),
+            holds: &[],
+            hold_path: 0,
+            note_over: Some(Duration::from_millis(150)),
+        };
+        let before = Instant::now();
+        let out = run(&spec).unwrap();
+        assert!(out.failed > 0 && out.noted.len() as u64 == out.failed, "{out:?}");
+        assert!(out.noted.iter().all(|n| n.lat_us == u32::MAX && n.pid == 0 && n.sent >= before));
     }
 
     #[test]

@@ -109,7 +109,7 @@ pub const CONFIGS: &[Cfg] = &[
     Cfg {
         letter: 'L',
         label: "reuselb speed-aware",
-        describe: "`reuselb run --policy speed-aware`: least-loaded, passing over a worker with requests in flight and no answer for 8 × the group's mean service time (20 ms to 2 s), and, among idle workers, one whose service time estimate is over 4 × the mean",
+        describe: "`reuselb run --policy speed-aware`: least-loaded, passing over a worker with requests in flight and no answer for 8 × the group's mean service time (20 ms to 2 s), and weighing a worker whose recent response time is 3 × the mean or more by its pace: (in flight + 1) × its times the mean − 1, where the others weigh their count (an idle one is passed over by the fast path)",
         how: How::Reuselb { policy: "speed-aware", extra: &[] },
     },
 ];

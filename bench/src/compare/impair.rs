@@ -44,10 +44,13 @@ const CPU_ROOT: &str = "/sys/fs/cgroup/cpu";
 
 /// Runs `run` (one point's load) with `dep`'s first worker impaired as workload `w` says (slow,
 /// stalls; other workloads: `run` alone, no record). `secs` is the run's window (the stalls'
-/// schedule). The process is restored before this returns, on every path.
+/// schedule), which starts at `origin`: the stalls' schedule and their record
+/// ([`Impaired::stalls_ms`]) are relative to it, so the caller can place its requests' send times
+/// on the same clock. The process is restored before this returns, on every path.
 pub fn during<T>(
     w: Workload,
     dep: &Deployment,
+    origin: Instant,
     secs: f64,
     run: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Option<Impaired>)> {
@@ -55,15 +58,16 @@ pub fn during<T>(
         return Ok((run()?, None));
     }
     let pid = dep.first_worker();
-    let (out, mut rec) = impaired_while(w, pid, secs, run)?;
+    let (out, mut rec) = impaired_while(w, pid, origin, secs, run)?;
     rec.worker = dep.workers.iter().position(|&p| p == pid);
     Ok((out, Some(rec)))
 }
 
-/// [`during`] on process `pid`, for `w` slow or stalls.
+/// [`during`] on process `pid`, for `w` slow or stalls; the stalls' times are from `origin`.
 fn impaired_while<T>(
     w: Workload,
     pid: u32,
+    origin: Instant,
     secs: f64,
     run: impl FnOnce() -> Result<T>,
 ) -> Result<(T, Impaired)> {
@@ -77,7 +81,7 @@ fn impaired_while<T>(
         drop(cap);
         out
     } else {
-        let stopper = Stopper::start(pid, w.stall_windows(secs))?;
+        let stopper = Stopper::start(pid, origin, w.stall_windows(secs))?;
         let out = run()?;
         rec.stalls_ms = stopper.finish();
         rec.how = format!(
@@ -184,10 +188,9 @@ struct Stopper {
 }
 
 impl Stopper {
-    /// Starts the schedule `windows` ((start, end) in seconds from now).
-    fn start(pid: u32, windows: Vec<(f64, f64)>) -> Result<Self> {
+    /// Starts the schedule `windows` ((start, end) in seconds from `t0`).
+    fn start(pid: u32, t0: Instant, windows: Vec<(f64, f64)>) -> Result<Self> {
         let (tx, rx) = mpsc::channel();
-        let t0 = Instant::now();
         let thread = std::thread::Builder::new()
             .name("stalls".into())
             .spawn(move || stall(pid, t0, &windows, &rx))
@@ -293,7 +296,7 @@ mod tests {
     fn a_stalled_process_is_always_continued() {
         let kid = Kid::sh("exec sleep 30");
         let pid = kid.pid();
-        let (_, rec) = impaired_while(Workload::Stalls, pid, 1.0, || {
+        let (_, rec) = impaired_while(Workload::Stalls, pid, Instant::now(), 1.0, || {
             std::thread::sleep(Duration::from_millis(650));
             assert_eq!(state(pid), 'T', "stopped 0.5-0.8 s into the run");
             std::thread::sleep(Duration::from_millis(350));
@@ -305,13 +308,34 @@ mod tests {
         let (start, len) = rec.stalls_ms[0];
         assert!((500..700).contains(&start) && (290..450).contains(&len), "{rec:?}");
         assert!(rec.how.contains("SIGSTOP") && rec.pid == pid);
-        let interrupted = impaired_while(Workload::Stalls, pid, 1.0, || -> Result<()> {
-            std::thread::sleep(Duration::from_millis(650));
-            assert_eq!(state(pid), 'T');
-            bail!("interrupted")
-        });
+        let interrupted =
+            impaired_while(Workload::Stalls, pid, Instant::now(), 1.0, || -> Result<()> {
+                std::thread::sleep(Duration::from_millis(650));
+                assert_eq!(state(pid), 'T');
+                bail!("interrupted")
+            });
         assert!(interrupted.is_err());
         assert_ne!(state(pid), 'T', "continued when the run failed mid-stall");
+    }
+
+    /// The stalls' schedule and their record are relative to the origin the caller gives, not to
+    /// when the run starts: with an origin 400 ms back, the first stall (500-800 ms) is under way
+    /// 250 ms into the run and is recorded as starting at ~500 ms.
+    #[test]
+    fn stalls_are_timed_from_the_callers_origin() {
+        let kid = Kid::sh("exec sleep 30");
+        let pid = kid.pid();
+        let origin = Instant::now() - Duration::from_millis(400);
+        let (_, rec) = impaired_while(Workload::Stalls, pid, origin, 1.0, || {
+            std::thread::sleep(Duration::from_millis(250));
+            assert_eq!(state(pid), 'T', "stopped 0.5-0.8 s after the origin");
+            std::thread::sleep(Duration::from_millis(400));
+            Ok(())
+        })
+        .unwrap();
+        assert_ne!(state(pid), 'T');
+        let (start, len) = rec.stalls_ms[0];
+        assert!((500..600).contains(&start) && (250..450).contains(&len), "{rec:?}");
     }
 
     /// Slow: a busy process is held to the quota, then goes home and its cgroup is removed, when
@@ -330,7 +354,7 @@ mod tests {
         let pid = kid.pid();
         let home = cpu_cgroup_of(pid).unwrap();
         let mine = format!("/reuselb-bench-{}-{pid}", std::process::id());
-        let (_, rec) = impaired_while(Workload::Slow, pid, 1.0, || {
+        let (_, rec) = impaired_while(Workload::Slow, pid, Instant::now(), 1.0, || {
             assert_eq!(cpu_cgroup_of(pid).unwrap(), mine);
             std::thread::sleep(Duration::from_millis(1000));
             Ok(())
@@ -342,10 +366,11 @@ mod tests {
         assert!(rec.cpu_ms < 150.0, "{rec:?}");
         assert!(rec.throttled_periods >= 5 && rec.throttled_ms > 500.0, "{rec:?}");
         assert!(rec.how.contains("cpu.cfs_quota_us 5000"), "{rec:?}");
-        let interrupted = impaired_while(Workload::Slow, pid, 1.0, || -> Result<()> {
-            assert_eq!(cpu_cgroup_of(pid).unwrap(), mine);
-            bail!("interrupted")
-        });
+        let interrupted =
+            impaired_while(Workload::Slow, pid, Instant::now(), 1.0, || -> Result<()> {
+                assert_eq!(cpu_cgroup_of(pid).unwrap(), mine);
+                bail!("interrupted")
+            });
         assert!(interrupted.is_err());
         assert_eq!(cpu_cgroup_of(pid).unwrap(), home, "home again after a failed run");
         assert!(

@@ -47,13 +47,15 @@ use anyhow::{Context, Result};
 
 use capacity::{Next, Step, EXPECTED_STEPS, RULE};
 pub use configs::Options;
-use configs::{cores, CfgRef, Variant, Workload, HOLD_MS};
+use configs::{cores, CfgRef, Variant, Workload, HOLD_MS, STALL_MS};
 use counters::{
     clock_hz, fast_path_counts, git_commit, loadavg, loadavg1, machine, machine_ticks, own_cpu_ns,
     own_ticks, prog_counters, raise_nofile,
 };
 use deploy::{deploy, snapshot_binaries, Deployment};
-use raw::{Machine, Plateau, Point, PointCounters, Raw, RawOptions, RawVariant, FAILED, FORMAT};
+use raw::{
+    Caught, Machine, Plateau, Point, PointCounters, Raw, RawOptions, RawVariant, FAILED, FORMAT,
+};
 
 use crate::{
     choose_netns,
@@ -148,15 +150,37 @@ fn delta(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> (u64, u64) {
     }
 }
 
+/// The pids of [`Point::per_worker`]'s entries: `dep`'s workers in its order, then any other pid
+/// that answered (by pid).
+fn worker_pids(dep: &Deployment, by_pid: &HashMap<u32, u64>) -> Vec<u32> {
+    let mut others: Vec<u32> =
+        by_pid.keys().filter(|p| !dep.workers.contains(p)).copied().collect();
+    others.sort_unstable();
+    dep.workers.iter().copied().chain(others).collect()
+}
+
 /// Answers per worker of `dep`, in its order, then those of any other pid (by pid) that answered.
 fn per_worker(dep: &Deployment, by_pid: &HashMap<u32, u64>) -> Vec<u64> {
-    let mut per_worker: Vec<u64> =
-        dep.workers.iter().map(|p| by_pid.get(p).copied().unwrap_or(0)).collect();
-    let mut others: Vec<(u32, u64)> =
-        by_pid.iter().filter(|(p, _)| !dep.workers.contains(p)).map(|(p, n)| (*p, *n)).collect();
-    others.sort_unstable();
-    per_worker.extend(others.into_iter().map(|(_, n)| n));
-    per_worker
+    worker_pids(dep, by_pid).iter().map(|p| by_pid.get(p).copied().unwrap_or(0)).collect()
+}
+
+/// The requests a stall may have caught ([`Spec::note_over`]'s), their send times in µs from
+/// `origin`, their workers as indices into `pids` (the order of [`Point::per_worker`]).
+fn caught(noted: &[loadgen::Noted], origin: Instant, pids: &[u32]) -> Vec<Caught> {
+    noted
+        .iter()
+        .map(|n| Caught {
+            sent_us: n.sent.saturating_duration_since(origin).as_micros() as u64,
+            lat_us: n.lat_us,
+            worker: if n.lat_us == FAILED { None } else { pids.iter().position(|&p| p == n.pid) },
+        })
+        .collect()
+}
+
+/// The threshold of the requests a point records whole ([`Point::caught`]): on stalls, open loop,
+/// the p99.9 target's bound, half a stall; none elsewhere.
+fn note_over(w: Workload, level: f64) -> Option<Duration> {
+    (w == Workload::Stalls && level > 0.0).then(|| Duration::from_millis(STALL_MS / 2))
 }
 
 /// Measures one point: a closed-loop run (`level` 0; its clients recorded) or an open-loop one.
@@ -193,6 +217,7 @@ fn measure(
         }),
         holds: &holds,
         hold_path: w.hold_path().unwrap_or(0),
+        note_over: note_over(w, level),
     };
     let detail = level > 0.0;
     let ids = if detail { dep.prog_ids() } else { Vec::new() };
@@ -205,7 +230,9 @@ fn measure(
     let p0 = prog_counters(&ids);
     let f0 = fast_path_counts(&ids);
     let c0 = dep.counters();
-    let (out, impaired) = impair::during(w, dep, secs, || loadgen::run(&spec))?;
+    // One time origin for the stalls' schedule and the requests' send times.
+    let origin = Instant::now();
+    let (out, impaired) = impair::during(w, dep, origin, secs, || loadgen::run(&spec))?;
     let c1 = dep.counters();
     let p1 = prog_counters(&ids);
     let f1 = fast_path_counts(&ids);
@@ -217,24 +244,23 @@ fn measure(
     let (bpf_ns, bpf_runs) = delta(p0, p1);
     let (fast_path, selected) = delta(f0, f1);
     let per_worker = per_worker(dep, &out.by_pid);
+    let caught = caught(&out.noted, origin, &worker_pids(dep, &out.by_pid));
     let mut lat = if detail { out.latencies_us.clone() } else { Vec::new() };
     lat.sort_unstable();
     let mut hold_us = out.hold_us.clone();
     hold_us.sort_unstable();
+    let (rate, clients) = match mode {
+        Mode::Open { rate } => (rate, 0),
+        Mode::Closed { clients } => (0.0, clients),
+    };
     Ok(Point {
         config: dep.cfg.letter,
         workload: w.name().to_string(),
         level,
-        rate: match mode {
-            Mode::Open { rate } => rate,
-            Mode::Closed { .. } => 0.0,
-        },
+        rate,
         round,
         secs,
-        clients: match mode {
-            Mode::Open { .. } => 0,
-            Mode::Closed { clients } => clients,
-        },
+        clients,
         throughput: out.throughput(),
         lat_us: lat,
         failed: out.failed,
@@ -255,6 +281,7 @@ fn measure(
         },
         errors: out.errors.into_iter().take(2).collect(),
         impaired,
+        caught,
     })
 }
 

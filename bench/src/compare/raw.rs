@@ -142,6 +142,22 @@ pub struct Point {
     /// absent in other workloads' points and in files from before these workloads.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub impaired: Option<Impaired>,
+    /// Stalls, open loop: every ordinary request at or over half a stall (the p99.9 target's
+    /// bound) and every failed one, in send order; absent in other points and in files from
+    /// before this field.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub caught: Vec<Caught>,
+}
+
+/// One request a stall may have caught (see [`Point::caught`]).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Caught {
+    /// Its scheduled send time, µs from the point's origin (the origin of [`Impaired::stalls_ms`]).
+    pub sent_us: u64,
+    /// Its latency, µs; [`FAILED`] if it failed.
+    pub lat_us: u32,
+    /// The worker that answered, its index in [`Point::per_worker`]; `None` if it failed.
+    pub worker: Option<usize>,
 }
 
 /// What `super::impair` did to one worker process during a point, so a reader can check it.
@@ -159,7 +175,8 @@ pub struct Impaired {
     /// `cpu.stat` (`nr_throttled`, `throttled_time`).
     pub throttled_periods: u64,
     pub throttled_ms: f64,
-    /// Stalls: each stop as applied, (start, length) in ms from the start of the run.
+    /// Stalls: each stop as applied, (start, length) in ms from the start of the run (the point's
+    /// origin, taken just before the load generator starts).
     pub stalls_ms: Vec<(u32, u32)>,
 }
 

@@ -4,7 +4,10 @@
 //!
 //! A format 2 file (capacity as a throughput plateau) gets [`plateau`]'s tables: the plateau and
 //! its clients, and one latency table per level, and [`targets`]' section (issue 23's targets,
-//! against nginx `least_conn`); a format 1 file renders as it always did.
+//! against nginx `least_conn`); a format 1 file renders as it always did. Stalls points that
+//! record their slow requests also get [`caught`]'s table (what a stall catches) and its legend
+//! line; files without them render as before.
+mod caught;
 mod plateau;
 mod targets;
 
@@ -287,6 +290,7 @@ fn header(w: &mut String, ctx: &Ctx) -> Result<()> {
         Some(rule) => plateau::columns(w, &rule)?,
         None => writeln!(w, "{COLUMNS_MAX}{COLUMN_RULES}\n")?,
     }
+    caught::legend(w, ctx.raw.variants.iter().flat_map(|v| &v.points))?;
     Ok(())
 }
 
@@ -368,6 +372,7 @@ fn workload(
     }
     if wl == Workload::Stalls {
         tail_table(w, ctx, rs)?;
+        caught::table(w, &ctx.raw.options.levels, rs)?;
     }
     let vname = format!("{}x{}", v.processes, v.threads);
     if ctx.capacity.is_some() {
@@ -814,7 +819,7 @@ fn chart_svg(ctx: &Ctx, v: &RawVariant, rows: &[Vec<Row>]) -> String {
 mod tests {
     use super::*;
     use crate::{
-        compare::raw::{Impaired, Machine, PointCounters, RawOptions, FORMAT},
+        compare::raw::{Caught, Impaired, Machine, PointCounters, RawOptions, FORMAT},
         loadgen::Rng,
     };
 
@@ -1093,6 +1098,56 @@ mod tests {
         let f_balance = md.lines().filter(|l| l.starts_with("| F reuselb")).nth(2).unwrap();
         assert!(f_balance.ends_with(" 0.50 (0.50) |"), "{f_balance}");
         assert!(md.contains("; p99.9 @90% "), "per-round p99.9");
+        assert!(!md.contains("What a stall catches"), "no point records its slow requests");
+    }
+
+    /// Stalls points that record their slow requests ([`Point::caught`]) keep them through the
+    /// file and get the legend's line and the table: per configuration and level, summed over the
+    /// rounds, split by the impaired worker's stops.
+    #[test]
+    fn stalls_points_with_their_slow_requests_show_what_a_stall_catches() {
+        let mut raw = synthetic();
+        raw.options.workloads = vec!["stalls".into()];
+        let v = &mut raw.variants[0];
+        v.base = vec![("stalls".into(), 300.0)];
+        for p in &mut v.points {
+            p.workload = "stalls".into();
+            p.impaired = Some(Impaired {
+                worker: Some(0),
+                stalls_ms: vec![(500, 300)],
+                ..Default::default()
+            });
+            if p.level > 0.0 {
+                p.caught = vec![
+                    Caught { sent_us: 600_000, lat_us: 200_000, worker: Some(0) },
+                    Caught { sent_us: 450_000, lat_us: 200_000, worker: Some(0) },
+                    Caught { sent_us: 700_000, lat_us: FAILED, worker: None },
+                ];
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.json.gz");
+        raw.write(&path).unwrap();
+        let back = Raw::read(&path).unwrap();
+        assert_eq!(back, raw);
+        let md = render(&back).unwrap().markdown;
+        assert!(md.contains("**What a stall catches** (stalls)"), "legend: {md}");
+        assert!(md.contains("| config | level | n | ≥ 150 ms | sent during a stop | already in it | other | stops |"), "{md}");
+        let n = raw.variants[0]
+            .points
+            .iter()
+            .filter(|p| p.config == 'F' && p.level > 0.0)
+            .map(|p| p.lat_us.len())
+            .sum::<usize>();
+        let rounds = raw.options.rounds;
+        let row =
+            md.lines().find(|l| l.starts_with("| F reuselb") && l.contains(" | 90% | ")).unwrap();
+        // Per round: one sent during the stop, one already in the worker, one failure.
+        let cells: Vec<&str> =
+            row.split(" | ").skip(2).map(|c| c.split(' ').next().unwrap()).collect();
+        // Then the stops: one per round.
+        let want = [n, 3 * rounds, rounds, rounds, rounds, rounds].map(|x| x.to_string());
+        assert_eq!(cells, want, "{row}");
     }
 
     /// A point of a file from before the slow and stalls workloads (no `impaired` field) reads,
@@ -1101,7 +1156,7 @@ mod tests {
     fn points_without_an_impaired_worker_read_and_write_as_before() {
         let p = Point { config: 'A', ..Default::default() };
         let json = serde_json::to_string(&p).unwrap();
-        assert!(!json.contains("impaired"), "{json}");
+        assert!(!json.contains("impaired") && !json.contains("caught"), "{json}");
         let back: Point = serde_json::from_str(&json).unwrap();
         assert_eq!(back, p);
     }
