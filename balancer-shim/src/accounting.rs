@@ -119,7 +119,11 @@ fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     // Both decayed values lie below 2^25 and `took` is clamped there: no overflow.
     let took = took.min(1 << 25);
     // The slot's first answer (nothing set yet) is its recent time.
-    let pace = if then == 0 { took } else { recent_now(recent.load(Ordering::Relaxed), then, old, now_us) };
+    let pace = if then == 0 {
+        took
+    } else {
+        recent_now(recent.load(Ordering::Relaxed), then, old, now_us)
+    };
     recent.store(pace - pace / 8 + took / 8, Ordering::Relaxed);
     at.store(now_us, Ordering::Relaxed);
 }
