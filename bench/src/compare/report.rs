@@ -1061,17 +1061,35 @@ mod tests {
         assert!(!one.markdown.contains("The stalls' tail"), "not the stalls workload");
     }
 
-    /// The synthetic run as the stalls workload, worker 1 of 2 impaired (its record as
-    /// `impair` makes it): the tail table (p99 beside p99.9, p99.9's ratios) and the impaired
-    /// worker's share show, and the record survives the file.
-    #[test]
-    fn stalls_show_their_tail_and_the_impaired_workers_share() {
+    /// The synthetic run as the stalls workload (no worker impaired yet).
+    fn synthetic_stalls() -> Raw {
         let mut raw = synthetic();
         raw.options.workloads = vec!["stalls".into()];
         let v = &mut raw.variants[0];
         v.base = vec![("stalls".into(), 300.0)];
         for p in &mut v.points {
             p.workload = "stalls".into();
+        }
+        raw
+    }
+
+    /// `raw` written and read back (unchanged), then rendered: the report's markdown.
+    fn render_through_a_file(raw: &Raw) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("raw.json.gz");
+        raw.write(&path).unwrap();
+        let back = Raw::read(&path).unwrap();
+        assert_eq!(&back, raw);
+        render(&back).unwrap().markdown
+    }
+
+    /// The synthetic run as the stalls workload, worker 1 of 2 impaired (its record as
+    /// `impair` makes it): the tail table (p99 beside p99.9, p99.9's ratios) and the impaired
+    /// worker's share show, and the record survives the file.
+    #[test]
+    fn stalls_show_their_tail_and_the_impaired_workers_share() {
+        let mut raw = synthetic_stalls();
+        for p in &mut raw.variants[0].points {
             p.per_worker = vec![100, 300];
             // No failures, so that p99.9 is finite and picks a best configuration.
             p.lat_us.retain(|&x| x != FAILED);
@@ -1083,12 +1101,7 @@ mod tests {
                 ..Default::default()
             });
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raw.json.gz");
-        raw.write(&path).unwrap();
-        let back = Raw::read(&path).unwrap();
-        assert_eq!(back, raw);
-        let md = render(&back).unwrap().markdown;
+        let md = render_through_a_file(&raw);
         assert!(md.contains("The stalls' tail at 90%"), "{md}");
         assert!(md.contains("| config | p99 @90% [CI] | p99.9 @90% [CI] | p99.9 ×A [CI] | p99.9 × best non-reuselb (E) [CI] |"), "{md}");
         let f_tail = md.lines().filter(|l| l.starts_with("| F reuselb")).nth(1).unwrap();
@@ -1106,12 +1119,8 @@ mod tests {
     /// rounds, split by the impaired worker's stops.
     #[test]
     fn stalls_points_with_their_slow_requests_show_what_a_stall_catches() {
-        let mut raw = synthetic();
-        raw.options.workloads = vec!["stalls".into()];
-        let v = &mut raw.variants[0];
-        v.base = vec![("stalls".into(), 300.0)];
-        for p in &mut v.points {
-            p.workload = "stalls".into();
+        let mut raw = synthetic_stalls();
+        for p in &mut raw.variants[0].points {
             p.impaired = Some(Impaired {
                 worker: Some(0),
                 stalls_ms: vec![(500, 300)],
@@ -1125,12 +1134,7 @@ mod tests {
                 ];
             }
         }
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("raw.json.gz");
-        raw.write(&path).unwrap();
-        let back = Raw::read(&path).unwrap();
-        assert_eq!(back, raw);
-        let md = render(&back).unwrap().markdown;
+        let md = render_through_a_file(&raw);
         assert!(md.contains("**What a stall catches** (stalls)"), "legend: {md}");
         assert!(md.contains("| config | level | n | ≥ 150 ms | sent during a stop | already in it | other | stops |"), "{md}");
         let n = raw.variants[0]
