@@ -1,5 +1,5 @@
 //! `cargo xtask soak --minutes N`: the soak test of tests/tests/integration/daemon.rs for longer
-//! than the two minutes every `cargo xtask test` gives it: load, worker recycling and kills, a
+//! than the minute every `cargo xtask test` gives it: load, worker recycling and kills, a
 //! daemon restart.
 
 use anyhow::{ensure, Result};
