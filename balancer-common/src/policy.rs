@@ -308,6 +308,14 @@ fn min_below(x: u64, cap: u64) -> u64 {
     x ^ ((x ^ cap) & over)
 }
 
+/// A raw microsecond figure a worker wrote (a mean or an estimate), capped at
+/// [`Scan::MEAN_CAP_US`] and masked below 2^25, where the verifier can see the bound: every
+/// speed figure is bounded so before any arithmetic.
+#[inline(always)]
+fn bounded_us(raw_us: u64) -> u64 {
+    min_below(raw_us & ((1 << 62) - 1), Scan::MEAN_CAP_US) & ((1 << 25) - 1)
+}
+
 /// The work-left cost of a slot, in microseconds: `(inflight + 1) * (mean + 1)`, the group's
 /// mean service time for each request in flight and the new one, plus the sum of the ages of the
 /// requests being worked on (`working * now - start_sum`, 0 if that is negative).
@@ -323,7 +331,7 @@ pub fn work_left(inflight: u64, mean_us: u64, working: u64, start_sum_us: u64, n
     // A negative (two's complement) count reads as 0.
     let working = working & !negative(working);
     let working = min_below(working & MASK, 1 << 20) & ((1 << 21) - 1);
-    let mean = min_below(mean_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let mean = bounded_us(mean_us);
     let age = working.wrapping_mul(now_us & ((1 << 42) - 1)).wrapping_sub(start_sum_us);
     let age = min_below((age & !negative(age)) & MASK, Scan::LOAD_CAP) & Scan::LOAD_CAP;
     let inflight = min_below(inflight & MASK, Scan::LOAD_CAP) & Scan::LOAD_CAP;
@@ -369,8 +377,8 @@ pub fn recent_now(recent_us: u64, at_us: u64, mean_us: u64, now_us: u64) -> u64 
 #[inline(always)]
 fn decayed(est: u64, at_us: u64, mean_us: u64, now_us: u64, shift: u32) -> u64 {
     const MASK: u64 = (1 << 62) - 1;
-    let est = min_below(est & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
-    let mean = min_below(mean_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let est = bounded_us(est);
+    let mean = bounded_us(mean_us);
     let since = now_us.wrapping_sub(at_us);
     let since = since & !negative(since);
     let halves = min_below((since & MASK) >> shift, 63) & 63;
@@ -425,7 +433,7 @@ pub const SLOWNESS_CAP: u64 = 64;
 #[inline(always)]
 pub fn slowness(recent_us: u64, at_us: u64, mean_us: u64, now_us: u64) -> u64 {
     let est = recent_now(recent_us, at_us, mean_us, now_us);
-    let mean = min_below(mean_us & ((1 << 62) - 1), Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let mean = bounded_us(mean_us);
     let known = !negative(mean.wrapping_sub(1));
     // A mean of 0 divides by 1 (and is not slow): no division by zero, no panic path, and no
     // branch (a check of the divisor per slot doubles the paths the verifier walks).
@@ -445,8 +453,7 @@ pub fn slowness(recent_us: u64, at_us: u64, mean_us: u64, now_us: u64) -> u64 {
 /// Branch-free, so that the verifier walks the scan once whatever the mean.
 #[inline(always)]
 pub fn stall_limit_ns(mean_us: u64) -> u64 {
-    const MASK: u64 = (1 << 62) - 1;
-    let mean = min_below(mean_us & MASK, Scan::MEAN_CAP_US) & ((1 << 25) - 1);
+    let mean = bounded_us(mean_us);
     // Below 2^25 * 8000 < 2^38: no overflow.
     let ns = min_below(mean * (STALL_FACTOR * 1000), STALL_CEILING_NS);
     let under = negative(ns.wrapping_sub(STALL_FLOOR_NS));
@@ -456,15 +463,16 @@ pub fn stall_limit_ns(mean_us: u64) -> u64 {
 }
 
 /// The blocked limit of speed-aware in ns: `cfg`'s fixed one if the service set one (the
-/// operator's word wins), else [`stall_limit_ns`] of the group's mean; 0 (off) without a clock.
+/// operator's word wins), else [`stall_limit_ns`] of the group's mean `mean_us` (raw); 0 (off)
+/// without a clock.
 #[inline(always)]
-fn speed_limit_ns<L: LoadSource>(cfg: &Config, draw: &Draw, loads: &L) -> u64 {
+fn speed_limit_ns(cfg: &Config, draw: &Draw, mean_us: u64) -> u64 {
     if draw.now == 0 {
         0
     } else if cfg.blocked_after_ms != 0 {
         cfg.blocked_after_ms as u64 * 1_000_000
     } else {
-        stall_limit_ns(loads.group_mean_us())
+        stall_limit_ns(mean_us)
     }
 }
 
@@ -514,8 +522,15 @@ pub fn decide<L: LoadSource>(
         | Policy::PeakEwma
         | Policy::Pack
         | Policy::SpeedAware => {
+            // The group's mean service time, read once per connection, and only by the
+            // policies that weigh it (least-loaded and pack read nothing of the speeds).
+            let mean_us = if policy == Policy::LeastLoaded || policy == Policy::Pack {
+                0
+            } else {
+                loads.group_mean_us()
+            };
             let limit_ns = if policy == Policy::SpeedAware {
-                speed_limit_ns(cfg, draw, loads)
+                speed_limit_ns(cfg, draw, mean_us)
             } else {
                 blocked_limit_ns(cfg, draw)
             };
@@ -534,7 +549,8 @@ pub fn decide<L: LoadSource>(
                 || policy == Policy::WorkLeft
                 || policy == Policy::SpeedAware
             {
-                let fast = find_idle(cfg, draw, exclude, policy == Policy::WorkLeft, loads);
+                let work_left_on = policy == Policy::WorkLeft;
+                let fast = find_idle(cfg, draw, exclude, work_left_on, mean_us, loads);
                 if fast != NO_SLOT {
                     return Ok(Choice { slot: fast, passed_blocked: false, fast: true });
                 }
@@ -542,11 +558,11 @@ pub fn decide<L: LoadSource>(
             let mut scan = Scan::new(n, draw.tick % n, exclude, draw.now, limit_ns);
             match policy.family() {
                 Some(Family::Estimates) => {
-                    scan.set_cost(cfg, loads.group_mean_us());
+                    scan.set_cost(cfg, mean_us);
                     loads.run_scan::<Estimates>(cfg, &mut scan);
                 }
                 Some(Family::Speeds) => {
-                    scan.mean_us = loads.group_mean_us();
+                    scan.mean_us = mean_us;
                     loads.run_scan::<Speeds>(cfg, &mut scan);
                 }
                 _ => loads.run_scan::<Counts>(cfg, &mut scan),
@@ -598,9 +614,10 @@ pub fn find_idle<L: LoadSource>(
     draw: &Draw,
     exclude: u32,
     work_left_on: bool,
+    mean_us: u64,
     loads: &L,
 ) -> u32 {
-    match Fast::new(cfg, draw, exclude, work_left_on, loads) {
+    match Fast::new(cfg, draw, exclude, work_left_on, mean_us) {
         Some(mut fast) => {
             loads.run_fast(cfg, &mut fast);
             fast.found
@@ -643,14 +660,15 @@ impl Fast {
     /// Turns a walk takes at most: `words + 1` reads and [`STALE_TRIES`] stale candidates.
     pub const MAX_STEPS: u32 = IDLE_WORDS + 1 + STALE_TRIES;
 
-    /// The walk for one connection, or `None` when the fast path does not apply.
+    /// The walk for one connection, or `None` when the fast path does not apply; `mean_us` is
+    /// the group's mean service time (raw), weighed by work-left and speed-aware only.
     #[inline(always)]
-    pub fn new<L: LoadSource>(
+    pub fn new(
         cfg: &Config,
         draw: &Draw,
         exclude: u32,
         work_on: bool,
-        loads: &L,
+        mean_us: u64,
     ) -> Option<Self> {
         let words = cfg.idle_words;
         if words == 0 || words > IDLE_WORDS || (work_on && cfg.uniform_weight == 0) {
@@ -665,10 +683,10 @@ impl Fast {
         // Least-loaded computes no cost: `work_left` hides its inputs from LLVM, which then
         // cannot fold it away even when they are all 0.
         let (mean, now_us, least_work) = if work_on {
-            let (mean, now_us) = (loads.group_mean_us(), draw.now / 1000);
-            (mean, now_us, work_left(0, mean, 0, 0, now_us))
+            let now_us = draw.now / 1000;
+            (mean_us, now_us, work_left(0, mean_us, 0, 0, now_us))
         } else if speed_on {
-            (loads.group_mean_us(), draw.now / 1000, 0)
+            (mean_us, draw.now / 1000, 0)
         } else {
             (0, 0, 0)
         };
