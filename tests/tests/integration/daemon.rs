@@ -686,11 +686,137 @@ fn footprint(pid: u32) -> (u64, usize) {
     (rss, fds)
 }
 
-/// The soak: steady load while workers recycle (max-requests), a worker is SIGKILLed every few
-/// seconds, and the daemon is killed with -9 and started again halfway. Bounded by SOAK_SECONDS
-/// (default 60, with a kill every 5 s; `cargo xtask soak --minutes N` sets it). Passes when no request fails beyond those
-/// in flight on killed workers, the daemon's memory and descriptors stay flat, and every load
-/// reads 0 once idle.
+/// What the soak saw of the daemon's restart.
+struct Restart {
+    /// Workers alive when the daemon was killed.
+    before: usize,
+    /// Of those, how many registered again with the next daemon...
+    registered: usize,
+    /// ... and those still alive that did not.
+    missing: Vec<u32>,
+    /// Selections per slot, and requests answered, once the next daemon had settled.
+    selected: Vec<(u32, u64)>,
+    served: u64,
+    /// The daemon's footprint (rss kB, descriptors) before the kill and after the restart.
+    footprints: [(u64, usize); 2],
+}
+
+/// Kills `daemon` with -9 under `load` and starts the next one from `config`; waits (10 s at
+/// most) until every worker of `cfg` alive at the kill, and still alive, registered again with
+/// it (its log says so) rather than staying in an adopted slot.
+fn restart_daemon(
+    daemon: &mut Proc,
+    cfg: &UwsgiConfig,
+    config: &Path,
+    metrics: SocketAddr,
+    log: &Path,
+    load: &Load,
+) -> Restart {
+    let footprint_before = footprint(daemon.pid());
+    let before: Vec<u32> =
+        cfg.stats().unwrap_or_default().iter().map(|w| w.0).filter(|&p| p != 0).collect();
+    daemon.signal(libc::SIGKILL);
+    daemon.wait_timeout(Duration::from_secs(5));
+    std::thread::sleep(Duration::from_secs(1));
+    *daemon = spawn_daemon(config, metrics, log);
+    // Those that registered are counted as they register: a worker recycles every few seconds,
+    // so by the time the last one has registered the first may be gone.
+    let missing = || -> (usize, Vec<u32>) {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let again = |p: &u32| text.contains(&format!("worker {p} registered again"));
+        let registered = before.iter().filter(|p| again(p)).count();
+        let missing = before.iter().copied().filter(|&p| apps::alive(p) && !again(&p)).collect();
+        (registered, missing)
+    };
+    wait_until(Duration::from_secs(10), || missing().1.is_empty());
+    let (registered, missing) = missing();
+    std::thread::sleep(Duration::from_secs(3));
+    Restart {
+        before: before.len(),
+        registered,
+        missing,
+        selected: selected_by_slot(metrics, "soak"),
+        served: load.served(),
+        footprints: [footprint_before, footprint(daemon.pid())],
+    }
+}
+
+/// SIGKILLs worker `n` (counting round the list) of the uWSGI whose stats `cfg` reads; true if
+/// one was killed.
+fn kill_worker(cfg: &UwsgiConfig, n: u64) -> bool {
+    let workers = cfg.stats().unwrap_or_default();
+    match workers.get(n as usize % workers.len().max(1)) {
+        Some(&(pid, _)) if pid != 0 => {
+            // SAFETY: a signal to one of uWSGI's workers.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Asserts that the program, not the kernel's hash, placed the requests served after the
+/// `restart` (`served_end` in all by the end, when the slots' selections were `selected_end`),
+/// evenly, and that the workers alive across it registered again.
+fn assert_second_half(
+    restart: &Restart,
+    selected_end: &[(u32, u64)],
+    served_end: u64,
+    processes: u32,
+) {
+    // Selections per slot, for the slots occupied at both readings (workers recycle and are
+    // killed, but their successors take the same slots).
+    let per_slot: Vec<u64> = selected_end
+        .iter()
+        .filter_map(|(slot, end)| {
+            let start = restart.selected.iter().find(|(s, _)| s == slot)?.1;
+            Some(end.saturating_sub(start))
+        })
+        .collect();
+    let imbalance = LoadReport::imbalance(&per_slot);
+    println!("selections per slot after the restart: {per_slot:?} (imbalance {imbalance:.2})");
+    // Balanced, the slots kept got their share of the requests served meanwhile, about
+    // len/processes of them; at least half of that share is asserted, which the kernel's hash
+    // (no selections at all) fails.
+    let served = served_end.saturating_sub(restart.served);
+    let selected: u64 = per_slot.iter().sum();
+    let share = served as f64 * per_slot.len() as f64 / processes as f64;
+    println!(
+        "after the restart: {served} requests served; the {} slots kept selected {selected} (their share {share:.0})",
+        per_slot.len()
+    );
+    assert!(served >= 1000, "too few requests after the restart to judge: {served}");
+    assert!(
+        selected as f64 >= 0.5 * share,
+        "the program selected the worker of only {selected} requests on the {} slots kept after the restart, of their share {share:.0} of {served}",
+        per_slot.len()
+    );
+    // Workers recycle every few seconds and are killed every 5 s: how many slots keep an
+    // occupant at both readings varies (3 to 8 of 8 seen); two are enough to judge.
+    assert!(per_slot.len() >= 2, "too few slots occupied across the second half: {per_slot:?}");
+    // Churn (recycling, kills) leaves slots empty for moments: looser than the steady-state bound.
+    assert!(imbalance <= 1.5, "unbalanced after the restart: {per_slot:?}");
+    println!(
+        "{} workers at the restart, {} of them registered again with the new daemon; alive and not registered again: {:?}",
+        restart.before, restart.registered, restart.missing
+    );
+    assert!(
+        restart.registered > 0,
+        "no worker lived across the restart to register again: nothing was checked"
+    );
+    assert!(
+        restart.missing.is_empty(),
+        "workers alive across the daemon restart did not register again: {:?}",
+        restart.missing
+    );
+}
+
+/// The soak: steady load while workers recycle (max-requests), a worker is SIGKILLed every 5 s,
+/// and the daemon is killed with -9 and started again halfway. Bounded by SOAK_SECONDS (default
+/// 60; `cargo xtask soak --minutes N` sets it). Passes when no request fails beyond those in
+/// flight on killed workers, the program balances the second half, the workers alive across the
+/// restart register again, the daemon's memory and descriptors stay flat, and every load reads
+/// 0 once idle.
 #[test]
 fn soak_under_worker_churn_kills_and_daemon_restarts() {
     integration_tests::private_loopback();
@@ -722,75 +848,27 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
     let duration = Duration::from_secs(seconds);
     let start = Instant::now();
     let mut kills = 0u64;
-    let mut footprints = Vec::new();
-    // Workers alive when the daemon was killed, and selections per slot after the restart.
-    let mut before_restart: Vec<u32> = Vec::new();
-    let mut selected_after_restart = Vec::new();
-    let mut reregistration = None;
-    // Requests answered when the selections after the restart were read.
-    let mut served_after_restart = 0;
+    let mut restart = None;
     let load = Load::start(cfg.addr, 16, PATH, duration);
-    {
-        let mut restarted = false;
-        let mut next_kill = start + Duration::from_secs(5);
-        while start.elapsed() < duration {
-            std::thread::sleep(Duration::from_millis(200));
-            if !restarted && start.elapsed() >= duration / 2 {
-                footprints.push(("before restart", footprint(daemon.pid())));
-                before_restart = cfg
-                    .stats()
-                    .unwrap_or_default()
-                    .iter()
-                    .map(|w| w.0)
-                    .filter(|&p| p != 0)
-                    .collect();
-                daemon.signal(libc::SIGKILL);
-                daemon.wait_timeout(Duration::from_secs(5));
-                std::thread::sleep(Duration::from_secs(1));
-                daemon = spawn_daemon(&config, metrics, &log);
-                restarted = true;
-                // Every worker that was alive at the restart and still is registers again with
-                // the new daemon (its log says so) rather than staying in an adopted slot. Those
-                // that did are counted as they register: a worker recycles every few seconds, so
-                // by the time the last one has registered the first may be gone.
-                let missing = || -> (usize, Vec<u32>) {
-                    let text = std::fs::read_to_string(&log).unwrap_or_default();
-                    let again = |p: &u32| text.contains(&format!("worker {p} registered again"));
-                    let registered = before_restart.iter().filter(|p| again(p)).count();
-                    let missing = before_restart
-                        .iter()
-                        .copied()
-                        .filter(|&p| apps::alive(p) && !again(&p))
-                        .collect();
-                    (registered, missing)
-                };
-                wait_until(Duration::from_secs(10), || missing().1.is_empty());
-                reregistration = Some(missing());
-                std::thread::sleep(Duration::from_secs(3));
-                footprints.push(("after restart", footprint(daemon.pid())));
-                selected_after_restart = selected_by_slot(metrics, "soak");
-                served_after_restart = load.served();
-            }
-            if Instant::now() >= next_kill {
-                if let Some(&(pid, _)) =
-                    cfg.stats().and_then(|w| w.get(kills as usize % w.len()).copied()).as_ref()
-                {
-                    if pid != 0 {
-                        // SAFETY: a signal to one of uWSGI's workers.
-                        unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-                        kills += 1;
-                    }
-                }
-                next_kill = Instant::now() + Duration::from_secs(5);
-            }
+    let mut next_kill = start + Duration::from_secs(5);
+    while start.elapsed() < duration {
+        std::thread::sleep(Duration::from_millis(200));
+        if restart.is_none() && start.elapsed() >= duration / 2 {
+            restart = Some(restart_daemon(&mut daemon, &cfg, &config, metrics, &log, &load));
+        }
+        if Instant::now() >= next_kill {
+            kills += u64::from(kill_worker(&cfg, kills));
+            next_kill = Instant::now() + Duration::from_secs(5);
         }
     }
     let report = load.finish();
-    footprints.push(("end", footprint(daemon.pid())));
+    let end = footprint(daemon.pid());
     let selected_end = selected_by_slot(metrics, "soak");
     let idle = wait_idle(metrics, "soak", Duration::from_secs(2));
+    let restart = restart.expect("the daemon was restarted");
+    let [before, after] = restart.footprints;
     println!(
-        "soak {seconds} s: ok {}, failed {}, workers killed {kills}, daemon restarted once; daemon (rss kB, fds): {footprints:?}; idle after {idle:?}",
+        "soak {seconds} s: ok {}, failed {}, workers killed {kills}, daemon restarted once; daemon (rss kB, fds) before the restart {before:?}, after {after:?}, at the end {end:?}; idle after {idle:?}",
         report.ok, report.failed
     );
     // A killed worker loses what it had in flight: at most its threads' requests.
@@ -801,56 +879,8 @@ fn soak_under_worker_churn_kills_and_daemon_restarts() {
         report.failed,
         report.errors
     );
-    // Balance over the second half (one daemon): selections per slot, for the slots occupied at
-    // both readings (workers recycle and are killed, but their successors take the same slots).
-    let per_slot: Vec<u64> = selected_end
-        .iter()
-        .filter_map(|(slot, end)| {
-            let start = selected_after_restart.iter().find(|(s, _)| s == slot)?.1;
-            Some(end.saturating_sub(start))
-        })
-        .collect();
-    let imbalance = LoadReport::imbalance(&per_slot);
-    println!("selections per slot after the restart: {per_slot:?} (imbalance {imbalance:.2})");
-    // The program, not the kernel's hash, placed the second half's requests. Only the slots
-    // occupied at both readings are compared (workers recycle every few seconds and their
-    // successors may take other slots): balanced, they got their share of the requests served
-    // meanwhile, about len/processes of them; at least half of that share is asserted, which the
-    // kernel's hash (no selections at all) fails.
-    let served = report.ok.saturating_sub(served_after_restart);
-    let selected: u64 = per_slot.iter().sum();
-    let share = served as f64 * per_slot.len() as f64 / cfg.processes as f64;
-    println!(
-        "after the restart: {served} requests served; the {} slots kept selected {selected} (their share {share:.0})",
-        per_slot.len()
-    );
-    assert!(served >= 1000, "too few requests after the restart to judge: {served}");
-    assert!(
-        selected as f64 >= 0.5 * share,
-        "the program selected the worker of only {selected} requests on the {} slots kept after the restart, of their share {share:.0} of {served}",
-        per_slot.len()
-    );
-    // Workers recycle every few seconds (max-requests 600) and are killed every 5 s: how many
-    // slots keep an occupant at both readings varies (3 to 8 of 8 seen); two are enough to judge.
-    assert!(per_slot.len() >= 2, "too few slots occupied across the second half: {per_slot:?}");
-    // Churn (recycling every few seconds, kills) leaves slots empty for moments: looser than the
-    // steady-state bound.
-    assert!(imbalance <= 1.5, "unbalanced after the restart: {per_slot:?}");
-    let (registered, missing) = reregistration.expect("the daemon was restarted");
-    println!(
-        "{} workers at the restart, {registered} of them registered again with the new daemon; alive and not registered again: {missing:?}",
-        before_restart.len()
-    );
-    assert!(
-        registered > 0,
-        "no worker lived across the restart to register again: nothing was checked"
-    );
-    assert!(
-        missing.is_empty(),
-        "workers alive across the daemon restart did not register again: {missing:?}"
-    );
-    let (after, end) = (footprints[1].1, footprints[2].1);
-    assert!(end.0 <= after.0 + after.0 / 2 + 4096, "daemon memory grew: {footprints:?}");
-    assert!(end.1 <= after.1 + 16, "daemon descriptors grew: {footprints:?}");
+    assert_second_half(&restart, &selected_end, report.ok, cfg.processes);
+    assert!(end.0 <= after.0 + after.0 / 2 + 4096, "daemon memory grew: {after:?} to {end:?}");
+    assert!(end.1 <= after.1 + 16, "daemon descriptors grew: {after:?} to {end:?}");
     assert!(idle.is_some(), "loads did not return to 0 when idle: {:?}", status(metrics));
 }
