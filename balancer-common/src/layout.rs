@@ -91,10 +91,12 @@ pub struct LoadTable {
     /// each answer.
     pub ewma_at_us: [u64; MAX_SLOTS as usize],
     /// The slot's recent time from accept to answer for `speed-aware`, in microseconds (the
-    /// shim, at each answer): an average that moves 1/8 of the way to each answer, with no peak,
-    /// decaying toward the group's mean while the slot answers nothing (see
-    /// [`crate::policy::recent_now`]). One long request among short ones moves it an eighth of
-    /// its excess; a worker whose every answer is slow (a CPU quota, a slow disk) keeps it high.
+    /// shim, at each answer): an average that moves 1/8 of the way up to a longer answer and half
+    /// the way down to a shorter one ([`crate::policy::recent_next`]), decaying toward the group's
+    /// mean while the slot answers nothing (see [`crate::policy::recent_now`]). One long request
+    /// among short ones moves it an eighth of its excess; a worker whose every answer is slow (a
+    /// CPU quota, a slow disk) keeps it high; one that answers at the group's pace again drops it
+    /// within a few answers.
     pub recent_us: [u64; MAX_SLOTS as usize],
     /// Figures of the whole group, on a cache line of their own.
     pub group: GroupFigures,

@@ -363,6 +363,22 @@ pub fn ewma_now(ewma_us: u64, ewma_at_us: u64, mean_us: u64, now_us: u64) -> u64
 /// without work is tried again about once a second, not every few requests.
 pub const RECENT_HALF_LIFE_SHIFT: u32 = 20;
 
+/// A slot's next recent response time, from `pace` (its recent time, decayed to now: see
+/// [`recent_now`]) and the time `took` of the answer just given (both in µs, below 2^25): 1/8 of
+/// the way up to a longer answer, so that one long request among short ones moves it an eighth
+/// of its excess and only a worker whose answers keep being slow is called slow; half the way
+/// down to a shorter one, so that a worker that answers at the group's pace again (after a block,
+/// whose queued answers all took long) stops being called slow within a few answers, not after
+/// seconds of decay with no work.
+#[inline(always)]
+pub fn recent_next(pace: u64, took: u64) -> u64 {
+    if took >= pace {
+        pace + (took - pace) / 8
+    } else {
+        pace - (pace - took) / 2
+    }
+}
+
 /// A slot's recent response time ([`crate::LoadTable::recent_us`], set at `at_us`) at `now_us`,
 /// decayed toward the group's mean as [`ewma_now`] decays its estimate, with the half-life
 /// [`RECENT_HALF_LIFE_SHIFT`]. Below 2^25 whatever the inputs. The shim uses it too, before it

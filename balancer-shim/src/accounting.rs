@@ -34,7 +34,7 @@ use core::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use balancer_common::{broken::Broken, ewma_now, recent_now, table_offsets};
+use balancer_common::{broken::Broken, ewma_now, recent_next, recent_now, table_offsets};
 
 use crate::{
     config::{config, is_broken},
@@ -95,8 +95,8 @@ fn work_started(slot: SlotRef, fd: c_int) {
 /// the slot's `answer_us` (what `reuselb status` divides by `completed`), moves
 /// the group's mean 1/16 of the way, the slot's peak-EWMA estimate: up to it if it took
 /// longer than the estimate (as decayed to now, [`ewma_now`]), else 1/8 of the way down, and the
-/// slot's recent response time 1/8 of the way to it, up or down (as decayed to now,
-/// [`recent_now`]). The read-modify-writes may lose a concurrent update of another worker (the
+/// slot's recent response time 1/8 of the way up to it or half the way down (as decayed to now,
+/// [`recent_now`]; [`recent_next`]). The read-modify-writes may lose a concurrent update of another worker (the
 /// mean) or thread (the estimates): one figure.
 #[inline(always)]
 fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
@@ -124,7 +124,7 @@ fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     } else {
         recent_now(recent.load(Ordering::Relaxed), then, old, now_us)
     };
-    recent.store(pace - pace / 8 + took / 8, Ordering::Relaxed);
+    recent.store(recent_next(pace, took), Ordering::Relaxed);
     at.store(now_us, Ordering::Relaxed);
 }
 
