@@ -96,8 +96,8 @@ fn work_started(slot: SlotRef, fd: c_int) {
 /// the group's mean 1/16 of the way, the slot's peak-EWMA estimate: up to it if it took
 /// longer than the estimate (as decayed to now, [`ewma_now`]), else 1/8 of the way down, and the
 /// slot's recent response time 1/8 of the way up to it or half the way down (as decayed to now,
-/// [`recent_now`]; [`recent_next`]). The read-modify-writes may lose a concurrent update of another worker (the
-/// mean) or thread (the estimates): one figure.
+/// [`recent_now`]; [`recent_next`]). The read-modify-writes may lose a concurrent update of
+/// another worker (the mean) or thread (the estimates): one figure.
 #[inline(always)]
 fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     slot.field(table_offsets::working).fetch_sub(1, Ordering::Relaxed);
