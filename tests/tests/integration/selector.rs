@@ -97,13 +97,22 @@ fn power_of_two_choices_balances_and_avoids_the_busy_worker() {
     each_family(|_, ip| {
         let pool = Pool::new(ip, 8, Policy::PowerOfTwo, Mode::Auto)?;
         pool.group.loads().add_inflight(pool.slots[0], 1_000_000);
-        let _c = pool.connect_many(700)?;
-        let counts = pool.drain()?;
+        // 2,100 connections in three batches (at most 700 descriptors held): nobody completes
+        // them, so the program's counts keep rising across batches, as if all were held at once.
+        let mut counts = vec![0usize; 8];
+        for _ in 0..3 {
+            let _c = pool.connect_many(700)?;
+            for (total, batch) in counts.iter_mut().zip(pool.drain()?) {
+                *total += batch;
+            }
+        }
         ensure!(counts[0] == 0, "p2c chose the busiest worker: {counts:?}");
         let rest = &counts[1..];
         let (min, max) = (*rest.iter().min().unwrap(), *rest.iter().max().unwrap());
-        // 700 over 7: 100 each; p2c keeps the gap small (O(log log n)).
-        ensure!(max - min <= 6, "p2c spread too wide: {counts:?}");
+        // 2,100 over 7: 300 each. Simulated (200,000 runs of this exact draw): p2c's gap is over
+        // 12 in about 1 of 100,000 runs; one random pick per connection (no balancing) is at most
+        // 12 in about 1 of 700. 700 connections with a bound of 6 failed p2c in 0.7% of runs.
+        ensure!(max - min <= 12, "p2c spread too wide: {counts:?}");
         Ok(())
     });
 }
