@@ -212,6 +212,46 @@ async fn get(addr: SocketAddr, path: &str) -> client::Response {
     client::get(addr, path, Duration::from_secs(10)).await.unwrap()
 }
 
+/// What a well-behaved client would not send: a wrong method, garbage, a head over the limit, a
+/// client that leaves or half-closes. Each gets its error or nothing; none stops the server.
+fn bad_requests_get_errors(addr: SocketAddr) {
+    let resp = raw_request(addr, b"POST /metrics HTTP/1.0\r\n\r\n");
+    let allow = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("allow:"));
+    assert!(
+        resp.starts_with("HTTP/1.0 405 Method Not Allowed\r\n")
+            && allow.is_some_and(|l| l.contains("GET") && l.contains("HEAD")),
+        "{resp}"
+    );
+    let resp = raw_request(addr, b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 200 OK\r\n") && resp.ends_with("\r\n\r\n"), "{resp}");
+
+    for garbage in [
+        &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
+        b"hello\r\n\r\n",
+        b"GET /metrics SPDY/3\r\n\r\n",
+        b"GET  /metrics HTTP/1.0\r\n\r\n",
+    ] {
+        let resp = raw_request(addr, garbage);
+        assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{garbage:?} -> {resp}");
+    }
+    // Not a path: no route.
+    let resp = raw_request(addr, b"GET metrics HTTP/1.0\r\n\r\n");
+    assert!(resp.starts_with("HTTP/1.1 400 ") || resp.contains(" 404 "), "{resp}");
+    // A head that never ends within the limit.
+    let mut big = b"GET /metrics HTTP/1.0\r\nX: ".to_vec();
+    big.resize(http::MAX_REQUEST + 4096, b'a');
+    let resp = raw_request(addr, &big);
+    assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
+    // A client that connects and leaves, and one that half-closes in the middle of a head:
+    // neither is answered, neither stops the server.
+    drop(TcpStream::connect(addr).unwrap());
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.0\r\n").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http_metrics_healthz_404_and_bad_requests() {
     let m = Arc::new(Metrics::new());
@@ -260,45 +300,7 @@ async fn http_metrics_healthz_404_and_bad_requests() {
         (404, "not found: try /metrics, /healthz or /status\n")
     );
 
-    tokio::task::spawn_blocking(move || {
-        let resp = raw_request(addr, b"POST /metrics HTTP/1.0\r\n\r\n");
-        let allow = resp.lines().find(|l| l.to_ascii_lowercase().starts_with("allow:"));
-        assert!(
-            resp.starts_with("HTTP/1.0 405 Method Not Allowed\r\n")
-                && allow.is_some_and(|l| l.contains("GET") && l.contains("HEAD")),
-            "{resp}"
-        );
-        let resp = raw_request(addr, b"HEAD /metrics?x=1 HTTP/1.1\r\nHost: t\r\n\r\n");
-        assert!(resp.starts_with("HTTP/1.1 200 OK\r\n") && resp.ends_with("\r\n\r\n"), "{resp}");
-
-        for garbage in [
-            &b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n"[..],
-            b"hello\r\n\r\n",
-            b"GET /metrics SPDY/3\r\n\r\n",
-            b"GET  /metrics HTTP/1.0\r\n\r\n",
-        ] {
-            let resp = raw_request(addr, garbage);
-            assert!(resp.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{garbage:?} -> {resp}");
-        }
-        // Not a path: no route.
-        let resp = raw_request(addr, b"GET metrics HTTP/1.0\r\n\r\n");
-        assert!(resp.starts_with("HTTP/1.1 400 ") || resp.contains(" 404 "), "{resp}");
-        // A head that never ends within the limit.
-        let mut big = b"GET /metrics HTTP/1.0\r\nX: ".to_vec();
-        big.resize(http::MAX_REQUEST + 4096, b'a');
-        let resp = raw_request(addr, &big);
-        assert!(resp.starts_with("HTTP/1.1 431 "), "{resp}");
-        // A client that connects and leaves, and one that half-closes in the middle of a head:
-        // neither is answered, neither stops the server.
-        drop(TcpStream::connect(addr).unwrap());
-        let mut s = TcpStream::connect(addr).unwrap();
-        s.write_all(b"GET /healthz HTTP/1.0\r\n").unwrap();
-        s.shutdown(std::net::Shutdown::Write).unwrap();
-        let mut out = String::new();
-        let _ = s.read_to_string(&mut out);
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || bad_requests_get_errors(addr)).await.unwrap();
 
     // More idle connections than the server serves at once: each is dropped after the request
     // timeout at the latest, and the server answers again once they are gone.

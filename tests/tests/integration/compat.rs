@@ -30,7 +30,7 @@ use std::{
     time::Duration,
 };
 
-use balancer_user::registry::Registry;
+use balancer_user::registry::{Registry, Service};
 use integration_tests::{
     apps::{
         self, descendants, free_port, loopback, require, serial, spawn_nginx,
@@ -364,9 +364,7 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
     std::thread::sleep(Duration::from_millis(300));
     let selected_after: Vec<u64> =
         registry.services().iter().map(|s| total_selections(s)).collect();
-    let mut requests = 0;
-    let mut failed = 0;
-    let mut selected = 0;
+    let (mut requests, mut failed, mut selected) = (0, 0, 0);
     let mut counts = Vec::new();
     for (i, r) in reports.iter().enumerate() {
         let sent = r.ok + r.failed;
@@ -397,18 +395,7 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
     }
     // Workers replaced meanwhile (recycled, reloaded, killed) registered too.
     let workers = assert_all_registered(label, &registry, &row, &app);
-    // The row's event happened: workers that served the load or run now, together.
-    let mut seen: Vec<u32> = reports.iter().flat_map(|r| r.by_pid.keys().copied()).collect();
-    seen.extend(descendants(app.pid(), row.depth));
-    seen.sort();
-    seen.dedup();
-    assert!(
-        seen.len() >= row.served_by,
-        "{label}: {} distinct workers served or run, expected at least {}: the row's event did not happen\n{}",
-        seen.len(),
-        row.served_by,
-        app.log_tail(30)
-    );
+    assert_event_happened(label, &row, &reports, &app);
 
     // Balance, where the row keeps its workers (the README's busiest/ideal column).
     let busiest_over_ideal = (row.served_by == 0).then(|| LoadReport::imbalance(&counts));
@@ -419,11 +406,24 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         );
     }
 
-    // Load awareness on the first service, with the hash policy as the control: the same number
-    // of short requests under each (an open loop), so the control is judged on as many as
-    // least-loaded.
-    let service = &registry.services()[0];
-    let (ll, hash) = blocked_scene_with_control(service, entries[0], BLOCK, WINDOW, SHORT_REQUESTS);
+    // Load awareness on the first service, with the hash policy as the control.
+    let (least_loaded, hash) = load_awareness(label, &registry.services()[0], entries[0]);
+    let figures =
+        Figures { requests, failed, selected, workers, busiest_over_ideal, least_loaded, hash };
+    record(test, label, &figures);
+    drop(app);
+    registry.stop();
+}
+
+/// Two workers blocked on the first service, with the hash policy as the control: the same number
+/// of short requests under each (an open loop), so the control is judged on as many as
+/// least-loaded. Returns both shares, checked.
+fn load_awareness(
+    label: &str,
+    service: &Service,
+    entry: SocketAddr,
+) -> (BlockedShare, BlockedShare) {
+    let (ll, hash) = blocked_scene_with_control(service, entry, BLOCK, WINDOW, SHORT_REQUESTS);
     println!(
         "{label}: two workers blocked: least-loaded sent them {} of {} short requests ({:.1}%), hash {} of {} ({:.1}%)",
         ll.to_blocked,
@@ -449,11 +449,23 @@ fn run_row(test: &str, label: &str, build: impl FnOnce(&Path) -> Row) {
         "{label}: the control (hash) sent only {:.1}% to the blocked workers: the scene blocked nothing",
         hash.share() * 100.0
     );
-    let figures =
-        Figures { requests, failed, selected, workers, busiest_over_ideal, least_loaded: ll, hash };
-    record(test, label, &figures);
-    drop(app);
-    registry.stop();
+    (ll, hash)
+}
+
+/// The row's event happened: workers that served the load or run now, together, are at least
+/// as many as the row says.
+fn assert_event_happened(label: &str, row: &Row, reports: &[LoadReport], app: &Proc) {
+    let mut seen: Vec<u32> = reports.iter().flat_map(|r| r.by_pid.keys().copied()).collect();
+    seen.extend(descendants(app.pid(), row.depth));
+    seen.sort();
+    seen.dedup();
+    assert!(
+        seen.len() >= row.served_by,
+        "{label}: {} distinct workers served or run, expected at least {}: the row's event did not happen\n{}",
+        seen.len(),
+        row.served_by,
+        app.log_tail(30)
+    );
 }
 
 /// Waits until the slots of the row's services hold exactly the app server's workers (and as

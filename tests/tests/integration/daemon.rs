@@ -462,6 +462,64 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
     );
 }
 
+/// `max_workers` is 4 and 4 are registered: a fifth registration gets `NoFreeSlot`, and the
+/// refusal is counted.
+fn a_fifth_worker_is_refused(dir: &TempDir, addr: SocketAddr, metrics: SocketAddr) {
+    use std::os::fd::AsRawFd;
+    let fifth = balancer_user::listener::bind_reuseport(addr, 16).unwrap();
+    let msg = balancer_common::protocol::Register::new(std::process::id(), 0).encode();
+    let reply = integration_tests::shim_client::register_raw(
+        &shim_socket(dir, "web"),
+        &msg,
+        &[fifth.as_raw_fd()],
+    );
+    assert_eq!(reply.status(), balancer_common::protocol::Status::NoFreeSlot, "{}", reply.reason());
+    println!("fifth worker: {}", reply.reason());
+    let rejected = samples(&scrape(metrics), "reuselb_registrations_rejected_total", "web");
+    assert!(
+        rejected.iter().any(|(l, v)| l.contains("reason=\"no_free_slot\"") && *v == 1.0),
+        "{rejected:?}"
+    );
+}
+
+/// A SIGHUP with a file that does not parse: refused, logged with its position, the running
+/// config (web round-robin, extra present) and web's workers stay.
+fn a_bad_file_is_refused(
+    config: &Path,
+    daemon: &Proc,
+    metrics: SocketAddr,
+    addr: SocketAddr,
+    pids: &[(u32, u32)],
+) {
+    std::fs::write(
+        config,
+        "services:\n  - name: web\n    listen: 127.0.0.1:1\n    policy: fastest\n",
+    )
+    .unwrap();
+    daemon.signal(libc::SIGHUP);
+    let logged =
+        wait_until(Duration::from_secs(10), || daemon.log_text().contains("reload refused"));
+    let log = daemon.log_text();
+    let line = log.lines().find(|l| l.contains("reload refused")).unwrap_or("").to_owned();
+    println!("bad reload: {line}");
+    assert!(logged, "no refusal logged: {}", daemon.log_tail(20));
+    assert!(
+        line.contains("reuselb.yaml:4:13: services[0].policy: unknown policy `fastest`"),
+        "{line}"
+    );
+    let r = status(metrics);
+    assert!(
+        service(&r, "web").is_some_and(|s| s.groups.iter().all(|g| g.policy == Policy::RoundRobin))
+            && service(&r, "extra").is_some(),
+        "{r:?}"
+    );
+    assert_eq!(workers(metrics, "web"), pids);
+    wait_serving(addr);
+    let text = scrape(metrics);
+    assert!(text.contains("reuselb_config_reloads_total{outcome=\"success\"} 1"), "{text}");
+    assert!(text.contains("reuselb_config_reloads_total{outcome=\"failure\"} 1"), "{text}");
+}
+
 #[test]
 fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     integration_tests::private_loopback();
@@ -510,57 +568,10 @@ fn sighup_applies_a_good_file_and_refuses_a_bad_one() {
     assert_eq!(workers(metrics, "web"), pids, "a live update moved workers");
     assert!(shim_socket(&dir, "extra").exists(), "the added service has no registration socket");
     // max_workers is now 4, and 4 are registered: a fifth is refused, and counted.
-    {
-        use std::os::fd::AsRawFd;
-        let fifth = balancer_user::listener::bind_reuseport(cfg.addr, 16).unwrap();
-        let msg = balancer_common::protocol::Register::new(std::process::id(), 0).encode();
-        let reply = integration_tests::shim_client::register_raw(
-            &shim_socket(&dir, "web"),
-            &msg,
-            &[fifth.as_raw_fd()],
-        );
-        assert_eq!(
-            reply.status(),
-            balancer_common::protocol::Status::NoFreeSlot,
-            "{}",
-            reply.reason()
-        );
-        println!("fifth worker: {}", reply.reason());
-        let rejected = samples(&scrape(metrics), "reuselb_registrations_rejected_total", "web");
-        assert!(
-            rejected.iter().any(|(l, v)| l.contains("reason=\"no_free_slot\"") && *v == 1.0),
-            "{rejected:?}"
-        );
-    }
+    a_fifth_worker_is_refused(&dir, cfg.addr, metrics);
 
     // A bad file: refused, logged with its position, and the running config stays.
-    std::fs::write(
-        &config,
-        "services:\n  - name: web\n    listen: 127.0.0.1:1\n    policy: fastest\n",
-    )
-    .unwrap();
-    daemon.signal(libc::SIGHUP);
-    let logged =
-        wait_until(Duration::from_secs(10), || daemon.log_text().contains("reload refused"));
-    let log = daemon.log_text();
-    let line = log.lines().find(|l| l.contains("reload refused")).unwrap_or("").to_owned();
-    println!("bad reload: {line}");
-    assert!(logged, "no refusal logged: {}", daemon.log_tail(20));
-    assert!(
-        line.contains("reuselb.yaml:4:13: services[0].policy: unknown policy `fastest`"),
-        "{line}"
-    );
-    let r = status(metrics);
-    assert!(
-        service(&r, "web").is_some_and(|s| s.groups.iter().all(|g| g.policy == Policy::RoundRobin))
-            && service(&r, "extra").is_some(),
-        "{r:?}"
-    );
-    assert_eq!(workers(metrics, "web"), pids);
-    wait_serving(cfg.addr);
-    let text = scrape(metrics);
-    assert!(text.contains("reuselb_config_reloads_total{outcome=\"success\"} 1"), "{text}");
-    assert!(text.contains("reuselb_config_reloads_total{outcome=\"failure\"} 1"), "{text}");
+    a_bad_file_is_refused(&config, &daemon, metrics, cfg.addr, &pids);
 
     // Removing a service stops it and removes its pins; web changes to pack, with its depth.
     write_config(

@@ -273,6 +273,73 @@ fn share_sent_to_blocked(pod: &Pod) -> (f64, u64, u64) {
     })
 }
 
+/// The hash policy on the same pods, by a reload: the pods' registry starts again and adopts
+/// every group with the new policy; the workers register again.
+fn reload_with_hash(node: &Node, daemon: &Proc, pods: &[Pod]) {
+    node.write_config(Policy::Hash);
+    signal_daemon(daemon, Signal::HUP);
+    let reloaded = wait_until(Duration::from_secs(30), || {
+        let r = node.status();
+        pods_of(&r).is_some_and(|s| {
+            s.registrations.get(Status::Ok) >= 12
+                && pods.iter().all(|p| {
+                    group_of(&r, p.netns).is_some_and(|g| {
+                        g.policy == Policy::Hash && g.adopted && g.workers.len() == 4
+                    })
+                })
+        })
+    });
+    assert!(
+        reloaded,
+        "the reload did not adopt every group: {:?}\n{}",
+        node.status(),
+        daemon.log_tail(30)
+    );
+}
+
+/// Prints each pod's figures, then checks them: as many short requests under each policy,
+/// least-loaded spares the blocked processes, and the hash control did not.
+fn assert_blocked_spared(
+    pods: &[Pod],
+    least_loaded: &[(f64, u64, u64)],
+    hash: &[(f64, u64, u64)],
+    figures: &[(u64, u64)],
+) {
+    for (i, pod) in pods.iter().enumerate() {
+        let (ll, ll_blocked, ll_total) = least_loaded[i];
+        let (h, h_blocked, h_total) = hash[i];
+        println!(
+            "{}: 4 workers registered, selected {} / {} requests; short requests to the 2 \
+             blocked processes of 4: least-loaded {ll_blocked}/{ll_total} ({:.1}%), hash \
+             {h_blocked}/{h_total} ({:.1}%)",
+            pod.label,
+            figures[i].1,
+            figures[i].0,
+            ll * 100.0,
+            h * 100.0
+        );
+    }
+    for (i, pod) in pods.iter().enumerate() {
+        let (ll, _, ll_total) = least_loaded[i];
+        let (h, _, h_total) = hash[i];
+        assert_eq!(ll_total, SHORT_REQUESTS as u64, "{}: short requests sent", pod.label);
+        assert_eq!(h_total, SHORT_REQUESTS as u64, "{}: short requests sent (hash)", pod.label);
+        assert!(
+            ll <= MAX_SHARE_LEAST_LOADED,
+            "{}: least-loaded sent {:.1}% to the blocked processes (hash {:.1}%)",
+            pod.label,
+            ll * 100.0,
+            h * 100.0
+        );
+        assert!(
+            h >= 0.30,
+            "{}: hash sent only {:.1}%: the scene blocked nothing",
+            pod.label,
+            h * 100.0
+        );
+    }
+}
+
 /// Three pods nobody listed, each balanced in a group of its own, with load awareness shown
 /// against the hash policy on the same pods.
 #[test]
@@ -334,62 +401,11 @@ fn pods_nobody_listed_are_each_balanced_in_a_group_of_their_own() {
 
     let least_loaded: Vec<_> = pods.iter().map(share_sent_to_blocked).collect();
 
-    // The control: the hash policy on the same pods (a reload: the pods' registry starts again
-    // and adopts every group with the new policy; the workers register again).
-    node.write_config(Policy::Hash);
-    signal_daemon(&daemon, Signal::HUP);
-    let reloaded = wait_until(Duration::from_secs(30), || {
-        let r = node.status();
-        pods_of(&r).is_some_and(|s| {
-            s.registrations.get(Status::Ok) >= 12
-                && pods.iter().all(|p| {
-                    group_of(&r, p.netns).is_some_and(|g| {
-                        g.policy == Policy::Hash && g.adopted && g.workers.len() == 4
-                    })
-                })
-        })
-    });
-    assert!(
-        reloaded,
-        "the reload did not adopt every group: {:?}\n{}",
-        node.status(),
-        daemon.log_tail(30)
-    );
+    // The control: the hash policy on the same pods.
+    reload_with_hash(&node, &daemon, &pods);
     let hash: Vec<_> = pods.iter().map(share_sent_to_blocked).collect();
 
-    for (i, pod) in pods.iter().enumerate() {
-        let (ll, ll_blocked, ll_total) = least_loaded[i];
-        let (h, h_blocked, h_total) = hash[i];
-        println!(
-            "{}: 4 workers registered, selected {} / {} requests; short requests to the 2 \
-             blocked processes of 4: least-loaded {ll_blocked}/{ll_total} ({:.1}%), hash \
-             {h_blocked}/{h_total} ({:.1}%)",
-            pod.label,
-            figures[i].1,
-            figures[i].0,
-            ll * 100.0,
-            h * 100.0
-        );
-    }
-    for (i, pod) in pods.iter().enumerate() {
-        let (ll, _, ll_total) = least_loaded[i];
-        let (h, _, h_total) = hash[i];
-        assert_eq!(ll_total, SHORT_REQUESTS as u64, "{}: short requests sent", pod.label);
-        assert_eq!(h_total, SHORT_REQUESTS as u64, "{}: short requests sent (hash)", pod.label);
-        assert!(
-            ll <= MAX_SHARE_LEAST_LOADED,
-            "{}: least-loaded sent {:.1}% to the blocked processes (hash {:.1}%)",
-            pod.label,
-            ll * 100.0,
-            h * 100.0
-        );
-        assert!(
-            h >= 0.30,
-            "{}: hash sent only {:.1}%: the scene blocked nothing",
-            pod.label,
-            h * 100.0
-        );
-    }
+    assert_blocked_spared(&pods, &least_loaded, &hash, &figures);
     signal_daemon(&daemon, Signal::TERM);
     drop(daemon);
     println!("node test: {:.1?}", started.elapsed());
@@ -418,6 +434,58 @@ pub(crate) fn pod_registration(template: &str, pod: &str) -> [u8; Register::SIZE
     msg.template = Name::new(template).unwrap();
     msg.pod = Name::new(pod).unwrap();
     msg.encode()
+}
+
+/// A pod naming a template the ConfigMap does not have: its workers are refused, it gets no
+/// group, and it serves on the kernel's hash.
+fn a_pod_of_an_unknown_template_serves_on_the_hash(node: &Node) {
+    let refused_before =
+        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate);
+    let c = Pod::start(node, "pod-c", Some("no-such-template"), 2, 4);
+    let refused = wait_until(Duration::from_secs(10), || {
+        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate)
+            >= refused_before + 2
+    });
+    assert!(refused, "pod c's workers were not refused: {:?}", node.status());
+    assert!(group_of(&node.status(), c.netns).is_none(), "a group for an unknown template");
+    let report = c.ns.run(|| Load::run(c.client(), 4, "/?ms=1", Duration::from_secs(1)));
+    assert_eq!(report.failed, 0, "pod c: {:?}", report.errors);
+    assert!(
+        report.ok > 50 && report.by_pid.len() == 2,
+        "pod c: {} ok, by pid {:?}",
+        report.ok,
+        report.by_pid
+    );
+    drop(c);
+}
+
+/// Pod `b` deleted: its group, pins and series go after the grace; pod `a`'s series stay.
+fn deleting_a_pod_removes_its_group(node: &Node, b: Pod, a_netns: u64, daemon: &Proc) {
+    let gone_netns = b.netns;
+    let pins = |netns: u64| -> Vec<String> {
+        std::fs::read_dir(node.pin.path().join("pods"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.starts_with(&format!("n{netns}_")))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    assert_eq!(pins(gone_netns).len(), 1, "pod b's group is not pinned");
+    let deleted = Instant::now();
+    drop(b);
+    let removed =
+        wait_until(Duration::from_secs(20), || group_of(&node.status(), gone_netns).is_none());
+    assert!(removed, "pod b's group outlived it: {:?}\n{}", node.status(), daemon.log_tail(20));
+    println!("pod b deleted: its group removed after {:.1?}", deleted.elapsed());
+    assert!(pins(gone_netns).is_empty(), "pod b's pins are left: {:?}", pins(gone_netns));
+    let metrics = node.metrics();
+    assert!(
+        !metrics.contains(&format!("netns=\"{gone_netns}\"")),
+        "pod b's series are left:\n{metrics}"
+    );
+    assert!(metrics.contains(&format!("netns=\"{a_netns}\"")), "{metrics}");
 }
 
 /// Pod deleted -> its group, pins and series gone; recreated -> a new group. A pod cannot
@@ -461,51 +529,11 @@ fn pod_groups_come_and_go_with_their_pods_and_survive_the_daemon() {
 
     // A pod naming a template the ConfigMap does not have: refused, no group, and it serves on
     // the kernel's hash.
-    let refused_before =
-        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate);
-    let c = Pod::start(&node, "pod-c", Some("no-such-template"), 2, 4);
-    let refused = wait_until(Duration::from_secs(10), || {
-        pods_of(&node.status()).unwrap().registrations.get(Status::UnknownTemplate)
-            >= refused_before + 2
-    });
-    assert!(refused, "pod c's workers were not refused: {:?}", node.status());
-    assert!(group_of(&node.status(), c.netns).is_none(), "a group for an unknown template");
-    let report = c.ns.run(|| Load::run(c.client(), 4, "/?ms=1", Duration::from_secs(1)));
-    assert_eq!(report.failed, 0, "pod c: {:?}", report.errors);
-    assert!(
-        report.ok > 50 && report.by_pid.len() == 2,
-        "pod c: {} ok, by pid {:?}",
-        report.ok,
-        report.by_pid
-    );
-    drop(c);
+    a_pod_of_an_unknown_template_serves_on_the_hash(&node);
 
     // Pod b deleted: its group, pins and series go after the grace.
     let gone_netns = b.netns;
-    let pins = |netns: u64| -> Vec<String> {
-        std::fs::read_dir(node.pin.path().join("pods"))
-            .map(|d| {
-                d.flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| n.starts_with(&format!("n{netns}_")))
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    assert_eq!(pins(gone_netns).len(), 1, "pod b's group is not pinned");
-    let deleted = Instant::now();
-    drop(b);
-    let removed =
-        wait_until(Duration::from_secs(20), || group_of(&node.status(), gone_netns).is_none());
-    assert!(removed, "pod b's group outlived it: {:?}\n{}", node.status(), daemon.log_tail(20));
-    println!("pod b deleted: its group removed after {:.1?}", deleted.elapsed());
-    assert!(pins(gone_netns).is_empty(), "pod b's pins are left: {:?}", pins(gone_netns));
-    let metrics = node.metrics();
-    assert!(
-        !metrics.contains(&format!("netns=\"{gone_netns}\"")),
-        "pod b's series are left:\n{metrics}"
-    );
-    assert!(metrics.contains(&format!("netns=\"{}\"", a.netns)), "{metrics}");
+    deleting_a_pod_removes_its_group(&node, b, a.netns, &daemon);
 
     // Recreated: a new group (a new namespace, so a new key).
     let b = Pod::start(&node, "pod-b", Some("web"), 2, 4);
