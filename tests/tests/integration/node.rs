@@ -28,7 +28,9 @@ use integration_tests::{
         self, busy_workers, one_request, require, reuselb_bin, serial, shim_lib, wait_until,
         workspace_root, Load, PinDir, Proc, TempDir, UwsgiConfig, UwsgiProto,
     },
-    http, shim_client, NetNs,
+    http,
+    registered::BlockedShare,
+    shim_client, NetNs,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -222,9 +224,9 @@ const SHORT_REQUESTS: usize = 60;
 const MAX_SHARE_LEAST_LOADED: f64 = 0.05;
 
 /// Blocks two distinct worker processes of `pod` with a long GIL-holding request each, then sends
-/// [`SHORT_REQUESTS`] short requests over [`WINDOW`]; returns the share of them served by the
-/// blocked processes, how many that was, and the total.
-fn share_sent_to_blocked(pod: &Pod) -> (f64, u64, u64) {
+/// [`SHORT_REQUESTS`] short requests over [`WINDOW`]; returns how many of them the blocked
+/// processes served (or failed), of how many.
+fn share_sent_to_blocked(pod: &Pod) -> BlockedShare {
     pod.ns.run(|| {
         let port = pod.cfg.stats_port;
         assert!(
@@ -269,7 +271,7 @@ fn share_sent_to_blocked(pod: &Pod) -> (f64, u64, u64) {
         for b in blockers {
             let _ = b.join();
         }
-        (to_blocked as f64 / total.max(1) as f64, to_blocked, total)
+        BlockedShare { to_blocked, total }
     })
 }
 
@@ -301,41 +303,42 @@ fn reload_with_hash(node: &Node, daemon: &Proc, pods: &[Pod]) {
 /// least-loaded spares the blocked processes, and the hash control did not.
 fn assert_blocked_spared(
     pods: &[Pod],
-    least_loaded: &[(f64, u64, u64)],
-    hash: &[(f64, u64, u64)],
+    least_loaded: &[BlockedShare],
+    hash: &[BlockedShare],
     figures: &[(u64, u64)],
 ) {
     for (i, pod) in pods.iter().enumerate() {
-        let (ll, ll_blocked, ll_total) = least_loaded[i];
-        let (h, h_blocked, h_total) = hash[i];
+        let (ll, h) = (least_loaded[i], hash[i]);
         println!(
             "{}: 4 workers registered, selected {} / {} requests; short requests to the 2 \
-             blocked processes of 4: least-loaded {ll_blocked}/{ll_total} ({:.1}%), hash \
-             {h_blocked}/{h_total} ({:.1}%)",
+             blocked processes of 4: least-loaded {}/{} ({:.1}%), hash {}/{} ({:.1}%)",
             pod.label,
             figures[i].1,
             figures[i].0,
-            ll * 100.0,
-            h * 100.0
+            ll.to_blocked,
+            ll.total,
+            ll.share() * 100.0,
+            h.to_blocked,
+            h.total,
+            h.share() * 100.0
         );
     }
     for (i, pod) in pods.iter().enumerate() {
-        let (ll, _, ll_total) = least_loaded[i];
-        let (h, _, h_total) = hash[i];
-        assert_eq!(ll_total, SHORT_REQUESTS as u64, "{}: short requests sent", pod.label);
-        assert_eq!(h_total, SHORT_REQUESTS as u64, "{}: short requests sent (hash)", pod.label);
+        let (ll, h) = (least_loaded[i], hash[i]);
+        assert_eq!(ll.total, SHORT_REQUESTS as u64, "{}: short requests sent", pod.label);
+        assert_eq!(h.total, SHORT_REQUESTS as u64, "{}: short requests sent (hash)", pod.label);
         assert!(
-            ll <= MAX_SHARE_LEAST_LOADED,
+            ll.share() <= MAX_SHARE_LEAST_LOADED,
             "{}: least-loaded sent {:.1}% to the blocked processes (hash {:.1}%)",
             pod.label,
-            ll * 100.0,
-            h * 100.0
+            ll.share() * 100.0,
+            h.share() * 100.0
         );
         assert!(
-            h >= 0.30,
+            h.share() >= 0.30,
             "{}: hash sent only {:.1}%: the scene blocked nothing",
             pod.label,
-            h * 100.0
+            h.share() * 100.0
         );
     }
 }
@@ -460,7 +463,8 @@ fn a_pod_of_an_unknown_template_serves_on_the_hash(node: &Node) {
 }
 
 /// Pod `b` deleted: its group, pins and series go after the grace; pod `a`'s series stay.
-fn deleting_a_pod_removes_its_group(node: &Node, b: Pod, a_netns: u64, daemon: &Proc) {
+/// Returns the namespace key `b` had.
+fn deleting_a_pod_removes_its_group(node: &Node, b: Pod, a_netns: u64, daemon: &Proc) -> u64 {
     let gone_netns = b.netns;
     let pins = |netns: u64| -> Vec<String> {
         std::fs::read_dir(node.pin.path().join("pods"))
@@ -486,6 +490,7 @@ fn deleting_a_pod_removes_its_group(node: &Node, b: Pod, a_netns: u64, daemon: &
         "pod b's series are left:\n{metrics}"
     );
     assert!(metrics.contains(&format!("netns=\"{a_netns}\"")), "{metrics}");
+    gone_netns
 }
 
 /// Pod deleted -> its group, pins and series gone; recreated -> a new group. A pod cannot
@@ -532,8 +537,7 @@ fn pod_groups_come_and_go_with_their_pods_and_survive_the_daemon() {
     a_pod_of_an_unknown_template_serves_on_the_hash(&node);
 
     // Pod b deleted: its group, pins and series go after the grace.
-    let gone_netns = b.netns;
-    deleting_a_pod_removes_its_group(&node, b, a.netns, &daemon);
+    let gone_netns = deleting_a_pod_removes_its_group(&node, b, a.netns, &daemon);
 
     // Recreated: a new group (a new namespace, so a new key).
     let b = Pod::start(&node, "pod-b", Some("web"), 2, 4);
