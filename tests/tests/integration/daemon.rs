@@ -467,13 +467,13 @@ fn slots_of_workers_that_died_while_the_daemon_was_down_are_freed() {
 fn a_fifth_worker_is_refused(dir: &TempDir, addr: SocketAddr, metrics: SocketAddr) {
     use std::os::fd::AsRawFd;
     let fifth = balancer_user::listener::bind_reuseport(addr, 16).unwrap();
-    let msg = balancer_common::protocol::Register::new(std::process::id(), 0).encode();
+    let msg = protocol::Register::new(std::process::id(), 0).encode();
     let reply = integration_tests::shim_client::register_raw(
         &shim_socket(dir, "web"),
         &msg,
         &[fifth.as_raw_fd()],
     );
-    assert_eq!(reply.status(), balancer_common::protocol::Status::NoFreeSlot, "{}", reply.reason());
+    assert_eq!(reply.status(), protocol::Status::NoFreeSlot, "{}", reply.reason());
     println!("fifth worker: {}", reply.reason());
     let rejected = samples(&scrape(metrics), "reuselb_registrations_rejected_total", "web");
     assert!(
@@ -482,8 +482,8 @@ fn a_fifth_worker_is_refused(dir: &TempDir, addr: SocketAddr, metrics: SocketAdd
     );
 }
 
-/// A SIGHUP with a file that does not parse: refused, logged with its position, the running
-/// config (web round-robin, extra present) and web's workers stay.
+/// A SIGHUP with a bad file (an unknown policy): refused, logged with its position, and the
+/// running config (web round-robin, extra present) and web's workers stay.
 fn a_bad_file_is_refused(
     config: &Path,
     daemon: &Proc,
