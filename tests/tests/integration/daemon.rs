@@ -701,10 +701,14 @@ fn footprint(pid: u32) -> (u64, usize) {
 struct Restart {
     /// Workers alive when the daemon was killed.
     before: usize,
-    /// Of those, how many registered again with the next daemon...
-    registered: usize,
-    /// ... and those still alive that did not.
+    /// Of those, how many registered again with the next daemon (back in their slots)...
+    again: usize,
+    /// ... how many registered anew: forked just before the kill, they had no slot yet...
+    anew: usize,
+    /// ... and those still alive that did neither, or registered anew although the killed daemon
+    /// had given them a slot, with what the daemons' log says of them.
     missing: Vec<u32>,
+    missing_log: String,
     /// Selections per slot, and requests answered, once the next daemon had settled.
     selected: Vec<(u32, u64)>,
     served: u64,
@@ -712,9 +716,30 @@ struct Restart {
     footprints: [(u64, usize); 2],
 }
 
+/// How each worker alive at the kill came back to the next daemon, read from the daemons' log
+/// (`old` is the killed daemon's part, `new` the next one's).
+struct Returns<'a> {
+    old: &'a str,
+    new: &'a str,
+}
+
+impl Returns<'_> {
+    fn again(&self, pid: u32) -> bool {
+        self.new.contains(&format!("worker {pid} registered again"))
+    }
+
+    /// Registered anew, and the killed daemon had not given it a slot (the reply and then the
+    /// log line come after the slot is made): a worker forked just before the kill.
+    fn anew(&self, pid: u32) -> bool {
+        let line = format!("worker {pid} registered on");
+        self.new.contains(&line) && !self.old.contains(&line)
+    }
+}
+
 /// Kills `daemon` with -9 under `load` and starts the next one from `config`; waits (10 s at
-/// most) until every worker of `cfg` alive at the kill, and still alive, registered again with
-/// it (its log says so) rather than staying in an adopted slot.
+/// most) until every worker of `cfg` alive at the kill, and still alive, is in the next daemon's
+/// group: registered again if the killed daemon had given it a slot (its log says so) rather
+/// than staying in an adopted slot, registered anew if it had none yet.
 fn restart_daemon(
     daemon: &mut Proc,
     cfg: &UwsgiConfig,
@@ -728,24 +753,38 @@ fn restart_daemon(
         cfg.stats().unwrap_or_default().iter().map(|w| w.0).filter(|&p| p != 0).collect();
     daemon.signal(libc::SIGKILL);
     daemon.wait_timeout(Duration::from_secs(5));
+    let cut = std::fs::read_to_string(log).map(|t| t.len()).unwrap_or(0);
     std::thread::sleep(Duration::from_secs(1));
     *daemon = spawn_daemon(config, metrics, log);
     // Those that registered are counted as they register: a worker recycles every few seconds,
     // so by the time the last one has registered the first may be gone.
-    let missing = || -> (usize, Vec<u32>) {
+    let tally = || -> (usize, usize, Vec<u32>, String) {
         let text = std::fs::read_to_string(log).unwrap_or_default();
-        let again = |p: &u32| text.contains(&format!("worker {p} registered again"));
-        let registered = before.iter().filter(|p| again(p)).count();
-        let missing = before.iter().copied().filter(|&p| apps::alive(p) && !again(&p)).collect();
-        (registered, missing)
+        let (old, new) = text.split_at(cut.min(text.len()));
+        let r = Returns { old, new };
+        let again = before.iter().filter(|&&p| r.again(p)).count();
+        let anew = before.iter().filter(|&&p| r.anew(p)).count();
+        let missing: Vec<u32> = before
+            .iter()
+            .copied()
+            .filter(|&p| apps::alive(p) && !r.again(p) && !r.anew(p))
+            .collect();
+        let said = text
+            .lines()
+            .filter(|l| missing.iter().any(|p| l.contains(&format!("worker {p} "))))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (again, anew, missing, said)
     };
-    wait_until(Duration::from_secs(10), || missing().1.is_empty());
-    let (registered, missing) = missing();
+    wait_until(Duration::from_secs(10), || tally().2.is_empty());
+    let (again, anew, missing, missing_log) = tally();
     std::thread::sleep(Duration::from_secs(3));
     Restart {
         before: before.len(),
-        registered,
+        again,
+        anew,
         missing,
+        missing_log,
         selected: selected_by_slot(metrics, "soak"),
         served: load.served(),
         footprints: [footprint_before, footprint(daemon.pid())],
@@ -808,17 +847,19 @@ fn assert_second_half(
     // Churn (recycling, kills) leaves slots empty for moments: looser than the steady-state bound.
     assert!(imbalance <= 1.5, "unbalanced after the restart: {per_slot:?}");
     println!(
-        "{} workers at the restart, {} of them registered again with the new daemon; alive and not registered again: {:?}",
-        restart.before, restart.registered, restart.missing
+        "{} workers at the restart: {} registered again with the new daemon, {} anew (forked just before the kill, no slot yet); alive and in neither: {:?}",
+        restart.before, restart.again, restart.anew, restart.missing
     );
     assert!(
-        restart.registered > 0,
+        restart.again > 0,
         "no worker lived across the restart to register again: nothing was checked"
     );
     assert!(
         restart.missing.is_empty(),
-        "workers alive across the daemon restart did not register again: {:?}",
-        restart.missing
+        "workers alive across the daemon restart did not register again: {:?}; the daemons' \
+         log of them:\n{}",
+        restart.missing,
+        restart.missing_log
     );
 }
 
