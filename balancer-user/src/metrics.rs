@@ -24,6 +24,7 @@
 //! | `fallbacks_total` | counter | service, reason (`no_config`, `no_active_slot`, `bad_config`, `select_failed`) |
 //! | `migrations_total` | counter | service, outcome (`migrated`, `kernel_hash`) |
 //! | `fast_path_total` | counter | service (least-loaded and work-left picks of an idle slot, no scan) |
+//! | `blocked_passed_over_total` | counter | service (connections the program sent past a blocked worker to one that is not; placed by the program, not fallbacks) |
 //! | `registrations_total` | counter | service (accepted registrations) |
 //! | `registrations_rejected_total` | counter | service, reason (a `protocol::Status` name) |
 //! | `registry_events_total` | counter | service, event (`departure`, `adjustment`, `pending_closed`, `accept_backoff`, `reading_stop`, `eviction`, `weight_capped`, `parked_expired`, `reattach_failure`) |
@@ -212,6 +213,7 @@ struct ReportCollector {
     fallbacks: IntCounterVec,
     migrations: IntCounterVec,
     fast_path: IntCounterVec,
+    blocked_passed_over: IntCounterVec,
     registrations: IntCounterVec,
     rejected: IntCounterVec,
     registry_events: IntCounterVec,
@@ -271,6 +273,11 @@ impl ReportCollector {
                 "Connections least-loaded or work-left gave to an idle worker from the idle bytes, without a scan.",
                 &["service"],
             ),
+            blocked_passed_over: counter_vec(
+                "reuselb_blocked_passed_over_total",
+                "Connections the program sent to a worker that is not blocked while another candidate was blocked (placed by the program, not left to the kernel's hash).",
+                &["service"],
+            ),
             registrations: counter_vec("reuselb_registrations_total", "Worker registrations accepted.", &["service"]),
             rejected: counter_vec("reuselb_registrations_rejected_total", "Worker registrations refused, by reason.", &["service", "reason"]),
             registry_events: counter_vec(
@@ -311,7 +318,7 @@ impl ReportCollector {
         ]
     }
 
-    fn counters(&self) -> [&IntCounterVec; 12] {
+    fn counters(&self) -> [&IntCounterVec; 13] {
         [
             &self.pod_selected,
             &self.pod_accepted,
@@ -322,6 +329,7 @@ impl ReportCollector {
             &self.fallbacks,
             &self.migrations,
             &self.fast_path,
+            &self.blocked_passed_over,
             &self.registrations,
             &self.rejected,
             &self.registry_events,
@@ -403,6 +411,10 @@ impl ReportCollector {
                         Event::MigrateFallback => (&self.migrations, "kernel_hash"),
                         Event::FastPath => {
                             self.fast_path.with_label_values(&[service]).inc_by(n);
+                            continue;
+                        }
+                        Event::BlockedPassedOver => {
+                            self.blocked_passed_over.with_label_values(&[service]).inc_by(n);
                             continue;
                         }
                         e => (&self.fallbacks, e.name()),

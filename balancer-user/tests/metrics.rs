@@ -134,6 +134,36 @@ fn snapshot_becomes_exact_samples() {
     assert!(!text.contains(r#"reason="ok""#), "{text}");
 }
 
+/// A connection sent past a blocked worker was placed by the program: it is counted in a family of
+/// its own, never as a connection left to the kernel's hash (the fallbacks' alert would fire on
+/// it, and under speed-aware, the default, it is routine).
+#[test]
+fn blocked_passes_are_not_fallbacks() {
+    let mut r = report();
+    r.services[0].groups[0].events.set(Event::BlockedPassedOver, 9);
+    let m = Metrics::new();
+    m.update(r);
+    let text = m.encode_text();
+    assert!(!text.contains(r#"reason="blocked_passed_over""#), "{text}");
+    assert_lines(
+        &text,
+        &[
+            r#"reuselb_blocked_passed_over_total{service="web"} 9"#,
+            r#"reuselb_blocked_passed_over_total{service="api"} 0"#,
+            r#"reuselb_fallbacks_total{reason="select_failed",service="web"} 4"#,
+            "# TYPE reuselb_blocked_passed_over_total counter",
+        ],
+    );
+    let fallbacks: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("reuselb_fallbacks_total{")).collect();
+    assert!(
+        fallbacks.iter().all(|l| ["no_config", "no_active_slot", "bad_config", "select_failed"]
+            .iter()
+            .any(|r| l.contains(&format!(r#"reason="{r}""#)))),
+        "{fallbacks:#?}"
+    );
+}
+
 #[test]
 fn exited_workers_leave_no_stale_series() {
     let m = Metrics::new();
