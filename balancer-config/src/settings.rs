@@ -24,7 +24,7 @@ macro_rules! with_group_settings {
         $(#[$meta])*
         pub struct $name {
             $( $(#[$hmeta])* pub $head: $hty, )*
-            /// How a new connection picks its worker (default `least-loaded`).
+            /// How a new connection picks its worker (default `speed-aware`).
             #[serde(default, deserialize_with = "crate::de::de_policy")]
             pub policy: ::balancer_common::Policy,
             /// Which program runs: `auto` (select-or-migrate where the kernel has it), `select`,

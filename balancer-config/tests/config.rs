@@ -258,7 +258,7 @@ fn minimal_config_takes_the_defaults() {
     let s = &c.services[0];
     assert_eq!(s.name, "web");
     assert_eq!(s.listen, vec!["127.0.0.1:8000".parse::<SocketAddr>().unwrap()]);
-    assert_eq!(s.policy, Policy::LeastLoaded);
+    assert_eq!(s.policy, Policy::SpeedAware);
     assert_eq!(s.mode, Mode::Auto);
     assert_eq!(s.weight, 1);
     assert_eq!(s.max_workers, 256);

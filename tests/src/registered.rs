@@ -144,8 +144,8 @@ pub fn blocked_scene(
 }
 
 /// [`blocked_scene`] under least-loaded, then under the hash policy (the control: the same scene
-/// must send the blocked workers their share there, or it blocked nothing); the policy is
-/// least-loaded again afterwards.
+/// must send the blocked workers their share there, or it blocked nothing); the service's
+/// policy is what it was again afterwards.
 pub fn blocked_scene_with_control(
     service: &Service,
     entry: SocketAddr,
@@ -154,10 +154,11 @@ pub fn blocked_scene_with_control(
     requests: usize,
 ) -> (BlockedShare, BlockedShare) {
     let mut shares = Vec::new();
+    let was = service.group().policy();
     for policy in [Policy::LeastLoaded, Policy::Hash] {
         service.group().set_policy(policy).expect("set the policy");
         shares.push(blocked_scene(service, entry, block, window, requests));
     }
-    service.group().set_policy(Policy::LeastLoaded).expect("set the policy");
+    service.group().set_policy(was).expect("set the policy back");
     (shares[0], shares[1])
 }

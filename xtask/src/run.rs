@@ -27,7 +27,7 @@ pub struct DemoArgs {
     connections: u32,
     /// Selection policy: least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash
     /// or pack.
-    #[arg(long, default_value = "least-loaded")]
+    #[arg(long, default_value = "speed-aware")]
     policy: String,
 }
 

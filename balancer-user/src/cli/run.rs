@@ -28,7 +28,7 @@ pub struct RunArgs {
     listen: Vec<SocketAddr>,
     /// Selection policy: least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash
     /// or pack.
-    #[arg(long, default_value = "least-loaded", value_parser = parse_policy)]
+    #[arg(long, default_value = "speed-aware", value_parser = parse_policy)]
     policy: Policy,
     /// Pass over a worker that has had connections in flight and made no progress (no
     /// completion) for this many milliseconds, while another worker has not (least-loaded and
@@ -200,6 +200,14 @@ mod tests {
         assert_eq!(svc.shim_socket(), std::path::Path::new("/tmp/app.sock"));
         // No --allow-uid: any uid, as the README says of `reuselb run`.
         assert_eq!(Admission::of(svc, Mode::Run), Admission::AnyUid);
+    }
+
+    #[test]
+    fn without_a_policy_flag_the_service_gets_the_default_of_a_config_file() {
+        let a = args(&["--listen", "127.0.0.1:8000", "--", "uwsgi"]);
+        let config = as_config(&a).unwrap();
+        assert_eq!(config.services[0].policy, Policy::SpeedAware);
+        assert_eq!(config.services[0].policy, Policy::default());
     }
 
     #[test]

@@ -148,7 +148,7 @@ fn avoids_blocked_workers_and_the_hash_policy_does_not(policy: Policy) {
     registry.stop();
 }
 
-/// The default policy (least-loaded) end to end, with its control.
+/// Least-loaded (named: the default is speed-aware) end to end, with its control.
 #[test]
 fn least_loaded_avoids_blocked_workers_and_the_hash_policy_does_not() {
     avoids_blocked_workers_and_the_hash_policy_does_not(Policy::LeastLoaded);

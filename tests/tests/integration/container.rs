@@ -240,7 +240,7 @@ metrics_addr: 127.0.0.1:9464
 services:
   - name: web
     listen: [\"127.0.0.1:8000\"]
-    policy: least-loaded
+    policy: speed-aware
     max_workers: 64
     shim_socket: /run/reuselb/web.sock
 ";

@@ -313,6 +313,10 @@ fn daemon_killed_under_load_is_adopted_by_the_next_one() {
     wait_registered(metrics, "web", cfg.processes as usize, &daemon);
     wait_serving(cfg.addr);
     let before = workers(metrics, "web");
+    // The service names no policy: it runs the default.
+    let policies: Vec<Policy> =
+        status(metrics).services[0].groups.iter().map(|g| g.policy).collect();
+    assert_eq!(policies, [Policy::SpeedAware], "a service that names no policy");
 
     let load = Load::start(cfg.addr, CONCURRENCY, PATH, Duration::from_secs(40));
     std::thread::sleep(Duration::from_secs(3));

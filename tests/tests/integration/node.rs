@@ -62,15 +62,15 @@ impl Node {
     }
 
     /// The shipped ConfigMap's config, its paths moved into the test's, with the default
-    /// template's policy `policy`.
+    /// template's policy (the shipped one, speed-aware) replaced by `policy`.
     pub(crate) fn write_config(&self, policy: Policy) {
         let shipped = workspace_root().join("deploy/kubernetes/base/reuselb.yaml");
         let text = std::fs::read_to_string(&shipped).expect("the shipped ConfigMap's config");
-        assert_eq!(text.matches("policy: least-loaded").count(), 1, "{text}");
+        assert_eq!(text.matches("policy: speed-aware").count(), 1, "{text}");
         let text = text
             .replace("/sys/fs/bpf/reuselb", &self.pin.path().display().to_string())
             .replace("/run/reuselb", &self.sockets().display().to_string())
-            .replace("policy: least-loaded", &format!("policy: {}", policy.name()));
+            .replace("policy: speed-aware", &format!("policy: {}", policy.name()));
         std::fs::write(&self.config, text).unwrap();
     }
 
