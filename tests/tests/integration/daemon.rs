@@ -762,26 +762,28 @@ fn restart_daemon(
     *daemon = spawn_daemon(config, metrics, log);
     // Those that registered are counted as they register: a worker recycles every few seconds,
     // so by the time the last one has registered the first may be gone.
-    let tally = || -> (usize, usize, Vec<u32>, String) {
+    let tally = || -> (usize, usize, Vec<u32>) {
         let text = std::fs::read_to_string(log).unwrap_or_default();
         let (old, new) = text.split_at(cut.min(text.len()));
         let r = Returns { old, new };
         let again = before.iter().filter(|&&p| r.again(p)).count();
         let anew = before.iter().filter(|&&p| r.anew(p)).count();
-        let missing: Vec<u32> = before
+        let missing = before
             .iter()
             .copied()
             .filter(|&p| apps::alive(p) && !r.again(p) && !r.anew(p))
             .collect();
-        let said = text
-            .lines()
-            .filter(|l| missing.iter().any(|p| l.contains(&format!("worker {p} "))))
-            .collect::<Vec<_>>()
-            .join("\n");
-        (again, anew, missing, said)
+        (again, anew, missing)
     };
     wait_until(Duration::from_secs(10), || tally().2.is_empty());
-    let (again, anew, missing, missing_log) = tally();
+    let (again, anew, missing) = tally();
+    // What the log says of the missing ones, read once, for the failure message.
+    let missing_log = std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| missing.iter().any(|p| l.contains(&format!("worker {p} "))))
+        .collect::<Vec<_>>()
+        .join("\n");
     std::thread::sleep(Duration::from_secs(3));
     Restart {
         before: before.len(),
