@@ -7,6 +7,7 @@
 //! ports, and nothing outlives a test: the namespace goes away with its last socket and handle.
 
 pub mod apps;
+pub mod blocked;
 pub mod http;
 pub mod netns;
 pub mod pool;

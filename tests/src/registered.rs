@@ -7,12 +7,7 @@
 //! ([`blocked_scene`]).
 //!
 //! Loading the program needs root and BPF: these helpers panic with the reason, never skip.
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
 
 use balancer_common::{layout::MAX_SLOTS, Policy};
 use balancer_user::{
@@ -20,7 +15,11 @@ use balancer_user::{
     Group, GroupOptions, Mode,
 };
 
-use crate::apps::{one_request, wait_until, Load, Proc, UwsgiConfig};
+pub use crate::blocked::BlockedShare;
+use crate::{
+    apps::{wait_until, Load, Proc, UwsgiConfig},
+    blocked::block_two,
+};
 
 /// A least-loaded group running `mode`. Panics if the program cannot be loaded.
 pub fn least_loaded_group(mode: Mode) -> Group {
@@ -70,29 +69,13 @@ pub fn uwsgi_under(registry: &Registry, cfg: &UwsgiConfig, log: &Path) -> Proc {
     app
 }
 
-/// What the short requests of one [`blocked_scene`] met.
-#[derive(Clone, Copy, Debug)]
-pub struct BlockedShare {
-    /// Short requests answered by a blocked worker, plus those that failed (they waited past the
-    /// client's timeout behind a block).
-    pub to_blocked: u64,
-    /// Short requests sent.
-    pub total: u64,
-}
-
-impl BlockedShare {
-    pub fn share(&self) -> f64 {
-        self.to_blocked as f64 / self.total.max(1) as f64
-    }
-}
-
 /// The load-awareness scene, under `service`'s current policy: with nothing in flight, sends long
 /// GIL-holding requests (`block`) to `entry` until two distinct workers hold one (read from the
 /// slots' in-flight counts: the program counts a connection from its selection), then `requests`
-/// short requests, started evenly over `window` (well inside the block: an open loop, so a
-/// request stuck behind a block does not stop the others, and every policy is judged on the same
-/// count). Returns where those went; waits for the long requests to end. Panics if two workers
-/// cannot be blocked in time.
+/// short requests, started evenly over `window` (an open loop, so a request stuck behind a block
+/// does not stop the others, and every policy is judged on the same count; shortened to end inside
+/// the block, [`crate::blocked::Blocked::window`]). Returns where those went; waits for the long
+/// requests to end. Panics if two workers cannot be blocked in time.
 pub fn blocked_scene(
     service: &Service,
     entry: SocketAddr,
@@ -114,33 +97,11 @@ pub fn blocked_scene(
     );
     // One C call holding the GIL: no other thread of a blocked worker runs Python meanwhile.
     let request = format!("/?ms=0&hold={}", block.as_millis());
-    let started = Instant::now();
-    let mut blockers = Vec::new();
-    let mut blocked = HashSet::new();
-    // Under the hash policy a long request may land on a worker that is blocked already: send
-    // more (bounded) until two distinct workers hold one.
-    for _ in 0..8 {
-        let request = request.clone();
-        blockers.push(std::thread::spawn(move || one_request(entry, &request)));
-        wait_until(Duration::from_millis(300), || busy().len() > blocked.len());
-        blocked = busy();
-        if blocked.len() >= 2 {
-            break;
-        }
-    }
-    assert!(blocked.len() >= 2, "could not block two workers: in flight on {blocked:?}");
-    let setup = started.elapsed();
-    assert!(
-        setup + window + Duration::from_millis(500) < block,
-        "blocking two workers took {setup:?}: no time left to measure inside the block"
-    );
-    let report = Load::paced(entry, requests, "/?ms=2", window);
-    for b in blockers {
-        let _ = b.join();
-    }
-    let answered: u64 =
-        report.by_pid.iter().filter(|(pid, _)| blocked.contains(pid)).map(|(_, n)| n).sum();
-    BlockedShare { to_blocked: answered + report.failed, total: report.ok + report.failed }
+    let blocked = block_two(entry, &request, block, Duration::from_millis(300), busy);
+    let window = blocked.window(window, Duration::from_millis(500));
+    let share = blocked.share(&Load::paced(entry, requests, "/?ms=2", window));
+    blocked.end();
+    share
 }
 
 /// [`blocked_scene`] under least-loaded, then under the hash policy (the control: the same scene

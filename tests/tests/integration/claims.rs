@@ -9,7 +9,6 @@
 //! hash policy on the same setup as its control, so a test that passes with both policies alike
 //! cannot pass.
 use std::{
-    collections::HashSet,
     net::SocketAddr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     time::{Duration, Instant},
@@ -26,6 +25,7 @@ use integration_tests::{
         busy_workers, free_port, loopback, one_request, require, serial, wait_until, Load, Proc,
         TempDir, UwsgiConfig, UwsgiProto,
     },
+    blocked::{block_two, BlockedShare},
     registered::{least_loaded_group, uwsgi_under},
     NetNs, Pool,
 };
@@ -50,53 +50,29 @@ const SHORT_REQUESTS: usize = 100;
 const WINDOW: Duration = Duration::from_millis(2500);
 
 /// Blocks two distinct workers with a long request each, then runs short requests for
-/// [`WINDOW`]; returns the share of the short requests that went to the blocked workers (they
-/// are answered when the block ends, so every one is counted), how many that was, and the total.
-fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> (f64, u64, u64) {
+/// [`WINDOW`] (less if the set-up was slow: the window ends inside the block); returns where the
+/// short requests went (they are answered when the block ends, so every one is counted).
+fn share_sent_to_blocked_workers(cfg: &UwsgiConfig) -> BlockedShare {
     let request = format!("/?ms={BLOCK_MS}");
-    let addr = cfg.addr;
-    let mut blockers = Vec::new();
-    let mut blocked = HashSet::new();
-    // With the hash policy a blocking request may land on a worker that is blocked already: send
-    // more (bounded) until two distinct workers are busy.
-    let first_block = Instant::now();
-    for _ in 0..8 {
-        let request = request.clone();
-        blockers.push(std::thread::spawn(move || one_request(addr, &request)));
-        wait_until(Duration::from_millis(500), || {
-            busy_workers(cfg.stats_port).len() > blocked.len()
-        });
-        blocked = busy_workers(cfg.stats_port);
-        if blocked.len() >= 2 {
-            break;
-        }
-    }
-    assert!(blocked.len() >= 2, "could not block two workers: busy {blocked:?}");
-    // The window must end well before the first block does, or the "blocked" workers would be
-    // free again during it; requests stuck on a blocked worker finish (or time out) after it.
-    let setup = first_block.elapsed();
-    assert!(
-        setup + WINDOW + Duration::from_secs(1) < Duration::from_millis(BLOCK_MS),
-        "blocking two workers took {setup:?}: no time left to measure inside the block"
+    let busy = || busy_workers(cfg.stats_port);
+    let blocked = block_two(
+        cfg.addr,
+        &request,
+        Duration::from_millis(BLOCK_MS),
+        Duration::from_millis(500),
+        busy,
     );
-    let report = Load::paced(addr, SHORT_REQUESTS, "/?ms=2", WINDOW);
-    for b in blockers {
-        let _ = b.join();
-    }
-    // A short request that failed waited past the client's timeout: it was stuck behind a block
-    // (more than one blocking request can queue on a worker under the hash policy). Free workers
-    // answer in milliseconds.
-    let to_blocked: u64 =
-        report.by_pid.iter().filter(|(pid, _)| blocked.contains(pid)).map(|(_, n)| n).sum::<u64>()
-            + report.failed;
-    let total = report.ok + report.failed;
+    let window = blocked.window(WINDOW, Duration::from_secs(1));
+    let report = Load::paced(cfg.addr, SHORT_REQUESTS, "/?ms=2", window);
     if report.failed > 0 {
         println!(
             "{} short requests failed (counted as sent to a blocked worker): {:?}",
             report.failed, report.errors
         );
     }
-    (to_blocked as f64 / total.max(1) as f64, to_blocked, total)
+    let share = blocked.share(&report);
+    blocked.end();
+    share
 }
 
 /// Load awareness (README: "a blocked worker is avoided") under `policy`: two of four
@@ -123,12 +99,14 @@ fn avoids_blocked_workers_and_the_hash_policy_does_not(policy: Policy) {
             "workers still busy: {}",
             app.log_tail(20)
         );
-        let (share, to_blocked, total) = share_sent_to_blocked_workers(&cfg);
+        let sent = share_sent_to_blocked_workers(&cfg);
         println!(
-            "{p:?}: {to_blocked} of {total} short requests ({:.1}%) went to the 2 blocked workers of 4",
-            share * 100.0
+            "{p:?}: {} of {} short requests ({:.1}%) went to the 2 blocked workers of 4",
+            sent.to_blocked,
+            sent.total,
+            sent.share() * 100.0
         );
-        shares.push((share, total));
+        shares.push((sent.share(), sent.total));
     }
     let [(mine, total), (hash, hash_total)] = shares[..] else { unreachable!() };
     let n = SHORT_REQUESTS as u64;

@@ -11,7 +11,6 @@
 //! The daemon listens on 127.0.0.1:9464 inside its own namespace (the ConfigMap's 0.0.0.0:9464);
 //! the test reads `/status` from a thread in that namespace.
 use std::{
-    collections::HashSet,
     net::SocketAddr,
     os::fd::{AsRawFd, OwnedFd},
     path::{Path, PathBuf},
@@ -25,12 +24,11 @@ use balancer_common::{
 use balancer_user::report::{GroupReport, Report, ServiceReport};
 use integration_tests::{
     apps::{
-        self, busy_workers, one_request, require, reuselb_bin, serial, shim_lib, wait_until,
-        workspace_root, Load, PinDir, Proc, TempDir, UwsgiConfig, UwsgiProto,
+        self, busy_workers, require, reuselb_bin, serial, shim_lib, wait_until, workspace_root,
+        Load, PinDir, Proc, TempDir, UwsgiConfig, UwsgiProto,
     },
-    http,
-    registered::BlockedShare,
-    shim_client, NetNs,
+    blocked::{block_two, BlockedShare},
+    http, shim_client, NetNs,
 };
 use rustix::process::{kill_process, Pid, Signal};
 
@@ -224,8 +222,9 @@ const SHORT_REQUESTS: usize = 60;
 const MAX_SHARE_LEAST_LOADED: f64 = 0.05;
 
 /// Blocks two distinct worker processes of `pod` with a long GIL-holding request each, then sends
-/// [`SHORT_REQUESTS`] short requests over [`WINDOW`]; returns how many of them the blocked
-/// processes served (or failed), of how many.
+/// [`SHORT_REQUESTS`] short requests over [`WINDOW`] (less if the set-up was slow: the window ends
+/// inside the block); returns how many of them the blocked processes served (or failed), of how
+/// many.
 fn share_sent_to_blocked(pod: &Pod) -> BlockedShare {
     pod.ns.run(|| {
         let port = pod.cfg.stats_port;
@@ -236,42 +235,17 @@ fn share_sent_to_blocked(pod: &Pod) -> BlockedShare {
         );
         let addr = pod.client();
         // One C call holding the GIL: no other thread of a blocked process runs Python (with
-        // the pure-Python loop of `ms`, they would still serve short requests slowly).
+        // the pure-Python loop of `ms`, they would still serve short requests slowly). Threads
+        // started here live in the pod's network namespace too.
         let request = format!("/?ms=0&hold={BLOCK_MS}");
-        let started = Instant::now();
-        let mut blockers = Vec::new();
-        let mut blocked = HashSet::new();
-        // Threads started here live in the pod's network namespace too.
-        for _ in 0..8 {
-            let request = request.clone();
-            blockers.push(std::thread::spawn(move || one_request(addr, &request)));
-            wait_until(Duration::from_millis(500), || busy_workers(port).len() > blocked.len());
-            blocked = busy_workers(port);
-            if blocked.len() >= 2 {
-                break;
-            }
-        }
-        assert!(blocked.len() >= 2, "{}: could not block two workers: {blocked:?}", pod.label);
-        let setup = started.elapsed();
-        assert!(
-            setup + WINDOW + Duration::from_secs(1) < Duration::from_millis(BLOCK_MS),
-            "{}: blocking two workers took {setup:?}: no time left inside the block",
-            pod.label
-        );
-        let report = Load::paced(addr, SHORT_REQUESTS, "/?ms=2", WINDOW);
-        let to_blocked: u64 = report
-            .by_pid
-            .iter()
-            .filter(|(pid, _)| blocked.contains(pid))
-            .map(|(_, n)| n)
-            .sum::<u64>()
-            + report.failed;
-        let total = report.ok + report.failed;
+        let block = Duration::from_millis(BLOCK_MS);
+        let busy = || busy_workers(port);
+        let blocked = block_two(addr, &request, block, Duration::from_millis(500), busy);
+        let window = blocked.window(WINDOW, Duration::from_secs(1));
+        let share = blocked.share(&Load::paced(addr, SHORT_REQUESTS, "/?ms=2", window));
         // The blocks end before the next measurement starts.
-        for b in blockers {
-            let _ = b.join();
-        }
-        BlockedShare { to_blocked, total }
+        blocked.end();
+        share
     })
 }
 

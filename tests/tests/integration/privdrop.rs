@@ -14,12 +14,7 @@
 //!
 //! The app and its directory live in a temp dir of mode 0755 (files 0644), so `nobody` reads them;
 //! the app marks a worker busy with a file in `busy/` (mode 0777) while it runs a marked request.
-use std::{
-    collections::HashSet,
-    net::SocketAddr,
-    path::Path,
-    time::{Duration, Instant},
-};
+use std::{collections::HashSet, net::SocketAddr, path::Path, time::Duration};
 
 use balancer_common::{protocol::Status, Policy};
 use balancer_user::{
@@ -31,6 +26,7 @@ use integration_tests::{
         free_port, listening_sockets, loopback, one_request, require, serial, spawn_reuselb_run,
         wait_until, Load, Proc, TempDir, UwsgiConfig, UwsgiProto,
     },
+    blocked::{block_two, BlockedShare},
     http::{get as http_get, status},
     registered::least_loaded_group,
     NetNs,
@@ -209,41 +205,20 @@ fn busy(dir: &TempDir) -> HashSet<u32> {
 
 /// How long a blocking request holds its worker.
 const BLOCK_MS: u64 = 6000;
-/// How long the short requests run while two workers are blocked (well inside the block).
+/// How long the short requests run while two workers are blocked (less if the set-up was slow:
+/// the window ends a second before the block).
 const WINDOW: Duration = Duration::from_millis(2500);
 
-/// Blocks two distinct workers with a long request each, then runs short requests for
-/// [`WINDOW`]; returns (to the blocked workers, total). A short request that failed waited past
-/// the client's timeout behind a block: it counts as sent to a blocked worker.
-fn blocked_share(dir: &TempDir, addr: SocketAddr) -> (u64, u64) {
+/// Blocks two distinct workers with a long request each, then runs short requests (a closed loop
+/// of 4 clients) for [`WINDOW`]; returns where they went.
+fn blocked_share(dir: &TempDir, addr: SocketAddr) -> BlockedShare {
     let request = format!("/?ms={BLOCK_MS}&mark=1");
-    let mut blockers = Vec::new();
-    let mut blocked = HashSet::new();
-    let first = Instant::now();
-    // Under the hash policy a blocking request may queue behind another one: send more, bounded.
-    for _ in 0..8 {
-        let request = request.clone();
-        blockers.push(std::thread::spawn(move || one_request(addr, &request)));
-        wait_until(Duration::from_millis(500), || busy(dir).len() > blocked.len());
-        blocked = busy(dir);
-        if blocked.len() >= 2 {
-            break;
-        }
-    }
-    assert!(blocked.len() >= 2, "could not block two workers: busy {blocked:?}");
-    let setup = first.elapsed();
-    assert!(
-        setup + WINDOW + Duration::from_secs(1) < Duration::from_millis(BLOCK_MS),
-        "blocking two workers took {setup:?}: no time left to measure inside the block"
-    );
-    let report = Load::run(addr, 4, "/?ms=2", WINDOW);
-    for b in blockers {
-        let _ = b.join();
-    }
-    let to_blocked =
-        report.by_pid.iter().filter(|(p, _)| blocked.contains(p)).map(|(_, n)| n).sum::<u64>()
-            + report.failed;
-    (to_blocked, report.ok + report.failed)
+    let block = Duration::from_millis(BLOCK_MS);
+    let blocked = block_two(addr, &request, block, Duration::from_millis(500), || busy(dir));
+    let window = blocked.window(WINDOW, Duration::from_secs(1));
+    let share = blocked.share(&Load::run(addr, 4, "/?ms=2", window));
+    blocked.end();
+    share
 }
 
 /// One row: `app` under `reuselb run`, least-loaded (every check), then hash (the control of the
@@ -286,19 +261,23 @@ fn row(app: App) {
     );
     assert!(served_by.is_subset(&pids), "served by {served_by:?}, registered {pids:?}");
 
-    let (ll_blocked, ll_total) = blocked_share(&dir, addr);
+    let least_loaded = blocked_share(&dir, addr);
     drop(run);
     let (hash_run, hash_addr, _) = start_run(&dir, app, Policy::Hash);
-    let (hash_blocked, hash_total) = blocked_share(&dir, hash_addr);
+    let hash_share = blocked_share(&dir, hash_addr);
     drop(hash_run);
-    let ll = ll_blocked as f64 / ll_total.max(1) as f64;
-    let hash = hash_blocked as f64 / hash_total.max(1) as f64;
+    let (ll, hash) = (least_loaded.share(), hash_share.share());
     println!(
-        "{app:?}: blocked workers (2 of {WORKERS}) got {ll_blocked} of {ll_total} short requests \
-         ({:.1}%) under least-loaded, {hash_blocked} of {hash_total} ({:.1}%) under hash",
+        "{app:?}: blocked workers (2 of {WORKERS}) got {} of {} short requests ({:.1}%) under \
+         least-loaded, {} of {} ({:.1}%) under hash",
+        least_loaded.to_blocked,
+        least_loaded.total,
         ll * 100.0,
+        hash_share.to_blocked,
+        hash_share.total,
         hash * 100.0
     );
+    let ll_total = least_loaded.total;
     assert!(ll_total >= 100, "too few short requests under least-loaded: {ll_total}");
     assert!(ll <= 0.05, "least-loaded sent {:.1}% to the blocked workers", ll * 100.0);
     assert!(hash >= 0.15, "the hash control sent only {:.1}%: nothing was blocked", hash * 100.0);
