@@ -22,7 +22,7 @@ use crate::{setup, workspace::Workspace};
 pub const TARGETS: &[&str] = &["protocol", "config", "policy"];
 
 /// Seconds per target in `cargo xtask test`: with the build of the fuzz crate, about 2 minutes.
-pub const CI_SECONDS: u32 = 20;
+pub const CI_SECONDS: u32 = 12;
 
 /// Files copied into a target's working corpus before each run (paths from the repository root).
 fn example_inputs(target: &str) -> &'static [&'static str] {

@@ -42,7 +42,7 @@ fn start_uwsgi(dir: &TempDir, cfg: &UwsgiConfig, reconcile: Duration) -> (Regist
 }
 
 /// How long a blocking request holds its worker (one thread per worker: the whole process).
-const BLOCK_MS: u64 = 6000;
+const BLOCK_MS: u64 = 4500;
 /// Short requests while two workers are blocked, started evenly over [`WINDOW`] (an open loop:
 /// every policy is judged on as many).
 const SHORT_REQUESTS: usize = 100;

@@ -211,7 +211,7 @@ impl Pod {
 }
 
 /// How long a blocking request holds its worker process (GIL-holding busy loop).
-const BLOCK_MS: u64 = 5000;
+const BLOCK_MS: u64 = 4000;
 /// How long the short requests run (well inside the block).
 const WINDOW: Duration = Duration::from_millis(1800);
 

@@ -204,7 +204,7 @@ fn busy(dir: &TempDir) -> HashSet<u32> {
 }
 
 /// How long a blocking request holds its worker.
-const BLOCK_MS: u64 = 6000;
+const BLOCK_MS: u64 = 5000;
 /// How long the short requests run while two workers are blocked (less if the set-up was slow:
 /// the window ends a second before the block).
 const WINDOW: Duration = Duration::from_millis(2500);
