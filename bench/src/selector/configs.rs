@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use balancer_common::Policy;
 use balancer_user::Mode;
 
-/// Target of the issue: at most this many ns per selection at 64 workers (least-loaded).
+/// Target of the issue: at most this many ns per selection at 64 workers (the default policy).
 pub(super) const TARGET_NS_AT_64: f64 = 150.0;
 /// Target of the issue: connection rate with the program at least this share of the rate without.
 pub(super) const TARGET_RATE_RATIO: f64 = 0.97;
@@ -112,7 +112,11 @@ pub(super) struct Config {
     pub(super) busy: bool,
 }
 
-pub(super) const CONFIGS: [Config; 8] = [
+/// The default policy ([`Policy::default`], checked by a test): the selection-cost target and the
+/// connection rate of part 2 are its.
+pub(super) const DEFAULT: Policy = Policy::SpeedAware;
+
+pub(super) const CONFIGS: [Config; 10] = [
     Config { bed: PASS64, policy: None, busy: false },
     Config { bed: G1, policy: Some(Policy::LeastLoaded), busy: false },
     Config { bed: G8, policy: Some(Policy::LeastLoaded), busy: false },
@@ -121,7 +125,17 @@ pub(super) const CONFIGS: [Config; 8] = [
     Config { bed: G64, policy: Some(Policy::PowerOfTwo), busy: false },
     Config { bed: G256, policy: Some(Policy::PowerOfTwo), busy: false },
     Config { bed: G64, policy: Some(Policy::LeastLoaded), busy: true },
+    Config { bed: G64, policy: Some(DEFAULT), busy: false },
+    Config { bed: G64, policy: Some(DEFAULT), busy: true },
 ];
+
+/// Index in [`CONFIGS`] of `policy` at 64 workers (`busy`: none idle).
+pub(super) fn at_64(policy: Policy, busy: bool) -> usize {
+    CONFIGS
+        .iter()
+        .position(|c| c.bed == G64 && c.policy == Some(policy) && c.busy == busy)
+        .unwrap_or_else(|| panic!("{} at 64 workers (busy {busy}) is not measured", policy.name()))
+}
 
 /// What the runs of one configuration in one mode (idle or contended) measured.
 #[derive(Default)]
@@ -142,3 +156,15 @@ pub(super) struct SelTotals {
 /// The two measuring modes of part 1.
 pub(super) const IDLE: usize = 0;
 pub(super) const CONTENDED: usize = 1;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_policy_is_measured_at_64_workers_idle_and_none_idle() {
+        assert_eq!(DEFAULT, Policy::default());
+        assert_ne!(at_64(DEFAULT, false), at_64(DEFAULT, true));
+        assert_ne!(at_64(Policy::LeastLoaded, false), at_64(DEFAULT, false));
+    }
+}

@@ -3,11 +3,11 @@
 //!
 //! 1. ns per selection from the kernel's BPF run-time statistics (Δrun_time_ns / Δrun_cnt over a
 //!    run of connections), for groups of 1, 8, 64 and 256 listeners with least-loaded (and p2c at
-//!    64 and 256), beside an SK_REUSEPORT program that only returns SK_PASS. Each configuration
+//!    64 and 256, and the default policy, speed-aware, at 64), beside an SK_REUSEPORT program that only returns SK_PASS. Each configuration
 //!    is measured twice per round: on an idle load table, and contended, while a writer thread on
 //!    another CPU does what the workers' shims do when connections complete, as fast as it can, to
 //!    the same table (see [`writer`]).
-//! 2. Closed-loop connection rate of an 8-worker group with the least-loaded program attached
+//! 2. Closed-loop connection rate of an 8-worker group with the program attached (the default policy)
 //!    and with no program at all (the kernel's reuseport hash).
 //!
 //! Every configuration runs several times, interleaved, and the report gives medians.
@@ -27,7 +27,7 @@ use balancer_user::{shared_loads::SharedLoads, Mode};
 
 pub use configs::Options;
 use configs::{
-    Config, SelTotals, ACCEPT_THREADS, CONFIGS, CONTENDED, G64, G8, IDLE, PASS64, PLAIN8,
+    Config, SelTotals, ACCEPT_THREADS, CONFIGS, CONTENDED, DEFAULT, G64, G8, IDLE, PASS64, PLAIN8,
 };
 use report::{Rates, Results, Selections};
 use writer::{affinity, set_busy, Placement, WriteTarget, Writer, WRITER_LIMIT};
@@ -306,9 +306,9 @@ impl Part1<'_> {
     }
 }
 
-/// Part 2: connection rate, 8 workers, least-loaded program vs no program.
+/// Part 2: connection rate, 8 workers, the program with the default policy vs no program.
 fn part2(o: &Options, rig: &mut Rig) -> Result<Rates> {
-    rig.beds[G8].set_policy(Policy::LeastLoaded)?;
+    rig.beds[G8].set_policy(DEFAULT)?;
     let rate_beds = [G8, PLAIN8];
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut paired = Vec::new();
