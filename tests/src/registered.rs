@@ -75,7 +75,8 @@ pub fn uwsgi_under(registry: &Registry, cfg: &UwsgiConfig, log: &Path) -> Proc {
 /// short requests, started evenly over `window` (an open loop, so a request stuck behind a block
 /// does not stop the others, and every policy is judged on the same count; shortened to end inside
 /// the block, [`crate::blocked::Blocked::window`]). Returns where those went; waits for the long
-/// requests to end. Panics if two workers cannot be blocked in time.
+/// requests to end. Panics if two workers cannot be blocked, or blocking them left under a third
+/// of `window` inside the block.
 pub fn blocked_scene(
     service: &Service,
     entry: SocketAddr,

@@ -46,7 +46,8 @@ const BLOCK_MS: u64 = 4500;
 /// Short requests while two workers are blocked, started evenly over [`WINDOW`] (an open loop:
 /// every policy is judged on as many).
 const SHORT_REQUESTS: usize = 100;
-/// How long the short requests run (well inside the block).
+/// How long the short requests run, at most: less if blocking two workers was slow, so that they
+/// end a second before the block does.
 const WINDOW: Duration = Duration::from_millis(2500);
 
 /// Blocks two distinct workers with a long request each, then runs short requests for

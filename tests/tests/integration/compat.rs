@@ -50,7 +50,7 @@ const PATH: &str = "/?ms=5";
 /// How long a blocking request holds the GIL, and how long the short requests run inside it.
 /// Under the hash policy a blocking request may land on a worker that is blocked already and must
 /// be sent again (1.6 s once with uWSGI's cheaper workers); the window then shortens to end 0.5 s
-/// before the block, down to half of it (a set-up of up to 1.75 s).
+/// before the block, down to a third of it (a set-up of up to 2 s).
 const BLOCK: Duration = Duration::from_millis(3000);
 const WINDOW: Duration = Duration::from_millis(1500);
 /// Short requests of the load-awareness scene, under each policy, started evenly over

@@ -212,7 +212,8 @@ impl Pod {
 
 /// How long a blocking request holds its worker process (GIL-holding busy loop).
 const BLOCK_MS: u64 = 4000;
-/// How long the short requests run (well inside the block).
+/// How long the short requests run, at most: less if blocking two workers was slow, so that they
+/// end a second before the block does.
 const WINDOW: Duration = Duration::from_millis(1800);
 
 /// Short requests of the load-awareness scene, started evenly over [`WINDOW`] (an open loop: the
