@@ -2,10 +2,17 @@
 //! raising the closed loop's clients until throughput stops growing.
 //!
 //! This module owns the search's rule ([`Rule`]): where it starts (8 requests in flight per
-//! process), how it steps (×1.5, rounded up), when it stops (a step that adds less than 3%, or the
-//! cap on clients), and which figure is the plateau (the highest throughput of the steps run). The
-//! rule is a pure function of the (clients, throughput) series so far ([`Rule::next`]); running
-//! the steps is the caller's.
+//! process), how it steps (×1.5, rounded up), when it stops (two steps in a row that each add less
+//! than 3% to the best before them, or the cap on clients), and which figure is the plateau (the
+//! highest throughput of the steps run). The rule is a pure function of the (clients, throughput)
+//! series so far ([`Rule::next`]); running the steps is the caller's.
+//!
+//! Why two steps and not one: a step is a closed loop of 1.5 s, and on skewed requests one step's
+//! throughput moves by a few percent from noise alone. With one flat step ending the search (the
+//! rule of runs 8-15, `patience` 1 in their raw files), a configuration's search stopped early in
+//! some rounds and not in others, and the plateaus compared were measured at different clients:
+//! run 15 put speed-aware's skewed capacity at 0.94x nginx `least_conn`'s while at equal clients
+//! their steps were within a few percent of each other.
 //!
 //! Invariants: the clients of successive steps strictly grow and never pass the cap, so a search
 //! runs at most [`Rule::max_steps`] steps, each one closed-loop run of bounded length.
@@ -38,11 +45,15 @@ pub struct Rule {
     pub min_growth: f64,
     /// The most clients per process a step may have.
     pub max_per_process: usize,
+    /// How many steps in a row must add less than [`Rule::min_growth`] to end the search (1 in
+    /// raw files written before the field existed).
+    #[serde(default = "Rule::one_step")]
+    pub patience: usize,
 }
 
 /// The rule `bench compare` runs with.
 pub const RULE: Rule =
-    Rule { start_per_process: 8, factor: 1.5, min_growth: 0.03, max_per_process: 64 };
+    Rule { start_per_process: 8, factor: 1.5, min_growth: 0.03, max_per_process: 64, patience: 2 };
 
 impl Rule {
     /// The first step's clients for `processes` processes.
@@ -73,23 +84,31 @@ impl Rule {
         n
     }
 
+    /// The patience of the rule before the field existed (serde's default for old raw files).
+    fn one_step() -> usize {
+        1
+    }
+
     /// What to do after `steps` (in the order run): the first step if there is none; the plateau
-    /// (the best step so far) if the last step added less than [`Rule::min_growth`] to the best
-    /// before it, or it ran at the cap; else the next step.
+    /// (the best step so far) if each of the last [`Rule::patience`] steps added less than
+    /// [`Rule::min_growth`] to the best before it, or the last ran at the cap; else the next step.
     pub fn next(&self, steps: &[Step], processes: u32) -> Next {
-        let Some((last, before)) = steps.split_last() else {
+        let Some(last) = steps.last() else {
             return Next::Step(self.first(processes));
         };
         let best = |s: &[Step]| {
             s.iter().copied().reduce(|a, b| if b.throughput > a.throughput { b } else { a })
         };
         let best_all = best(steps).unwrap_or(*last);
-        let grew = match best(before) {
+        // Step i grew if it added at least min_growth to the best of the steps before it (the
+        // first step always grows).
+        let grew = |i: usize| match best(&steps[..i]) {
             None => true,
-            Some(b) => last.throughput >= b.throughput * (1.0 + self.min_growth),
+            Some(b) => steps[i].throughput >= b.throughput * (1.0 + self.min_growth),
         };
+        let flat_in_a_row = (0..steps.len()).rev().take_while(|&i| !grew(i)).count();
         match self.after(last.clients, processes) {
-            Some(c) if grew => Next::Step(c),
+            Some(c) if flat_in_a_row < self.patience.max(1) => Next::Step(c),
             _ => Next::Plateau(best_all),
         }
     }
@@ -97,10 +116,14 @@ impl Rule {
     /// One line for the report: how the search went.
     pub fn describe(&self) -> String {
         format!(
-            "closed-loop clients start at {} per process and grow ×{} per step (rounded up) until a step adds less than {:.0}% \
+            "closed-loop clients start at {} per process and grow ×{} per step (rounded up) until {} adds less than {:.0}% \
              to the best throughput before it, or the clients reach {} per process; the plateau is the best step's throughput",
             self.start_per_process,
             self.factor,
+            match self.patience {
+                0 | 1 => "a step".to_string(),
+                n => format!("each of {n} steps in a row"),
+            },
             self.min_growth * 100.0,
             self.max_per_process
         )
@@ -108,19 +131,22 @@ impl Rule {
 }
 
 /// The number of steps the time estimate counts per search: the first, two that grow, and the
-/// one that does not.
-pub const EXPECTED_STEPS: usize = 4;
+/// two that do not.
+pub const EXPECTED_STEPS: usize = 5;
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// Runs the rule over a throughput curve (clients -> req/s) until it stops; returns the
+    /// The rule of runs 8-15: one flat step ends the search.
+    const ONE_STEP: Rule = Rule { patience: 1, ..RULE };
+
+    /// Runs `rule` over a throughput curve (clients -> req/s) until it stops; returns the
     /// clients of every step run and the plateau.
-    fn search(curve: impl Fn(usize) -> f64, processes: u32) -> (Vec<usize>, Step) {
+    fn search(rule: &Rule, curve: impl Fn(usize) -> f64, processes: u32) -> (Vec<usize>, Step) {
         let mut steps = Vec::new();
         loop {
-            match RULE.next(&steps, processes) {
+            match rule.next(&steps, processes) {
                 Next::Step(clients) => steps.push(Step { clients, throughput: curve(clients) }),
                 Next::Plateau(p) => return (steps.iter().map(|s| s.clients).collect(), p),
             }
@@ -136,36 +162,62 @@ mod tests {
     }
 
     #[test]
-    fn a_step_that_adds_less_than_three_percent_ends_the_search_at_the_best_step() {
-        // Grows 16 -> 24 -> 36, then 36 -> 54 adds 2%: the plateau is 54's.
+    fn two_steps_in_a_row_that_add_less_than_three_percent_end_the_search_at_the_best_step() {
+        // Grows 16 -> 24 -> 36, then 54 adds 2% and 81 adds 1% to 54's: the plateau is 81's.
         let curve = |c: usize| match c {
             16 => 600.0,
             24 => 800.0,
             36 => 900.0,
             54 => 918.0,
+            81 => 927.0,
             _ => panic!("step {c} should not run"),
         };
-        let (clients, p) = search(curve, 2);
+        let (clients, p) = search(&RULE, curve, 2);
+        assert_eq!(clients, vec![16, 24, 36, 54, 81]);
+        assert_eq!(p, Step { clients: 81, throughput: 927.0 });
+        // The old rule stopped at the first flat step.
+        let (clients, p) = search(&ONE_STEP, curve, 2);
         assert_eq!(clients, vec![16, 24, 36, 54]);
         assert_eq!(p, Step { clients: 54, throughput: 918.0 });
     }
 
     #[test]
-    fn a_step_that_falls_ends_the_search_at_the_step_before() {
+    fn two_steps_that_fall_end_the_search_at_the_step_before() {
         let curve = |c: usize| if c <= 24 { c as f64 * 40.0 } else { 900.0 };
-        let (clients, p) = search(curve, 2);
+        let (clients, p) = search(&RULE, curve, 2);
+        assert_eq!(clients, vec![16, 24, 36, 54]);
+        assert_eq!(p, Step { clients: 24, throughput: 960.0 });
+        let (clients, p) = search(&ONE_STEP, curve, 2);
         assert_eq!(clients, vec![16, 24, 36]);
         assert_eq!(p, Step { clients: 24, throughput: 960.0 });
         // Exactly 3% more is growth; a hair under is not.
-        let s =
-            |t: f64| [Step { clients: 16, throughput: 100.0 }, Step { clients: 24, throughput: t }];
-        assert_eq!(RULE.next(&s(103.0), 2), Next::Step(36));
+        let s = |t: f64| {
+            [
+                Step { clients: 16, throughput: 100.0 },
+                Step { clients: 24, throughput: 100.0 },
+                Step { clients: 36, throughput: t },
+            ]
+        };
+        assert_eq!(RULE.next(&s(103.0), 2), Next::Step(54));
         assert!(matches!(RULE.next(&s(102.9), 2), Next::Plateau(_)));
     }
 
     #[test]
+    fn a_step_that_grows_resets_the_count_of_flat_steps() {
+        // Flat, grows, flat: one flat step in a row, the search goes on.
+        let s = [
+            Step { clients: 16, throughput: 600.0 },
+            Step { clients: 24, throughput: 601.0 },
+            Step { clients: 36, throughput: 700.0 },
+            Step { clients: 54, throughput: 701.0 },
+        ];
+        assert_eq!(RULE.next(&s, 2), Next::Step(81));
+        assert!(matches!(ONE_STEP.next(&s[..2], 2), Next::Plateau(_)));
+    }
+
+    #[test]
     fn growth_is_measured_against_the_best_step_not_the_last() {
-        // 36 fell; 54 is above 36 by far but within 3% of 24, the best before it.
+        // 36 fell; 54 is above 36 by far but within 3% of 24, the best before it: two flat steps.
         let s = [
             Step { clients: 16, throughput: 600.0 },
             Step { clients: 24, throughput: 1000.0 },
@@ -176,12 +228,39 @@ mod tests {
     }
 
     #[test]
+    fn one_noisy_flat_step_does_not_end_the_search() {
+        // Run 15, 8 x 20 skewed, round 0: speed-aware's search stopped at 96 clients (540 -> 543
+        // req/s, +0.6%) while nginx least_conn's went on to 324 (619 req/s). One flat step of
+        // 1.5 s on skewed requests is noise; two in a row are a plateau.
+        let curve = |c: usize| match c {
+            64 => 540.0,
+            96 => 543.0,
+            144 => 585.0,
+            216 => 595.0,
+            324 => 596.0,
+            _ => panic!("step {c} should not run"),
+        };
+        let (clients, p) = search(&RULE, curve, 8);
+        assert_eq!(clients, vec![64, 96, 144, 216, 324]);
+        assert_eq!(p, Step { clients: 324, throughput: 596.0 });
+    }
+
+    #[test]
     fn a_curve_that_keeps_growing_stops_at_the_cap() {
-        let (clients, p) = search(|c| c as f64 * 10.0, 2);
+        let (clients, p) = search(&RULE, |c| c as f64 * 10.0, 2);
         assert_eq!(clients, vec![16, 24, 36, 54, 81, 122, 128]);
         assert_eq!(p, Step { clients: 128, throughput: 1280.0 });
         assert_eq!(RULE.max_steps(2), clients.len());
         assert_eq!(RULE.cap(8), 512);
         assert!(RULE.max_steps(8) <= 8);
+    }
+
+    #[test]
+    fn a_raw_file_without_patience_reads_as_one_step() {
+        let old = r#"{"start_per_process":8,"factor":1.5,"min_growth":0.03,"max_per_process":64}"#;
+        let rule: Rule = serde_json::from_str(old).expect("an old rule parses");
+        assert_eq!(rule, ONE_STEP);
+        assert!(rule.describe().contains("until a step adds less than 3%"));
+        assert!(RULE.describe().contains("until each of 2 steps in a row adds less than 3%"));
     }
 }
