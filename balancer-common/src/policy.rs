@@ -44,8 +44,10 @@ named_enum! {
         /// Least-loaded, passing over a worker that is not coming back (connections in flight and
         /// no answer for [`stall_limit_ns`]: a multiple of the group's mean service time), and
         /// weighing a worker whose answers are slow by its pace ([`slowness`]). The default: in two
-        /// full runs of `bench compare` it was worse than nginx `least_conn` on no point in both,
-        /// and better on a slow worker in both, where least-loaded was worse in both.
+        /// full runs of `bench compare` (README, issue 23's fourth step) it was worse than nginx
+        /// `least_conn` on no point in both, and better on a slow worker in both, where
+        /// least-loaded was worse in both. Runs since (fifth and sixth steps) found single-run
+        /// misses, p99 on 8 x 20 io+cpu at 60% among them: the README lists them.
         #[default]
         SpeedAware = 7 => "speed-aware",
         /// Power of two choices: the lighter of two random active slots. O(1) for many workers.

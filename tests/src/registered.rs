@@ -15,10 +15,9 @@ use balancer_user::{
     Group, GroupOptions, Mode,
 };
 
-pub use crate::blocked::BlockedShare;
 use crate::{
     apps::{wait_until, Load, Proc, UwsgiConfig},
-    blocked::block_two,
+    blocked::{block_two, BlockedShare},
 };
 
 /// A least-loaded group running `mode`. Panics if the program cannot be loaded.

@@ -36,9 +36,8 @@ use integration_tests::{
         self, descendants, free_port, loopback, require, serial, spawn_nginx,
         spawn_with_shim_listening, wait_until, Load, LoadReport, Proc, TempDir,
     },
-    registered::{
-        blocked_scene_with_control, slot_pids, start_registry_for, total_selections, BlockedShare,
-    },
+    blocked::BlockedShare,
+    registered::{blocked_scene_with_control, slot_pids, start_registry_for, total_selections},
 };
 
 /// Clients of the balance load, over all the row's services.
