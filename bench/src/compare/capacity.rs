@@ -153,6 +153,14 @@ mod tests {
         }
     }
 
+    /// A throughput curve known only at `steps` (clients, req/s): a step elsewhere panics.
+    fn measured(steps: &'static [(usize, f64)]) -> impl Fn(usize) -> f64 + Copy {
+        move |c| match steps.iter().find(|s| s.0 == c) {
+            Some(&(_, t)) => t,
+            None => panic!("step {c} should not run"),
+        }
+    }
+
     #[test]
     fn the_search_starts_at_eight_per_process_and_grows_by_half() {
         assert_eq!(RULE.next(&[], 2), Next::Step(16));
@@ -164,14 +172,7 @@ mod tests {
     #[test]
     fn two_steps_in_a_row_that_add_less_than_three_percent_end_the_search_at_the_best_step() {
         // Grows 16 -> 24 -> 36, then 54 adds 2% and 81 adds 1% to 54's: the plateau is 81's.
-        let curve = |c: usize| match c {
-            16 => 600.0,
-            24 => 800.0,
-            36 => 900.0,
-            54 => 918.0,
-            81 => 927.0,
-            _ => panic!("step {c} should not run"),
-        };
+        let curve = measured(&[(16, 600.0), (24, 800.0), (36, 900.0), (54, 918.0), (81, 927.0)]);
         let (clients, p) = search(&RULE, curve, 2);
         assert_eq!(clients, vec![16, 24, 36, 54, 81]);
         assert_eq!(p, Step { clients: 81, throughput: 927.0 });
@@ -232,14 +233,7 @@ mod tests {
         // Run 15, 8 x 20 skewed, round 0: speed-aware's search stopped at 96 clients (540 -> 543
         // req/s, +0.6%) while nginx least_conn's went on to 324 (619 req/s). One flat step of
         // 1.5 s on skewed requests is noise; two in a row are a plateau.
-        let curve = |c: usize| match c {
-            64 => 540.0,
-            96 => 543.0,
-            144 => 585.0,
-            216 => 595.0,
-            324 => 596.0,
-            _ => panic!("step {c} should not run"),
-        };
+        let curve = measured(&[(64, 540.0), (96, 543.0), (144, 585.0), (216, 595.0), (324, 596.0)]);
         let (clients, p) = search(&RULE, curve, 8);
         assert_eq!(clients, vec![64, 96, 144, 216, 324]);
         assert_eq!(p, Step { clients: 324, throughput: 596.0 });
