@@ -9,10 +9,11 @@
 //!
 //! Why two steps and not one: a step is a closed loop of 1.5 s, and on skewed requests one step's
 //! throughput moves by a few percent from noise alone. With one flat step ending the search (the
-//! rule of runs 8-15, `patience` 1 in their raw files), a configuration's search stopped early in
-//! some rounds and not in others, and the plateaus compared were measured at different clients:
-//! run 15 put speed-aware's skewed capacity at 0.94x nginx `least_conn`'s while at equal clients
-//! their steps were within a few percent of each other.
+//! rule of issue 23's runs 1-15, whose raw files have no `patience` and read as 1), a
+//! configuration's search stopped early in some rounds and not in others, and the plateaus
+//! compared were measured at different clients: run 15 put speed-aware's skewed capacity at 0.94x
+//! nginx `least_conn`'s while at equal clients their steps were within a few percent of each
+//! other.
 //!
 //! Invariants: the clients of successive steps strictly grow and never pass the cap, so a search
 //! runs at most [`Rule::max_steps`] steps, each one closed-loop run of bounded length.
@@ -41,12 +42,13 @@ pub struct Rule {
     pub start_per_process: usize,
     /// Each step's clients are the previous step's times this (rounded up).
     pub factor: f64,
-    /// A step that adds less than this share to the best throughput so far ends the search.
+    /// A step that adds less than this share to the best throughput before it is flat;
+    /// [`Rule::patience`] flat steps in a row end the search.
     pub min_growth: f64,
     /// The most clients per process a step may have.
     pub max_per_process: usize,
-    /// How many steps in a row must add less than [`Rule::min_growth`] to end the search (1 in
-    /// raw files written before the field existed).
+    /// How many flat steps in a row (each adding less than [`Rule::min_growth`]) end the search;
+    /// raw files written before the field existed have none and read as 1.
     #[serde(default = "Rule::one_step")]
     pub patience: usize,
 }
@@ -138,7 +140,7 @@ pub const EXPECTED_STEPS: usize = 5;
 mod tests {
     use super::*;
 
-    /// The rule of runs 8-15: one flat step ends the search.
+    /// The rule of issue 23's runs 1-15: one flat step ends the search.
     const ONE_STEP: Rule = Rule { patience: 1, ..RULE };
 
     /// Runs `rule` over a throughput curve (clients -> req/s) until it stops; returns the
@@ -230,9 +232,10 @@ mod tests {
 
     #[test]
     fn one_noisy_flat_step_does_not_end_the_search() {
-        // Run 15, 8 x 20 skewed, round 0: speed-aware's search stopped at 96 clients (540 -> 543
-        // req/s, +0.6%) while nginx least_conn's went on to 324 (619 req/s). One flat step of
-        // 1.5 s on skewed requests is noise; two in a row are a plateau.
+        // Run 15, 8 x 20 skewed, first round: speed-aware's search stopped at 96 clients (540 ->
+        // 543 req/s, +0.6%) while nginx least_conn's went on to 324 (619 req/s). The steps past
+        // 96 are made up, rising as E's did. One flat step of 1.5 s on skewed requests is noise;
+        // two in a row are a plateau.
         let curve = measured(&[(64, 540.0), (96, 543.0), (144, 585.0), (216, 595.0), (324, 596.0)]);
         let (clients, p) = search(&RULE, curve, 8);
         assert_eq!(clients, vec![64, 96, 144, 216, 324]);
@@ -247,6 +250,25 @@ mod tests {
         assert_eq!(RULE.max_steps(2), clients.len());
         assert_eq!(RULE.cap(8), 512);
         assert!(RULE.max_steps(8) <= 8);
+    }
+
+    #[test]
+    fn the_cap_ends_the_search_after_one_flat_step_and_patience_0_acts_as_1() {
+        // 128 is the cap for 2 processes: one flat step there ends the search.
+        let curve = measured(&[(16, 100.0), (24, 200.0), (36, 300.0), (54, 400.0), (81, 500.0)]);
+        let mut steps: Vec<Step> = [16, 24, 36, 54, 81]
+            .iter()
+            .map(|&c| Step { clients: c, throughput: curve(c) })
+            .collect();
+        steps.push(Step { clients: 122, throughput: 600.0 });
+        assert_eq!(RULE.next(&steps, 2), Next::Step(128));
+        steps.push(Step { clients: 128, throughput: 601.0 });
+        assert_eq!(RULE.next(&steps, 2), Next::Plateau(steps[6]));
+        let zero = Rule { patience: 0, ..RULE };
+        assert_eq!(zero.next(&steps[..2], 2), Next::Step(36));
+        let flat = [steps[0], Step { clients: 24, throughput: 101.0 }];
+        assert_eq!(zero.next(&flat, 2), Next::Plateau(flat[1]));
+        assert_eq!(zero.describe(), ONE_STEP.describe());
     }
 
     #[test]
