@@ -98,20 +98,20 @@ impl Rule {
         let Some(last) = steps.last() else {
             return Next::Step(self.first(processes));
         };
-        let best = |s: &[Step]| {
-            s.iter().copied().reduce(|a, b| if b.throughput > a.throughput { b } else { a })
-        };
-        let best_all = best(steps).unwrap_or(*last);
-        // Step i grew if it added at least min_growth to the best of the steps before it (the
-        // first step always grows).
-        let grew = |i: usize| match best(&steps[..i]) {
-            None => true,
-            Some(b) => steps[i].throughput >= b.throughput * (1.0 + self.min_growth),
-        };
-        let flat_in_a_row = (0..steps.len()).rev().take_while(|&i| !grew(i)).count();
+        // One pass: the best step so far (the first of equals), and how many steps in a row, up
+        // to the last, added less than min_growth to the best before them (the first step grows).
+        let mut best = *last;
+        let mut flat_in_a_row = 0;
+        for (i, s) in steps.iter().enumerate() {
+            let grew = i == 0 || s.throughput >= best.throughput * (1.0 + self.min_growth);
+            flat_in_a_row = if grew { 0 } else { flat_in_a_row + 1 };
+            if i == 0 || s.throughput > best.throughput {
+                best = *s;
+            }
+        }
         match self.after(last.clients, processes) {
             Some(c) if flat_in_a_row < self.patience.max(1) => Next::Step(c),
-            _ => Next::Plateau(best_all),
+            _ => Next::Plateau(best),
         }
     }
 
