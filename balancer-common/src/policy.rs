@@ -18,8 +18,7 @@
 //! A slot whose recent response time is [`SLOW_FACTOR`] times the group's mean or more is slow
 //! ([`slowness`]): the fast path passes over it when idle, and the scan weighs it by its
 //! expected delay (`(count + 1) * slowness - 1`), so it gets work in proportion to its pace,
-//! not its count; the decay of a slot's recent time applies only while it holds nothing, so a
-//! slow worker tried again holds one request until it answers ([`Speeds`]). And the blocked check is on with an adaptive limit ([`stall_limit_ns`])
+//! not its count. And the blocked check is on with an adaptive limit ([`stall_limit_ns`])
 //! unless [`Config::blocked_after_ms`] sets a fixed one: a worker with requests in flight and
 //! no answer for a multiple of the mean is passed over while another is not.
 
@@ -1042,13 +1041,6 @@ impl Cost for Estimates {
 /// count for a slot that answers at the group's pace ([`slowness`] 1), a shortest-expected-delay
 /// cost for a slow one: it gets work when every other slot has `slowness - 1` more in flight
 /// per request it holds. Reads the slot's recent response time, nothing of the estimates.
-///
-/// The decay of the recent time ([`recent_now`]) is for a slot with nothing in flight: it has
-/// no answers to give because it was given no work, and the decay tries it again. A slot that
-/// holds work and has not answered since is weighed by the pace of its last answer, undecayed:
-/// so a slow worker tried again takes one request, and the next only once that one's answer
-/// says it is fast again (or the others hold its slowness), not every request that arrives
-/// before its first answer.
 #[derive(Clone, Copy, Debug)]
 pub enum Speeds {}
 
@@ -1056,11 +1048,7 @@ impl Cost for Speeds {
     #[inline(always)]
     fn cost<L: LoadSource>(scan: &Scan, slot: u32, count: u64, loads: &L) -> u64 {
         let (recent, at) = loads.recent(slot);
-        // All ones when the slot holds work: then no time has passed for the decay, and the
-        // recent time is read as its last answer left it.
-        let holds = !negative(count.wrapping_sub(1));
-        let since = scan.now_us.wrapping_sub(at) & !holds;
-        let slow = slowness(recent, 0, scan.mean_us, since);
+        let slow = slowness(recent, at, scan.mean_us, scan.now_us);
         // All ones for a slow slot (slowness 2 or more): only its count is weighed.
         let is_slow = !negative(slow.wrapping_sub(2));
         // count < 2^20 and slowness <= SLOWNESS_CAP: below 2^27, so within LOAD_CAP.

@@ -7,9 +7,7 @@
 //!   of 0, and never overflows whatever the mean.
 //! - The pick is never a stalled slot while an active one is not stalled, and it has the least
 //!   cost, `(count + 1) * slowness - 1` per weight, of the slots that are not (all of them when
-//!   every slot is stalled); a fixed `blocked_after_ms` is the limit when set. The slowness of a
-//!   slot that holds work is that of its last answer, undecayed; a slow worker back from its
-//!   decay takes one request until it answers.
+//!   every slot is stalled); a fixed `blocked_after_ms` is the limit when set.
 //! - Slowness is 1 below SLOW_FACTOR times the mean (and without a mean), else the ratio, at
 //!   most SLOWNESS_CAP.
 //! - The fast path never picks a slow idle slot, and never clears a slow slot's idle byte; with
@@ -69,15 +67,11 @@ impl Table {
     fn stalled(&self, slot: u32, limit_ns: u64) -> bool {
         is_blocked(self.loads[slot as usize].0, self.progress[slot as usize], NOW, limit_ns)
     }
-    /// `slot`'s slowness now, computed here the plain way (nothing is slow without a mean).
+    /// `slot`'s slowness, computed here the plain way (nothing is slow without a mean).
     fn slowness(&self, slot: u32) -> u64 {
-        self.slowness_at(slot, NOW / 1000)
-    }
-    /// `slot`'s slowness with its recent time decayed to `now_us`.
-    fn slowness_at(&self, slot: u32, now_us: u64) -> u64 {
         let (r, at) = self.recent[slot as usize];
         let mean = (self.mean & ((1 << 62) - 1)).min(1 << 24);
-        let ratio = recent_now(r, at, self.mean, now_us) / mean.max(1);
+        let ratio = recent_now(r, at, self.mean, NOW / 1000) / mean.max(1);
         if mean != 0 && ratio >= SLOW_FACTOR {
             ratio.min(SLOWNESS_CAP)
         } else {
@@ -87,13 +81,10 @@ impl Table {
     fn slow(&self, slot: u32) -> bool {
         self.slowness(slot) > 1
     }
-    /// Speed-aware's cost of `slot`: its count, weighed by its slowness when it is slow; a slot
-    /// that holds work is weighed by its recent time as its last answer left it (no decay).
+    /// Speed-aware's cost of `slot`: its count, weighed by its slowness when it is slow.
     fn cost(&self, slot: u32) -> u64 {
         let count = self.loads[slot as usize].0;
-        let (_, at) = self.recent[slot as usize];
-        let now_us = if count > 0 { at } else { NOW / 1000 };
-        match self.slowness_at(slot, now_us) {
+        match self.slowness(slot) {
             1 => count,
             k => (count.min(1 << 20) + 1) * k - 1,
         }
@@ -284,43 +275,6 @@ fn a_slow_idle_worker_waits_until_the_fast_ones_hold_its_slowness() {
     for (mine, _) in slow_idle_against(12) {
         assert_eq!(mine, 2);
     }
-}
-
-/// A worker 12 times slower than the group's mean at its last answer, 4.5 s ago (its recent
-/// time has decayed to under SLOW_FACTOR times the mean since), holding `held` connections,
-/// beside three fast ones with 2 each in flight: speed-aware's picks (at every tick).
-fn back_from_its_decay_holding(held: u64) -> Vec<u32> {
-    let mean = 5_000;
-    let now_us = NOW / 1000;
-    let mut table = Table {
-        loads: vec![(2, 1); MAX_SLOTS as usize],
-        progress: vec![NOW; MAX_SLOTS as usize],
-        recent: vec![(mean, now_us); MAX_SLOTS as usize],
-        mean,
-        idle: RefCell::new(vec![0; MAX_SLOTS as usize]),
-    };
-    table.loads[2] = (held, 1);
-    table.recent[2] = (12 * mean, now_us - 4_500_000);
-    let table = table.right_hints();
-    let slots = [0, 1, 2, 3];
-    (0..8)
-        .map(|tick| {
-            let cfg = config(Policy::SpeedAware, &slots, 0);
-            decide(&cfg, &draw(tick), NO_SLOT, &table.clone()).unwrap().slot
-        })
-        .collect()
-}
-
-#[test]
-fn a_slow_worker_back_from_its_decay_takes_one_request_until_it_answers() {
-    // Decayed, idle: it may have one connection (the fast path's pick: it is no longer slow).
-    assert!(back_from_its_decay_holding(0).iter().all(|&s| s == 2));
-    // Holding that one and no answer since: it is weighed by the pace of its last answer
-    // (cost (1 + 1) x 12 - 1 = 23 against 2), not by the decayed one (cost 1), so a slow worker
-    // tried again gets one request at a time, not every one that comes before its first answer.
-    assert!(back_from_its_decay_holding(1).iter().all(|&s| s != 2));
-    // Control: the decay alone, as the fast path reads it, no longer calls it slow.
-    assert_eq!(slowness(12 * 5_000, NOW / 1000 - 4_500_000, 5_000, NOW / 1000), 1);
 }
 
 proptest! {
