@@ -12,6 +12,12 @@
 //! empty connections cannot push it out. The registration timeout and a uid's removal apply to
 //! every connection not registered. Removing a connection hands its descriptor back: the
 //! caller gives it to the closer.
+//!
+//! A connection whose uid may not register is answered at accept and kept as
+//! [`Stage::Refused`] until its message comes (read and dropped) or it hangs up, so that a peer
+//! that sends before it reads gets its refusal, not a reset (a unix socket closed with a message
+//! unread resets its peer's next read). Refused connections never take a message and never
+//! count against, or evict, the others: they have caps of their own ([`Connections::refused`]).
 use std::{
     collections::HashMap,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
@@ -27,6 +33,8 @@ pub(super) enum Stage {
     Waiting,
     /// Registered: the worker of (service, slot).
     Registered((usize, u32)),
+    /// Its uid may not register: answered so at accept, kept until its message or its hang-up.
+    Refused,
 }
 
 struct Conn {
@@ -44,6 +52,10 @@ impl Conn {
     fn pending(&self, uid: Option<u32>) -> bool {
         self.stage == Stage::Pending && uid.is_none_or(|u| self.uid == u)
     }
+
+    fn refused(&self, uid: Option<u32>) -> bool {
+        self.stage == Stage::Refused && uid.is_none_or(|u| self.uid == u)
+    }
 }
 
 #[derive(Default)]
@@ -55,9 +67,18 @@ pub(super) struct Connections {
 impl Connections {
     /// Adds a connection of peer `uid`; returns its id.
     pub(super) fn open(&mut self, fd: OwnedFd, uid: u32) -> u64 {
+        self.insert(fd, uid, Stage::Pending)
+    }
+
+    /// Adds a connection of peer `uid`, refused and answered ([`Stage::Refused`]); returns its id.
+    pub(super) fn open_refused(&mut self, fd: OwnedFd, uid: u32) -> u64 {
+        self.insert(fd, uid, Stage::Refused)
+    }
+
+    fn insert(&mut self, fd: OwnedFd, uid: u32, stage: Stage) -> u64 {
         let id = self.next;
         self.next += 1;
-        self.by_id.insert(id, Conn { fd, uid, opened: Instant::now(), stage: Stage::Pending });
+        self.by_id.insert(id, Conn { fd, uid, opened: Instant::now(), stage });
         id
     }
 
@@ -110,15 +131,26 @@ impl Connections {
         self.by_id.iter().filter(|(_, c)| c.pending(uid)).map(|(id, _)| *id).min()
     }
 
+    /// Refused connections still open (of `uid`, if given): what their own caps count.
+    pub(super) fn refused(&self, uid: Option<u32>) -> usize {
+        self.by_id.values().filter(|c| c.refused(uid)).count()
+    }
+
+    /// The oldest refused connection still open (of `uid`, if given).
+    pub(super) fn oldest_refused(&self, uid: Option<u32>) -> Option<u64> {
+        self.by_id.iter().filter(|(_, c)| c.refused(uid)).map(|(id, _)| *id).min()
+    }
+
     /// Connections not registered within `limit` of opening.
     pub(super) fn late(&self, limit: Duration) -> Vec<u64> {
         let late = |c: &Conn| c.unregistered(None) && c.opened.elapsed() >= limit;
         self.by_id.iter().filter(|(_, c)| late(c)).map(|(id, _)| *id).collect()
     }
 
-    /// Connections not registered whose uid `allowed` refuses.
+    /// Connections not registered whose uid `allowed` refuses (not those already answered so).
     pub(super) fn unregistered_refused(&self, allowed: impl Fn(u32) -> bool) -> Vec<u64> {
-        let refused = |c: &Conn| c.unregistered(None) && !allowed(c.uid);
+        let refused =
+            |c: &Conn| c.unregistered(None) && c.stage != Stage::Refused && !allowed(c.uid);
         self.by_id.iter().filter(|(_, c)| refused(c)).map(|(id, _)| *id).collect()
     }
 }
@@ -167,5 +199,29 @@ mod tests {
         assert_eq!(late, vec![a, b]);
         assert_eq!(conns.remove(c).map(|(_, s)| s), Some(Stage::Registered((0, 0))));
         assert_eq!(conns.len(), 2);
+    }
+
+    #[test]
+    fn refused_connections_take_no_message_have_caps_of_their_own_and_time_out() {
+        let mut conns = Connections::default();
+        let p = conns.open(fd(), 1000);
+        let r1 = conns.open_refused(fd(), 65534);
+        let r2 = conns.open_refused(fd(), 65534);
+        let r3 = conns.open_refused(fd(), 1000);
+        for r in [r1, r2, r3] {
+            assert!(!conns.takes_message(r), "a refused connection's message is not read as one");
+        }
+        // Not pending: they neither count against the others' caps nor get evicted for them.
+        assert_eq!(conns.pending(None), 1);
+        assert_eq!(conns.oldest_pending(None), Some(p));
+        assert_eq!(conns.refused(None), 3);
+        assert_eq!(conns.refused(Some(65534)), 2);
+        assert_eq!(conns.oldest_refused(Some(65534)), Some(r1));
+        assert_eq!(conns.oldest_refused(Some(1000)), Some(r3));
+        // Already answered: a change of the allowed uids does not close them again.
+        assert_eq!(conns.unregistered_refused(|uid| uid == 1000), Vec::<u64>::new());
+        let mut late = conns.late(Duration::ZERO);
+        late.sort();
+        assert_eq!(late, vec![p, r1, r2, r3]);
     }
 }

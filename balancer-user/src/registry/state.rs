@@ -229,8 +229,9 @@ impl State {
         }
     }
 
-    /// Refuses a connection of a uid that may not register, before reading anything from it;
-    /// keeps the others within the caps on unregistered ones and returns the new id.
+    /// Refuses a connection of a uid that may not register, before reading anything from it, and
+    /// keeps it (within caps of its own) until its message or its hang-up; keeps the others
+    /// within the caps on unregistered ones and returns the new id.
     fn admit_conn(&mut self, fd: OwnedFd) -> Option<u64> {
         let uid = match sys::peer_cred(fd.as_fd()) {
             Ok(c) => c.uid,
@@ -244,10 +245,13 @@ impl State {
             let reason = format!("uid {uid} may not register here");
             log::warn!("registration rejected ({}): {reason}", Status::UidNotAllowed.name());
             self.counters().count_reply(Status::UidNotAllowed);
-            // Without waiting; whatever it sent is never read, and closes with the connection.
+            // Without waiting. The connection stays open until its message comes (read and
+            // dropped, `on_conn`) or it hangs up: closed with a message unread, a unix socket
+            // resets its peer's next read, and the peer would get that instead of this reply.
             let reply = Reply::new(Status::UidNotAllowed, 0, 0, &reason);
             let _ = sys::send_with_fd(fd.as_fd(), &reply.encode(), None);
-            self.closer.close(fd);
+            self.make_room_for_refused(uid);
+            self.conns.open_refused(fd, uid);
             return None;
         }
         if self.conns.pending(Some(uid)) >= self.options.max_pending_per_uid.max(1) {
@@ -257,6 +261,21 @@ impl State {
             self.evict_oldest_pending(None);
         }
         Some(self.conns.open(fd, uid))
+    }
+
+    /// Closes the oldest refused connections, of `uid` and of any uid, while either is at its cap
+    /// (those of unregistered connections, counted apart): a flood of refused connections holds
+    /// a bounded number of descriptors and never pushes out a connection that may register.
+    fn make_room_for_refused(&mut self, uid: u32) {
+        for (of, cap) in
+            [(Some(uid), self.options.max_pending_per_uid), (None, self.options.max_pending)]
+        {
+            if self.conns.refused(of) >= cap.max(1) {
+                if let Some(id) = self.conns.oldest_refused(of) {
+                    self.close_conn(id);
+                }
+            }
+        }
     }
 
     /// Closes the oldest connection with no registration read yet (of `uid`, if given): to make
@@ -315,9 +334,13 @@ impl State {
                 self.close_conn(id)
             }
             Ok(msg) if !self.conns.takes_message(id) => {
-                // One registration per connection; anything more is ignored.
+                // One registration per connection; anything more is ignored. A refused
+                // connection's message is what it was kept open for: now it can close.
                 for fd in msg.fds {
                     self.closer.close(fd);
+                }
+                if self.conns.stage(id) == Some(Stage::Refused) {
+                    self.close_conn(id);
                 }
             }
             Ok(msg) => {

@@ -19,7 +19,7 @@ use balancer_user::{
 };
 use integration_tests::{
     apps::{free_port, serial, TempDir},
-    shim_client::{connect, register_and_hold, register_raw},
+    shim_client::{connect, next_reply, register_and_hold, register_raw, send_registration},
     NetNs,
 };
 
@@ -324,6 +324,53 @@ fn a_huge_weight_is_capped() {
         registry.service(addr).unwrap().group().slots().unwrap().iter().map(|s| s.weight).collect();
     assert_eq!(weights, vec![balancer_user::registry::MAX_ASKED_WEIGHT]);
     assert_eq!(registry.counters().weights_capped.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+/// A refused peer that sends its registration only after the registry has answered it, or
+/// reads the answer only later (a worker descheduled in between), sends and gets the refusal:
+/// the registry keeps a refused connection until it has read its message. Before, it closed the
+/// connection right after answering: a peer that sent after that got EPIPE (the shim then
+/// reports the registry unreachable, not the refusal; this test failed so), and CI once saw a
+/// reset (ECONNRESET) on the reply's read in `another_uid_is_refused`.
+#[test]
+fn a_refused_peer_that_reads_late_still_gets_the_refusal() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-late");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start(&dir, addr);
+    let path: PathBuf = registry.socket_path().to_path_buf();
+    let outcomes = std::thread::spawn(move || {
+        // SAFETY: a raw setresuid on this thread alone, which ends right after.
+        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let listener = bind_reuseport(addr, 16).unwrap();
+        // Late before its send (the registry has answered by then), and late after it.
+        [true, false, true, false]
+            .into_iter()
+            .map(|late_send| {
+                let pause = || std::thread::sleep(Duration::from_millis(300));
+                let conn = connect(&path).expect("connecting to the registry");
+                if late_send {
+                    pause();
+                }
+                let sent = send_registration(&conn, &msg(), listener.as_raw_fd());
+                if !late_send {
+                    pause();
+                }
+                (sent.map_err(|e| e.to_string()), next_reply(&conn, Duration::from_secs(2)))
+            })
+            .collect::<Vec<_>>()
+    })
+    .join()
+    .unwrap();
+    for (i, (sent, reply)) in outcomes.into_iter().enumerate() {
+        let reply = reply.unwrap_or_else(|| panic!("attempt {i}: no refusal (send: {sent:?})"));
+        assert_eq!(sent, Ok(()), "attempt {i}: the registration could not be sent");
+        assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
+    }
+    assert_eq!(registry.counters().replies(Status::UidNotAllowed), 4);
+    still_serving(&registry, addr);
 }
 
 #[test]
