@@ -881,10 +881,11 @@ impl Scan {
     /// Slots visited per [`Scan::visit_chunk`] (one `bpf_loop` call each). One: with two slots
     /// per call the verifier processed 928,577 instructions for `select_or_migrate` (the limit
     /// is 1,000,000, and a change of three masks in a cost went over it) and a group took
-    /// 1.7-1.9 s to load; with one slot, 223,800 and 0.3 s. The price is a call per slot in the scan, paid only when no slot is idle:
-    /// `bench selector`, 64 workers none idle, 2,331-2,365 ns against 1,759-1,762 (least-loaded)
-    /// and 3,136-3,165 against 2,569-2,645 (speed-aware), about 9 ns per slot; the fast path's
-    /// figures did not move (docs/BENCHMARKS.md).
+    /// 1.7-1.9 s to load; with one slot, 223,800 and 0.3 s. The price is a call per slot, paid
+    /// when the scan runs (no slot idle): least-loaded at 64 workers none idle cost 2,331-2,365
+    /// ns a selection against 1,759-1,762 (`bench selector`, two runs of each), about 9 ns a
+    /// slot; with a slot idle, within the runs' spread idle and 13-23% more contended
+    /// (docs/BENCHMARKS.md, "One slot per callback").
     pub const CHUNK: u32 = 1;
 
     /// Loads are capped here, so that a blocked load ([`Scan::BLOCKED`] + load) is heavier than

@@ -39,8 +39,9 @@ pub fn connect(socket: &Path) -> io::Result<OwnedFd> {
 fn send_and_receive(conn: &OwnedFd, msg: &[u8], fds: &[RawFd]) -> io::Result<Vec<u8>> {
     let flags = match send(conn, msg, fds) {
         Ok(()) => 0,
-        // A peer refused at accept (its uid) gets the refusal and the close before it sends:
-        // the refusal is still queued for it to read.
+        // Kept for a controller that closes a refused connection before the peer sends (this
+        // one keeps it until the message: hostile::a_refused_peer_that_reads_late_still_gets_the
+        // _refusal fails on a send error); the refusal would still be queued for it to read.
         Err(e) if matches!(e.raw_os_error(), Some(libc::EPIPE | libc::ECONNRESET)) => {
             libc::MSG_DONTWAIT
         }

@@ -6,7 +6,8 @@
 //! registration (its target group, weight, adopted slot) or a [`Rejection`] (status and reason).
 //! No socket is read, no state changed, nothing sent or counted here: the loop does that, in one
 //! place, and gives every descriptor of a refused message to the closer. A connection carries one
-//! registration attempt: after a refusal it is closed.
+//! registration attempt: after a refusal it is closed (one refused at accept for its uid only
+//! once its message is read or it hangs up: `super::connections`).
 //!
 //! The order of the checks is part of the contract (docs/SECURITY.md): layout, descriptor,
 //! credentials, uid, socket, address and namespace (or pod template, then the pod's and the

@@ -9,9 +9,9 @@
 //! slot for it. The caps on unregistered connections count only [`Stage::Pending`] ones (and
 //! only those are evicted to make room): a registration waiting for its pod group passed every
 //! check, and counts against its pod's limits instead (`max_workers_per_pod`), so a flood of
-//! empty connections cannot push it out. The registration timeout and a uid's removal apply to
-//! every connection not registered. Removing a connection hands its descriptor back: the
-//! caller gives it to the closer.
+//! empty connections cannot push it out. The registration timeout applies to every connection
+//! not registered, a uid's removal to every one not registered and not already refused.
+//! Removing a connection hands its descriptor back: the caller gives it to the closer.
 //!
 //! A connection whose uid may not register is answered at accept and kept as
 //! [`Stage::Refused`] until its message comes (read and dropped) or it hangs up, so that a peer

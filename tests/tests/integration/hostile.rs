@@ -340,11 +340,13 @@ fn a_refused_peer_that_reads_late_still_gets_the_refusal() {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let registry = start(&dir, addr);
     let path: PathBuf = registry.socket_path().to_path_buf();
+    // Bound here, so that its copies the registry received can be counted after.
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let fd = listener.as_raw_fd();
     let outcomes = std::thread::spawn(move || {
         // SAFETY: a raw setresuid on this thread alone, which ends right after.
         let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
         assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
-        let listener = bind_reuseport(addr, 16).unwrap();
         // Late before its send (the registry has answered by then), and late after it.
         [true, false, true, false]
             .into_iter()
@@ -354,22 +356,43 @@ fn a_refused_peer_that_reads_late_still_gets_the_refusal() {
                 if late_send {
                     pause();
                 }
-                let sent = send_registration(&conn, &msg(), listener.as_raw_fd());
+                let sent = send_registration(&conn, &msg(), fd);
                 if !late_send {
                     pause();
                 }
-                (sent.map_err(|e| e.to_string()), next_reply(&conn, Duration::from_secs(2)))
+                let reply = next_reply(&conn, Duration::from_secs(2));
+                // Then the registry closes it: its message was read.
+                let closed = integration_tests::apps::wait_until(Duration::from_secs(1), || {
+                    let mut b = [0u8; 8];
+                    // SAFETY: reads into a local buffer from a descriptor we own.
+                    let n = unsafe {
+                        libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT)
+                    };
+                    n == 0
+                });
+                (sent.map_err(|e| e.to_string()), reply, closed)
             })
             .collect::<Vec<_>>()
     })
     .join()
     .unwrap();
-    for (i, (sent, reply)) in outcomes.into_iter().enumerate() {
+    for (i, (sent, reply, closed)) in outcomes.into_iter().enumerate() {
         let reply = reply.unwrap_or_else(|| panic!("attempt {i}: no refusal (send: {sent:?})"));
         assert_eq!(sent, Ok(()), "attempt {i}: the registration could not be sent");
         assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
+        assert!(
+            closed,
+            "attempt {i}: the refused connection was not closed within 1 s of its message"
+        );
     }
     assert_eq!(registry.counters().replies(Status::UidNotAllowed), 4);
+    // Every copy of the listener the refused messages carried was closed.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while open_fds_of(&listener) > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(open_fds_of(&listener), 1, "descriptors of refused messages leaked");
+    drop(listener);
     still_serving(&registry, addr);
 }
 
