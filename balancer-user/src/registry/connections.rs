@@ -49,12 +49,9 @@ impl Conn {
         !matches!(self.stage, Stage::Registered(_)) && uid.is_none_or(|u| self.uid == u)
     }
 
-    fn pending(&self, uid: Option<u32>) -> bool {
-        self.stage == Stage::Pending && uid.is_none_or(|u| self.uid == u)
-    }
-
-    fn refused(&self, uid: Option<u32>) -> bool {
-        self.stage == Stage::Refused && uid.is_none_or(|u| self.uid == u)
+    /// In `stage` (and of `uid`, if given).
+    fn in_stage(&self, stage: Stage, uid: Option<u32>) -> bool {
+        self.stage == stage && uid.is_none_or(|u| self.uid == u)
     }
 }
 
@@ -123,22 +120,30 @@ impl Connections {
     /// Connections with no registration message read yet (of `uid`, if given): what the caps
     /// on unregistered connections count.
     pub(super) fn pending(&self, uid: Option<u32>) -> usize {
-        self.by_id.values().filter(|c| c.pending(uid)).count()
+        self.count(Stage::Pending, uid)
     }
 
     /// The oldest connection with no registration message read yet (of `uid`, if given).
     pub(super) fn oldest_pending(&self, uid: Option<u32>) -> Option<u64> {
-        self.by_id.iter().filter(|(_, c)| c.pending(uid)).map(|(id, _)| *id).min()
+        self.oldest(Stage::Pending, uid)
     }
 
     /// Refused connections still open (of `uid`, if given): what their own caps count.
     pub(super) fn refused(&self, uid: Option<u32>) -> usize {
-        self.by_id.values().filter(|c| c.refused(uid)).count()
+        self.count(Stage::Refused, uid)
     }
 
     /// The oldest refused connection still open (of `uid`, if given).
     pub(super) fn oldest_refused(&self, uid: Option<u32>) -> Option<u64> {
-        self.by_id.iter().filter(|(_, c)| c.refused(uid)).map(|(id, _)| *id).min()
+        self.oldest(Stage::Refused, uid)
+    }
+
+    fn count(&self, stage: Stage, uid: Option<u32>) -> usize {
+        self.by_id.values().filter(|c| c.in_stage(stage, uid)).count()
+    }
+
+    fn oldest(&self, stage: Stage, uid: Option<u32>) -> Option<u64> {
+        self.by_id.iter().filter(|(_, c)| c.in_stage(stage, uid)).map(|(id, _)| *id).min()
     }
 
     /// Connections not registered within `limit` of opening.
