@@ -11,12 +11,13 @@ pub const MAX_SLOTS: u32 = 256;
 /// [`Config::blocked_after_ms`]; layout 5 the work figures (a per-slot mean service time,
 /// [`LoadTable::working`], [`LoadTable::start_sum_us`]) and counts a request done at its answer;
 /// layout 6 replaces the per-slot mean with the group's ([`LoadTable::group`]) and adds the
-/// peak-EWMA figures ([`LoadTable::ewma_us`], [`LoadTable::ewma_at_us`]) and the fast path's
+/// peak-EWMA figures (`ewma_us`, `ewma_at_us`) and the fast path's
 /// hints ([`LoadTable::idle`], [`Config::active_mask`], [`Config::idle_words`],
 /// [`Config::uniform_weight`]); layout 7 the per-slot sum of response times
 /// ([`SlotRecord::answer_us`]); layout 8 the per-slot recent response time of speed-aware
-/// ([`LoadTable::recent_us`]).
-pub const LAYOUT_VERSION: u16 = 8;
+/// ([`LoadTable::recent_us`]); layout 9 drops the peak-EWMA estimate (`ewma_us`, with the
+/// policy) and names its stamp for what is left to stamp ([`LoadTable::recent_at_us`]).
+pub const LAYOUT_VERSION: u16 = 9;
 
 /// Marks "no slot" where a slot index is expected (for example: nothing to exclude).
 pub const NO_SLOT: u32 = u32::MAX;
@@ -83,13 +84,9 @@ pub struct LoadTable {
     /// it counts the request in `working`, and counts the answer out of `working` before it takes
     /// the start away: a reader between two updates sees less age, never more.
     pub start_sum_us: [u64; MAX_SLOTS as usize],
-    /// The slot's service time estimate for `peak-ewma`, in microseconds (the shim, at each
-    /// answer): a request that took longer than the estimate sets it (the peak), a shorter one
-    /// moves it 1/8 of the way down. See [`crate::policy::peak_ewma`] for how it decays.
-    pub ewma_us: [u64; MAX_SLOTS as usize],
-    /// When `ewma_us` and `recent_us` were last set (CLOCK_MONOTONIC, microseconds): both at
-    /// each answer.
-    pub ewma_at_us: [u64; MAX_SLOTS as usize],
+    /// When `recent_us` was last set (CLOCK_MONOTONIC, microseconds): at each answer, so also
+    /// when the slot last answered.
+    pub recent_at_us: [u64; MAX_SLOTS as usize],
     /// The slot's recent time from accept to answer for `speed-aware`, in microseconds (the
     /// shim, at each answer): an average that moves 1/8 of the way up to a longer answer and half
     /// the way down to a shorter one ([`crate::policy::recent_next`]), decaying toward the group's
@@ -191,11 +188,8 @@ pub mod table_offsets {
     pub const fn start_sum_us(slot: usize) -> usize {
         offset_of!(LoadTable, start_sum_us) + slot * 8
     }
-    pub const fn ewma_us(slot: usize) -> usize {
-        offset_of!(LoadTable, ewma_us) + slot * 8
-    }
-    pub const fn ewma_at_us(slot: usize) -> usize {
-        offset_of!(LoadTable, ewma_at_us) + slot * 8
+    pub const fn recent_at_us(slot: usize) -> usize {
+        offset_of!(LoadTable, recent_at_us) + slot * 8
     }
     pub const fn recent_us(slot: usize) -> usize {
         offset_of!(LoadTable, recent_us) + slot * 8
@@ -381,7 +375,7 @@ mod pod {
 const _: () = assert!(core::mem::size_of::<SlotRecord>() == 40);
 const _: () = assert!(core::mem::size_of::<SlotOwner>() == 24);
 const _: () = assert!(
-    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 5 * 8 + 1 + 40) + 64
+    core::mem::size_of::<LoadTable>() == MAX_SLOTS as usize * (8 + 4 + 8 + 4 * 8 + 1 + 40) + 64
 );
 const _: () = assert!(core::mem::size_of::<GroupFigures>() == 64);
 const _: () = assert!(core::mem::size_of::<Config>() == 32 + 5 * MAX_SLOTS as usize);

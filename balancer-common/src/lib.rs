@@ -16,8 +16,8 @@ pub mod protocol;
 
 pub use layout::*;
 pub use policy::{
-    choose, decide, ewma_now, find_idle, is_blocked, lowest_byte, next_in_turn, peak_ewma,
-    recent_next, recent_now, slowness, stall_limit_ns, work_left, Choice, Cost, Counts, Draw,
-    Estimates, Family, Fast, LoadSource, PackScan, Policy, PolicyNames, Scan, Speeds, IDLE_WORDS,
+    choose, decide, find_idle, is_blocked, lowest_byte, next_in_turn, recent_next, recent_now,
+    slowness, stall_limit_ns, work_left, Choice, Cost, Counts, Draw, Estimates, Family, Fast,
+    LoadSource, PackScan, Policy, PolicyNames, Scan, Speeds, UnknownPolicy, IDLE_WORDS,
     SLOWNESS_CAP, SLOW_FACTOR, STALE_TRIES, STALL_CEILING_NS, STALL_FACTOR, STALL_FLOOR_NS,
 };

@@ -10,7 +10,7 @@
 //!
 //! The scan is specialized per policy [`Family`] (a [`Cost`] type parameter): the count family
 //! (least-loaded, pack's fallback) weighs a slot by its count alone, the estimate family
-//! (work-left, peak-ewma) by its branch-free time estimates, the speed family (speed-aware) by
+//! (work-left) by its branch-free estimate of the work left, the speed family (speed-aware) by
 //! its count and its [`slowness`]. The program runs each as its own `bpf_loop` callback, so
 //! least-loaded pays nothing per slot for the others' arithmetic.
 //!
@@ -37,10 +37,8 @@ named_enum! {
         /// service time, and each request being worked on also its age so far (with heavy-tailed
         /// requests, one that has run long has long to go). See [`work_left`].
         WorkLeft = 4 => "work-left",
-        /// Exact scan for the least peak-EWMA cost: the slot's service time estimate times its
-        /// requests in flight plus one, in the spirit of Finagle's and Linkerd's peak-EWMA. See
-        /// [`peak_ewma`].
-        PeakEwma = 6 => "peak-ewma",
+        // Id 6 was peak-ewma, retired in issue 23 ([`UnknownPolicy::Retired`]): never reuse it,
+        // a pinned `CONFIG` of an old build may still hold it (the program falls open on it).
         /// Least-loaded, passing over a worker that is not coming back (connections in flight and
         /// no answer for [`stall_limit_ns`]: a multiple of the group's mean service time), and
         /// weighing a worker whose answers are slow by its pace ([`slowness`]). The default: in two
@@ -69,7 +67,7 @@ named_enum! {
 pub enum Family {
     /// Connections in flight per weight ([`Counts`]): least-loaded, pack, p2c.
     Counts,
-    /// Time estimates per slot ([`Estimates`]): work-left, peak-ewma.
+    /// The estimate of the work left per slot ([`Estimates`]): work-left.
     Estimates,
     /// Counts weighed by each slot's slowness ([`Speeds`]): speed-aware.
     Speeds,
@@ -80,19 +78,19 @@ impl Policy {
     pub const fn family(self) -> Option<Family> {
         match self {
             Policy::LeastLoaded | Policy::Pack | Policy::PowerOfTwo => Some(Family::Counts),
-            Policy::WorkLeft | Policy::PeakEwma => Some(Family::Estimates),
+            Policy::WorkLeft => Some(Family::Estimates),
             Policy::SpeedAware => Some(Family::Speeds),
             Policy::RoundRobin | Policy::Hash => None,
         }
     }
 
     /// Whether the policy reads the clock ([`Draw::now`]) even with the blocked check off: the
-    /// estimate family (ages, decay), and speed-aware (its stall check and its slow-slot check).
+    /// estimate family (ages), and speed-aware (its stall check and its slow-slot check).
     /// The program calls the clock only when some reader needs it (a helper call per
     /// connection), so a policy that reads ages must say so here.
     pub const fn reads_clock(self) -> bool {
         match self {
-            Policy::WorkLeft | Policy::PeakEwma | Policy::SpeedAware => true,
+            Policy::WorkLeft | Policy::SpeedAware => true,
             Policy::LeastLoaded
             | Policy::Pack
             | Policy::PowerOfTwo
@@ -125,11 +123,33 @@ impl core::fmt::Display for PolicyNames {
 
 /// Error of parsing a policy name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct UnknownPolicy;
+pub enum UnknownPolicy {
+    /// No policy has (or had) this name.
+    Unknown,
+    /// A policy that was retired: its name, and why, and what to use instead, in the message.
+    Retired { name: &'static str, why: &'static str, instead: Policy },
+}
+
+impl UnknownPolicy {
+    /// `peak-ewma`, retired in issue 23 (README, "Policies").
+    const PEAK_EWMA: UnknownPolicy = UnknownPolicy::Retired {
+        name: "peak-ewma",
+        why: "worse than nginx least_conn on 3 and 4 of 8 points in its two full runs, and \
+              speed-aware weighs a slow worker by its recent response time",
+        instead: Policy::SpeedAware,
+    };
+}
 
 impl core::fmt::Display for UnknownPolicy {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        write!(f, "unknown policy: expected one of {PolicyNames}")
+        match self {
+            UnknownPolicy::Unknown => write!(f, "unknown policy: expected one of {PolicyNames}"),
+            UnknownPolicy::Retired { name, why, instead } => write!(
+                f,
+                "policy `{name}` was retired ({why}): use `{}`, or one of {PolicyNames}",
+                instead.name()
+            ),
+        }
     }
 }
 
@@ -144,11 +164,13 @@ impl core::str::FromStr for Policy {
                 "power-of-two" | "power-of-two-choices" => Some(Policy::PowerOfTwo),
                 "round_robin" | "rr" => Some(Policy::RoundRobin),
                 "work_left" => Some(Policy::WorkLeft),
-                "peak_ewma" => Some(Policy::PeakEwma),
                 "speed_aware" | "speed" => Some(Policy::SpeedAware),
                 _ => None,
             })
-            .ok_or(UnknownPolicy)
+            .ok_or(match s {
+                "peak-ewma" | "peak_ewma" => UnknownPolicy::PEAK_EWMA,
+                _ => UnknownPolicy::Unknown,
+            })
     }
 }
 
@@ -195,19 +217,14 @@ pub trait LoadSource: Sized {
         (0, 0)
     }
 
-    /// The slot's peak-EWMA figures, raw: `(ewma_us, ewma_at_us)` as in [`crate::LoadTable`].
-    fn ewma(&self, _slot: u32) -> (u64, u64) {
-        (0, 0)
-    }
-
-    /// The slot's recent response time, raw: `(recent_us, ewma_at_us)` as in
+    /// The slot's recent response time, raw: `(recent_us, recent_at_us)` as in
     /// [`crate::LoadTable`] (speed-aware's [`slowness`]).
     fn recent(&self, _slot: u32) -> (u64, u64) {
         (0, 0)
     }
 
     /// The group's mean service time, raw ([`crate::GroupFigures::mean_us`]); read once per
-    /// connection, and only by work-left, peak-ewma and speed-aware.
+    /// connection, and only by work-left and speed-aware.
     fn group_mean_us(&self) -> u64 {
         0
     }
@@ -342,29 +359,9 @@ pub fn work_left(inflight: u64, mean_us: u64, working: u64, start_sum_us: u64, n
     (inflight + 1) * (mean + 1) + age
 }
 
-/// The peak-EWMA estimate halves its distance to the group's mean every 2^16 µs (about 65 ms)
-/// without an answer.
-pub const EWMA_HALF_LIFE_SHIFT: u32 = 16;
-
-/// A slot's peak-EWMA service time estimate at `now_us`, in microseconds: `ewma_us`, set at
-/// `ewma_at_us`, moved toward the group's mean `mean_us` by half the distance for every
-/// [`EWMA_HALF_LIFE_SHIFT`] half-life since (a stamp in the future: no time passed). Always
-/// between the two figures, so below 2^25 whatever the inputs (workers write them).
-///
-/// Finagle and tower decay the estimate toward 0, to probe a backend again; here the workers of
-/// a group are alike, so a worker that has not answered for a while is taken for an average one,
-/// not a free one: toward 0, a worker with many requests queued and none answered yet would look
-/// cheap. Without any decay, one long request would keep a worker looking expensive, and idle,
-/// until it got traffic again, which it would not (what sank work-left's per-worker mean).
-/// Branch-free, like the rest of the scan; the shim uses it too, before it folds in an answer.
-#[inline(always)]
-pub fn ewma_now(ewma_us: u64, ewma_at_us: u64, mean_us: u64, now_us: u64) -> u64 {
-    decayed(ewma_us, ewma_at_us, mean_us, now_us, EWMA_HALF_LIFE_SHIFT)
-}
-
 /// Speed-aware's recent response time halves its distance to the group's mean every 2^20 µs
-/// (about a second) without an answer: slower than peak-EWMA's, so that a slow worker left
-/// without work is tried again about once a second, not every few requests.
+/// (about a second) without an answer, so that a slow worker left without work is tried again
+/// about once a second, not every few requests.
 pub const RECENT_HALF_LIFE_SHIFT: u32 = 20;
 
 /// A slot's next recent response time, from `pace` (its recent time, decayed to now: see
@@ -383,10 +380,15 @@ pub fn recent_next(pace: u64, took: u64) -> u64 {
     }
 }
 
-/// A slot's recent response time ([`crate::LoadTable::recent_us`], set at `at_us`) at `now_us`,
-/// decayed toward the group's mean as [`ewma_now`] decays its estimate, with the half-life
-/// [`RECENT_HALF_LIFE_SHIFT`]. Below 2^25 whatever the inputs. The shim uses it too, before it
-/// folds in an answer.
+/// A slot's recent response time ([`crate::LoadTable::recent_us`], set at `at_us`) at `now_us`:
+/// moved toward the group's mean `mean_us` by half the distance for every
+/// [`RECENT_HALF_LIFE_SHIFT`] half-life since (a stamp in the future: no time passed). Always
+/// between the two figures, so below 2^25 whatever the inputs (workers write them).
+///
+/// Toward the mean, not toward 0: the workers of a group are alike, so a worker that has not
+/// answered for a while is taken for an average one, not a free one. Without any decay, a worker
+/// once slow would keep looking slow, and idle, until it got traffic again, which it would not.
+/// Branch-free, like the rest of the scan; the shim uses it too, before it folds in an answer.
 #[inline(always)]
 pub fn recent_now(recent_us: u64, at_us: u64, mean_us: u64, now_us: u64) -> u64 {
     decayed(recent_us, at_us, mean_us, now_us, RECENT_HALF_LIFE_SHIFT)
@@ -406,16 +408,6 @@ fn decayed(est: u64, at_us: u64, mean_us: u64, now_us: u64, shift: u32) -> u64 {
     // when est < mean, and within [mean, est] otherwise.
     let diff = (est.wrapping_sub(mean) as i64) >> halves;
     mean.wrapping_add(diff as u64) & ((1 << 25) - 1)
-}
-
-/// The peak-EWMA cost of a slot: `(estimate + 1) * (inflight + 1)`, the estimate as
-/// [`ewma_now`] gives it. Below 2^56 whatever the inputs.
-#[inline(always)]
-pub fn peak_ewma(inflight: u64, ewma_us: u64, ewma_at_us: u64, mean_us: u64, now_us: u64) -> u64 {
-    const MASK: u64 = (1 << 62) - 1;
-    let est = ewma_now(ewma_us, ewma_at_us, mean_us, now_us);
-    let inflight = min_below(inflight & MASK, Scan::LOAD_CAP) & Scan::LOAD_CAP;
-    (est + 1) * (inflight + 1)
 }
 
 /// The blocked limit of `cfg` in ns (0: off).
@@ -537,11 +529,7 @@ pub fn decide<L: LoadSource>(
     };
     let plain = |slot: u32| Choice { slot, passed_blocked: false, fast: false };
     match policy {
-        Policy::LeastLoaded
-        | Policy::WorkLeft
-        | Policy::PeakEwma
-        | Policy::Pack
-        | Policy::SpeedAware => {
+        Policy::LeastLoaded | Policy::WorkLeft | Policy::Pack | Policy::SpeedAware => {
             // The group's mean service time, read once per connection, and only by the
             // policies that weigh it (least-loaded and pack read nothing of the speeds).
             let mean_us = if policy == Policy::LeastLoaded || policy == Policy::Pack {
@@ -561,9 +549,8 @@ pub fn decide<L: LoadSource>(
                     return Ok(pack.result());
                 }
             }
-            // An idle slot is a least-loaded and (checked) a work-left minimum, not always a
-            // peak-ewma one (a slow worker's estimate may outweigh a fast one's queue), and when
-            // pack found no slot below its depth none is idle. Speed-aware's fast path also passes
+            // An idle slot is a least-loaded and (checked) a work-left minimum, and when pack
+            // found no slot below its depth none is idle. Speed-aware's fast path also passes
             // over a slow idle slot; if it finds none, the scan decides by counts and pace.
             if policy == Policy::LeastLoaded
                 || policy == Policy::WorkLeft
@@ -845,8 +832,8 @@ fn active_at(cfg: &Config, i: u32) -> u32 {
 /// on by one slot per connection (this CPU's tick), so equally loaded slots take turns instead of
 /// piling on slot 0; a random start, used before, gave one slot two or three in a row as often.
 ///
-/// The load is the slot's [`Cost`]: the count in flight ([`Counts`]), or ([`Estimates`]) the
-/// [`work_left`] or [`peak_ewma`] cost, selected by a mask, not a branch.
+/// The load is the slot's [`Cost`]: the count in flight ([`Counts`]), the [`work_left`] cost
+/// ([`Estimates`]) or the count weighed by the slot's slowness ([`Speeds`]).
 ///
 /// With the blocked check on (`limit_ns` > 0), a blocked slot's load is lifted by
 /// [`Scan::BLOCKED`] (and its weight taken as 1), above every slot that is not blocked: it wins
@@ -867,10 +854,8 @@ pub struct Scan {
     pub enabled: u64,
     /// All ones once a blocked candidate was seen.
     pub blocked_seen: u64,
-    /// All ones for work-left ([`Estimates`]): the load is the [`work_left`] cost.
+    /// All ones for work-left ([`Estimates`], [`Scan::set_cost`]).
     pub work_on: u64,
-    /// All ones for peak-ewma ([`Estimates`]): the load is the [`peak_ewma`] cost.
-    pub peak_on: u64,
     /// `now` in microseconds.
     pub now_us: u64,
     /// The group's mean service time ([`Estimates`], [`Speeds`]), raw.
@@ -913,26 +898,24 @@ impl Scan {
             enabled: if limit_ns != 0 { u64::MAX } else { 0 },
             blocked_seen: 0,
             work_on: 0,
-            peak_on: 0,
             now_us: now / 1000,
             mean_us: 0,
         }
     }
 
-    /// Sets what [`Estimates`] weighs each slot by: [`work_left`] for work-left, [`peak_ewma`]
-    /// for peak-ewma (neither for any other policy: the count), with `mean_us` (raw) as the
+    /// Sets what [`Estimates`] weighs each slot by: the [`work_left`] cost for work-left (the
+    /// count for any other policy, which never runs that scan), with `mean_us` (raw) as the
     /// group's mean service time.
     ///
-    /// The masks come from the policy id read again from `cfg`, without a branch: the verifier
-    /// knows the id exactly on each path of the caller's `match`, and masks it knows exactly
-    /// would have it walk the whole scan once per cost policy.
+    /// The mask comes from the policy id read again from `cfg`, without a branch, so that the
+    /// verifier cannot know it: with the work-left cost alone, unmasked, it processed 522,668
+    /// instructions for `select` (two and a half times as many: it tracks the exact cost and
+    /// prunes fewer paths), with the mask 208,117 (a throwaway loader, issue 23's eighth step).
     #[inline(always)]
     pub fn set_cost(&mut self, cfg: &Config, mean_us: u64) {
         // SAFETY: `cfg.policy` is a valid, aligned u32 (a reference's field).
         let id = unsafe { core::ptr::read_volatile(&cfg.policy) } as u64;
-        let is = |want: Policy| negative((id ^ want as u64).wrapping_sub(1));
-        self.work_on = is(Policy::WorkLeft);
-        self.peak_on = is(Policy::PeakEwma);
+        self.work_on = negative((id ^ Policy::WorkLeft as u64).wrapping_sub(1));
         self.mean_us = mean_us;
     }
 
@@ -1017,9 +1000,8 @@ impl Cost for Counts {
     }
 }
 
-/// The estimate family's cost ([`Family::Estimates`]): [`work_left`] or [`peak_ewma`] as
-/// [`Scan::set_cost`] chose, or the count if it chose neither. Both are computed for every slot
-/// and one kept by a mask: a branch would have the verifier walk the scan once per policy.
+/// The estimate family's cost ([`Family::Estimates`]): the [`work_left`] cost as
+/// [`Scan::set_cost`] chose it (the count if it did not: a mask, for the verifier's sake).
 #[derive(Clone, Copy, Debug)]
 pub enum Estimates {}
 
@@ -1031,10 +1013,7 @@ impl Cost for Estimates {
         // Masked as well as capped: the mask is what tells the verifier the bound (a value it
         // cannot bound makes every comparison after it a path of its own).
         let work = min_below(work, Scan::LOAD_CAP) & Scan::LOAD_CAP;
-        let (ewma, ewma_at) = loads.ewma(slot);
-        let peak = peak_ewma(count, ewma, ewma_at, scan.mean_us, scan.now_us);
-        let peak = min_below(peak, Scan::LOAD_CAP) & Scan::LOAD_CAP;
-        (count & !(scan.work_on | scan.peak_on)) | (work & scan.work_on) | (peak & scan.peak_on)
+        (count & !scan.work_on) | (work & scan.work_on)
     }
 }
 

@@ -1,6 +1,6 @@
 //! The selection policy on the host: the same code the eBPF program runs, with plain arrays.
 use balancer_common::{
-    choose, Config, Draw, Event, Family, LoadSource, Policy, MAX_SLOTS, NO_SLOT,
+    choose, Config, Draw, Event, Family, LoadSource, Policy, UnknownPolicy, MAX_SLOTS, NO_SLOT,
 };
 
 /// Loads of slots 0..N as (in flight, weight); slots beyond read as unreadable.
@@ -71,8 +71,8 @@ fn least_loaded_ties_spread_over_all_tied_slots() {
 /// Equal loads take turns: over `n` consecutive ticks every one of `n` equally loaded slots wins
 /// exactly once (a random start gave some two or three in a row).
 #[test]
-fn least_loaded_work_left_and_peak_ewma_rotate_among_equal_slots() {
-    for policy in [Policy::LeastLoaded, Policy::WorkLeft, Policy::PeakEwma] {
+fn least_loaded_work_left_and_speed_aware_rotate_among_equal_slots() {
+    for policy in [Policy::LeastLoaded, Policy::WorkLeft, Policy::SpeedAware] {
         let cfg = config(policy, &[4, 7, 9]);
         let mut raw = vec![(0, 1); 16];
         raw[4] = (2, 1);
@@ -222,8 +222,8 @@ impl LoadSource for CountsOnly {
     fn work(&self, slot: u32) -> (u64, u64) {
         panic!("work figures of slot {slot} read by a count-family scan")
     }
-    fn ewma(&self, slot: u32) -> (u64, u64) {
-        panic!("ewma figures of slot {slot} read by a count-family scan")
+    fn recent(&self, slot: u32) -> (u64, u64) {
+        panic!("recent time of slot {slot} read by a count-family scan")
     }
     fn group_mean_us(&self) -> u64 {
         panic!("group mean read by a count-family scan")
@@ -234,7 +234,7 @@ impl LoadSource for CountsOnly {
 fn the_count_family_scans_without_the_estimates() {
     for policy in Policy::ALL {
         let family = policy.family();
-        let estimates = matches!(policy, Policy::WorkLeft | Policy::PeakEwma);
+        let estimates = policy == Policy::WorkLeft;
         assert_eq!(family == Some(Family::Estimates), estimates, "{policy:?}: {family:?}");
         if family != Some(Family::Counts) {
             continue;
@@ -254,9 +254,27 @@ fn the_count_family_scans_without_the_estimates() {
 #[test]
 fn only_the_policies_that_use_them_get_the_clock_and_a_random_number() {
     for policy in Policy::ALL {
-        // Work-left and peak-ewma read ages; speed-aware its stall limit and its estimates.
-        let ages = matches!(policy, Policy::WorkLeft | Policy::PeakEwma | Policy::SpeedAware);
+        // Work-left reads ages; speed-aware its stall limit and its recent times.
+        let ages = matches!(policy, Policy::WorkLeft | Policy::SpeedAware);
         assert_eq!(policy.reads_clock(), ages, "{policy:?}");
         assert_eq!(policy.draws_random(), policy == Policy::PowerOfTwo, "{policy:?}");
     }
+}
+
+/// A retired policy's name is not unknown: its error says it was retired and what to use.
+#[test]
+fn a_retired_policy_name_says_what_to_use_instead() {
+    for name in ["peak-ewma", "peak_ewma"] {
+        let err = name.parse::<Policy>().unwrap_err();
+        assert!(
+            matches!(err, UnknownPolicy::Retired { instead: Policy::SpeedAware, .. }),
+            "{err:?}"
+        );
+        let text = err.to_string();
+        assert!(text.starts_with("policy `peak-ewma` was retired ("), "{text}");
+        assert!(text.contains("use `speed-aware`"), "{text}");
+    }
+    assert_eq!("fastest".parse::<Policy>().unwrap_err(), UnknownPolicy::Unknown);
+    assert!(Policy::ALL.iter().all(|p| p.name() != "peak-ewma"));
+    assert_eq!(Policy::from_id(6), None, "peak-ewma's id is not reused");
 }

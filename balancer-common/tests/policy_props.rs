@@ -4,9 +4,8 @@
 //!
 //! - work-left: its cost never overflows or panics whatever a worker wrote, grows with the count
 //!   and with the ages, and the scan picks a cheapest candidate (chunked like the program).
-//! - peak-ewma: the decayed estimate always lies between the worker's estimate and the group's
-//!   mean, moves toward the mean as time passes, and the cost never overflows; the scan picks a
-//!   cheapest candidate.
+//! - speed-aware's recent time, decayed: always between the worker's figure and the group's
+//!   mean, moving toward the mean as time passes, below 2^25 whatever a worker wrote.
 //! - The blocked check: least-loaded picks the lightest unblocked slot (the lightest blocked one
 //!   when all are), p2c changes its pick only to leave a blocked slot, and `blocked_mask` (the
 //!   branch-free form the scan uses) agrees with `is_blocked`.
@@ -24,8 +23,8 @@
 //!   choices on 64 slots (fixed seeds, bounds measured against an ideal two-choice process);
 //!   round robin is exact.
 use balancer_common::{
-    choose, decide, ewma_now, is_blocked, peak_ewma, policy::lighter, work_left, Config, Cost,
-    Draw, Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT,
+    choose, decide, is_blocked, policy::lighter, policy::RECENT_HALF_LIFE_SHIFT, recent_now,
+    work_left, Config, Cost, Draw, Event, LoadSource, Policy, Scan, MAX_SLOTS, NO_SLOT,
 };
 use proptest::{collection::vec, prelude::*, sample::Index, test_runner::TestRng};
 
@@ -620,14 +619,12 @@ fn p2c_stays_within_a_few_connections_over_10k_choices() {
 // ---------------------------------------------------------------------------------------------
 // work-left
 
-/// Loads with the figures of the cost policies: per slot the work figures `(working,
-/// start_sum_us)` and the peak-EWMA estimate `(ewma_us, ewma_at_us)` (missing: 0), and the
+/// Loads with the figures of work-left: per slot `(working, start_sum_us)` (missing: 0), and the
 /// group's mean.
 #[derive(Default)]
 struct FigureLoads {
     loads: Loads,
     work: Vec<(u64, u64)>,
-    ewma: Vec<(u64, u64)>,
     mean_us: u64,
 }
 
@@ -637,9 +634,6 @@ impl LoadSource for FigureLoads {
     }
     fn work(&self, slot: u32) -> (u64, u64) {
         self.work.get(slot as usize).copied().unwrap_or((0, 0))
-    }
-    fn ewma(&self, slot: u32) -> (u64, u64) {
-        self.ewma.get(slot as usize).copied().unwrap_or((0, 0))
     }
     fn group_mean_us(&self) -> u64 {
         self.mean_us
@@ -708,7 +702,7 @@ proptest! {
         cfg.n_active = cfg.n_active.min(MAX_SLOTS);
         let now_us = now;
         let d = Draw { now: now_us * 1000, ..d };
-        let loads = FigureLoads { loads: Loads(loads.into_iter().map(Some).collect()), work, mean_us, ..Default::default() };
+        let loads = FigureLoads { loads: Loads(loads.into_iter().map(Some).collect()), work, mean_us };
         let cost = |s: u32| {
             let (count, weight) = loads.load(s).unwrap();
             let (w, sum) = loads.work(s);
@@ -719,49 +713,29 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------------------------
-// peak-ewma
+// speed-aware's recent time, decayed
 
 proptest! {
     #![proptest_config(cases(2000))]
 
-    /// Any figures: no panic, the cost stays below 2^56, and the estimate below 2^25.
+    /// Any figures: no panic, and the decayed recent time stays below 2^25.
     #[test]
-    fn peak_ewma_is_total(inflight in any::<u64>(), ewma in any::<u64>(), at in any::<u64>(), mean in any::<u64>(), now in any::<u64>()) {
-        prop_assert!(ewma_now(ewma, at, mean, now) < 1 << 25);
-        prop_assert!(peak_ewma(inflight, ewma, at, mean, now) < 1 << 56);
+    fn the_recent_time_is_total(recent in any::<u64>(), at in any::<u64>(), mean in any::<u64>(), now in any::<u64>()) {
+        prop_assert!(recent_now(recent, at, mean, now) < 1 << 25);
     }
 
-    /// With sane figures: the estimate lies between the worker's and the group's, is the
-    /// worker's when no time passed, gets no farther from the mean as time passes, is the mean
-    /// after 63 half-lives; one more in flight never costs less.
+    /// With sane figures: the decayed recent time lies between the worker's and the group's
+    /// mean, is the worker's when no time passed, gets no farther from the mean as time passes,
+    /// and is the mean after 63 half-lives.
     #[test]
-    fn peak_ewma_decays_toward_the_group_mean(ewma in 0u64..(1 << 24), mean in 0u64..(1 << 24), at in 0u64..1 << 40, since in 0u64..1 << 30, later in 0u64..1 << 30, inflight in 0u64..1000) {
+    fn the_recent_time_decays_toward_the_group_mean(recent in 0u64..(1 << 24), mean in 0u64..(1 << 24), at in 0u64..1 << 40, since in 0u64..1 << 30, later in 0u64..1 << 30) {
         let now = at + since;
-        let est = ewma_now(ewma, at, mean, now);
-        prop_assert!(ewma.min(mean) <= est && est <= ewma.max(mean), "{} not within {}..{}", est, ewma, mean);
-        prop_assert_eq!(ewma_now(ewma, at, mean, at), ewma);
-        let after = ewma_now(ewma, at, mean, now + later);
+        let est = recent_now(recent, at, mean, now);
+        prop_assert!(recent.min(mean) <= est && est <= recent.max(mean), "{} not within {}..{}", est, recent, mean);
+        prop_assert_eq!(recent_now(recent, at, mean, at), recent);
+        let after = recent_now(recent, at, mean, now + later);
         prop_assert!(after.abs_diff(mean) <= est.abs_diff(mean));
-        prop_assert!(ewma_now(ewma, at, mean, at + (63 << 16)).abs_diff(mean) <= 1);
-        let cost = peak_ewma(inflight, ewma, at, mean, now);
-        prop_assert_eq!(cost, (est + 1) * (inflight + 1));
-        prop_assert!(peak_ewma(inflight + 1, ewma, at, mean, now) >= cost);
-    }
-
-    /// peak-ewma picks a candidate of the least cost (readable, usable, per weight).
-    #[test]
-    fn peak_ewma_picks_a_cheapest_candidate(
-        mut cfg in config(), loads in vec((0u64..64, 1u32..4), 1..=64), ewma in vec((0u64..100_000, 0u64..2_000_000), 64), mean_us in 0u64..50_000, d in draw(), now in 1_000_000u64..2_000_000
-    ) {
-        cfg.policy = Policy::PeakEwma as u32;
-        cfg.n_active = cfg.n_active.min(MAX_SLOTS);
-        let d = Draw { now: now * 1000, ..d };
-        let loads = FigureLoads { loads: Loads(loads.into_iter().map(Some).collect()), ewma, mean_us, ..Default::default() };
-        let cost = |s: u32| {
-            let (count, weight) = loads.load(s).unwrap();
-            let (e, at) = loads.ewma(s);
-            (peak_ewma(count, e, at, mean_us, now).min((1 << 30) - 1), weight)
-        };
-        chooses_a_cheapest(&cfg, &d, &loads, cost)?;
+        let long = at + (63 << RECENT_HALF_LIFE_SHIFT);
+        prop_assert!(recent_now(recent, at, mean, long).abs_diff(mean) <= 1);
     }
 }

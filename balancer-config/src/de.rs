@@ -4,7 +4,7 @@
 //! `deserialize_with` attributes.
 use std::{fmt, net::SocketAddr, path::PathBuf};
 
-use balancer_common::{Policy, PolicyNames, MAX_SLOTS};
+use balancer_common::{Policy, PolicyNames, UnknownPolicy, MAX_SLOTS};
 use serde::de::{self, DeserializeSeed, Deserializer, SeqAccess, Visitor};
 
 use crate::{
@@ -47,7 +47,12 @@ pub(crate) fn de_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Erro
 
 pub(crate) fn de_policy<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
     de_str(d, format!("one of {PolicyNames}"), |v| {
-        v.parse().map_err(|_| format!("unknown policy `{v}`: expected one of {PolicyNames}"))
+        v.parse().map_err(|e| match e {
+            UnknownPolicy::Unknown => {
+                format!("unknown policy `{v}`: expected one of {PolicyNames}")
+            }
+            retired => retired.to_string(),
+        })
     })
 }
 

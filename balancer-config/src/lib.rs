@@ -4,7 +4,7 @@
 //! the line and column of the offending node, the field, the bad value and what was expected:
 //!
 //! ```text
-//! /etc/reuselb/reuselb.yaml:7:13: services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash, pack
+//! /etc/reuselb/reuselb.yaml:7:13: services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, speed-aware, p2c, round-robin, hash, pack
 //! ```
 //!
 //! Checks of one value (policy names, addresses, ranges, paths) run while the file is read, so

@@ -33,7 +33,13 @@ const BAD: &[Bad] = &[
         what: "bad policy",
         text: "services:\n  - name: web\n    listen: 127.0.0.1:8000\n    policy: fastest\n",
         prefix: "test.yaml:4:13: ",
-        fragments: &["services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash, pack"],
+        fragments: &["services[0].policy: unknown policy `fastest`: expected one of least-loaded, work-left, speed-aware, p2c, round-robin, hash, pack"],
+    },
+    Bad {
+        what: "retired policy",
+        text: "services:\n  - name: web\n    listen: 127.0.0.1:8000\n    policy: peak-ewma\n",
+        prefix: "test.yaml:4:13: ",
+        fragments: &["services[0].policy: policy `peak-ewma` was retired (", "): use `speed-aware`, or one of least-loaded, work-left, speed-aware"],
     },
     Bad {
         what: "bad address",
@@ -301,7 +307,7 @@ fn fixture_files_load() {
         ["web", "web-v6"]
     );
     let err = Config::load(dir.join("bad-policy.yaml")).unwrap_err().to_string();
-    assert!(err.ends_with("tests/configs/bad-policy.yaml:6:13: services[0].policy: unknown policy `least_busy`: expected one of least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash, pack"), "{err}");
+    assert!(err.ends_with("tests/configs/bad-policy.yaml:6:13: services[0].policy: unknown policy `least_busy`: expected one of least-loaded, work-left, speed-aware, p2c, round-robin, hash, pack"), "{err}");
     let err = Config::load(dir.join("does-not-exist.yaml")).unwrap_err();
     assert!(matches!(err, ConfigError::Read { .. }), "{err}");
     assert!(err.to_string().contains("does-not-exist.yaml: cannot read the config"), "{err}");

@@ -258,21 +258,6 @@ impl LoadSource for MapLoads {
     }
 
     #[inline(always)]
-    fn ewma(&self, slot: u32) -> (u64, u64) {
-        if slot >= MAX_SLOTS {
-            return (0, 0);
-        }
-        let i = slot as usize;
-        // SAFETY: as in `load`: inside the LOADS value, slot < MAX_SLOTS; written concurrently.
-        unsafe {
-            (
-                read_volatile(addr_of!((*self.0).ewma_us).cast::<u64>().add(i)),
-                read_volatile(addr_of!((*self.0).ewma_at_us).cast::<u64>().add(i)),
-            )
-        }
-    }
-
-    #[inline(always)]
     fn recent(&self, slot: u32) -> (u64, u64) {
         if slot >= MAX_SLOTS {
             return (0, 0);
@@ -282,7 +267,7 @@ impl LoadSource for MapLoads {
         unsafe {
             (
                 read_volatile(addr_of!((*self.0).recent_us).cast::<u64>().add(i)),
-                read_volatile(addr_of!((*self.0).ewma_at_us).cast::<u64>().add(i)),
+                read_volatile(addr_of!((*self.0).recent_at_us).cast::<u64>().add(i)),
             )
         }
     }

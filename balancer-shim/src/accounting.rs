@@ -15,9 +15,8 @@
 //! For the `work-left` policy the shim also keeps, per slot, the requests it is working on
 //! (`working`) and the sum of their start times (`start_sum_us`), and for the whole group the
 //! mean time from accept to answer (`group.mean_us`); a connection's start sits in [`STARTS`]
-//! until its answer. For `peak-ewma` it keeps the slot's service time estimate (`ewma_us`, set at
-//! `ewma_at_us`), and for `speed-aware` its recent response time (`recent_us`, set then too):
-//! see [`work_done`].
+//! until its answer. For `speed-aware` it keeps the slot's recent response time (`recent_us`,
+//! set at `recent_at_us`): see [`work_done`].
 //!
 //! An answer that takes the slot's `inflight` to 0 sets its `idle` byte (the program's fast
 //! path looks for one; it clears the byte when it gives the slot a connection), and a kept-alive
@@ -34,7 +33,7 @@ use core::{
     sync::atomic::{AtomicU64, Ordering},
 };
 
-use balancer_common::{broken::Broken, ewma_now, recent_next, recent_now, table_offsets};
+use balancer_common::{broken::Broken, recent_next, recent_now, table_offsets};
 
 use crate::{
     config::{config, is_broken},
@@ -93,11 +92,10 @@ fn work_started(slot: SlotRef, fd: c_int) {
 /// The request that started at `start` (microseconds) is done at `now_ns`, in `slot`: out of
 /// `working` first, then its start out of `start_sum_us`; its time from accept to answer adds to
 /// the slot's `answer_us` (what `reuselb status` divides by `completed`), moves
-/// the group's mean 1/16 of the way, the slot's peak-EWMA estimate: up to it if it took
-/// longer than the estimate (as decayed to now, [`ewma_now`]), else 1/8 of the way down, and the
-/// slot's recent response time 1/8 of the way up to it or half the way down (as decayed to now,
-/// [`recent_now`]; [`recent_next`]). The read-modify-writes may lose a concurrent update of
-/// another worker (the mean) or thread (the estimates): one figure.
+/// the group's mean 1/16 of the way, and the slot's recent response time 1/8 of the way up to
+/// it or half the way down (as decayed to now, [`recent_now`]; [`recent_next`]). The
+/// read-modify-writes may lose a concurrent update of another worker (the mean) or thread (the
+/// recent time): one figure.
 #[inline(always)]
 fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     slot.field(table_offsets::working).fetch_sub(1, Ordering::Relaxed);
@@ -109,14 +107,10 @@ fn work_done(slot: SlotRef, start: u64, now_ns: u64) {
     let old = mean.load(Ordering::Relaxed);
     let next = if old == 0 { took } else { old - old / 16 + took / 16 };
     mean.store(next.max(1), Ordering::Relaxed);
-    let ewma = slot.field(table_offsets::ewma_us);
     let recent = slot.field(table_offsets::recent_us);
-    let at = slot.field(table_offsets::ewma_at_us);
+    let at = slot.field(table_offsets::recent_at_us);
     let then = at.load(Ordering::Relaxed);
-    let est = ewma_now(ewma.load(Ordering::Relaxed), then, old, now_us);
-    let est = if took >= est { took } else { est - est / 8 + took / 8 };
-    ewma.store(est, Ordering::Relaxed);
-    // Both decayed values lie below 2^25 and `took` is clamped there: no overflow.
+    // The decayed recent time lies below 2^25 and `took` is clamped there: no overflow.
     let took = took.min(1 << 25);
     // The slot's first answer (nothing set yet) is its recent time.
     let pace = if then == 0 {

@@ -584,8 +584,8 @@ impl Group {
                 completed: rec.completed,
                 answer_us: rec.answer_us,
                 working: rec.working.max(0) as u64,
-                // The shim sets the peak-EWMA time at every answer, and only then.
-                answered_at_us: rec.ewma_at_us,
+                // The shim sets the recent time's stamp at every answer, and only then.
+                answered_at_us: rec.recent_at_us,
                 selected_total: self.selected_total(slot)?,
             });
         }

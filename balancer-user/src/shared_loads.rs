@@ -38,13 +38,12 @@ pub struct SlotSnapshot {
     pub epoch: u64,
     pub pid: u32,
     /// The work figures (see [`LoadTable`]): requests being worked on (raw, signed) and the sum
-    /// of their start times, in microseconds; the peak-EWMA estimate and when it was set; the
-    /// recent response time (speed-aware's), set then too.
+    /// of their start times, in microseconds; the recent response time (speed-aware's) and when
+    /// it was set (at the slot's last answer).
     pub working: i64,
     pub start_sum_us: u64,
-    pub ewma_us: u64,
-    pub ewma_at_us: u64,
     pub recent_us: u64,
+    pub recent_at_us: u64,
 }
 
 impl SharedLoads {
@@ -81,9 +80,8 @@ impl SharedLoads {
             pid: self.u32_at(slot, table_offsets::pid).load(Ordering::Relaxed),
             working: self.u64_at(slot, table_offsets::working).load(Ordering::Relaxed) as i64,
             start_sum_us: self.u64_at(slot, table_offsets::start_sum_us).load(Ordering::Relaxed),
-            ewma_us: self.u64_at(slot, table_offsets::ewma_us).load(Ordering::Relaxed),
-            ewma_at_us: self.u64_at(slot, table_offsets::ewma_at_us).load(Ordering::Relaxed),
             recent_us: self.u64_at(slot, table_offsets::recent_us).load(Ordering::Relaxed),
+            recent_at_us: self.u64_at(slot, table_offsets::recent_at_us).load(Ordering::Relaxed),
         }
     }
 
@@ -109,9 +107,8 @@ impl SharedLoads {
             table_offsets::answer_us,
             table_offsets::working,
             table_offsets::start_sum_us,
-            table_offsets::ewma_us,
-            table_offsets::ewma_at_us,
             table_offsets::recent_us,
+            table_offsets::recent_at_us,
         ] {
             self.u64_at(slot, field).store(0, Ordering::Relaxed);
         }
@@ -182,11 +179,11 @@ impl SharedLoads {
         self.u64_at(slot, table_offsets::working).store(working, Ordering::Relaxed);
     }
 
-    /// Writes the slot's peak-EWMA estimate as a worker's shim would: `ewma_us`, set at `at_us`
-    /// (CLOCK_MONOTONIC microseconds) (tests standing for workers).
-    pub fn set_ewma(&self, slot: u32, ewma_us: u64, at_us: u64) {
-        self.u64_at(slot, table_offsets::ewma_us).store(ewma_us, Ordering::Relaxed);
-        self.u64_at(slot, table_offsets::ewma_at_us).store(at_us, Ordering::Relaxed);
+    /// Writes the slot's recent response time as a worker's shim would: `recent_us`, set at
+    /// `at_us` (CLOCK_MONOTONIC microseconds) (tests standing for workers).
+    pub fn set_recent(&self, slot: u32, recent_us: u64, at_us: u64) {
+        self.u64_at(slot, table_offsets::recent_us).store(recent_us, Ordering::Relaxed);
+        self.u64_at(slot, table_offsets::recent_at_us).store(at_us, Ordering::Relaxed);
     }
 
     /// CLOCK_MONOTONIC now, in microseconds: the clock of the work figures.

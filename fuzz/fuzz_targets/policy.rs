@@ -9,8 +9,8 @@
 
 use arbitrary::Arbitrary;
 use balancer_common::{
-    choose, decide, peak_ewma, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy,
-    MAX_SLOTS, NO_SLOT,
+    choose, decide, policy::lighter, work_left, Config, Draw, Event, LoadSource, Policy, MAX_SLOTS,
+    NO_SLOT,
 };
 use libfuzzer_sys::fuzz_target;
 use std::cell::RefCell;
@@ -151,16 +151,14 @@ fuzz_target!(|input: Input| {
     }
     let active = cfg.active_slots();
     match Policy::from_id(policy).unwrap() {
-        p @ (Policy::LeastLoaded | Policy::WorkLeft | Policy::PeakEwma | Policy::SpeedAware) => {
-            // work-left and peak-ewma with no work figures (all 0): the count plus one, per
+        p @ (Policy::LeastLoaded | Policy::WorkLeft | Policy::SpeedAware) => {
+            // work-left with no work figures (all 0): the count plus one, per
             // weight. Speed-aware, without a clock (no stall check), is least-loaded by counts:
             // its fast path passes over slow idle slots only for other idle ones.
             let cost = |(l, w): (u64, u32)| {
                 if p == Policy::WorkLeft {
                     // The scan caps the count first (a count of 2^63 + k is not k).
                     (work_left(l.min((1 << 30) - 1), 0, 0, 0, 0).min((1 << 30) - 1), w)
-                } else if p == Policy::PeakEwma {
-                    (peak_ewma(l.min((1 << 30) - 1), 0, 0, 0, 0).min((1 << 30) - 1), w)
                 } else {
                     (l, w)
                 }

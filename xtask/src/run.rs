@@ -25,8 +25,7 @@ pub struct DemoArgs {
     /// Concurrent wrk connections.
     #[arg(long, default_value_t = 64)]
     connections: u32,
-    /// Selection policy: least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash
-    /// or pack.
+    /// Selection policy: speed-aware, least-loaded, work-left, p2c, round-robin, hash or pack.
     #[arg(long, default_value = "speed-aware")]
     policy: String,
 }

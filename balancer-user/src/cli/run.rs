@@ -26,8 +26,7 @@ pub struct RunArgs {
     /// Balanced address (ADDR:PORT) the app server binds; repeat for several.
     #[arg(long = "listen", value_name = "ADDR:PORT", required = true)]
     listen: Vec<SocketAddr>,
-    /// Selection policy: least-loaded, work-left, peak-ewma, speed-aware, p2c, round-robin, hash
-    /// or pack.
+    /// Selection policy: speed-aware, least-loaded, work-left, p2c, round-robin, hash or pack.
     #[arg(long, default_value = "speed-aware", value_parser = parse_policy)]
     policy: Policy,
     /// Pass over a worker that has had connections in flight and made no progress (no

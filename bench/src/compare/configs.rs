@@ -101,12 +101,6 @@ pub const CONFIGS: &[Cfg] = &[
         how: How::Reuselb { policy: "pack", extra: &["--pack-depth", "2"] },
     },
     Cfg {
-        letter: 'K',
-        label: "reuselb peak-ewma",
-        describe: "`reuselb run --policy peak-ewma`: the least (service time estimate + 1) × (in flight + 1), the estimate jumping to a slower answer and decaying toward the group's mean (half-life 65 ms)",
-        how: How::Reuselb { policy: "peak-ewma", extra: &[] },
-    },
-    Cfg {
         letter: 'L',
         label: "reuselb speed-aware",
         describe: "`reuselb run --policy speed-aware`: least-loaded, passing over a worker with requests in flight and no answer for 8 × the group's mean service time (20 ms to 2 s), and weighing a worker whose recent response time is 3 × the mean or more by its pace: (in flight + 1) × its times the mean − 1, where the others weigh their count (an idle one is passed over by the fast path)",
@@ -114,8 +108,24 @@ pub const CONFIGS: &[Cfg] = &[
     },
 ];
 
+/// Configurations of policies that were retired: known by letter so that the reports whose raw
+/// samples hold them still regenerate, never run again (`--configs` refuses them). Their letters
+/// are never reused.
+pub const RETIRED: &[Cfg] = &[Cfg {
+    letter: 'K',
+    label: "reuselb peak-ewma",
+    describe: "`reuselb run --policy peak-ewma` (retired in issue 23): the least (service time estimate + 1) × (in flight + 1), the estimate jumping to a slower answer and decaying toward the group's mean (half-life 65 ms)",
+    how: How::Reuselb { policy: "peak-ewma", extra: &[] },
+}];
+
 impl Cfg {
+    /// The configuration of letter `c`, retired ones included (for reports of old runs).
     pub fn by_letter(c: char) -> Option<CfgRef> {
+        Self::runnable(c).or_else(|| RETIRED.iter().find(|k| k.letter == c.to_ascii_uppercase()))
+    }
+
+    /// The configuration of letter `c` if it can still be run.
+    pub fn runnable(c: char) -> Option<CfgRef> {
         CONFIGS.iter().find(|k| k.letter == c.to_ascii_uppercase())
     }
 
@@ -482,12 +492,19 @@ fn levels(v: &str) -> Result<Vec<f64>> {
 fn configs(v: &str) -> Result<Vec<CfgRef>> {
     v.chars()
         .map(|c| {
-            Cfg::by_letter(c).with_context(|| {
-                format!(
-                    "--configs: no configuration `{c}` (there are {})",
-                    CONFIGS.iter().map(|c| c.letter).collect::<String>()
-                )
-            })
+            let letters = || CONFIGS.iter().map(|c| c.letter).collect::<String>();
+            match (Cfg::runnable(c), Cfg::by_letter(c)) {
+                (Some(cfg), _) => Ok(cfg),
+                (None, Some(retired)) => bail!(
+                    "--configs: configuration `{c}` ({}) was retired and is not run any more \
+                     (there are {})",
+                    retired.label,
+                    letters()
+                ),
+                (None, None) => {
+                    bail!("--configs: no configuration `{c}` (there are {})", letters())
+                }
+            }
         })
         .collect()
 }
@@ -514,10 +531,11 @@ mod tests {
 
     #[test]
     fn letters_are_distinct_and_reuselb_follows_the_table() {
-        let mut l: Vec<char> = CONFIGS.iter().map(|c| c.letter).collect();
+        let mut l: Vec<char> = CONFIGS.iter().chain(RETIRED).map(|c| c.letter).collect();
         l.sort_unstable();
         l.dedup();
-        assert_eq!(l.len(), CONFIGS.len());
+        assert_eq!(l.len(), CONFIGS.len() + RETIRED.len());
+        assert!(Cfg::runnable('K').is_none() && Cfg::by_letter('k').is_some());
         assert!(Cfg::by_letter('f').unwrap().is_reuselb());
         assert!(!Cfg::by_letter('E').unwrap().is_reuselb());
         assert!(Cfg::by_letter('H').unwrap().is_reuselb());
@@ -543,6 +561,8 @@ mod tests {
         assert_eq!(Options::parse(&args("--full --configs AE")).unwrap().rounds(), 6);
         assert_eq!(Options::parse(&args("--configs AEF")).unwrap().rounds(), 2);
         assert!(Options::parse(&args("--configs AZ")).is_err());
+        let retired = Options::parse(&args("--configs AK")).unwrap_err().to_string();
+        assert!(retired.contains("`K` (reuselb peak-ewma) was retired"), "{retired}");
     }
 
     #[test]

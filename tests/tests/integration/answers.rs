@@ -139,26 +139,27 @@ fn a_worker_is_free_once_it_answered_before_it_closes() {
     println!("work figures: working {working}, start sum {sum}, mean {mean} us");
     assert_eq!((working, sum), (0, 0), "work figures not back to 0");
     assert!(mean > 0 && mean < 1_000_000, "mean service time {mean} us");
-    // peak-ewma's estimate and speed-aware's recent time: the one worker that answered set both
-    // to that request's time (its first answer: the peak, and the first recent time), at the
-    // answer.
+    // speed-aware's recent time: the one worker that answered set it to that request's time
+    // (its first answer is its first recent time), at the answer.
     let set: Vec<_> = {
         let group = service.group();
         let slots = group.slots().expect("slots");
         slots
             .iter()
             .map(|s| group.loads().read(s.slot))
-            .filter(|r| r.ewma_at_us != 0)
-            .map(|r| (r.ewma_us, r.ewma_at_us, r.recent_us))
+            .filter(|r| r.recent_at_us != 0)
+            .map(|r| (r.recent_us, r.recent_at_us))
             .collect()
     };
     let answered_us = SharedLoads::now_us() - answered.elapsed().as_micros() as u64;
-    println!("peak-ewma estimates and recent times set: {set:?}, answer at {answered_us} us");
+    println!("recent times set: {set:?}, answer at {answered_us} us");
     assert_eq!(set.len(), 1, "one worker answered: {set:?}");
-    let (ewma, at, recent) = set[0];
-    assert!(ewma > 0 && ewma < 1_000_000, "estimate {ewma} us");
-    assert_eq!(recent, ewma, "the first answer's time is the worker's recent time");
-    assert!(at.abs_diff(answered_us) < 1_000_000, "estimate set at {at}, answer at {answered_us}");
+    let (recent, at) = set[0];
+    assert!(recent > 0 && recent < 1_000_000, "recent time {recent} us");
+    assert!(
+        at.abs_diff(answered_us) < 1_000_000,
+        "recent time set at {at}, answer at {answered_us}"
+    );
     drop(app);
     registry.stop();
 }

@@ -445,27 +445,28 @@ fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
     });
 }
 
-/// peak-ewma weighs each worker's recent service time: of two workers with one request each,
-/// the one whose last answer took 50 ms (10 times the other's) gets none of 6 new connections;
-/// least-loaded, the control on the same table, shares them. The same estimate set 2 s ago has
-/// decayed to the group's mean (about 30 half-lives), and peak-ewma shares again.
+/// speed-aware weighs a worker whose recent response time is 3 times the group's mean or more
+/// by its pace: of two workers with one request each, the one whose recent time is 50 ms (10
+/// times the mean and the other's) gets none of 6 new connections; least-loaded, the control on
+/// the same table, shares them. The same recent time set 5 s ago has decayed toward the mean
+/// (four half-lives of about a second: under 3 times it), and speed-aware shares again.
 #[test]
-fn peak_ewma_passes_over_a_slow_worker_until_its_estimate_decays() {
+fn speed_aware_passes_over_a_slow_worker_until_its_recent_time_decays() {
     let _serial = integration_tests::apps::serial();
     each_family(|_, ip| {
         let options =
-            balancer_user::GroupOptions { policy: Policy::PeakEwma, ..Default::default() };
+            balancer_user::GroupOptions { policy: Policy::SpeedAware, ..Default::default() };
         let mut pool = Pool::with_options(ip, 2, options)?;
         let loads = Arc::clone(pool.group.loads());
         let s = pool.slots.clone();
         loads.add_inflight(s[0], 1);
         loads.add_inflight(s[1], 1);
         loads.set_group_mean_us(5_000);
-        // The scene: slot 0's estimate is 50 ms, set `ago` microseconds ago; slot 1's is 5 ms.
+        // The scene: slot 0's recent time is 50 ms, set `ago` microseconds ago; slot 1's 5 ms.
         let round = |pool: &mut Pool, ago: u64| -> anyhow::Result<Vec<usize>> {
             let now = balancer_user::shared_loads::SharedLoads::now_us();
-            loads.set_ewma(s[0], 50_000, now - ago);
-            loads.set_ewma(s[1], 5_000, now);
+            loads.set_recent(s[0], 50_000, now - ago);
+            loads.set_recent(s[1], 5_000, now);
             let conns = pool.connect_many(6)?;
             let counts = pool.drain()?;
             ensure!(conns.len() == 6 && counts.iter().sum::<usize>() == 6, "{counts:?}");
@@ -476,9 +477,9 @@ fn peak_ewma_passes_over_a_slow_worker_until_its_estimate_decays() {
             Ok(counts)
         };
         let counts = round(&mut pool, 0)?;
-        ensure!(counts[0] == 0, "peak-ewma sent connections to the slow worker: {counts:?}");
-        let counts = round(&mut pool, 2_000_000)?;
-        ensure!(counts[0] >= 2, "a 2 s old estimate did not decay: {counts:?}");
+        ensure!(counts[0] == 0, "speed-aware sent connections to the slow worker: {counts:?}");
+        let counts = round(&mut pool, 5_000_000)?;
+        ensure!(counts[0] >= 2, "a 5 s old recent time did not decay: {counts:?}");
         pool.group.set_policy(Policy::LeastLoaded)?;
         let counts = round(&mut pool, 0)?;
         ensure!(counts[0] >= 2, "least-loaded (the control) did not share the tie: {counts:?}");
