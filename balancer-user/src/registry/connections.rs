@@ -10,7 +10,8 @@
 //! only those are evicted to make room): a registration waiting for its pod group passed every
 //! check, and counts against its pod's limits instead (`max_workers_per_pod`), so a flood of
 //! empty connections cannot push it out. The registration timeout applies to every connection
-//! not registered, a uid's removal to every one not registered and not already refused.
+//! not registered, a uid's removal to every one not registered and not already refused (a
+//! pending one of a removed uid is answered and becomes [`Stage::Refused`]).
 //! Removing a connection hands its descriptor back: the caller gives it to the closer.
 //!
 //! A connection whose uid may not register is answered at accept and kept as
@@ -152,11 +153,15 @@ impl Connections {
         self.by_id.iter().filter(|(_, c)| late(c)).map(|(id, _)| *id).collect()
     }
 
-    /// Connections not registered whose uid `allowed` refuses (not those already answered so).
-    pub(super) fn unregistered_refused(&self, allowed: impl Fn(u32) -> bool) -> Vec<u64> {
+    /// Connections not registered whose uid `allowed` refuses (not those already answered so):
+    /// id, uid and stage of each.
+    pub(super) fn unregistered_refused(
+        &self,
+        allowed: impl Fn(u32) -> bool,
+    ) -> Vec<(u64, u32, Stage)> {
         let refused =
             |c: &Conn| c.unregistered(None) && c.stage != Stage::Refused && !allowed(c.uid);
-        self.by_id.iter().filter(|(_, c)| refused(c)).map(|(id, _)| *id).collect()
+        self.by_id.iter().filter(|(_, c)| refused(c)).map(|(id, c)| (*id, c.uid, c.stage)).collect()
     }
 }
 
@@ -198,7 +203,7 @@ mod tests {
         assert_eq!(conns.oldest_pending(Some(1000)), Some(d));
         assert_eq!(conns.oldest_pending(Some(1001)), Some(b));
         conns.remove(d);
-        assert_eq!(conns.unregistered_refused(|uid| uid == 1000), vec![b]);
+        assert_eq!(conns.unregistered_refused(|uid| uid == 1000), vec![(b, 1001, Stage::Pending)]);
         let mut late = conns.late(Duration::ZERO);
         late.sort();
         assert_eq!(late, vec![a, b]);
@@ -224,7 +229,7 @@ mod tests {
         assert_eq!(conns.oldest_refused(Some(65534)), Some(r1));
         assert_eq!(conns.oldest_refused(Some(1000)), Some(r3));
         // Already answered: a change of the allowed uids does not close them again.
-        assert_eq!(conns.unregistered_refused(|uid| uid == 1000), Vec::<u64>::new());
+        assert_eq!(conns.unregistered_refused(|uid| uid == 1000), vec![]);
         let mut late = conns.late(Duration::ZERO);
         late.sort();
         assert_eq!(late, vec![p, r1, r2, r3]);

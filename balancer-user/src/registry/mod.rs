@@ -295,7 +295,8 @@ impl Registry {
 
     /// Replaces the uids whose workers may register (empty: the controller's own uid). Applies to
     /// the next registrations, and registered workers of a uid no longer allowed are evicted
-    /// (their slots freed, their registration connections closed) at the next reconciliation.
+    /// (their slots freed, their registration connections closed) at the next reconciliation;
+    /// its connections not registered yet get the refusal, as a new one would.
     pub fn set_allowed_uids(&self, uids: &[u32]) {
         self.shared.settings().set_allowed_uids(uids);
     }

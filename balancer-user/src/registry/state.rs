@@ -242,14 +242,10 @@ impl State {
             }
         };
         if !self.shared.settings().allows(uid) {
-            let reason = format!("uid {uid} may not register here");
-            log::warn!("registration rejected ({}): {reason}", Status::UidNotAllowed.name());
-            self.counters().count_reply(Status::UidNotAllowed);
-            // Without waiting. The connection stays open until its message comes (read and
-            // dropped, `on_conn`) or it hangs up: closed with a message unread, a unix socket
-            // resets its peer's next read, and the peer would get that instead of this reply.
-            let reply = Reply::new(Status::UidNotAllowed, 0, 0, &reason);
-            let _ = sys::send_with_fd(fd.as_fd(), &reply.encode(), None);
+            // The connection stays open until its message comes (read and dropped, `on_conn`)
+            // or it hangs up: closed with a message unread, a unix socket resets its peer's next
+            // read, and the peer would get that instead of this reply.
+            self.send_refusal(fd.as_fd(), uid);
             self.make_room_for_refused(uid);
             self.conns.open_refused(fd, uid);
             return None;
@@ -261,6 +257,15 @@ impl State {
             self.evict_oldest_pending(None);
         }
         Some(self.conns.open(fd, uid))
+    }
+
+    /// Answers a peer whose uid may not register (logged and counted), without waiting.
+    fn send_refusal(&self, fd: BorrowedFd<'_>, uid: u32) {
+        let reason = format!("uid {uid} may not register here");
+        log::warn!("registration rejected ({}): {reason}", Status::UidNotAllowed.name());
+        self.counters().count_reply(Status::UidNotAllowed);
+        let reply = Reply::new(Status::UidNotAllowed, 0, 0, &reason);
+        let _ = sys::send_with_fd(fd, &reply.encode(), None);
     }
 
     /// Closes the oldest refused connections, of `uid` and of any uid, while either is at its cap
@@ -769,8 +774,19 @@ impl State {
             Counters::bump(&self.counters().evictions);
             self.remove_worker(key, false);
         }
-        for id in self.conns.unregistered_refused(|uid| settings.allows(uid)) {
-            self.close_conn(id);
+        // Unregistered connections of a removed uid get the refusal a new one would get. One
+        // whose message is still to come is kept as refused, as at accept, until it comes or
+        // the peer hangs up; one waiting for its pod group (message read) is closed.
+        for (id, uid, stage) in self.conns.unregistered_refused(|uid| settings.allows(uid)) {
+            if let Some(fd) = self.conns.fd(id) {
+                self.send_refusal(fd, uid);
+            }
+            if stage == Stage::Pending {
+                self.make_room_for_refused(uid);
+                self.conns.set_stage(id, Stage::Refused);
+            } else {
+                self.close_conn(id);
+            }
         }
     }
 

@@ -438,6 +438,54 @@ fn removing_a_uid_evicts_its_workers() {
     drop(listener);
 }
 
+/// A peer connected while its uid was allowed, whose uid is removed before it sends its
+/// registration, gets the refusal when it sends, as one refused at accept does (not a closed or
+/// reset connection), and is closed once its message is read.
+#[test]
+fn a_pending_peer_of_a_removed_uid_gets_the_refusal() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-removed-pending");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let registry = start_with(&dir, addr, |o| o.allowed_uids = vec![65534]);
+    let path: PathBuf = registry.socket_path().to_path_buf();
+    let (connected_tx, connected) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel::<()>();
+    let peer = std::thread::spawn(move || {
+        // SAFETY: a raw setresuid on this thread alone, which ends right after.
+        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
+        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+        let listener = bind_reuseport(addr, 16).unwrap();
+        let conn = connect(&path).expect("connecting to the registry");
+        connected_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        let sent = send_registration(&conn, &msg(), listener.as_raw_fd());
+        let reply = next_reply(&conn, Duration::from_secs(2));
+        let closed = integration_tests::apps::wait_until(Duration::from_secs(1), || {
+            let mut b = [0u8; 8];
+            // SAFETY: reads into a local buffer from a descriptor we own.
+            let n = unsafe {
+                libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT)
+            };
+            n == 0
+        });
+        (sent.map_err(|e| e.to_string()), reply, closed)
+    });
+    connected.recv().unwrap();
+    // Accepted as pending (the registry turns every few ms), then the uid goes.
+    std::thread::sleep(Duration::from_millis(300));
+    registry.set_allowed_uids(&[]);
+    std::thread::sleep(Duration::from_millis(300));
+    go.send(()).unwrap();
+    let (sent, reply, closed) = peer.join().unwrap();
+    let reply = reply.unwrap_or_else(|| panic!("no refusal (send: {sent:?})"));
+    assert_eq!(sent, Ok(()), "the registration could not be sent");
+    assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
+    assert!(closed, "the refused connection was not closed within 1 s of its message");
+    assert_eq!(registry.counters().replies(Status::UidNotAllowed), 1);
+    still_serving(&registry, addr);
+}
+
 #[test]
 fn a_detached_program_is_attached_again() {
     integration_tests::private_loopback();
