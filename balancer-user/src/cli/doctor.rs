@@ -117,8 +117,8 @@ fn capabilities(facts: &Facts) -> Check {
             None,
         );
     };
-    // CAP_BPF loads SK_REUSEPORT programs. Without CAP_PERFMON the verifier also walks the
-    // speculative paths (Spectre hardening), and the least-loaded scan exceeds its budget.
+    // CAP_BPF loads SK_REUSEPORT programs. Without CAP_PERFMON the verifier's Spectre hardening
+    // refuses pointer arithmetic whose offset differs between paths: both programs are refused.
     if missing.is_empty() {
         Check::new("capabilities", Level::Ok, "CAP_BPF and CAP_PERFMON (or CAP_SYS_ADMIN)", None)
     } else {
