@@ -134,8 +134,8 @@ impl UnknownPolicy {
     /// `peak-ewma`, retired in issue 23 (README, "Policies").
     const PEAK_EWMA: UnknownPolicy = UnknownPolicy::Retired {
         name: "peak-ewma",
-        why: "worse than nginx least_conn on 3 and 4 of 8 points in its two full runs, and \
-              speed-aware weighs a slow worker by its recent response time",
+        why: "worse than nginx least_conn on 3 of 8 p99 points, and better on none, in its one \
+              full run; speed-aware weighs a slow worker by its recent response time",
         instead: Policy::SpeedAware,
     };
 }

@@ -472,10 +472,13 @@ fn a_pending_peer_of_a_removed_uid_gets_the_refusal() {
         (sent.map_err(|e| e.to_string()), reply, closed)
     });
     connected.recv().unwrap();
-    // Accepted as pending (the registry turns every few ms), then the uid goes.
+    // Accepted as pending, then the uid goes; the peer sends once the registry has applied
+    // that (at its next tick: it answers at once), or after 2 s if it never answers.
     std::thread::sleep(Duration::from_millis(300));
     registry.set_allowed_uids(&[]);
-    std::thread::sleep(Duration::from_millis(300));
+    integration_tests::apps::wait_until(Duration::from_secs(2), || {
+        registry.counters().replies(Status::UidNotAllowed) == 1
+    });
     go.send(()).unwrap();
     let (sent, reply, closed) = peer.join().unwrap();
     let reply = reply.unwrap_or_else(|| panic!("no refusal (send: {sent:?})"));

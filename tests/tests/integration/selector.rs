@@ -454,8 +454,13 @@ fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
 fn speed_aware_passes_over_a_slow_worker_until_its_recent_time_decays() {
     let _serial = integration_tests::apps::serial();
     each_family(|_, ip| {
-        let options =
-            balancer_user::GroupOptions { policy: Policy::SpeedAware, ..Default::default() };
+        // A fixed stall limit of an hour: the slots never answer, and the adaptive limit (40 ms
+        // for this mean) would call them stalled one after the other.
+        let options = balancer_user::GroupOptions {
+            policy: Policy::SpeedAware,
+            blocked_after: Some(Duration::from_secs(3600)),
+            ..Default::default()
+        };
         let mut pool = Pool::with_options(ip, 2, options)?;
         let loads = Arc::clone(pool.group.loads());
         let s = pool.slots.clone();
