@@ -128,3 +128,30 @@ pub fn next_reply(conn: &OwnedFd, timeout: std::time::Duration) -> Option<Reply>
     let reply = receive(conn, libc::MSG_DONTWAIT).ok()?;
     (!reply.is_empty()).then(|| decode(&reply))
 }
+
+/// Whether the controller closes `conn` within `timeout`: a read without waiting sees the end
+/// of the stream (not "nothing yet", not a reset).
+pub fn closed_within(conn: &OwnedFd, timeout: std::time::Duration) -> bool {
+    crate::apps::wait_until(timeout, || {
+        let mut b = [0u8; 8];
+        // SAFETY: reads into a local buffer from a descriptor the caller owns.
+        let n =
+            unsafe { libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT) };
+        n == 0
+    })
+}
+
+/// Runs `f` on a thread of its own whose real, effective and saved uids are `uid` (root drops
+/// them for that thread alone: credentials are per thread at the system-call level), and returns
+/// what it returns: a peer of another uid. Connections it opens keep `uid` as their peer
+/// credentials after the thread ends.
+pub fn as_uid<T: Send + 'static>(uid: u32, f: impl FnOnce() -> T + Send + 'static) -> T {
+    std::thread::spawn(move || {
+        // SAFETY: a raw setresuid on this thread alone, which ends when `f` returns.
+        let ret = unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) };
+        assert_eq!(ret, 0, "setresuid({uid}): {}", io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}

@@ -156,8 +156,9 @@ impl Loop {
                         self.accept_backoff,
                         self.state.connections()
                     );
-                    // Make room: unregistered connections are the only ones we can drop.
-                    self.state.evict_oldest_pending(None);
+                    // Make room: refused connections first, then unregistered ones (the only
+                    // ones we can drop).
+                    self.state.make_room();
                     return;
                 }
                 Err(e) => {

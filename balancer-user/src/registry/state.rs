@@ -283,9 +283,20 @@ impl State {
         }
     }
 
+    /// Descriptors ran out: closes the oldest refused connection (its peer may not register in
+    /// any case; its refusal was sent at accept), or, with none left, the oldest connection with
+    /// no registration read yet. So a flood of refused connections from another uid under the
+    /// descriptor limit closes its own connections, not a worker's that may register.
+    pub(super) fn make_room(&mut self) {
+        match self.conns.oldest_refused(None) {
+            Some(id) => self.close_conn(id),
+            None => self.evict_oldest_pending(None),
+        }
+    }
+
     /// Closes the oldest connection with no registration read yet (of `uid`, if given): to make
     /// room. A registration waiting for its pod group is never evicted.
-    pub(super) fn evict_oldest_pending(&mut self, uid: Option<u32>) {
+    fn evict_oldest_pending(&mut self, uid: Option<u32>) {
         if let Some(id) = self.conns.oldest_pending(uid) {
             Counters::bump(&self.counters().pending_closed);
             self.close_conn(id);

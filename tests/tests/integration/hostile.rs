@@ -19,9 +19,15 @@ use balancer_user::{
 };
 use integration_tests::{
     apps::{free_port, serial, TempDir},
-    shim_client::{connect, next_reply, register_and_hold, register_raw, send_registration},
+    shim_client::{
+        as_uid, closed_within, connect, next_reply, register_and_hold, register_raw,
+        send_registration,
+    },
     NetNs,
 };
+
+/// The uid of the tests' peers that may not register (unless a test allows it).
+const NOBODY: u32 = 65534;
 
 pub(super) fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
     let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
@@ -147,41 +153,23 @@ fn another_uid_is_refused() {
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let registry = start(&dir, addr);
     let path: PathBuf = registry.socket_path().to_path_buf();
-    let reply = std::thread::spawn(move || {
-        // Credentials are per thread at the system-call level: only this thread becomes nobody.
-        // SAFETY: a raw setresuid on this thread alone, which ends right after.
-        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+    let reply = as_uid(NOBODY, move || {
         let listener = bind_reuseport(addr, 16).unwrap();
         register_raw(&path, &msg(), &[listener.as_raw_fd()])
-    })
-    .join()
-    .unwrap();
+    });
     assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
-    assert!(reply.reason().contains("65534"), "the reason should name the uid: {}", reply.reason());
+    assert!(
+        reply.reason().contains(&NOBODY.to_string()),
+        "the reason should name the uid: {}",
+        reply.reason()
+    );
     assert_eq!(registry.counters().replies(Status::UidNotAllowed), 1);
     // Refused at accept, before anything is read: a connection that sends nothing gets the
     // refusal too (a registry that reads first would wait for a message, then time it out).
     let path: PathBuf = registry.socket_path().to_path_buf();
-    let reply = std::thread::spawn(move || {
-        // SAFETY: a raw setresuid on this thread alone, which ends right after.
-        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
-        let conn = connect(&path).unwrap();
-        let mut buf = [0u8; 512];
-        let mut fds = [libc::pollfd { fd: conn.as_raw_fd(), events: libc::POLLIN, revents: 0 }];
-        // SAFETY: one pollfd of a descriptor we own; recv into a local buffer.
-        let n = unsafe {
-            if libc::poll(fds.as_mut_ptr(), 1, 2000) != 1 {
-                return None;
-            }
-            libc::recv(conn.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT)
-        };
-        (n > 0).then(|| balancer_common::protocol::Reply::decode(&buf[..n as usize]).unwrap())
-    })
-    .join()
-    .unwrap()
-    .expect("no refusal within 2 s of connecting as another uid without sending anything");
+    let conn = as_uid(NOBODY, move || connect(&path).unwrap());
+    let reply = next_reply(&conn, Duration::from_secs(2))
+        .expect("no refusal within 2 s of connecting as another uid without sending anything");
     assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
     assert_eq!(registry.counters().replies(Status::UidNotAllowed), 2);
     still_serving(&registry, addr);
@@ -343,39 +331,23 @@ fn a_refused_peer_that_reads_late_still_gets_the_refusal() {
     // Bound here, so that its copies the registry received can be counted after.
     let listener = bind_reuseport(addr, 16).unwrap();
     let fd = listener.as_raw_fd();
-    let outcomes = std::thread::spawn(move || {
-        // SAFETY: a raw setresuid on this thread alone, which ends right after.
-        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
-        // Late before its send (the registry has answered by then), and late after it.
-        [true, false, true, false]
-            .into_iter()
-            .map(|late_send| {
-                let pause = || std::thread::sleep(Duration::from_millis(300));
-                let conn = connect(&path).expect("connecting to the registry");
-                if late_send {
-                    pause();
-                }
-                let sent = send_registration(&conn, &msg(), fd);
-                if !late_send {
-                    pause();
-                }
-                let reply = next_reply(&conn, Duration::from_secs(2));
-                // Then the registry closes it: its message was read.
-                let closed = integration_tests::apps::wait_until(Duration::from_secs(1), || {
-                    let mut b = [0u8; 8];
-                    // SAFETY: reads into a local buffer from a descriptor we own.
-                    let n = unsafe {
-                        libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT)
-                    };
-                    n == 0
-                });
-                (sent.map_err(|e| e.to_string()), reply, closed)
-            })
-            .collect::<Vec<_>>()
-    })
-    .join()
-    .unwrap();
+    // Late before its send (the registry has answered by then), and late after it.
+    let outcomes = [true, false, true, false].into_iter().map(|late_send| {
+        let pause = || std::thread::sleep(Duration::from_millis(300));
+        let path = path.clone();
+        let conn = as_uid(NOBODY, move || connect(&path).expect("connecting to the registry"));
+        if late_send {
+            pause();
+        }
+        let sent = send_registration(&conn, &msg(), fd);
+        if !late_send {
+            pause();
+        }
+        let reply = next_reply(&conn, Duration::from_secs(2));
+        // Then the registry closes it: its message was read.
+        (sent.map_err(|e| e.to_string()), reply, closed_within(&conn, Duration::from_secs(1)))
+    });
+    let outcomes: Vec<_> = outcomes.collect();
     for (i, (sent, reply, closed)) in outcomes.into_iter().enumerate() {
         let reply = reply.unwrap_or_else(|| panic!("attempt {i}: no refusal (send: {sent:?})"));
         assert_eq!(sent, Ok(()), "attempt {i}: the registration could not be sent");
@@ -402,18 +374,13 @@ fn removing_a_uid_evicts_its_workers() {
     let _serial = serial();
     let dir = TempDir::new("hostile-evict");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let registry = start_with(&dir, addr, |o| o.allowed_uids = vec![65534]);
+    let registry = start_with(&dir, addr, |o| o.allowed_uids = vec![NOBODY]);
     let path: PathBuf = registry.socket_path().to_path_buf();
-    let (reply, conn, listener) = std::thread::spawn(move || {
-        // SAFETY: a raw setresuid on this thread alone, which ends right after.
-        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+    let (reply, conn, listener) = as_uid(NOBODY, move || {
         let listener = bind_reuseport(addr, 16).unwrap();
         let (reply, conn) = register_and_hold(&path, &msg(), listener.as_raw_fd());
         (reply, conn, listener)
-    })
-    .join()
-    .unwrap();
+    });
     assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
     let occupied = || registry.service(addr).unwrap().group().occupied_slots().count();
     assert_eq!(occupied(), 1);
@@ -424,15 +391,8 @@ fn removing_a_uid_evicts_its_workers() {
     );
     assert_eq!(registry.counters().evictions.load(std::sync::atomic::Ordering::Relaxed), 1);
     // Its registration connection is closed: the shim sees it.
-    let mut b = [0u8; 8];
     assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(1), || {
-            // SAFETY: reads into a local buffer from a descriptor we own.
-            let n = unsafe {
-                libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT)
-            };
-            n == 0
-        }),
+        closed_within(&conn, Duration::from_secs(1)),
         "the evicted worker's connection stayed open"
     );
     drop(listener);
@@ -447,31 +407,13 @@ fn a_pending_peer_of_a_removed_uid_gets_the_refusal() {
     let _serial = serial();
     let dir = TempDir::new("hostile-removed-pending");
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let registry = start_with(&dir, addr, |o| o.allowed_uids = vec![65534]);
+    let registry = start_with(&dir, addr, |o| o.allowed_uids = vec![NOBODY]);
     let path: PathBuf = registry.socket_path().to_path_buf();
-    let (connected_tx, connected) = std::sync::mpsc::channel();
-    let (go, go_rx) = std::sync::mpsc::channel::<()>();
-    let peer = std::thread::spawn(move || {
-        // SAFETY: a raw setresuid on this thread alone, which ends right after.
-        let ret = unsafe { libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) };
-        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+    // The peer credentials are taken at connect: the connection stays nobody's after.
+    let (listener, conn) = as_uid(NOBODY, move || {
         let listener = bind_reuseport(addr, 16).unwrap();
-        let conn = connect(&path).expect("connecting to the registry");
-        connected_tx.send(()).unwrap();
-        go_rx.recv().unwrap();
-        let sent = send_registration(&conn, &msg(), listener.as_raw_fd());
-        let reply = next_reply(&conn, Duration::from_secs(2));
-        let closed = integration_tests::apps::wait_until(Duration::from_secs(1), || {
-            let mut b = [0u8; 8];
-            // SAFETY: reads into a local buffer from a descriptor we own.
-            let n = unsafe {
-                libc::recv(conn.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT)
-            };
-            n == 0
-        });
-        (sent.map_err(|e| e.to_string()), reply, closed)
+        (listener, connect(&path).expect("connecting to the registry"))
     });
-    connected.recv().unwrap();
     // Accepted as pending, then the uid goes; the peer sends once the registry has applied
     // that (at its next tick: it answers at once), or after 2 s if it never answers.
     std::thread::sleep(Duration::from_millis(300));
@@ -479,13 +421,16 @@ fn a_pending_peer_of_a_removed_uid_gets_the_refusal() {
     integration_tests::apps::wait_until(Duration::from_secs(2), || {
         registry.counters().replies(Status::UidNotAllowed) == 1
     });
-    go.send(()).unwrap();
-    let (sent, reply, closed) = peer.join().unwrap();
+    let sent = send_registration(&conn, &msg(), listener.as_raw_fd()).map_err(|e| e.to_string());
+    let reply = next_reply(&conn, Duration::from_secs(2));
+    let closed = closed_within(&conn, Duration::from_secs(1));
     let reply = reply.unwrap_or_else(|| panic!("no refusal (send: {sent:?})"));
     assert_eq!(sent, Ok(()), "the registration could not be sent");
     assert_eq!(reply.status(), Status::UidNotAllowed, "{}", reply.reason());
     assert!(closed, "the refused connection was not closed within 1 s of its message");
     assert_eq!(registry.counters().replies(Status::UidNotAllowed), 1);
+    // Another uid's listener on the address would keep root from binding it.
+    drop(listener);
     still_serving(&registry, addr);
 }
 
@@ -530,34 +475,49 @@ fn a_detached_program_is_attached_again() {
     drop(registry);
 }
 
-#[test]
-fn descriptor_exhaustion_backs_off_instead_of_spinning() {
-    integration_tests::private_loopback();
-    let _serial = serial();
-    let dir = TempDir::new("hostile-emfile");
+/// `reuselb run` (its registry on `dir/shim.sock`, its service on `addr`, `args` added, an app
+/// that only sleeps) under a descriptor limit of 48, soft and hard: far fewer than a flood
+/// needs. Waits for its registration socket.
+fn run_out_of_descriptors(
+    dir: &TempDir,
+    addr: SocketAddr,
+    args: &[&str],
+) -> integration_tests::apps::Proc {
     let socket = dir.path().join("shim.sock");
-    let log = dir.path().join("run.log");
     let mut cmd = std::process::Command::new("prlimit");
     cmd.arg("--nofile=48:48")
         .arg(integration_tests::apps::reuselb_bin())
         .arg("run")
         .arg("--listen")
-        .arg(format!("127.0.0.1:{}", free_port()))
+        .arg(addr.to_string())
         .arg("--socket")
         .arg(&socket)
-        .arg("--no-metrics")
-        .arg("--status-every")
-        .arg("0")
-        .arg("--")
-        .arg("sleep")
-        .arg("60");
-    let mut run = integration_tests::apps::Proc::spawn("reuselb run", cmd, &log);
+        .args(["--no-metrics", "--status-every", "0"])
+        .args(args)
+        .args(["--", "sleep", "60"]);
+    let run = integration_tests::apps::Proc::spawn("reuselb run", cmd, &dir.path().join("run.log"));
     assert!(
         integration_tests::apps::wait_until(Duration::from_secs(10), || socket.exists()),
         "reuselb run did not start: {}",
         run.log_tail(20)
     );
     std::thread::sleep(Duration::from_millis(300));
+    run
+}
+
+/// Whether the registry of `run` has logged running out of descriptors (and backing off).
+fn backed_off(run: &integration_tests::apps::Proc) -> bool {
+    run.log_text().contains("not accepting for")
+}
+
+#[test]
+fn descriptor_exhaustion_backs_off_instead_of_spinning() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-emfile");
+    let socket = dir.path().join("shim.sock");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let mut run = run_out_of_descriptors(&dir, addr, &[]);
     // The controller is prlimit's exec: the same pid.
     let pid = run.pid();
     let cpu_ticks = || {
@@ -575,17 +535,56 @@ fn descriptor_exhaustion_backs_off_instead_of_spinning() {
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu_ticks() - t0;
     eprintln!("controller CPU while out of descriptors: {used} ticks in 3 s");
-    let log_text = run.log_text();
+    let logged = backed_off(&run);
+    let log_tail = run.log_tail(10);
     run.signal(libc::SIGKILL);
     run.wait_timeout(Duration::from_secs(5));
     // 3 s at 100 ticks a second: a spinning loop uses about 300.
     assert!(used < 30, "the controller used {used} CPU ticks in 3 s while out of descriptors");
-    assert!(
-        log_text.contains("not accepting for"),
-        "no back-off logged: {}",
-        log_text.lines().rev().take(10).collect::<Vec<_>>().join("\n")
-    );
+    assert!(logged, "no back-off logged: {log_tail}");
     drop(flood);
+}
+
+/// Out of descriptors, the registry makes room by closing the connections it refused (another
+/// uid's flood, which may not register in any case) before one that may still register. Before,
+/// it closed the oldest connection not registered yet: a flood of refused connections closed a
+/// worker's registration connection, and the worker went unbalanced.
+#[test]
+fn descriptor_exhaustion_closes_refused_connections_before_a_pending_one() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    let dir = TempDir::new("hostile-emfile-refused");
+    let socket = dir.path().join("shim.sock");
+    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    // Root and another uid may register: the socket file is open to every uid (0666), so the
+    // flood below reaches the registry and is refused by its uid, as in production.
+    let mut run = run_out_of_descriptors(&dir, addr, &["--allow-uid", "0", "--allow-uid", "1"]);
+    // A worker connects and has not sent its registration yet.
+    let pending = connect(&socket).expect("connecting to the registry");
+    std::thread::sleep(Duration::from_millis(300));
+    // Another uid floods it: far more connections than it has descriptors, all held open.
+    let path = socket.clone();
+    let flood: Vec<_> =
+        as_uid(NOBODY, move || (0..200).filter_map(|_| connect(&path).ok()).collect());
+    assert!(flood.len() >= 100, "only {} connections opened", flood.len());
+    let ran_out = integration_tests::apps::wait_until(Duration::from_secs(3), || backed_off(&run));
+    // A few rounds of backing off, each making room.
+    std::thread::sleep(Duration::from_millis(500));
+    let pending_closed = closed_within(&pending, Duration::ZERO);
+    // The flood ends; the worker sends its registration.
+    drop(flood);
+    std::thread::sleep(Duration::from_millis(500));
+    let listener = bind_reuseport(addr, 16).unwrap();
+    let sent = send_registration(&pending, &msg(), listener.as_raw_fd());
+    let reply = next_reply(&pending, Duration::from_secs(2));
+    let log_tail = run.log_tail(10);
+    run.signal(libc::SIGTERM);
+    run.wait_timeout(Duration::from_secs(10));
+    assert!(ran_out, "the registry did not run out of descriptors: {log_tail}");
+    assert!(!pending_closed, "the pending worker's connection was closed to make room: {log_tail}");
+    assert_eq!(sent.map_err(|e| e.to_string()), Ok(()), "the registration could not be sent");
+    let reply = reply.unwrap_or_else(|| panic!("no reply to the registration: {log_tail}"));
+    assert_eq!(reply.status(), Status::Ok, "{}", reply.reason());
 }
 
 /// A pin directory in bpffs for this test, removed when dropped.

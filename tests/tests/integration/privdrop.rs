@@ -441,7 +441,7 @@ fn any_uid_keeps_the_per_uid_caps_and_still_wants_a_listener() {
 
     use balancer_common::protocol::Register;
     use balancer_user::listener::bind_reuseport;
-    use integration_tests::shim_client::{connect, register_and_hold, register_raw};
+    use integration_tests::shim_client::{as_uid, connect, register_and_hold, register_raw};
 
     integration_tests::private_loopback();
     let _serial = serial();
@@ -455,18 +455,12 @@ fn any_uid_keeps_the_per_uid_caps_and_still_wants_a_listener() {
         .expect("start the registry");
     let path = registry.socket_path().to_path_buf();
     let msg = Register::new(std::process::id(), 1).encode();
-    let (idle, refused) = std::thread::spawn(move || {
-        // Credentials are per thread at the system-call level: only this thread becomes nobody.
-        // SAFETY: a raw setresuid on this thread alone, which ends right after.
-        let ret = unsafe { libc::syscall(libc::SYS_setresuid, NOBODY, NOBODY, NOBODY) };
-        assert_eq!(ret, 0, "setresuid: {}", std::io::Error::last_os_error());
+    let (idle, refused) = as_uid(NOBODY, move || {
         let idle: Vec<_> = (0..30).map(|_| connect(&path).expect("nobody connects")).collect();
         // A UDP socket is no listener on the address.
         let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         (idle, register_raw(&path, &msg, &[udp.as_raw_fd()]))
-    })
-    .join()
-    .unwrap();
+    });
     assert_eq!(refused.status(), Status::NotAListener, "{}", refused.reason());
     let closed = || registry.counters().pending_closed.load(Ordering::Relaxed);
     assert!(
