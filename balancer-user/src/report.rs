@@ -17,7 +17,7 @@
 //! the HTTP server (they import it).
 use std::{fmt, marker::PhantomData, net::SocketAddr, time::Instant};
 
-use balancer_common::{programs, protocol::Status, Event, Policy};
+use balancer_common::{programs, protocol::Status, Event, Policy, UnknownPolicy};
 use serde::{
     de::{self, MapAccess, Visitor},
     ser::SerializeMap,
@@ -438,7 +438,13 @@ mod policy_name {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Policy, D::Error> {
         let name = String::deserialize(d)?;
-        name.parse().map_err(|_| de::Error::custom(format!("unknown policy `{name}`")))
+        // A daemon of an older build may run a policy this build retired: say which, and why.
+        name.parse().map_err(|e| match e {
+            UnknownPolicy::Unknown => de::Error::custom(format!("unknown policy `{name}`")),
+            retired => de::Error::custom(format!(
+                "the daemon runs `{name}` (an older reuselb; restart it on this build): {retired}"
+            )),
+        })
     }
 }
 
@@ -595,5 +601,10 @@ pub(crate) mod tests {
             .replace(r#""p2c""#, r#""fastest""#);
         let err = serde_json::from_str::<GroupReport>(&text).unwrap_err();
         assert!(err.to_string().contains("unknown policy `fastest`"), "{err}");
+        // An older daemon's retired policy: named, with what replaced it.
+        let text = text.replace(r#""fastest""#, r#""peak-ewma""#);
+        let err = serde_json::from_str::<GroupReport>(&text).unwrap_err().to_string();
+        assert!(err.contains("the daemon runs `peak-ewma` (an older reuselb"), "{err}");
+        assert!(err.contains("was retired") && err.contains("use `speed-aware`"), "{err}");
     }
 }
