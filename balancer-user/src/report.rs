@@ -442,7 +442,8 @@ mod policy_name {
         name.parse().map_err(|e| match e {
             UnknownPolicy::Unknown => de::Error::custom(format!("unknown policy `{name}`")),
             retired => de::Error::custom(format!(
-                "the daemon runs `{name}` (an older reuselb; restart it on this build): {retired}"
+                "the daemon runs `{name}` (an older reuselb; restart it on this build once its \
+                 config names another policy): {retired}"
             )),
         })
     }

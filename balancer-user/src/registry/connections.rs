@@ -7,7 +7,8 @@
 //! read as a registration ([`Connections::takes_message`]); one waiting for its pod group to be
 //! made, or registered, has any further message ignored, so no second message can take a second
 //! slot for it. The caps on unregistered connections count only [`Stage::Pending`] ones (and
-//! only those are evicted to make room): a registration waiting for its pod group passed every
+//! only those are evicted to make room for a new one; out of descriptors, refused ones are
+//! closed first): a registration waiting for its pod group passed every
 //! check, and counts against its pod's limits instead (`max_workers_per_pod`), so a flood of
 //! empty connections cannot push it out. The registration timeout applies to every connection
 //! not registered, a uid's removal to every one not registered and not already refused (a

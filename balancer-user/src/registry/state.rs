@@ -285,8 +285,10 @@ impl State {
 
     /// Descriptors ran out: closes the oldest refused connection (its peer may not register in
     /// any case; its refusal was sent at accept), or, with none left, the oldest connection with
-    /// no registration read yet. So a flood of refused connections from another uid under the
-    /// descriptor limit closes its own connections, not a worker's that may register.
+    /// no registration read yet. So a flood from a uid that may not register, at the descriptor
+    /// limit, closes its own connections, not a worker's that may register. (A refused peer
+    /// closed so before its message was read gets a reset instead of its refusal: it sent after
+    /// the refusal came, which a shim never does, or holds the connection open without sending.)
     pub(super) fn make_room(&mut self) {
         match self.conns.oldest_refused(None) {
             Some(id) => self.close_conn(id),

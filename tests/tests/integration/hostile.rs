@@ -567,7 +567,8 @@ fn descriptor_exhaustion_closes_refused_connections_before_a_pending_one() {
     let flood: Vec<_> =
         as_uid(NOBODY, move || (0..200).filter_map(|_| connect(&path).ok()).collect());
     assert!(flood.len() >= 100, "only {} connections opened", flood.len());
-    let ran_out = integration_tests::apps::wait_until(Duration::from_secs(3), || backed_off(&run));
+    // Within 2 s, so that the worker still sends within its 5 s to register.
+    let ran_out = integration_tests::apps::wait_until(Duration::from_secs(2), || backed_off(&run));
     // A few rounds of backing off, each making room.
     std::thread::sleep(Duration::from_millis(500));
     let pending_closed = closed_within(&pending, Duration::ZERO);
