@@ -46,6 +46,28 @@ pub fn reuselb_bin() -> PathBuf {
     artifact("REUSELB_BIN", "reuselb")
 }
 
+/// `reuselb run` under `prlimit --nofile=NOFILE:NOFILE` (the controller is prlimit's exec: the
+/// same pid), its registry on `dir/shim.sock`, its service on `addr`, `args` added, an app that
+/// only sleeps, its log in `dir/run.log`. Returns once the registration socket exists.
+pub fn reuselb_run_with_nofile(dir: &Path, addr: SocketAddr, nofile: usize, args: &[&str]) -> Proc {
+    let socket = dir.join("shim.sock");
+    let mut cmd = Command::new("prlimit");
+    cmd.arg(format!("--nofile={nofile}:{nofile}"))
+        .arg(reuselb_bin())
+        .args(["run", "--listen", &addr.to_string(), "--socket"])
+        .arg(&socket)
+        .args(["--no-metrics", "--status-every", "0"])
+        .args(args)
+        .args(["--", "sleep", "60"]);
+    let run = Proc::spawn("reuselb run", cmd, &dir.join("run.log"));
+    assert!(
+        wait_until(Duration::from_secs(10), || socket.exists()),
+        "reuselb run did not start: {}",
+        run.log_tail(20)
+    );
+    run
+}
+
 /// The shim (`REUSELB_SHIM`, else `target/release/libbalancer_shim.so`). Panics if missing.
 pub fn shim_lib() -> PathBuf {
     artifact("REUSELB_SHIM", "libbalancer_shim.so")

@@ -141,6 +141,10 @@ pub fn closed_within(conn: &OwnedFd, timeout: std::time::Duration) -> bool {
     })
 }
 
+/// The uid the tests' peers of another user take (nobody): one that may not register unless a
+/// test allows it.
+pub const NOBODY: u32 = 65534;
+
 /// Runs `f` on a thread of its own whose real, effective and saved uids are `uid` (root drops
 /// them for that thread alone: credentials are per thread at the system-call level), and returns
 /// what it returns: a peer of another uid. Connections it opens keep `uid` as their peer

@@ -21,13 +21,10 @@ use integration_tests::{
     apps::{free_port, serial, TempDir},
     shim_client::{
         as_uid, closed_within, connect, next_reply, register_and_hold, register_raw,
-        send_registration,
+        send_registration, NOBODY,
     },
     NetNs,
 };
-
-/// The uid of the tests' peers that may not register (unless a test allows it).
-const NOBODY: u32 = 65534;
 
 pub(super) fn start(dir: &TempDir, addr: SocketAddr) -> Registry {
     let mut options = RegistryOptions::new(dir.path().join("shim.sock"));
@@ -332,22 +329,24 @@ fn a_refused_peer_that_reads_late_still_gets_the_refusal() {
     let listener = bind_reuseport(addr, 16).unwrap();
     let fd = listener.as_raw_fd();
     // Late before its send (the registry has answered by then), and late after it.
-    let outcomes = [true, false, true, false].into_iter().map(|late_send| {
-        let pause = || std::thread::sleep(Duration::from_millis(300));
-        let path = path.clone();
-        let conn = as_uid(NOBODY, move || connect(&path).expect("connecting to the registry"));
-        if late_send {
-            pause();
-        }
-        let sent = send_registration(&conn, &msg(), fd);
-        if !late_send {
-            pause();
-        }
-        let reply = next_reply(&conn, Duration::from_secs(2));
-        // Then the registry closes it: its message was read.
-        (sent.map_err(|e| e.to_string()), reply, closed_within(&conn, Duration::from_secs(1)))
-    });
-    let outcomes: Vec<_> = outcomes.collect();
+    let outcomes: Vec<_> = [true, false, true, false]
+        .into_iter()
+        .map(|late_send| {
+            let pause = || std::thread::sleep(Duration::from_millis(300));
+            let path = path.clone();
+            let conn = as_uid(NOBODY, move || connect(&path).expect("connecting to the registry"));
+            if late_send {
+                pause();
+            }
+            let sent = send_registration(&conn, &msg(), fd);
+            if !late_send {
+                pause();
+            }
+            let reply = next_reply(&conn, Duration::from_secs(2));
+            // Then the registry closes it: its message was read.
+            (sent.map_err(|e| e.to_string()), reply, closed_within(&conn, Duration::from_secs(1)))
+        })
+        .collect();
     for (i, (sent, reply, closed)) in outcomes.into_iter().enumerate() {
         let reply = reply.unwrap_or_else(|| panic!("attempt {i}: no refusal (send: {sent:?})"));
         assert_eq!(sent, Ok(()), "attempt {i}: the registration could not be sent");
@@ -483,24 +482,7 @@ fn run_out_of_descriptors(
     addr: SocketAddr,
     args: &[&str],
 ) -> integration_tests::apps::Proc {
-    let socket = dir.path().join("shim.sock");
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.arg("--nofile=48:48")
-        .arg(integration_tests::apps::reuselb_bin())
-        .arg("run")
-        .arg("--listen")
-        .arg(addr.to_string())
-        .arg("--socket")
-        .arg(&socket)
-        .args(["--no-metrics", "--status-every", "0"])
-        .args(args)
-        .args(["--", "sleep", "60"]);
-    let run = integration_tests::apps::Proc::spawn("reuselb run", cmd, &dir.path().join("run.log"));
-    assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(10), || socket.exists()),
-        "reuselb run did not start: {}",
-        run.log_tail(20)
-    );
+    let run = integration_tests::apps::reuselb_run_with_nofile(dir.path(), addr, 48, args);
     std::thread::sleep(Duration::from_millis(300));
     run
 }

@@ -321,15 +321,8 @@ fn unregistered_connections_are_capped_and_timed_out() {
     // Closed on the peer's side too: a read sees the end.
     // (The registry hands them to its closer thread, which closes them a moment later.)
     for c in &idle {
-        let at_end = || {
-            let mut b = [0u8; 8];
-            // SAFETY: reads into a local buffer from a descriptor we own.
-            let n =
-                unsafe { libc::recv(c.as_raw_fd(), b.as_mut_ptr().cast(), 8, libc::MSG_DONTWAIT) };
-            n == 0
-        };
         assert!(
-            integration_tests::apps::wait_until(Duration::from_secs(2), at_end),
+            integration_tests::shim_client::closed_within(c, Duration::from_secs(2)),
             "an idle connection is still open 2 s after the registry closed it"
         );
     }
@@ -481,20 +474,7 @@ const BUDGET_NOFILE: usize = 512;
 
 /// Starts `reuselb run` on `addr` with [`BUDGET_NOFILE`] descriptors at most.
 fn run_with_few_descriptors(dir: &TempDir, addr: SocketAddr) -> integration_tests::apps::Proc {
-    let socket = dir.path().join("shim.sock");
-    let mut cmd = std::process::Command::new("prlimit");
-    cmd.arg(format!("--nofile={BUDGET_NOFILE}:{BUDGET_NOFILE}"))
-        .arg(integration_tests::apps::reuselb_bin())
-        .args(["run", "--listen", &addr.to_string(), "--socket"])
-        .arg(&socket)
-        .args(["--no-metrics", "--status-every", "0", "--", "sleep", "60"]);
-    let run = integration_tests::apps::Proc::spawn("reuselb run", cmd, &dir.path().join("run.log"));
-    assert!(
-        integration_tests::apps::wait_until(Duration::from_secs(10), || socket.exists()),
-        "reuselb run did not start: {}",
-        run.log_tail(20)
-    );
-    run
+    integration_tests::apps::reuselb_run_with_nofile(dir.path(), addr, BUDGET_NOFILE, &[])
 }
 
 /// Issue 19: a peer stalls every closer thread (lingering sockets nested deeper than the closer
