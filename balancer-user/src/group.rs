@@ -75,6 +75,10 @@ pub struct SlotView {
     pub working: u64,
     /// When the worker last answered (CLOCK_MONOTONIC microseconds; 0 if it has not yet).
     pub answered_at_us: u64,
+    /// The worker's recent response time as its shim last set it (at `answered_at_us`), in
+    /// microseconds, raw: speed-aware decays it toward the group's mean (see
+    /// `balancer_common::policy::recent_now`). Written by the worker: untrusted.
+    pub recent_us: u64,
     /// Selections of this slot since the group was created (survives slot reuse).
     pub selected_total: u64,
 }
@@ -586,6 +590,7 @@ impl Group {
                 working: rec.working.max(0) as u64,
                 // The shim sets the recent time's stamp at every answer, and only then.
                 answered_at_us: rec.recent_at_us,
+                recent_us: rec.recent_us,
                 selected_total: self.selected_total(slot)?,
             });
         }

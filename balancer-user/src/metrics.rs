@@ -19,6 +19,8 @@
 //! | `worker_busy` | gauge | service, slot, pid (1 while a request is accepted and not answered) |
 //! | `worker_last_answer_timestamp_seconds` | gauge | service, slot, pid (Unix time of the last answer; absent before the first) |
 //! | `worker_resident_memory_bytes` | gauge | service, slot, pid (VmRSS; absent if unreadable) |
+//! | `worker_pace_seconds` | gauge | service, slot, pid (speed-aware's recent response time, decayed to now; absent before the first answer) |
+//! | `worker_slowness` | gauge | service, slot, pid (how many times slower than its group the program takes the worker to be: 1 at the group's pace, 3 to 64 slow) |
 //! | `workers` | gauge | service |
 //! | `service_info` (=1) | gauge | service, policy, program |
 //! | `fallbacks_total` | counter | service, reason (`no_config`, `no_active_slot`, `bad_config`, `select_failed`) |
@@ -208,6 +210,8 @@ struct ReportCollector {
     busy_now: IntGaugeVec,
     last_answer: GaugeVec,
     rss: IntGaugeVec,
+    pace: GaugeVec,
+    slowness: IntGaugeVec,
     workers: IntGaugeVec,
     info: IntGaugeVec,
     fallbacks: IntCounterVec,
@@ -256,6 +260,16 @@ impl ReportCollector {
             )
             .expect("valid metric definition"),
             rss: gauge_vec("reuselb_worker_resident_memory_bytes", "Resident memory of the worker's process, in bytes.", WORKER),
+            pace: GaugeVec::new(
+                Opts::new("reuselb_worker_pace_seconds", "The worker's recent time from accept to answer as speed-aware weighs it: moved 1/8 of the way up to a longer answer and half the way down to a shorter one, decaying toward the group's mean while the worker answers nothing."),
+                WORKER,
+            )
+            .expect("valid metric definition"),
+            slowness: gauge_vec(
+                "reuselb_worker_slowness",
+                "How many times slower than its group the program takes the worker to be: 1 at the group's pace, 3 to 64 slow (speed-aware passes over a slow worker while it is idle and weighs it by (in flight + 1) x slowness - 1; other policies ignore it).",
+                WORKER,
+            ),
             workers: gauge_vec("reuselb_workers", "Workers registered with the service.", &["service"]),
             info: gauge_vec("reuselb_service_info", "The service's selection policy and program; always 1.", &["service", "policy", "program"]),
             fallbacks: counter_vec(
@@ -303,9 +317,10 @@ impl ReportCollector {
         }
     }
 
-    fn gauges(&self) -> [&IntGaugeVec; 10] {
+    fn gauges(&self) -> [&IntGaugeVec; 11] {
         [
             &self.inflight,
+            &self.slowness,
             &self.busy_now,
             &self.rss,
             &self.weight,
@@ -337,7 +352,7 @@ impl ReportCollector {
     }
 
     /// The series of one worker process, `w`, one of its groups' (a process in several groups
-    /// adds up: counts and sums add, busy and the last answer take the most).
+    /// adds up: counts and sums add, busy, the last answer, the pace and the slowness take the most).
     fn fill_worker(&self, labels: &[&str; 3], w: &WorkerReport, now_unix: f64) {
         self.inflight.with_label_values(labels).add(clamp(w.inflight));
         self.weight.with_label_values(labels).set(i64::from(w.weight.max(1)));
@@ -353,6 +368,14 @@ impl ReportCollector {
         }
         if let Some(rss) = w.rss_bytes {
             self.rss.with_label_values(labels).set(clamp(rss));
+        }
+        if let Some(us) = w.pace_us {
+            let pace = self.pace.with_label_values(labels);
+            pace.set(pace.get().max(us as f64 / 1e6));
+        }
+        if let Some(slow) = w.slowness {
+            let slowness = self.slowness.with_label_values(labels);
+            slowness.set(slowness.get().max(clamp(slow)));
         }
     }
 
@@ -453,6 +476,7 @@ impl Collector for ReportCollector {
         }
         d.extend(self.response.desc());
         d.extend(self.last_answer.desc());
+        d.extend(self.pace.desc());
         d
     }
 
@@ -467,6 +491,7 @@ impl Collector for ReportCollector {
         }
         self.response.reset();
         self.last_answer.reset();
+        self.pace.reset();
         if let Some(report) = &report {
             self.fill(report);
         }
@@ -479,6 +504,7 @@ impl Collector for ReportCollector {
         }
         out.extend(self.response.collect());
         out.extend(self.last_answer.collect());
+        out.extend(self.pace.collect());
         out
     }
 }

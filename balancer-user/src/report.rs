@@ -17,7 +17,9 @@
 //! the HTTP server (they import it).
 use std::{fmt, marker::PhantomData, net::SocketAddr, time::Instant};
 
-use balancer_common::{programs, protocol::Status, Event, Policy, UnknownPolicy};
+use balancer_common::{
+    programs, protocol::Status, recent_now, slowness, Event, Policy, UnknownPolicy,
+};
 use serde::{
     de::{self, MapAccess, Visitor},
     ser::SerializeMap,
@@ -292,6 +294,11 @@ pub struct GroupReport {
     /// For a group made on registration: whose it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod: Option<PodReport>,
+    /// The group's mean time from accept to answer, as speed-aware and work-left read it (an
+    /// average that moves 1/16 of the way to each answer), in microseconds; `None` before the
+    /// first answer, and in a report of an older reuselb.
+    #[serde(default)]
+    pub mean_response_us: Option<u64>,
     pub workers: Vec<WorkerReport>,
     /// The program's events: fallbacks to the kernel's hash per reason, and migrations
     /// (`migrated`, `migrate_fallback`).
@@ -349,12 +356,26 @@ pub struct WorkerReport {
     /// the controller cannot read it (a process of another pid namespace, gone already).
     #[serde(default)]
     pub rss_bytes: Option<u64>,
+    /// Speed-aware's recent response time of the worker, decayed to the time of the report
+    /// toward the group's mean as the program decays it, in microseconds; `None` before the
+    /// worker's first answer, and in a report of an older reuselb.
+    #[serde(default)]
+    pub pace_us: Option<u64>,
+    /// How many times slower than its group the program takes the worker to be, now: 1 at the
+    /// group's pace; from [`SLOW_FACTOR`](balancer_common::SLOW_FACTOR) up (at most
+    /// [`SLOWNESS_CAP`](balancer_common::SLOWNESS_CAP)) a slow worker, which
+    /// speed-aware passes over while it is idle and weighs by `(in flight + 1) x slowness - 1`.
+    /// The program's own function of the figures above, whatever the group's policy (only
+    /// speed-aware acts on it); `None` in a report of an older reuselb.
+    #[serde(default)]
+    pub slowness: Option<u64>,
 }
 
 impl WorkerReport {
-    /// The report of the slot `s`, read at `now_us` (CLOCK_MONOTONIC microseconds, the clock of
-    /// the shim's answer times), with the process's resident memory read now.
-    pub fn read(s: &SlotView, now_us: u64) -> Self {
+    /// The report of the slot `s` of a group whose mean response time is `mean_us`, read at
+    /// `now_us` (CLOCK_MONOTONIC microseconds, the clock of the shim's answer times), with the
+    /// process's resident memory read now.
+    pub fn read(s: &SlotView, mean_us: u64, now_us: u64) -> Self {
         Self {
             slot: s.slot,
             pid: s.pid,
@@ -370,6 +391,9 @@ impl WorkerReport {
             since_last_answer_ms: (s.answered_at_us != 0)
                 .then(|| now_us.saturating_sub(s.answered_at_us) / 1000),
             rss_bytes: rss_bytes(s.pid),
+            pace_us: (s.answered_at_us != 0)
+                .then(|| recent_now(s.recent_us, s.answered_at_us, mean_us, now_us)),
+            slowness: Some(slowness(s.recent_us, s.answered_at_us, mean_us, now_us)),
         }
     }
 }
@@ -408,6 +432,7 @@ pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
                 log::warn!("{name} {}: reading the counters: {e}", svc.addr);
                 Stats::default()
             });
+            let mean_us = group.loads().group_mean_us();
             GroupReport {
                 addr: svc.addr,
                 policy: group.policy(),
@@ -419,7 +444,8 @@ pub fn collect(name: &str, registry: &Registry) -> ServiceReport {
                     template: p.template.clone(),
                     label: p.label(),
                 }),
-                workers: slots.iter().map(|s| WorkerReport::read(s, now_us)).collect(),
+                mean_response_us: (mean_us != 0).then_some(mean_us),
+                workers: slots.iter().map(|s| WorkerReport::read(s, mean_us, now_us)).collect(),
                 events: Counts::from(&stats),
             }
         })
@@ -481,6 +507,7 @@ pub(crate) mod tests {
             program: Program::SelectOrMigrate,
             adopted: false,
             pod: None,
+            mean_response_us: None,
             workers: workers
                 .iter()
                 .map(|&(slot, pid, selected)| WorkerReport {
@@ -557,9 +584,10 @@ pub(crate) mod tests {
             answer_us: 250_000,
             working: 1,
             answered_at_us: 5_000_000,
+            recent_us: 30_000,
             selected_total: 12,
         };
-        let w = WorkerReport::read(&slot, 5_750_000);
+        let w = WorkerReport::read(&slot, 25_000, 5_750_000);
         assert_eq!((w.completed, w.response_us, w.avg_response_us), (10, 250_000, Some(25_000)));
         assert!(w.busy);
         assert_eq!(w.since_last_answer_ms, Some(750));
@@ -568,15 +596,54 @@ pub(crate) mod tests {
         // Nothing answered yet, nothing being worked on, a pid that names no process.
         let idle =
             SlotView { completed: 0, answer_us: 0, working: 0, answered_at_us: 0, pid: 0, ..slot };
-        let w = WorkerReport::read(&idle, 5_750_000);
+        let w = WorkerReport::read(&idle, 25_000, 5_750_000);
         assert_eq!(
-            (w.avg_response_us, w.busy, w.since_last_answer_ms, w.rss_bytes),
-            (None, false, None, None)
+            (w.avg_response_us, w.busy, w.since_last_answer_ms, w.rss_bytes, w.pace_us),
+            (None, false, None, None, None)
         );
+        assert_eq!(w.slowness, Some(1));
         // A report from before these fields existed still reads, with none of them.
         let old = r#"{"slot":1,"pid":2,"weight":1,"epoch":1,"inflight":0,"selected":3,"accepted":3,"completed":3}"#;
         let w: WorkerReport = serde_json::from_str(old).unwrap();
         assert_eq!((w.response_us, w.busy, w.rss_bytes), (0, false, None));
+        assert_eq!((w.pace_us, w.slowness), (None, None));
+    }
+
+    /// The pace and slowness a report shows are the program's: a recent time at 1.2 x the
+    /// group's mean is not slow, 3 x is (the slowness is the ratio, capped), and 3 x answered two
+    /// half-lives ago has come half the way and half again toward the mean, so it is not slow
+    /// any more.
+    #[test]
+    fn pace_and_slowness_as_the_program_sees_them() {
+        let at = 5_000_000;
+        let slot = |recent_us| SlotView {
+            slot: 0,
+            pid: 0,
+            weight: 1,
+            epoch: 1,
+            cookie: 1,
+            inflight: 0,
+            accepted: 5,
+            completed: 5,
+            answer_us: 5 * recent_us,
+            working: 0,
+            answered_at_us: at,
+            recent_us,
+            selected_total: 5,
+        };
+        let read = |recent_us, now_us| {
+            let w = WorkerReport::read(&slot(recent_us), 20_000, now_us);
+            (w.pace_us, w.slowness)
+        };
+        assert_eq!(read(24_000, at + 1_000), (Some(24_000), Some(1)));
+        assert_eq!(read(60_000, at + 1_000), (Some(60_000), Some(3)));
+        assert_eq!(read(400_000, at + 1_000), (Some(400_000), Some(20)));
+        assert_eq!(read(20_000 * 100, at), (Some(2_000_000), Some(balancer_common::SLOWNESS_CAP)));
+        let two_half_lives = 2 << balancer_common::policy::RECENT_HALF_LIFE_SHIFT;
+        assert_eq!(read(60_000, at + two_half_lives), (Some(30_000), Some(1)));
+        // No mean yet: nothing is slow, whatever the recent time.
+        let w = WorkerReport::read(&slot(400_000), 0, at + 1_000);
+        assert_eq!(w.slowness, Some(1));
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! The per-worker tables that `reuselb status`, `reuselb top` and `reuselb run --view` draw, in
 //! the spirit of uwsgitop: per worker, busy or idle now, requests in flight, selections, requests
-//! answered, the average response time, the time since the last answer, resident memory, and
-//! the share of the group's selections so far (with a bar where the width allows). Each group
+//! answered, the average response time, how many times slower than its group the program takes
+//! it to be (speed-aware's slowness: `1x` at the group's pace, `3x` to `64x` slow), the time
+//! since the last answer, resident memory, and the share of the group's selections so far (with a
+//! bar where the width allows). Each group
 //! starts with a summary line (workers, busy ones, in flight, selected, answered, average
 //! response time, memory), so a group of 64 workers reads at a glance. Plain text from a
 //! [`Report`], at most a given width wide (the bar shrinks, then goes; 80 columns fit every
@@ -16,7 +18,7 @@ use crate::report::{GroupReport, Report, ServiceReport, WorkerReport};
 const BAR: usize = 30;
 
 /// Width of a worker's line without its bar.
-const COLUMNS: usize = 78;
+const COLUMNS: usize = 79;
 
 /// A bar narrower than this is not drawn.
 const MIN_BAR: usize = 5;
@@ -42,6 +44,11 @@ pub fn age(ms: u64) -> String {
 /// An average response time in milliseconds, `-` if there is none.
 fn avg_ms(us: Option<u64>) -> String {
     us.map_or_else(|| "-".to_owned(), |us| format!("{:.1}", us as f64 / 1000.0))
+}
+
+/// A slowness as `12x`, `-` if unknown (a report of an older reuselb).
+fn times(slowness: Option<u64>) -> String {
+    slowness.map_or_else(|| "-".to_owned(), |s| format!("{s}x"))
 }
 
 /// Bytes in MiB, `-` if unknown.
@@ -83,12 +90,19 @@ pub fn render_group_width(title: &str, group: &GroupReport, width: usize) -> Str
     let bar_width = width.saturating_sub(COLUMNS + 2).min(BAR);
     let bar_width = if bar_width < MIN_BAR { 0 } else { bar_width };
     let mut out = String::new();
-    let _ =
-        writeln!(out, "{title}  policy {}  program {}", group.policy.name(), group.program.name());
+    let mean = group
+        .mean_response_us
+        .map_or_else(String::new, |us| format!("  recent mean {} ms", avg_ms(Some(us))));
+    let _ = writeln!(
+        out,
+        "{title}  policy {}  program {}{mean}",
+        group.policy.name(),
+        group.program.name()
+    );
     let _ = writeln!(out, "{}", summary(workers));
     let _ = writeln!(
         out,
-        "{:>4} {:>7} {:>3} {:<5} {:>5} {:>9} {:>9} {:>7} {:>6} {:>7} {:>6}",
+        "{:>4} {:>7} {:>3} {:<5} {:>5} {:>8} {:>8} {:>7} {:>3} {:>5} {:>7} {:>6}",
         "slot",
         "pid",
         "wt",
@@ -97,6 +111,7 @@ pub fn render_group_width(title: &str, group: &GroupReport, width: usize) -> Str
         "selected",
         "answered",
         "avg ms",
+        "slow",
         "last",
         "rss MiB",
         "share"
@@ -109,7 +124,7 @@ pub fn render_group_width(title: &str, group: &GroupReport, width: usize) -> Str
             (w.selected as f64 / most as f64 * bar_width as f64).round() as usize
         };
         let line = format!(
-            "{:>4} {:>7} {:>3} {:<5} {:>5} {:>9} {:>9} {:>7} {:>6} {:>7} {:>5.1}%",
+            "{:>4} {:>7} {:>3} {:<5} {:>5} {:>8} {:>8} {:>7} {:>3} {:>5} {:>7} {:>5.1}%",
             w.slot,
             w.pid,
             w.weight,
@@ -118,6 +133,7 @@ pub fn render_group_width(title: &str, group: &GroupReport, width: usize) -> Str
             w.selected,
             w.completed,
             avg_ms(w.avg_response_us),
+            times(w.slowness),
             w.since_last_answer_ms.map_or_else(|| "-".to_owned(), age),
             mib(w.rss_bytes),
             share * 100.0
@@ -213,18 +229,25 @@ mod tests {
         g.workers[0].avg_response_us = Some(12_500);
         g.workers[0].since_last_answer_ms = Some(65_000);
         g.workers[0].rss_bytes = Some(48 << 20);
+        g.workers[0].slowness = Some(12);
+        g.workers[1].slowness = Some(1);
+        g.mean_response_us = Some(6_340);
         let text = render_group("web 127.0.0.1:8000", &g);
         let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines[0], "web 127.0.0.1:8000  policy p2c  program select_or_migrate", "{text}");
+        assert_eq!(
+            lines[0],
+            "web 127.0.0.1:8000  policy p2c  program select_or_migrate  recent mean 6.3 ms",
+            "{text}"
+        );
         assert_eq!(
             lines[1], "workers 2 (1 busy)  in flight 4  answered 98  avg 9.4 ms  rss 48 MiB",
             "{text}"
         );
-        assert!(lines[2].starts_with("slot     pid  wt state inflt  selected  answered"), "{text}");
+        assert!(lines[2].starts_with("slot     pid  wt state inflt selected answered  avg ms slow"));
         assert_eq!(
             lines[3],
             format!(
-                "   0     100   1 busy      3        75        74    12.5  1m05s    48.0  75.0%  {}",
+                "   0     100   1 busy      3       75       74    12.5 12x 1m05s    48.0  75.0%  {}",
                 "#".repeat(30)
             ),
             "{text}"
@@ -232,7 +255,7 @@ mod tests {
         assert_eq!(
             lines[4],
             format!(
-                "   1     101   1 idle      1        25        24       -      -       -  25.0%  {}",
+                "   1     101   1 idle      1       25       24       -  1x     -       -  25.0%  {}",
                 "#".repeat(10)
             ),
             "{text}"
@@ -251,6 +274,7 @@ mod tests {
             w.avg_response_us = Some(123_456_789);
             w.since_last_answer_ms = Some(7_200_000);
             w.rss_bytes = Some(2000 << 20);
+            w.slowness = Some(64);
         }
         let text = render_group_width("web [2001:db8::1]:8000", &g, 80);
         let lines: Vec<&str> = text.lines().collect();
@@ -279,6 +303,9 @@ mod tests {
         g.events = Counts::default();
         let text = render_group("x", &g);
         assert!(text.contains("0.0%") && text.contains("fallbacks to kernel hash: 0"), "{text}");
+        // No answer yet: no recent mean in the title; a report of an older reuselb: no slowness.
+        assert_eq!(text.lines().next(), Some("x  policy p2c  program select_or_migrate"));
+        assert!(text.lines().nth(3).unwrap().contains("    -   - "), "{text}");
     }
 
     #[test]

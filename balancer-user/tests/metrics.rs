@@ -40,6 +40,7 @@ fn group(addr: &str, policy: Policy, program: Program, workers: Vec<WorkerReport
         program,
         adopted: false,
         pod: None,
+        mean_response_us: None,
         workers,
         events: Counts::default(),
     }

@@ -281,6 +281,8 @@ fn full_report() -> Report {
         busy: true,
         since_last_answer_ms: Some(20),
         rss_bytes: Some(30 << 20),
+        pace_us: Some(30_000),
+        slowness: Some(3),
     };
     let mut events = Counts::default();
     events.set(Event::FallbackSelectFailed, 1);
@@ -291,6 +293,7 @@ fn full_report() -> Report {
         program: Program::SelectOrMigrate,
         adopted: false,
         pod,
+        mean_response_us: Some(10_000),
         workers: vec![worker],
         events: events.clone(),
     };

@@ -96,6 +96,7 @@ fn report() -> Report {
                 program: Program::SelectOrMigrate,
                 adopted: false,
                 pod: None,
+                mean_response_us: None,
                 workers: vec![worker(0, 4242, 300), worker(1, 4343, 100)],
                 events: Counts::default(),
             }],

@@ -166,7 +166,8 @@ fn check_metrics_and_table(metrics: SocketAddr, ours: &BTreeMap<u32, WorkerRepor
     println!("{table}");
     assert!(table.contains(&format!("workers 4 (0 busy)  in flight 0  answered {REQUESTS}  avg ")));
     assert!(
-        table.contains("slot     pid  wt state inflt  selected  answered  avg ms   last rss MiB")
+        table.contains("slot     pid  wt state inflt selected answered  avg ms slow  last rss MiB"),
+        "{table}"
     );
     for pid in ours.keys() {
         assert!(table.contains(&format!(" {pid}   1 idle ")), "pid {pid} not idle in:\n{table}");

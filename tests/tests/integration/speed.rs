@@ -1,21 +1,31 @@
 //! Speed-aware end to end (issue 23): real uWSGI under `reuselb run --policy speed-aware`, one
-//! worker stopped (SIGSTOP). Light traffic gives it a connection, which never comes back; once
+//! worker stopped (SIGSTOP), or slowed by stops in a loop, whose slowness `/status` and
+//! `/metrics` must show. Light traffic gives it a connection, which never comes back; once
 //! the adaptive stall limit has passed (8 x the group's mean time to answer, here about 8 x 40
 //! ms), the load rises. Speed-aware gives the stopped worker no new connection; least-loaded, the
 //! control on the same scene, gives it its share until its count matches the others' (it sees
 //! counts, not that the count never moves). Counted from the program's own per-slot selections
 //! (`/status`), not from answers.
 
-use std::{net::SocketAddr, time::Duration};
+use std::{
+    collections::BTreeMap,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
 
-use balancer_common::Policy;
+use balancer_common::{Policy, SLOW_FACTOR};
 use balancer_user::report::WorkerReport;
 use integration_tests::{
     apps::{
-        apps_dir, free_port, loopback, require, serial, spawn_reuselb_run, wait_until, Load,
+        apps_dir, free_port, loopback, require, serial, spawn_reuselb_run, wait_until, Load, Proc,
         TempDir, UwsgiConfig, UwsgiProto,
     },
-    http::status,
+    http::{get, status},
 };
 
 /// Workers of the app, and threads each (enough for the rise's requests to wait in parallel).
@@ -69,10 +79,9 @@ struct Scene {
     rise_all: u64,
 }
 
-/// Starts uWSGI under `reuselb run --policy <policy>`, warms it up (the group's mean), stops one
-/// idle worker, gives it a connection with light traffic and, past the limit, raises the load;
-/// returns what the program gave the stopped worker.
-fn scene(dir: &TempDir, policy: Policy) -> Scene {
+/// uWSGI ([`PROCESSES`] x [`THREADS`], the bench app) under `reuselb run --policy <policy>`, up
+/// and every worker registered: its config, the metrics address and the run.
+fn start(dir: &TempDir, policy: Policy) -> (UwsgiConfig, SocketAddr, Proc) {
     let cfg = {
         let mut c = UwsgiConfig::new(loopback(free_port()), UwsgiProto::Http);
         c.processes = PROCESSES;
@@ -93,6 +102,15 @@ fn scene(dir: &TempDir, policy: Policy) -> Scene {
     let ready = cfg.wait_ready(Duration::from_secs(30))
         && wait_until(Duration::from_secs(10), || workers(metrics).len() == PROCESSES as usize);
     assert!(ready, "{name}: uWSGI not up and registered: {}", run.log_tail(30));
+    (cfg, metrics, run)
+}
+
+/// Starts uWSGI under `reuselb run --policy <policy>`, warms it up (the group's mean), stops one
+/// idle worker, gives it a connection with light traffic and, past the limit, raises the load;
+/// returns what the program gave the stopped worker.
+fn scene(dir: &TempDir, policy: Policy) -> Scene {
+    let (cfg, metrics, run) = start(dir, policy);
+    let name = policy.name();
     // The group's mean time to answer, from the shims.
     let warm = Load::run(cfg.addr, 4, PATH, Duration::from_millis(600));
     assert_eq!(warm.failed, 0, "{name}: warm-up failures: {:?}", warm.errors);
@@ -155,4 +173,122 @@ fn speed_aware_passes_over_a_stopped_worker_and_least_loaded_does_not() {
         control.rise,
         control.rise_all
     );
+}
+
+/// How a slowed worker is slowed: stopped this long, then let run [`DUTY_RUN`], over and over
+/// (it runs about a sixteenth of the time, so a 40 ms request takes a few times longer there).
+const DUTY_STOP: Duration = Duration::from_millis(300);
+const DUTY_RUN: Duration = Duration::from_millis(20);
+/// The load while a worker is slowed, and how long it runs.
+const SLOWED_CLIENTS: usize = 6;
+const SLOWED: Duration = Duration::from_secs(4);
+
+/// Stops and continues a worker in a loop ([`DUTY_STOP`], [`DUTY_RUN`]) until dropped, then
+/// continues it: on every exit path, a failed assertion too.
+struct Throttled {
+    pid: u32,
+    done: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Throttled {
+    fn start(pid: u32) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let flag = done.clone();
+        let thread = std::thread::spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let stopped = Stopped::stop(pid);
+                std::thread::sleep(DUTY_STOP);
+                drop(stopped);
+                std::thread::sleep(DUTY_RUN);
+            }
+        });
+        Throttled { pid, done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Throttled {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        drop(Stopped(self.pid as i32));
+    }
+}
+
+/// What an operator reads of speed-aware's view: with every worker at the group's pace (the
+/// control, after a warm-up) `/status` shows each one's slowness as 1; once one worker is slowed
+/// (stopped 300 ms of every 320), it shows that worker's as 3 or more (slow) at some point of the
+/// load, with a pace of at least 3 x the group's mean, and never another's; `/metrics` has the
+/// pace and slowness series of every worker. A report that computed no slowness, or with the
+/// wrong mean (none: nothing is slow), fails the slowed worker's check.
+#[test]
+fn status_and_metrics_show_a_slowed_workers_slowness() {
+    integration_tests::private_loopback();
+    let _serial = serial();
+    require("uwsgi");
+    let dir = TempDir::new("speed-slowness");
+    let (cfg, metrics, run) = start(&dir, Policy::SpeedAware);
+    let warm = Load::run(cfg.addr, 4, PATH, Duration::from_millis(800));
+    assert_eq!(warm.failed, 0, "warm-up failures: {:?}", warm.errors);
+    let before = workers(metrics);
+    assert!(
+        before.iter().all(|w| w.slowness == Some(1) && w.pace_us.is_some()),
+        "after the warm-up every worker answers at the group's pace: {before:#?}"
+    );
+    let victim = before[0].pid;
+    let throttled = Throttled::start(victim);
+    let load = Load::start(cfg.addr, SLOWED_CLIENTS, PATH, SLOWED);
+    // The most each worker's slowness reached, and the first report that called the victim slow.
+    let mut most: BTreeMap<u32, u64> = BTreeMap::new();
+    let mut slow_seen = None;
+    let end = Instant::now() + SLOWED;
+    while Instant::now() < end {
+        let groups = status(metrics).services.into_iter().flat_map(|s| s.groups);
+        for g in groups {
+            for w in &g.workers {
+                let slowness = w.slowness.unwrap_or(0);
+                let m = most.entry(w.pid).or_default();
+                *m = (*m).max(slowness);
+                if w.pid == victim && slowness >= SLOW_FACTOR && slow_seen.is_none() {
+                    slow_seen = Some((*w, g.mean_response_us));
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(throttled);
+    let load = load.finish();
+    let text = get(metrics, "/metrics").map(|(_, body)| body).unwrap_or_default();
+    drop(run);
+    println!(
+        "slowness reached per pid (victim {victim}): {most:?}; first slow report {slow_seen:?}"
+    );
+    assert_eq!(load.failed, 0, "failed requests: {:?}", load.errors);
+    let Some((seen, mean)) = slow_seen else {
+        panic!(
+            "the slowed worker {victim} never showed a slowness of {SLOW_FACTOR} or more: {most:?}"
+        )
+    };
+    let (pace, mean) = (seen.pace_us.unwrap_or(0), mean.unwrap_or(0));
+    assert!(
+        mean > 0 && pace >= SLOW_FACTOR * mean,
+        "slowness {:?} with a pace of {pace} us and a group mean of {mean} us",
+        seen.slowness
+    );
+    for (pid, m) in &most {
+        assert!(
+            *pid == victim || *m < SLOW_FACTOR,
+            "worker {pid}, not slowed, showed {m}: {most:?}"
+        );
+    }
+    for w in &before {
+        for family in ["reuselb_worker_slowness{", "reuselb_worker_pace_seconds{"] {
+            let series = text
+                .lines()
+                .find(|l| l.starts_with(family) && l.contains(&format!("pid=\"{}\"", w.pid)));
+            assert!(series.is_some(), "no {family}..}} series for worker {}: {text}", w.pid);
+        }
+    }
 }
