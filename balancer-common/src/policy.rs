@@ -45,7 +45,9 @@ named_enum! {
         /// full runs of `bench compare` (README, issue 23's fourth step) it was worse than nginx
         /// `least_conn` on no point in both, and better on a slow worker in both, where
         /// least-loaded was worse in both. Runs since (fifth and sixth steps) found single-run
-        /// misses, p99 on 8 x 20 io+cpu at 60% among them: the README lists them.
+        /// misses, p99 on 8 x 20 io+cpu at 60% among them; on the build of runs 21-28 (ninth to
+        /// eleventh steps) every workload of both variants has two runs, and it is worse on none
+        /// of their 72 p99 points: the README lists them.
         #[default]
         SpeedAware = 7 => "speed-aware",
         /// Power of two choices: the lighter of two random active slots. O(1) for many workers.
