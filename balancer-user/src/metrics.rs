@@ -19,8 +19,8 @@
 //! | `worker_busy` | gauge | service, slot, pid (1 while a request is accepted and not answered) |
 //! | `worker_last_answer_timestamp_seconds` | gauge | service, slot, pid (Unix time of the last answer; absent before the first) |
 //! | `worker_resident_memory_bytes` | gauge | service, slot, pid (VmRSS; absent if unreadable) |
-//! | `worker_pace_seconds` | gauge | service, slot, pid (speed-aware's recent response time, decayed to now; absent before the first answer) |
-//! | `worker_slowness` | gauge | service, slot, pid (how many times slower than its group the program takes the worker to be: 1 at the group's pace, 3 to 64 slow) |
+//! | `worker_pace_seconds` | gauge | service, slot, pid (speed-aware's recent response time, decayed to now, at most 2^24 µs; absent before the first answer) |
+//! | `worker_slowness` | gauge | service, slot, pid (how many times slower than its group's mean the program takes the worker to be: 1 below 3 x, or with no mean yet; from 3 the ratio, at most 64) |
 //! | `workers` | gauge | service |
 //! | `service_info` (=1) | gauge | service, policy, program |
 //! | `fallbacks_total` | counter | service, reason (`no_config`, `no_active_slot`, `bad_config`, `select_failed`) |
@@ -267,7 +267,7 @@ impl ReportCollector {
             .expect("valid metric definition"),
             slowness: gauge_vec(
                 "reuselb_worker_slowness",
-                "How many times slower than its group the program takes the worker to be: 1 at the group's pace, 3 to 64 slow (speed-aware passes over a slow worker while it is idle and weighs it by (in flight + 1) x slowness - 1; other policies ignore it).",
+                "How many times slower than its group's mean the program takes the worker to be: 1 below 3 x, from 3 the ratio, at most 64 (speed-aware passes over a slow worker while it is idle and weighs it by (in flight + 1) x slowness - 1; other policies ignore it).",
                 WORKER,
             ),
             workers: gauge_vec("reuselb_workers", "Workers registered with the service.", &["service"]),

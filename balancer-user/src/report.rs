@@ -357,16 +357,18 @@ pub struct WorkerReport {
     #[serde(default)]
     pub rss_bytes: Option<u64>,
     /// Speed-aware's recent response time of the worker, decayed to the time of the report
-    /// toward the group's mean as the program decays it, in microseconds; `None` before the
-    /// worker's first answer, and in a report of an older reuselb.
+    /// toward the group's mean as the program decays it, in microseconds, bounded as the program
+    /// bounds it (at most 2^24); `None` before the worker's first answer, and in a report of an
+    /// older reuselb.
     #[serde(default)]
     pub pace_us: Option<u64>,
-    /// How many times slower than its group the program takes the worker to be, now: 1 at the
-    /// group's pace; from [`SLOW_FACTOR`](balancer_common::SLOW_FACTOR) up (at most
-    /// [`SLOWNESS_CAP`](balancer_common::SLOWNESS_CAP)) a slow worker, which
-    /// speed-aware passes over while it is idle and weighs by `(in flight + 1) x slowness - 1`.
-    /// The program's own function of the figures above, whatever the group's policy (only
-    /// speed-aware acts on it); `None` in a report of an older reuselb.
+    /// How many times slower than its group's mean the program takes the worker to be, now: 1
+    /// below [`SLOW_FACTOR`](balancer_common::SLOW_FACTOR) x the mean (or with no mean yet),
+    /// else the ratio, at most [`SLOWNESS_CAP`](balancer_common::SLOWNESS_CAP): a slow worker,
+    /// which speed-aware passes over while it is idle and weighs by
+    /// `(in flight + 1) x slowness - 1`. The program's own function of the figures above,
+    /// whatever the group's policy (only speed-aware acts on it); `None` in a report of an older
+    /// reuselb.
     #[serde(default)]
     pub slowness: Option<u64>,
 }

@@ -1,9 +1,9 @@
 //! The per-worker tables that `reuselb status`, `reuselb top` and `reuselb run --view` draw, in
 //! the spirit of uwsgitop: per worker, busy or idle now, requests in flight, selections, requests
 //! answered, the average response time, how many times slower than its group the program takes
-//! it to be (speed-aware's slowness: `1x` at the group's pace, `3x` to `64x` slow), the time
-//! since the last answer, resident memory, and the share of the group's selections so far (with a
-//! bar where the width allows). Each group
+//! it to be (speed-aware's slowness: `1x` below 3 x the group's mean, `3x` to `64x` slow), the
+//! time since the last answer, resident memory, and the share of the group's selections so far
+//! (with a bar where the width allows). Each group
 //! starts with a summary line (workers, busy ones, in flight, selected, answered, average
 //! response time, memory), so a group of 64 workers reads at a glance. Plain text from a
 //! [`Report`], at most a given width wide (the bar shrinks, then goes; 80 columns fit every
@@ -18,7 +18,7 @@ use crate::report::{GroupReport, Report, ServiceReport, WorkerReport};
 const BAR: usize = 30;
 
 /// Width of a worker's line without its bar.
-const COLUMNS: usize = 79;
+const COLUMNS: usize = 80;
 
 /// A bar narrower than this is not drawn.
 const MIN_BAR: usize = 5;
@@ -41,9 +41,23 @@ pub fn age(ms: u64) -> String {
     }
 }
 
-/// An average response time in milliseconds, `-` if there is none.
+/// An average response time in milliseconds, `-` if there is none: one decimal below a second,
+/// none from a second up (so that it fits its column up to about 2.7 hours).
 fn avg_ms(us: Option<u64>) -> String {
-    us.map_or_else(|| "-".to_owned(), |us| format!("{:.1}", us as f64 / 1000.0))
+    match us {
+        None => "-".to_owned(),
+        Some(us) if us < 1_000_000 => format!("{:.1}", us as f64 / 1000.0),
+        Some(us) => format!("{}", us / 1000),
+    }
+}
+
+/// A count, in millions with one decimal (`123.4M`) from 10^8 up, so that it fits its column.
+fn count(n: u64) -> String {
+    if n < 100_000_000 {
+        n.to_string()
+    } else {
+        format!("{:.1}M", n as f64 / 1e6)
+    }
 }
 
 /// A slowness as `12x`, `-` if unknown (a report of an older reuselb).
@@ -69,9 +83,10 @@ fn summary(workers: &[WorkerReport]) -> String {
         format!("{:.0}", rss.iter().sum::<u64>() as f64 / (1024.0 * 1024.0))
     };
     format!(
-        "workers {} ({busy} busy)  in flight {inflight}  answered {answered}  avg {} ms  \
+        "workers {} ({busy} busy)  in flight {inflight}  answered {}  avg {} ms  \
          rss {rss} MiB",
         workers.len(),
+        count(answered),
         avg_ms(response_us.checked_div(answered)),
     )
 }
@@ -102,7 +117,7 @@ pub fn render_group_width(title: &str, group: &GroupReport, width: usize) -> Str
     let _ = writeln!(out, "{}", summary(workers));
     let _ = writeln!(
         out,
-        "{:>4} {:>7} {:>3} {:<5} {:>5} {:>8} {:>8} {:>7} {:>3} {:>5} {:>7} {:>6}",
+        "{:>4} {:>7} {:>3} {:<5} {:>5} {:>8} {:>8} {:>7} {:>4} {:>5} {:>7} {:>6}",
         "slot",
         "pid",
         "wt",
@@ -124,14 +139,14 @@ pub fn render_group_width(title: &str, group: &GroupReport, width: usize) -> Str
             (w.selected as f64 / most as f64 * bar_width as f64).round() as usize
         };
         let line = format!(
-            "{:>4} {:>7} {:>3} {:<5} {:>5} {:>8} {:>8} {:>7} {:>3} {:>5} {:>7} {:>5.1}%",
+            "{:>4} {:>7} {:>3} {:<5} {:>5} {:>8} {:>8} {:>7} {:>4} {:>5} {:>7} {:>5.1}%",
             w.slot,
             w.pid,
             w.weight,
             if w.busy { "busy" } else { "idle" },
             w.inflight,
-            w.selected,
-            w.completed,
+            count(w.selected),
+            count(w.completed),
             avg_ms(w.avg_response_us),
             times(w.slowness),
             w.since_last_answer_ms.map_or_else(|| "-".to_owned(), age),
@@ -204,12 +219,14 @@ pub fn render_width(report: &Report, width: usize) -> String {
     out
 }
 
-/// `59s`, `1m05s`, `2h03m`.
+/// `59s`, `1m05s`, `2h03m`, `37h`, `12d`: at most 5 characters up to 273 years.
 pub fn uptime(s: u64) -> String {
     match s {
         0..=59 => format!("{s}s"),
         60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
-        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        3600..=35_999 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        36_000..=359_999 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
     }
 }
 
@@ -243,11 +260,15 @@ mod tests {
             lines[1], "workers 2 (1 busy)  in flight 4  answered 98  avg 9.4 ms  rss 48 MiB",
             "{text}"
         );
-        assert!(lines[2].starts_with("slot     pid  wt state inflt selected answered  avg ms slow"));
+        assert_eq!(
+            lines[2],
+            "slot     pid  wt state inflt selected answered  avg ms slow  last rss MiB  share",
+            "{text}"
+        );
         assert_eq!(
             lines[3],
             format!(
-                "   0     100   1 busy      3       75       74    12.5 12x 1m05s    48.0  75.0%  {}",
+                "   0     100   1 busy      3       75       74    12.5  12x 1m05s    48.0  75.0%  {}",
                 "#".repeat(30)
             ),
             "{text}"
@@ -255,7 +276,7 @@ mod tests {
         assert_eq!(
             lines[4],
             format!(
-                "   1     101   1 idle      1       25       24       -  1x     -       -  25.0%  {}",
+                "   1     101   1 idle      1       25       24       -   1x     -       -  25.0%  {}",
                 "#".repeat(10)
             ),
             "{text}"
@@ -263,16 +284,17 @@ mod tests {
         assert!(lines[5].contains("select_failed 2"), "{text}");
     }
 
-    /// 64 workers at 80 columns: every line of the table fits (the bars go), and the summary
-    /// line counts them all.
+    /// 64 workers at 80 columns: every line of the table fits (the bars go), with the widest
+    /// figures each column takes (7-digit pids, counts past 10^8, a two-minute average, a last
+    /// answer 99 hours ago, 2000 MiB, slowness 64), and the summary line counts them all.
     #[test]
     fn sixty_four_workers_fit_80_columns() {
         let workers: Vec<(u32, u32, u64)> =
-            (0..64).map(|i| (i, 4_000_000 + i, 1_000_000 + u64::from(i))).collect();
+            (0..64).map(|i| (i, 4_000_000 + i, 123_456_789 + u64::from(i))).collect();
         let mut g = group("[2001:db8::1]:8000", &workers);
         for w in &mut g.workers {
             w.avg_response_us = Some(123_456_789);
-            w.since_last_answer_ms = Some(7_200_000);
+            w.since_last_answer_ms = Some(359_999_000);
             w.rss_bytes = Some(2000 << 20);
             w.slowness = Some(64);
         }
@@ -291,8 +313,9 @@ mod tests {
     #[test]
     fn ages() {
         assert_eq!(
-            [0, 999, 1000, 9_949, 10_000, 65_000, 7_380_000].map(age),
-            ["0ms", "999ms", "1.0s", "9.9s", "10s", "1m05s", "2h03m"]
+            [0, 999, 1000, 9_949, 10_000, 65_000, 7_380_000, 36_000_000, 359_999_000, 360_000_000]
+                .map(age),
+            ["0ms", "999ms", "1.0s", "9.9s", "10s", "1m05s", "2h03m", "10h", "99h", "4d"]
         );
     }
 
@@ -305,7 +328,7 @@ mod tests {
         assert!(text.contains("0.0%") && text.contains("fallbacks to kernel hash: 0"), "{text}");
         // No answer yet: no recent mean in the title; a report of an older reuselb: no slowness.
         assert_eq!(text.lines().next(), Some("x  policy p2c  program select_or_migrate"));
-        assert!(text.lines().nth(3).unwrap().contains("    -   - "), "{text}");
+        assert!(text.lines().nth(3).unwrap().contains("      -    -     -       -"), "{text}");
     }
 
     #[test]

@@ -208,12 +208,13 @@ fn source_is_read_at_each_scrape() {
 #[test]
 fn worker_on_two_addresses_is_one_series() {
     let mut r = report();
-    let mut second = group(
-        "[::1]:8000",
-        Policy::LeastLoaded,
-        Program::SelectOrMigrate,
-        vec![worker(0, 42, 1, 10, 9)],
-    );
+    r.services[0].groups[0].workers[0].slowness = Some(1);
+    r.services[0].groups[0].workers[0].pace_us = Some(40_000);
+    let mut busy_there = worker(0, 42, 1, 10, 9);
+    busy_there.slowness = Some(5);
+    busy_there.pace_us = Some(20_000);
+    let mut second =
+        group("[::1]:8000", Policy::LeastLoaded, Program::SelectOrMigrate, vec![busy_there]);
     second.events.set(Event::FallbackSelectFailed, 3);
     r.services[0].groups.push(second);
     let m = Metrics::new();
@@ -227,6 +228,9 @@ fn worker_on_two_addresses_is_one_series() {
             r#"reuselb_workers{service="web"} 2"#,
             r#"reuselb_fallbacks_total{reason="select_failed",service="web"} 7"#,
             r#"reuselb_registrations_total{service="web"} 2"#,
+            // The most of its groups' figures, each on its own.
+            r#"reuselb_worker_slowness{pid="42",service="web",slot="3"} 5"#,
+            r#"reuselb_worker_pace_seconds{pid="42",service="web",slot="3"} 0.04"#,
         ],
     );
     assert!(!text.contains(r#"pid="42",service="web",slot="0""#), "{text}");
@@ -374,6 +378,8 @@ fn response_time_busy_last_answer_and_memory() {
         w.busy = true;
         w.since_last_answer_ms = Some(1500);
         w.rss_bytes = Some(50 << 20);
+        w.pace_us = Some(30_000);
+        w.slowness = Some(3);
     }
     let m = Metrics::new();
     m.update(r);
@@ -386,6 +392,8 @@ fn response_time_busy_last_answer_and_memory() {
             r#"reuselb_worker_busy{pid="42",service="web",slot="3"} 1"#,
             r#"reuselb_worker_busy{pid="43",service="web",slot="10"} 0"#,
             r#"reuselb_worker_resident_memory_bytes{pid="42",service="web",slot="3"} 52428800"#,
+            r#"reuselb_worker_pace_seconds{pid="42",service="web",slot="3"} 0.03"#,
+            r#"reuselb_worker_slowness{pid="42",service="web",slot="3"} 3"#,
             "# TYPE reuselb_worker_response_seconds_total counter",
             "# TYPE reuselb_worker_last_answer_timestamp_seconds gauge",
         ],
@@ -403,4 +411,7 @@ fn response_time_busy_last_answer_and_memory() {
     assert_eq!(at.len(), 1, "{text}");
     assert!((now - 1.5 - at[0]).abs() < 2.0, "last answer at {} for now {now}", at[0]);
     assert!(!text.contains(r#"reuselb_worker_resident_memory_bytes{pid="43""#), "{text}");
+    // No answer yet: no pace series; no slowness in the report (an older daemon's): none either.
+    assert!(!text.contains(r#"reuselb_worker_pace_seconds{pid="43""#), "{text}");
+    assert!(!text.contains(r#"reuselb_worker_slowness{pid="43""#), "{text}");
 }
