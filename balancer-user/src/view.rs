@@ -32,7 +32,8 @@ pub fn stdout_width() -> usize {
     }
 }
 
-/// Milliseconds as `850ms`, `4.2s`, `35s`, `3m05s`, `2h03m`.
+/// Milliseconds as `850ms`, `4.2s`, `35s`, `3m05s`, `17m`, `2h03m`, `37h`, `12d`: at most 5
+/// characters.
 pub fn age(ms: u64) -> String {
     match ms {
         0..=999 => format!("{ms}ms"),
@@ -42,7 +43,7 @@ pub fn age(ms: u64) -> String {
 }
 
 /// An average response time in milliseconds, `-` if there is none: one decimal below a second,
-/// none from a second up (so that it fits its column up to about 2.7 hours).
+/// none from a second up (so that it fits its 7 columns up to about 2.8 hours).
 fn avg_ms(us: Option<u64>) -> String {
     match us {
         None => "-".to_owned(),
@@ -51,7 +52,8 @@ fn avg_ms(us: Option<u64>) -> String {
     }
 }
 
-/// A count, in millions with one decimal (`123.4M`) from 10^8 up, so that it fits its column.
+/// A count, in millions with one decimal (`123.4M`) from 10^8 up, so that it fits its 8 columns
+/// below 10^11.
 fn count(n: u64) -> String {
     if n < 100_000_000 {
         n.to_string()
@@ -219,11 +221,12 @@ pub fn render_width(report: &Report, width: usize) -> String {
     out
 }
 
-/// `59s`, `1m05s`, `2h03m`, `37h`, `12d`: at most 5 characters up to 273 years.
+/// `59s`, `1m05s`, `17m`, `2h03m`, `37h`, `12d`: at most 5 characters, up to 27 years.
 pub fn uptime(s: u64) -> String {
     match s {
         0..=59 => format!("{s}s"),
-        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        60..=599 => format!("{}m{:02}s", s / 60, s % 60),
+        600..=3599 => format!("{}m", s / 60),
         3600..=35_999 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
         36_000..=359_999 => format!("{}h", s / 3600),
         _ => format!("{}d", s / 86_400),
@@ -286,7 +289,8 @@ mod tests {
 
     /// 64 workers at 80 columns: every line of the table fits (the bars go), with the widest
     /// figures each column takes (7-digit pids, counts past 10^8, a two-minute average, a last
-    /// answer 99 hours ago, 2000 MiB, slowness 64), and the summary line counts them all.
+    /// answer 59 minutes or 99 hours ago, 2000 MiB, slowness 64), and the summary line counts
+    /// them all.
     #[test]
     fn sixty_four_workers_fit_80_columns() {
         let workers: Vec<(u32, u32, u64)> =
@@ -294,7 +298,8 @@ mod tests {
         let mut g = group("[2001:db8::1]:8000", &workers);
         for w in &mut g.workers {
             w.avg_response_us = Some(123_456_789);
-            w.since_last_answer_ms = Some(359_999_000);
+            // The widest ages: minutes only from 10 minutes on, hours only from 10 hours on.
+            w.since_last_answer_ms = Some(if w.slot % 2 == 0 { 3_599_000 } else { 359_999_000 });
             w.rss_bytes = Some(2000 << 20);
             w.slowness = Some(64);
         }
@@ -313,9 +318,12 @@ mod tests {
     #[test]
     fn ages() {
         assert_eq!(
-            [0, 999, 1000, 9_949, 10_000, 65_000, 7_380_000, 36_000_000, 359_999_000, 360_000_000]
-                .map(age),
-            ["0ms", "999ms", "1.0s", "9.9s", "10s", "1m05s", "2h03m", "10h", "99h", "4d"]
+            [0, 999, 1000, 9_949, 10_000, 65_000, 599_000, 600_000, 3_599_000, 7_380_000].map(age),
+            ["0ms", "999ms", "1.0s", "9.9s", "10s", "1m05s", "9m59s", "10m", "59m", "2h03m"]
+        );
+        assert_eq!(
+            [36_000_000, 359_999_000, 360_000_000, 863_913_600_000].map(age),
+            ["10h", "99h", "4d", "9999d"]
         );
     }
 
