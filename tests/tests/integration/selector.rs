@@ -12,7 +12,7 @@ use std::{
 };
 
 use anyhow::{ensure, Result};
-use balancer_common::{Event, Policy};
+use balancer_common::{policy::RECENT_HALF_LIFE_SHIFT, Event, Policy};
 use balancer_user::{loader::Program, shared_loads::SharedLoads, Group, Mode};
 use integration_tests::{pool::pin_to_cpu0, NetNs, Pool, LOOPBACKS};
 
@@ -448,8 +448,9 @@ fn work_left_passes_over_an_old_request_and_least_loaded_does_not() {
 /// speed-aware weighs a worker whose recent response time is 3 times the group's mean or more
 /// by its pace: of two workers with one request each, the one whose recent time is 50 ms (10
 /// times the mean and the other's) gets none of 6 new connections; least-loaded, the control on
-/// the same table, shares them. The same recent time set 5 s ago has decayed toward the mean
-/// (four half-lives of about a second: under 3 times it), and speed-aware shares again.
+/// the same table, shares them. The same recent time set four half-lives ago
+/// ([`RECENT_HALF_LIFE_SHIFT`], about 17 s at 4 s each) has decayed toward the mean (8 ms: under
+/// 3 times it), and speed-aware shares again.
 #[test]
 fn speed_aware_passes_over_a_slow_worker_until_its_recent_time_decays() {
     let _serial = integration_tests::apps::serial();
@@ -483,8 +484,9 @@ fn speed_aware_passes_over_a_slow_worker_until_its_recent_time_decays() {
         };
         let counts = round(&mut pool, 0)?;
         ensure!(counts[0] == 0, "speed-aware sent connections to the slow worker: {counts:?}");
-        let counts = round(&mut pool, 5_000_000)?;
-        ensure!(counts[0] >= 2, "a 5 s old recent time did not decay: {counts:?}");
+        let four_half_lives = (4 << RECENT_HALF_LIFE_SHIFT) + 100_000;
+        let counts = round(&mut pool, four_half_lives)?;
+        ensure!(counts[0] >= 2, "a recent time four half-lives old did not decay: {counts:?}");
         pool.group.set_policy(Policy::LeastLoaded)?;
         let counts = round(&mut pool, 0)?;
         ensure!(counts[0] >= 2, "least-loaded (the control) did not share the tie: {counts:?}");
