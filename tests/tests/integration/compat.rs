@@ -504,6 +504,14 @@ fn happen(during: &During, app: &Proc, entry: SocketAddr) -> Vec<std::thread::Jo
         }
         During::Touch(path) => {
             std::fs::write(path, b"touched\n").expect("touch the reload file");
+            // uWSGI compares the file's modification time in whole seconds: a touch in the
+            // second the file was made would go unseen (it did once in CI), so move it on by 2 s.
+            let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+            std::fs::File::options()
+                .write(true)
+                .open(path)
+                .and_then(|f| f.set_modified(later))
+                .expect("move the reload file's modification time on");
             Vec::new()
         }
         During::Requests(paths) => paths
