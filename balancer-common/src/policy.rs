@@ -361,10 +361,11 @@ pub fn work_left(inflight: u64, mean_us: u64, working: u64, start_sum_us: u64, n
     (inflight + 1) * (mean + 1) + age
 }
 
-/// Speed-aware's recent response time halves its distance to the group's mean every 2^22 µs
-/// (about 4 seconds) without an answer, so that a slow worker left without work is tried again
-/// every few seconds, not every few requests. (A 1 s half-life, the default until issue 23's
-/// twelfth step, let a worker slowed 12 x look normal a quarter of the time: README.)
+/// Speed-aware's recent response time halves its distance to the group's mean for every 2^22 µs
+/// (about 4 seconds, whole half-lives) without an answer, so that a slow worker left without
+/// work is tried again after some seconds (12 x the mean: three half-lives), not every few
+/// requests. (A 1 s half-life, the default until issue 23's twelfth step, let a worker slowed
+/// 12 x look normal a quarter of the time at 60% of capacity: README.)
 pub const RECENT_HALF_LIFE_SHIFT: u32 = 22;
 
 /// A slot's next recent response time, from `pace` (its recent time, decayed to now: see
