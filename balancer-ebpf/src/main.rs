@@ -310,10 +310,7 @@ impl LoadSource for MapLoads {
     /// callback), where a plain loop over up to 256 slots would exhaust its instruction budget.
     #[inline(always)]
     fn run_scan<C: Cost>(&self, _cfg: &Config, scan: &mut Scan) {
-        let step = scan_step::<C> as *mut c_void;
-        // SAFETY: bpf_loop calls `step` with the context pointer we pass, `scan`, which outlives
-        // the call; the verifier checks the callback's signature.
-        unsafe { bpf_loop(Scan::chunks(scan.n), step, (scan as *mut Scan).cast(), 0) };
+        scan_loop::<C>(scan);
     }
 
     /// The pack scan through `bpf_loop`, one slot per call to [`pack_step`], which ends the loop
@@ -324,6 +321,19 @@ impl LoadSource for MapLoads {
         // outlives the call; the verifier checks the callback's signature.
         unsafe { bpf_loop(scan.n, pack_step as *mut c_void, (scan as *mut PackScan).cast(), 0) };
     }
+}
+
+/// The exact scan with cost `C`: a function of its own per cost, never inlined, so that each
+/// `bpf_loop` call has one callback. Inlined into `decide`, the three calls differ only in their
+/// callback, and LLVM merges them into one call whose callback is a choice between three: the
+/// verifier then cannot inline that `bpf_loop` (it inlines one only when its callback is the same
+/// on every path), and every slot of the scan costs the helper's indirect call.
+#[inline(never)]
+fn scan_loop<C: Cost>(scan: &mut Scan) {
+    let step = scan_step::<C> as *mut c_void;
+    // SAFETY: bpf_loop calls `step` with the context pointer we pass, `scan`, which outlives
+    // the call; the verifier checks the callback's signature.
+    unsafe { bpf_loop(Scan::chunks(scan.n), step, (scan as *mut Scan).cast(), 0) };
 }
 
 /// One `bpf_loop` iteration of the pack scan: one slot. Returns 1 (stop) once a slot was found.

@@ -621,3 +621,49 @@ fn the_fast_path_rotates_idle_slots_and_checks_each_hint() {
         Ok(())
     });
 }
+
+/// Every `bpf_loop` of both programs, as the kernel holds them after loading, is inlined by the
+/// verifier: each callback is called directly (`call pc+N#...`), none through the helper
+/// (`call bpf_loop#...`), whose indirect call per turn more than doubled the exact scan's cost
+/// when a single call site had three possible callbacks (docs/BENCHMARKS.md). Read with bpftool
+/// (`cargo xtask setup` installs it); the control is that the dump names every callback the
+/// program has, so an empty or foreign dump cannot pass.
+#[test]
+fn the_verifier_inlines_every_bpf_loop_of_the_programs() {
+    let _machine = integration_tests::apps::shared();
+    // The callbacks' names as BTF spells them (`scan_step<balancer_common::policy::Counts>`).
+    let scan_step =
+        |cost: &str| format!("scan_step_3C_balancer_common_3A__3A_policy_3A__3A_{cost}_3E_");
+    let callbacks = [
+        "fast_step".to_string(),
+        "pack_step".to_string(),
+        scan_step("Counts"),
+        scan_step("Speeds"),
+        scan_step("Estimates"),
+    ];
+    each_family(|_, ip| {
+        for mode in [Mode::Select, Mode::SelectOrMigrate] {
+            let pool = Pool::new(ip, 2, Policy::default(), mode)?;
+            let id = pool.group.program_info()?.id();
+            let out = std::process::Command::new("bpftool")
+                .args(["prog", "dump", "xlated", "id", &id.to_string()])
+                .output()?;
+            ensure!(out.status.success(), "bpftool failed on program {id}: {out:?}");
+            let dump = String::from_utf8_lossy(&out.stdout);
+            let through_helper: Vec<&str> =
+                dump.lines().filter(|l| l.contains("call bpf_loop#")).collect();
+            ensure!(
+                through_helper.is_empty(),
+                "{mode:?}: bpf_loop called through the helper, not inlined: {through_helper:?}"
+            );
+            let direct: Vec<&str> = dump.lines().filter(|l| l.contains("call pc+")).collect();
+            for name in &callbacks {
+                ensure!(
+                    direct.iter().any(|l| l.contains(name.as_str())),
+                    "{mode:?}: no direct call of {name} in the dump of program {id}: {direct:?}"
+                );
+            }
+        }
+        Ok(())
+    });
+}
