@@ -116,7 +116,7 @@ pub(super) struct Config {
 /// connection rate of part 2 are its.
 pub(super) const DEFAULT: Policy = Policy::SpeedAware;
 
-pub(super) const CONFIGS: [Config; 10] = [
+pub(super) const CONFIGS: [Config; 11] = [
     Config { bed: PASS64, policy: None, busy: false },
     Config { bed: G1, policy: Some(Policy::LeastLoaded), busy: false },
     Config { bed: G8, policy: Some(Policy::LeastLoaded), busy: false },
@@ -127,6 +127,7 @@ pub(super) const CONFIGS: [Config; 10] = [
     Config { bed: G64, policy: Some(Policy::LeastLoaded), busy: true },
     Config { bed: G64, policy: Some(DEFAULT), busy: false },
     Config { bed: G64, policy: Some(DEFAULT), busy: true },
+    Config { bed: G64, policy: Some(Policy::RoundRobin), busy: false },
 ];
 
 /// Index in [`CONFIGS`] of `policy` at 64 workers (`busy`: none idle).
@@ -166,5 +167,7 @@ mod tests {
         assert_eq!(DEFAULT, Policy::default());
         assert_ne!(at_64(DEFAULT, false), at_64(DEFAULT, true));
         assert_ne!(at_64(Policy::LeastLoaded, false), at_64(DEFAULT, false));
+        // The program's fixed part, which the report quotes.
+        assert_ne!(at_64(Policy::RoundRobin, false), at_64(DEFAULT, false));
     }
 }

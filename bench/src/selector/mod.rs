@@ -3,8 +3,9 @@
 //!
 //! 1. ns per selection from the kernel's BPF run-time statistics (Δrun_time_ns / Δrun_cnt over a
 //!    run of connections), for groups of 1, 8, 64 and 256 listeners with least-loaded (and p2c at
-//!    64 and 256, and the default policy, speed-aware, at 64), beside an SK_REUSEPORT program that
-//!    only returns SK_PASS. Each configuration is measured twice per round: on an idle load
+//!    64 and 256, the default policy, speed-aware, at 64, and round-robin at 64: the program's
+//!    fixed part, everything but the choice), beside an SK_REUSEPORT program that only returns
+//!    SK_PASS. Each configuration is measured twice per round: on an idle load
 //!    table, and contended, while a writer thread on another CPU does what the workers' shims do
 //!    when connections complete, as fast as it can, to the same table (see [`writer`]).
 //! 2. Closed-loop connection rate of an 8-worker group with the program attached (the default

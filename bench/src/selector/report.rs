@@ -131,8 +131,12 @@ fn part1(w: &mut String, r: &Results) -> Result<bool> {
          selections that the fast path made (the program's `fast_path` counter). **{}** (the default) \
          also reads the clock and the group's mean service time once per connection, and its fast path and \
          scan weigh each slot's pace and check its progress; the bench's acceptors record no answer times, so \
-         these checks run on a table without them.\n",
-        DEFAULT.name()
+         these checks run on a table without them. **{}** at 64 workers decides nothing from the table \
+         (the active slot at this CPU's turn) but does everything else per connection: the config, the \
+         socket's selection, the count in the shared table, the per-CPU counters; the program's fixed part, \
+         which every policy pays before its choice.\n",
+        DEFAULT.name(),
+        Policy::RoundRobin.name()
     )?;
     if let Some(n) = verified_insns {
         writeln!(w, "The verifier processed {n} instructions to load `{program_name}`.\n")?;
@@ -340,6 +344,14 @@ fn summary(w: &mut String, r: &Results, ns_target_pass: bool, ratio: f64) -> Res
             median(i, CONTENDED),
         )?;
     }
+    let fixed = at_64(Policy::RoundRobin, false);
+    writeln!(
+        w,
+        "- {} at 64 workers (the program's fixed part, no choice): {:.1} ns idle, {:.1} contended",
+        Policy::RoundRobin.name(),
+        median(fixed, IDLE),
+        median(fixed, CONTENDED),
+    )?;
     writeln!(
         w,
         "- connection rate with/without the program: {ratio:.3} (target ≥ {TARGET_RATE_RATIO}): {}",
