@@ -360,7 +360,7 @@ extern "C" fn fast_step(_index: u64, ctx: *mut c_void) -> i64 {
 /// One `bpf_loop` iteration of the exact scan with cost `C`: one chunk of slots. Looks up the
 /// config and the table itself: a pointer to map memory cannot travel through the loop context.
 extern "C" fn scan_step<C: Cost>(index: u64, ctx: *mut c_void) -> i64 {
-    // SAFETY: bpf_loop passes back the `&mut Scan` that `run_scan` gave it, alive for the loop.
+    // SAFETY: bpf_loop passes back the `&mut Scan` that `scan_loop` gave it, alive for the loop.
     let scan = unsafe { &mut *ctx.cast::<Scan>() };
     match (CONFIG.get(0), LOADS.get_ptr(0)) {
         (Some(cfg), Some(table)) => {

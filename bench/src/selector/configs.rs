@@ -167,7 +167,7 @@ mod tests {
         assert_eq!(DEFAULT, Policy::default());
         assert_ne!(at_64(DEFAULT, false), at_64(DEFAULT, true));
         assert_ne!(at_64(Policy::LeastLoaded, false), at_64(DEFAULT, false));
-        // The program's fixed part, which the report quotes.
+        // The program's fixed part, which the report quotes (`at_64` panics without the row).
         assert_ne!(at_64(Policy::RoundRobin, false), at_64(DEFAULT, false));
     }
 }

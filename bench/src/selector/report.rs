@@ -133,8 +133,8 @@ fn part1(w: &mut String, r: &Results) -> Result<bool> {
          scan weigh each slot's pace and check its progress; the bench's acceptors record no answer times, so \
          these checks run on a table without them. **{}** at 64 workers decides nothing from the table \
          (the active slot at this CPU's turn) but does everything else per connection: the config, the \
-         socket's selection, the count in the shared table, the per-CPU counters; the program's fixed part, \
-         which every policy pays before its choice.\n",
+         socket's selection, the count in the shared table, the per-CPU counters (no clock, no fast-path \
+         event): the program's fixed part, which every policy pays besides its choice.\n",
         DEFAULT.name(),
         Policy::RoundRobin.name()
     )?;
