@@ -25,6 +25,7 @@
 //! the README's "Works with" table; [`readme_table_lists_every_row`] checks the README against
 //! the rows.
 use std::{
+    io::Write as _,
     net::SocketAddr,
     path::{Path, PathBuf},
     time::Duration,
@@ -503,15 +504,15 @@ fn happen(during: &During, app: &Proc, entry: SocketAddr) -> Vec<std::thread::Jo
             Vec::new()
         }
         During::Touch(path) => {
-            std::fs::write(path, b"touched\n").expect("touch the reload file");
             // uWSGI compares the file's modification time in whole seconds: a touch in the
             // second the file was made would go unseen (it did once in CI), so move it on by 2 s.
-            let later = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
-            std::fs::File::options()
-                .write(true)
-                .open(path)
-                .and_then(|f| f.set_modified(later))
-                .expect("move the reload file's modification time on");
+            let later = std::time::SystemTime::now() + Duration::from_secs(2);
+            std::fs::File::create(path)
+                .and_then(|mut f| {
+                    f.write_all(b"touched\n")?;
+                    f.set_modified(later)
+                })
+                .expect("touch the reload file, its modification time 2 s on");
             Vec::new()
         }
         During::Requests(paths) => paths

@@ -626,9 +626,10 @@ fn the_fast_path_rotates_idle_slots_and_checks_each_hint() {
 /// verifier: each callback is called directly (`call pc+N#...` or `call pc-N#...`), none
 /// through the helper (`call bpf_loop#...`), whose indirect call per slot about doubled the
 /// cost of a selection with no idle worker (1.4x with a writer on the other CPU) when one call
-/// site had three possible callbacks (docs/BENCHMARKS.md). Read with bpftool (`cargo xtask setup` installs
-/// it), which names helpers and callbacks from the kernel's symbols; the control is that the
-/// dump names every callback the program has, so an empty or foreign dump cannot pass.
+/// site had three possible callbacks (docs/BENCHMARKS.md). Read with bpftool (`cargo xtask
+/// setup` installs it), which names helpers and callbacks from the kernel's symbols; the
+/// control is that the dump names every callback the program has, so an empty or foreign dump
+/// cannot pass.
 #[test]
 fn the_verifier_inlines_every_bpf_loop_of_the_programs() {
     let _machine = integration_tests::apps::shared();
